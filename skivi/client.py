@@ -1,0 +1,201 @@
+"""Enqueueing: ``add_job`` / ``add_jobs`` and their async twins.
+
+Every call runs in three steps:
+
+1. prepare (pure Python, no I/O): each spec is checked (``JobSpec.check``), its payload is
+   validated against the task's schema and encoded once with orjson (``skivi.payload``); a
+   bad spec raises before any SQL runs, so nothing is ever half-written;
+2. one statement for the specs without a job key (``job_insert_many.sql``) and one for those
+   with a key (``job_insert_keyed_many.sql``), on the caller's connection when one is given,
+   so the jobs commit or roll back with the caller's transaction; otherwise on a pooled
+   autocommit connection (a single statement is its own transaction: one round trip);
+3. the rows come back as ``Job`` objects in spec order, each with its ``outcome``.
+
+The client never relies on ``search_path``: every query is schema-qualified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import psycopg
+
+from skivi.job import EnqueueOutcome, Job, JobSpec
+
+if TYPE_CHECKING:
+    from skivi.system import System
+
+__all__ = ["add_job", "add_job_async", "add_jobs", "add_jobs_async"]
+
+SpecLike = JobSpec | Mapping[str, Any]
+
+
+@dataclass(slots=True)
+class _Batch:
+    """A prepared enqueue: what to send and how to pair the answers with the specs."""
+
+    specs: list[JobSpec]
+    payloads: list[bytes]
+    unkeyed: list[int]
+    keyed: list[int]
+    unkeyed_json: str | None
+    keyed_json: str | None
+
+
+def _wire(spec: JobSpec, payload: bytes) -> dict[str, Any]:
+    out: dict[str, Any] = {"task": spec.task, "payload": orjson.Fragment(payload)}
+    if spec.queue_name is not None:
+        out["queue_name"] = spec.queue_name
+    if spec.run_at is not None:
+        out["run_at"] = spec.run_at
+    if spec.max_attempts is not None:
+        out["max_attempts"] = spec.max_attempts
+    if spec.priority is not None:
+        out["priority"] = spec.priority
+    if spec.flags is not None:
+        out["flags"] = list(spec.flags)
+    return out
+
+
+def _prepare(system: System, raw: Iterable[SpecLike]) -> _Batch:
+    gate = system.payload_gate
+    specs: list[JobSpec] = []
+    payloads: list[bytes] = []
+    unkeyed_wire: list[dict[str, Any]] = []
+    keyed_wire: list[dict[str, Any]] = []
+    unkeyed: list[int] = []
+    keyed: list[int] = []
+    for i, item in enumerate(raw):
+        spec = JobSpec.coerce(item)
+        spec.check()
+        payload = gate.check(spec.task, {} if spec.payload is None else spec.payload)
+        wire = _wire(spec, payload)
+        if spec.job_key is None:
+            unkeyed.append(i)
+            unkeyed_wire.append(wire)
+        else:
+            wire["ord"] = i
+            wire["job_key"] = spec.job_key
+            if spec.job_key_mode is not None:
+                wire["job_key_mode"] = str(spec.job_key_mode)
+            keyed.append(i)
+            keyed_wire.append(wire)
+        specs.append(spec)
+        payloads.append(payload)
+    return _Batch(
+        specs, payloads, unkeyed, keyed,
+        orjson.dumps(unkeyed_wire).decode() if unkeyed_wire else None,
+        orjson.dumps(keyed_wire).decode() if keyed_wire else None,
+    )
+
+
+def _assemble(batch: _Batch, unkeyed_rows: Sequence[Sequence[Any]],
+              keyed_rows: Sequence[Sequence[Any]]) -> list[Job]:
+    jobs: list[Job | None] = [None] * len(batch.specs)
+    if len(unkeyed_rows) != len(batch.unkeyed) or len(keyed_rows) != len(batch.keyed):
+        raise RuntimeError("enqueue returned a different number of rows than specs sent")
+    for i, r in zip(batch.unkeyed, unkeyed_rows, strict=True):
+        # Columns: every job column but payload (it is stored exactly as sent).
+        jobs[i] = Job(r[0], r[1], orjson.loads(batch.payloads[i]), r[2], r[3], r[4], r[5], r[6],
+                      r[7], r[8], tuple(r[9] or ()), r[10], r[11], r[12], r[13], r[14],
+                      EnqueueOutcome.INSERTED)
+    for r in keyed_rows:
+        jobs[r[0]] = Job(r[2], r[3], r[5], r[4], r[6], r[7], r[8], r[9], r[10], r[11],
+                         tuple(r[12] or ()), r[13], r[14], r[15], r[16], r[17],
+                         EnqueueOutcome(r[1]))
+    return [j for j in jobs if j is not None]
+
+
+def _run(conn: psycopg.Connection[Any], system: System, batch: _Batch) -> list[Job]:
+    q = system.queries
+    unkeyed_rows: list[Any] = []
+    keyed_rows: list[Any] = []
+    if batch.unkeyed_json is not None:
+        unkeyed_rows = conn.execute(q.job_insert_many, {"specs": batch.unkeyed_json}).fetchall()
+    if batch.keyed_json is not None:
+        keyed_rows = conn.execute(q.job_insert_keyed_many, {"specs": batch.keyed_json}).fetchall()
+    return _assemble(batch, unkeyed_rows, keyed_rows)
+
+
+async def _run_async(conn: psycopg.AsyncConnection[Any], system: System,
+                     batch: _Batch) -> list[Job]:
+    q = system.queries
+    unkeyed_rows: list[Any] = []
+    keyed_rows: list[Any] = []
+    if batch.unkeyed_json is not None:
+        cur = await conn.execute(q.job_insert_many, {"specs": batch.unkeyed_json})
+        unkeyed_rows = await cur.fetchall()
+    if batch.keyed_json is not None:
+        cur = await conn.execute(q.job_insert_keyed_many, {"specs": batch.keyed_json})
+        keyed_rows = await cur.fetchall()
+    return _assemble(batch, unkeyed_rows, keyed_rows)
+
+
+def _needs_transaction(batch: _Batch) -> bool:
+    return batch.unkeyed_json is not None and batch.keyed_json is not None
+
+
+def add_jobs(system: System, specs: Iterable[SpecLike], *,
+             conn: psycopg.Connection[Any] | None = None) -> list[Job]:
+    """Enqueue many jobs; returns them as stored, in the order given.
+
+    Each spec is a ``JobSpec`` or a mapping with the same fields. With ``conn``, the jobs
+    are written in that connection's current transaction (they exist if and only if it
+    commits); without, they commit before this returns.
+    """
+    batch = _prepare(system, specs)
+    if not batch.specs:
+        return []
+    if conn is not None:
+        if _needs_transaction(batch):
+            with conn.transaction():
+                return _run(conn, system, batch)
+        return _run(conn, system, batch)
+    with system.pool.connection() as pooled:
+        if _needs_transaction(batch):
+            with pooled.transaction():
+                return _run(pooled, system, batch)
+        return _run(pooled, system, batch)
+
+
+async def add_jobs_async(system: System, specs: Iterable[SpecLike], *,
+                         conn: psycopg.AsyncConnection[Any] | None = None) -> list[Job]:
+    """The async twin of ``add_jobs``."""
+    batch = _prepare(system, specs)
+    if not batch.specs:
+        return []
+    if conn is not None:
+        if _needs_transaction(batch):
+            async with conn.transaction():
+                return await _run_async(conn, system, batch)
+        return await _run_async(conn, system, batch)
+    pool = await system.async_pool()
+    async with pool.connection() as pooled:
+        if _needs_transaction(batch):
+            async with pooled.transaction():
+                return await _run_async(pooled, system, batch)
+        return await _run_async(pooled, system, batch)
+
+
+def add_job(system: System, task: str, payload: Any = None, *,
+            conn: psycopg.Connection[Any] | None = None, **options: Any) -> Job:
+    """Enqueue one job; returns it as stored.
+
+    Options (all optional): ``queue_name``, ``run_at``, ``max_attempts``, ``priority``,
+    ``job_key``, ``job_key_mode``, ``flags``. ``job.outcome`` tells whether the job was
+    inserted, replaced a pending job with the same key, or was deduplicated (an existing job
+    was kept and nothing added).
+    """
+    spec = JobSpec.coerce({"task": task, "payload": payload, **options})
+    return add_jobs(system, [spec], conn=conn)[0]
+
+
+async def add_job_async(system: System, task: str, payload: Any = None, *,
+                        conn: psycopg.AsyncConnection[Any] | None = None,
+                        **options: Any) -> Job:
+    """The async twin of ``add_job``."""
+    spec = JobSpec.coerce({"task": task, "payload": payload, **options})
+    return (await add_jobs_async(system, [spec], conn=conn))[0]

@@ -1,0 +1,6 @@
+"""Internal. Not a public API.
+
+The database layer: connections (`pool`), the named queries loaded from `skivi/sql/queries`
+(`queries`), the migration runner (`migrate`) and the embedded PostgreSQL used when no
+database URL is given (`embedded`).
+"""

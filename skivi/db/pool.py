@@ -1,0 +1,88 @@
+"""Connections: how Skivi opens them and which database errors are worth retrying.
+
+Every connection Skivi opens reads json/jsonb with orjson (several times faster than the
+stdlib decoder psycopg uses by default) and names itself through ``application_name`` so an
+operator can tell Skivi's sessions apart in ``pg_stat_activity``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg.types.json import set_json_loads
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+__all__ = [
+    "RETRYABLE_SQLSTATES",
+    "configure",
+    "connect",
+    "connect_async",
+    "is_retryable",
+    "make_async_pool",
+    "make_pool",
+]
+
+# SQLSTATEs after which the same statement may succeed if tried again (Graphile Worker's
+# RETRYABLE_ERROR_CODES, River's completer): serialization and deadlock failures, a server
+# that is starting or shutting down, and lost connections.
+RETRYABLE_SQLSTATES = frozenset({
+    "40001",  # serialization_failure
+    "40P01",  # deadlock_detected
+    "57P01",  # admin_shutdown
+    "57P02",  # crash_shutdown
+    "57P03",  # cannot_connect_now
+    "08000", "08001", "08003", "08004", "08006",  # connection exceptions
+    "53300",  # too_many_connections
+})
+
+
+def is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        sqlstate = getattr(exc, "sqlstate", None)
+        return sqlstate is None or sqlstate in RETRYABLE_SQLSTATES
+    return isinstance(exc, psycopg.Error) and getattr(exc, "sqlstate", None) in RETRYABLE_SQLSTATES
+
+
+def configure(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+    set_json_loads(orjson.loads, conn)
+
+
+def _kwargs(application_name: str, connect_timeout: float) -> dict[str, Any]:
+    return {"application_name": application_name, "connect_timeout": max(1, int(connect_timeout))}
+
+
+def connect(url: str, *, autocommit: bool = True, application_name: str = "skivi",
+            connect_timeout: float = 10.0) -> psycopg.Connection[Any]:
+    conn = psycopg.connect(url, autocommit=autocommit,
+                           **_kwargs(application_name, connect_timeout))
+    configure(conn)
+    return conn
+
+
+async def connect_async(url: str, *, autocommit: bool = True, application_name: str = "skivi",
+                        connect_timeout: float = 10.0) -> psycopg.AsyncConnection[Any]:
+    conn = await psycopg.AsyncConnection.connect(
+        url, autocommit=autocommit, **_kwargs(application_name, connect_timeout))
+    configure(conn)
+    return conn
+
+
+def make_pool(url: str, *, max_size: int, application_name: str = "skivi",
+              connect_timeout: float = 10.0) -> ConnectionPool[Any]:
+    return ConnectionPool(
+        url, min_size=1, max_size=max_size, open=True, configure=configure,
+        kwargs=_kwargs(application_name, connect_timeout), name=application_name,
+    )
+
+
+def make_async_pool(url: str, *, max_size: int, application_name: str = "skivi",
+                    connect_timeout: float = 10.0) -> AsyncConnectionPool[Any]:
+    async def configure_async(conn: psycopg.AsyncConnection[Any]) -> None:
+        configure(conn)
+
+    return AsyncConnectionPool(
+        url, min_size=1, max_size=max_size, open=False, configure=configure_async,
+        kwargs=_kwargs(application_name, connect_timeout), name=application_name,
+    )

@@ -1,0 +1,66 @@
+"""The worker engine. Internal modules; the entry points are ``run()``,
+``python -m skivi.engine`` and ``System.start()``.
+
+Processes::
+
+    parent (asyncio + uvloop)                             children (forked, uvloop)
+    ├── fetcher      claims batches (job_claim.sql)   ──JOBS──▶  child 0 ┐ run handlers:
+    │                LISTEN wake-ups + poll fallback  ◀─RESULTS─ child 1 │ async ones many
+    ├── supervisor   hands jobs to children with free     ...    child N ┘ at a time
+    │                slots; replaces dead children
+    ├── completer    writes results in batches (job_complete_many / job_fail_many /
+    │                job_release_many)
+    └── liveness     engine row + advisory lock, heartbeat, rescuer of dead engines' jobs
+
+Who writes what:
+    * only the parent writes job state: it claims in the fetcher, finishes and releases in
+      the completer, and rescues other engines' jobs in liveness;
+    * children only run handlers and report results (handlers may enqueue new jobs);
+    * every write that ends a claim is guarded by (engine, job id, lease), so a late or
+      repeated write changes nothing.
+
+A crash story for each process:
+    * a child dies: the supervisor fails the jobs it held as crashes (attempt counted,
+      backoff) and forks a replacement;
+    * the parent dies: its connections close, its liveness lock is freed, and any other
+      engine's rescuer makes its claimed jobs runnable within worker.rescue_interval
+      seconds; its children die with it (PR_SET_PDEATHSIG) and never hold its sockets.
+
+Shutdown order: see ``skivi.engine.supervisor``.
+
+Exit codes of ``python -m skivi.engine``:
+    0  stopped cleanly (signal, or --once with nothing left to run)
+    1  stopped with errors (a shutdown step failed, results left unwritten)
+    2  bad command line or configuration, or a task file that does not load
+    3  the database could not be reached or migrated at start
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from skivi.system import System
+
+__all__ = ["EXIT_CONFIG", "EXIT_DATABASE", "EXIT_ERROR", "EXIT_OK", "run", "run_async"]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_CONFIG = 2
+EXIT_DATABASE = 3
+
+
+async def run_async(system: System, *, once: bool = False) -> int:
+    """Run the engine in the current event loop until stopped; returns the exit code."""
+    from skivi.engine.supervisor import Engine
+
+    engine = Engine(system, system.registry(), once=once)
+    return await engine.run()
+
+
+def run(system: System, *, once: bool = False) -> int:
+    """Run the engine on a new uvloop event loop until stopped; returns the exit code."""
+    import uvloop
+
+    return uvloop.run(run_async(system, once=once))

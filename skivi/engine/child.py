@@ -1,0 +1,354 @@
+"""A child process: runs handlers, reports results. Never writes job state to the database.
+
+Lifecycle: the parent forks the child (so lambdas and closures in the task registry just
+work: nothing is pickled), the child closes every file descriptor it inherited except its two
+pipes and its liveness pipe (so it never holds the parent's database sockets open), asks the
+kernel to kill it if the parent dies, ignores SIGINT/SIGTERM (the parent drives shutdown),
+starts a fresh uvloop event loop, says READY and then:
+
+    running    JOBS frames arrive; each job starts at once: async handlers as tasks on the
+               loop (many at a time), sync handlers one at a time on the loop, or on a
+               thread pool when worker.sync_threads > 1. The parent never sends more jobs
+               than the child's concurrency, so nothing queues here for long.
+    stopping   on STOP: jobs not yet started go back as RESULT_RELEASED, running ones
+               finish, the last results are flushed, and the child exits 0.
+
+Results are batched: they are flushed when no job is running or waiting, or every
+RESULT_FLUSH_SIZE results, so a busy child sends one frame per handful of jobs.
+
+What a handler's outcome becomes:
+    return                      completed
+    raise (any BaseException)   failed, retried after the task's backoff; sys.exit and
+                                KeyboardInterrupt inside a handler are failures too
+    list payload, list result   a batch job: entries that are exceptions stay in the
+    with exceptions             payload and are retried; the rest are done (partial success)
+    no handler for the task     exhausted at once, reason "no_handler"
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ctypes
+import datetime as dt
+import gc
+import logging
+import os
+import signal
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from skivi.engine import handoff
+from skivi.job import Job
+
+if TYPE_CHECKING:
+    from skivi.registry import Task, TaskRegistry
+    from skivi.system import System
+
+__all__ = ["JobContext", "JobInfo", "child_main"]
+
+logger = logging.getLogger(__name__)
+
+RESULT_FLUSH_SIZE = 256
+ERROR_TEXT_MAX = 64 * 1024
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    """What a handler sees of its job (``ctx.job``)."""
+
+    id: int
+    task_identifier: str
+    payload: Any
+    queue_name: str | None
+    priority: int
+    run_at: dt.datetime
+    attempts: int
+    max_attempts: int
+    key: str | None
+    flags: tuple[str, ...]
+    created_at: dt.datetime
+
+
+class JobContext:
+    """The argument every handler receives: ``ctx.job``, ``ctx.logger``, ``ctx.add_job``."""
+
+    __slots__ = ("_system", "job", "logger")
+
+    def __init__(self, job: JobInfo, system: System) -> None:
+        self.job = job
+        self._system = system
+        self.logger = logging.LoggerAdapter(
+            logging.getLogger(f"skivi.task.{job.task_identifier}"),
+            {"job_id": job.id, "task": job.task_identifier, "attempt": job.attempts},
+        )
+
+    def add_job(self, task: str, payload: Any = None, **options: Any) -> Job:
+        """Enqueue a follow-up job (its own transaction)."""
+        from skivi.client import add_job
+
+        return add_job(self._system, task, payload, **options)
+
+    async def add_job_async(self, task: str, payload: Any = None, **options: Any) -> Job:
+        """Enqueue a follow-up job from an async handler."""
+        from skivi.client import add_job_async
+
+        return await add_job_async(self._system, task, payload, **options)
+
+
+def _parse_time(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value)
+
+
+def _job_info(m: Sequence[Any]) -> JobInfo:
+    return JobInfo(m[0], m[2], m[3], m[4], m[5], _parse_time(m[6]), m[7], m[8], m[9],
+                   tuple(m[10] or ()), _parse_time(m[11]))
+
+
+def error_text(exc: BaseException) -> str:
+    """The text stored as a job's last error: type, message and traceback, made safe for
+    PostgreSQL text (no NUL, no lone surrogates) and capped, even when ``__str__`` raises."""
+    try:
+        lines = traceback.format_exception(exc)
+        text = "".join(lines)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not lose the failure
+        text = f"{type(exc).__qualname__}: <exception text unavailable>"
+    if len(text) > ERROR_TEXT_MAX:
+        half = ERROR_TEXT_MAX // 2
+        text = text[:half] + "\n... [truncated] ...\n" + text[-half:]
+    text = text.replace("\x00", "\\x00")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class _Runner:
+    """Runs jobs and batches results back to the parent."""
+
+    def __init__(self, registry: TaskRegistry, system: System, result_fd: int,
+                 sync_threads: int) -> None:
+        self.registry = registry
+        self.system = system
+        self.result_fd = result_fd
+        self.loop = asyncio.get_running_loop()
+        self.results: list[list[Any]] = []
+        self.sync_queue: deque[list[Any]] = deque()
+        self.running = 0
+        self.stopping = False
+        self.done = asyncio.Event()
+        self.flush_scheduled = False
+        self.sync_pump_scheduled = False
+        self.threads = (concurrent.futures.ThreadPoolExecutor(sync_threads, "skivi-sync")
+                        if sync_threads > 1 else None)
+
+    # -- results ---------------------------------------------------------------------
+    def _write(self, frame: bytes) -> None:
+        view = memoryview(frame)
+        while view:
+            written = os.write(self.result_fd, view)
+            view = view[written:]
+
+    def flush(self) -> None:
+        self.flush_scheduled = False
+        if self.results:
+            batch, self.results = self.results, []
+            self._write(handoff.encode_results(batch))
+        if self.stopping and self.running == 0 and not self.sync_queue:
+            self.done.set()
+
+    def _report(self, result: list[Any]) -> None:
+        self.results.append(result)
+        if len(self.results) >= RESULT_FLUSH_SIZE:
+            self.flush()
+        elif not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    # -- jobs ------------------------------------------------------------------------
+    def accept(self, messages: list[list[Any]]) -> None:
+        for m in messages:
+            task = self.registry.get(m[2])
+            if self.stopping:
+                self._report([m[0], m[1], handoff.RESULT_RELEASED, m[2], m[4], 0.0,
+                              None, 0.0, None, None])
+            elif task is None:
+                self._report([m[0], m[1], handoff.RESULT_FAILED, m[2], m[4], 0.0,
+                              f"no handler for task {m[2]!r} in this engine", 0.0,
+                              "no_handler", None])
+            elif task.is_async:
+                self.running += 1
+                self.loop.create_task(self._run_async(task, m))
+            else:
+                self.sync_queue.append(m)
+        if self.sync_queue and not self.sync_pump_scheduled:
+            self.sync_pump_scheduled = True
+            self.loop.call_soon(self._pump_sync)
+
+    def stop(self) -> None:
+        self.stopping = True
+        while self.sync_queue:
+            m = self.sync_queue.popleft()
+            self._report([m[0], m[1], handoff.RESULT_RELEASED, m[2], m[4], 0.0,
+                          None, 0.0, None, None])
+        self.flush()
+
+    def _pump_sync(self) -> None:
+        """Run queued sync jobs; yield to the loop between slices so pipes stay serviced."""
+        self.sync_pump_scheduled = False
+        deadline = time.monotonic() + 0.005
+        while self.sync_queue:
+            m = self.sync_queue.popleft()
+            task = self.registry.get(m[2])
+            assert task is not None
+            if self.threads is not None:
+                self.running += 1
+                fut = self.loop.run_in_executor(self.threads, self._call_sync, task, m)
+                fut.add_done_callback(self._thread_done)
+                continue
+            self._report(self._call_sync(task, m))
+            if time.monotonic() > deadline:
+                break
+        if self.sync_queue:
+            self.sync_pump_scheduled = True
+            self.loop.call_soon(self._pump_sync)
+        elif not self.flush_scheduled:
+            self.flush()
+
+    def _thread_done(self, fut: asyncio.Future[list[Any]]) -> None:
+        self.running -= 1
+        self._report(fut.result())
+
+    def _call_sync(self, task: Task, m: list[Any]) -> list[Any]:
+        started = time.perf_counter()
+        try:
+            info = _job_info(m)
+            outcome = task.handler(JobContext(info, self.system))
+        except BaseException as exc:  # noqa: BLE001 - every handler failure is data
+            return self._failure(task, m, exc, time.perf_counter() - started)
+        return self._outcome(task, m, outcome, time.perf_counter() - started)
+
+    async def _run_async(self, task: Task, m: list[Any]) -> None:
+        started = time.perf_counter()
+        try:
+            info = _job_info(m)
+            coro = task.handler(JobContext(info, self.system))
+            if task.timeout is not None:
+                outcome = await asyncio.wait_for(coro, task.timeout)
+            else:
+                outcome = await coro
+        except TimeoutError as exc:
+            result = self._failure(task, m, exc, time.perf_counter() - started,
+                                   text=f"timeout: the job ran longer than {task.timeout} s")
+        except BaseException as exc:  # noqa: BLE001 - every handler failure is data
+            result = self._failure(task, m, exc, time.perf_counter() - started)
+        else:
+            result = self._outcome(task, m, outcome, time.perf_counter() - started)
+        self.running -= 1
+        self._report(result)
+
+    def _failure(self, task: Task, m: list[Any], exc: BaseException, took: float,
+                 text: str | None = None) -> list[Any]:
+        return [m[0], m[1], handoff.RESULT_FAILED, m[2], m[4], took,
+                text or error_text(exc), task.backoff.delay(m[7]), None, None]
+
+    def _outcome(self, task: Task, m: list[Any], outcome: object, took: float) -> list[Any]:
+        payload = m[3]
+        if (isinstance(payload, list) and isinstance(outcome, list)
+                and len(outcome) == len(payload)
+                and any(isinstance(x, BaseException) for x in outcome)):
+            failed = [(item, exc) for item, exc in zip(payload, outcome, strict=True)
+                      if isinstance(exc, BaseException)]
+            if len(failed) < len(payload):
+                errors = "\n".join(f"item {i}: {error_text(e)}"
+                                   for i, (_, e) in enumerate(failed[:10]))
+                remaining = orjson.dumps([item for item, _ in failed]).decode()
+                return [m[0], m[1], handoff.RESULT_FAILED, m[2], m[4], took,
+                        f"partial success: {len(failed)} of {len(payload)} items failed\n"
+                        + errors, task.backoff.delay(m[7]), None, remaining]
+            return self._failure(task, m, failed[0][1], took)
+        return [m[0], m[1], handoff.RESULT_COMPLETED, m[2], m[4], took, None, 0.0, None, None]
+
+
+class _JobPipe(asyncio.Protocol):
+    def __init__(self, runner: _Runner) -> None:
+        self.runner = runner
+        self.reader = handoff.FrameReader()
+
+    def data_received(self, data: bytes) -> None:
+        for kind, body in self.reader.feed(data):
+            if kind == handoff.JOBS:
+                self.runner.accept(orjson.loads(body))
+            elif kind == handoff.STOP:
+                self.runner.stop()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # The parent closed our pipe or died: nobody can take results any more.
+        self.runner.stopping = True
+        self.runner.done.set()
+
+
+async def _serve(registry: TaskRegistry, system: System, job_fd: int, result_fd: int,
+                 sync_threads: int) -> None:
+    runner = _Runner(registry, system, result_fd, sync_threads)
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.connect_read_pipe(lambda: _JobPipe(runner),
+                                                os.fdopen(job_fd, "rb", buffering=0))
+    runner._write(handoff.encode_frame(handoff.READY))
+    await runner.done.wait()
+    runner.flush()
+    transport.close()
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the closed job pipe still stops us
+        pass
+
+
+def child_main(index: int, registry: TaskRegistry, system: System, job_fd: int,
+               result_fd: int, alive_fd: int, sync_threads: int,
+               on_start: Callable[[], None] | None = None) -> None:
+    """Entry point right after fork. Never returns: exits the process with os._exit."""
+    code = 1
+    try:
+        _die_with_parent()
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        keep = sorted({0, 1, 2, job_fd, result_fd, alive_fd})
+        low = 3
+        for fd in keep:
+            if fd >= low:
+                os.closerange(low, fd)
+                low = fd + 1
+        os.closerange(low, 65536)
+        # Objects inherited from the parent (its connections, its loop) must never be
+        # finalised here: that could talk on sockets the parent still uses.
+        gc.freeze()
+        system.forget_connections()
+        asyncio.events._set_running_loop(None)
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(loop)
+        if on_start is not None:
+            on_start()
+        loop.run_until_complete(_serve(registry, system, job_fd, result_fd, sync_threads))
+        code = 0
+    except BaseException:  # noqa: BLE001 - report, then exit without running finalisers
+        try:
+            logger.exception("child %d failed", index, extra={"action": "child_failed"})
+        except BaseException:  # noqa: BLE001
+            pass
+    finally:
+        try:
+            logging.shutdown()
+        finally:
+            os._exit(code)

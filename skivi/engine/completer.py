@@ -1,0 +1,212 @@
+"""The completer: owns every job-state write that finishes a claim.
+
+Results from the children arrive here one batch at a time and are written in batches: one
+``job_complete_many`` statement for successes, one ``job_fail_many`` for failures (retries
+and exhaustions), one ``job_release_many`` for jobs handed back unstarted. A flush happens
+when ``worker.completion_batch_size`` results wait, or ``worker.completion_interval``
+seconds after the first one arrived, whichever comes first (River's job completer,
+Graphile Worker's completeJobBatchDelay).
+
+States:
+    idle       nothing pending; waits for results.
+    batching   results pending; flushes on size or on the batching window.
+    failing    the database refused or the connection dropped: pending results stay in
+               memory, the connection is rebuilt, the flush is retried with jittered
+               backoff. While more than ``worker.max_result_buffer`` results wait,
+               ``backpressure`` is true and the fetcher stops claiming.
+    stopping   ``drain()`` flushes until nothing is pending (or its deadline passes).
+
+Every statement is guarded by (engine, id, lease) in SQL, so a flush retried after an
+ambiguous failure, or a result for a job that was rescued meanwhile, changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from skivi.db.queries import Queries
+from skivi.engine import handoff
+from skivi.engine.connection import Reconnecting
+
+__all__ = ["Completer"]
+
+logger = logging.getLogger(__name__)
+
+FlushHook = Callable[[list[list[Any]], list[list[Any]], set[int], dict[int, str]], None]
+
+
+class Completer:
+    def __init__(self, db: Reconnecting, queries: Queries, *, engine_id: Callable[[], int],
+                 batch_size: int, interval: float, max_buffer: int, history: bool,
+                 on_flushed: FlushHook | None = None) -> None:
+        self.db = db
+        self.q = queries
+        self.engine_id = engine_id
+        self.batch_size = batch_size
+        self.interval = interval
+        self.max_buffer = max_buffer
+        self.history = history
+        self.on_flushed = on_flushed
+        self.completed: list[list[Any]] = []
+        self.failed: list[list[Any]] = []
+        self.released: list[tuple[int, int]] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._first_at = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.flushes = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self.completed) + len(self.failed) + len(self.released)
+
+    @property
+    def backpressure(self) -> bool:
+        return self.pending >= self.max_buffer
+
+    def add(self, results: Sequence[list[Any]]) -> None:
+        """Take a batch of result rows (see ``handoff``)."""
+        if not self.pending:
+            self._first_at = time.monotonic()
+        for r in results:
+            code = r[2]
+            if code == handoff.RESULT_COMPLETED:
+                self.completed.append(r)
+            elif code == handoff.RESULT_FAILED:
+                self.failed.append(r)
+            else:
+                self.released.append((r[0], r[1]))
+        self._idle.clear()
+        self._wake.set()
+
+    def release(self, pairs: Sequence[tuple[int, int]]) -> None:
+        """Give back claimed jobs that never started."""
+        if not pairs:
+            return
+        if not self.pending:
+            self._first_at = time.monotonic()
+        self.released.extend(pairs)
+        self._idle.clear()
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="completer")
+
+    async def _run(self) -> None:
+        delay = 0.05
+        while True:
+            if not self.pending:
+                self._idle.set()
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if len(self.completed) + len(self.failed) < self.batch_size and not self._closing:
+                wait = self._first_at + self.interval - time.monotonic()
+                if wait > 0:
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), wait)
+                    except TimeoutError:
+                        pass
+                    if len(self.completed) + len(self.failed) < self.batch_size and \
+                            time.monotonic() < self._first_at + self.interval:
+                        continue
+            try:
+                await self.flush()
+                delay = 0.05
+            except Exception as exc:  # noqa: BLE001 - kept and retried, never dropped
+                logger.warning("completion flush failed (%d results kept, retrying in %.2fs): %s",
+                               self.pending, delay, exc,
+                               extra={"action": "retry_flush", "pending": self.pending})
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
+
+    async def flush(self) -> None:
+        """Write everything pending, one statement per kind. On failure, nothing is lost:
+        the batches go back in front of whatever arrived meanwhile."""
+        completed, self.completed = self.completed, []
+        failed, self.failed = self.failed, []
+        released, self.released = self.released, []
+        self._first_at = time.monotonic()
+        engine = self.engine_id()
+        done_ids: set[int] = set()
+        outcomes: dict[int, str] = {}
+        try:
+            conn = await self.db.get()
+            kinds = bool(completed) + bool(failed) + bool(released)
+            if kinds > 1:
+                # All or nothing, so a retried flush reports exactly what it did.
+                async with conn.transaction():
+                    done_ids, outcomes = await self._write(conn, engine, completed, failed,
+                                                           released)
+            else:
+                done_ids, outcomes = await self._write(conn, engine, completed, failed,
+                                                       released)
+        except BaseException:
+            self.db.broken()
+            # Put back what was not confirmed; guarded statements make a replay harmless.
+            self.completed[:0] = completed
+            self.failed[:0] = failed
+            self.released[:0] = released
+            raise
+        self.flushes += 1
+        if self.on_flushed is not None:
+            try:
+                self.on_flushed(completed, failed, done_ids, outcomes)
+            except Exception:  # noqa: BLE001 - observers never break completion
+                logger.exception("completion observer failed", extra={"action": "observe"})
+
+    async def _write(self, conn: Any, engine: int, completed: list[list[Any]],
+                     failed: list[list[Any]], released: list[tuple[int, int]],
+                     ) -> tuple[set[int], dict[int, str]]:
+        done_ids: set[int] = set()
+        outcomes: dict[int, str] = {}
+        if completed:
+            cur = await conn.execute(self.q.job_complete_many, {
+                "engine": engine, "ids": [r[0] for r in completed],
+                "leases": [r[1] for r in completed], "history": self.history})
+            done_ids = {row[0] for row in await cur.fetchall()}
+        if failed:
+            cur = await conn.execute(self.q.job_fail_many, {
+                "engine": engine,
+                "ids": [r[0] for r in failed], "leases": [r[1] for r in failed],
+                "errors": [r[6] for r in failed], "delays": [float(r[7]) for r in failed],
+                "finals": [r[8] for r in failed], "payloads": [r[9] for r in failed]})
+            outcomes = {row[0]: row[1] for row in await cur.fetchall()}
+        if released:
+            await conn.execute(self.q.job_release_many, {
+                "engine": engine, "ids": [p[0] for p in released],
+                "leases": [p[1] for p in released]})
+        return done_ids, outcomes
+
+    async def drain(self, timeout: float) -> bool:
+        """Flush until nothing is pending; False if the deadline passed first."""
+        self._closing = True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        finally:
+            if self._task is not None and self._task.done():
+                self._task = None
+        return True
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass

@@ -1,0 +1,103 @@
+"""One database connection of the parent that rebuilds itself after it breaks.
+
+PostgreSQL restarting, a dropped connection or ``pg_terminate_backend`` must not crash the
+engine: a component asks ``get()`` for its connection, and reports ``broken()`` when a
+statement on it failed in a way that leaves it unusable; the next ``get()`` reconnects,
+waiting with jittered exponential backoff between attempts (capped at ``max_delay``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+
+from skivi.db import pool as dbpool
+
+__all__ = ["Reconnecting"]
+
+logger = logging.getLogger(__name__)
+
+
+class Reconnecting:
+    def __init__(self, url: str, name: str, *, connect_timeout: float = 10.0,
+                 max_delay: float = 2.0,
+                 on_connect: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]]
+                 | None = None) -> None:
+        self.url = url
+        self.name = name
+        self.connect_timeout = connect_timeout
+        self.max_delay = max_delay
+        self.on_connect = on_connect
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._lock = asyncio.Lock()
+        self.reconnects = 0
+        self.closed = False
+
+    @property
+    def connection(self) -> psycopg.AsyncConnection[Any] | None:
+        return self._conn
+
+    async def get(self) -> psycopg.AsyncConnection[Any]:
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            return conn
+        async with self._lock:
+            delay = 0.05
+            while self._conn is None or self._conn.closed:
+                if self.closed:
+                    raise psycopg.OperationalError(f"{self.name}: connection closed")
+                try:
+                    conn = await dbpool.connect_async(
+                        self.url, application_name=self.name,
+                        connect_timeout=self.connect_timeout)
+                    if self.on_connect is not None:
+                        await self.on_connect(conn)
+                    self._conn = conn
+                    if self.reconnects:
+                        logger.info("%s: reconnected", self.name,
+                                    extra={"action": "reconnect"})
+                    self.reconnects += 1
+                except psycopg.Error as exc:
+                    logger.warning("%s: cannot connect (%s); retrying in %.2fs", self.name,
+                                   exc, delay, extra={"action": "reconnect_failed"})
+                    await asyncio.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, self.max_delay)
+            return self._conn
+
+    def broken(self) -> None:
+        """The last statement failed: drop the connection if it is no longer usable."""
+        conn = self._conn
+        if conn is None:
+            return
+        if conn.closed or conn.broken or conn.info.transaction_status not in (
+                psycopg.pq.TransactionStatus.IDLE,):
+            self._conn = None
+            if not conn.closed:
+                asyncio.get_running_loop().create_task(self._close_quietly(conn))
+
+    @staticmethod
+    async def _close_quietly(conn: psycopg.AsyncConnection[Any]) -> None:
+        try:
+            await conn.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    async def close(self) -> None:
+        self.closed = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._close_quietly(conn)
+
+    def fileno(self) -> int | None:
+        conn = self._conn
+        if conn is None or conn.closed:
+            return None
+        try:
+            return conn.pgconn.socket
+        except psycopg.Error:
+            return None

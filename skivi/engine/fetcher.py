@@ -1,0 +1,190 @@
+"""The fetcher: the parent's claim loop, and the LISTEN connection that wakes it.
+
+State machine (Graphile Worker's localQueue, with its crash window closed by the rescuer):
+
+    waiting    nothing to claim, or no room: sleeps until woken by a NOTIFY, by a child
+               freeing slots, by the timer of a job scheduled for later, or by the poll
+               interval (the fallback when notifications are lost or LISTEN is
+               unavailable, e.g. behind PgBouncer in transaction mode).
+    claiming   one job_claim statement for up to ``room`` jobs, where
+                   room = free slots in the children + one claim batch - jobs in hand,
+               capped at worker.batch_size. A full batch means more may be waiting, so it
+               claims again at once; a short one means the queue is drained: wait.
+    paused     the completer has more than worker.max_result_buffer results it cannot
+               write (database away): claiming stops until they land.
+    stopped    no more claims. ``take_all()`` hands the unstarted jobs in hand back to the
+               caller, who releases them (attempt not consumed).
+
+Invariant: jobs in hand (buffered here + in flight in children) never exceed the
+children's total capacity + one claim batch, so parent memory stays flat whatever the
+backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from skivi.db.queries import Queries, channel_name
+from skivi.engine.connection import Reconnecting
+
+__all__ = ["ClaimedJob", "Fetcher"]
+
+logger = logging.getLogger(__name__)
+
+ClaimedJob = tuple[int, int, bytes]  # (id, lease, message)
+
+
+class Fetcher:
+    def __init__(self, db: Reconnecting, listen_db: Reconnecting | None, queries: Queries, *,
+                 engine_id: Callable[[], int], batch_size: int, poll_interval: float,
+                 capacity: Callable[[], int], in_flight: Callable[[], int],
+                 paused: Callable[[], bool], on_claimed: Callable[[], None],
+                 tasks: list[str] | None, forbidden_flags: list[str] | None,
+                 queues: list[str] | None) -> None:
+        self.db = db
+        self.listen_db = listen_db
+        self.q = queries
+        self.engine_id = engine_id
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.capacity = capacity
+        self.in_flight = in_flight
+        self.paused = paused
+        self.on_claimed = on_claimed
+        self.filters: dict[str, Any] = {"tasks": tasks, "forbidden": forbidden_flags,
+                                        "queues": queues}
+        self.buffer: deque[ClaimedJob] = deque()
+        self.stopped = False
+        self.drained = False  # the last claim came back short
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self.claims = 0
+        self.claimed = 0
+        self.listening = False
+
+    def room(self) -> int:
+        return min(self.batch_size,
+                   self.capacity() + self.batch_size - self.in_flight() - len(self.buffer))
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._run(), name="fetcher"))
+        if self.listen_db is not None:
+            self._tasks.append(loop.create_task(self._listen(), name="listener"))
+
+    async def stop(self) -> None:
+        self.stopped = True
+        self._wake.set()
+        if self._timer is not None:
+            self._timer.cancel()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        self._tasks.clear()
+
+    def take_all(self) -> list[ClaimedJob]:
+        jobs = list(self.buffer)
+        self.buffer.clear()
+        return jobs
+
+    async def _run(self) -> None:
+        delay = 0.05
+        while not self.stopped:
+            room = self.room()
+            if room <= 0 or self.paused():
+                await self._sleep(self.poll_interval)
+                continue
+            try:
+                n = await self._claim(room)
+                delay = 0.05
+            except psycopg.Error as exc:
+                self.db.broken()
+                logger.warning("claim failed: %s; retrying in %.2fs", exc, delay,
+                               extra={"action": "claim_failed"})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            self.drained = n < room
+            if self.drained:
+                await self._sleep(self.poll_interval)
+
+    async def _claim(self, limit: int) -> int:
+        conn = await self.db.get()
+        params = {"engine": self.engine_id(), "limit": limit, **self.filters}
+        cur = await conn.execute(self.q.job_claim, params, prepare=True)
+        rows = await cur.fetchall()
+        self.claims += 1
+        if rows:
+            self.claimed += len(rows)
+            self.buffer.extend((r[0], r[1], r[2].encode()) for r in rows)
+            self.on_claimed()
+        return len(rows)
+
+    async def _sleep(self, timeout: float) -> None:
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    def _wake_at(self, epoch: float) -> None:
+        """A job becomes runnable at ``epoch``: wake then rather than at the next poll."""
+        delay = epoch - time.time()
+        if delay <= 0:
+            self.wake()
+            return
+        if delay > self.poll_interval:
+            return
+        loop = asyncio.get_running_loop()
+        if self._timer is None or self._timer.when() > loop.time() + delay:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_later(delay, self.wake)
+
+    async def _listen(self) -> None:
+        assert self.listen_db is not None
+        channel = channel_name(self.q.schema)
+        delay = 0.1
+        while not self.stopped:
+            try:
+                conn = await self.listen_db.get()
+                await conn.execute(sql.SQL("listen {}").format(sql.Identifier(channel)))
+                self.listening = True
+                delay = 0.1
+                # Something may have been enqueued while we were not listening.
+                self.wake()
+                async for note in conn.notifies():
+                    if note.payload:
+                        try:
+                            self._wake_at(float(note.payload))
+                        except ValueError:
+                            self.wake()
+                    else:
+                        self.wake()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - polling carries on meanwhile
+                # If LISTEN itself is refused (a transaction-mode pooler) the connection
+                # stays and LISTEN is retried with backoff; polling carries on meanwhile.
+                self.listening = False
+                self.listen_db.broken()
+                logger.warning("LISTEN lost (%s); polling every %.1fs until it is back",
+                               exc, self.poll_interval, extra={"action": "listen_lost"})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)

@@ -1,0 +1,92 @@
+"""The IPC contract between the engine's parent and its child processes. Nothing else.
+
+Each child has two pipes of its own: jobs go down one, results come back up the other. A
+pipe carries frames: a 4-byte big-endian length, one kind byte, then an orjson body.
+
+    parent -> child   JOBS     a JSON array of job messages, exactly as job_claim.sql built
+                               them (the parent never parses a payload: it joins the texts)
+                      STOP     stop taking jobs; send back the ones not started; finish
+    child  -> parent  RESULTS  a JSON array of Result rows (below)
+                      READY    the child has loaded its tasks and waits for jobs
+
+Per-child channels (rather than one shared queue) let the parent know exactly which jobs
+each child holds, so a child that dies fails precisely its own jobs.
+
+A job message is [id, lease, task, payload, queue_name, priority, run_at, attempts,
+max_attempts, key, flags, created_at].
+
+A result row is [id, lease, code, task, queue_name, run_seconds, error, delay, final,
+payload]: code is one of the RESULT_* values; error the failure text (or null); delay the
+retry backoff in seconds; final the reason to exhaust the job now (or null); payload the JSON
+text of what stays to do after a partial success (or null).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "JOBS",
+    "READY",
+    "RESULTS",
+    "RESULT_COMPLETED",
+    "RESULT_FAILED",
+    "RESULT_RELEASED",
+    "STOP",
+    "FrameReader",
+    "encode_frame",
+    "encode_jobs",
+    "encode_results",
+]
+
+JOBS = b"J"
+STOP = b"S"
+RESULTS = b"R"
+READY = b"Y"
+
+RESULT_COMPLETED = 0
+RESULT_FAILED = 1
+RESULT_RELEASED = 2  # never started: goes back with its attempt not consumed
+
+_HEADER = struct.Struct(">I")
+
+
+def encode_frame(kind: bytes, body: bytes = b"") -> bytes:
+    return _HEADER.pack(len(body) + 1) + kind + body
+
+
+def encode_jobs(messages: Sequence[bytes]) -> bytes:
+    return encode_frame(JOBS, b"[" + b",".join(messages) + b"]")
+
+
+def encode_results(results: Sequence[Sequence[Any]]) -> bytes:
+    return encode_frame(RESULTS, orjson.dumps(results))
+
+
+class FrameReader:
+    """Reassembles frames from pipe reads of any size."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Yield (kind, body) for every complete frame received so far."""
+        buf = self._buf
+        buf += data
+        pos = 0
+        end = len(buf)
+        while end - pos >= 4:
+            (size,) = _HEADER.unpack_from(buf, pos)
+            if end - pos - 4 < size:
+                break
+            start = pos + 4
+            yield bytes(buf[start:start + 1]), bytes(buf[start + 1:start + size])
+            pos = start + size
+        if pos:
+            del buf[:pos]

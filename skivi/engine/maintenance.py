@@ -1,0 +1,157 @@
+"""Liveness and rescue: the engine's identity, its heartbeat, and the rescuer of jobs held by
+engines that died.
+
+Identity. ``register()`` inserts a row in the engine table and takes a session advisory
+lock keyed by (schema, engine id) on this component's own connection, in one statement.
+While the engine lives, the lock is held; when the process dies (SIGKILL, OOM, host loss)
+its connection closes and the lock is free.
+
+Heartbeat. Every worker.heartbeat_interval the row's heartbeat_at is refreshed (with the
+number of jobs in flight). If the connection was lost (a PostgreSQL restart), the engine
+tries to take its lock back and keep its identity; if its row is gone (another engine
+declared it dead and rescued its jobs), it takes a new identity: results for the old claims
+are then refused by the guards, which is right, since those jobs run again elsewhere.
+
+Rescue. Every worker.rescue_interval, job_rescue.sql makes the jobs of dead engines (lock
+free, heartbeat older than their lease, or no engine row at all) runnable again. Any engine
+may run it; SKIP LOCKED on the dead engines' rows makes concurrent rescuers safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from skivi.db.queries import Queries
+from skivi.engine.connection import Reconnecting
+
+__all__ = ["Liveness"]
+
+logger = logging.getLogger(__name__)
+
+
+class Liveness:
+    def __init__(self, db: Reconnecting, queries: Queries, *, version: str,
+                 heartbeat_interval: float, lease_timeout: float, rescue_interval: float,
+                 processes: int, concurrency: int, in_flight: Callable[[], int],
+                 on_rescued: Callable[[list[int], int, int], None] | None = None,
+                 on_new_identity: Callable[[int], None] | None = None) -> None:
+        self.db = db
+        self.q = queries
+        self.version = version
+        self.heartbeat_interval = heartbeat_interval
+        self.lease_timeout = lease_timeout
+        self.rescue_interval = rescue_interval
+        self.processes = processes
+        self.concurrency = concurrency
+        self.in_flight = in_flight
+        self.on_rescued = on_rescued
+        self.on_new_identity = on_new_identity
+        self.engine_id = 0
+        self.stopping = False
+        self._lock_conn: Any = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def register(self) -> int:
+        conn = await self.db.get()
+        cur = await conn.execute(self.q.engine_register, {
+            "schema": self.q.schema, "hostname": socket.gethostname(), "pid": os.getpid(),
+            "version": self.version, "lease_timeout": self.lease_timeout,
+            "processes": self.processes, "concurrency": self.concurrency})
+        row = await cur.fetchone()
+        assert row is not None
+        self.engine_id = int(row[0])
+        self._lock_conn = conn
+        logger.info("engine %d registered", self.engine_id,
+                    extra={"action": "register_engine", "engine": self.engine_id})
+        return self.engine_id
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._heartbeats(), name="heartbeat"),
+                       loop.create_task(self._rescues(), name="rescuer")]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        self._tasks = []
+
+    async def deregister(self) -> None:
+        try:
+            conn = await asyncio.wait_for(self.db.get(), 5.0)
+            await conn.execute(self.q.engine_deregister, {"engine": self.engine_id})
+        except (psycopg.Error, TimeoutError) as exc:
+            logger.warning("could not deregister engine %d: %s", self.engine_id, exc,
+                           extra={"action": "deregister_failed"})
+
+    async def heartbeat(self) -> None:
+        conn = await self.db.get()
+        if conn is not self._lock_conn:
+            # A new connection: the lock went with the old one. Take it back if our row is
+            # still there (nobody rescued us); otherwise start over as a new engine.
+            cur = await conn.execute(self.q.engine_relock, {
+                "schema": self.q.schema, "engine": self.engine_id})
+            row = await cur.fetchone()
+            if row is None or not row[0]:
+                old = self.engine_id
+                await self.register()
+                logger.error("engine %d lost its identity (declared dead); now engine %d",
+                             old, self.engine_id, extra={"action": "new_identity"})
+                if self.on_new_identity is not None:
+                    self.on_new_identity(self.engine_id)
+                return
+            self._lock_conn = conn
+        cur = await conn.execute(self.q.engine_heartbeat, {
+            "engine": self.engine_id, "in_flight": self.in_flight(),
+            "stopping": self.stopping})
+        if await cur.fetchone() is None:
+            old = self.engine_id
+            await self.register()
+            logger.error("engine %d was declared dead; now engine %d", old, self.engine_id,
+                         extra={"action": "new_identity"})
+            if self.on_new_identity is not None:
+                self.on_new_identity(self.engine_id)
+
+    async def rescue(self) -> tuple[list[int], int, int]:
+        conn = await self.db.get()
+        cur = await conn.execute(self.q.job_rescue, {"engine": self.engine_id,
+                                                     "schema": self.q.schema})
+        row = await cur.fetchone()
+        assert row is not None
+        engines, retried, exhausted = list(row[0]), int(row[1]), int(row[2])
+        if engines:
+            logger.warning("rescued the jobs of dead engines %s: %d back to waiting, %d "
+                           "exhausted", engines, retried, exhausted,
+                           extra={"action": "rescue_jobs", "engines": engines})
+            if self.on_rescued is not None:
+                self.on_rescued(engines, retried, exhausted)
+        return engines, retried, exhausted
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
+                await self.heartbeat()
+            except psycopg.Error as exc:
+                self.db.broken()
+                logger.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat_failed"})
+
+    async def _rescues(self) -> None:
+        while True:
+            await asyncio.sleep(self.rescue_interval)
+            try:
+                await self.rescue()
+            except psycopg.Error as exc:
+                self.db.broken()
+                logger.warning("rescue failed: %s", exc, extra={"action": "rescue_failed"})

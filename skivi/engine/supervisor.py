@@ -1,0 +1,443 @@
+"""The engine's parent process: children, hand-over, signals and the ordered shutdown.
+
+The supervisor forks worker.processes children (CPU count by default), each with its own
+pair of pipes (``handoff``), and moves jobs from the fetcher's buffer to the children with
+free slots, never more than worker.concurrency at a time per child. Results coming back go
+to the completer, free the slots and trigger the next hand-over at once.
+
+A child that dies (segfault, os._exit, OOM kill, SIGKILL) is noticed through its liveness
+pipe: what it had already reported is taken first, then its remaining jobs are failed as
+crashes (attempt counted, retried with the task's backoff, exhausted on the last attempt)
+and a new child is forked in its place. Its siblings never stop.
+
+Shutdown (SIGTERM, SIGINT, ``stop()``; see ``Engine.shutdown``), in this order, every step
+running even if an earlier one failed:
+    1. stop claiming; hand the unstarted jobs in the buffer back (attempt not consumed);
+    2. tell every child to stop: it returns jobs it had not started and finishes the rest;
+    3. wait for the children up to worker.shutdown_timeout (a second signal cuts this
+       short); children still running then are killed and their jobs failed as
+       "interrupted by shutdown", runnable again at once;
+    4. flush every pending completion;
+    5. deregister, close connections; exit code 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from skivi.engine import handoff
+from skivi.engine.child import child_main
+from skivi.engine.completer import Completer
+from skivi.engine.connection import Reconnecting
+from skivi.engine.fetcher import ClaimedJob, Fetcher
+from skivi.engine.maintenance import Liveness
+from skivi.retry import DEFAULT_BACKOFF
+
+if TYPE_CHECKING:
+    from skivi.registry import TaskRegistry
+    from skivi.system import System
+
+__all__ = ["Engine", "EngineStats"]
+
+logger = logging.getLogger(__name__)
+
+READ_SIZE = 1 << 20
+
+
+@dataclass(slots=True)
+class EngineStats:
+    claimed: int = 0
+    completed: int = 0
+    failed: int = 0
+    exhausted: int = 0
+    stale: int = 0
+    child_crashes: int = 0
+    rescued: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class ChildHandle:
+    index: int
+    pid: int
+    job_fd: int
+    result_fd: int
+    alive_fd: int
+    capacity: int
+    in_flight: dict[int, ClaimedJob] = field(default_factory=dict)
+    outbox: bytearray = field(default_factory=bytearray)
+    reader: handoff.FrameReader = field(default_factory=handoff.FrameReader)
+    writer_armed: bool = False
+    stopping: bool = False
+    exited: bool = False
+
+    @property
+    def free(self) -> int:
+        return 0 if self.stopping else self.capacity - len(self.in_flight)
+
+
+class Engine:
+    def __init__(self, system: System, registry: TaskRegistry, *, once: bool = False,
+                 on_child_start: Callable[[], None] | None = None) -> None:
+        cfg = system.config
+        w = cfg.worker
+        self.system = system
+        self.registry = registry
+        self.once = once
+        self.on_child_start = on_child_start
+        self.processes = w.processes or os.cpu_count() or 1
+        self.concurrency = w.concurrency
+        self.sync_threads = w.sync_threads
+        self.shutdown_timeout = w.shutdown_timeout
+        self.stats = EngineStats()
+        self.children: list[ChildHandle] = []
+        self.stopping = False
+        self.fast = False
+        self.exit_code = 0
+        self._done = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        url = system.database_url
+        timeout = cfg.database.connect_timeout
+        self.claim_db = Reconnecting(url, "skivi-claim", connect_timeout=timeout)
+        self.complete_db = Reconnecting(url, "skivi-complete", connect_timeout=timeout)
+        self.listen_db = Reconnecting(url, "skivi-listen", connect_timeout=timeout)
+        self.live_db = Reconnecting(url, "skivi-liveness", connect_timeout=timeout)
+        q = system.queries
+        self.liveness = Liveness(
+            self.live_db, q, version=_version(), heartbeat_interval=w.heartbeat_interval,
+            lease_timeout=w.lease_timeout, rescue_interval=w.rescue_interval,
+            processes=self.processes, concurrency=self.concurrency,
+            in_flight=self.in_flight, on_rescued=self._on_rescued)
+        self.completer = Completer(
+            self.complete_db, q, engine_id=lambda: self.liveness.engine_id,
+            batch_size=w.completion_batch_size, interval=w.completion_interval,
+            max_buffer=w.max_result_buffer, history=w.history, on_flushed=self._on_flushed)
+        tasks = list(registry.identifiers()) if w.unknown_tasks == "skip" else None
+        self.fetcher = Fetcher(
+            self.claim_db, self.listen_db, q, engine_id=lambda: self.liveness.engine_id,
+            batch_size=w.batch_size, poll_interval=w.poll_interval,
+            capacity=lambda: sum(c.capacity for c in self.children if not c.stopping),
+            in_flight=self.in_flight, paused=lambda: self.completer.backpressure,
+            on_claimed=self.dispatch, tasks=tasks,
+            forbidden_flags=list(w.forbidden_flags) or None,
+            queues=list(w.queues) if w.queues is not None else None)
+
+    # -- lifecycle -------------------------------------------------------------------
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            for i in range(self.processes):
+                self._spawn(i)
+            await self.liveness.register()
+            self.liveness.start()
+            self.completer.start()
+            self.fetcher.start()
+            logger.info("engine %d started: %d processes x %d concurrency, schema %s",
+                        self.liveness.engine_id, self.processes, self.concurrency,
+                        self.system.schema, extra={"action": "start_engine"})
+            if self.once:
+                loop.create_task(self._watch_once(), name="once")
+            await self._stop_requested.wait()
+        finally:
+            await self.shutdown()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        return self.exit_code
+
+    def request_stop(self, fast: bool = False) -> None:
+        if self.stopping:
+            if fast and not self.fast:
+                self.fast = True
+                logger.warning("second stop request: stopping fast",
+                               extra={"action": "stop_fast"})
+                self._cut_short.set()
+            return
+        self.stopping = True
+        self.fast = fast
+        self._cut_short = asyncio.Event()
+        if fast:
+            self._cut_short.set()
+        self._stop_requested.set()
+
+    def _on_signal(self, sig: int) -> None:
+        logger.info("received %s", signal.Signals(sig).name, extra={"action": "signal"})
+        self.request_stop(fast=self.stopping)
+
+    async def _watch_once(self) -> None:
+        """--once: stop when nothing is runnable, nothing is in hand and all is written."""
+        while not self.stopping:
+            await asyncio.sleep(0.05)
+            if (self.fetcher.drained and not self.fetcher.buffer and self.in_flight() == 0
+                    and self.completer.pending == 0):
+                await asyncio.sleep(0.05)
+                if (self.fetcher.drained and not self.fetcher.buffer
+                        and self.in_flight() == 0 and self.completer.pending == 0):
+                    self.request_stop()
+
+    async def shutdown(self) -> None:
+        if not hasattr(self, "_cut_short"):
+            self.stopping = True
+            self._cut_short = asyncio.Event()
+        steps: list[tuple[str, Callable[[], Any]]] = [
+            ("stop claiming", self._stop_claiming),
+            ("stop children", self._stop_children),
+            ("flush completions", self._flush),
+            ("stop liveness", self.liveness.stop),
+            ("deregister", self.liveness.deregister),
+            ("close connections", self._close),
+        ]
+        for name, step in steps:
+            try:
+                await step()
+            except Exception:  # noqa: BLE001 - every step runs; errors are reported
+                self.exit_code = 1
+                logger.exception("shutdown step %r failed", name,
+                                 extra={"action": "shutdown_failed", "step": name})
+        logger.info("engine %d stopped: %d completed, %d failed, %d exhausted",
+                    self.liveness.engine_id, self.stats.completed, self.stats.failed,
+                    self.stats.exhausted, extra={"action": "stop_engine"})
+
+    async def _stop_claiming(self) -> None:
+        await self.fetcher.stop()
+        unstarted = self.fetcher.take_all()
+        self.completer.release([(j[0], j[1]) for j in unstarted])
+
+    async def _stop_children(self) -> None:
+        for c in self.children:
+            if not c.exited:
+                c.stopping = True
+                self._send(c, handoff.encode_frame(handoff.STOP))
+        deadline = time.monotonic() + self.shutdown_timeout
+        while any(not c.exited for c in self.children):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._cut_short.is_set():
+                break
+            try:
+                await asyncio.wait_for(self._cut_short.wait(), min(remaining, 0.05))
+            except TimeoutError:
+                pass
+        for c in self.children:
+            if not c.exited:
+                logger.warning("child %d (pid %d) still running %d jobs: killing it",
+                               c.index, c.pid, len(c.in_flight),
+                               extra={"action": "kill_child"})
+                try:
+                    os.kill(c.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        while any(not c.exited for c in self.children):
+            await asyncio.sleep(0.01)
+
+    async def _flush(self) -> None:
+        if not await self.completer.drain(max(self.shutdown_timeout, 10.0)):
+            self.exit_code = 1
+            logger.error("%d results could not be written before shutdown; their jobs will be "
+                         "rescued by another engine", self.completer.pending,
+                         extra={"action": "flush_incomplete"})
+        await self.completer.close()
+
+    async def _close(self) -> None:
+        for db in (self.claim_db, self.complete_db, self.listen_db, self.live_db):
+            await db.close()
+        self._done.set()
+
+    # -- children --------------------------------------------------------------------
+    def in_flight(self) -> int:
+        return sum(len(c.in_flight) for c in self.children)
+
+    def _spawn(self, index: int) -> ChildHandle:
+        job_r, job_w = os.pipe()
+        res_r, res_w = os.pipe()
+        alive_r, alive_w = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child never returns
+            child_main(index, self.registry, self.system, job_r, res_w, alive_w,
+                       self.sync_threads, self.on_child_start)
+        for fd in (job_r, res_w, alive_w):
+            os.close(fd)
+        os.set_blocking(job_w, False)
+        os.set_blocking(res_r, False)
+        child = ChildHandle(index, pid, job_w, res_r, alive_r, self.concurrency)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(res_r, self._on_results, child)
+        loop.add_reader(alive_r, self._on_child_exit, child)
+        if index < len(self.children):
+            self.children[index] = child
+        else:
+            self.children.append(child)
+        logger.debug("child %d started (pid %d)", index, pid, extra={"action": "start_child"})
+        return child
+
+    def _send(self, child: ChildHandle, frame: bytes) -> None:
+        if child.exited:
+            return
+        if child.outbox:
+            child.outbox += frame
+            return
+        try:
+            n = os.write(child.job_fd, frame)
+        except BlockingIOError:
+            n = 0
+        except BrokenPipeError:
+            return
+        if n < len(frame):
+            child.outbox += frame[n:]
+            if not child.writer_armed:
+                child.writer_armed = True
+                asyncio.get_running_loop().add_writer(child.job_fd, self._on_writable, child)
+
+    def _on_writable(self, child: ChildHandle) -> None:
+        try:
+            n = os.write(child.job_fd, child.outbox)
+        except BlockingIOError:
+            return
+        except BrokenPipeError:
+            n = len(child.outbox)
+        del child.outbox[:n]
+        if not child.outbox:
+            child.writer_armed = False
+            asyncio.get_running_loop().remove_writer(child.job_fd)
+
+    def dispatch(self) -> None:
+        """Hand buffered jobs to children with free slots, one frame per child."""
+        buffer = self.fetcher.buffer
+        if not buffer:
+            return
+        for child in sorted(self.children, key=lambda c: -c.free):
+            free = child.free
+            if free <= 0 or child.exited:
+                continue
+            n = min(free, len(buffer))
+            jobs = [buffer.popleft() for _ in range(n)]
+            for j in jobs:
+                child.in_flight[j[0]] = j
+            self._send(child, handoff.encode_jobs([j[2] for j in jobs]))
+            if not buffer:
+                break
+        if self.fetcher.room() > 0:
+            self.fetcher.wake()
+
+    def _on_results(self, child: ChildHandle) -> None:
+        try:
+            data = os.read(child.result_fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBADF:
+                raise
+            return
+        if not data:
+            asyncio.get_running_loop().remove_reader(child.result_fd)
+            return
+        self._take_frames(child, data)
+
+    def _take_frames(self, child: ChildHandle, data: bytes) -> None:
+        in_flight = child.in_flight
+        for kind, body in child.reader.feed(data):
+            if kind != handoff.RESULTS:
+                continue
+            results = orjson.loads(body)
+            for r in results:
+                in_flight.pop(r[0], None)
+            self.completer.add(results)
+        self.dispatch()
+
+    def _on_child_exit(self, child: ChildHandle) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(child.alive_fd)
+        # Take everything it reported before it went.
+        while True:
+            try:
+                data = os.read(child.result_fd, READ_SIZE)
+            except (BlockingIOError, OSError):
+                break
+            if not data:
+                break
+            self._take_frames(child, data)
+        loop.remove_reader(child.result_fd)
+        if child.writer_armed:
+            loop.remove_writer(child.job_fd)
+        for fd in (child.job_fd, child.result_fd, child.alive_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        status = _reap(child.pid)
+        child.exited = True
+        if child.in_flight:
+            if self.stopping:
+                why = "interrupted by engine shutdown"
+            else:
+                why = f"child process {child.index} (pid {child.pid}) died: {status}"
+                self.stats.child_crashes += 1
+            self._fail_in_flight(child, why, retry_now=self.stopping)
+        if not self.stopping:
+            logger.error("child %d (pid %d) died (%s) with %d jobs in flight; replacing it",
+                         child.index, child.pid, status, len(child.in_flight),
+                         extra={"action": "replace_child"})
+            child.in_flight.clear()
+            self._spawn(child.index)
+            self.dispatch()
+        child.in_flight.clear()
+
+    def _fail_in_flight(self, child: ChildHandle, why: str, retry_now: bool) -> None:
+        results = []
+        for job_id, lease, msg in child.in_flight.values():
+            m = orjson.loads(msg)
+            task = self.registry.get(m[2])
+            backoff = task.backoff if task is not None else DEFAULT_BACKOFF
+            delay = 0.0 if retry_now else backoff.delay(m[7])
+            results.append([job_id, lease, handoff.RESULT_FAILED, m[2], m[4], 0.0,
+                            f"{why} while this job ran", delay, None, None])
+        self.completer.add(results)
+
+    # -- observers -------------------------------------------------------------------
+    def _on_flushed(self, completed: list[list[Any]], failed: list[list[Any]],
+                    done_ids: set[int], outcomes: dict[int, str]) -> None:
+        s = self.stats
+        s.completed += len(done_ids)
+        s.stale += len(completed) - len(done_ids)
+        for outcome in outcomes.values():
+            if outcome == "exhausted":
+                s.exhausted += 1
+            else:
+                s.failed += 1
+        s.stale += len(failed) - len(outcomes)
+
+    def _on_rescued(self, engines: list[int], retried: int, exhausted: int) -> None:
+        self.stats.rescued += retried + exhausted
+        self.fetcher.wake()
+
+
+def _reap(pid: int) -> str:
+    for _ in range(200):
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return "exited"
+        if done:
+            if os.WIFSIGNALED(status):
+                return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+            return f"exit code {os.WEXITSTATUS(status)}"
+        time.sleep(0.005)
+    return "exited"
+
+
+def _version() -> str:
+    from skivi import __version__
+
+    return __version__

@@ -1,0 +1,143 @@
+"""What a job is: the row as stored (``Job``), what enqueueing builds (``JobSpec``), and the
+small vocabularies around them (``JobKeyMode``, ``EnqueueOutcome``).
+
+``JobSpec.check()`` refuses bad options before any SQL runs, naming the option, so a bad
+call never reaches the database half-done.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from skivi.errors import JobSpecError
+
+__all__ = ["EnqueueOutcome", "Job", "JobKeyMode", "JobSpec"]
+
+MAX_ATTEMPTS_DEFAULT = 25
+PRIORITY_MIN, PRIORITY_MAX = -32768, 32767  # the column is a smallint, as in Graphile Worker
+INT4_MAX = 2**31 - 1
+TASK_IDENTIFIER_MAX = 128
+QUEUE_NAME_MAX = 128
+JOB_KEY_MAX = 512
+
+
+class JobKeyMode(enum.StrEnum):
+    """What a job key does when a job with the same key exists (Graphile Worker's modes)."""
+
+    PRESERVE_RUN_AT = "preserve_run_at"  # update the pending job but keep its run_at: throttle
+    REPLACE = "replace"  # update the pending job, run_at included: debounce
+    UNSAFE_DEDUPE = "unsafe_dedupe"  # keep the existing job, add nothing
+
+
+class EnqueueOutcome(enum.StrEnum):
+    """What an enqueue did."""
+
+    DEDUPLICATED = "deduplicated"  # unsafe_dedupe found a job with the key: nothing was added
+    INSERTED = "inserted"  # a new job
+    UPDATED = "updated"  # a pending job with the key was replaced
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job as stored. ``outcome`` is set on jobs returned by an enqueue call."""
+
+    id: int
+    task_identifier: str
+    payload: Any
+    queue_name: str | None
+    priority: int
+    run_at: dt.datetime
+    attempts: int
+    max_attempts: int
+    last_error: str | None
+    key: str | None
+    flags: tuple[str, ...]
+    locked_by: int | None
+    locked_at: dt.datetime | None
+    lease: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    outcome: EnqueueOutcome | None = None
+
+    @property
+    def deduplicated(self) -> bool:
+        """True when the enqueue kept this existing job instead of adding one."""
+        return self.outcome is EnqueueOutcome.DEDUPLICATED
+
+
+def _fail(option: str, message: str, task: object) -> JobSpecError:
+    return JobSpecError(f"job option {option!r} for task {task!r}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """One job to enqueue. ``None`` options take the database defaults."""
+
+    task: str
+    payload: Any = None
+    queue_name: str | None = None
+    run_at: dt.datetime | None = None
+    max_attempts: int | None = None
+    priority: int | None = None
+    job_key: str | None = None
+    job_key_mode: JobKeyMode | str | None = None
+    flags: Sequence[str] | None = field(default=None)
+
+    @classmethod
+    def coerce(cls, spec: JobSpec | Mapping[str, Any]) -> JobSpec:
+        if isinstance(spec, JobSpec):
+            return spec
+        if not isinstance(spec, Mapping):
+            raise JobSpecError(f"a job spec must be a JobSpec or a mapping, got {type(spec).__name__}")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(spec) - names)
+        if unknown:
+            raise JobSpecError(
+                f"job spec for task {spec.get('task')!r} has unknown fields {unknown}; "
+                f"expected {sorted(names)}")
+        if "task" not in spec:
+            raise JobSpecError("job spec has no 'task'")
+        return cls(**spec)
+
+    def check(self) -> None:
+        """Refuse impossible options, naming the option. Pure: no I/O."""
+        t = self.task
+        if not isinstance(t, str) or not 1 <= len(t) <= TASK_IDENTIFIER_MAX or "\x00" in t:
+            raise _fail("task", f"must be a string of 1 to {TASK_IDENTIFIER_MAX} characters", t)
+        q = self.queue_name
+        if q is not None and (not isinstance(q, str) or not 1 <= len(q) <= QUEUE_NAME_MAX
+                              or "\x00" in q):
+            raise _fail("queue_name", f"must be None or a string of 1 to {QUEUE_NAME_MAX} "
+                                      f"characters, got {q!r}", t)
+        if self.run_at is not None:
+            if not isinstance(self.run_at, dt.datetime):
+                raise _fail("run_at", f"must be a datetime, got {type(self.run_at).__name__}", t)
+            if self.run_at.tzinfo is None or self.run_at.utcoffset() is None:
+                raise _fail("run_at", "must be timezone-aware (a naive datetime is ambiguous)", t)
+        m = self.max_attempts
+        if m is not None and (type(m) is not int or not 1 <= m <= INT4_MAX):
+            raise _fail("max_attempts", f"must be an integer from 1 to {INT4_MAX}, got {m!r}", t)
+        p = self.priority
+        if p is not None and (type(p) is not int or not PRIORITY_MIN <= p <= PRIORITY_MAX):
+            raise _fail("priority", f"must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}, "
+                                    f"got {p!r}", t)
+        k = self.job_key
+        if k is not None and (not isinstance(k, str) or not 1 <= len(k) <= JOB_KEY_MAX
+                              or "\x00" in k):
+            raise _fail("job_key", f"must be None or a string of 1 to {JOB_KEY_MAX} characters "
+                                   "without NUL", t)
+        mode = self.job_key_mode
+        if mode is not None:
+            if mode not in JobKeyMode.__members__.values():
+                raise _fail("job_key_mode", f"must be one of "
+                            f"{', '.join(m.value for m in JobKeyMode)}, got {mode!r}", t)
+            if k is None:
+                raise _fail("job_key_mode", "needs a job_key", t)
+        f = self.flags
+        if f is not None and (isinstance(f, str) or not all(
+                isinstance(x, str) and x and "\x00" not in x for x in f)):
+            raise _fail("flags", f"must be a list of non-empty strings, got {f!r}", t)

@@ -1,0 +1,81 @@
+-- job_claim: claim up to %(limit)s runnable jobs for this engine, in one statement.
+--
+-- Why this shape (Oban's fetch_jobs, River's JobGetAvailable): candidate ids are chosen and
+-- locked in CTEs with FOR UPDATE SKIP LOCKED, ordered by (priority, run_at, id) exactly as
+-- the partial claim indexes are, so the scan stops after `limit` index entries however many
+-- jobs wait behind them; then one UPDATE stamps the claim.
+--   * Jobs without a queue come from job_claim_idx.
+--   * Serial queues: a job of a named queue can be claimed only together with its queue's
+--     job_queue row, which stays locked (job_id set) until that job is finished or released.
+--     A queue therefore yields at most ONE job per claim and none while one of its jobs is
+--     in flight, however large the batch (Graphile Worker #621 was this trap).
+--   * The attempt is counted here, at claim: a job that kills its process every time still
+--     reaches max_attempts. lease is bumped so every later write can prove it belongs to
+--     this claim.
+--
+-- Parameters: %(engine)s engine id; %(limit)s; %(tasks)s text[] or null (only these task
+-- identifiers: worker.unknown_tasks = "skip"); %(forbidden)s text[] or null (skip jobs with
+-- any of these flags); %(queues)s text[] or null (only jobs of these queues).
+-- Returns (id, lease, message): message is the job as a JSON array, handed as-is to a
+-- child process: [id, lease, task, payload, queue_name, priority, run_at, attempts,
+-- max_attempts, key, flags, created_at].
+with unqueued as (
+    select j.id, j.priority, j.run_at
+    from {schema}.job j
+    where j.locked_by is null
+      and j.queue_name is null
+      and %(queues)s::text[] is null
+      and j.run_at <= now()
+      and (%(tasks)s::text[] is null or j.task_identifier = any(%(tasks)s::text[]))
+      and (%(forbidden)s::text[] is null or not coalesce(j.flags && %(forbidden)s::text[], false))
+    order by j.priority, j.run_at, j.id
+    limit %(limit)s
+    for update of j skip locked
+), queued as (
+    select h.id, h.priority, h.run_at
+    from {schema}.job_queue q
+    cross join lateral (
+        select j.id, j.priority, j.run_at
+        from {schema}.job j
+        where j.queue_name = q.queue_name
+          and j.locked_by is null
+          and j.run_at <= now()
+          and (%(tasks)s::text[] is null or j.task_identifier = any(%(tasks)s::text[]))
+          and (%(forbidden)s::text[] is null
+               or not coalesce(j.flags && %(forbidden)s::text[], false))
+        order by j.priority, j.run_at, j.id
+        limit 1
+    ) h
+    where q.job_id is null
+      and (%(queues)s::text[] is null or q.queue_name = any(%(queues)s::text[]))
+    order by h.priority, h.run_at, h.id
+    limit %(limit)s
+    for update of q skip locked
+), chosen as (
+    select c.id from (
+        select * from unqueued union all select * from queued
+    ) c
+    order by c.priority, c.run_at, c.id
+    limit %(limit)s
+), claimed as (
+    update {schema}.job j
+    set locked_by = %(engine)s,
+        locked_at = now(),
+        attempts = j.attempts + 1,
+        lease = j.lease + 1
+    from chosen
+    where j.id = chosen.id and j.locked_by is null
+    returning j.id, j.lease, j.task_identifier, j.payload, j.queue_name, j.priority, j.run_at,
+              j.attempts, j.max_attempts, j.key, j.flags, j.created_at
+), queue_locks as (
+    update {schema}.job_queue q
+    set job_id = claimed.id, locked_by = %(engine)s, locked_at = now()
+    from claimed
+    where q.queue_name = claimed.queue_name
+)
+select c.id, c.lease,
+       json_build_array(c.id, c.lease, c.task_identifier, c.payload, c.queue_name, c.priority,
+                        c.run_at, c.attempts, c.max_attempts, c.key, c.flags,
+                        c.created_at)::text
+from claimed c
+order by c.priority, c.run_at, c.id;

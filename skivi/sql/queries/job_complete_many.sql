@@ -1,0 +1,29 @@
+-- job_complete_many: finish successful jobs, one statement per batch.
+--
+-- Guard: only rows still claimed by this engine under the same lease are touched, so a late
+-- completion from an attempt that was rescued (and perhaps claimed again elsewhere) changes
+-- nothing. Completed jobs are deleted; with history on (%(history)s) they are also recorded
+-- in job_history. Their serial queues are freed in the same statement.
+--
+-- Parameters: %(engine)s; %(ids)s bigint[]; %(leases)s bigint[] (pairwise); %(history)s bool.
+-- Returns the ids actually completed (a missing id was stale: rescued or already finished).
+with done as (
+    delete from {schema}.job j
+    using unnest(%(ids)s::bigint[], %(leases)s::bigint[]) as u(id, lease)
+    where j.id = u.id and j.lease = u.lease and j.locked_by = %(engine)s
+    returning j.*
+), freed as (
+    update {schema}.job_queue q
+    set job_id = null, locked_by = null, locked_at = null
+    from done
+    where done.queue_name is not null and q.queue_name = done.queue_name and q.job_id = done.id
+), recorded as (
+    insert into {schema}.job_history (id, task_identifier, queue_name, payload, priority,
+        run_at, attempts, max_attempts, last_error, key, flags, created_at, outcome)
+    select d.id, d.task_identifier, d.queue_name, d.payload, d.priority, d.run_at, d.attempts,
+           d.max_attempts, d.last_error, d.key, d.flags, d.created_at, 'completed'
+    from done d
+    where %(history)s
+    on conflict (id) do nothing
+)
+select done.id from done;

@@ -1,0 +1,56 @@
+-- job_fail_many: record failed attempts, one statement per batch.
+--
+-- A job with attempts left goes back to waiting, runnable after its backoff delay (computed
+-- per task by the child that ran it), with its error; a partially successful batch job keeps
+-- only its failed items (%(payloads)s). A job on its last attempt, or one failed as final
+-- (no handler, superseded), is exhausted: deleted and recorded in job_history with its
+-- error and reason. Serial queues are freed either way.
+--
+-- Guard: only rows still claimed by this engine under the same lease.
+-- Parameters: %(engine)s; pairwise arrays %(ids)s bigint[], %(leases)s bigint[],
+-- %(errors)s text[], %(delays)s float8[] (seconds), %(finals)s text[] (null, or the reason
+-- for exhausting now), %(payloads)s text[] (null, or the JSON payload to keep).
+-- Returns (id, outcome) with outcome 'failed' or 'exhausted'.
+with u as materialized (
+    select *
+    from unnest(%(ids)s::bigint[], %(leases)s::bigint[], %(errors)s::text[],
+                %(delays)s::float8[], %(finals)s::text[], %(payloads)s::text[])
+        as u(id, lease, error, delay, final, payload)
+), retried as (
+    update {schema}.job j
+    set locked_by = null,
+        locked_at = null,
+        last_error = u.error,
+        run_at = now() + make_interval(secs => u.delay),
+        payload = coalesce(u.payload::jsonb, j.payload),
+        updated_at = now()
+    from u
+    where j.id = u.id and j.lease = u.lease and j.locked_by = %(engine)s
+      and u.final is null and j.attempts < j.max_attempts
+    returning j.id, j.queue_name
+), exhausted as (
+    delete from {schema}.job j
+    using u
+    where j.id = u.id and j.lease = u.lease and j.locked_by = %(engine)s
+      and (u.final is not null or j.attempts >= j.max_attempts)
+    returning j.*, u.error, coalesce(u.final, 'max_attempts') as reason,
+              coalesce(u.payload::jsonb, j.payload) as final_payload
+), recorded as (
+    insert into {schema}.job_history (id, task_identifier, queue_name, payload, priority,
+        run_at, attempts, max_attempts, last_error, key, flags, created_at, outcome, reason)
+    select e.id, e.task_identifier, e.queue_name, e.final_payload, e.priority, e.run_at,
+           e.attempts, e.max_attempts, e.error, e.key, e.flags, e.created_at, 'exhausted',
+           e.reason
+    from exhausted e
+    on conflict (id) do nothing
+), finished as (
+    select id, queue_name, 'failed' as outcome from retried
+    union all
+    select id, queue_name, 'exhausted' from exhausted
+), freed as (
+    update {schema}.job_queue q
+    set job_id = null, locked_by = null, locked_at = null
+    from finished f
+    where f.queue_name is not null and q.queue_name = f.queue_name and q.job_id = f.id
+)
+select f.id, f.outcome from finished f;

@@ -1,0 +1,67 @@
+-- job_rescue: make the jobs of dead engines runnable again.
+--
+-- An engine is dead when its liveness lock (engine_register.sql) is free, when its heartbeat
+-- is older than its lease_timeout, or when it holds jobs but has no engine row at all. Its
+-- claimed jobs go back to waiting at once, their attempt counted (it was counted at claim),
+-- with an error saying what happened; those on their last attempt are exhausted. Serial
+-- queues it held are freed and its row is deleted. Dead engines are locked FOR UPDATE SKIP
+-- LOCKED so two rescuers never handle the same engine; the updates re-check locked_by, so a
+-- job finished meanwhile is left alone (River #1302).
+--
+-- Parameters: %(engine)s (the rescuer, never rescued by itself), %(schema)s.
+-- Returns (engines, retried, exhausted): the rescued engine ids and the counts.
+with alive_locks as (
+    select l.objid
+    from pg_locks l
+    where l.locktype = 'advisory'
+      and l.granted
+      and l.objsubid = 2
+      and l.database = (select d.oid from pg_database d where d.datname = current_database())
+      and l.classid = (hashtext(%(schema)s::text)::bigint & 4294967295)::oid
+), dead_rows as (
+    select e.id
+    from {schema}.engine e
+    where e.id <> %(engine)s
+      and (e.heartbeat_at < now() - make_interval(secs => e.lease_timeout)
+           or ((e.id %% 2147483647)::bigint)::oid not in (select objid from alive_locks))
+    for update skip locked
+), dead as (
+    select id from dead_rows
+    union
+    select distinct j.locked_by
+    from {schema}.job j
+    where j.locked_by is not null
+      and j.locked_by <> %(engine)s
+      and not exists (select 1 from {schema}.engine e where e.id = j.locked_by)
+), retried as (
+    update {schema}.job j
+    set locked_by = null,
+        locked_at = null,
+        last_error = 'engine ' || j.locked_by || ' was lost while this job ran',
+        updated_at = now()
+    from dead
+    where j.locked_by = dead.id and j.attempts < j.max_attempts
+    returning j.id
+), exhausted as (
+    delete from {schema}.job j
+    using dead
+    where j.locked_by = dead.id and j.attempts >= j.max_attempts
+    returning j.*
+), recorded as (
+    insert into {schema}.job_history (id, task_identifier, queue_name, payload, priority,
+        run_at, attempts, max_attempts, last_error, key, flags, created_at, outcome, reason)
+    select e.id, e.task_identifier, e.queue_name, e.payload, e.priority, e.run_at, e.attempts,
+           e.max_attempts, 'engine ' || e.locked_by || ' was lost while this job ran', e.key,
+           e.flags, e.created_at, 'exhausted', 'max_attempts'
+    from exhausted e
+    on conflict (id) do nothing
+), freed as (
+    update {schema}.job_queue q
+    set job_id = null, locked_by = null, locked_at = null
+    where q.locked_by in (select id from dead)
+), gone as (
+    delete from {schema}.engine e using dead where e.id = dead.id
+)
+select array(select id from dead order by id),
+       (select count(*) from retried),
+       (select count(*) from exhausted);

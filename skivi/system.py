@@ -1,0 +1,231 @@
+"""The system: what ``create_system(config, tasks, crontabs)`` builds and ``start()`` runs.
+
+A ``System`` holds the validated configuration, the task registry and the cron entries,
+plus the pieces every enqueue needs (the schema's named queries, the payload gate and a
+small connection pool). ``start()`` applies pending migrations (unless ``migrate=False``);
+the worker engine and the cron scheduler start from here too (see ``skivi.engine``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from skivi.config import Config, load_config
+from skivi.db import pool as dbpool
+from skivi.db import queries
+from skivi.db.migrate import Migration, migrate
+from skivi.errors import ConfigError
+from skivi.payload import PayloadGate
+from skivi.registry import TaskRegistry
+
+__all__ = ["System", "create_system"]
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[..., Any]
+
+
+class System:
+    """A Skivi instance: configuration, tasks, cron entries and database access."""
+
+    def __init__(self, config: Config, tasks: Mapping[str, Handler] | None = None,
+                 crontabs: Sequence[Mapping[str, Any]] | None = None) -> None:
+        self.config = config
+        self.tasks: dict[str, Handler] = dict(tasks or {})
+        self.crontabs: list[Mapping[str, Any]] = [*config.cron, *(crontabs or [])]
+        self.schema = config.database.schema_name
+        self.queries = queries.for_schema(self.schema)
+        self.payload_gate = PayloadGate(config.validation.max_payload_bytes,
+                                        config.validation.tasks)
+        self._lock = threading.Lock()
+        self._pool: ConnectionPool[Any] | None = None
+        self._async_pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool[Any]] = {}
+        self._registry: TaskRegistry | None = None
+        self._engine_pid: int | None = None
+        self.started = False
+
+    def registry(self) -> TaskRegistry:
+        """The task registry: files of worker.task_directory (alphabetical order), then the
+        programmatic dict, which wins on identifiers present in both. Built once."""
+        if self._registry is None:
+            w = self.config.worker
+            self._registry = TaskRegistry.build(self.tasks, w.task_directory,
+                                                w.file_extensions)
+        return self._registry
+
+    @property
+    def has_tasks(self) -> bool:
+        return bool(self.tasks) or self.config.worker.task_directory is not None
+
+    @property
+    def database_url(self) -> str:
+        url = self.config.database.connection_string
+        if not url:
+            raise ConfigError(
+                "database.connection_string: no database configured; set it in skivi.toml, "
+                "or set SKIVI_DATABASE_URL or DATABASE_URL")
+        return url
+
+    @property
+    def pool(self) -> ConnectionPool[Any]:
+        """A small pool of autocommit connections for enqueueing without a connection."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = dbpool.make_pool(
+                    self.database_url, max_size=self.config.database.pool_max_size,
+                    application_name="skivi-client",
+                    connect_timeout=self.config.database.connect_timeout)
+            return self._pool
+
+    async def async_pool(self) -> AsyncConnectionPool[Any]:
+        """The async twin of ``pool``, one per event loop (a pool is bound to its loop)."""
+        loop = asyncio.get_running_loop()
+        pool = self._async_pools.get(loop)
+        if pool is None:
+            pool = dbpool.make_async_pool(
+                self.database_url, max_size=self.config.database.pool_max_size,
+                application_name="skivi-client",
+                connect_timeout=self.config.database.connect_timeout)
+            self._async_pools[loop] = pool
+            await pool.open()
+        return pool
+
+    def migrate(self) -> list[Migration]:
+        """Apply pending migrations; returns those applied."""
+        with dbpool.connect(self.database_url, application_name="skivi-migrate",
+                            connect_timeout=self.config.database.connect_timeout) as conn:
+            return migrate(conn, self.schema)
+
+    def start(self, migrate: bool = True, engine: bool | None = None) -> None:
+        """Migrate (unless ``migrate=False``), then start the worker engine in a process of
+        its own (forked from this one, so handlers defined here, closures included, just
+        work). The engine starts when the system has tasks (``engine=None``), or as told.
+        A system without tasks only enqueues: starting an engine there would exhaust every
+        job as having no handler."""
+        if migrate:
+            applied = self.migrate()
+            if applied:
+                logger.info("schema %s migrated to %s", self.schema, applied[-1].name,
+                            extra={"action": "migrate_schema"})
+        if engine is None:
+            engine = self.has_tasks
+        if engine and self._engine_pid is None:
+            self.registry()  # a broken task file fails here, in the caller's process
+            self._engine_pid = self._fork_engine()
+        self.started = True
+
+    def _fork_engine(self) -> int:
+
+
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid:
+            return pid
+        code = 1
+        try:
+            from skivi.engine import run
+
+            for fd in self._connection_fds():
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self.forget_connections()
+            code = run(self)
+        except BaseException:  # noqa: BLE001 - the engine process must never return
+            logger.exception("engine process failed", extra={"action": "engine_failed"})
+        finally:
+            logging.shutdown()
+            os._exit(code)
+
+    def _connection_fds(self) -> list[int]:
+        fds = []
+        pools: list[Any] = [self._pool, *self._async_pools.values()]
+        for p in pools:
+            for conn in list(getattr(p, "_pool", []) or []):
+                try:
+                    fds.append(conn.pgconn.socket)
+                except Exception:  # noqa: BLE001 - a closed connection has no socket
+                    pass
+        return fds
+
+    def forget_connections(self) -> None:
+        """In a forked process: drop (never close) the connections inherited from the parent,
+        whose sockets the parent still uses."""
+        self._pool = None
+        self._async_pools = {}
+        self._lock = threading.Lock()
+
+    @property
+    def engine_pid(self) -> int | None:
+        return self._engine_pid
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        """Stop the engine (graceful: SIGTERM, then wait up to the shutdown timeout plus a
+        margin, then SIGKILL) and close connections. Idempotent. Returns the engine's exit
+        code, or None if no engine ran."""
+
+
+
+
+        code: int | None = None
+        pid, self._engine_pid = self._engine_pid, None
+        if pid is not None:
+            if timeout is None:
+                timeout = self.config.worker.shutdown_timeout + 15.0
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + timeout
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    code = os.waitstatus_to_exitcode(status)
+                    break
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    _, status = os.waitpid(pid, 0)
+                    code = os.waitstatus_to_exitcode(status)
+                    break
+                time.sleep(0.01)
+        self.started = False
+        self.close()
+        return code
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+        for loop, apool in list(self._async_pools.items()):
+            if not loop.is_closed() and loop.is_running():
+                loop.create_task(apool.close())
+        self._async_pools.clear()
+
+    def __enter__(self) -> System:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def create_system(config: Config | Mapping[str, Any] | str | None = None,
+                  tasks: Mapping[str, Handler] | None = None,
+                  crontabs: Sequence[Mapping[str, Any]] | None = None) -> System:
+    """Build a system from configuration (a ``Config``, a dict shaped like skivi.toml, or a
+    path to a TOML file), a task registry (identifier -> handler) and cron entries."""
+    cfg = config if isinstance(config, Config) else load_config(config)
+    return System(cfg, tasks, crontabs)

@@ -1,0 +1,226 @@
+"""A real PostgreSQL for every test that needs one, made cheap (STYLE.md §8.5).
+
+Which server: ``--test-dsn``, else ``SKIVI_TEST_DSN``, else ``SKIVI_DATABASE_URL``, else
+``DATABASE_URL``; with none set, the embedded PostgreSQL in ``<repo>/.pgdata/test`` is started
+once per session (and stopped at the end if this session started it). The header of the run
+says which. Database tests are never skipped for want of a server: they fail loudly.
+
+How tests get a database:
+
+- a session fixture creates ``skivi_tpl_<pid>`` (the pid keeps two sessions on one server
+  apart), migrates it, closes every connection to it, and drops it at the end;
+- ``database`` clones it per test (``CREATE DATABASE ... TEMPLATE``) and yields the clone's
+  URL: for anything needing commits, LISTEN/NOTIFY or several processes;
+- ``conn`` is a connection to such a clone, in a transaction rolled back at the end;
+- ``system`` is ``skivi.create_system`` on a clone, stopped at the end;
+- ``make_database`` creates more (an empty one with ``template=None``).
+
+The ``SKIVI_*`` and ``DATABASE_URL`` variables of the calling shell are removed for the session
+(after reading the DSN), because Skivi's configuration lets them override what a test asks for.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+import skivi
+from skivi.db.embedded import embedded_running, start_embedded, stop_embedded
+from skivi.db.migrate import migrate
+from tests.helpers import SCHEMA, MakeDatabase, connect, url_for
+
+REPO = Path(__file__).resolve().parent.parent
+EMBEDDED_DIR = REPO / ".pgdata" / "test"
+DSN_ENV_VARS = ("SKIVI_TEST_DSN", "SKIVI_DATABASE_URL", "DATABASE_URL")
+# Variables the test-suite itself reads; every other SKIVI_* is hidden from the tests.
+TEST_ENV_VARS = ("SKIVI_TEST_DSN", "SKIVI_UPDATE_SNAPSHOT")
+
+PID = os.getpid()
+TEMPLATE_NAME = f"skivi_tpl_{PID}"
+DATABASE_PREFIX = f"skivi_t_{PID}_"
+_OURS = re.compile(r"skivi_(?:tpl|t)_(\d+)(?:_\d+)?")
+
+_counter = itertools.count(1)
+_dsn_source: str | None = None
+_dsn: str | None = None
+_hidden_env: list[str] = []
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--test-dsn", default=None,
+        help="PostgreSQL server for the database tests (a superuser's URL; default: "
+             "SKIVI_TEST_DSN, SKIVI_DATABASE_URL, DATABASE_URL, else an embedded server)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _dsn, _dsn_source
+    option = config.getoption("--test-dsn")
+    if option:
+        _dsn, _dsn_source = option, "--test-dsn"
+    else:
+        name = next((n for n in DSN_ENV_VARS if os.environ.get(n)), None)
+        if name is not None:
+            _dsn, _dsn_source = os.environ[name], name
+    for name in sorted(os.environ):
+        if (name.startswith("SKIVI_") and name not in TEST_ENV_VARS) or name == "DATABASE_URL":
+            _hidden_env.append(name)
+            del os.environ[name]
+
+
+def _redacted(dsn: str) -> str:
+    params = conninfo_to_dict(dsn)
+    if params.get("password"):
+        params["password"] = "***"
+    return make_conninfo("", **params)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    if _dsn is not None:
+        lines = [f"database: {_redacted(_dsn)} (from {_dsn_source})"]
+    else:
+        rel = EMBEDDED_DIR.relative_to(REPO)
+        lines = [(f"database: embedded PostgreSQL in {rel} (none of --test-dsn, "
+                  f"{', '.join(DSN_ENV_VARS)} is set; started on first use)")]
+    if _hidden_env:
+        lines.append(f"hidden from the tests: {', '.join(_hidden_env)}")
+    return lines
+
+
+def drop_database(admin: psycopg.Connection[Any], name: str) -> None:
+    admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+
+
+def _is_local(dsn: str) -> bool:
+    host = conninfo_to_dict(dsn).get("host") or ""
+    return all(h in ("", "localhost", "127.0.0.1", "::1") or h.startswith("/")
+               for h in str(host).split(","))
+
+
+def _drop_leftovers(admin: psycopg.Connection[Any], local: bool) -> None:
+    """Drop databases left by a session of this pid, or (local servers) of a dead one."""
+    names = [r[0] for r in admin.execute(
+        "select datname from pg_database where datname like 'skivi%'").fetchall()]
+    for name in names:
+        match = _OURS.fullmatch(name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        if pid == PID or (local and not _pid_alive(pid)):
+            drop_database(admin, name)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@pytest.fixture(scope="session")
+def server_dsn() -> Iterator[str]:
+    """URL of the PostgreSQL server (a maintenance database, as a superuser)."""
+    if _dsn is not None:
+        yield _dsn
+        return
+    was_running = embedded_running(EMBEDDED_DIR)
+    url = start_embedded(EMBEDDED_DIR)
+    yield url
+    if not was_running:
+        with connect(url) as c:
+            others = c.execute(
+                "select count(*) from pg_stat_activity"
+                " where backend_type = 'client backend' and pid <> pg_backend_pid()"
+            ).fetchone()
+        if others is not None and others[0] == 0:
+            stop_embedded(EMBEDDED_DIR)
+
+
+@pytest.fixture(scope="session")
+def admin(server_dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to the maintenance database, for CREATE/DROP DATABASE."""
+    try:
+        conn = connect(server_dsn)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"cannot connect to the test database server {_redacted(server_dsn)}: {exc}",
+                    pytrace=False)
+    with conn:
+        yield conn
+
+
+@pytest.fixture(scope="session")
+def template_database(server_dsn: str, admin: psycopg.Connection[Any]) -> Iterator[str]:
+    """Name of a database migrated to the current schema, to clone for each test."""
+    _drop_leftovers(admin, _is_local(server_dsn))
+    admin.execute(sql.SQL("create database {}").format(sql.Identifier(TEMPLATE_NAME)))
+    try:
+        with connect(url_for(server_dsn, TEMPLATE_NAME)) as conn:
+            migrate(conn, SCHEMA)
+        # CREATE DATABASE ... TEMPLATE fails while anyone is connected to the template.
+        admin.execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity"
+            " where datname = %s and pid <> pg_backend_pid()", [TEMPLATE_NAME])
+        yield TEMPLATE_NAME
+    finally:
+        drop_database(admin, TEMPLATE_NAME)
+
+
+@pytest.fixture
+def make_database(server_dsn: str, admin: psycopg.Connection[Any],
+                  template_database: str) -> Iterator[MakeDatabase]:
+    """``make_database(template=<migrated template>)`` creates a database and returns its URL;
+    ``template=None`` makes an empty one. Every database made is dropped after the test."""
+    made: list[str] = []
+
+    def make(template: str | None = template_database) -> str:
+        name = f"{DATABASE_PREFIX}{next(_counter)}"
+        admin.execute(sql.SQL("create database {} template {}").format(
+            sql.Identifier(name), sql.Identifier(template or "template0")))
+        made.append(name)
+        return url_for(server_dsn, name)
+
+    yield make
+    for name in made:
+        drop_database(admin, name)
+
+
+@pytest.fixture
+def database(make_database: MakeDatabase) -> str:
+    """URL of a fresh database, cloned from the migrated template (schema ``skivi``)."""
+    return make_database()
+
+
+@pytest.fixture
+def conn(database: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection to a fresh migrated database, in a transaction rolled back at the end."""
+    c = connect(database, autocommit=False)
+    try:
+        yield c
+    finally:
+        try:
+            if not c.closed:
+                c.rollback()
+        finally:
+            c.close()
+
+
+@pytest.fixture
+def system(database: str) -> Iterator[skivi.System]:
+    """A Skivi system on a fresh migrated database; stopped at the end."""
+    s = skivi.create_system({"database": {"connection_string": database}})
+    try:
+        yield s
+    finally:
+        s.stop()

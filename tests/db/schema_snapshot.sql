@@ -1,0 +1,130 @@
+-- Schema snapshot: the catalog of a freshly migrated "skivi" schema, as dumped by
+-- tests/db/test_migrations.py (test_schema_matches_snapshot). Nothing runs this file; the
+-- test compares it with the dump, so the effect of a migration shows up in review as a
+-- diff here. Regenerate it with:
+--     SKIVI_UPDATE_SNAPSHOT=1 ./run-tests tests/db/test_migrations.py -k snapshot
+
+-- sequences
+create sequence skivi.engine_id_seq as bigint start 1 minvalue 1 maxvalue 9223372036854775807 increment 1 no cycle;  -- owned by engine.id
+create sequence skivi.job_id_seq as bigint start 1 minvalue 1 maxvalue 9223372036854775807 increment 1 no cycle;  -- owned by job.id
+
+-- types
+
+-- tables
+create table skivi.cron (
+    identifier text not null,
+    known_since timestamp with time zone not null default now(),
+    last_execution timestamp with time zone,
+    constraint cron_pkey PRIMARY KEY (identifier)
+);
+
+create table skivi.engine (
+    id bigint not null generated always as identity,
+    hostname text not null,
+    pid integer not null,
+    version text not null,
+    started_at timestamp with time zone not null default now(),
+    heartbeat_at timestamp with time zone not null default now(),
+    lease_timeout double precision not null,
+    processes integer not null,
+    concurrency integer not null,
+    in_flight integer not null default 0,
+    stopping boolean not null default false,
+    constraint engine_pkey PRIMARY KEY (id)
+);
+
+create table skivi.job (
+    id bigint not null default nextval('skivi.job_id_seq'::regclass),
+    task_identifier text not null,
+    queue_name text,
+    payload jsonb not null default '{}'::jsonb,
+    priority smallint not null default 0,
+    run_at timestamp with time zone not null default now(),
+    attempts integer not null default 0,
+    max_attempts integer not null default 25,
+    last_error text,
+    key text,
+    flags text[],
+    locked_by bigint,
+    locked_at timestamp with time zone,
+    lease bigint not null default 0,
+    created_at timestamp with time zone not null default now(),
+    updated_at timestamp with time zone not null default now(),
+    constraint job_attempts_check CHECK ((attempts >= 0)),
+    constraint job_key_check CHECK (((length(key) >= 1) AND (length(key) <= 512))),
+    constraint job_key_unique UNIQUE (key),
+    constraint job_locked_check CHECK (((locked_by IS NULL) = (locked_at IS NULL))),
+    constraint job_max_attempts_check CHECK ((max_attempts >= 1)),
+    constraint job_pkey PRIMARY KEY (id),
+    constraint job_queue_name_check CHECK (((length(queue_name) >= 1) AND (length(queue_name) <= 128))),
+    constraint job_task_identifier_check CHECK (((length(task_identifier) >= 1) AND (length(task_identifier) <= 128)))
+);
+
+create table skivi.job_history (
+    id bigint not null,
+    task_identifier text not null,
+    queue_name text,
+    payload jsonb not null,
+    priority smallint not null,
+    run_at timestamp with time zone not null,
+    attempts integer not null,
+    max_attempts integer not null,
+    last_error text,
+    key text,
+    flags text[],
+    created_at timestamp with time zone not null,
+    finished_at timestamp with time zone not null default now(),
+    outcome text not null,
+    reason text,
+    constraint job_history_outcome_check CHECK ((outcome = ANY (ARRAY['completed'::text, 'exhausted'::text]))),
+    constraint job_history_pkey PRIMARY KEY (id)
+);
+
+create table skivi.job_queue (
+    queue_name text not null,
+    job_id bigint,
+    locked_by bigint,
+    locked_at timestamp with time zone,
+    constraint job_queue_locked_check CHECK (((job_id IS NULL) = (locked_by IS NULL))),
+    constraint job_queue_pkey PRIMARY KEY (queue_name)
+);
+
+create table skivi.migration (
+    id integer not null,
+    name text not null,
+    applied_at timestamp with time zone not null default now(),
+    constraint migration_pkey PRIMARY KEY (id)
+);
+
+-- indexes
+CREATE UNIQUE INDEX cron_pkey ON skivi.cron USING btree (identifier);
+CREATE UNIQUE INDEX engine_pkey ON skivi.engine USING btree (id);
+CREATE INDEX job_claim_idx ON skivi.job USING btree (priority, run_at, id) WHERE ((locked_by IS NULL) AND (queue_name IS NULL));
+CREATE UNIQUE INDEX job_key_unique ON skivi.job USING btree (key);
+CREATE INDEX job_locked_by_idx ON skivi.job USING btree (locked_by) WHERE (locked_by IS NOT NULL);
+CREATE UNIQUE INDEX job_pkey ON skivi.job USING btree (id);
+CREATE INDEX job_queue_claim_idx ON skivi.job USING btree (queue_name, priority, run_at, id) WHERE ((locked_by IS NULL) AND (queue_name IS NOT NULL));
+CREATE INDEX job_history_finished_at_idx ON skivi.job_history USING btree (finished_at);
+CREATE UNIQUE INDEX job_history_pkey ON skivi.job_history USING btree (id);
+CREATE UNIQUE INDEX job_queue_pkey ON skivi.job_queue USING btree (queue_name);
+CREATE UNIQUE INDEX migration_pkey ON skivi.migration USING btree (id);
+
+-- triggers
+
+-- functions (body: md5 of its source)
+-- function skivi.add_job(identifier text, payload jsonb, queue_name text, run_at timestamp with time zone, max_attempts integer, job_key text, priority integer, flags text[], job_key_mode text) returns TABLE(ord bigint, outcome text, id bigint, task_identifier text, queue_name text, payload jsonb, priority smallint, run_at timestamp with time zone, attempts integer, max_attempts integer, last_error text, key text, flags text[], locked_by bigint, locked_at timestamp with time zone, lease bigint, created_at timestamp with time zone, updated_at timestamp with time zone)
+--     language sql volatile; body eea4fe78dbe2f1fc54d87d7db1401f7a
+-- function skivi.add_jobs(specs jsonb) returns TABLE(ord bigint, outcome text, id bigint, task_identifier text, queue_name text, payload jsonb, priority smallint, run_at timestamp with time zone, attempts integer, max_attempts integer, last_error text, key text, flags text[], locked_by bigint, locked_at timestamp with time zone, lease bigint, created_at timestamp with time zone, updated_at timestamp with time zone)
+--     language plpgsql volatile; body 78fdaa07200ac30bcf8efca5893655c0
+-- function skivi.add_keyed_job(p_task text, p_payload jsonb, p_queue_name text, p_run_at timestamp with time zone, p_max_attempts integer, p_priority smallint, p_flags text[], p_job_key text, p_job_key_mode text, OUT job skivi.job, OUT outcome text) returns record
+--     language plpgsql volatile; body 827e220988c8b75719263c21742126f6
+-- function skivi.complete_jobs(job_ids bigint[]) returns SETOF skivi.job
+--     language sql volatile; body bba09f5e3f062e92a57a24f35f6eaedc
+-- function skivi.permanently_fail_jobs(job_ids bigint[], error_message text) returns SETOF skivi.job_history
+--     language sql volatile; body afba184f51f777d9638677a89fd18d72
+-- function skivi.remove_job(job_key text) returns SETOF skivi.job
+--     language sql volatile; body ee54404c639a46ee619a3a8871f9d0ff
+-- function skivi.reschedule_jobs(job_ids bigint[], run_at timestamp with time zone, priority integer, attempts integer, max_attempts integer) returns SETOF skivi.job
+--     language sql volatile; body 6a4a110617d29bb78d5f7125a82b8d3a
+-- function skivi.retry_jobs(job_ids bigint[]) returns SETOF skivi.job
+--     language sql volatile; body c1871c997e72982a74a3af7cb4f07281
