@@ -36,10 +36,11 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 import skivi
 from skivi.db.embedded import embedded_running, start_embedded, stop_embedded
 from skivi.db.migrate import migrate
-from tests.helpers import SCHEMA, MakeDatabase, connect, url_for
+from tests.helpers import SCHEMA, MakeDatabase, connect, url_for, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 EMBEDDED_DIR = REPO / ".pgdata" / "test"
+EMBEDDED_IDLE_WAIT = 3.0
 DSN_ENV_VARS = ("SKIVI_TEST_DSN", "SKIVI_DATABASE_URL", "DATABASE_URL")
 # Variables the test-suite itself reads; every other SKIVI_* is hidden from the tests.
 TEST_ENV_VARS = ("SKIVI_TEST_DSN", "SKIVI_UPDATE_SNAPSHOT")
@@ -138,14 +139,23 @@ def server_dsn() -> Iterator[str]:
     was_running = embedded_running(EMBEDDED_DIR)
     url = start_embedded(EMBEDDED_DIR)
     yield url
-    if not was_running:
-        with connect(url) as c:
-            others = c.execute(
-                "select count(*) from pg_stat_activity"
+    # Stop the server if this session started it and nobody else uses it (another session may
+    # have joined). Backends of connections closed a moment ago may still be on their way out.
+    if not was_running and _idle_within(url, EMBEDDED_IDLE_WAIT):
+        stop_embedded(EMBEDDED_DIR)
+
+
+def _idle_within(url: str, timeout: float) -> bool:
+    """Whether the server has no client but us within ``timeout`` seconds."""
+    with connect(url) as c:
+        try:
+            wait_for(lambda: c.execute(
+                "select count(*) = 0 from pg_stat_activity"
                 " where backend_type = 'client backend' and pid <> pg_backend_pid()"
-            ).fetchone()
-        if others is not None and others[0] == 0:
-            stop_embedded(EMBEDDED_DIR)
+            ).fetchone() == (True,), timeout=timeout, what="other sessions to end")
+        except AssertionError:
+            return False
+    return True
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,359 @@
+"""Enqueueing against a real PostgreSQL: the API's snippets, job options and bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+import threading
+from typing import Any
+
+import psycopg
+import pytest
+
+import skivi
+from skivi.db import pool as dbpool
+from skivi.db.queries import channel_name
+from tests.helpers import connect
+
+UTC = dt.UTC
+
+
+def count_jobs(url: str, where: str = "true") -> int:
+    with connect(url) as c:
+        row = c.execute(f"select count(*) from skivi.job where {where}").fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def claim(url: str, limit: int = 100, engine: int = 1, **filters: Any) -> list[int]:
+    """Claim like an engine does (job_claim.sql); returns the claimed ids in claim order."""
+    q = skivi.create_system({"database": {"connection_string": url}}).queries
+    params = {"engine": engine, "limit": limit, "tasks": None, "forbidden": None,
+              "queues": None, **filters}
+    with connect(url) as c:
+        return [r[0] for r in c.execute(q.job_claim, params).fetchall()]
+
+
+def test_add_job_returns_the_stored_job_when_called_without_start(system: skivi.System,
+                                                                  database: str) -> None:
+    job = skivi.add_job(system, "send-email", {"to": "user@example.com", "subject": "Hello"})
+    assert job.id > 0
+    assert job.task_identifier == "send-email"
+    assert job.payload == {"to": "user@example.com", "subject": "Hello"}
+    assert job.attempts == 0 and job.max_attempts == 25 and job.priority == 0
+    assert job.outcome is skivi.EnqueueOutcome.INSERTED
+    with connect(database) as c:
+        row = c.execute("select payload, task_identifier from skivi.job where id = %s",
+                        (job.id,)).fetchone()
+    assert row == ({"to": "user@example.com", "subject": "Hello"}, "send-email")
+
+
+def test_add_job_commits_with_the_callers_transaction_when_given_conn(
+        system: skivi.System, database: str) -> None:
+    with psycopg.connect(database) as conn, conn.transaction():
+        conn.execute("create table users (name text)")
+        conn.execute("insert into users values ('ada')")
+        job = skivi.add_job(system, "send-email", {"to": "ada@example.com"}, conn=conn)
+        with connect(database) as other:  # not visible before commit
+            assert other.execute("select count(*) from skivi.job").fetchone() == (0,)
+    assert count_jobs(database, f"id = {job.id}") == 1
+
+
+def test_add_job_leaves_no_job_when_the_transaction_rolls_back(system: skivi.System,
+                                                               database: str) -> None:
+    with psycopg.connect(database) as conn:
+        with pytest.raises(RuntimeError), conn.transaction():
+            skivi.add_job(system, "send-email", {"to": "x@example.com"}, conn=conn)
+            skivi.add_jobs(system, [{"task": "a"}, {"task": "b", "job_key": "k"}], conn=conn)
+            raise RuntimeError("roll back")
+    assert count_jobs(database) == 0
+
+
+def test_start_migrates_and_add_job_works_when_started(make_database: Any) -> None:
+    url = make_database(template=None)
+    system = skivi.create_system({"database": {"connection_string": url}})
+    try:
+        system.start()
+        job = skivi.add_job(system, "t", {"n": 1})
+        assert count_jobs(url) == 1 and job.id > 0
+    finally:
+        system.stop()
+
+
+def test_add_job_async_enqueues_when_given_async_conn(system: skivi.System,
+                                                      database: str) -> None:
+    async def main() -> tuple[skivi.Job, list[skivi.Job]]:
+        conn = await dbpool.connect_async(database, autocommit=False)
+        async with conn:
+            async with conn.transaction():
+                one = await skivi.add_job_async(system, "a", {"x": 1}, conn=conn)
+        many = await skivi.add_jobs_async(system, [skivi.JobSpec("b"), {"task": "c"}])
+        return one, many
+
+    one, many = asyncio.run(main())
+    assert one.payload == {"x": 1}
+    assert [j.task_identifier for j in many] == ["b", "c"]
+    assert count_jobs(database) == 3
+
+
+def test_add_jobs_keeps_spec_order_when_keyed_and_unkeyed_mix(system: skivi.System) -> None:
+    specs: list[Any] = [
+        {"task": "a", "payload": {"i": 0}},
+        skivi.JobSpec("b", {"i": 1}, job_key="k1"),
+        {"task": "c", "payload": [1, 2], "queue_name": "q", "priority": 5},
+        {"task": "d", "job_key": "k2", "job_key_mode": "unsafe_dedupe"},
+    ]
+    jobs = skivi.add_jobs(system, specs)
+    assert [j.task_identifier for j in jobs] == ["a", "b", "c", "d"]
+    assert jobs[2].queue_name == "q" and jobs[2].priority == 5 and jobs[2].payload == [1, 2]
+    assert jobs[1].key == "k1" and jobs[3].key == "k2"
+    assert len({j.id for j in jobs}) == 4
+
+
+def test_bulk_add_jobs_stores_every_job_when_given_many(system: skivi.System,
+                                                        database: str) -> None:
+    jobs = skivi.add_jobs(system, ({"task": "bulk", "payload": {"i": i}} for i in range(5000)))
+    assert [j.payload["i"] for j in jobs] == list(range(5000))
+    assert jobs == sorted(jobs, key=lambda j: j.id)
+    assert count_jobs(database, "task_identifier = 'bulk'") == 5000
+
+
+def test_job_key_replace_updates_the_pending_job_when_the_key_exists(
+        system: skivi.System, database: str) -> None:
+    later = dt.datetime(2100, 1, 1, tzinfo=UTC)
+    first = skivi.add_job(system, "t", {"v": 1}, job_key="k", run_at=later)
+    soon = dt.datetime(2099, 1, 1, tzinfo=UTC)
+    second = skivi.add_job(system, "t", {"v": 2}, job_key="k", run_at=soon)
+    assert second.id == first.id
+    assert second.outcome is skivi.EnqueueOutcome.UPDATED
+    assert second.payload == {"v": 2} and second.run_at == soon  # debounce: run_at moves
+    assert count_jobs(database) == 1
+
+
+def test_job_key_preserve_run_at_keeps_run_at_when_the_key_exists(
+        system: skivi.System) -> None:
+    first_at = dt.datetime(2100, 1, 1, tzinfo=UTC)
+    first = skivi.add_job(system, "t", {"v": 1}, job_key="k", run_at=first_at)
+    second = skivi.add_job(system, "t", {"v": 2}, job_key="k", job_key_mode="preserve_run_at",
+                           run_at=dt.datetime(2099, 1, 1, tzinfo=UTC))
+    assert second.id == first.id and second.run_at == first_at  # throttle
+    assert second.payload == {"v": 2}
+
+
+def test_job_key_unsafe_dedupe_keeps_the_existing_job_when_the_key_exists(
+        system: skivi.System, database: str) -> None:
+    first = skivi.add_job(system, "t", {"v": 1}, job_key="k")
+    second = skivi.add_job(system, "t", {"v": 2}, job_key="k", job_key_mode="unsafe_dedupe")
+    assert second.id == first.id
+    assert second.deduplicated and second.outcome is skivi.EnqueueOutcome.DEDUPLICATED
+    assert second.payload == {"v": 1}
+    assert count_jobs(database) == 1
+
+
+def test_job_key_concatenates_array_payloads_when_both_are_arrays(
+        system: skivi.System) -> None:
+    skivi.add_job(system, "batch", [1, 2], job_key="b")
+    job = skivi.add_job(system, "batch", [3], job_key="b")
+    assert job.payload == [1, 2, 3]
+
+
+def test_job_key_replace_adds_a_new_job_when_the_keyed_job_is_running(
+        system: skivi.System, database: str) -> None:
+    running = skivi.add_job(system, "t", {"v": 1}, job_key="k")
+    assert claim(database) == [running.id]
+    fresh = skivi.add_job(system, "t", {"v": 2}, job_key="k")
+    assert fresh.id != running.id and fresh.outcome is skivi.EnqueueOutcome.INSERTED
+    with connect(database) as c:
+        old = c.execute("select key, attempts, max_attempts from skivi.job where id = %s",
+                        (running.id,)).fetchone()
+    assert old is not None and old[0] is None and old[1] == old[2]  # never retried
+
+
+def test_job_key_leaves_exactly_one_job_when_producers_race_and_some_roll_back(
+        system: skivi.System, database: str) -> None:
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def produce(n: int) -> None:
+        try:
+            with psycopg.connect(database) as conn:
+                barrier.wait()
+                for i in range(20):
+                    try:
+                        with conn.transaction():
+                            skivi.add_job(system, "race", {"n": n, "i": i}, conn=conn,
+                                          job_key="same")
+                            if (n + i) % 3 == 0:
+                                raise RuntimeError("roll back")
+                    except RuntimeError:
+                        pass
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=produce, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert count_jobs(database, "key = 'same'") == 1
+    assert count_jobs(database) == 1
+
+
+def test_claim_follows_priority_then_run_at_when_jobs_wait(system: skivi.System,
+                                                           database: str) -> None:
+    past = dt.datetime(2000, 1, 1, tzinfo=UTC)
+    low = skivi.add_job(system, "t", priority=10, run_at=past)
+    early = skivi.add_job(system, "t", priority=0, run_at=past)
+    late = skivi.add_job(system, "t", priority=0)
+    future = skivi.add_job(system, "t", priority=-5,
+                           run_at=dt.datetime(2100, 1, 1, tzinfo=UTC))
+    assert claim(database) == [early.id, late.id, low.id]
+    assert future.id not in claim(database)
+
+
+def test_claim_takes_one_job_per_serial_queue_when_prefetching(system: skivi.System,
+                                                               database: str) -> None:
+    q1 = [skivi.add_job(system, "t", {"i": i}, queue_name="q1") for i in range(3)]
+    q2 = skivi.add_job(system, "t", queue_name="q2")
+    free = skivi.add_job(system, "t")
+    assert sorted(claim(database, limit=500)) == sorted([q1[0].id, q2.id, free.id])
+    # q1's head is in flight: nothing more from q1, even for another engine.
+    assert claim(database, limit=500, engine=2) == []
+    q = system.queries
+    with connect(database) as c:
+        lease = c.execute("select lease from skivi.job where id = %s", (q1[0].id,)).fetchone()
+        assert lease is not None
+        done = c.execute(q.job_complete_many, {"engine": 1, "ids": [q1[0].id],
+                                               "leases": [lease[0]], "history": False})
+        assert [r[0] for r in done.fetchall()] == [q1[0].id]
+    assert claim(database, limit=500, engine=2) == [q1[1].id]
+
+
+def test_claim_skips_jobs_with_forbidden_flags_when_asked(system: skivi.System,
+                                                          database: str) -> None:
+    flagged = skivi.add_job(system, "t", flags=["gpu"])
+    plain = skivi.add_job(system, "t")
+    assert claim(database, forbidden=["gpu"]) == [plain.id]
+    assert claim(database) == [flagged.id]
+
+
+def test_insert_notifies_listeners_only_when_committed(system: skivi.System,
+                                                       database: str) -> None:
+    with connect(database) as listener:
+        listener.execute(f'listen "{channel_name("skivi")}"')
+        with psycopg.connect(database) as conn:
+            with pytest.raises(RuntimeError), conn.transaction():
+                skivi.add_job(system, "t", conn=conn)
+                raise RuntimeError
+        assert list(listener.notifies(timeout=0.2)) == []
+        skivi.add_job(system, "t")
+        notes = list(listener.notifies(timeout=2.0, stop_after=1))
+        assert len(notes) == 1 and notes[0].payload == ""
+        skivi.add_job(system, "t", run_at=dt.datetime(2100, 1, 1, tzinfo=UTC))
+        notes = list(listener.notifies(timeout=2.0, stop_after=1))
+        assert float(notes[0].payload) == dt.datetime(2100, 1, 1, tzinfo=UTC).timestamp()
+
+
+def test_sql_add_job_enqueues_when_called_from_plain_sql(database: str) -> None:
+    with connect(database) as c:
+        row = c.execute("select outcome, id, payload from skivi.add_job("
+                        "'send-email', '{\"to\": \"a@example.com\"}'::jsonb)").fetchone()
+        assert row is not None and row[0] == "inserted"
+        again = c.execute("select outcome, id from skivi.add_job('x', job_key => 'k')"
+                          ).fetchone()
+        dedup = c.execute("select outcome, id from skivi.add_job('x', job_key => 'k', "
+                          "job_key_mode => 'unsafe_dedupe')").fetchone()
+        assert again is not None and dedup == ("deduplicated", again[1])
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="job_key_mode"):
+            c.execute("select * from skivi.add_job('x', job_key => 'k', "
+                      "job_key_mode => 'bogus')")
+
+
+def test_sql_admin_functions_change_pending_jobs_when_called(database: str) -> None:
+    with connect(database) as c:
+        ids = [c.execute("select id from skivi.add_job('t')").fetchone()[0]  # type: ignore[index]
+               for _ in range(4)]
+        c.execute("select skivi.complete_jobs(%s)", ([ids[0]],))
+        c.execute("select skivi.permanently_fail_jobs(%s, 'bad data')", ([ids[1]],))
+        c.execute("select skivi.reschedule_jobs(%s, run_at => '2100-01-01', priority => 3)",
+                  ([ids[2]],))
+        c.execute("select skivi.add_job('t', job_key => 'rm')")
+        removed = c.execute("select id from skivi.remove_job('rm')").fetchall()
+        assert len(removed) == 1
+        left = c.execute("select id, priority from skivi.job order by id").fetchall()
+        assert left == [(ids[2], 3), (ids[3], 0)]
+        hist = c.execute("select id, outcome, reason, last_error from skivi.job_history"
+                         ).fetchall()
+        assert hist == [(ids[1], "exhausted", "permanently_failed", "bad data")]
+        back = c.execute("select id, attempts from skivi.retry_jobs(%s)", ([ids[1]],)).fetchall()
+        assert back == [(ids[1], 0)]
+        assert c.execute("select count(*) from skivi.job_history").fetchone() == (0,)
+
+
+@pytest.mark.parametrize(("options", "match"), [
+    ({"max_attempts": 0}, "max_attempts"),
+    ({"max_attempts": -1}, "max_attempts"),
+    ({"job_key_mode": "bogus", "job_key": "k"}, "job_key_mode"),
+    ({"job_key_mode": "replace"}, "needs a job_key"),
+    ({"priority": 40000}, "priority"),
+    ({"run_at": dt.datetime(2030, 1, 1)}, "timezone-aware"),
+    ({"queue_name": ""}, "queue_name"),
+    ({"job_key": "a\x00b"}, "job_key"),
+    ({"flags": "gpu"}, "flags"),
+    ({"unknown_option": 1}, "unknown_option"),
+])
+def test_bad_options_are_refused_and_nothing_written_when_enqueueing(
+        system: skivi.System, database: str, options: dict[str, Any], match: str) -> None:
+    with pytest.raises(skivi.JobSpecError, match=match):
+        skivi.add_job(system, "t", {"ok": True}, **options)
+    with pytest.raises(skivi.JobSpecError, match=match):
+        skivi.add_jobs(system, [{"task": "fine"}, {"task": "t", **options}])
+    assert count_jobs(database) == 0
+
+
+@pytest.mark.parametrize(("payload", "match"), [
+    ({"x": math.nan}, "NaN"),
+    ({"x": [1, math.inf]}, "Infinity"),
+    ({"x": "a\x00b"}, "U\\+0000"),
+    ({"x": "\ud800"}, "surrogate|serialis|encod"),
+    ({"x": object()}, "not JSON serializable"),
+    ({"big": "x" * (1024 * 1024 + 1)}, "bytes|size|limit"),
+])
+def test_bad_payloads_are_refused_and_nothing_written_when_enqueueing(
+        system: skivi.System, database: str, payload: Any, match: str) -> None:
+    with pytest.raises(skivi.PayloadError, match=match) as info:
+        skivi.add_jobs(system, [{"task": "fine"}, {"task": "t", "payload": payload}])
+    assert "'t'" in str(info.value)
+    assert count_jobs(database) == 0
+
+
+def test_payload_schema_names_the_field_and_writes_nothing_when_invalid(
+        database: str) -> None:
+    schema = {"type": "object", "required": ["to"],
+              "properties": {"to": {"type": "string", "format": "email"},
+                             "subject": {"type": "string"}}}
+    system = skivi.create_system({
+        "database": {"connection_string": database},
+        "validation": {"tasks": {"send-email": schema}},
+    })
+    try:
+        skivi.add_job(system, "send-email", {"to": "a@example.com", "subject": "hi"})
+        with pytest.raises(skivi.PayloadError, match="subject") as info:
+            skivi.add_job(system, "send-email", {"to": "a@example.com", "subject": 5})
+        assert info.value.task == "send-email" and info.value.field == "subject"
+        assert count_jobs(database) == 1
+    finally:
+        system.stop()
+
+
+def test_bad_schema_name_is_refused_when_creating_a_system(database: str) -> None:
+    with pytest.raises(skivi.ConfigError, match="schema_name"):
+        skivi.create_system({"database": {"connection_string": database,
+                                          "schema_name": 'a"; drop table x; --'}})
+
+
+def test_far_future_run_at_is_stored_when_year_9999(system: skivi.System) -> None:
+    at = dt.datetime(9999, 12, 31, tzinfo=UTC)
+    assert skivi.add_job(system, "t", run_at=at).run_at == at
