@@ -47,6 +47,7 @@ class Fetcher:
                  engine_id: Callable[[], int], batch_size: int, poll_interval: float,
                  capacity: Callable[[], int], in_flight: Callable[[], int],
                  paused: Callable[[], bool], on_claimed: Callable[[], None],
+                 flushes: Callable[[], int],
                  tasks: list[str] | None, forbidden_flags: list[str] | None,
                  queues: list[str] | None) -> None:
         self.db = db
@@ -59,6 +60,10 @@ class Fetcher:
         self.in_flight = in_flight
         self.paused = paused
         self.on_claimed = on_claimed
+        self.flushes = flushes
+        # The completer's flush count when the last claim started: a short claim proves
+        # "nothing runnable" only if no flush (which may free a serial queue) came after.
+        self.claimed_after_flush = -1
         self.filters: dict[str, Any] = {"tasks": tasks, "forbidden": forbidden_flags,
                                         "queues": queues}
         self.buffer: deque[ClaimedJob] = deque()
@@ -108,8 +113,12 @@ class Fetcher:
         while not self.stopped:
             room = self.room()
             if room <= 0 or self.paused():
+                self._wake.clear()
                 await self._sleep(self.poll_interval)
                 continue
+            # Cleared before the claim, so a wake-up that arrives while it runs (a freed slot,
+            # a freed serial queue, a NOTIFY) is not lost.
+            self._wake.clear()
             try:
                 n = await self._claim(room)
                 delay = 0.05
@@ -124,7 +133,13 @@ class Fetcher:
             if self.drained:
                 await self._sleep(self.poll_interval)
 
+    def idle(self) -> bool:
+        """Nothing runnable was found by a claim made after the last completion flush."""
+        return (self.drained and not self.buffer
+                and self.claimed_after_flush == self.flushes())
+
     async def _claim(self, limit: int) -> int:
+        self.claimed_after_flush = self.flushes()
         conn = await self.db.get()
         params = {"engine": self.engine_id(), "limit": limit, **self.filters}
         cur = await conn.execute(self.q.job_claim, params, prepare=True)
@@ -137,7 +152,6 @@ class Fetcher:
         return len(rows)
 
     async def _sleep(self, timeout: float) -> None:
-        self._wake.clear()
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
         except TimeoutError:

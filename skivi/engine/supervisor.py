@@ -128,7 +128,7 @@ class Engine:
             batch_size=w.batch_size, poll_interval=w.poll_interval,
             capacity=lambda: sum(c.capacity for c in self.children if not c.stopping),
             in_flight=self.in_flight, paused=lambda: self.completer.backpressure,
-            on_claimed=self.dispatch, tasks=tasks,
+            on_claimed=self.dispatch, flushes=lambda: self.completer.flushes, tasks=tasks,
             forbidden_flags=list(w.forbidden_flags) or None,
             queues=list(w.queues) if w.queues is not None else None)
 
@@ -178,13 +178,9 @@ class Engine:
     async def _watch_once(self) -> None:
         """--once: stop when nothing is runnable, nothing is in hand and all is written."""
         while not self.stopping:
-            await asyncio.sleep(0.05)
-            if (self.fetcher.drained and not self.fetcher.buffer and self.in_flight() == 0
-                    and self.completer.pending == 0):
-                await asyncio.sleep(0.05)
-                if (self.fetcher.drained and not self.fetcher.buffer
-                        and self.in_flight() == 0 and self.completer.pending == 0):
-                    self.request_stop()
+            await asyncio.sleep(0.02)
+            if self.fetcher.idle() and self.in_flight() == 0 and self.completer.pending == 0:
+                self.request_stop()
 
     async def shutdown(self) -> None:
         if not hasattr(self, "_cut_short"):
@@ -408,6 +404,8 @@ class Engine:
     # -- observers -------------------------------------------------------------------
     def _on_flushed(self, completed: list[list[Any]], failed: list[list[Any]],
                     done_ids: set[int], outcomes: dict[int, str]) -> None:
+        # A finished job may have freed a serial queue: look again now, not at the next poll.
+        self.fetcher.wake()
         s = self.stats
         s.completed += len(done_ids)
         s.stale += len(completed) - len(done_ids)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import re
 
@@ -132,6 +133,15 @@ def test_encode_refuses_when_dict_key_is_not_str() -> None:
     assert info.value.field == "meta"
 
 
+def test_encode_refuses_when_enum_value_is_not_finite() -> None:
+    class Level(enum.Enum):
+        UNKNOWN = math.nan
+
+    with pytest.raises(PayloadError, match="NaN and Infinity") as info:
+        encode("t", {"levels": (Level.UNKNOWN,)}, LIMIT)
+    assert info.value.field == "levels[0]"
+
+
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 def test_encode_refuses_when_float_is_not_finite(value: float) -> None:
     payload = {"items": [{"price": 1.0}, {"price": value}]}
@@ -180,17 +190,17 @@ def test_encode_refuses_when_top_level_float_is_nan() -> None:
     assert info.value.field is None
 
 
+def test_encode_refuses_when_value_contains_nul() -> None:
+    with pytest.raises(PayloadError, match="U\\+0000") as info:
+        encode("t", {"lines": ["ok", "bad\x00"]}, LIMIT)
+    assert info.value.field == "lines[1]"
+
+
 @pytest.mark.parametrize("bad", [set(), object()], ids=["set", "object"])
 def test_encode_refuses_when_value_is_not_serialisable(bad: object) -> None:
     with pytest.raises(PayloadError, match="not JSON serializable") as info:
         encode("t", {"a": [1, {"b": bad}]}, LIMIT)
     assert info.value.field == "a[1].b"
-
-
-def test_encode_refuses_when_value_contains_nul() -> None:
-    with pytest.raises(PayloadError, match="U\\+0000") as info:
-        encode("t", {"lines": ["ok", "bad\x00"]}, LIMIT)
-    assert info.value.field == "lines[1]"
 
 
 def test_json_schema_validator_does_not_fill_defaults_when_valid() -> None:

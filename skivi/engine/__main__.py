@@ -1,0 +1,128 @@
+"""``python -m skivi.engine``: run a worker engine. The command line only; the engine itself is
+``skivi.engine.run``. Exit codes are listed in ``skivi.engine``'s docstring and in --help.
+
+Precedence: defaults < skivi.toml (--config) < SKIVI_* environment < command-line flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from skivi.config import DEFAULT_CONFIG_FILE, load_config
+from skivi.engine import EXIT_CONFIG, EXIT_DATABASE, run
+from skivi.errors import ConfigError, MigrationError, RegistryError
+from skivi.system import create_system
+
+EPILOG = """\
+Every flag can also be set in the environment (in brackets); flags win over the
+environment, which wins over the configuration file.
+
+exit codes:
+  0  stopped cleanly (SIGTERM/SIGINT, or --once with nothing left to run)
+  1  stopped with errors (a shutdown step failed; some results could not be written)
+  2  bad command line or configuration, or a task file that does not load
+  3  the database could not be reached or migrated at start
+
+signals: SIGTERM or SIGINT drain gracefully (stop claiming, finish running jobs up to
+--shutdown-timeout, write every result); a second signal stops at once, and the jobs still
+running are put back to run again.
+"""
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value if value else None
+
+
+def _env_flag(name: str) -> bool:
+    return (_env(name) or "").lower() in ("1", "true", "yes", "on")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m skivi.engine",
+        description="Run a Skivi worker engine: claim jobs from PostgreSQL and run them in "
+                    "child processes.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="PATH", default=_env("SKIVI_CONFIG"),
+                   help=f"TOML configuration file (default: ./{DEFAULT_CONFIG_FILE} if it "
+                        "exists) [SKIVI_CONFIG]")
+    p.add_argument("--database-url", metavar="URL",
+                   help="PostgreSQL connection string [SKIVI_DATABASE_URL, then DATABASE_URL]")
+    p.add_argument("--schema", metavar="NAME",
+                   help="schema of this Skivi instance (default: skivi) [SKIVI_SCHEMA]")
+    p.add_argument("--tasks", metavar="DIR",
+                   help="directory of task files, each defining a TASKS dict [SKIVI_TASKS]")
+    p.add_argument("--processes", metavar="N", type=int,
+                   help="child processes (default: CPU count) [SKIVI_PROCESSES]")
+    p.add_argument("--concurrency", metavar="N", type=int,
+                   help="jobs at once per child process (default: 16) [SKIVI_CONCURRENCY]")
+    p.add_argument("--queues", metavar="Q1,Q2",
+                   help="only run jobs of these named queues [SKIVI_QUEUES]")
+    p.add_argument("--once", action="store_true", default=_env_flag("SKIVI_ONCE"),
+                   help="run until no job is runnable, then exit [SKIVI_ONCE]")
+    p.add_argument("--no-migrate", action="store_true", default=_env_flag("SKIVI_NO_MIGRATE"),
+                   help="do not apply pending migrations at start [SKIVI_NO_MIGRATE]")
+    p.add_argument("--shutdown-timeout", metavar="SECONDS", type=float,
+                   help="how long a graceful stop waits for running jobs (default: 30) "
+                        "[SKIVI_SHUTDOWN_TIMEOUT]")
+    p.add_argument("--metrics-port", metavar="PORT", type=int,
+                   help="serve Prometheus metrics on this port; 0 disables (default: 0) "
+                        "[SKIVI_METRICS_PORT]")
+    p.add_argument("--log-level", metavar="LEVEL", default=_env("SKIVI_LOG_LEVEL") or "INFO",
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                   type=str.upper, help="DEBUG, INFO, WARNING or ERROR (default: INFO) "
+                                        "[SKIVI_LOG_LEVEL]")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
+    log = logging.getLogger("skivi.engine")
+    source: Any = args.config
+    if source is None and Path(DEFAULT_CONFIG_FILE).is_file():
+        source = DEFAULT_CONFIG_FILE
+    overrides = {
+        "database.connection_string": args.database_url,
+        "database.schema_name": args.schema,
+        "worker.task_directory": args.tasks,
+        "worker.processes": args.processes,
+        "worker.concurrency": args.concurrency,
+        "worker.queues": [q for q in args.queues.split(",") if q] if args.queues else None,
+        "worker.shutdown_timeout": args.shutdown_timeout,
+        "metrics.port": args.metrics_port,
+    }
+    try:
+        config = load_config(source, overrides=overrides)
+        system = create_system(config)
+        if config.worker.task_directory is None:
+            raise ConfigError("worker.task_directory: no tasks to run; give --tasks DIR, "
+                              "SKIVI_TASKS, or worker.task_directory in the configuration")
+        system.database_url  # noqa: B018 - fail here, clearly, when none is configured
+        system.registry()
+    except (ConfigError, RegistryError) as exc:
+        print(f"skivi.engine: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not args.no_migrate:
+        try:
+            system.migrate()
+        except (psycopg.Error, MigrationError) as exc:
+            log.error("cannot migrate schema %s: %s", system.schema, exc,
+                      extra={"action": "migrate_failed"})
+            return EXIT_DATABASE
+    return run(system, once=args.once)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

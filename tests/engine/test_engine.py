@@ -1,0 +1,224 @@
+"""The engine as a user runs it: subprocesses, real signals, real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+import skivi
+from tests.engine.conftest import EngineProcs, children_of, fetch, log_of
+from tests.helpers import wait_for
+
+
+def enqueue(url: str, specs: list[dict[str, Any]]) -> list[int]:
+    system = skivi.create_system({"database": {"connection_string": url}})
+    try:
+        return [j.id for j in skivi.add_jobs(system, specs)]
+    finally:
+        system.stop()
+
+
+def live_jobs(url: str) -> int:
+    return int(fetch(url, "select count(*) from skivi.job")[0][0])
+
+
+def engine_id(url: str, pid: int) -> int:
+    rows = wait_for(lambda: fetch(url, "select id from skivi.engine where pid = %s", pid),
+                    what=f"engine row of pid {pid}")
+    return int(rows[0][0])
+
+
+def test_three_engines_handle_every_job_exactly_once_when_sharing_a_database(
+        engines: EngineProcs, database: str) -> None:
+    n = 20_000
+    ids = enqueue(database, [{"task": "noop", "payload": {"i": i}} for i in range(n)])
+    procs = [engines.start("--once", concurrency=16) for _ in range(3)]
+    for p in procs:
+        assert p.wait(timeout=180) == 0, log_of(p)
+    runs = engines.ledger.runs_per_job()
+    assert set(runs) == set(ids)
+    assert max(runs.values()) == 1, "a job ran twice without any fault"
+    assert live_jobs(database) == 0
+    assert fetch(database, "select count(*) from skivi.job_history")[0][0] == 0
+    assert fetch(database, "select count(*) from skivi.engine")[0][0] == 0
+    assert len({r[1] for r in engines.ledger.starts()}) >= 3, "work was not shared"
+
+
+def test_killed_engines_jobs_run_again_elsewhere_within_5s_when_sigkilled(
+        engines: EngineProcs, database: str) -> None:
+    ids = enqueue(database, [{"task": "sleep", "payload": {"s": 0.3}} for _ in range(80)])
+    victim = engines.start(concurrency=4)
+    victim_id = engine_id(database, victim.pid)
+    wait_for(lambda: len(engines.ledger.starts()) >= 4, what="the victim running jobs")
+    survivor = engines.start(concurrency=4)
+    engine_id(database, survivor.pid)
+    held = {r[0] for r in fetch(database, "select id from skivi.job where locked_by = %s",
+                                victim_id)}
+    victim_pids = {victim.pid, *children_of(victim.pid)}
+    running = {r[0] for r in engines.ledger.starts() if r[1] in victim_pids} & held
+    assert running, "the victim had nothing in flight"
+    os.kill(victim.pid, signal.SIGKILL)
+    killed_at = time.time()
+    victim.wait()
+
+    def rerun() -> bool:
+        again = {r[0] for r in engines.ledger.starts()
+                 if r[1] not in victim_pids and r[4] > killed_at}
+        return running <= again
+
+    wait_for(rerun, timeout=10, what="the killed engine's jobs to run again")
+    first_rerun = min(r[4] for r in engines.ledger.starts()
+                      if r[0] in running and r[1] not in victim_pids and r[4] > killed_at)
+    assert first_rerun - killed_at < 5.0
+    wait_for(lambda: live_jobs(database) == 0, timeout=60, what="every job to finish")
+    runs = engines.ledger.runs_per_job()
+    assert set(runs) == set(ids), "a job was lost"
+    twice = {job for job, count in runs.items() if count > 1}
+    assert twice <= held, f"jobs ran twice that the killed engine did not hold: {twice - held}"
+
+
+def test_killed_child_is_replaced_and_its_jobs_retried_when_sigkilled(
+        engines: EngineProcs, database: str) -> None:
+    ids = enqueue(database, [{"task": "sleep", "payload": {"s": 0.2}} for _ in range(40)])
+    engine = engines.start(processes=2, concurrency=2)
+    kids = wait_for(lambda: len(children_of(engine.pid)) == 2 and children_of(engine.pid),
+                    what="two children")
+    wait_for(lambda: {r[1] for r in engines.ledger.starts()} >= set(kids),
+             what="both children running jobs")
+    victim, sibling = kids
+    victim_jobs = {r[0] for r in engines.ledger.starts() if r[1] == victim}
+    os.kill(victim, signal.SIGKILL)
+    killed_at = time.time()
+    replacement = wait_for(lambda: [p for p in children_of(engine.pid) if p not in kids],
+                           what="a replacement child")[0]
+    wait_for(lambda: live_jobs(database) == 0, timeout=60, what="every job to finish")
+    starts = engines.ledger.starts()
+    unfinished = victim_jobs - {r[0] for r in engines.ledger.rows()
+                                if r[3] == "end" and r[1] == victim}
+    assert unfinished, "the victim had no job in flight"
+    rerun = {r[0] for r in starts if r[1] != victim and r[4] > killed_at}
+    assert unfinished <= rerun
+    assert sibling in children_of(engine.pid), "the sibling child stopped"
+    assert any(r[1] == sibling and r[4] > killed_at for r in starts)
+    assert any(r[1] == replacement for r in starts)
+    assert set(engines.ledger.runs_per_job()) == set(ids)
+    crashed = fetch(database, "select count(*) from skivi.job_history")[0][0]
+    assert crashed == 0
+
+
+def test_poison_job_is_exhausted_after_exactly_max_attempts_when_it_kills_its_child(
+        engines: EngineProcs, database: str) -> None:
+    [poison] = enqueue(database, [{"task": "poison", "max_attempts": 3}])
+    others = enqueue(database, [{"task": "noop"} for _ in range(20)])
+    engine = engines.start(processes=2, concurrency=1)
+    wait_for(lambda: fetch(database, "select 1 from skivi.job_history where id = %s", poison),
+             timeout=30, what="the poison job to be exhausted")
+    runs = engines.ledger.runs_per_job()
+    assert runs[poison] == 3
+    row = fetch(database, "select attempts, outcome, reason, last_error from "
+                          "skivi.job_history where id = %s", poison)[0]
+    assert row[0] == 3 and row[1] == "exhausted" and row[2] == "max_attempts"
+    assert "died" in row[3]
+    wait_for(lambda: live_jobs(database) == 0, what="the other jobs")
+    assert all(runs[i] >= 1 for i in others) or set(engines.ledger.runs_per_job()) >= set(others)
+    assert engine.poll() is None, "the engine died with its child"
+
+
+def test_sigterm_drains_and_exits_0_leaving_nothing_locked_when_busy(
+        engines: EngineProcs, database: str) -> None:
+    enqueue(database, [{"task": "sleep", "payload": {"s": 0.2}} for _ in range(200)])
+    engine = engines.start("--shutdown-timeout", "10", processes=2, concurrency=4)
+    eid = engine_id(database, engine.pid)
+    wait_for(lambda: len(engines.ledger.starts()) >= 8, what="a busy engine")
+    engine.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    assert engine.wait(timeout=15) == 0, log_of(engine)
+    assert time.monotonic() - started < 10
+    assert fetch(database, "select count(*) from skivi.job where locked_by = %s", eid)[0][0] == 0
+    # Everything that started finished; the rest went back untouched.
+    rows = engines.ledger.rows()
+    started_ids = {r[0] for r in rows if r[3] == "start"}
+    ended_ids = {r[0] for r in rows if r[3] == "end"}
+    assert started_ids == ended_ids
+    back = fetch(database, "select count(*) from skivi.job where attempts = 0")[0][0]
+    assert back == 200 - len(started_ids)
+
+
+def test_missing_handler_exhausts_the_job_at_once_when_no_task_matches(
+        engines: EngineProcs, database: str) -> None:
+    [job] = enqueue(database, [{"task": "nobody-handles-this", "max_attempts": 5}])
+    engine = engines.start("--once")
+    assert engine.wait(timeout=60) == 0, log_of(engine)
+    row = fetch(database, "select attempts, reason, last_error from skivi.job_history "
+                          "where id = %s", job)
+    assert row and row[0][0] == 1 and row[0][1] == "no_handler"
+    assert "nobody-handles-this" in row[0][2]
+
+
+def test_unknown_tasks_stay_queued_when_unknown_tasks_is_skip(
+        engines: EngineProcs, database: str) -> None:
+    [job] = enqueue(database, [{"task": "nobody-handles-this"}])
+    known = enqueue(database, [{"task": "noop"}])
+    engine = engines.start("--once", env={"SKIVI_UNKNOWN_TASKS": "skip"})
+    assert engine.wait(timeout=60) == 0, log_of(engine)
+    assert fetch(database, "select attempts, locked_by from skivi.job") == [(0, None)]
+    assert engines.ledger.runs_per_job()[known[0]] == 1 and job not in engines.ledger.runs_per_job()
+
+
+def test_batch_job_keeps_only_failed_items_when_partially_successful(
+        engines: EngineProcs, database: str) -> None:
+    [job] = enqueue(database, [{"task": "batch", "payload": [1, -1, 2, -2],
+                                "max_attempts": 1}])
+    engine = engines.start("--once")
+    assert engine.wait(timeout=60) == 0, log_of(engine)
+    row = fetch(database, "select payload, last_error from skivi.job_history where id = %s",
+                job)[0]
+    assert row[0] == [-1, -2]
+    assert "partial success: 2 of 4 items failed" in row[1]
+
+
+def test_failed_job_waits_for_its_backoff_when_retried(
+        engines: EngineProcs, database: str) -> None:
+    [job] = enqueue(database, [{"task": "slow_fail", "max_attempts": 5}])
+    engine = engines.start()
+    wait_for(lambda: fetch(database, "select 1 from skivi.job where id = %s and attempts = 1 "
+                                     "and locked_by is null", job), what="the first failure")
+    row = fetch(database, "select extract(epoch from run_at - updated_at), last_error "
+                          "from skivi.job where id = %s", job)[0]
+    # Default backoff: exp(1) seconds after the first attempt (Graphile Worker's schedule).
+    assert abs(float(row[0]) - 2.718) < 0.1
+    assert "boom on attempt 1" in row[1]
+    engine.send_signal(signal.SIGTERM)
+    assert engine.wait(timeout=30) == 0
+
+
+def test_serial_queue_runs_one_job_at_a_time_in_order_when_prefetching(
+        engines: EngineProcs, database: str) -> None:
+    ids = enqueue(database, [{"task": "async_sleep", "payload": {"s": 0.03},
+                              "queue_name": "serial"} for _ in range(15)])
+    enqueue(database, [{"task": "noop"} for _ in range(200)])
+    # Two engines share the queue; each stops once it finds nothing runnable (a job held by
+    # the other engine is not runnable for it), so wait for the table to empty instead.
+    for _ in range(2):
+        engines.start(processes=2, concurrency=8)
+    wait_for(lambda: live_jobs(database) == 0, timeout=60, what="every job to finish")
+    rows = [r for r in engines.ledger.rows() if r[0] in set(ids)]
+    spans: dict[int, list[float]] = {}
+    for job, _pid, _attempt, event, at in rows:
+        spans.setdefault(job, [0.0, 0.0])[0 if event == "start" else 1] = at
+    ordered = sorted(spans.items(), key=lambda kv: kv[1][0])
+    assert [job for job, _ in ordered] == ids, "serial jobs ran out of order"
+    for (_, (_s1, end1)), (_, (start2, _e2)) in zip(ordered, ordered[1:], strict=False):
+        assert start2 >= end1, "two jobs of one serial queue overlapped"
+
+
+def test_handler_can_enqueue_follow_up_jobs_when_running(
+        engines: EngineProcs, database: str) -> None:
+    [parent] = enqueue(database, [{"task": "spawn"}])
+    engine = engines.start("--once")
+    assert engine.wait(timeout=60) == 0, log_of(engine)
+    assert len(engines.ledger.starts()) == 2
+    assert live_jobs(database) == 0
+    assert parent in engines.ledger.runs_per_job()
