@@ -77,8 +77,15 @@ class Fetcher:
         self.listening = False
 
     def room(self) -> int:
-        return min(self.batch_size,
+        """How many jobs to claim now; 0 means wait. Claims are batched: below half a batch
+        of room it waits for more, unless the buffer is empty and children have free slots,
+        so a busy engine makes few large claims and an idle one still reacts at once."""
+        room = min(self.batch_size,
                    self.capacity() + self.batch_size - self.in_flight() - len(self.buffer))
+        if room >= self.batch_size // 2 or (not self.buffer and room > 0
+                                            and self.in_flight() < self.capacity()):
+            return room
+        return 0
 
     def wake(self) -> None:
         self._wake.set()

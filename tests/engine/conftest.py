@@ -104,3 +104,45 @@ def fetch(url: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
 
     with connect(url) as c:
         return c.execute(query, args or None).fetchall()  # type: ignore[arg-type]
+
+
+@dataclass
+class PrivateServer:
+    """A PostgreSQL server of the test's own (embedded, from the pgserver package), so a test
+    can restart it without disturbing anything else."""
+
+    pgdata: Path
+    url: str
+
+    def _pg_ctl(self, *args: str) -> None:
+        import pgserver
+
+        kwargs: dict[str, Any] = {"user": "pgserver"} if os.geteuid() == 0 else {}
+        pgserver.pg_ctl(["-w", *args], pgdata=self.pgdata, **kwargs)
+
+    def restart(self) -> None:
+        self._pg_ctl("-m", "fast", "restart")
+
+    def stop(self) -> None:
+        self._pg_ctl("-m", "immediate", "stop")
+
+    def start(self) -> None:
+        self._pg_ctl("start")
+
+
+@pytest.fixture
+def private_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateServer]:
+    import pgserver
+
+    from skivi.db.migrate import migrate
+    from tests.helpers import connect
+
+    pgdata = tmp_path_factory.mktemp("pgdata")
+    srv = pgserver.get_server(pgdata, cleanup_mode="delete")
+    url = srv.get_uri()
+    with connect(url) as c:
+        migrate(c, "skivi")
+    try:
+        yield PrivateServer(pgdata, url)
+    finally:
+        srv.cleanup()

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import skivi
-from tests.engine.conftest import EngineProcs, children_of, fetch, log_of
+from tests.engine.conftest import EngineProcs, Ledger, children_of, fetch, log_of
 from tests.helpers import wait_for
 
 
@@ -222,3 +222,24 @@ def test_handler_can_enqueue_follow_up_jobs_when_running(
     assert len(engines.ledger.starts()) == 2
     assert live_jobs(database) == 0
     assert parent in engines.ledger.runs_per_job()
+
+
+def test_engine_survives_and_finishes_every_job_when_postgres_restarts(
+        tmp_path: Any, private_server: Any) -> None:
+    url = private_server.url
+    procs = EngineProcs(url, Ledger(tmp_path / "ledger.txt"))
+    try:
+        ids = enqueue(url, [{"task": "sleep", "payload": {"s": 0.01}} for _ in range(600)])
+        engine = procs.start(processes=2, concurrency=4)
+        wait_for(lambda: len(procs.ledger.starts()) >= 50, what="a busy engine")
+        private_server.restart()
+        restarted_at = time.time()
+        wait_for(lambda: live_jobs(url) == 0, timeout=90, what="every job to finish")
+        assert engine.poll() is None, log_of(engine)
+        assert any(r[4] > restarted_at for r in procs.ledger.starts()), "no work after restart"
+        assert set(procs.ledger.runs_per_job()) == set(ids)
+        assert fetch(url, "select count(*) from skivi.job_history")[0][0] == 0
+        engine.send_signal(signal.SIGTERM)
+        assert engine.wait(timeout=30) == 0, log_of(engine)
+    finally:
+        procs.stop_all()

@@ -1,0 +1,1143 @@
+"""Skivi's benchmark: ``python bench/run.py [scenario] [options]`` (see bench/README.md).
+
+Scenarios:
+    drain     enqueue N jobs in bulk, then run an engine with --once until all are done
+    steady    enqueue at a fixed rate while an engine runs; enqueue-to-start latency
+    enqueue   single add_job calls, one bulk add_jobs call, and the single-insert floor
+    backlog   drain N jobs while a large backlog scheduled in 2100 waits in the same table
+
+Every scenario works in a schema of its own (--schema, default skivi_bench), created fresh
+and dropped at the end (--keep keeps it). The engine always runs in a subprocess
+(``python bench/run.py _engine ...``), never forked from this process, which has threads
+and open connections; the subprocess reports progress, timings and memory as JSON lines on
+its stdout.
+
+Output: the settings first, a live line every second, then a summary table; --json PATH
+writes the same for machines. The exit code is non-zero when a verification fails.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Benchmark the checkout this file lives in (the engine subprocess does the same).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import queue
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+import skivi
+from skivi.config import load_config
+from skivi.engine.supervisor import Engine
+from skivi.system import System, create_system
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ("drain", "steady", "enqueue", "backlog")
+SCHEMA_MARKER = "skivi bench scratch schema (bench/run.py); dropped after each run"
+BACKLOG_TASK = "backlog"
+BACKLOG_RUN_AT = "2100-01-01 00:00:00+00"
+TICK = 0.005  # steady: the producer's smallest sleep; jobs due within a tick go together
+PROGRESS_INTERVAL = 1.0
+WATCH_INTERVAL = 0.005  # the engine subprocess checks "all done" this often
+JOB_ROW_MATCH = "task_identifier <> 'backlog'"
+
+Result = dict[str, Any]
+
+
+# ================================================================================================
+# Tasks (run inside the engine's children)
+# ================================================================================================
+
+TASK_RE = re.compile(r"^(noop|(?:sleep|asleep|cpu):\d+(?:\.\d+)?)$")
+
+# The latency file of the current child process (steady): opened by on_child_start, after the
+# child has closed every file descriptor it inherited.
+_latency_fd: int | None = None
+
+
+def parse_task(spec: str) -> tuple[str, float]:
+    """'noop' -> ('noop', 0); 'sleep:5' -> ('sleep', 5.0). Raises ValueError."""
+    if not TASK_RE.match(spec):
+        raise ValueError(f"--task must be noop, sleep:MS, asleep:MS or cpu:MS, got {spec!r}")
+    kind, _, ms = spec.partition(":")
+    return kind, float(ms or 0)
+
+
+def _record_start(payload: Any) -> None:
+    """Append "<enqueued> <started>\\n" (epoch seconds) for jobs whose payload carries t."""
+    if _latency_fd is not None and isinstance(payload, dict) and "t" in payload:
+        os.write(_latency_fd, f"{payload['t']:.6f} {time.time():.6f}\n".encode())
+
+
+def make_handler(kind: str, ms: float) -> Callable[[Any], Any]:
+    seconds = ms / 1000.0
+    if kind == "asleep":
+        async def asleep(ctx: Any) -> None:
+            _record_start(ctx.job.payload)
+            await asyncio.sleep(seconds)
+        return asleep
+
+    def handler(ctx: Any) -> None:
+        _record_start(ctx.job.payload)
+        if kind == "sleep":
+            time.sleep(seconds)
+        elif kind == "cpu":
+            end = time.perf_counter() + seconds
+            while time.perf_counter() < end:
+                pass
+    return handler
+
+
+# ================================================================================================
+# The engine subprocess: python bench/run.py _engine ...
+# ================================================================================================
+
+def read_memory(pid: int) -> dict[str, int] | None:
+    """VmRSS and VmHWM (peak) of a process in KiB, from /proc/<pid>/status."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    out = {"pid": pid}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out["rss_kib" if key == "VmRSS" else "hwm_kib"] = int(value.split()[0])
+    return out
+
+
+def emit(event: str, **fields: Any) -> None:
+    print(json.dumps({"event": event, "t": time.time(), **fields}), flush=True)
+
+
+class BenchEngine(Engine):
+    """The engine, plus a memory sample taken when a stop is requested (children alive)."""
+
+    memory: dict[str, Any] | None = None
+
+    def sample_memory(self) -> dict[str, Any]:
+        return {"parent": read_memory(os.getpid()),
+                "children": [m for c in self.children if (m := read_memory(c.pid))]}
+
+    def request_stop(self, fast: bool = False) -> None:
+        if self.memory is None:
+            self.memory = self.sample_memory()
+        super().request_stop(fast)
+
+
+def _stats(engine: Engine) -> dict[str, int]:
+    s = engine.stats
+    return {"claimed": s.claimed, "completed": s.completed, "failed": s.failed,
+            "exhausted": s.exhausted, "stale": s.stale, "child_crashes": s.child_crashes,
+            "rescued": s.rescued}
+
+
+async def _watch(engine: BenchEngine, expect: int, state: dict[str, Any]) -> None:
+    """Progress every second; "done" with a memory sample when `expect` jobs completed."""
+    emit("started", pid=os.getpid(), children=[c.pid for c in engine.children],
+         processes=engine.processes, concurrency=engine.concurrency)
+    next_progress = time.monotonic() + PROGRESS_INTERVAL
+    while True:
+        await asyncio.sleep(WATCH_INTERVAL)
+        completed = engine.stats.completed
+        if "done_at" not in state and expect and completed >= expect:
+            state["done_at"] = time.time()
+            engine.memory = engine.sample_memory()
+            emit("done", completed=completed)
+        if time.monotonic() >= next_progress:
+            next_progress += PROGRESS_INTERVAL
+            emit("progress", **_stats(engine))
+
+
+async def _engine_async(system: System, args: argparse.Namespace) -> int:
+    def on_child_start() -> None:
+        global _latency_fd
+        if args.latency_file:
+            _latency_fd = os.open(args.latency_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                                  0o600)
+
+    engine = BenchEngine(system, system.registry(), once=args.once,
+                         on_child_start=on_child_start)
+    state: dict[str, Any] = {}
+    started_at = time.time()
+    watcher = asyncio.get_running_loop().create_task(_watch(engine, args.expect, state))
+    error = None
+    code = 1
+    try:
+        code = await engine.run()
+    except Exception as exc:  # noqa: BLE001 - reported to the bench, which fails loudly
+        error = f"{type(exc).__name__}: {exc}"
+    finally:
+        watcher.cancel()
+    emit("report", code=code, error=error, started_at=started_at,
+         done_at=state.get("done_at"), exited_at=time.time(), stats=_stats(engine),
+         memory=engine.memory, processes=engine.processes, concurrency=engine.concurrency)
+    return code
+
+
+def engine_main(argv: Sequence[str]) -> int:
+    import logging
+
+    import uvloop
+
+    p = argparse.ArgumentParser(prog="bench/run.py _engine")
+    p.add_argument("--database-url", required=True)
+    p.add_argument("--schema", required=True)
+    p.add_argument("--task", required=True)
+    p.add_argument("--processes", type=int, default=0)
+    p.add_argument("--concurrency", type=int, required=True)
+    p.add_argument("--batch-size", type=int, required=True)
+    p.add_argument("--sync-threads", type=int, required=True)
+    p.add_argument("--once", action="store_true")
+    p.add_argument("--expect", type=int, default=0)
+    p.add_argument("--latency-file")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="engine: %(levelname)s %(name)s: %(message)s")
+    kind, ms = parse_task(args.task)
+    config = load_config({
+        "database": {"connection_string": args.database_url, "schema_name": args.schema},
+        "worker": {"processes": args.processes, "concurrency": args.concurrency,
+                   "batch_size": args.batch_size, "sync_threads": args.sync_threads},
+    }, env={})
+    system = create_system(config, {kind: make_handler(kind, ms)})
+    return uvloop.run(_engine_async(system, args))
+
+
+@dataclass
+class EngineProcess:
+    """An engine subprocess and the JSON events it prints, read by a thread."""
+
+    proc: subprocess.Popen[str]
+    events: queue.Queue[dict[str, Any]] = field(default_factory=queue.Queue)
+    report: dict[str, Any] | None = None
+    ended: bool = False
+
+    @classmethod
+    def start(cls, opts: Options, *, once: bool, expect: int,
+              latency_file: str | None = None) -> EngineProcess:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "_engine",
+               "--database-url", opts.url, "--schema", opts.schema, "--task", opts.task,
+               "--processes", str(opts.processes or 0), "--concurrency", str(opts.concurrency),
+               "--batch-size", str(opts.batch_size), "--sync-threads", str(opts.sync_threads),
+               "--expect", str(expect)]
+        if once:
+            cmd.append("--once")
+        if latency_file:
+            cmd += ["--latency-file", latency_file]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+        ep = cls(proc)
+        threading.Thread(target=ep._read, daemon=True, name="engine-events").start()
+        return ep
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                sys.stderr.write(f"engine stdout: {line}")
+                continue
+            if isinstance(event, dict) and "event" in event:
+                self.events.put(event)
+        self.events.put({"event": "end"})
+
+    def next(self, timeout: float) -> dict[str, Any]:
+        """The next event; {"event": "end"} once stdout closed, {"event": "timeout"} if none
+        came within timeout."""
+        if self.ended:
+            return {"event": "end"}
+        try:
+            event = self.events.get(timeout=max(timeout, 0.0))
+        except queue.Empty:
+            return {"event": "timeout"}
+        if event["event"] == "report":
+            self.report = event
+        elif event["event"] == "end":
+            self.ended = True
+        return event
+
+    def wait_for(self, name: str, timeout: float) -> dict[str, Any] | None:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            event = self.next(left)
+            if event["event"] == name:
+                return event
+            if event["event"] == "end":
+                return None
+        return None
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM (graceful), then SIGKILL after timeout; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def finish(self, timeout: float) -> int:
+        """Read events until the report, then reap the process."""
+        if self.report is None:
+            self.wait_for("report", timeout)
+        try:
+            return self.proc.wait(10.0)
+        except subprocess.TimeoutExpired:
+            return self.stop()
+
+
+# ================================================================================================
+# Options, database and environment
+# ================================================================================================
+
+@dataclass
+class Options:
+    scenario: str
+    url: str
+    url_shown: str
+    embedded: bool
+    schema: str
+    jobs: int
+    rate: float
+    duration: float | None
+    processes: int | None
+    concurrency: int
+    batch_size: int
+    sync_threads: int
+    payload_bytes: int
+    task: str
+    repeat: int
+    json_path: str | None
+    backlog: int
+    compare: bool
+    keep: bool
+    chunk: int
+    bulk: int
+    floor: bool
+    timeout: float
+
+    @property
+    def task_kind(self) -> str:
+        return parse_task(self.task)[0]
+
+    @property
+    def task_ms(self) -> float:
+        return parse_task(self.task)[1]
+
+    def payload(self, **extra: Any) -> dict[str, Any]:
+        return {**extra, "pad": "x" * self.payload_bytes} if self.payload_bytes else extra
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python bench/run.py",
+        description="Skivi benchmark. See bench/README.md for what each number means.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("scenario", nargs="?", default="drain", choices=SCENARIOS)
+    p.add_argument("--database-url", metavar="URL",
+                   help="PostgreSQL URL [SKIVI_DATABASE_URL, DATABASE_URL]; without one, an "
+                        "embedded server in .pgdata/bench")
+    p.add_argument("--schema", default="skivi_bench",
+                   help="scratch schema, created fresh and dropped at the end")
+    p.add_argument("--jobs", type=int, metavar="N",
+                   help="jobs to drain (drain, backlog: 20000) or single add_job calls "
+                        "(enqueue: 5000)")
+    p.add_argument("--rate", type=float, default=200.0, help="steady: jobs enqueued per second")
+    p.add_argument("--duration", type=float, metavar="SECONDS",
+                   help="steady: how long to enqueue (10); enqueue: time the single add_job "
+                        "calls instead of counting them")
+    p.add_argument("--processes", type=int, metavar="N",
+                   help="engine child processes (default: CPU count)")
+    p.add_argument("--concurrency", type=int, default=16, help="jobs at once per child")
+    p.add_argument("--batch-size", type=int, default=500,
+                   help="engine claim batch, and the batch of the raw SQL floor")
+    p.add_argument("--sync-threads", type=int, default=1,
+                   help="worker.sync_threads: threads per child for sync handlers (1 = sync "
+                        "handlers run one at a time per child)")
+    p.add_argument("--payload-bytes", type=int, default=0,
+                   help="pad each payload with a string of this many bytes")
+    p.add_argument("--task", default="noop",
+                   help="noop, sleep:MS (time.sleep), asleep:MS (asyncio.sleep) or cpu:MS "
+                        "(busy loop)")
+    p.add_argument("--repeat", type=int, default=1, metavar="K",
+                   help="run K times, report each and the median")
+    p.add_argument("--json", metavar="PATH", help="write settings, environment and results")
+    p.add_argument("--backlog", type=int, default=1_000_000, metavar="N",
+                   help="backlog: jobs scheduled in 2100 that must not be claimed")
+    p.add_argument("--compare", action="store_true",
+                   help="backlog: also drain without the backlog, first, and compare")
+    p.add_argument("--keep", action="store_true", help="do not drop the schema at the end")
+    p.add_argument("--chunk", type=int, default=10_000,
+                   help="drain, backlog: jobs per add_jobs call when enqueueing")
+    p.add_argument("--bulk", type=int, default=100_000,
+                   help="enqueue: jobs in the one bulk add_jobs call")
+    p.add_argument("--no-floor", dest="floor", action="store_false",
+                   help="skip the raw SQL floor measurements")
+    p.add_argument("--timeout", type=float, default=900.0,
+                   help="give up on an engine run after this many seconds")
+    return p
+
+
+def parse_options(argv: Sequence[str]) -> Options:
+    p = build_parser()
+    a = p.parse_args(argv)
+    try:
+        parse_task(a.task)
+    except ValueError as exc:
+        p.error(str(exc))
+    for name in ("rate", "concurrency", "batch_size", "sync_threads", "repeat", "chunk", "bulk",
+                 "timeout"):
+        if getattr(a, name) <= 0:
+            p.error(f"--{name.replace('_', '-')} must be positive")
+    for name in ("jobs", "duration", "processes"):
+        if getattr(a, name) is not None and getattr(a, name) <= 0:
+            p.error(f"--{name} must be positive")
+    if a.payload_bytes < 0 or a.backlog < 0:
+        p.error("--payload-bytes and --backlog must not be negative")
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", a.schema):
+        p.error("--schema must be a lower-case SQL identifier")
+    if a.jobs is None:
+        a.jobs = 5_000 if a.scenario == "enqueue" else 20_000
+    if a.duration is None and a.scenario == "steady":
+        a.duration = 10.0
+    url: str = (a.database_url or os.environ.get("SKIVI_DATABASE_URL")
+                or os.environ.get("DATABASE_URL") or "")
+    embedded = not url
+    if embedded:
+        from skivi.db.embedded import start_embedded
+
+        url = start_embedded(REPO_ROOT / ".pgdata" / "bench")
+        shown = f"embedded PostgreSQL (pgserver) in {REPO_ROOT / '.pgdata' / 'bench'}"
+    else:
+        shown = re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+    return Options(
+        scenario=a.scenario, url=url, url_shown=shown, embedded=embedded, schema=a.schema,
+        jobs=a.jobs, rate=a.rate, duration=a.duration, processes=a.processes,
+        concurrency=a.concurrency, batch_size=a.batch_size, sync_threads=a.sync_threads,
+        payload_bytes=a.payload_bytes, task=a.task, repeat=a.repeat, json_path=a.json,
+        backlog=a.backlog, compare=a.compare, keep=a.keep, chunk=a.chunk, bulk=a.bulk,
+        floor=a.floor, timeout=a.timeout)
+
+
+def connect(opts: Options) -> psycopg.Connection[Any]:
+    return psycopg.connect(opts.url, autocommit=True, application_name="skivi-bench")
+
+
+def ident(opts: Options, table: str) -> sql.Composed:
+    return sql.SQL("{}.{}").format(sql.Identifier(opts.schema), sql.Identifier(table))
+
+
+def scalar(conn: psycopg.Connection[Any], query: sql.Composable | str,
+           params: Sequence[Any] | None = None) -> Any:
+    row = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+    return row[0] if row else None
+
+
+def git_ref() -> str | None:
+    """branch@commit of the checkout, read from .git (no git command is run)."""
+    try:
+        git = REPO_ROOT / ".git"
+        if git.is_file():
+            git = (REPO_ROOT / git.read_text().split(":", 1)[1].strip()).resolve()
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head[:12]
+        ref = head[5:]
+        path = git / ref
+        if path.is_file():
+            sha = path.read_text().strip()
+        else:
+            packed = (git / "packed-refs").read_text().splitlines()
+            sha = next(line.split()[0] for line in packed if line.endswith(" " + ref))
+        return f"{ref.removeprefix('refs/heads/')}@{sha[:12]}"
+    except (OSError, StopIteration, IndexError):
+        return None
+
+
+def environment(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    server = {name: scalar(conn, f"show {name}") for name in (
+        "server_version", "synchronous_commit", "shared_buffers", "max_connections", "fsync")}
+    return {
+        "skivi": skivi.__version__, "skivi_path": str(Path(skivi.__file__).parent),
+        "git": git_ref(), "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "psycopg": psycopg.__version__, "psycopg_impl": psycopg.pq.__impl__,
+        "libpq": psycopg.pq.version(), "uvloop": importlib.metadata.version("uvloop"),
+        "cpus": os.cpu_count(), "platform": platform.platform(),
+        "loadavg": Path("/proc/loadavg").read_text().split()[:3],
+        "server": server,
+    }
+
+
+@contextlib.contextmanager
+def scratch_schema(opts: Options) -> Iterator[None]:
+    """Create the schema fresh (a leftover bench schema is dropped; any other is refused),
+    migrate it, and drop it at the end unless --keep."""
+    with connect(opts) as conn:
+        row = conn.execute("select obj_description(oid, 'pg_namespace') from pg_namespace "
+                           "where nspname = %s", [opts.schema]).fetchone()
+        if row is not None:
+            if row[0] != SCHEMA_MARKER:
+                raise SystemExit(f"schema {opts.schema!r} exists and was not made by the "
+                                 "bench: refusing to touch it; choose another --schema")
+            conn.execute(sql.SQL("drop schema {} cascade").format(sql.Identifier(opts.schema)))
+        conn.execute(sql.SQL("create schema {}").format(sql.Identifier(opts.schema)))
+        conn.execute(sql.SQL("comment on schema {} is {}").format(
+            sql.Identifier(opts.schema), sql.Literal(SCHEMA_MARKER)))
+    try:
+        yield
+    finally:
+        if not opts.keep:
+            with connect(opts) as conn:
+                conn.execute(sql.SQL("drop schema if exists {} cascade").format(
+                    sql.Identifier(opts.schema)))
+
+
+def make_system(opts: Options) -> System:
+    config = load_config({
+        "database": {"connection_string": opts.url, "schema_name": opts.schema},
+        "worker": {"processes": opts.processes or 0, "concurrency": opts.concurrency,
+                   "batch_size": opts.batch_size, "sync_threads": opts.sync_threads},
+    }, env={})  # the environment's SKIVI_* must not steer the bench to another schema
+    return create_system(config)
+
+
+def vacuum(conn: psycopg.Connection[Any], opts: Options) -> None:
+    conn.execute(sql.SQL("vacuum (analyze) {}").format(ident(opts, "job")))
+
+
+# ================================================================================================
+# Output helpers
+# ================================================================================================
+
+def fmt_int(n: float | None) -> str:
+    return "-" if n is None else f"{n:,.0f}"
+
+
+def fmt_rate(n: float | None) -> str:
+    return "-" if n is None else f"{n:,.0f}/s"
+
+
+def fmt_mib(kib: int | None) -> str:
+    return "-" if kib is None else f"{kib / 1024:.1f} MiB"
+
+
+def fmt_pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    print("  " + "  ".join(h.rjust(w) if i else h.ljust(w)
+                           for i, (h, w) in enumerate(zip(headers, widths, strict=True))))
+    for r in rows:
+        print("  " + "  ".join(c.rjust(w) if i else c.ljust(w)
+                               for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> float | None:
+    """Nearest-rank percentile of an ascending list."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def get_path(d: Any, path: str) -> Any:
+    for key in path.split("."):
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def medians(runs: Sequence[Result], paths: Sequence[str]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for path in paths:
+        values = [v for r in runs if isinstance(v := get_path(r, path), int | float)]
+        out[path] = statistics.median(values) if values else None
+    return out
+
+
+def print_settings(opts: Options, env: dict[str, Any]) -> None:
+    s = env["server"]
+    procs = opts.processes or os.cpu_count() or 1
+    print(f"Skivi bench: {opts.scenario}")
+    print(f"  skivi {env['skivi']} ({env['skivi_path']}), git {env['git'] or 'unknown'}")
+    print(f"  python {env['python']} ({env['python_implementation']}), psycopg "
+          f"{env['psycopg']} (impl {env['psycopg_impl']}, libpq {env['libpq']}), "
+          f"uvloop {env['uvloop']}")
+    print(f"  cpus {env['cpus']}, load average {' '.join(env['loadavg'])}")
+    print(f"  database {opts.url_shown}")
+    if opts.embedded:
+        print("    (no --database-url, SKIVI_DATABASE_URL or DATABASE_URL: using the embedded "
+              "server; numbers from it are for trying the bench out, not for comparison)")
+    print(f"  server PostgreSQL {s['server_version']}: synchronous_commit={s['synchronous_commit']}"
+          f" shared_buffers={s['shared_buffers']} max_connections={s['max_connections']}"
+          f" fsync={s['fsync']}")
+    print(f"  schema {opts.schema} (fresh; {'kept' if opts.keep else 'dropped'} at the end)")
+    if opts.scenario != "enqueue":
+        print(f"  engine {procs} processes{'' if opts.processes else ' (CPU count)'} x "
+              f"{opts.concurrency} concurrency, claim batch {opts.batch_size}, sync threads "
+              f"{opts.sync_threads}, in a subprocess")
+    print(f"  task {opts.task}, payload padding {opts.payload_bytes} B, repeat {opts.repeat}")
+    if opts.scenario in ("drain", "backlog"):
+        print(f"  jobs {opts.jobs:,}, enqueued with add_jobs in chunks of {opts.chunk:,}"
+              + (f"; backlog {opts.backlog:,} jobs at run_at {BACKLOG_RUN_AT[:10]}"
+                 if opts.scenario == "backlog" else ""))
+    elif opts.scenario == "steady":
+        assert opts.duration is not None
+        per_tick = opts.rate * TICK
+        how = ("one add_job call per job" if per_tick <= 1 else
+               f"the jobs due in each {TICK * 1000:.0f} ms tick in one add_jobs call "
+               f"(~{per_tick:.1f} jobs per call)")
+        print(f"  rate {opts.rate:,.0f} jobs/s for {opts.duration:g} s "
+              f"({round(opts.rate * opts.duration):,} jobs); absolute schedule, {how}")
+    else:
+        what = (f"for {opts.duration:g} s" if opts.duration else f"x {opts.jobs:,}")
+        print(f"  single add_job {what}; bulk add_jobs of {opts.bulk:,} in one call")
+    print()
+
+
+# ================================================================================================
+# Measurements
+# ================================================================================================
+
+def enqueue_bulk(system: System, opts: Options, n: int) -> Result:
+    """add_jobs in chunks of --chunk; the time covers building the specs and every call."""
+    t0 = time.perf_counter()
+    done = 0
+    while done < n:
+        k = min(opts.chunk, n - done)
+        skivi.add_jobs(system, [{"task": opts.task_kind, "payload": opts.payload()}
+                                for _ in range(k)])
+        done += k
+    seconds = time.perf_counter() - t0
+    return {"jobs": n, "seconds": seconds, "jobs_per_s": n / seconds}
+
+
+def floor_claim_delete(system: System, conn: psycopg.Connection[Any], opts: Options,
+                       n: int) -> Result:
+    """The raw SQL floor of a drain: claim-and-delete in batches, one connection, no engine."""
+    enqueue_bulk(system, opts, n)
+    vacuum(conn, opts)
+    job = ident(opts, "job")
+    stmt = sql.SQL(
+        "delete from {job} where id in (select id from {job} where locked_by is null and "
+        "queue_name is null and run_at <= now() order by priority, run_at, id "
+        "limit %(limit)s for update skip locked)").format(job=job)
+    deleted = 0
+    t0 = time.perf_counter()
+    while True:
+        cur = conn.execute(stmt, {"limit": opts.batch_size})
+        if cur.rowcount <= 0:
+            break
+        deleted += cur.rowcount
+    seconds = time.perf_counter() - t0
+    left = scalar(conn, sql.SQL("select count(*) from {} where " + JOB_ROW_MATCH).format(job))
+    return {"jobs": deleted, "seconds": seconds, "jobs_per_s": deleted / seconds,
+            "batch": opts.batch_size, "ok": deleted == n and left == 0}
+
+
+def engine_drain(opts: Options, n: int, label: str) -> Result:
+    """Run an engine with --once over n runnable jobs; live line every second."""
+    ep = EngineProcess.start(opts, once=True, expect=n)
+    spawned = time.time()
+    last_t, last_done = spawned, 0
+    deadline = time.monotonic() + opts.timeout
+    timed_out = False
+    try:
+        while True:
+            event = ep.next(deadline - time.monotonic())
+            if event["event"] == "timeout":
+                timed_out = True
+                print(f"  {label}: no end after {opts.timeout:g} s: stopping the engine")
+                break
+            if event["event"] in ("report", "end"):
+                break
+            if event["event"] == "started":
+                last_t = event["t"]
+            elif event["event"] == "progress":
+                t, done = event["t"], event["completed"]
+                rate = (done - last_done) / max(t - last_t, 1e-9)
+                print(f"  {label} {t - spawned:6.1f} s  done {done:>10,} / {n:,}  "
+                      f"{rate:>10,.0f} jobs/s", flush=True)
+                last_t, last_done = t, done
+    finally:
+        code = ep.stop() if timed_out else ep.finish(60.0)
+    rep = ep.report or {}
+    start, done_at = rep.get("started_at"), rep.get("done_at")
+    seconds = (done_at - start) if start and done_at else None
+    return {
+        "jobs": n, "seconds": seconds, "jobs_per_s": n / seconds if seconds else None,
+        "engine_wall_s": time.time() - spawned, "exit_code": code, "timed_out": timed_out,
+        "error": rep.get("error"), "stats": rep.get("stats"), "memory": rep.get("memory"),
+        "processes": rep.get("processes"), "concurrency": rep.get("concurrency"),
+    }
+
+
+def verify_drain(conn: psycopg.Connection[Any], opts: Options, n: int, drain: Result,
+                 backlog: int) -> list[str]:
+    problems = []
+    if drain["exit_code"] != 0:
+        problems.append(f"engine exit code {drain['exit_code']} ({drain.get('error')})")
+    completed = (drain.get("stats") or {}).get("completed")
+    if completed != n:
+        problems.append(f"engine completed {completed} jobs, expected {n}")
+    job, history = ident(opts, "job"), ident(opts, "job_history")
+    left = scalar(conn, sql.SQL("select count(*) from {} where " + JOB_ROW_MATCH).format(job))
+    if left:
+        problems.append(f"{left} jobs left in {opts.schema}.job")
+    failed = scalar(conn, sql.SQL("select count(*) from {}").format(history))
+    if failed:
+        problems.append(f"{failed} jobs in {opts.schema}.job_history (exhausted)")
+    if backlog:
+        untouched = scalar(conn, sql.SQL(
+            "select count(*) from {} where task_identifier = %s and attempts = 0 "
+            "and locked_by is null and lease = 0").format(job), [BACKLOG_TASK])
+        if untouched != backlog:
+            problems.append(f"backlog: {untouched} of {backlog} jobs untouched")
+    return problems
+
+
+def drain_cycle(system: System, conn: psycopg.Connection[Any], opts: Options, run: int,
+                backlog: int, label: str) -> Result:
+    """One repeat of drain/backlog: enqueue, drain with the engine, verify, floor."""
+    n = opts.jobs
+    enq = enqueue_bulk(system, opts, n)
+    print(f"  {label} run {run}: enqueued {n:,} jobs in {enq['seconds']:.2f} s "
+          f"({fmt_rate(enq['jobs_per_s'])})", flush=True)
+    vacuum(conn, opts)
+    drain = engine_drain(opts, n, label)
+    problems = verify_drain(conn, opts, n, drain, backlog)
+    result: Result = {"run": run, "backlog": backlog, "enqueue": enq, "drain": drain}
+    if problems:
+        print(f"  {label} run {run}: VERIFICATION FAILED: " + "; ".join(problems))
+        # Leave a clean table for the next repeat.
+        conn.execute(sql.SQL("delete from {} where " + JOB_ROW_MATCH).format(ident(opts, "job")))
+    else:
+        print(f"  {label} run {run}: drained {n:,} jobs in {drain['seconds']:.2f} s "
+              f"({fmt_rate(drain['jobs_per_s'])}): verified", flush=True)
+    result["verified"] = not problems
+    result["problems"] = problems
+    if opts.floor:
+        floor = floor_claim_delete(system, conn, opts, n)
+        result["floor"] = floor
+        if drain["jobs_per_s"]:
+            result["floor_ratio"] = drain["jobs_per_s"] / floor["jobs_per_s"]
+        print(f"  {label} run {run}: raw SQL floor {fmt_rate(floor['jobs_per_s'])} "
+              f"(claim-and-delete, batches of {opts.batch_size}); Skivi drain = "
+              f"{fmt_pct(result.get('floor_ratio'))} of the floor", flush=True)
+        if not floor["ok"]:
+            result["verified"] = False
+            problems.append("the floor run did not delete every job")
+    print()
+    return result
+
+
+DRAIN_MEDIANS = ("enqueue.jobs_per_s", "drain.seconds", "drain.jobs_per_s", "floor.jobs_per_s",
+                 "floor_ratio")
+
+
+def print_drain_summary(title: str, runs: Sequence[Result]) -> dict[str, float | None]:
+    print(title)
+    rows = [[str(r["run"]), fmt_rate(get_path(r, "enqueue.jobs_per_s")),
+             "-" if get_path(r, "drain.seconds") is None else f"{r['drain']['seconds']:.2f}",
+             fmt_rate(get_path(r, "drain.jobs_per_s")), fmt_rate(get_path(r, "floor.jobs_per_s")),
+             fmt_pct(r.get("floor_ratio")), "yes" if r["verified"] else "NO"] for r in runs]
+    med = medians(runs, DRAIN_MEDIANS)
+    if len(runs) > 1:
+        rows.append(["median", fmt_rate(med["enqueue.jobs_per_s"]),
+                     "-" if med["drain.seconds"] is None else f"{med['drain.seconds']:.2f}",
+                     fmt_rate(med["drain.jobs_per_s"]), fmt_rate(med["floor.jobs_per_s"]),
+                     fmt_pct(med["floor_ratio"]), ""])
+    print_table(["run", "enqueue", "drain s", "drain", "SQL floor", "of floor", "verified"],
+                rows)
+    print("  memory at the end of the drain (VmRSS; peak VmHWM in brackets):")
+    for r in runs:
+        mem = get_path(r, "drain.memory") or {}
+        parent = mem.get("parent") or {}
+        children = ", ".join(f"{fmt_mib(c.get('rss_kib'))} ({fmt_mib(c.get('hwm_kib'))})"
+                             for c in mem.get("children") or [])
+        print(f"    run {r['run']}: engine parent {fmt_mib(parent.get('rss_kib'))} "
+              f"({fmt_mib(parent.get('hwm_kib'))}); children {children or '-'}")
+    print()
+    return med
+
+
+# ------------------------------------------------------------------------------------------------
+
+def scenario_drain(opts: Options, system: System, conn: psycopg.Connection[Any]) -> Result:
+    runs = [drain_cycle(system, conn, opts, i + 1, 0, "drain") for i in range(opts.repeat)]
+    med = print_drain_summary(f"summary: drain of {opts.jobs:,} {opts.task} jobs", runs)
+    return {"runs": runs, "median": med, "verified": all(r["verified"] for r in runs)}
+
+
+def scenario_backlog(opts: Options, system: System, conn: psycopg.Connection[Any]) -> Result:
+    out: Result = {}
+    if opts.compare:
+        plain = [drain_cycle(system, conn, opts, i + 1, 0, "no backlog")
+                 for i in range(opts.repeat)]
+        out["without_backlog"] = {"runs": plain}
+    t0 = time.perf_counter()
+    conn.execute(sql.SQL(
+        "insert into {} (task_identifier, payload, run_at) select %s, '{{}}'::jsonb, "
+        "%s::timestamptz from generate_series(1, %s)").format(ident(opts, "job")),
+        [BACKLOG_TASK, BACKLOG_RUN_AT, opts.backlog])
+    seconds = time.perf_counter() - t0
+    vacuum(conn, opts)
+    print(f"  backlog: inserted {opts.backlog:,} jobs at run_at {BACKLOG_RUN_AT[:10]} in "
+          f"{seconds:.2f} s (one insert ... select generate_series), then vacuum analyze\n")
+    out["backlog_insert"] = {"jobs": opts.backlog, "seconds": seconds,
+                             "jobs_per_s": opts.backlog / seconds if seconds else None}
+    runs = [drain_cycle(system, conn, opts, i + 1, opts.backlog, "backlog")
+            for i in range(opts.repeat)]
+    out["with_backlog"] = {"runs": runs}
+    if opts.compare:
+        out["without_backlog"]["median"] = print_drain_summary(
+            f"summary: drain of {opts.jobs:,} {opts.task} jobs, no backlog", plain)
+    med = print_drain_summary(f"summary: drain of {opts.jobs:,} {opts.task} jobs with "
+                              f"{opts.backlog:,} backlog jobs waiting", runs)
+    out["with_backlog"]["median"] = med
+    if opts.compare:
+        base = out["without_backlog"]["median"]["drain.jobs_per_s"]
+        if base and med["drain.jobs_per_s"]:
+            out["backlog_ratio"] = med["drain.jobs_per_s"] / base
+            print(f"  with the backlog, the drain runs at {fmt_pct(out['backlog_ratio'])} of "
+                  "its speed without\n")
+    all_runs = runs + (plain if opts.compare else [])
+    out["verified"] = all(r["verified"] for r in all_runs)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class Producer:
+    """Enqueues `total` jobs at `rate` per second on an absolute schedule (no drift)."""
+
+    system: System
+    opts: Options
+    total: int
+    sent: int = 0
+    calls: int = 0
+    lags: list[float] = field(default_factory=list)
+    started: float = 0.0
+    finished: float = 0.0
+    error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            self.error = exc
+
+    def _run(self) -> None:
+        rate, task = self.opts.rate, self.opts.task_kind
+        t0 = self.started = time.monotonic()
+        next_wake = t0
+        while self.sent < self.total:
+            now = time.monotonic()
+            if now < next_wake:
+                time.sleep(next_wake - now)
+                now = time.monotonic()
+            due = min(self.total, int((now - t0) * rate) + 1)
+            k = due - self.sent
+            if k > 0:
+                self.lags.append(now - (t0 + self.sent / rate))
+                payload = self.opts.payload(t=time.time())
+                if k == 1:
+                    skivi.add_job(self.system, task, payload)
+                else:
+                    skivi.add_jobs(self.system, [{"task": task, "payload": payload}] * k)
+                self.sent = due
+                self.calls += 1
+            next_wake = max(t0 + self.sent / rate, now + TICK)
+        self.finished = time.monotonic()
+
+
+def read_latencies(path: str) -> list[float]:
+    out = []
+    with contextlib.suppress(FileNotFoundError), open(path) as f:
+        for line in f:
+            enq, _, start = line.partition(" ")
+            out.append(float(start) - float(enq))
+    out.sort()
+    return out
+
+
+def scenario_steady(opts: Options, system: System, conn: psycopg.Connection[Any]) -> Result:
+    runs = []
+    for run in range(1, opts.repeat + 1):
+        runs.append(steady_run(opts, system, conn, run))
+    paths = ("latency_ms.p50", "latency_ms.p95", "latency_ms.p99", "latency_ms.max",
+             "enqueue_rate", "tail_s")
+    med = medians(runs, paths)
+    print(f"summary: steady {opts.rate:,.0f} {opts.task} jobs/s for {opts.duration:g} s "
+          "(enqueue-to-start latency)")
+    rows = [[str(r["run"]), f"{r['jobs']:,}", fmt_rate(r["enqueue_rate"]),
+             *(f"{r['latency_ms'][k]:.1f}" if r["latency_ms"][k] is not None else "-"
+               for k in ("p50", "p95", "p99", "max")),
+             f"{r['backlog_max']:,}", f"{r['tail_s']:.2f}" if r["tail_s"] is not None else "-",
+             "yes" if r["kept_up"] else "NO", "yes" if r["verified"] else "NO"] for r in runs]
+    if len(runs) > 1:
+        rows.append(["median", "", fmt_rate(med["enqueue_rate"]),
+                     *(f"{med['latency_ms.' + k]:.1f}" if med["latency_ms." + k] is not None
+                       else "-" for k in ("p50", "p95", "p99", "max")),
+                     "", f"{med['tail_s']:.2f}" if med["tail_s"] is not None else "-", "", ""])
+    print_table(["run", "jobs", "enqueued", "p50 ms", "p95 ms", "p99 ms", "max ms",
+                 "max backlog", "tail s", "kept up", "verified"], rows)
+    print("  latency = handler start - time.time() just before the enqueue call (so it "
+          "includes the insert's commit);\n  backlog = jobs enqueued and not yet completed, "
+          "sampled every second; tail = last job done - last enqueue returned\n")
+    return {"runs": runs, "median": med, "verified": all(r["verified"] for r in runs)}
+
+
+def steady_run(opts: Options, system: System, conn: psycopg.Connection[Any], run: int) -> Result:
+    assert opts.duration is not None
+    total = round(opts.rate * opts.duration)
+    tmp = tempfile.mkdtemp(prefix="skivi-bench-")
+    latency_file = os.path.join(tmp, "latency")
+    job = ident(opts, "job")
+    count_q = sql.SQL("select count(*) from {} where " + JOB_ROW_MATCH).format(job)
+    ep = EngineProcess.start(opts, once=False, expect=total + 1, latency_file=latency_file)
+    problems: list[str] = []
+    samples: list[dict[str, float]] = []
+    done_event: dict[str, Any] | None = None
+    producer = Producer(system, opts, total)
+    try:
+        if ep.wait_for("started", 60.0) is None:
+            raise SystemExit("steady: the engine did not start")
+        # One warm-up job (no latency recorded): the engine is claiming before the clock runs.
+        skivi.add_job(system, opts.task_kind, opts.payload(warmup=True))
+        deadline = time.monotonic() + 30.0
+        while scalar(conn, count_q) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        thread = threading.Thread(target=producer.run, name="producer", daemon=True)
+        thread.start()
+        t0 = time.monotonic()
+        completed = 0
+        tick = 1
+        end_deadline = t0 + opts.duration + max(60.0, opts.duration) + opts.timeout
+        while done_event is None and time.monotonic() < end_deadline:
+            wake = t0 + tick * PROGRESS_INTERVAL
+            while (left := wake - time.monotonic()) > 0:
+                event = ep.next(left)
+                if event["event"] == "end":
+                    break
+                if event["event"] == "progress":
+                    completed = max(0, event["completed"] - 1)  # less the warm-up job
+                elif event["event"] == "done":
+                    done_event = event
+                    completed = total
+            if ep.proc.poll() is not None and done_event is None:
+                problems.append("the engine exited early")
+                break
+            backlog = scalar(conn, count_q)
+            samples.append({"t": tick * PROGRESS_INTERVAL, "enqueued": producer.sent,
+                            "completed": completed, "backlog": backlog})
+            print(f"  steady {tick * PROGRESS_INTERVAL:5.0f} s  enqueued {producer.sent:>9,}  "
+                  f"done {completed:>9,}  backlog {backlog:>7,}", flush=True)
+            tick += 1
+        thread.join(5.0)
+    finally:
+        ep.stop(timeout=opts.timeout)
+        ep.finish(10.0)
+    if producer.error is not None:
+        problems.append(f"producer failed: {producer.error!r}")
+    rep = ep.report or {}
+    if done_event is None:
+        problems.append("not every job was done before the deadline")
+    if rep.get("code") != 0:
+        problems.append(f"engine exit code {rep.get('code')} ({rep.get('error')})")
+    left = scalar(conn, count_q)
+    if left:
+        problems.append(f"{left} jobs left in {opts.schema}.job")
+        conn.execute(sql.SQL("delete from {} where " + JOB_ROW_MATCH).format(job))
+    exhausted = scalar(conn, sql.SQL("select count(*) from {}").format(ident(opts, "job_history")))
+    if exhausted:
+        problems.append(f"{exhausted} jobs exhausted")
+    lat = read_latencies(latency_file)
+    shutil.rmtree(tmp, ignore_errors=True)
+    if len(lat) != total:
+        problems.append(f"{len(lat)} latencies recorded for {total} jobs")
+    produce_s = producer.finished - producer.started if producer.finished else None
+    last_enqueue_wall = time.time() - (time.monotonic() - producer.finished)
+    tail = (done_event["t"] - last_enqueue_wall) if done_event and producer.finished else None
+    lags = sorted(producer.lags)
+    allowed_tail = 1.0 + opts.task_ms / 1000
+    result: Result = {
+        "run": run, "jobs": total, "rate": opts.rate, "duration": opts.duration,
+        "enqueue_seconds": produce_s,
+        "enqueue_rate": total / produce_s if produce_s else None,
+        "enqueue_calls": producer.calls,
+        "producer_lag_ms": {"p99": (percentile(lags, 99) or 0) * 1000,
+                            "max": (lags[-1] if lags else 0) * 1000},
+        "latency_ms": {k: (v * 1000 if (v := percentile(lat, p)) is not None else None)
+                       for k, p in (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))},
+        "latency_mean_ms": statistics.fmean(lat) * 1000 if lat else None,
+        "backlog": samples, "backlog_max": max((s["backlog"] for s in samples), default=0),
+        "tail_s": tail, "kept_up": tail is not None and tail <= allowed_tail,
+        "memory": rep.get("memory"), "stats": rep.get("stats"),
+        "verified": not problems, "problems": problems,
+    }
+    lm = result["latency_ms"]
+    print(f"  steady run {run}: {total:,} jobs, enqueued at {fmt_rate(result['enqueue_rate'])} "
+          f"in {producer.calls:,} calls (producer lag p99 {result['producer_lag_ms']['p99']:.1f}"
+          f" ms, max {result['producer_lag_ms']['max']:.1f} ms)")
+    if lat:
+        print(f"  latency p50 {lm['p50']:.1f} ms, p95 {lm['p95']:.1f} ms, p99 {lm['p99']:.1f} "
+              f"ms, max {lm['max']:.1f} ms; kept up: {'yes' if result['kept_up'] else 'NO'}"
+              + (f" (last job done {tail:.2f} s after the last enqueue)" if tail is not None
+                 else ""))
+    print(f"  steady run {run}: " + ("verified" if not problems else
+                                     "VERIFICATION FAILED: " + "; ".join(problems)))
+    print()
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+
+def scenario_enqueue(opts: Options, system: System, conn: psycopg.Connection[Any]) -> Result:
+    floor_table = ident(opts, "floor_test")
+    conn.execute(sql.SQL("create table {} (id bigint generated always as identity primary key, "
+                         "x integer not null)").format(floor_table))
+    job = ident(opts, "job")
+    runs = []
+    for run in range(1, opts.repeat + 1):
+        task, payload = opts.task_kind, opts.payload()
+        skivi.add_job(system, task, payload)  # warm the pool and the prepared statement
+        conn.execute(sql.SQL("truncate {}").format(job))
+        n, t0 = 0, time.perf_counter()
+        stop_at = t0 + opts.duration if opts.duration else None
+        next_line = t0 + PROGRESS_INTERVAL
+        while (n < opts.jobs) if stop_at is None else (time.perf_counter() < stop_at):
+            skivi.add_job(system, task, payload)
+            n += 1
+            if (now := time.perf_counter()) >= next_line:
+                next_line += PROGRESS_INTERVAL
+                print(f"  enqueue {now - t0:5.1f} s  single add_job {n:>9,}  "
+                      f"{n / (now - t0):>9,.0f} jobs/s", flush=True)
+        single_s = time.perf_counter() - t0
+        single = {"jobs": n, "seconds": single_s, "jobs_per_s": n / single_s}
+        stored = scalar(conn, sql.SQL("select count(*) from {}").format(job))
+        conn.execute(sql.SQL("truncate {}").format(job))
+
+        floor = None
+        if opts.floor:
+            ins = sql.SQL("insert into {} (x) values (1)").format(floor_table)
+            with connect(opts) as fconn:
+                fconn.execute(ins)
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    fconn.execute(ins)
+                floor_s = time.perf_counter() - t0
+            floor = {"transactions": n, "seconds": floor_s, "per_s": n / floor_s}
+            conn.execute(sql.SQL("truncate {}").format(floor_table))
+
+        specs = [{"task": task, "payload": payload} for _ in range(opts.bulk)]
+        t0 = time.perf_counter()
+        skivi.add_jobs(system, specs)
+        bulk_s = time.perf_counter() - t0
+        bulk = {"jobs": opts.bulk, "seconds": bulk_s, "jobs_per_s": opts.bulk / bulk_s}
+        bulk_stored = scalar(conn, sql.SQL("select count(*) from {}").format(job))
+        conn.execute(sql.SQL("truncate {}").format(job))
+        problems = []
+        if stored != n:
+            problems.append(f"{stored} single add_job rows stored for {n} calls")
+        if bulk_stored != opts.bulk:
+            problems.append(f"{bulk_stored} bulk rows stored for {opts.bulk}")
+        r: Result = {"run": run, "single": single, "floor": floor, "bulk": bulk,
+                     "verified": not problems, "problems": problems}
+        if floor:
+            r["floor_ratio"] = single["jobs_per_s"] / floor["per_s"]
+        print(f"  enqueue run {run}: single add_job {fmt_rate(single['jobs_per_s'])} "
+              f"({n:,} calls, {1000 * single_s / n:.3f} ms each)"
+              + (f"; single-insert floor {fmt_rate(floor['per_s'])} "
+                 f"({1000 * floor['seconds'] / n:.3f} ms each): add_job = "
+                 f"{fmt_pct(r['floor_ratio'])} of the floor" if floor else ""))
+        print(f"  enqueue run {run}: bulk add_jobs of {opts.bulk:,}: {bulk_s:.2f} s "
+              f"({fmt_rate(bulk['jobs_per_s'])}); "
+              + ("verified" if not problems else "VERIFICATION FAILED: " + "; ".join(problems)))
+        print()
+        runs.append(r)
+    paths = ("single.jobs_per_s", "floor.per_s", "floor_ratio", "bulk.jobs_per_s")
+    med = medians(runs, paths)
+    print("summary: enqueue")
+    rows = [[str(r["run"]), fmt_rate(get_path(r, "single.jobs_per_s")),
+             fmt_rate(get_path(r, "floor.per_s")), fmt_pct(r.get("floor_ratio")),
+             fmt_rate(get_path(r, "bulk.jobs_per_s")), "yes" if r["verified"] else "NO"]
+            for r in runs]
+    if len(runs) > 1:
+        rows.append(["median", *(fmt_rate(med[p]) if p != "floor_ratio" else fmt_pct(med[p])
+                                 for p in paths), ""])
+    print_table(["run", "add_job", "insert floor", "of floor", f"add_jobs x {opts.bulk:,}",
+                 "verified"], rows)
+    print("  add_job: one call, one transaction each; insert floor: plain single-row insert "
+          "transactions\n  (autocommit, one connection); add_jobs: one call\n")
+    return {"runs": runs, "median": med, "verified": all(r["verified"] for r in runs)}
+
+
+# ================================================================================================
+# main
+# ================================================================================================
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_engine"]:
+        return engine_main(argv[1:])
+    opts = parse_options(argv)
+    with connect(opts) as conn:
+        env = environment(conn)
+    print_settings(opts, env)
+    started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    results: Result = {}
+    scenario = {"drain": scenario_drain, "steady": scenario_steady,
+                "enqueue": scenario_enqueue, "backlog": scenario_backlog}[opts.scenario]
+    with scratch_schema(opts):
+        system = make_system(opts)
+        try:
+            system.migrate()
+            with connect(opts) as conn:
+                results = scenario(opts, system, conn)
+        finally:
+            system.close()
+    verified = bool(results.get("verified"))
+    print("verified" if verified else "VERIFICATION FAILED (see above)")
+    if opts.json_path:
+        settings = {k: v for k, v in vars(opts).items() if k not in ("url", "json_path")}
+        settings["processes_resolved"] = opts.processes or os.cpu_count()
+        doc = {"tool": "skivi bench/run.py", "scenario": opts.scenario,
+               "started_at": started_at, "settings": settings, "environment": env,
+               "results": results, "verified": verified}
+        Path(opts.json_path).write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        print(f"results written to {opts.json_path}")
+    return 0 if verified else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
