@@ -214,8 +214,9 @@ def engine_main(argv: Sequence[str]) -> int:
     p.add_argument("--once", action="store_true")
     p.add_argument("--expect", type=int, default=0)
     p.add_argument("--latency-file")
+    p.add_argument("--log-level", default="WARNING")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="engine: %(levelname)s %(name)s: %(message)s")
     kind, ms = parse_task(args.task)
     config = load_config({
@@ -243,7 +244,7 @@ class EngineProcess:
                "--database-url", opts.url, "--schema", opts.schema, "--task", opts.task,
                "--processes", str(opts.processes or 0), "--concurrency", str(opts.concurrency),
                "--batch-size", str(opts.batch_size), "--sync-threads", str(opts.sync_threads),
-               "--expect", str(expect)]
+               "--expect", str(expect), "--log-level", opts.engine_log_level]
         if once:
             cmd.append("--once")
         if latency_file:
@@ -339,6 +340,7 @@ class Options:
     bulk: int
     floor: bool
     timeout: float
+    engine_log_level: str
 
     @property
     def task_kind(self) -> str:
@@ -399,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the raw SQL floor measurements")
     p.add_argument("--timeout", type=float, default=900.0,
                    help="give up on an engine run after this many seconds")
+    p.add_argument("--engine-log-level", default="WARNING", type=str.upper,
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="log level of the engine subprocess (its log goes to stderr)")
     return p
 
 
@@ -440,7 +445,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         concurrency=a.concurrency, batch_size=a.batch_size, sync_threads=a.sync_threads,
         payload_bytes=a.payload_bytes, task=a.task, repeat=a.repeat, json_path=a.json,
         backlog=a.backlog, compare=a.compare, keep=a.keep, chunk=a.chunk, bulk=a.bulk,
-        floor=a.floor, timeout=a.timeout)
+        floor=a.floor, timeout=a.timeout, engine_log_level=a.engine_log_level)
 
 
 def connect(opts: Options) -> psycopg.Connection[Any]:
@@ -544,6 +549,10 @@ def fmt_rate(n: float | None) -> str:
 
 def fmt_mib(kib: int | None) -> str:
     return "-" if kib is None else f"{kib / 1024:.1f} MiB"
+
+
+def fmt_s(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f} s"
 
 
 def fmt_pct(x: float | None) -> str:
@@ -740,7 +749,7 @@ def drain_cycle(system: System, conn: psycopg.Connection[Any], opts: Options, ru
         # Leave a clean table for the next repeat.
         conn.execute(sql.SQL("delete from {} where " + JOB_ROW_MATCH).format(ident(opts, "job")))
     else:
-        print(f"  {label} run {run}: drained {n:,} jobs in {drain['seconds']:.2f} s "
+        print(f"  {label} run {run}: drained {n:,} jobs in {fmt_s(drain['seconds'])} "
               f"({fmt_rate(drain['jobs_per_s'])}): verified", flush=True)
     result["verified"] = not problems
     result["problems"] = problems

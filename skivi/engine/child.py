@@ -131,7 +131,8 @@ class _Runner:
     """Runs jobs and batches results back to the parent."""
 
     def __init__(self, registry: TaskRegistry, system: System, result_fd: int,
-                 sync_threads: int) -> None:
+                 sync_threads: int, default_timeout: float | None = None) -> None:
+        self.default_timeout = default_timeout
         self.registry = registry
         self.system = system
         self.result_fd = result_fd
@@ -223,7 +224,16 @@ class _Runner:
         self.running -= 1
         self._report(fut.result())
 
+    def _timeout(self, task: Task) -> float | None:
+        return task.timeout if task.timeout is not None else self.default_timeout
+
+    def _announce(self, m: list[Any]) -> None:
+        """Tell the parent's watchdog that a job with a timeout starts now."""
+        self._write(handoff.encode_frame(handoff.STARTED, orjson.dumps([m[0], m[1]])))
+
     def _call_sync(self, task: Task, m: list[Any]) -> list[Any]:
+        if self._timeout(task) is not None:
+            self._announce(m)
         started = time.perf_counter()
         try:
             info = _job_info(m)
@@ -233,17 +243,20 @@ class _Runner:
         return self._outcome(task, m, outcome, time.perf_counter() - started)
 
     async def _run_async(self, task: Task, m: list[Any]) -> None:
+        timeout = self._timeout(task)
+        if timeout is not None:
+            self._announce(m)
         started = time.perf_counter()
         try:
             info = _job_info(m)
             coro = task.handler(JobContext(info, self.system))
-            if task.timeout is not None:
-                outcome = await asyncio.wait_for(coro, task.timeout)
+            if timeout is not None:
+                outcome = await asyncio.wait_for(coro, timeout)
             else:
                 outcome = await coro
         except TimeoutError as exc:
             result = self._failure(task, m, exc, time.perf_counter() - started,
-                                   text=f"timeout: the job ran longer than {task.timeout} s")
+                                   text=f"timeout: the job ran longer than {timeout} s")
         except BaseException as exc:  # noqa: BLE001 - every handler failure is data
             result = self._failure(task, m, exc, time.perf_counter() - started)
         else:
@@ -294,7 +307,8 @@ class _JobPipe(asyncio.Protocol):
 
 async def _serve(registry: TaskRegistry, system: System, job_fd: int, result_fd: int,
                  sync_threads: int) -> None:
-    runner = _Runner(registry, system, result_fd, sync_threads)
+    runner = _Runner(registry, system, result_fd, sync_threads,
+                     system.config.worker.job_timeout)
     loop = asyncio.get_running_loop()
     transport, _ = await loop.connect_read_pipe(lambda: _JobPipe(runner),
                                                 os.fdopen(job_fd, "rb", buffering=0))

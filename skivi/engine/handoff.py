@@ -8,6 +8,8 @@ pipe carries frames: a 4-byte big-endian length, one kind byte, then an orjson b
                       STOP     stop taking jobs; send back the ones not started; finish
     child  -> parent  RESULTS  a JSON array of Result rows (below)
                       READY    the child has loaded its tasks and waits for jobs
+                      STARTED  [id, lease] of a job with a timeout that just started: the
+                               parent's watchdog kills the child if it overruns
 
 Per-child channels (rather than one shared queue) let the parent know exactly which jobs
 each child holds, so a child that dies fails precisely its own jobs.
@@ -36,6 +38,7 @@ __all__ = [
     "RESULT_COMPLETED",
     "RESULT_FAILED",
     "RESULT_RELEASED",
+    "STARTED",
     "STOP",
     "FrameReader",
     "encode_frame",
@@ -47,6 +50,7 @@ JOBS = b"J"
 STOP = b"S"
 RESULTS = b"R"
 READY = b"Y"
+STARTED = b"T"
 
 RESULT_COMPLETED = 0
 RESULT_FAILED = 1

@@ -80,6 +80,9 @@ class ChildHandle:
     writer_armed: bool = False
     stopping: bool = False
     exited: bool = False
+    # Jobs with a timeout that have started: id -> (deadline on the loop clock, timeout).
+    deadlines: dict[int, tuple[float, float]] = field(default_factory=dict)
+    timed_out: dict[int, float] = field(default_factory=dict)
 
     @property
     def free(self) -> int:
@@ -105,6 +108,7 @@ class Engine:
         self.fast = False
         self.exit_code = 0
         self._done = asyncio.Event()
+        self._aux: list[asyncio.Task[None]] = []
         self._stop_requested = asyncio.Event()
         url = system.database_url
         timeout = cfg.database.connect_timeout
@@ -148,7 +152,8 @@ class Engine:
                         self.liveness.engine_id, self.processes, self.concurrency,
                         self.system.schema, extra={"action": "start_engine"})
             if self.once:
-                loop.create_task(self._watch_once(), name="once")
+                self._aux.append(loop.create_task(self._watch_once(), name="once"))
+            self._aux.append(loop.create_task(self._watchdog(), name="watchdog"))
             await self._stop_requested.wait()
         finally:
             await self.shutdown()
@@ -245,6 +250,8 @@ class Engine:
         await self.completer.close()
 
     async def _close(self) -> None:
+        for t in self._aux:
+            t.cancel()
         for db in (self.claim_db, self.complete_db, self.listen_db, self.live_db):
             await db.close()
         self._done.set()
@@ -343,14 +350,50 @@ class Engine:
 
     def _take_frames(self, child: ChildHandle, data: bytes) -> None:
         in_flight = child.in_flight
+        deadlines = child.deadlines
         for kind, body in child.reader.feed(data):
-            if kind != handoff.RESULTS:
-                continue
-            results = orjson.loads(body)
-            for r in results:
-                in_flight.pop(r[0], None)
-            self.completer.add(results)
+            if kind == handoff.RESULTS:
+                results = orjson.loads(body)
+                for r in results:
+                    in_flight.pop(r[0], None)
+                    if deadlines:
+                        deadlines.pop(r[0], None)
+                self.completer.add(results)
+            elif kind == handoff.STARTED:
+                job_id, _lease = orjson.loads(body)
+                job = in_flight.get(job_id)
+                if job is not None:
+                    timeout = self._timeout_of(job)
+                    if timeout is not None:
+                        # A grace second lets an async handler's own timeout answer first.
+                        deadlines[job_id] = (time.monotonic() + timeout + 1.0, timeout)
         self.dispatch()
+
+    def _timeout_of(self, job: ClaimedJob) -> float | None:
+        task = self.registry.get(orjson.loads(job[2])[2])
+        if task is not None and task.timeout is not None:
+            return task.timeout
+        return self.system.config.worker.job_timeout
+
+    async def _watchdog(self) -> None:
+        """Kill a child whose job overran its timeout; the job fails as a timeout, the
+        child's other jobs as a crash, and the child is replaced."""
+        while not self._done.is_set():
+            await asyncio.sleep(0.1)
+            now = time.monotonic()
+            for child in self.children:
+                if child.exited or not child.deadlines or child.timed_out:
+                    continue
+                late = {j: t for j, (d, t) in child.deadlines.items() if d <= now}
+                if late:
+                    child.timed_out = late
+                    logger.error("job(s) %s overran their timeout: killing child %d (pid %d)",
+                                 sorted(late), child.index, child.pid,
+                                 extra={"action": "kill_child_timeout"})
+                    try:
+                        os.kill(child.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
 
     def _on_child_exit(self, child: ChildHandle) -> None:
         loop = asyncio.get_running_loop()
@@ -397,8 +440,14 @@ class Engine:
             task = self.registry.get(m[2])
             backoff = task.backoff if task is not None else DEFAULT_BACKOFF
             delay = 0.0 if retry_now else backoff.delay(m[7])
+            if job_id in child.timed_out:
+                text = (f"timeout: the job ran longer than {child.timed_out[job_id]} s; "
+                        f"its process (pid {child.pid}) was killed")
+                delay = backoff.delay(m[7])
+            else:
+                text = f"{why} while this job ran"
             results.append([job_id, lease, handoff.RESULT_FAILED, m[2], m[4], 0.0,
-                            f"{why} while this job ran", delay, None, None])
+                            text, delay, None, None])
         self.completer.add(results)
 
     # -- observers -------------------------------------------------------------------

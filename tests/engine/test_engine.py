@@ -243,3 +243,17 @@ def test_engine_survives_and_finishes_every_job_when_postgres_restarts(
         assert engine.wait(timeout=30) == 0, log_of(engine)
     finally:
         procs.stop_all()
+
+
+def test_job_past_its_timeout_has_its_child_killed_and_fails_as_timeout(
+        engines: EngineProcs, database: str) -> None:
+    [job] = enqueue(database, [{"task": "hang", "max_attempts": 1}])
+    others = enqueue(database, [{"task": "noop"} for _ in range(5)])
+    engine = engines.start(processes=1, concurrency=1)
+    row = wait_for(lambda: fetch(database, "select reason, last_error from skivi.job_history "
+                                           "where id = %s", job), timeout=20,
+                   what="the hanging job to time out")[0]
+    assert row[0] == "max_attempts" and "timeout" in row[1] and "killed" in row[1]
+    wait_for(lambda: live_jobs(database) == 0, what="the other jobs, in a new child")
+    assert set(others) <= set(engines.ledger.runs_per_job())
+    assert engine.poll() is None

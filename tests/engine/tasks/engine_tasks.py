@@ -74,3 +74,11 @@ TASKS = {
     "slow_fail": fail,
     "spawn": spawn,
 }
+
+
+def hang(ctx: Any) -> None:
+    record(ctx)
+    time.sleep(3600)
+
+
+TASKS["hang"] = task(hang, timeout=0.5, backoff=FAST)
