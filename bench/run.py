@@ -61,7 +61,6 @@ BACKLOG_TASK = "backlog"
 BACKLOG_RUN_AT = "2100-01-01 00:00:00+00"
 TICK = 0.005  # steady: the producer's smallest sleep; jobs due within a tick go together
 PROGRESS_INTERVAL = 1.0
-WATCH_INTERVAL = 0.005  # the engine subprocess checks "all done" this often
 JOB_ROW_MATCH = "task_identifier <> 'backlog'"
 
 Result = dict[str, Any]
@@ -155,21 +154,30 @@ def _stats(engine: Engine) -> dict[str, int]:
             "rescued": s.rescued}
 
 
-async def _watch(engine: BenchEngine, expect: int, state: dict[str, Any]) -> None:
-    """Progress every second; "done" with a memory sample when `expect` jobs completed."""
+def _observe_done(engine: BenchEngine, expect: int, state: dict[str, Any]) -> None:
+    """Note the moment the expect-th completion is written (with a memory sample, children
+    still alive), from the completer's flush hook: exact, no polling."""
+    inner = engine.completer.on_flushed
+
+    def observed(*args: Any) -> None:
+        if inner is not None:
+            inner(*args)
+        if "done_at" not in state and expect and engine.stats.completed >= expect:
+            state["done_at"] = time.time()
+            engine.memory = engine.sample_memory()
+            emit("done", completed=engine.stats.completed)
+
+    engine.completer.on_flushed = observed
+
+
+async def _progress(engine: BenchEngine) -> None:
     emit("started", pid=os.getpid(), children=[c.pid for c in engine.children],
          processes=engine.processes, concurrency=engine.concurrency)
     next_progress = time.monotonic() + PROGRESS_INTERVAL
     while True:
-        await asyncio.sleep(WATCH_INTERVAL)
-        completed = engine.stats.completed
-        if "done_at" not in state and expect and completed >= expect:
-            state["done_at"] = time.time()
-            engine.memory = engine.sample_memory()
-            emit("done", completed=completed)
-        if time.monotonic() >= next_progress:
-            next_progress += PROGRESS_INTERVAL
-            emit("progress", **_stats(engine))
+        await asyncio.sleep(max(0.0, next_progress - time.monotonic()))
+        next_progress += PROGRESS_INTERVAL
+        emit("progress", **_stats(engine))
 
 
 async def _engine_async(system: System, args: argparse.Namespace) -> int:
@@ -182,8 +190,9 @@ async def _engine_async(system: System, args: argparse.Namespace) -> int:
     engine = BenchEngine(system, system.registry(), once=args.once,
                          on_child_start=on_child_start)
     state: dict[str, Any] = {}
+    _observe_done(engine, args.expect, state)
     started_at = time.time()
-    watcher = asyncio.get_running_loop().create_task(_watch(engine, args.expect, state))
+    watcher = asyncio.get_running_loop().create_task(_progress(engine))
     error = None
     code = 1
     try:

@@ -92,7 +92,8 @@ class JobSpec:
         if isinstance(spec, JobSpec):
             return spec
         if not isinstance(spec, Mapping):
-            raise JobSpecError(f"a job spec must be a JobSpec or a mapping, got {type(spec).__name__}")
+            raise JobSpecError(
+                f"a job spec must be a JobSpec or a mapping, got {type(spec).__name__}")
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(spec) - names)
         if unknown:

@@ -9,14 +9,15 @@ the worker engine and the cron scheduler start from here too (see ``skivi.engine
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import signal
 import sys
-import time
-import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
@@ -144,7 +145,7 @@ class System:
                     pass
             self.forget_connections()
             code = run(self)
-        except BaseException:  # noqa: BLE001 - the engine process must never return
+        except BaseException:
             logger.exception("engine process failed", extra={"action": "engine_failed"})
         finally:
             logging.shutdown()
@@ -155,10 +156,8 @@ class System:
         pools: list[Any] = [self._pool, *self._async_pools.values()]
         for p in pools:
             for conn in list(getattr(p, "_pool", []) or []):
-                try:
+                with contextlib.suppress(Exception):  # a closed connection has no socket
                     fds.append(conn.pgconn.socket)
-                except Exception:  # noqa: BLE001 - a closed connection has no socket
-                    pass
         return fds
 
     def forget_connections(self) -> None:
@@ -215,7 +214,7 @@ class System:
                 loop.create_task(apool.close())
         self._async_pools.clear()
 
-    def __enter__(self) -> System:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 
@@ -33,11 +34,12 @@ def known_migrations() -> list[Migration]:
     return [Migration(v, name) for v, name in queries.migration_files()]
 
 
-def _applied(conn: psycopg.Connection[object], q: queries.Queries) -> dict[int, str]:
+def _applied(conn: psycopg.Connection[Any], q: queries.Queries) -> dict[int, str]:
     exists = conn.execute(q.migration_table_exists, {"schema": q.schema}).fetchone()
     if not exists or not exists[0]:
         return {}
-    return {int(v): str(n) for v, n in conn.execute(q.migration_applied).fetchall()}  # type: ignore[misc]
+    rows: list[tuple[Any, ...]] = conn.execute(q.migration_applied).fetchall()
+    return {int(r[0]): str(r[1]) for r in rows}
 
 
 def _check_not_newer(applied: dict[int, str], schema: str) -> None:
@@ -51,7 +53,7 @@ def _check_not_newer(applied: dict[int, str], schema: str) -> None:
         )
 
 
-def pending_migrations(conn: psycopg.Connection[object], schema: str) -> list[Migration]:
+def pending_migrations(conn: psycopg.Connection[Any], schema: str) -> list[Migration]:
     """Migrations not yet applied to ``schema`` (read-only; takes no lock)."""
     q = queries.for_schema(schema)
     with conn.transaction():
@@ -60,7 +62,7 @@ def pending_migrations(conn: psycopg.Connection[object], schema: str) -> list[Mi
     return [m for m in known_migrations() if m.version not in applied]
 
 
-def migrate(conn: psycopg.Connection[object], schema: str) -> list[Migration]:
+def migrate(conn: psycopg.Connection[Any], schema: str) -> list[Migration]:
     """Apply every pending migration to ``schema``; returns those applied.
 
     ``conn`` must be in autocommit mode, outside any transaction: each migration commits on

@@ -29,7 +29,7 @@ def load_text(folder: str, name: str) -> str:
 
 
 def compose(text: str, schema: str) -> sql.Composed:
-    return sql.SQL(text).format(  # type: ignore[arg-type]
+    return sql.SQL(text).format(
         schema=sql.Identifier(schema), channel=sql.Literal(channel_name(schema))
     )
 
@@ -81,6 +81,6 @@ class Queries:
             setattr(self, name, compose(load_text("queries", name + ".sql"), schema))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def for_schema(schema: str) -> Queries:
     return Queries(schema)

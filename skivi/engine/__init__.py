@@ -37,7 +37,6 @@ Exit codes of ``python -m skivi.engine``:
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import ctypes
 import datetime as dt
 import gc
@@ -356,11 +357,9 @@ def child_main(index: int, registry: TaskRegistry, system: System, job_fd: int,
             on_start()
         loop.run_until_complete(_serve(registry, system, job_fd, result_fd, sync_threads))
         code = 0
-    except BaseException:  # noqa: BLE001 - report, then exit without running finalisers
-        try:
+    except BaseException:
+        with contextlib.suppress(BaseException):
             logger.exception("child %d failed", index, extra={"action": "child_failed"})
-        except BaseException:  # noqa: BLE001
-            pass
     finally:
         try:
             logging.shutdown()

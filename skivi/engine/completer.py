@@ -32,6 +32,7 @@ from typing import Any
 from skivi.db.queries import Queries
 from skivi.engine import handoff
 from skivi.engine.connection import Reconnecting
+from skivi.engine.lifecycle import cancel_and_wait
 
 __all__ = ["Completer"]
 
@@ -162,7 +163,7 @@ class Completer:
         if self.on_flushed is not None:
             try:
                 self.on_flushed(completed, failed, done_ids, outcomes)
-            except Exception:  # noqa: BLE001 - observers never break completion
+            except Exception:
                 logger.exception("completion observer failed", extra={"action": "observe"})
 
     async def _write(self, conn: Any, engine: int, completed: list[list[Any]],
@@ -205,8 +206,4 @@ class Completer:
         self._closing = True
         self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+            await cancel_and_wait([self._task])

@@ -9,6 +9,7 @@ waiting with jittered exponential backoff between attempts (capped at ``max_dela
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -82,10 +83,8 @@ class Reconnecting:
 
     @staticmethod
     async def _close_quietly(conn: psycopg.AsyncConnection[Any]) -> None:
-        try:
+        with contextlib.suppress(Exception):
             await conn.close()
-        except Exception:  # noqa: BLE001
-            pass
 
     async def close(self) -> None:
         self.closed = True

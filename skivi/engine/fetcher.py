@@ -34,6 +34,7 @@ from psycopg import sql
 
 from skivi.db.queries import Queries, channel_name
 from skivi.engine.connection import Reconnecting
+from skivi.engine.lifecycle import cancel_and_wait
 
 __all__ = ["ClaimedJob", "Fetcher"]
 
@@ -101,13 +102,7 @@ class Fetcher:
         self._wake.set()
         if self._timer is not None:
             self._timer.cancel()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
 
     def take_all(self) -> list[ClaimedJob]:

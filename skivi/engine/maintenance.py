@@ -30,6 +30,7 @@ import psycopg
 
 from skivi.db.queries import Queries
 from skivi.engine.connection import Reconnecting
+from skivi.engine.lifecycle import cancel_and_wait
 
 __all__ = ["Liveness"]
 
@@ -78,13 +79,7 @@ class Liveness:
                        loop.create_task(self._rescues(), name="rescuer")]
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+        await cancel_and_wait(self._tasks)
         self._tasks = []
 
     async def deregister(self) -> None:

@@ -108,6 +108,7 @@ class Engine:
         self.fast = False
         self.exit_code = 0
         self._done = asyncio.Event()
+        self._cut_short = asyncio.Event()  # set: stop waiting for running jobs
         self._aux: list[asyncio.Task[None]] = []
         self._stop_requested = asyncio.Event()
         url = system.database_url
@@ -171,7 +172,6 @@ class Engine:
             return
         self.stopping = True
         self.fast = fast
-        self._cut_short = asyncio.Event()
         if fast:
             self._cut_short.set()
         self._stop_requested.set()
@@ -188,9 +188,7 @@ class Engine:
                 self.request_stop()
 
     async def shutdown(self) -> None:
-        if not hasattr(self, "_cut_short"):
-            self.stopping = True
-            self._cut_short = asyncio.Event()
+        self.stopping = True
         steps: list[tuple[str, Callable[[], Any]]] = [
             ("stop claiming", self._stop_claiming),
             ("stop children", self._stop_children),
@@ -202,7 +200,7 @@ class Engine:
         for name, step in steps:
             try:
                 await step()
-            except Exception:  # noqa: BLE001 - every step runs; errors are reported
+            except Exception:
                 self.exit_code = 1
                 logger.exception("shutdown step %r failed", name,
                                  extra={"action": "shutdown_failed", "step": name})

@@ -62,11 +62,10 @@ def test_add_job_commits_with_the_callers_transaction_when_given_conn(
 
 def test_add_job_leaves_no_job_when_the_transaction_rolls_back(system: skivi.System,
                                                                database: str) -> None:
-    with psycopg.connect(database) as conn:
-        with pytest.raises(RuntimeError), conn.transaction():
-            skivi.add_job(system, "send-email", {"to": "x@example.com"}, conn=conn)
-            skivi.add_jobs(system, [{"task": "a"}, {"task": "b", "job_key": "k"}], conn=conn)
-            raise RuntimeError("roll back")
+    with psycopg.connect(database) as conn, pytest.raises(RuntimeError), conn.transaction():
+        skivi.add_job(system, "send-email", {"to": "x@example.com"}, conn=conn)
+        skivi.add_jobs(system, [{"task": "a"}, {"task": "b", "job_key": "k"}], conn=conn)
+        raise RuntimeError("roll back")
     assert count_jobs(database) == 0
 
 
@@ -85,9 +84,8 @@ def test_add_job_async_enqueues_when_given_async_conn(system: skivi.System,
                                                       database: str) -> None:
     async def main() -> tuple[skivi.Job, list[skivi.Job]]:
         conn = await dbpool.connect_async(database, autocommit=False)
-        async with conn:
-            async with conn.transaction():
-                one = await skivi.add_job_async(system, "a", {"x": 1}, conn=conn)
+        async with conn, conn.transaction():
+            one = await skivi.add_job_async(system, "a", {"x": 1}, conn=conn)
         many = await skivi.add_jobs_async(system, [skivi.JobSpec("b"), {"task": "c"}])
         return one, many
 
@@ -243,10 +241,10 @@ def test_insert_notifies_listeners_only_when_committed(system: skivi.System,
                                                        database: str) -> None:
     with connect(database) as listener:
         listener.execute(f'listen "{channel_name("skivi")}"')
-        with psycopg.connect(database) as conn:
-            with pytest.raises(RuntimeError), conn.transaction():
-                skivi.add_job(system, "t", conn=conn)
-                raise RuntimeError
+        with (psycopg.connect(database) as conn, pytest.raises(RuntimeError),
+              conn.transaction()):
+            skivi.add_job(system, "t", conn=conn)
+            raise RuntimeError
         assert list(listener.notifies(timeout=0.2)) == []
         skivi.add_job(system, "t")
         notes = list(listener.notifies(timeout=2.0, stop_after=1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import time
@@ -210,7 +211,7 @@ def test_serial_queue_runs_one_job_at_a_time_in_order_when_prefetching(
         spans.setdefault(job, [0.0, 0.0])[0 if event == "start" else 1] = at
     ordered = sorted(spans.items(), key=lambda kv: kv[1][0])
     assert [job for job, _ in ordered] == ids, "serial jobs ran out of order"
-    for (_, (_s1, end1)), (_, (start2, _e2)) in zip(ordered, ordered[1:], strict=False):
+    for (_, (_s1, end1)), (_, (start2, _e2)) in itertools.pairwise(ordered):
         assert start2 >= end1, "two jobs of one serial queue overlapped"
 
 
