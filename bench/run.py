@@ -137,13 +137,16 @@ class BenchEngine(Engine):
 
     memory: dict[str, Any] | None = None
 
-    def sample_memory(self) -> dict[str, Any]:
-        return {"parent": read_memory(os.getpid()),
-                "children": [m for c in self.children if (m := read_memory(c.pid))]}
+    def sample_memory(self, when: str) -> None:
+        """Sample once: at the last completion, or at the stop request if that came first
+        (--once may stop while the last completions are being written: children gone)."""
+        if self.memory is None:
+            children = [read_memory(c.pid) for c in self.children if not c.exited]
+            self.memory = {"when": when, "parent": read_memory(os.getpid()),
+                           "children": [m for m in children if m and "rss_kib" in m]}
 
     def request_stop(self, fast: bool = False) -> None:
-        if self.memory is None:
-            self.memory = self.sample_memory()
+        self.sample_memory("stop requested")
         super().request_stop(fast)
 
 
@@ -164,7 +167,7 @@ def _observe_done(engine: BenchEngine, expect: int, state: dict[str, Any]) -> No
             inner(*args)
         if "done_at" not in state and expect and engine.stats.completed >= expect:
             state["done_at"] = time.time()
-            engine.memory = engine.sample_memory()
+            engine.sample_memory("last job completed")
             emit("done", completed=engine.stats.completed)
 
     engine.completer.on_flushed = observed
@@ -630,9 +633,10 @@ def print_settings(opts: Options, env: dict[str, Any]) -> None:
     elif opts.scenario == "steady":
         assert opts.duration is not None
         per_tick = opts.rate * TICK
-        how = ("one add_job call per job" if per_tick <= 1 else
+        how = ("one add_job call per job, each at its due time" if per_tick <= 1 else
                f"the jobs due in each {TICK * 1000:.0f} ms tick in one add_jobs call "
                f"(~{per_tick:.1f} jobs per call)")
+        how += "; a producer that falls behind sends all the jobs due in its next call"
         print(f"  rate {opts.rate:,.0f} jobs/s for {opts.duration:g} s "
               f"({round(opts.rate * opts.duration):,} jobs); absolute schedule, {how}")
     else:
@@ -707,6 +711,8 @@ def engine_drain(opts: Options, n: int, label: str) -> Result:
                 last_t, last_done = t, done
     finally:
         code = ep.stop() if timed_out else ep.finish(60.0)
+        if ep.report is None:
+            ep.wait_for("report", 5.0)
     rep = ep.report or {}
     start, done_at = rep.get("started_at"), rep.get("done_at")
     seconds = (done_at - start) if start and done_at else None
@@ -795,9 +801,13 @@ def print_drain_summary(title: str, runs: Sequence[Result]) -> dict[str, float |
                      fmt_pct(med["floor_ratio"]), ""])
     print_table(["run", "enqueue", "drain s", "drain", "SQL floor", "of floor", "verified"],
                 rows)
-    print("  memory at the end of the drain (VmRSS; peak VmHWM in brackets):")
+    print("  memory at the end of the drain (VmRSS; peak VmHWM in brackets), sampled when the "
+          "last job completed or the engine was asked to stop:")
     for r in runs:
-        mem = get_path(r, "drain.memory") or {}
+        mem = get_path(r, "drain.memory")
+        if not mem:
+            print(f"    run {r['run']}: not sampled")
+            continue
         parent = mem.get("parent") or {}
         children = ", ".join(f"{fmt_mib(c.get('rss_kib'))} ({fmt_mib(c.get('hwm_kib'))})"
                              for c in mem.get("children") or [])
@@ -866,6 +876,7 @@ class Producer:
     lags: list[float] = field(default_factory=list)
     started: float = 0.0
     finished: float = 0.0
+    finished_wall: float = 0.0
     error: BaseException | None = None
 
     def run(self) -> None:
@@ -896,6 +907,7 @@ class Producer:
                 self.calls += 1
             next_wake = max(t0 + self.sent / rate, now + TICK)
         self.finished = time.monotonic()
+        self.finished_wall = time.time()
 
 
 def read_latencies(path: str) -> list[float]:
@@ -1004,8 +1016,8 @@ def steady_run(opts: Options, system: System, conn: psycopg.Connection[Any], run
     if len(lat) != total:
         problems.append(f"{len(lat)} latencies recorded for {total} jobs")
     produce_s = producer.finished - producer.started if producer.finished else None
-    last_enqueue_wall = time.time() - (time.monotonic() - producer.finished)
-    tail = (done_event["t"] - last_enqueue_wall) if done_event and producer.finished else None
+    tail = (max(0.0, done_event["t"] - producer.finished_wall)
+            if done_event and producer.finished_wall else None)
     lags = sorted(producer.lags)
     allowed_tail = 1.0 + opts.task_ms / 1000
     result: Result = {
@@ -1059,7 +1071,7 @@ def scenario_enqueue(opts: Options, system: System, conn: psycopg.Connection[Any
             if (now := time.perf_counter()) >= next_line:
                 next_line += PROGRESS_INTERVAL
                 print(f"  enqueue {now - t0:5.1f} s  single add_job {n:>9,}  "
-                      f"{n / (now - t0):>9,.0f} jobs/s", flush=True)
+                      f"{n / (now - t0):>9,.0f} jobs/s so far", flush=True)
         single_s = time.perf_counter() - t0
         single = {"jobs": n, "seconds": single_s, "jobs_per_s": n / single_s}
         stored = scalar(conn, sql.SQL("select count(*) from {}").format(job))

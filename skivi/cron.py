@@ -161,10 +161,11 @@ def parse_window(value: object) -> float:
     combination (``"1d12h"``, each unit once), or a positive number of seconds.
 
     Raises:
+        TypeError: the value is neither a string nor a number.
         ValueError: the value is not such a window.
     """
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"expected a window like '15m' or '2d', or seconds; got {value!r}")
+        raise TypeError(f"expected a window like '15m' or '2d', or seconds; got {value!r}")
     if isinstance(value, int | float):
         seconds = float(value)
     else:
@@ -206,14 +207,14 @@ def parse_crontabs(entries: Sequence[Mapping[str, Any]], *, source: str = "cron"
     for index, raw in enumerate(entries):
         entry, entry_problems = _parse_entry(raw, index, source)
         problems.extend(entry_problems)
-        if entry is None:
-            continue
-        earlier = first_seen.setdefault(entry.identifier, index)
-        if earlier != index:
-            problems.append(f"{_label(source, index, entry.identifier)}: identifier: "
-                            f"duplicate of {source}[{earlier}]")
-            continue
-        built.append(entry)
+        identifier = raw.get("identifier") if isinstance(raw, Mapping) else None
+        if isinstance(identifier, str):
+            earlier = first_seen.setdefault(identifier, index)
+            if earlier != index:
+                problems.append(f"{_label(source, index, identifier)}: identifier: "
+                                f"duplicate of {source}[{earlier}]")
+        if entry is not None:
+            built.append(entry)
     if problems:
         raise ConfigError(problems)
     return built
@@ -315,7 +316,7 @@ def _parse_entry(raw: object, index: int, source: str) -> tuple[CronEntry | None
     if raw.get("backfill") is not None:
         try:
             backfill = parse_window(raw["backfill"])
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             refuse("backfill", str(exc))
 
     payload = raw.get("payload", {})
@@ -390,7 +391,7 @@ def _schedule_error(schedule: object) -> str | None:
         return (f"{schedule!r} must have 5 fields (minute hour day month weekday), or 6 with "
                 "seconds last")
     try:
-        croniter(text, _PROBE_FROM).get_next(dt.datetime)
+        croniter(" ".join(_fields(text)), _PROBE_FROM).get_next(dt.datetime)
     except (ValueError, KeyError, TypeError) as exc:  # croniter's errors are ValueErrors
         return f"{schedule!r} is not a valid cron expression: {exc}"
     return None
@@ -467,7 +468,7 @@ def _ticks(entry: CronEntry, after: dt.datetime) -> Iterator[dt.datetime]:
     """
     zone = entry.zone
     start = after
-    offsets = {zone.utcoffset(after + k * _MAX_SHIFT) for k in (-1, 0, 1)}
+    offsets = {(after + k * _MAX_SHIFT).astimezone(zone).utcoffset() for k in (-1, 0, 1)}
     if len(offsets) > 1:
         # A clock change is near: in an overlap, a wall time *before* after's own wall time
         # may still have a second occurrence after ``after``; begin the walk early enough.
@@ -486,7 +487,7 @@ def _naive_wall(instant: dt.datetime, zone: zoneinfo.ZoneInfo) -> dt.datetime:
 def _walls(schedule: str, start: dt.datetime) -> Iterator[dt.datetime]:
     """Naive wall-clock times matching ``schedule`` strictly after ``start``. croniter runs
     in UTC, a zone without DST, so this is pure calendar arithmetic."""
-    it = croniter(schedule, start.replace(tzinfo=UTC))
+    it = croniter(" ".join(_fields(schedule)), start.replace(tzinfo=UTC))
     while True:
         wall: dt.datetime = it.get_next(dt.datetime)
         yield wall.replace(tzinfo=None)
@@ -538,11 +539,11 @@ def _occurrences(wall: dt.datetime, zone: zoneinfo.ZoneInfo
 def _transition(low: dt.datetime, high: dt.datetime, zone: zoneinfo.ZoneInfo) -> dt.datetime:
     """The instant in (low, high] at which ``zone`` takes high's offset: the end of a gap.
     Offsets change on whole seconds, so bisecting seconds finds it exactly."""
-    target = zone.utcoffset(high)
+    target = high.astimezone(zone).utcoffset()
     lo, hi = 0, int((high - low).total_seconds())
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if zone.utcoffset(low + dt.timedelta(seconds=mid)) == target:
+        if (low + dt.timedelta(seconds=mid)).astimezone(zone).utcoffset() == target:
             hi = mid
         else:
             lo = mid

@@ -3,7 +3,7 @@
 1. Finds a database: ``SKIVI_DATABASE_URL``, else ``DATABASE_URL``; with neither set, it starts
    an embedded PostgreSQL in ``.pgdata/demo`` (``pip install 'skivi[embedded]'``) and stops it
    again at the end.
-2. Creates a system with two example tasks and starts it, which applies pending migrations.
+2. Creates a system with two example tasks, applies pending migrations and starts it.
 3. Enqueues jobs with ``skivi.add_jobs``, then one inside a transaction (it exists because the
    transaction commits) and one inside a transaction that rolls back (it never existed).
 4. Runs the worker engine until no job is runnable, if this version has one.
@@ -36,21 +36,22 @@ SEND_EMAIL_SCHEMA: Mapping[str, Any] = {
 }
 
 
-def send_email(payload: Mapping[str, Any], *_: Any) -> None:
+# Handlers receive the job's context: ``ctx.job`` (id, payload, attempts, ...), ``ctx.logger``
+# and ``ctx.add_job`` for follow-up jobs.
+
+
+def send_email(ctx: Any) -> None:
     """Example task: pretend to send an email."""
-    print(f"    send-email: to {payload['to']}: {payload['subject']}")
+    payload = ctx.job.payload
+    print(f"  job {ctx.job.id}: send-email to {payload['to']}: {payload['subject']}")
 
 
-def welcome(payload: Mapping[str, Any], *_: Any) -> None:
+def welcome(ctx: Any) -> None:
     """Example task: greet a new user."""
-    print(f"    welcome: {payload['email']}")
+    print(f"  job {ctx.job.id}: welcome {ctx.job.payload['email']}")
 
 
-def _tasks() -> dict[str, Any]:
-    # Under ``python -m skivi.demo`` this file runs as ``__main__``, which the engine's child
-    # processes could not import: hand over the handlers of the module under its real name.
-    demo = importlib.import_module("skivi.demo")
-    return {"send-email": demo.send_email, "welcome": demo.welcome}
+TASKS = {"send-email": send_email, "welcome": welcome}
 
 
 def _database_url() -> tuple[str, bool]:
@@ -133,12 +134,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = {"database": {"connection_string": url},
                   "validation": {"tasks": {"send-email": SEND_EMAIL_SCHEMA}}}
-        with skivi.create_system(config, _tasks()) as system:
+        with skivi.create_system(config, TASKS) as system:
             applied = system.migrate()
             print(f"Schema {system.schema!r}: "
                   + (f"applied {', '.join(m.name for m in applied)}." if applied
                      else "up to date."))
-            system.start()  # would apply pending migrations too; start(migrate=False) skips it
+            # start() applies pending migrations (none are left) and would start the engine in
+            # a background process; the demo runs it in the foreground instead, below.
+            system.start(engine=False)
             _enqueue(system, args.jobs)
             _run_engine(system)
             _summary(system)

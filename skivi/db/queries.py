@@ -48,6 +48,8 @@ def migration_files() -> list[tuple[int, str]]:
 class Queries:
     """The composed named queries of one schema. Attribute name = file name without .sql."""
 
+    cron_fire: sql.Composed
+    cron_known: sql.Composed
     engine_deregister: sql.Composed
     engine_heartbeat: sql.Composed
     engine_register: sql.Composed

@@ -108,6 +108,11 @@ def _parse_time(value: str) -> dt.datetime:
     return dt.datetime.fromisoformat(value)
 
 
+def _wait(m: Sequence[Any]) -> float:
+    """Seconds from the job's run_at to now: its queue wait, for metrics."""
+    return max(0.0, time.time() - _parse_time(m[6]).timestamp())
+
+
 def _job_info(m: Sequence[Any]) -> JobInfo:
     return JobInfo(m[0], m[2], m[3], m[4], m[5], _parse_time(m[6]), m[7], m[8], m[9],
                    tuple(m[10] or ()), _parse_time(m[11]))
@@ -177,11 +182,11 @@ class _Runner:
             task = self.registry.get(m[2])
             if self.stopping:
                 self._report([m[0], m[1], handoff.RESULT_RELEASED, m[2], m[4], 0.0,
-                              None, 0.0, None, None])
+                              None, 0.0, None, None, 0.0])
             elif task is None:
                 self._report([m[0], m[1], handoff.RESULT_FAILED, m[2], m[4], 0.0,
                               f"no handler for task {m[2]!r} in this engine", 0.0,
-                              "no_handler", None])
+                              "no_handler", None, _wait(m)])
             elif task.is_async:
                 self.running += 1
                 self.loop.create_task(self._run_async(task, m))
@@ -196,7 +201,7 @@ class _Runner:
         while self.sync_queue:
             m = self.sync_queue.popleft()
             self._report([m[0], m[1], handoff.RESULT_RELEASED, m[2], m[4], 0.0,
-                          None, 0.0, None, None])
+                          None, 0.0, None, None, 0.0])
         self.flush()
 
     def _pump_sync(self) -> None:
@@ -235,18 +240,23 @@ class _Runner:
     def _call_sync(self, task: Task, m: list[Any]) -> list[Any]:
         if self._timeout(task) is not None:
             self._announce(m)
+        wait = _wait(m)
         started = time.perf_counter()
         try:
             info = _job_info(m)
             outcome = task.handler(JobContext(info, self.system))
         except BaseException as exc:  # noqa: BLE001 - every handler failure is data
-            return self._failure(task, m, exc, time.perf_counter() - started)
-        return self._outcome(task, m, outcome, time.perf_counter() - started)
+            row = self._failure(task, m, exc, time.perf_counter() - started)
+        else:
+            row = self._outcome(task, m, outcome, time.perf_counter() - started)
+        row.append(wait)
+        return row
 
     async def _run_async(self, task: Task, m: list[Any]) -> None:
         timeout = self._timeout(task)
         if timeout is not None:
             self._announce(m)
+        wait = _wait(m)
         started = time.perf_counter()
         try:
             info = _job_info(m)
@@ -262,6 +272,7 @@ class _Runner:
             result = self._failure(task, m, exc, time.perf_counter() - started)
         else:
             result = self._outcome(task, m, outcome, time.perf_counter() - started)
+        result.append(wait)
         self.running -= 1
         self._report(result)
 

@@ -18,9 +18,10 @@ A job message is [id, lease, task, payload, queue_name, priority, run_at, attemp
 max_attempts, key, flags, created_at].
 
 A result row is [id, lease, code, task, queue_name, run_seconds, error, delay, final,
-payload]: code is one of the RESULT_* values; error the failure text (or null); delay the
-retry backoff in seconds; final the reason to exhaust the job now (or null); payload the JSON
-text of what stays to do after a partial success (or null).
+payload, wait_seconds]: code is one of the RESULT_* values; error the failure text (or
+null); delay the retry backoff in seconds; final the reason to exhaust the job now (or
+null); payload the JSON text of what stays to do after a partial success (or null);
+wait_seconds the time from the job's run_at to its start.
 """
 
 from __future__ import annotations

@@ -445,7 +445,7 @@ class Engine:
             else:
                 text = f"{why} while this job ran"
             results.append([job_id, lease, handoff.RESULT_FAILED, m[2], m[4], 0.0,
-                            text, delay, None, None])
+                            text, delay, None, None, 0.0])
         self.completer.add(results)
 
     # -- observers -------------------------------------------------------------------
