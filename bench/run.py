@@ -353,6 +353,7 @@ class Options:
     floor: bool
     timeout: float
     engine_log_level: str
+    vacuum: bool
 
     @property
     def task_kind(self) -> str:
@@ -411,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="enqueue: jobs in the one bulk add_jobs call")
     p.add_argument("--no-floor", dest="floor", action="store_false",
                    help="skip the raw SQL floor measurements")
+    p.add_argument("--no-vacuum", dest="vacuum", action="store_false",
+                   help="do not vacuum analyze the job table before each timed drain (the "
+                        "planner then has no statistics about it)")
     p.add_argument("--timeout", type=float, default=900.0,
                    help="give up on an engine run after this many seconds")
     p.add_argument("--engine-log-level", default="WARNING", type=str.upper,
@@ -457,7 +461,8 @@ def parse_options(argv: Sequence[str]) -> Options:
         concurrency=a.concurrency, batch_size=a.batch_size, sync_threads=a.sync_threads,
         payload_bytes=a.payload_bytes, task=a.task, repeat=a.repeat, json_path=a.json,
         backlog=a.backlog, compare=a.compare, keep=a.keep, chunk=a.chunk, bulk=a.bulk,
-        floor=a.floor, timeout=a.timeout, engine_log_level=a.engine_log_level)
+        floor=a.floor, timeout=a.timeout, engine_log_level=a.engine_log_level,
+        vacuum=a.vacuum)
 
 
 def connect(opts: Options) -> psycopg.Connection[Any]:
@@ -544,16 +549,14 @@ def make_system(opts: Options) -> System:
 
 
 def vacuum(conn: psycopg.Connection[Any], opts: Options) -> None:
-    conn.execute(sql.SQL("vacuum (analyze) {}").format(ident(opts, "job")))
+    """Before each timed drain: no dead rows from the last run, fresh planner statistics."""
+    if opts.vacuum:
+        conn.execute(sql.SQL("vacuum (analyze) {}").format(ident(opts, "job")))
 
 
 # ================================================================================================
 # Output helpers
 # ================================================================================================
-
-def fmt_int(n: float | None) -> str:
-    return "-" if n is None else f"{n:,.0f}"
-
 
 def fmt_rate(n: float | None) -> str:
     return "-" if n is None else f"{n:,.0f}/s"
@@ -620,7 +623,9 @@ def print_settings(opts: Options, env: dict[str, Any]) -> None:
     print(f"  server PostgreSQL {s['server_version']}: synchronous_commit={s['synchronous_commit']}"
           f" shared_buffers={s['shared_buffers']} max_connections={s['max_connections']}"
           f" fsync={s['fsync']}")
-    print(f"  schema {opts.schema} (fresh; {'kept' if opts.keep else 'dropped'} at the end)")
+    print(f"  schema {opts.schema} (fresh; {'kept' if opts.keep else 'dropped'} at the end); "
+          + ("vacuum analyze of the job table before each timed drain" if opts.vacuum
+             else "no vacuum analyze (--no-vacuum)"))
     if opts.scenario != "enqueue":
         print(f"  engine {procs} processes{'' if opts.processes else ' (CPU count)'} x "
               f"{opts.concurrency} concurrency, claim batch {opts.batch_size}, sync threads "
@@ -709,10 +714,12 @@ def engine_drain(opts: Options, n: int, label: str) -> Result:
                 print(f"  {label} {t - spawned:6.1f} s  done {done:>10,} / {n:,}  "
                       f"{rate:>10,.0f} jobs/s", flush=True)
                 last_t, last_done = t, done
-    finally:
-        code = ep.stop() if timed_out else ep.finish(60.0)
-        if ep.report is None:
-            ep.wait_for("report", 5.0)
+    except BaseException:
+        ep.stop()
+        raise
+    code = ep.stop() if timed_out else ep.finish(60.0)
+    if ep.report is None:
+        ep.wait_for("report", 5.0)
     rep = ep.report or {}
     start, done_at = rep.get("started_at"), rep.get("done_at")
     seconds = (done_at - start) if start and done_at else None
@@ -878,6 +885,7 @@ class Producer:
     finished: float = 0.0
     finished_wall: float = 0.0
     error: BaseException | None = None
+    cancelled: bool = False
 
     def run(self) -> None:
         try:
@@ -889,7 +897,7 @@ class Producer:
         rate, task = self.opts.rate, self.opts.task_kind
         t0 = self.started = time.monotonic()
         next_wake = t0
-        while self.sent < self.total:
+        while self.sent < self.total and not self.cancelled:
             now = time.monotonic()
             if now < next_wake:
                 time.sleep(next_wake - now)
@@ -967,6 +975,8 @@ def steady_run(opts: Options, system: System, conn: psycopg.Connection[Any], run
         deadline = time.monotonic() + 30.0
         while scalar(conn, count_q) and time.monotonic() < deadline:
             time.sleep(0.01)
+        if scalar(conn, count_q):
+            problems.append("the warm-up job was not done within 30 s")
         thread = threading.Thread(target=producer.run, name="producer", daemon=True)
         thread.start()
         t0 = time.monotonic()
@@ -995,6 +1005,7 @@ def steady_run(opts: Options, system: System, conn: psycopg.Connection[Any], run
             tick += 1
         thread.join(5.0)
     finally:
+        producer.cancelled = True
         ep.stop(timeout=opts.timeout)
         ep.finish(10.0)
     if producer.error is not None:
@@ -1140,7 +1151,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["_engine"]:
         return engine_main(argv[1:])
-    opts = parse_options(argv)
+    try:
+        return run_scenario(parse_options(argv))
+    except KeyboardInterrupt:
+        print("\ninterrupted: engine stopped, scratch schema dropped (unless --keep)",
+              file=sys.stderr)
+        return 130
+
+
+def run_scenario(opts: Options) -> int:
     with connect(opts) as conn:
         env = environment(conn)
     print_settings(opts, env)

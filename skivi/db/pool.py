@@ -71,9 +71,12 @@ async def connect_async(url: str, *, autocommit: bool = True, application_name: 
 
 def make_pool(url: str, *, max_size: int, application_name: str = "skivi",
               connect_timeout: float = 10.0) -> ConnectionPool[Any]:
+    """Autocommit connections: a single enqueue statement is its own transaction, one round
+    trip; callers that need several statements open ``conn.transaction()`` explicitly."""
     return ConnectionPool(
         url, min_size=1, max_size=max_size, open=True, configure=configure,
-        kwargs=_kwargs(application_name, connect_timeout), name=application_name,
+        kwargs={**_kwargs(application_name, connect_timeout), "autocommit": True},
+        name=application_name,
     )
 
 
@@ -84,5 +87,6 @@ def make_async_pool(url: str, *, max_size: int, application_name: str = "skivi",
 
     return AsyncConnectionPool(
         url, min_size=1, max_size=max_size, open=False, configure=configure_async,
-        kwargs=_kwargs(application_name, connect_timeout), name=application_name,
+        kwargs={**_kwargs(application_name, connect_timeout), "autocommit": True},
+        name=application_name,
     )

@@ -81,15 +81,23 @@ class JobInfo:
 class JobContext:
     """The argument every handler receives: ``ctx.job``, ``ctx.logger``, ``ctx.add_job``."""
 
-    __slots__ = ("_system", "job", "logger")
+    __slots__ = ("_logger", "_system", "job")
 
     def __init__(self, job: JobInfo, system: System) -> None:
         self.job = job
         self._system = system
-        self.logger = logging.LoggerAdapter(
-            logging.getLogger(f"skivi.task.{job.task_identifier}"),
-            {"job_id": job.id, "task": job.task_identifier, "attempt": job.attempts},
-        )
+        self._logger: logging.LoggerAdapter[logging.Logger] | None = None
+
+    @property
+    def logger(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger bound to this job (built on first use: most handlers never log)."""
+        if self._logger is None:
+            job = self.job
+            self._logger = logging.LoggerAdapter(
+                logging.getLogger(f"skivi.task.{job.task_identifier}"),
+                {"job_id": job.id, "task": job.task_identifier, "attempt": job.attempts},
+            )
+        return self._logger
 
     def add_job(self, task: str, payload: Any = None, **options: Any) -> Job:
         """Enqueue a follow-up job (its own transaction)."""

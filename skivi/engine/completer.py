@@ -26,7 +26,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from skivi.db.queries import Queries
@@ -173,8 +173,9 @@ class Completer:
         outcomes: dict[int, str] = {}
         if completed:
             cur = await conn.execute(self.q.job_complete_many, {
-                "engine": engine, "ids": [r[0] for r in completed],
-                "leases": [r[1] for r in completed], "history": self.history})
+                "engine": engine, "ids": _int_array(r[0] for r in completed),
+                "leases": _int_array(r[1] for r in completed), "history": self.history},
+                prepare=True)
             done_ids = {row[0] for row in await cur.fetchall()}
         if failed:
             cur = await conn.execute(self.q.job_fail_many, {
@@ -185,8 +186,8 @@ class Completer:
             outcomes = {row[0]: row[1] for row in await cur.fetchall()}
         if released:
             await conn.execute(self.q.job_release_many, {
-                "engine": engine, "ids": [p[0] for p in released],
-                "leases": [p[1] for p in released]})
+                "engine": engine, "ids": _int_array(p[0] for p in released),
+                "leases": _int_array(p[1] for p in released)})
         return done_ids, outcomes
 
     async def drain(self, timeout: float) -> bool:
@@ -207,3 +208,9 @@ class Completer:
         self._wake.set()
         if self._task is not None:
             await cancel_and_wait([self._task])
+
+
+def _int_array(values: Iterable[int]) -> str:
+    """A bigint[] literal: far cheaper to build than adapting a list element by element,
+    and the statement casts it (``%(ids)s::bigint[]``)."""
+    return "{" + ",".join(map(str, values)) + "}"
