@@ -19,6 +19,7 @@ from skivi.errors import (
     TaskFileError,
     TaskNotFound,
 )
+from skivi.events import EventKind
 from skivi.job import EnqueueOutcome, Job, JobKeyMode, JobSpec
 from skivi.system import System, create_system
 
@@ -30,6 +31,7 @@ __all__ = [
     "EmbeddedDatabaseError",
     "EngineError",
     "EnqueueOutcome",
+    "EventKind",
     "Job",
     "JobKeyMode",
     "JobSpec",

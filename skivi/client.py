@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import psycopg
 
-from skivi.job import EnqueueOutcome, Job, JobSpec
+from skivi.job import MAX_ATTEMPTS_DEFAULT, PRIORITY_DEFAULT, EnqueueOutcome, Job, JobSpec
 
 if TYPE_CHECKING:
     from skivi.system import System
@@ -92,16 +92,28 @@ def _prepare(system: System, raw: Iterable[SpecLike]) -> _Batch:
     )
 
 
-def _assemble(batch: _Batch, unkeyed_rows: Sequence[Sequence[Any]],
+def _assemble(batch: _Batch, inserted: Sequence[Any] | None,
               keyed_rows: Sequence[Sequence[Any]]) -> list[Job]:
     jobs: list[Job | None] = [None] * len(batch.specs)
-    if len(unkeyed_rows) != len(batch.unkeyed) or len(keyed_rows) != len(batch.keyed):
+    if inserted is not None:
+        # One row: the new ids (in spec order) and the statement's now(), which every
+        # defaulted timestamp of these jobs holds; the rest is what was sent.
+        ids_text, now = inserted
+        ids = [int(x) for x in ids_text[1:-1].split(",")] if ids_text else []
+        if len(ids) != len(batch.unkeyed):
+            raise RuntimeError("enqueue stored a different number of jobs than specs sent")
+        specs, payloads = batch.specs, batch.payloads
+        for i, job_id in zip(batch.unkeyed, ids, strict=True):
+            spec = specs[i]
+            jobs[i] = Job(
+                job_id, spec.task, orjson.loads(payloads[i]), spec.queue_name,
+                PRIORITY_DEFAULT if spec.priority is None else spec.priority,
+                now if spec.run_at is None else spec.run_at, 0,
+                MAX_ATTEMPTS_DEFAULT if spec.max_attempts is None else spec.max_attempts,
+                None, None, tuple(spec.flags) if spec.flags is not None else (),
+                None, None, 0, now, now, EnqueueOutcome.INSERTED)
+    if len(keyed_rows) != len(batch.keyed):
         raise RuntimeError("enqueue returned a different number of rows than specs sent")
-    for i, r in zip(batch.unkeyed, unkeyed_rows, strict=True):
-        # Columns: every job column but payload (it is stored exactly as sent).
-        jobs[i] = Job(r[0], r[1], orjson.loads(batch.payloads[i]), r[2], r[3], r[4], r[5], r[6],
-                      r[7], r[8], tuple(r[9] or ()), r[10], r[11], r[12], r[13], r[14],
-                      EnqueueOutcome.INSERTED)
     for r in keyed_rows:
         jobs[r[0]] = Job(r[2], r[3], r[5], r[4], r[6], r[7], r[8], r[9], r[10], r[11],
                          tuple(r[12] or ()), r[13], r[14], r[15], r[16], r[17],
@@ -111,27 +123,27 @@ def _assemble(batch: _Batch, unkeyed_rows: Sequence[Sequence[Any]],
 
 def _run(conn: psycopg.Connection[Any], system: System, batch: _Batch) -> list[Job]:
     q = system.queries
-    unkeyed_rows: list[Any] = []
+    inserted: Any = None
     keyed_rows: list[Any] = []
     if batch.unkeyed_json is not None:
-        unkeyed_rows = conn.execute(q.job_insert_many, {"specs": batch.unkeyed_json}).fetchall()
+        inserted = conn.execute(q.job_insert_many, {"specs": batch.unkeyed_json}).fetchone()
     if batch.keyed_json is not None:
         keyed_rows = conn.execute(q.job_insert_keyed_many, {"specs": batch.keyed_json}).fetchall()
-    return _assemble(batch, unkeyed_rows, keyed_rows)
+    return _assemble(batch, inserted, keyed_rows)
 
 
 async def _run_async(conn: psycopg.AsyncConnection[Any], system: System,
                      batch: _Batch) -> list[Job]:
     q = system.queries
-    unkeyed_rows: list[Any] = []
+    inserted: Any = None
     keyed_rows: list[Any] = []
     if batch.unkeyed_json is not None:
         cur = await conn.execute(q.job_insert_many, {"specs": batch.unkeyed_json})
-        unkeyed_rows = await cur.fetchall()
+        inserted = await cur.fetchone()
     if batch.keyed_json is not None:
         cur = await conn.execute(q.job_insert_keyed_many, {"specs": batch.keyed_json})
         keyed_rows = await cur.fetchall()
-    return _assemble(batch, unkeyed_rows, keyed_rows)
+    return _assemble(batch, inserted, keyed_rows)
 
 
 def _needs_transaction(batch: _Batch) -> bool:

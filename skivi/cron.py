@@ -330,7 +330,7 @@ def _parse_entry(raw: object, index: int, source: str) -> tuple[CronEntry | None
         try:
             # Round-tripped through JSON: the entry then holds exactly what will be stored,
             # as a private copy the caller cannot change afterwards.
-            data = encode(ident or f"cron[{index}]", payload, sys.maxsize)
+            data = encode(ident or f"cron[{index}]", _thaw(payload), sys.maxsize)
             frozen_payload = types.MappingProxyType(orjson.loads(data))
         except PayloadError as exc:
             refuse("payload", str(exc))
@@ -349,6 +349,15 @@ def _parse_entry(raw: object, index: int, source: str) -> tuple[CronEntry | None
     return CronEntry(identifier=ident, schedule=str(schedule).strip(), task=str(task),
                      payload=frozen_payload, timezone=str(timezone), backfill=backfill,
                      spec=frozen_spec), []
+
+
+def _thaw(value: object) -> object:
+    """Plain dicts for read-only mappings (a frozen config's tables), which orjson refuses."""
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_thaw(v) for v in value]
+    return value
 
 
 def _unknown(what: str, key: str, known: Sequence[str]) -> str:

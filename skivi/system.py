@@ -26,6 +26,7 @@ from skivi.db import pool as dbpool
 from skivi.db import queries
 from skivi.db.migrate import Migration, migrate
 from skivi.errors import ConfigError
+from skivi.events import Emitter, EventForwarder, EventReceiver
 from skivi.payload import PayloadGate
 from skivi.registry import TaskRegistry
 
@@ -34,6 +35,9 @@ __all__ = ["System", "create_system"]
 logger = logging.getLogger(__name__)
 
 Handler = Callable[..., Any]
+
+EVENTS_DRAIN_TIMEOUT = 5.0
+"""Seconds ``stop()`` waits for the engine's last events to be delivered."""
 
 
 class System:
@@ -54,6 +58,12 @@ class System:
         self._registry: TaskRegistry | None = None
         self._engine_pid: int | None = None
         self.started = False
+        # --- events (issue 6) ---
+        self.emitter = Emitter(config.events.buffer_size)
+        """This system's events (``skivi.monitoring.on(system.emitter, ...)``); in an
+        application, those of the engine that ``start()`` forked arrive here too."""
+        self._event_receiver: EventReceiver | None = None
+        # --- end events ---
 
     def registry(self) -> TaskRegistry:
         """The task registry: files of worker.task_directory (alphabetical order), then the
@@ -126,14 +136,28 @@ class System:
         self.started = True
 
     def _fork_engine(self) -> int:
-
-
-
+        # --- events (issue 6): the engine process forwards its events over a pipe ---
+        read_fd, write_fd = os.pipe()
+        # --- end events ---
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid:
+            # --- events ---
+            os.close(write_fd)
+            self._event_receiver = EventReceiver(read_fd, self.emitter)
+            self._event_receiver.start()
+            # --- end events ---
             return pid
+        # --- events: the application's handlers run in the application (once, on its
+        # receiver thread), so the engine gets a fresh emitter whose only subscriber
+        # forwards to it ---
+        os.close(read_fd)
+        forwarder = EventForwarder(write_fd)
+        self.emitter = Emitter(self.config.events.buffer_size)
+        self.emitter.on_batch(forwarder)
+        self._event_receiver = None
+        # --- end events ---
         code = 1
         try:
             from skivi.engine import run
@@ -148,6 +172,7 @@ class System:
         except BaseException:
             logger.exception("engine process failed", extra={"action": "engine_failed"})
         finally:
+            forwarder.close()  # events (issue 6): the last batches, pool/stop included
             logging.shutdown()
             os._exit(code)
 
@@ -200,6 +225,12 @@ class System:
                     code = os.waitstatus_to_exitcode(status)
                     break
                 time.sleep(0.01)
+        # --- events (issue 6): deliver what the engine sent before it exited ---
+        receiver, self._event_receiver = self._event_receiver, None
+        if receiver is not None and not receiver.join(EVENTS_DRAIN_TIMEOUT):
+            logger.warning("engine events still arriving after %.0fs; not waiting",
+                           EVENTS_DRAIN_TIMEOUT, extra={"action": "drain_events"})
+        # --- end events ---
         self.started = False
         self.close()
         return code

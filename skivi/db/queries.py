@@ -3,8 +3,9 @@
 Each file is read once, composed with the instance's schema through
 ``psycopg.sql.Identifier`` (never string pasting) and rendered once to bytes, so the text
 sent for a query is identical on every call, psycopg's prepared-statement cache works for
-the hot ones, and no call pays for composing (measured: ~25 us per execute otherwise). ``Queries`` declares one attribute per file, and loading fails if a
-file has no attribute or an attribute has no file: dead SQL cannot accumulate.
+the hot ones, and no call pays for composing (measured: ~25 us per execute otherwise).
+``Queries`` declares one attribute per file, and loading fails if a file has no attribute
+or an attribute has no file: dead SQL cannot accumulate.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class Queries:
     job_insert_many: bytes
     job_release_many: bytes
     job_rescue: bytes
+    job_stats: bytes
     migration_applied: bytes
     migration_bootstrap: bytes
     migration_lock: bytes

@@ -52,7 +52,6 @@ create table skivi.job (
     updated_at timestamp with time zone not null default now(),
     constraint job_attempts_check CHECK ((attempts >= 0)),
     constraint job_key_check CHECK (((length(key) >= 1) AND (length(key) <= 512))),
-    constraint job_key_unique UNIQUE (key),
     constraint job_locked_check CHECK (((locked_by IS NULL) = (locked_at IS NULL))),
     constraint job_max_attempts_check CHECK ((max_attempts >= 1)),
     constraint job_pkey PRIMARY KEY (id),
@@ -100,8 +99,8 @@ create table skivi.migration (
 CREATE UNIQUE INDEX cron_pkey ON skivi.cron USING btree (identifier);
 CREATE UNIQUE INDEX engine_pkey ON skivi.engine USING btree (id);
 CREATE INDEX job_claim_idx ON skivi.job USING btree (priority, run_at, id) WHERE ((locked_by IS NULL) AND (queue_name IS NULL));
-CREATE UNIQUE INDEX job_key_unique ON skivi.job USING btree (key);
-CREATE INDEX job_locked_by_idx ON skivi.job USING btree (locked_by) WHERE (locked_by IS NOT NULL);
+CREATE UNIQUE INDEX job_key_idx ON skivi.job USING btree (key) WHERE (key IS NOT NULL);
+CREATE INDEX job_locked_idx ON skivi.job USING btree (locked_at) WHERE (locked_by IS NOT NULL);
 CREATE UNIQUE INDEX job_pkey ON skivi.job USING btree (id);
 CREATE INDEX job_queue_claim_idx ON skivi.job USING btree (queue_name, priority, run_at, id) WHERE ((locked_by IS NULL) AND (queue_name IS NOT NULL));
 CREATE INDEX job_history_finished_at_idx ON skivi.job_history USING btree (finished_at);
@@ -117,7 +116,7 @@ CREATE UNIQUE INDEX migration_pkey ON skivi.migration USING btree (id);
 -- function skivi.add_jobs(specs jsonb) returns TABLE(ord bigint, outcome text, id bigint, task_identifier text, queue_name text, payload jsonb, priority smallint, run_at timestamp with time zone, attempts integer, max_attempts integer, last_error text, key text, flags text[], locked_by bigint, locked_at timestamp with time zone, lease bigint, created_at timestamp with time zone, updated_at timestamp with time zone)
 --     language plpgsql volatile; body 78fdaa07200ac30bcf8efca5893655c0
 -- function skivi.add_keyed_job(p_task text, p_payload jsonb, p_queue_name text, p_run_at timestamp with time zone, p_max_attempts integer, p_priority smallint, p_flags text[], p_job_key text, p_job_key_mode text, OUT job skivi.job, OUT outcome text) returns record
---     language plpgsql volatile; body 827e220988c8b75719263c21742126f6
+--     language plpgsql volatile; body e50c4d88dfaef001be91dca0ce55e808
 -- function skivi.complete_jobs(job_ids bigint[]) returns SETOF skivi.job
 --     language sql volatile; body bba09f5e3f062e92a57a24f35f6eaedc
 -- function skivi.permanently_fail_jobs(job_ids bigint[], error_message text) returns SETOF skivi.job_history

@@ -355,3 +355,23 @@ def test_bad_schema_name_is_refused_when_creating_a_system(database: str) -> Non
 def test_far_future_run_at_is_stored_when_year_9999(system: skivi.System) -> None:
     at = dt.datetime(9999, 12, 31, tzinfo=UTC)
     assert skivi.add_job(system, "t", run_at=at).run_at == at
+
+
+def test_returned_jobs_equal_the_stored_rows_when_enqueued(system: skivi.System,
+                                                           database: str) -> None:
+    jobs = skivi.add_jobs(system, [
+        {"task": "a", "payload": {"x": [1, 2]}},
+        {"task": "b", "queue_name": "q", "priority": -3, "max_attempts": 2, "flags": ["f"],
+         "run_at": dt.datetime(2030, 1, 1, tzinfo=UTC)},
+        {"task": "c", "job_key": "k"},
+    ])
+    with connect(database) as c:
+        rows = c.execute(
+            "select id, task_identifier, payload, queue_name, priority, run_at, attempts, "
+            "max_attempts, last_error, key, coalesce(flags, '{}'), locked_by, locked_at, lease, "
+            "created_at, updated_at from skivi.job order by id").fetchall()
+    stored = [(*r[:10], tuple(r[10]), *r[11:]) for r in rows]
+    returned = [(j.id, j.task_identifier, j.payload, j.queue_name, j.priority, j.run_at,
+                 j.attempts, j.max_attempts, j.last_error, j.key, j.flags, j.locked_by,
+                 j.locked_at, j.lease, j.created_at, j.updated_at) for j in jobs]
+    assert returned == stored

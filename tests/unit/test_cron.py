@@ -31,8 +31,9 @@ from skivi.cron import (
 UTC = dt.UTC
 
 
-def at(*args: int) -> dt.datetime:
-    return dt.datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0,
+       microsecond: int = 0) -> dt.datetime:
+    return dt.datetime(year, month, day, hour, minute, second, microsecond, tzinfo=UTC)
 
 
 def entry(schedule: str, timezone: str = "UTC", **extra: Any) -> CronEntry:

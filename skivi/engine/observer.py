@@ -1,0 +1,284 @@
+"""The engine's observer: turns what the supervisor sees into events and metrics.
+
+The supervisor calls one method per thing that happened (see each method); the observer
+emits the matching event (catalogue: ``skivi.events``) and, when the exporter is on, feeds
+``skivi.metrics.EngineMetrics``. It runs in the engine's parent process, on its event loop,
+and does no I/O: a completion flush of n results costs O(n) dict building, plus one counter
+update per (task, queue, outcome) and one histogram update per task.
+
+Result rows are those of ``skivi.engine.handoff``: [id, lease, code, task, queue_name,
+run_seconds, error, delay, final, payload], optionally followed by wait_seconds (index 10:
+seconds from the job's run_at to the start of the attempt, measured by the child).
+
+:class:`QueueStatsPoller` runs ``job_stats.sql`` every ``interval`` seconds on a connection
+of its own and hands the rows to the metrics (queue depth by state, oldest runnable job).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from skivi.engine.lifecycle import cancel_and_wait
+from skivi.events import Emitter, EventKind
+
+if TYPE_CHECKING:
+    from skivi.db.queries import Queries
+    from skivi.engine.connection import Reconnecting
+    from skivi.metrics import EngineMetrics
+
+__all__ = ["STATS_INTERVAL_DEFAULT", "EngineObserver", "QueueStatsPoller"]
+
+logger = logging.getLogger(__name__)
+
+STATS_CAP_DEFAULT = 10000
+STATS_INTERVAL_DEFAULT = 5.0
+STATS_MAX_GROUPS_DEFAULT = 1000
+
+# Result row fields (skivi.engine.handoff).
+_ID, _TASK, _QUEUE, _RUN, _ERROR, _DELAY, _FINAL, _PAYLOAD, _WAIT = 0, 3, 4, 5, 6, 7, 8, 9, 10
+
+_COMPLETED = EventKind.JOB_COMPLETED
+_EXHAUSTED = EventKind.JOB_EXHAUSTED
+_FAILED = EventKind.JOB_FAILED
+_PARTIAL = EventKind.JOB_PARTIAL_SUCCESS
+
+
+class EngineObserver:
+    """Events and metrics of one engine. ``metrics`` None: events only."""
+
+    def __init__(self, emitter: Emitter, metrics: EngineMetrics | None = None) -> None:
+        self.emitter = emitter
+        self.metrics = metrics
+        self.engine_id = 0
+        self._down: dict[str, float] = {}
+
+    # -- lifecycle -------------------------------------------------------------------
+    def pool_start(self, engine_id: int, processes: int, concurrency: int) -> None:
+        """The engine registered, forked its children and starts claiming."""
+        self.engine_id = engine_id
+        self.emitter.emit(EventKind.POOL_START, {
+            "engine_id": engine_id, "pid": os.getpid(), "processes": processes,
+            "concurrency": concurrency})
+        self.set_gauges(0, processes * concurrency, processes)
+
+    def pool_stop(self, engine_id: int, stats: Mapping[str, Any]) -> None:
+        """The shutdown finished; ``stats`` are the engine's totals (EngineStats as a dict)."""
+        self.emitter.emit(EventKind.POOL_STOP, {
+            "engine_id": engine_id, "pid": os.getpid(), **stats})
+        self.set_gauges(0, 0, 0)
+
+    # -- jobs ------------------------------------------------------------------------
+    def claimed(self, n: int) -> None:
+        """One claim query returned ``n`` jobs (0 included)."""
+        if self.metrics is not None:
+            self.metrics.claim_batch.observe(n)
+
+    def dispatched(self, n: int) -> None:
+        """``n`` jobs were handed to children."""
+        if self.metrics is not None and n:
+            self.metrics.dispatched.inc(n)
+
+    def flushed(self, completed: Sequence[Sequence[Any]], failed: Sequence[Sequence[Any]],
+                done_ids: set[int] | frozenset[int], outcomes: Mapping[int, str]) -> None:
+        """A completion flush was written: ``done_ids`` are the completed rows the database
+        accepted, ``outcomes`` maps each accepted failed row's id to "failed" or
+        "exhausted". Rows in neither were refused (stale). Emits one event per accepted
+        row: job/completed, job/partial-success (a failed row keeping part of its payload,
+        not exhausted), job/failed or job/exhausted."""
+        emit_many = self.emitter.emit_many
+        if completed:
+            emit_many(_COMPLETED, [
+                {"job_id": r[_ID], "task": r[_TASK], "queue_name": r[_QUEUE],
+                 "run_seconds": r[_RUN], "wait_seconds": r[_WAIT] if len(r) > _WAIT else None}
+                for r in completed if r[_ID] in done_ids])
+        if failed:
+            retried: list[dict[str, Any]] = []
+            partial: list[dict[str, Any]] = []
+            exhausted: list[dict[str, Any]] = []
+            for r in failed:
+                outcome = outcomes.get(r[_ID])
+                if outcome is None:
+                    continue
+                data = {"job_id": r[_ID], "task": r[_TASK], "queue_name": r[_QUEUE],
+                        "run_seconds": r[_RUN],
+                        "wait_seconds": r[_WAIT] if len(r) > _WAIT else None,
+                        "error": r[_ERROR]}
+                if outcome == "exhausted":
+                    data["reason"] = r[_FINAL] or "max_attempts"
+                    exhausted.append(data)
+                else:
+                    data["retry_delay"] = r[_DELAY]
+                    (retried if r[_PAYLOAD] is None else partial).append(data)
+            emit_many(_FAILED, retried)
+            emit_many(_PARTIAL, partial)
+            emit_many(_EXHAUSTED, exhausted)
+        if self.metrics is not None:
+            self._measure(completed, failed, done_ids, outcomes)
+
+    def _measure(self, completed: Sequence[Sequence[Any]], failed: Sequence[Sequence[Any]],
+                 done_ids: set[int] | frozenset[int], outcomes: Mapping[int, str]) -> None:
+        assert self.metrics is not None
+        # Group the accepted rows by (task, queue, outcome), then take each group's figures
+        # with comprehensions: ~0.15 us a row less than one loop doing everything.
+        groups: dict[tuple[str, str | None, str], list[Sequence[Any]]] = {}
+        for r in completed:
+            if r[_ID] in done_ids:
+                key = (r[_TASK], r[_QUEUE], "completed")
+                group = groups.get(key)
+                if group is None:
+                    groups[key] = [r]
+                else:
+                    group.append(r)
+        for r in failed:
+            found = outcomes.get(r[_ID])
+            if found is not None:
+                outcome = ("exhausted" if found == "exhausted"
+                           else "failed" if r[_PAYLOAD] is None else "partial")
+                key = (r[_TASK], r[_QUEUE], outcome)
+                group = groups.get(key)
+                if group is None:
+                    groups[key] = [r]
+                else:
+                    group.append(r)
+        counts: dict[tuple[str, str, str], int] = {}
+        runs: dict[str, list[float]] = {}
+        waits: dict[str, list[float]] = {}
+        accepted = 0
+        for (task, queue, outcome), rows in groups.items():
+            counts[(task, queue or "", outcome)] = len(rows)
+            accepted += len(rows)
+            run = [r[_RUN] for r in rows]
+            wait = [r[_WAIT] for r in rows if len(r) > _WAIT and r[_WAIT] is not None]
+            if task in runs:
+                runs[task] += run
+            else:
+                runs[task] = run
+            if wait:
+                if task in waits:
+                    waits[task] += wait
+                else:
+                    waits[task] = wait
+        stale = len(completed) + len(failed) - accepted
+        self.metrics.jobs_finished(counts, runs, waits, stale)
+
+    def rescued(self, engines: list[int], retried: int, exhausted: int) -> None:
+        """This engine's rescuer made the jobs of dead ``engines`` runnable again."""
+        self.emitter.emit(EventKind.JOB_RESCUED, {
+            "engines": list(engines), "retried": retried, "exhausted": exhausted})
+        if self.metrics is not None:
+            if retried:
+                self.metrics.rescued.labels("retried").inc(retried)
+            if exhausted:
+                self.metrics.rescued.labels("exhausted").inc(exhausted)
+
+    # -- processes -------------------------------------------------------------------
+    def child_replaced(self, index: int, pid: int, status: str, jobs_failed: int) -> None:
+        """Child ``index`` (``pid``) died with ``status`` while the engine ran; its
+        ``jobs_failed`` jobs were failed as crashes and a new child was forked."""
+        self.emitter.emit(EventKind.CHILD_REPLACED, {
+            "index": index, "pid": pid, "status": status, "jobs_failed": jobs_failed})
+        if self.metrics is not None:
+            self.metrics.child_replacements.inc()
+
+    def set_gauges(self, in_flight: int, capacity: int, children_alive: int) -> None:
+        """The current jobs in flight, capacity (slots of live children) and live children."""
+        if self.metrics is not None:
+            self.metrics.gauges(in_flight, capacity, children_alive)
+
+    # -- database --------------------------------------------------------------------
+    def connection_lost(self, name: str, error: BaseException | str) -> None:
+        """Connection ``name`` broke (or cannot be opened). Repeated calls while it is down
+        emit nothing more."""
+        if name in self._down:
+            return
+        self._down[name] = time.monotonic()
+        self.emitter.emit(EventKind.DB_CONNECTION_LOST, {
+            "connection": name, "error": str(error)})
+        if self.metrics is not None:
+            self.metrics.connection_losses.labels(name).inc()
+            self.metrics.connection_up.labels(name).set(0)
+
+    def connection_regained(self, name: str) -> None:
+        """Connection ``name`` works (again). Emits only after a loss."""
+        since = self._down.pop(name, None)
+        if self.metrics is not None:
+            self.metrics.connection_up.labels(name).set(1)
+        if since is None:
+            return
+        self.emitter.emit(EventKind.DB_CONNECTION_REGAINED, {
+            "connection": name, "down_seconds": time.monotonic() - since})
+
+    # -- cron ------------------------------------------------------------------------
+    def cron_fired(self, event: Mapping[str, Any]) -> None:
+        """The scheduler handled a tick: ``event`` has the cron/fired fields (identifier,
+        task, fire_at, outcome, job_id)."""
+        data = dict(event)
+        data.setdefault("outcome", "enqueued")
+        self.emitter.emit(EventKind.CRON_FIRED, data)
+        if self.metrics is not None:
+            self.metrics.cron_fires.labels(str(data.get("identifier")),
+                                           str(data["outcome"])).inc()
+
+
+class QueueStatsPoller:
+    """Runs job_stats.sql every ``interval`` seconds and feeds the rows to ``metrics``.
+
+    Lifecycle: ``start()`` returns at once (the first poll runs right away); ``stop()`` is
+    idempotent, safe before ``start()``, and returns once the poll task is gone. A failed
+    poll is logged and retried at the next interval; meanwhile the last figures stay.
+    Only the leader engine gets rows (see the query's header): the others export none.
+    """
+
+    def __init__(self, db: Reconnecting, queries: Queries, metrics: EngineMetrics,
+                 engine_id: Callable[[], int], *, interval: float = STATS_INTERVAL_DEFAULT,
+                 cap: int = STATS_CAP_DEFAULT,
+                 max_groups: int = STATS_MAX_GROUPS_DEFAULT) -> None:
+        self.db = db
+        self.q = queries
+        self.metrics = metrics
+        self.engine_id = engine_id
+        self.interval = interval
+        self.cap = cap
+        self.max_groups = max_groups
+        self.polls = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(),
+                                                                name="queue-stats")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            await cancel_and_wait([task])
+
+    async def poll(self) -> bool:
+        """One poll; True if this engine is the leader (and exported the figures)."""
+        conn = await self.db.get()
+        cur = await conn.execute(self.q.job_stats, {
+            "engine": self.engine_id(), "cap": self.cap, "max_groups": self.max_groups})
+        rows = await cur.fetchall()
+        self.polls += 1
+        if not rows:
+            self.metrics.queue_stats(None)
+            return False
+        self.metrics.queue_stats([(r[0], int(r[1]), int(r[2]), int(r[3]), r[4]) for r in rows])
+        return True
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.poll()
+            except psycopg.Error as exc:
+                self.db.broken()
+                logger.warning("queue stats poll failed: %s", exc,
+                               extra={"action": "poll_stats_failed"})
+            await asyncio.sleep(self.interval)

@@ -1,0 +1,145 @@
+"""Contracts between files (STYLE.md §8.5): the dashboard and the alert rules use only
+metrics that skivi/metrics.py declares and exports; every event type is catalogued; every
+SQL file is a named query."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from skivi import events, metrics
+from skivi.db.queries import Queries
+from skivi.events import EventKind
+
+REPO = Path(__file__).resolve().parents[2]
+DASHBOARD = REPO / "grafana" / "dashboards" / "skivi.json"
+ALERT_RULES = REPO / "grafana" / "alerts" / "skivi-rules.yml"
+
+METRIC_NAME = re.compile(r"\bskivi_[a-z_]+\b")
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def dashboard_expressions() -> list[str]:
+    """The PromQL of every panel target (rows included) and of every query variable."""
+    board = json.loads(DASHBOARD.read_text())
+    found: list[str] = []
+
+    def walk(panels: list[dict[str, Any]]) -> None:
+        for panel in panels:
+            for target in panel.get("targets") or []:
+                found.append(target["expr"])
+            walk(panel.get("panels") or [])
+
+    walk(board["panels"])
+    for variable in board["templating"]["list"]:
+        query = variable.get("query")
+        if isinstance(query, dict):
+            found.append(query["query"])
+    return found
+
+
+def rule_expressions(text: str) -> list[str]:
+    """The ``expr:`` values of a Prometheus rules file: plain one-line scalars and ``|`` /
+    ``>`` block scalars (the two forms the rules file uses). The Prometheus test checks this
+    reader against Prometheus's own parse of the file."""
+    lines = text.splitlines()
+    found: list[str] = []
+    for i, line in enumerate(lines):
+        match = re.match(r"^(\s*)(?:- )?expr:\s*(.*?)\s*$", line)
+        if not match:
+            continue
+        indent, value = len(match.group(1)), match.group(2)
+        if value and value[0] in "|>":
+            block = []
+            for following in lines[i + 1:]:
+                if following.strip() and len(following) - len(following.lstrip()) <= indent:
+                    break
+                block.append(following.strip())
+            found.append(" ".join(part for part in block if part))
+        elif value[:1] in ("'", '"'):
+            found.append(value[1:-1])
+        else:
+            found.append(value)
+    return found
+
+
+def metric_names(expression: str) -> set[str]:
+    """The skivi_ metric names in a PromQL expression, histogram series mapped to their
+    histogram (``skivi_x_bucket`` -> ``skivi_x``)."""
+    names = set()
+    for name in METRIC_NAME.findall(expression):
+        base = name
+        for suffix in HISTOGRAM_SUFFIXES:
+            stem = name.removesuffix(suffix)
+            if stem != name and metrics.METRICS.get(stem, ("",))[0] == "histogram":
+                base = stem
+        names.add(base)
+    return names
+
+
+def test_dashboard_uses_only_catalogued_metrics_when_parsed() -> None:
+    expressions = dashboard_expressions()
+    assert len(expressions) > 20
+    used = set().union(*(metric_names(e) for e in expressions))
+    assert used - set(metrics.METRICS) == set()
+    # Every metric is on the dashboard somewhere (build_info through the job variable).
+    assert set(metrics.METRICS) - used == set()
+
+
+def test_alert_rules_use_only_catalogued_metrics_when_parsed() -> None:
+    expressions = rule_expressions(ALERT_RULES.read_text())
+    assert len(expressions) == ALERT_RULES.read_text().count("- alert:")
+    used = set().union(*(metric_names(e) for e in expressions))
+    assert used
+    assert used - set(metrics.METRICS) == set()
+
+
+def test_rule_reader_reads_block_and_plain_scalars_when_given_both() -> None:
+    text = ("groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: up == 0\n"
+            "        for: 1m\n      - alert: B\n        expr: |\n          a\n          > 1\n"
+            "        labels: {}\n      - record: c\n        expr: \"rate(x[1m])\"\n")
+    assert rule_expressions(text) == ["up == 0", "a > 1", "rate(x[1m])"]
+
+
+def test_histogram_suffixes_map_to_their_histogram_when_named_in_promql() -> None:
+    assert metric_names("rate(skivi_job_run_seconds_bucket[5m]) / skivi_jobs_total") == {
+        "skivi_job_run_seconds", "skivi_jobs_total"}
+    # Not a histogram: the suffix stays (and so is reported as unknown).
+    assert metric_names("skivi_jobs_in_flight_count") == {"skivi_jobs_in_flight_count"}
+
+
+def test_metrics_catalogue_matches_what_the_registry_exports_when_created() -> None:
+    registry_metrics = metrics.EngineMetrics("0.0.0", emitter=events.Emitter())
+    exported: dict[str, str] = {}
+    for family in registry_metrics.registry.collect():
+        if family.name.startswith("process_"):
+            continue
+        name = family.name + ("_total" if family.type == "counter" else "")
+        exported[name] = family.type
+    assert exported == {name: kind for name, (kind, _) in metrics.METRICS.items()}
+    doc = metrics.__doc__ or ""
+    for name in metrics.METRICS:
+        assert re.search(rf"^{name}\s", doc, re.MULTILINE), f"{name} missing from the catalogue"
+
+
+@pytest.mark.parametrize("kind", list(EventKind))
+def test_event_kind_is_catalogued_when_declared(kind: EventKind) -> None:
+    doc = events.__doc__ or ""
+    assert f"``{kind.value}``" in doc
+
+
+def test_catalogue_lists_only_declared_kinds_when_read() -> None:
+    doc = events.__doc__ or ""
+    table = doc.split("Catalogue", 1)[1].split("Every finished attempt", 1)[0]
+    listed = set(re.findall(r"^``([a-z]+/[a-z-]+)``", table, re.MULTILINE))
+    assert listed == {k.value for k in EventKind}
+
+
+def test_every_sql_file_is_a_named_query_when_loaded() -> None:
+    # Queries refuses to load when a file has no attribute or an attribute no file.
+    queries = Queries("skivi")
+    assert queries.job_stats
