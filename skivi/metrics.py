@@ -46,7 +46,7 @@ skivi_job_run_seconds               task                      handler run time o
 skivi_job_wait_seconds              task                      queue wait: from run_at to the
                                                               start of the attempt (measured by
                                                               the child); buckets 1 ms to 1 h
-skivi_claim_batch_size                                        jobs per claim query (0 = empty)
+skivi_claim_batch_size                                        jobs per claim that found any
 skivi_completion_batch_size                                   results per completion flush
 ==================================  ========================  ================================
 
@@ -130,7 +130,7 @@ RUN_BUCKETS: tuple[float, ...] = (
 """Seconds: 1 ms to 10 minutes."""
 WAIT_BUCKETS: tuple[float, ...] = (*RUN_BUCKETS, 1800.0, 3600.0)
 """Seconds: 1 ms to 1 hour (a backlog waits longer than a job runs)."""
-BATCH_BUCKETS: tuple[float, ...] = (0, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+BATCH_BUCKETS: tuple[float, ...] = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 
 METRICS: Mapping[str, tuple[str, tuple[str, ...]]] = {
     "skivi_build_info": ("gauge", ("version",)),
@@ -313,7 +313,8 @@ class EngineMetrics:
                                             WAIT_BUCKETS)
         r.register(self.run_seconds)
         r.register(self.wait_seconds)
-        self.claim_batch = Histogram("skivi_claim_batch_size", "Jobs per claim query.",
+        self.claim_batch = Histogram("skivi_claim_batch_size",
+                                     "Jobs per claim query that found any.",
                                      buckets=BATCH_BUCKETS, registry=r)
         self.completion_batch = Histogram("skivi_completion_batch_size",
                                           "Results per completion flush.",

@@ -22,6 +22,7 @@ from typing import Any, Self
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from skivi.config import Config, load_config
+from skivi.cron import CronEntry, ensure_unique, load_crontab_file, parse_crontabs
 from skivi.db import pool as dbpool
 from skivi.db import queries
 from skivi.db.migrate import Migration, migrate
@@ -48,6 +49,8 @@ class System:
         self.config = config
         self.tasks: dict[str, Handler] = dict(tasks or {})
         self.crontabs: list[Mapping[str, Any]] = [*config.cron, *(crontabs or [])]
+        # Validated here, so a bad entry stops create_system with an error naming it.
+        self.cron_entries: list[CronEntry] = parse_crontabs(self.crontabs)
         self.schema = config.database.schema_name
         self.queries = queries.for_schema(self.schema)
         self.payload_gate = PayloadGate(config.validation.max_payload_bytes,
@@ -73,6 +76,12 @@ class System:
             self._registry = TaskRegistry.build(self.tasks, w.task_directory,
                                                 w.file_extensions)
         return self._registry
+
+    def add_crontab_file(self, path: str) -> None:
+        """Add the ``[[cron]]`` entries of a TOML file (``--crontab PATH``)."""
+        entries = [*self.cron_entries, *load_crontab_file(path)]
+        ensure_unique(entries)
+        self.cron_entries = entries
 
     @property
     def has_tasks(self) -> bool:

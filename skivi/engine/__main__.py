@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="child processes (default: CPU count) [SKIVI_PROCESSES]")
     p.add_argument("--concurrency", metavar="N", type=int,
                    help="jobs at once per child process (default: 16) [SKIVI_CONCURRENCY]")
+    p.add_argument("--crontab", metavar="PATH", default=_env("SKIVI_CRONTAB"),
+                   help="TOML file of [[cron]] tables, added to the configuration's "
+                        "[SKIVI_CRONTAB]")
     p.add_argument("--queues", metavar="Q1,Q2",
                    help="only run jobs of these named queues [SKIVI_QUEUES]")
     p.add_argument("--once", action="store_true", default=_env_flag("SKIVI_ONCE"),
@@ -111,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                               "SKIVI_TASKS, or worker.task_directory in the configuration")
         system.database_url  # noqa: B018 - fail here, clearly, when none is configured
         system.registry()
+        if args.crontab:
+            system.add_crontab_file(args.crontab)
     except (ConfigError, RegistryError) as exc:
         print(f"skivi.engine: {exc}", file=sys.stderr)
         return EXIT_CONFIG

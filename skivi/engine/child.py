@@ -1,10 +1,9 @@
 """A child process: runs handlers, reports results. Never writes job state to the database.
 
-Lifecycle: the parent forks the child (so lambdas and closures in the task registry just
-work: nothing is pickled), the child closes every file descriptor it inherited except its two
-pipes and its liveness pipe (so it never holds the parent's database sockets open), asks the
-kernel to kill it if the parent dies, ignores SIGINT/SIGTERM (the parent drives shutdown),
-starts a fresh uvloop event loop, says READY and then:
+Lifecycle: the parent forks the child through ``skivi.engine.process.fork`` (so lambdas
+and closures in the task registry just work, and the child holds none of the parent's
+sockets), the child ignores SIGINT/SIGTERM (the parent drives shutdown), starts a fresh
+uvloop event loop, says READY and then:
 
     running    JOBS frames arrive; each job starts at once: async handlers as tasks on the
                loop (many at a time), sync handlers one at a time on the loop, or on a
@@ -29,10 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
-import ctypes
 import datetime as dt
-import gc
 import logging
 import os
 import signal
@@ -58,7 +54,6 @@ logger = logging.getLogger(__name__)
 
 RESULT_FLUSH_SIZE = 256
 ERROR_TEXT_MAX = 64 * 1024
-PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,49 +333,19 @@ async def _serve(registry: TaskRegistry, system: System, job_fd: int, result_fd:
     transport.close()
 
 
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: the closed job pipe still stops us
-        pass
+def child_main(registry: TaskRegistry, system: System, job_fd: int, result_fd: int,
+               sync_threads: int, on_start: Callable[[], None] | None = None) -> int:
+    """The child's body, run right after ``process.fork``; returns its exit code."""
+    # The parent drives shutdown (STOP frames); a terminal's Ctrl-C or a process-group
+    # SIGTERM must not kill children mid-job behind its back.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    system.forget_connections()
+    import uvloop
 
-
-def child_main(index: int, registry: TaskRegistry, system: System, job_fd: int,
-               result_fd: int, alive_fd: int, sync_threads: int,
-               on_start: Callable[[], None] | None = None) -> None:
-    """Entry point right after fork. Never returns: exits the process with os._exit."""
-    code = 1
-    try:
-        _die_with_parent()
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        keep = sorted({0, 1, 2, job_fd, result_fd, alive_fd})
-        low = 3
-        for fd in keep:
-            if fd >= low:
-                os.closerange(low, fd)
-                low = fd + 1
-        os.closerange(low, 65536)
-        # Objects inherited from the parent (its connections, its loop) must never be
-        # finalised here: that could talk on sockets the parent still uses.
-        gc.freeze()
-        system.forget_connections()
-        asyncio.events._set_running_loop(None)
-        import uvloop
-
-        loop = uvloop.new_event_loop()
-        asyncio.set_event_loop(loop)
-        if on_start is not None:
-            on_start()
-        loop.run_until_complete(_serve(registry, system, job_fd, result_fd, sync_threads))
-        code = 0
-    except BaseException:
-        with contextlib.suppress(BaseException):
-            logger.exception("child %d failed", index, extra={"action": "child_failed"})
-    finally:
-        try:
-            logging.shutdown()
-        finally:
-            os._exit(code)
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    if on_start is not None:
+        on_start()
+    loop.run_until_complete(_serve(registry, system, job_fd, result_fd, sync_threads))
+    return 0

@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 
 __all__ = [
+    "EVENT",
     "JOBS",
     "READY",
     "RESULTS",
@@ -51,6 +52,7 @@ JOBS = b"J"
 STOP = b"S"
 RESULTS = b"R"
 READY = b"Y"
+EVENT = b"E"  # cron process -> parent: one event dict (cron/fired)
 STARTED = b"T"
 
 RESULT_COMPLETED = 0

@@ -76,8 +76,8 @@ class EngineObserver:
 
     # -- jobs ------------------------------------------------------------------------
     def claimed(self, n: int) -> None:
-        """One claim query returned ``n`` jobs (0 included)."""
-        if self.metrics is not None:
+        """One claim query returned ``n`` jobs; empty claims (0) are not recorded."""
+        if self.metrics is not None and n:
             self.metrics.claim_batch.observe(n)
 
     def dispatched(self, n: int) -> None:

@@ -24,11 +24,11 @@ running even if an earlier one failed:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from skivi.engine import handoff
+from skivi.engine import handoff, process
 from skivi.engine.child import child_main
 from skivi.engine.completer import Completer
 from skivi.engine.connection import Reconnecting
@@ -53,6 +53,7 @@ __all__ = ["Engine", "EngineStats"]
 logger = logging.getLogger(__name__)
 
 READ_SIZE = 1 << 20
+CRON_EXIT_CONFIG = 2  # the cron process refused its entries: do not restart it
 
 
 @dataclass(slots=True)
@@ -64,6 +65,14 @@ class EngineStats:
     stale: int = 0
     child_crashes: int = 0
     rescued: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class CronHandle:
+    pid: int
+    event_fd: int
+    alive_fd: int
+    reader: handoff.FrameReader = field(default_factory=handoff.FrameReader)
 
 
 @dataclass(eq=False, slots=True)
@@ -104,6 +113,10 @@ class Engine:
         self.shutdown_timeout = w.shutdown_timeout
         self.stats = EngineStats()
         self.children: list[ChildHandle] = []
+        self.cron: CronHandle | None = None
+        self.cron_restarts = 0
+        self.cron_events = 0
+        self.on_cron_event: Callable[[dict[str, Any]], None] | None = None
         self.stopping = False
         self.fast = False
         self.exit_code = 0
@@ -145,6 +158,8 @@ class Engine:
         try:
             for i in range(self.processes):
                 self._spawn(i)
+            if self.system.cron_entries:
+                self._spawn_cron()
             await self.liveness.register()
             self.liveness.start()
             self.completer.start()
@@ -190,6 +205,7 @@ class Engine:
     async def shutdown(self) -> None:
         self.stopping = True
         steps: list[tuple[str, Callable[[], Any]]] = [
+            ("stop cron", self._stop_cron),
             ("stop claiming", self._stop_claiming),
             ("stop children", self._stop_children),
             ("flush completions", self._flush),
@@ -258,16 +274,112 @@ class Engine:
     def in_flight(self) -> int:
         return sum(len(c.in_flight) for c in self.children)
 
+    # -- the cron process ------------------------------------------------------------
+    def _spawn_cron(self) -> None:
+        """Fork the dedicated cron process. Its cron/fired events come back over a pipe;
+        if it dies it is restarted (the database's fire-once guard makes that safe)."""
+        from skivi.engine.scheduler import scheduler_main
+        from skivi.errors import ConfigError
+
+        ev_r, ev_w = os.pipe()
+        alive_r, alive_w = os.pipe()
+
+        def on_fired(event: dict[str, Any]) -> None:
+            frame = handoff.encode_frame(handoff.EVENT, orjson.dumps(event))
+            with contextlib.suppress(OSError):
+                os.write(ev_w, frame)
+
+        def target() -> int:
+            self.system.forget_connections()
+            try:
+                scheduler_main(self.system, self.system.cron_entries, on_fired=on_fired)
+            except ConfigError as exc:
+                logger.error("cron: %s", exc, extra={"action": "cron_config"})
+                return CRON_EXIT_CONFIG
+            return 0
+
+        pid = process.fork("cron", target, keep=[ev_w, alive_w])
+        os.close(ev_w)
+        os.close(alive_w)
+        os.set_blocking(ev_r, False)
+        self.cron = CronHandle(pid, ev_r, alive_r)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(ev_r, self._on_cron_events)
+        loop.add_reader(alive_r, self._on_cron_exit)
+        logger.info("cron process started (pid %d, %d entries)", pid,
+                    len(self.system.cron_entries), extra={"action": "start_cron"})
+
+    def _on_cron_events(self) -> None:
+        cron = self.cron
+        if cron is None:
+            return
+        try:
+            data = os.read(cron.event_fd, READ_SIZE)
+        except (BlockingIOError, OSError):
+            return
+        if not data:
+            asyncio.get_running_loop().remove_reader(cron.event_fd)
+            return
+        for kind, body in cron.reader.feed(data):
+            if kind == handoff.EVENT:
+                self.cron_events += 1
+                if self.on_cron_event is not None:
+                    self.on_cron_event(orjson.loads(body))
+
+    def _on_cron_exit(self) -> None:
+        cron = self.cron
+        if cron is None:
+            return
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(cron.alive_fd)
+        self._on_cron_events()
+        loop.remove_reader(cron.event_fd)
+        for fd in (cron.event_fd, cron.alive_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        code = _exit_code(cron.pid)
+        self.cron = None
+        if self.stopping:
+            return
+        if code == CRON_EXIT_CONFIG:
+            logger.error("the cron process refused its configuration; cron stays off",
+                         extra={"action": "cron_disabled"})
+            return
+        self.cron_restarts += 1
+        delay = min(0.5 * 2 ** min(self.cron_restarts, 6), 30.0)
+        logger.error("the cron process died (exit %s); restarting it in %.1fs", code, delay,
+                     extra={"action": "restart_cron"})
+        loop.call_later(delay, self._restart_cron)
+
+    def _restart_cron(self) -> None:
+        if not self.stopping and self.cron is None:
+            self._spawn_cron()
+
+    async def _stop_cron(self) -> None:
+        cron = self.cron
+        if cron is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(cron.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5.0
+        while self.cron is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if self.cron is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(cron.pid, signal.SIGKILL)
+            while self.cron is not None:
+                await asyncio.sleep(0.01)
+
     def _spawn(self, index: int) -> ChildHandle:
         job_r, job_w = os.pipe()
         res_r, res_w = os.pipe()
         alive_r, alive_w = os.pipe()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the child never returns
-            child_main(index, self.registry, self.system, job_r, res_w, alive_w,
-                       self.sync_threads, self.on_child_start)
+        # The child's end of alive_w closes only when the child is gone: its sentinel.
+        pid = process.fork(
+            f"child {index}",
+            lambda: child_main(self.registry, self.system, job_r, res_w, self.sync_threads,
+                               self.on_child_start),
+            keep=[job_r, res_w, alive_w])
         for fd in (job_r, res_w, alive_w):
             os.close(fd)
         os.set_blocking(job_w, False)
@@ -413,7 +525,7 @@ class Engine:
                 os.close(fd)
             except OSError:
                 pass
-        status = _reap(child.pid)
+        status = _describe(_exit_code(child.pid))
         child.exited = True
         if child.in_flight:
             if self.stopping:
@@ -468,18 +580,25 @@ class Engine:
         self.fetcher.wake()
 
 
-def _reap(pid: int) -> str:
+def _exit_code(pid: int) -> int | None:
+    """Reap ``pid``; its exit code (negative: killed by that signal), None if unknown."""
     for _ in range(200):
         try:
             done, status = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
-            return "exited"
+            return None
         if done:
-            if os.WIFSIGNALED(status):
-                return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-            return f"exit code {os.WEXITSTATUS(status)}"
+            return os.waitstatus_to_exitcode(status)
         time.sleep(0.005)
-    return "exited"
+    return None
+
+
+def _describe(code: int | None) -> str:
+    if code is None:
+        return "exited"
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
 
 
 def _version() -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 import time
 from typing import Any
@@ -258,3 +259,26 @@ def test_job_past_its_timeout_has_its_child_killed_and_fails_as_timeout(
     wait_for(lambda: live_jobs(database) == 0, what="the other jobs, in a new child")
     assert set(others) <= set(engines.ledger.runs_per_job())
     assert engine.poll() is None
+
+
+def test_cron_process_fires_each_tick_once_and_is_restarted_when_killed(
+        engines: EngineProcs, database: str, tmp_path: Any) -> None:
+    crontab = tmp_path / "crontab.toml"
+    crontab.write_text('[[cron]]\nidentifier = "every-second"\nschedule = "* * * * * *"\n'
+                       'task = "cron_tick"\n')
+    engine = engines.start("--crontab", str(crontab))
+
+    def ticks() -> list[str]:
+        return [r[3] for r in engines.ledger.rows() if r[3].startswith("tick:")]
+
+    wait_for(lambda: len(ticks()) >= 2, timeout=15, what="two cron ticks")
+    found = wait_for(lambda: re.findall(r"cron process started \(pid (\d+)", log_of(engine)),
+                     what="the cron process's pid in the engine log")
+    before = len(ticks())
+    os.kill(int(found[0]), signal.SIGKILL)
+    wait_for(lambda: len(ticks()) >= before + 3, timeout=20, what="ticks after the restart")
+    assert engine.poll() is None
+    seen = ticks()
+    assert len(seen) == len(set(seen)), "a cron tick fired twice"
+    engine.send_signal(signal.SIGTERM)
+    assert engine.wait(timeout=30) == 0, log_of(engine)

@@ -162,7 +162,6 @@ async def _harness(url: str, out: Path) -> None:
                       _row(next_id + n + 1, handoff.RESULT_FAILED, "resize", payload="[1]"),
                       _row(next_id + n + 2, handoff.RESULT_FAILED, "send_email")]
             observer.claimed(n + 3)
-            observer.claimed(0)
             observer.dispatched(n + 3)
             observer.set_gauges(n + 3, 8, 2)
             observer.flushed(rows, failed, {r[0] for r in rows},
@@ -193,9 +192,9 @@ class Harness:
 
     def done(self) -> dict[str, Any]:
         path = self.out / "done"
-        found = wait_for(lambda: path.exists() and path.read_text(), timeout=60,
-                         what=f"the harness to finish ({self.log()})")
-        result: dict[str, Any] = json.loads(found)
+        wait_for(lambda: path.exists() and path.read_text(), timeout=60,
+                 what=f"the harness to finish ({self.log()})")
+        result: dict[str, Any] = json.loads(path.read_text())
         return result
 
     def log(self) -> str:
@@ -216,7 +215,7 @@ def harness(database: str, tmp_path: Path) -> Iterator[Harness]:
                                 env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         port_file = out / "port"
-        wait_for(lambda: port_file.exists() and port_file.read_text() or proc.poll() is not None,
+        wait_for(lambda: (port_file.exists() and port_file.read_text()) or proc.poll() is not None,
                  timeout=30, what="the harness's exporter")
         assert proc.poll() is None, (out / "harness.log").read_text()
         yield Harness(proc, out, int(port_file.read_text()))
@@ -461,6 +460,7 @@ def test_engine_exports_the_jobs_it_processed_when_run_with_a_metrics_port(
         return sum(v for (name, labels), v in samples.items()
                    if name == "skivi_jobs_total" and ("outcome", "completed") in labels)
 
+    wait_for(lambda: completed() >= 0, timeout=15, what="the exporter to answer")
     wait_for(lambda: completed() == n, timeout=30, what="the exporter to count every job")
     assert len(engines.ledger.starts()) == n
     samples = _samples(_get(url))
@@ -487,6 +487,9 @@ def test_application_handlers_get_the_engines_events_when_the_system_started_it(
                                              "processes": 1, "concurrency": 2}})
     try:
         system.start()
+        # Events the engine sent before anyone subscribed are in the ring buffer.
+        wait_for(lambda: any(e["type"] == "pool/start" for e in system.emitter.recent()),
+                 timeout=15, what="pool/start from the engine process")
         seen = monitoring.collecting_emitter()
         monitoring.on(system.emitter, "all", lambda ev: seen.replay([ev]))
         ids = [j.id for j in skivi.add_jobs(system, [{"task": "noop"} for _ in range(5)])]
@@ -502,7 +505,7 @@ def test_application_handlers_get_the_engines_events_when_the_system_started_it(
 # -- helpers -------------------------------------------------------------------------------
 
 def _get(url: str, timeout: float = 10) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - local test URL
+    with urllib.request.urlopen(url, timeout=timeout) as response:
         body: bytes = response.read()
     return body.decode()
 

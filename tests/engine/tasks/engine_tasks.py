@@ -82,3 +82,10 @@ def hang(ctx: Any) -> None:
 
 
 TASKS["hang"] = task(hang, timeout=0.5, backoff=FAST)
+
+
+def cron_tick(ctx: Any) -> None:
+    record(ctx, "tick:" + ctx.job.payload["_cron"]["ts"].replace(" ", "T"))
+
+
+TASKS["cron_tick"] = cron_tick

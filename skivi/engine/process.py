@@ -1,0 +1,78 @@
+"""Forking the engine's helper processes (worker children and the cron process).
+
+Forking, not spawning, is deliberate: the task registry may hold lambdas and closures (as
+the original's examples do), and a forked process simply has them, with nothing pickled.
+What makes forking from a running parent safe is done here, once, for every kind:
+
+* the new process closes every inherited file descriptor except the ones it was given, so
+  it never holds the parent's database sockets (if the parent is SIGKILLed, its sessions
+  must end with it, freeing its liveness lock) nor other children's pipes;
+* it asks the kernel to kill it when the parent dies (PR_SET_PDEATHSIG), so no orphan
+  keeps running jobs nobody will record;
+* inherited objects are frozen out of the garbage collector and the parent's event loop is
+  forgotten, so nothing of the parent's is ever finalised here;
+* it always leaves through ``os._exit``: no atexit handler or finaliser of the parent's
+  runs in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import gc
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterable
+
+__all__ = ["fork"]
+
+logger = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+MAX_FD = 65536
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: closed pipes still stop the process
+        pass
+
+
+def _close_all_but(keep: Iterable[int]) -> None:
+    low = 3
+    for fd in sorted(set(keep)):
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+    os.closerange(low, MAX_FD)
+
+
+def fork(name: str, target: Callable[[], int], keep: Iterable[int]) -> int:
+    """Fork a process that runs ``target()`` and exits with its return value (1 if it
+    raised). Returns the pid in the parent; never returns in the new process."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        _die_with_parent()
+        signal.set_wakeup_fd(-1)
+        _close_all_but([0, 1, 2, *keep])
+        gc.freeze()
+        asyncio.events._set_running_loop(None)
+        code = target()
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            logger.exception("%s process failed", name, extra={"action": "process_failed"})
+    finally:
+        try:
+            logging.shutdown()
+        finally:
+            os._exit(code)
