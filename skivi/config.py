@@ -441,15 +441,23 @@ def load_config(
     the defaults. ``env`` defaults to ``os.environ``. ``overrides`` maps dotted keys to values;
     None values are skipped so CLI flags that were not given can be passed as they are.
 
+    The environment overrides a FILE (and the defaults). A dict or Config given in code is
+    explicit: there the environment only fills the keys it leaves out (so
+    ``{"database": {"schema_name": "x"}}`` still takes its URL from ``DATABASE_URL``, but a
+    stray ``SKIVI_SCHEMA`` never moves code that names its schema).
+
     Raises :class:`~skivi.errors.ConfigError` listing every problem found.
     """
     raw = _read_source(source)
+    in_code = isinstance(source, Mapping | Config)
     problems: _Problems = []
     origins: dict[str, str] = {}
-    for key, value, origin in [
-        *_from_env(os.environ if env is None else env, problems),
-        *_from_overrides(overrides or {}, problems),
-    ]:
+    for key, value, origin in _from_env(os.environ if env is None else env, problems):
+        if in_code and _present(raw, key):
+            continue
+        if _assign(raw, key, value):
+            origins[key] = origin
+    for key, value, origin in _from_overrides(overrides or {}, problems):
         if _assign(raw, key, value):
             origins[key] = origin
     config: Config = _convert(raw, Config, "", problems)
@@ -554,6 +562,16 @@ def _from_overrides(
         else:
             problems.append((key, _unknown(key, _settings(), "key")))
     return found
+
+
+def _present(raw: Mapping[str, Any], key: str) -> bool:
+    """Whether the raw tree sets the dotted key."""
+    table: Any = raw
+    for part in key.split("."):
+        if not isinstance(table, Mapping) or part not in table:
+            return False
+        table = table[part]
+    return True
 
 
 def _assign(raw: dict[str, Any], key: str, value: Any) -> bool:

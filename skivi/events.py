@@ -19,10 +19,14 @@ type                        when, and its data fields
                             failed as crashes and a new child was forked in its place.
                             ``index`` (child slot), ``pid`` (the dead child),
                             ``status`` (e.g. "killed by SIGKILL"), ``jobs_failed``
-``cron/fired``              the cron scheduler handled one tick of an entry.
-                            ``identifier``, ``task``, ``fire_at`` (epoch seconds of the
-                            tick), ``outcome`` ("enqueued", or "skipped" when the previous
-                            fire's job was still pending), ``job_id`` (or None)
+``cron/fired``              the cron process sent one tick of an entry to the database
+                            (``skivi.engine.scheduler``). ``identifier``, ``task``, ``ts``
+                            (the tick, ISO 8601 UTC), ``backfilled`` (a missed tick fired
+                            late, within the entry's backfill window), ``skipped``,
+                            ``reason`` ("fired": a job was enqueued; "already_fired": another
+                            engine's scheduler had fired it; "previous_run_active": the
+                            previous run's job still holds the entry's job key), ``job_id``
+                            (the job enqueued, or the previous run's; None if already_fired)
 ``db/connection-lost``      one of the engine parent's database connections broke or
                             cannot be opened. ``connection`` (its name, e.g.
                             "skivi-claim"), ``error`` (the error text)

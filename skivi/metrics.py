@@ -31,8 +31,12 @@ skivi_jobs_rescued_total            outcome                   jobs of dead engin
                                                               exhausted
 skivi_child_replacements_total                                child processes that died and were
                                                               replaced
-skivi_cron_fires_total              identifier, outcome       cron ticks handled: enqueued or
-                                                              skipped
+skivi_cron_fires_total              identifier, outcome       cron ticks this engine's cron
+                                                              process sent to the database, by
+                                                              outcome: fired (job enqueued),
+                                                              already_fired (another engine
+                                                              won the tick),
+                                                              previous_run_active (skipped)
 skivi_db_connection_losses_total    connection                times a parent connection broke
 skivi_event_handler_errors_total                              event handlers that raised
 ==================================  ========================  ================================
@@ -296,8 +300,9 @@ class EngineMetrics:
         self.child_replacements = Counter("skivi_child_replacements_total",
                                           "Child processes that died and were replaced.",
                                           registry=r)
-        self.cron_fires = Counter("skivi_cron_fires_total", "Cron ticks handled, by entry and "
-                                  "outcome (enqueued, skipped).", ["identifier", "outcome"],
+        self.cron_fires = Counter("skivi_cron_fires_total", "Cron ticks sent to the database, by "
+                                  "entry and outcome (fired, already_fired, "
+                                  "previous_run_active).", ["identifier", "outcome"],
                                   registry=r)
         self.connection_losses = Counter("skivi_db_connection_losses_total",
                                          "Times a parent database connection broke.",

@@ -217,14 +217,13 @@ class EngineObserver:
 
     # -- cron ------------------------------------------------------------------------
     def cron_fired(self, event: Mapping[str, Any]) -> None:
-        """The scheduler handled a tick: ``event`` has the cron/fired fields (identifier,
-        task, fire_at, outcome, job_id)."""
-        data = dict(event)
-        data.setdefault("outcome", "enqueued")
+        """The cron process handled a tick: ``event`` is its cron/fired event as the
+        scheduler sends it (``{"type": "cron/fired", "data": {...}}``) or just its data."""
+        data = dict(event["data"] if "data" in event and "type" in event else event)
         self.emitter.emit(EventKind.CRON_FIRED, data)
         if self.metrics is not None:
-            self.metrics.cron_fires.labels(str(data.get("identifier")),
-                                           str(data["outcome"])).inc()
+            self.metrics.cron_fires.labels(str(data.get("identifier", "")),
+                                           str(data.get("reason", "fired"))).inc()
 
 
 class QueueStatsPoller:

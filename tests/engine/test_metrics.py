@@ -19,7 +19,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -146,10 +145,11 @@ async def _harness(url: str, out: Path) -> None:
         observer.connection_regained("skivi-complete")
         observer.child_replaced(1, 4242, "killed by SIGKILL", 1)
         observer.rescued([engine_id + 1000], 2, 1)
-        observer.cron_fired({"identifier": "nightly", "task": "noop", "fire_at": time.time(),
-                             "outcome": "enqueued", "job_id": 1})
-        observer.cron_fired({"identifier": "nightly", "task": "noop", "fire_at": time.time(),
-                             "outcome": "skipped", "job_id": None})
+        for reason in ("fired", "previous_run_active"):  # as the cron process sends them
+            observer.cron_fired({"type": "cron/fired", "data": {
+                "identifier": "nightly", "task": "noop", "ts": "2026-01-01T02:00:00Z",
+                "backfilled": False, "skipped": reason != "fired", "reason": reason,
+                "job_id": 1}})
         completed = 0
         next_id = 1
         # Spread over a few seconds, so Prometheus (1 s scrapes) sees the counters move.

@@ -115,13 +115,23 @@ def test_concurrency_rejected_when_zero() -> None:
     ]
 
 
-def test_config_source_gets_env_and_overrides_when_passed_a_config() -> None:
+def test_config_source_keeps_its_values_over_env_but_not_overrides_when_passed_a_config(
+) -> None:
     base = load_config({"worker": {"processes": 3, "concurrency": 5}}, env={})
     loaded = load_config(
         base, env={"SKIVI_PROCESSES": "4"}, overrides={"database.schema_name": "other"}
     )
-    assert (loaded.worker.processes, loaded.worker.concurrency) == (4, 5)
+    assert (loaded.worker.processes, loaded.worker.concurrency) == (3, 5)
     assert loaded.database.schema_name == "other"
+
+
+def test_dict_source_takes_env_only_for_keys_it_leaves_out_when_given_in_code() -> None:
+    loaded = load_config(
+        {"database": {"schema_name": "mine"}},
+        env={"SKIVI_SCHEMA": "theirs", "DATABASE_URL": "postgresql://db/app"},
+    )
+    assert loaded.database.schema_name == "mine"
+    assert loaded.database.connection_string == "postgresql://db/app"
 
 
 def test_config_source_revalidated_when_built_by_hand() -> None:

@@ -295,8 +295,9 @@ def test_observer_events_are_catalogued_when_every_method_is_called() -> None:
     observer.connection_lost("skivi-claim", OSError("still gone"))  # no second event
     observer.connection_regained("skivi-claim")
     observer.connection_regained("skivi-claim")  # was not lost: no event
-    observer.cron_fired({"identifier": "daily", "task": "report", "fire_at": 1.0,
-                         "outcome": "enqueued", "job_id": 9})
+    observer.cron_fired({"type": "cron/fired", "data": {
+        "identifier": "daily", "task": "report", "ts": "2026-01-01T02:00:00Z",
+        "backfilled": False, "skipped": False, "reason": "fired", "job_id": 9}})
     observer.claimed(3)
     observer.dispatched(3)
     observer.set_gauges(1, 8, 2)
@@ -307,6 +308,7 @@ def test_observer_events_are_catalogued_when_every_method_is_called() -> None:
     assert emitter.of("db/connection-lost") == [{"connection": "skivi-claim",
                                                  "error": "gone"}]
     assert emitter.of("pool/stop")[0]["completed"] == 3
+    assert emitter.of("cron/fired")[0]["reason"] == "fired"
     # Every event survives a trip through JSON (the forwarding pipe).
     assert orjson.loads(orjson.dumps(emitter.events)) == emitter.events
 
