@@ -75,7 +75,9 @@ writing every batch of events to a pipe; in the application an :class:`EventRece
 handlers run in the application, exactly once, whenever they were registered, on that
 thread. The pipe never blocks the engine: when the application does not keep up, whole
 batches are dropped and counted (``EventForwarder.dropped``). With ``python -m skivi.engine``
-there is no application: the engine's own emitter is the one the exporter subscribes to.
+there is no application: handlers on that system's emitter run in the engine's parent. The
+Prometheus exporter does not depend on subscribers: the engine's observer feeds it directly
+(``skivi.engine.observer``, ``skivi.metrics``).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,8 +192,8 @@ class Harness:
 
     def done(self) -> dict[str, Any]:
         path = self.out / "done"
-        wait_for(lambda: path.exists() and path.read_text(), timeout=60,
-                 what=f"the harness to finish ({self.log()})")
+        _wait_for(lambda: path.exists() and path.read_text(), 60, "the harness to finish",
+                  self.log)
         result: dict[str, Any] = json.loads(path.read_text())
         return result
 
@@ -304,7 +304,7 @@ class Prometheus:
                 [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
                  f"--web.listen-address=127.0.0.1:{self.port}"],
                 stdout=log, stderr=log, cwd=tmp)
-        wait_for(self._ready, timeout=60, what=f"Prometheus to be ready ({self.log()})")
+        _wait_for(self._ready, 60, "Prometheus to be ready", self.log)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-3000:]
@@ -388,9 +388,8 @@ def test_every_dashboard_and_alert_expression_returns_data_when_prometheus_scrap
         harness: Harness, prometheus_factory: Any) -> None:
     prom: Prometheus = prometheus_factory([f"127.0.0.1:{harness.port}"])
     totals = harness.done()
-    wait_for(lambda: prom.value('sum(skivi_jobs_total{outcome="completed"})')
-             == totals["completed"], timeout=60,
-             what=f"Prometheus to scrape every completion ({prom.log()})")
+    _wait_for(lambda: prom.value('sum(skivi_jobs_total{outcome="completed"})')
+              == totals["completed"], 60, "Prometheus to scrape every completion", prom.log)
     # rate() needs two samples in its window: let a few more scrapes land.
     wait_for(lambda: (prom.value("count_over_time(skivi_build_info[1m])") or 0) >= 4,
              timeout=30, what="a few scrapes")
@@ -503,6 +502,15 @@ def test_application_handlers_get_the_engines_events_when_the_system_started_it(
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+def _wait_for(predicate: Callable[[], object], timeout: float, what: str,
+              log: Callable[[], str]) -> None:
+    """``wait_for``, with the end of a process's log in the failure message."""
+    try:
+        wait_for(predicate, timeout=timeout, what=what)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- log ---\n{log()}") from None
+
 
 def _get(url: str, timeout: float = 10) -> str:
     with urllib.request.urlopen(url, timeout=timeout) as response:

@@ -63,8 +63,8 @@ with unqueued as (
         locked_at = now(),
         attempts = j.attempts + 1,
         lease = j.lease + 1
-    from chosen
-    where j.id = chosen.id and j.locked_by is null
+    -- By primary key: a join with chosen may be planned as a scan of the whole table.
+    where j.id = any(array(select chosen.id from chosen)) and j.locked_by is null
     returning j.id, j.lease, j.task_identifier, j.payload, j.queue_name, j.priority, j.run_at,
               j.attempts, j.max_attempts, j.key, j.flags, j.created_at
 ), queue_locks as (

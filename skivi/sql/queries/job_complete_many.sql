@@ -7,10 +7,16 @@
 --
 -- Parameters: %(engine)s; %(ids)s bigint[]; %(leases)s bigint[] (pairwise); %(history)s bool.
 -- Returns the ids actually completed (a missing id was stale: rescued or already finished).
+--
+-- Plan shape: each (id, lease) pair is looked up by primary key. The engine test is written
+-- "is not distinct from" so that no index on running jobs can serve it: after an ANALYZE
+-- that saw no running job, the planner would otherwise drive the batch from such an index
+-- and compare every running job of the table with every id of the batch.
 with done as (
     delete from {schema}.job j
     using unnest(%(ids)s::bigint[], %(leases)s::bigint[]) as u(id, lease)
-    where j.id = u.id and j.lease = u.lease and j.locked_by = %(engine)s
+    where j.id = u.id and j.lease = u.lease
+      and j.locked_by is not distinct from %(engine)s
     returning j.*
 ), freed as (
     update {schema}.job_queue q

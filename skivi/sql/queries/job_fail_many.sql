@@ -6,7 +6,8 @@
 -- (no handler, superseded), is exhausted: deleted and recorded in job_history with its
 -- error and reason. Serial queues are freed either way.
 --
--- Guard: only rows still claimed by this engine under the same lease.
+-- Guard: only rows still claimed by this engine under the same lease. Found by primary key,
+-- never through an index on running jobs (see job_complete_many.sql).
 -- Parameters: %(engine)s; pairwise arrays %(ids)s bigint[], %(leases)s bigint[],
 -- %(errors)s text[], %(delays)s float8[] (seconds), %(finals)s text[] (null, or the reason
 -- for exhausting now), %(payloads)s text[] (null, or the JSON payload to keep).
@@ -25,13 +26,15 @@ with u as materialized (
         payload = coalesce(u.payload::jsonb, j.payload),
         updated_at = now()
     from u
-    where j.id = u.id and j.lease = u.lease and j.locked_by = %(engine)s
+    where j.id = u.id and j.lease = u.lease
+      and j.locked_by is not distinct from %(engine)s
       and u.final is null and j.attempts < j.max_attempts
     returning j.id, j.queue_name
 ), exhausted as (
     delete from {schema}.job j
     using u
-    where j.id = u.id and j.lease = u.lease and j.locked_by = %(engine)s
+    where j.id = u.id and j.lease = u.lease
+      and j.locked_by is not distinct from %(engine)s
       and (u.final is not null or j.attempts >= j.max_attempts)
     returning j.*, u.error, coalesce(u.final, 'max_attempts') as reason,
               coalesce(u.payload::jsonb, j.payload) as final_payload
