@@ -28,12 +28,16 @@ class Reconnecting:
     def __init__(self, url: str, name: str, *, connect_timeout: float = 10.0,
                  max_delay: float = 2.0,
                  on_connect: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]]
-                 | None = None) -> None:
+                 | None = None,
+                 on_lost: Callable[[str, BaseException | str], None] | None = None,
+                 on_connected: Callable[[str], None] | None = None) -> None:
         self.url = url
         self.name = name
         self.connect_timeout = connect_timeout
         self.max_delay = max_delay
         self.on_connect = on_connect
+        self.on_lost = on_lost
+        self.on_connected = on_connected
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._lock = asyncio.Lock()
         self.reconnects = 0
@@ -59,11 +63,15 @@ class Reconnecting:
                     if self.on_connect is not None:
                         await self.on_connect(conn)
                     self._conn = conn
+                    if self.on_connected is not None:
+                        self.on_connected(self.name)
                     if self.reconnects:
                         logger.info("%s: reconnected", self.name,
                                     extra={"action": "reconnect"})
                     self.reconnects += 1
                 except psycopg.Error as exc:
+                    if self.on_lost is not None:
+                        self.on_lost(self.name, exc)
                     logger.warning("%s: cannot connect (%s); retrying in %.2fs", self.name,
                                    exc, delay, extra={"action": "reconnect_failed"})
                     await asyncio.sleep(delay * (0.5 + random.random()))
@@ -78,6 +86,9 @@ class Reconnecting:
         if conn.closed or conn.broken or conn.info.transaction_status not in (
                 psycopg.pq.TransactionStatus.IDLE,):
             self._conn = None
+            if self.on_lost is not None:
+                self.on_lost(self.name, "connection broken" if conn.closed or conn.broken
+                             else "connection left in a transaction")
             if not conn.closed:
                 asyncio.get_running_loop().create_task(self._close_quietly(conn))
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -36,12 +37,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from skivi.engine import handoff, process
+from skivi.engine import EXIT_CONFIG, handoff, process
 from skivi.engine.child import child_main
 from skivi.engine.completer import Completer
 from skivi.engine.connection import Reconnecting
 from skivi.engine.fetcher import ClaimedJob, Fetcher
 from skivi.engine.maintenance import Liveness
+from skivi.engine.observer import EngineObserver, QueueStatsPoller
 from skivi.retry import DEFAULT_BACKOFF
 
 if TYPE_CHECKING:
@@ -112,11 +114,20 @@ class Engine:
         self.sync_threads = w.sync_threads
         self.shutdown_timeout = w.shutdown_timeout
         self.stats = EngineStats()
+        # Events always; metrics, the exporter and the queue-stats poll only with metrics.port.
+        self.metrics: Any = None
+        self._exporter: Any = None
+        if cfg.metrics.port:
+            from skivi.metrics import EngineMetrics
+
+            self.metrics = EngineMetrics(_version(), system.emitter)
+        self.observer = EngineObserver(system.emitter, self.metrics)
+        self._claimed_seen = 0
         self.children: list[ChildHandle] = []
         self.cron: CronHandle | None = None
         self.cron_restarts = 0
         self.cron_events = 0
-        self.on_cron_event: Callable[[dict[str, Any]], None] | None = None
+        self.on_cron_event: Callable[[dict[str, Any]], None] | None = self.observer.cron_fired
         self.stopping = False
         self.fast = False
         self.exit_code = 0
@@ -126,11 +137,23 @@ class Engine:
         self._stop_requested = asyncio.Event()
         url = system.database_url
         timeout = cfg.database.connect_timeout
-        self.claim_db = Reconnecting(url, "skivi-claim", connect_timeout=timeout)
-        self.complete_db = Reconnecting(url, "skivi-complete", connect_timeout=timeout)
-        self.listen_db = Reconnecting(url, "skivi-listen", connect_timeout=timeout)
-        self.live_db = Reconnecting(url, "skivi-liveness", connect_timeout=timeout)
+
+        def connection(name: str) -> Reconnecting:
+            return Reconnecting(url, name, connect_timeout=timeout,
+                                on_lost=self.observer.connection_lost,
+                                on_connected=self.observer.connection_regained)
+
+        self.claim_db = connection("skivi-claim")
+        self.complete_db = connection("skivi-complete")
+        self.listen_db = connection("skivi-listen")
+        self.live_db = connection("skivi-liveness")
         q = system.queries
+        self.stats_db: Reconnecting | None = None
+        self.stats_poller: QueueStatsPoller | None = None
+        if self.metrics is not None:
+            self.stats_db = connection("skivi-stats")
+            self.stats_poller = QueueStatsPoller(self.stats_db, q, self.metrics,
+                                                 lambda: self.liveness.engine_id)
         self.liveness = Liveness(
             self.live_db, q, version=_version(), heartbeat_interval=w.heartbeat_interval,
             lease_timeout=w.lease_timeout, rescue_interval=w.rescue_interval,
@@ -146,13 +169,23 @@ class Engine:
             batch_size=w.batch_size, poll_interval=w.poll_interval,
             capacity=lambda: sum(c.capacity for c in self.children if not c.stopping),
             in_flight=self.in_flight, paused=lambda: self.completer.backpressure,
-            on_claimed=self.dispatch, flushes=lambda: self.completer.flushes, tasks=tasks,
+            on_claimed=self._on_claimed, flushes=lambda: self.completer.flushes, tasks=tasks,
             forbidden_flags=list(w.forbidden_flags) or None,
             queues=list(w.queues) if w.queues is not None else None)
 
     # -- lifecycle -------------------------------------------------------------------
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        if self.metrics is not None:
+            from skivi.metrics import start_exporter
+
+            m = self.system.config.metrics
+            try:
+                self._exporter = start_exporter(m.host, m.port, self.metrics.registry)
+            except OSError as exc:
+                logger.error("cannot serve metrics on %s:%d: %s", m.host, m.port, exc,
+                             extra={"action": "start_exporter_failed"})
+                return EXIT_CONFIG
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         try:
@@ -164,6 +197,9 @@ class Engine:
             self.liveness.start()
             self.completer.start()
             self.fetcher.start()
+            if self.stats_poller is not None:
+                self.stats_poller.start()
+            self.observer.pool_start(self.liveness.engine_id, self.processes, self.concurrency)
             logger.info("engine %d started: %d processes x %d concurrency, schema %s",
                         self.liveness.engine_id, self.processes, self.concurrency,
                         self.system.schema, extra={"action": "start_engine"})
@@ -210,6 +246,7 @@ class Engine:
             ("stop children", self._stop_children),
             ("flush completions", self._flush),
             ("stop liveness", self.liveness.stop),
+            ("stop queue stats", self._stop_stats),
             ("deregister", self.liveness.deregister),
             ("close connections", self._close),
         ]
@@ -223,6 +260,16 @@ class Engine:
         logger.info("engine %d stopped: %d completed, %d failed, %d exhausted",
                     self.liveness.engine_id, self.stats.completed, self.stats.failed,
                     self.stats.exhausted, extra={"action": "stop_engine"})
+        self.observer.pool_stop(self.liveness.engine_id, dataclasses.asdict(self.stats))
+        if self._exporter is not None:
+            from skivi.metrics import stop_exporter
+
+            stop_exporter(self._exporter)
+            self._exporter = None
+
+    async def _stop_stats(self) -> None:
+        if self.stats_poller is not None:
+            await self.stats_poller.stop()
 
     async def _stop_claiming(self) -> None:
         await self.fetcher.stop()
@@ -266,8 +313,10 @@ class Engine:
     async def _close(self) -> None:
         for t in self._aux:
             t.cancel()
-        for db in (self.claim_db, self.complete_db, self.listen_db, self.live_db):
-            await db.close()
+        for db in (self.claim_db, self.complete_db, self.listen_db, self.live_db,
+                   self.stats_db):
+            if db is not None:
+                await db.close()
         self._done.set()
 
     # -- children --------------------------------------------------------------------
@@ -430,17 +479,21 @@ class Engine:
         buffer = self.fetcher.buffer
         if not buffer:
             return
+        handed = 0
         for child in sorted(self.children, key=lambda c: -c.free):
             free = child.free
             if free <= 0 or child.exited:
                 continue
             n = min(free, len(buffer))
+            handed += n
             jobs = [buffer.popleft() for _ in range(n)]
             for j in jobs:
                 child.in_flight[j[0]] = j
             self._send(child, handoff.encode_jobs([j[2] for j in jobs]))
             if not buffer:
                 break
+        if handed:
+            self.observer.dispatched(handed)
         if self.fetcher.room() > 0:
             self.fetcher.wake()
 
@@ -490,6 +543,9 @@ class Engine:
         child's other jobs as a crash, and the child is replaced."""
         while not self._done.is_set():
             await asyncio.sleep(0.1)
+            live = [c for c in self.children if not c.exited]
+            self.observer.set_gauges(self.in_flight(),
+                                     sum(c.capacity for c in live if not c.stopping), len(live))
             now = time.monotonic()
             for child in self.children:
                 if child.exited or not child.deadlines or child.timed_out:
@@ -538,6 +594,7 @@ class Engine:
             logger.error("child %d (pid %d) died (%s) with %d jobs in flight; replacing it",
                          child.index, child.pid, status, len(child.in_flight),
                          extra={"action": "replace_child"})
+            self.observer.child_replaced(child.index, child.pid, status, len(child.in_flight))
             child.in_flight.clear()
             self._spawn(child.index)
             self.dispatch()
@@ -556,8 +613,9 @@ class Engine:
                 delay = backoff.delay(m[7])
             else:
                 text = f"{why} while this job ran"
+            # wait_seconds None: the child never said when the job started.
             results.append([job_id, lease, handoff.RESULT_FAILED, m[2], m[4], 0.0,
-                            text, delay, None, None, 0.0])
+                            text, delay, None, None, None])
         self.completer.add(results)
 
     # -- observers -------------------------------------------------------------------
@@ -574,9 +632,17 @@ class Engine:
             else:
                 s.failed += 1
         s.stale += len(failed) - len(outcomes)
+        self.observer.flushed(completed, failed, done_ids, outcomes)
+
+    def _on_claimed(self) -> None:
+        claimed = self.fetcher.claimed
+        self.observer.claimed(claimed - self._claimed_seen)
+        self._claimed_seen = claimed
+        self.dispatch()
 
     def _on_rescued(self, engines: list[int], retried: int, exhausted: int) -> None:
         self.stats.rescued += retried + exhausted
+        self.observer.rescued(engines, retried, exhausted)
         self.fetcher.wake()
 
 
