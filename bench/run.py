@@ -227,6 +227,7 @@ def engine_main(argv: Sequence[str]) -> int:
     p.add_argument("--expect", type=int, default=0)
     p.add_argument("--latency-file")
     p.add_argument("--log-level", default="WARNING")
+    p.add_argument("--metrics-port", type=int, default=0)
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="engine: %(levelname)s %(name)s: %(message)s")
@@ -235,6 +236,7 @@ def engine_main(argv: Sequence[str]) -> int:
         "database": {"connection_string": args.database_url, "schema_name": args.schema},
         "worker": {"processes": args.processes, "concurrency": args.concurrency,
                    "batch_size": args.batch_size, "sync_threads": args.sync_threads},
+        "metrics": {"port": args.metrics_port},
     }, env={})
     system = create_system(config, {kind: make_handler(kind, ms)})
     return uvloop.run(_engine_async(system, args))
@@ -256,7 +258,8 @@ class EngineProcess:
                "--database-url", opts.url, "--schema", opts.schema, "--task", opts.task,
                "--processes", str(opts.processes or 0), "--concurrency", str(opts.concurrency),
                "--batch-size", str(opts.batch_size), "--sync-threads", str(opts.sync_threads),
-               "--expect", str(expect), "--log-level", opts.engine_log_level]
+               "--expect", str(expect), "--log-level", opts.engine_log_level,
+               "--metrics-port", str(opts.metrics_port)]
         if once:
             cmd.append("--once")
         if latency_file:
@@ -354,6 +357,7 @@ class Options:
     timeout: float
     engine_log_level: str
     vacuum: bool
+    metrics_port: int
 
     @property
     def task_kind(self) -> str:
@@ -417,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "planner then has no statistics about it)")
     p.add_argument("--timeout", type=float, default=900.0,
                    help="give up on an engine run after this many seconds")
+    p.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
+                   help="run the engine with its Prometheus exporter on PORT (0: off), to "
+                        "measure what metrics cost")
     p.add_argument("--engine-log-level", default="WARNING", type=str.upper,
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="log level of the engine subprocess (its log goes to stderr)")
@@ -462,6 +469,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         payload_bytes=a.payload_bytes, task=a.task, repeat=a.repeat, json_path=a.json,
         backlog=a.backlog, compare=a.compare, keep=a.keep, chunk=a.chunk, bulk=a.bulk,
         floor=a.floor, timeout=a.timeout, engine_log_level=a.engine_log_level,
+        metrics_port=a.metrics_port,
         vacuum=a.vacuum)
 
 
@@ -629,7 +637,8 @@ def print_settings(opts: Options, env: dict[str, Any]) -> None:
     if opts.scenario != "enqueue":
         print(f"  engine {procs} processes{'' if opts.processes else ' (CPU count)'} x "
               f"{opts.concurrency} concurrency, claim batch {opts.batch_size}, sync threads "
-              f"{opts.sync_threads}, in a subprocess")
+              f"{opts.sync_threads}, in a subprocess; Prometheus exporter "
+              + (f"on port {opts.metrics_port}" if opts.metrics_port else "off"))
     print(f"  task {opts.task}, payload padding {opts.payload_bytes} B, repeat {opts.repeat}")
     if opts.scenario in ("drain", "backlog"):
         print(f"  jobs {opts.jobs:,}, enqueued with add_jobs in chunks of {opts.chunk:,}"
