@@ -145,43 +145,43 @@ class System:
         self.started = True
 
     def _fork_engine(self) -> int:
-        # --- events (issue 6): the engine process forwards its events over a pipe ---
+        """Fork the engine process. It keeps the application's file descriptors (its log
+        files, say) but not the sockets of this system's pools, drains (SIGTERM) if the
+        application dies, and forwards its events to the application over a pipe."""
         read_fd, write_fd = os.pipe()
-        # --- end events ---
+        app_pid = os.getpid()
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid:
-            # --- events ---
             os.close(write_fd)
             self._event_receiver = EventReceiver(read_fd, self.emitter)
             self._event_receiver.start()
-            # --- end events ---
             return pid
-        # --- events: the application's handlers run in the application (once, on its
-        # receiver thread), so the engine gets a fresh emitter whose only subscriber
-        # forwards to it ---
+        # The application's handlers run in the application (once, on its receiver
+        # thread), so the engine gets a fresh emitter whose only subscriber forwards.
         os.close(read_fd)
         forwarder = EventForwarder(write_fd)
         self.emitter = Emitter(self.config.events.buffer_size)
         self.emitter.on_batch(forwarder)
         self._event_receiver = None
-        # --- end events ---
         code = 1
         try:
             from skivi.engine import run
+            from skivi.engine.process import die_with_parent
 
+            die_with_parent(signal.SIGTERM)
+            if os.getppid() != app_pid:  # the application died before prctl took effect
+                os.kill(os.getpid(), signal.SIGTERM)
             for fd in self._connection_fds():
-                try:
+                with contextlib.suppress(OSError):
                     os.close(fd)
-                except OSError:
-                    pass
             self.forget_connections()
             code = run(self)
         except BaseException:
             logger.exception("engine process failed", extra={"action": "engine_failed"})
         finally:
-            forwarder.close()  # events (issue 6): the last batches, pool/stop included
+            forwarder.close()  # the last batches, pool/stop included
             logging.shutdown()
             os._exit(code)
 

@@ -27,7 +27,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterable
 
-__all__ = ["fork"]
+__all__ = ["die_with_parent", "fork"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +35,11 @@ PR_SET_PDEATHSIG = 1
 MAX_FD = 65536
 
 
-def _die_with_parent() -> None:
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Ask the kernel to send ``sig`` to this process when its parent dies (Linux)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        libc.prctl(PR_SET_PDEATHSIG, sig)
     except (OSError, AttributeError):  # not Linux: closed pipes still stop the process
         pass
 
@@ -62,7 +63,7 @@ def fork(name: str, target: Callable[[], int], keep: Iterable[int]) -> int:
         return pid
     code = 1
     try:
-        _die_with_parent()
+        die_with_parent()
         signal.set_wakeup_fd(-1)
         _close_all_but([0, 1, 2, *keep])
         gc.freeze()
