@@ -23,6 +23,7 @@ backlog.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -41,6 +42,7 @@ __all__ = ["ClaimedJob", "Fetcher"]
 logger = logging.getLogger(__name__)
 
 ClaimedJob = tuple[int, int, bytes]  # (id, lease, message)
+CLAIM_FINISH_TIMEOUT = 5.0
 
 
 class Fetcher:
@@ -98,11 +100,19 @@ class Fetcher:
             self._tasks.append(loop.create_task(self._listen(), name="listener"))
 
     async def stop(self) -> None:
+        """Stop claiming. A claim already sent is let finish (up to CLAIM_FINISH_TIMEOUT):
+        cancelling it could leave jobs claimed by this engine that nobody knows about,
+        to be rescued later with an attempt spent."""
         self.stopped = True
         self._wake.set()
         if self._timer is not None:
             self._timer.cancel()
-        await cancel_and_wait(self._tasks)
+        if self._tasks:
+            claim_loop, *others = self._tasks
+            await cancel_and_wait(others)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(claim_loop), CLAIM_FINISH_TIMEOUT)
+            await cancel_and_wait([claim_loop])
         self._tasks.clear()
 
     def take_all(self) -> list[ClaimedJob]:
