@@ -209,19 +209,13 @@ class System:
         """Stop the engine (graceful: SIGTERM, then wait up to the shutdown timeout plus a
         margin, then SIGKILL) and close connections. Idempotent. Returns the engine's exit
         code, or None if no engine ran."""
-
-
-
-
         code: int | None = None
         pid, self._engine_pid = self._engine_pid, None
         if pid is not None:
             if timeout is None:
                 timeout = self.config.worker.shutdown_timeout + 15.0
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             deadline = time.monotonic() + timeout
             while True:
                 done, status = os.waitpid(pid, os.WNOHANG)
@@ -234,12 +228,11 @@ class System:
                     code = os.waitstatus_to_exitcode(status)
                     break
                 time.sleep(0.01)
-        # --- events (issue 6): deliver what the engine sent before it exited ---
+        # Deliver what the engine sent before it exited (pool/stop included).
         receiver, self._event_receiver = self._event_receiver, None
         if receiver is not None and not receiver.join(EVENTS_DRAIN_TIMEOUT):
             logger.warning("engine events still arriving after %.0fs; not waiting",
                            EVENTS_DRAIN_TIMEOUT, extra={"action": "drain_events"})
-        # --- end events ---
         self.started = False
         self.close()
         return code
