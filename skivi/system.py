@@ -61,12 +61,10 @@ class System:
         self._registry: TaskRegistry | None = None
         self._engine_pid: int | None = None
         self.started = False
-        # --- events (issue 6) ---
         self.emitter = Emitter(config.events.buffer_size)
         """This system's events (``skivi.monitoring.on(system.emitter, ...)``); in an
         application, those of the engine that ``start()`` forked arrive here too."""
         self._event_receiver: EventReceiver | None = None
-        # --- end events ---
 
     def registry(self) -> TaskRegistry:
         """The task registry: files of worker.task_directory (alphabetical order), then the
