@@ -51,17 +51,28 @@ class Queries:
 
     cron_fire: bytes
     cron_known: bytes
+    cron_list: bytes
     engine_deregister: bytes
     engine_heartbeat: bytes
+    engine_list: bytes
     engine_register: bytes
     engine_relock: bytes
     job_claim: bytes
     job_complete_many: bytes
+    job_count_by_queue: bytes
     job_fail_many: bytes
+    job_history_list: bytes
+    job_history_prune: bytes
+    job_history_retry_many: bytes
     job_insert_keyed_many: bytes
     job_insert_many: bytes
+    job_list: bytes
+    job_permanently_fail_many: bytes
     job_release_many: bytes
+    job_remove_many: bytes
+    job_reschedule_many: bytes
     job_rescue: bytes
+    job_retry_many: bytes
     job_stats: bytes
     migration_applied: bytes
     migration_bootstrap: bytes

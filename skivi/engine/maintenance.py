@@ -15,6 +15,12 @@ are then refused by the guards, which is right, since those jobs run again elsew
 Rescue. Every worker.rescue_interval, job_rescue.sql makes the jobs of dead engines (lock
 free, heartbeat older than their lease, or no engine row at all) runnable again. Any engine
 may run it; SKIP LOCKED on the dead engines' rows makes concurrent rescuers safe.
+
+History pruning. ``HistoryPruner`` deletes job_history rows (completed and exhausted jobs)
+older than worker.history_retention, in bounded batches, on one engine at a time: each round
+is one statement (job_history_prune.sql) that deletes only if it gets a transaction-level
+advisory lock, so the engines that lose the race that round read nothing and wait for the
+next.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from skivi.db.queries import Queries
 from skivi.engine.connection import Reconnecting
 from skivi.engine.lifecycle import cancel_and_wait
 
-__all__ = ["Liveness"]
+__all__ = ["HistoryPruner", "Liveness"]
 
 logger = logging.getLogger(__name__)
 
@@ -150,3 +156,83 @@ class Liveness:
             except psycopg.Error as exc:
                 self.db.broken()
                 logger.warning("rescue failed: %s", exc, extra={"action": "rescue_failed"})
+
+
+class HistoryPruner:
+    """Deletes history older than ``retention`` seconds, one engine at a time.
+
+    Every ``interval`` seconds a round runs job_history_prune.sql: one statement, its own
+    transaction (the connection is autocommit), that takes the transaction-level advisory
+    lock (``LOCK_CLASS``, hashtext(schema)) with ``pg_try_advisory_xact_lock`` and, only if it
+    got it, deletes up to ``batch_size`` of the oldest expired rows. A round that comes back
+    full runs the next one at once, so a backlog (a retention just shortened, an engine down
+    for days) is caught up in short transactions instead of one long one; otherwise the
+    pruner sleeps ``interval``. When another engine holds the lock, the round deletes nothing.
+
+    Lifecycle (skivi.engine.lifecycle): ``start()`` returns once the loop task runs (its
+    first round starts at once); ``stop()`` is idempotent, safe before ``start()``, and
+    returns once the task is gone. A failed round is logged and retried after ``interval``.
+    """
+
+    LOCK_CLASS = 0x736B7670
+    """The advisory-lock class of history pruning ('skvp'), in the high 32 bits of the
+    single-bigint key (see job_history_prune.sql)."""
+
+    BATCH_SIZE_DEFAULT = 10000
+
+    def __init__(self, db: Reconnecting, queries: Queries, retention: float,
+                 interval: float = 60.0, *, batch_size: int = BATCH_SIZE_DEFAULT) -> None:
+        if retention <= 0:
+            raise ValueError(f"retention must be positive seconds, got {retention!r}")
+        if interval <= 0:
+            raise ValueError(f"interval must be positive seconds, got {interval!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size!r}")
+        self.db = db
+        self.q = queries
+        self.retention = retention
+        self.interval = interval
+        self.batch_size = batch_size
+        self.rounds = 0
+        """Rounds run, whether or not they got the lock."""
+        self.deleted = 0
+        """History rows deleted by this pruner since it was built."""
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(),
+                                                                name="history-pruner")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            await cancel_and_wait([task])
+
+    async def prune(self) -> tuple[bool, int]:
+        """One round: (whether this pruner held the lock, rows deleted)."""
+        conn = await self.db.get()
+        cur = await conn.execute(self.q.job_history_prune, {
+            "lock_class": self.LOCK_CLASS, "schema": self.q.schema,
+            "retention": self.retention, "batch": self.batch_size})
+        row = await cur.fetchone()
+        assert row is not None
+        held, deleted = bool(row[0]), int(row[1])
+        self.rounds += 1
+        self.deleted += deleted
+        if deleted:
+            logger.info("pruned %d history rows older than %.0fs", deleted, self.retention,
+                        extra={"action": "prune_history", "deleted": deleted})
+        return held, deleted
+
+    async def _run(self) -> None:
+        while True:
+            deleted = 0
+            try:
+                _, deleted = await self.prune()
+            except psycopg.Error as exc:
+                self.db.broken()
+                logger.warning("history pruning failed: %s", exc,
+                               extra={"action": "prune_history_failed"})
+            if deleted < self.batch_size:
+                await asyncio.sleep(self.interval)

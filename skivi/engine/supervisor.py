@@ -42,7 +42,7 @@ from skivi.engine.child import child_main
 from skivi.engine.completer import Completer
 from skivi.engine.connection import Reconnecting
 from skivi.engine.fetcher import ClaimedJob, Fetcher
-from skivi.engine.maintenance import Liveness
+from skivi.engine.maintenance import HistoryPruner, Liveness
 from skivi.engine.observer import EngineObserver, QueueStatsPoller
 from skivi.retry import DEFAULT_BACKOFF
 
@@ -147,6 +147,8 @@ class Engine:
         self.complete_db = connection("skivi-complete")
         self.listen_db = connection("skivi-listen")
         self.live_db = connection("skivi-liveness")
+        # Its own connection: a failed prune round must never break the liveness lock's.
+        self.prune_db = connection("skivi-prune")
         q = system.queries
         self.stats_db: Reconnecting | None = None
         self.stats_poller: QueueStatsPoller | None = None
@@ -159,6 +161,7 @@ class Engine:
             lease_timeout=w.lease_timeout, rescue_interval=w.rescue_interval,
             processes=self.processes, concurrency=self.concurrency,
             in_flight=self.in_flight, on_rescued=self._on_rescued)
+        self.pruner = HistoryPruner(self.prune_db, q, retention=w.history_retention)
         self.completer = Completer(
             self.complete_db, q, engine_id=lambda: self.liveness.engine_id,
             batch_size=w.completion_batch_size, interval=w.completion_interval,
@@ -195,6 +198,7 @@ class Engine:
                 self._spawn_cron()
             await self.liveness.register()
             self.liveness.start()
+            await self.pruner.start()
             self.completer.start()
             self.fetcher.start()
             if self.stats_poller is not None:
@@ -246,6 +250,7 @@ class Engine:
             ("stop children", self._stop_children),
             ("flush completions", self._flush),
             ("stop liveness", self.liveness.stop),
+            ("stop history pruner", self.pruner.stop),
             ("stop queue stats", self._stop_stats),
             ("deregister", self.liveness.deregister),
             ("close connections", self._close),
@@ -314,7 +319,7 @@ class Engine:
         for t in self._aux:
             t.cancel()
         for db in (self.claim_db, self.complete_db, self.listen_db, self.live_db,
-                   self.stats_db):
+                   self.prune_db, self.stats_db):
             if db is not None:
                 await db.close()
         self._done.set()

@@ -10,7 +10,7 @@
 --   * per group, with priority fixed, run_at is a range of the index: waiting
 --     (run_at <= now()) and scheduled (run_at > now()) are counted up to %(cap)s index
 --     entries each, and the oldest runnable job is the first entry of the range;
---   * running (locked) jobs come from job_locked_by_idx: at most what live engines hold
+--   * running (locked) jobs come from job_locked_idx: at most what live engines hold
 --     (capacity plus prefetch) and what dead ones left for the rescuer; counted up to
 --     %(cap)s.
 -- Cost: O(G * (log N + cap)) index entries for G groups, N jobs; with the defaults (cap
