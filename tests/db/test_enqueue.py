@@ -375,3 +375,27 @@ def test_returned_jobs_equal_the_stored_rows_when_enqueued(system: skivi.System,
                  j.attempts, j.max_attempts, j.last_error, j.key, j.flags, j.locked_by,
                  j.locked_at, j.lease, j.created_at, j.updated_at) for j in jobs]
     assert returned == stored
+
+
+def test_bulk_add_jobs_pipelines_chunks_in_order_when_larger_than_a_chunk(
+        system: skivi.System, database: str) -> None:
+    from skivi.client import CHUNK_SIZE
+
+    n = 2 * CHUNK_SIZE + 500
+    specs: list[Any] = [{"task": "bulk", "payload": {"i": i}} for i in range(n)]
+    specs.insert(CHUNK_SIZE + 7, {"task": "keyed", "payload": {"i": -1}, "job_key": "k"})
+    jobs = skivi.add_jobs(system, specs)
+    assert [j.payload["i"] for j in jobs] == [s["payload"]["i"] for s in specs]
+    assert jobs[CHUNK_SIZE + 7].key == "k"
+    assert count_jobs(database) == n + 1
+
+
+def test_bulk_add_jobs_writes_nothing_when_a_late_spec_is_bad(system: skivi.System,
+                                                              database: str) -> None:
+    from skivi.client import CHUNK_SIZE
+
+    specs: list[Any] = [{"task": "bulk", "payload": {"i": i}} for i in range(3 * CHUNK_SIZE)]
+    specs[-1] = {"task": "bulk", "payload": {"i": math.nan}}
+    with pytest.raises(skivi.PayloadError, match="NaN"):
+        skivi.add_jobs(system, specs)
+    assert count_jobs(database) == 0
