@@ -399,3 +399,14 @@ def test_bulk_add_jobs_writes_nothing_when_a_late_spec_is_bad(system: skivi.Syst
     with pytest.raises(skivi.PayloadError, match="NaN"):
         skivi.add_jobs(system, specs)
     assert count_jobs(database) == 0
+
+
+def test_bulk_add_jobs_async_pipelines_chunks_when_larger_than_a_chunk(
+        system: skivi.System, database: str) -> None:
+    from skivi.client import CHUNK_SIZE
+
+    n = CHUNK_SIZE + 10
+    jobs = asyncio.run(skivi.add_jobs_async(
+        system, [{"task": "bulk", "payload": {"i": i}} for i in range(n)]))
+    assert [j.payload["i"] for j in jobs] == list(range(n))
+    assert count_jobs(database) == n
