@@ -1,0 +1,401 @@
+"""The database roles of docs/operations.md ("Database roles"), made by the reference script
+skivi/sql/roles.sql on a database the owner role migrated: each role can do what the guide
+says, and PostgreSQL refuses (insufficient_privilege) what it says it cannot.
+
+Roles are cluster-wide, so each test makes its own, named after this session's pid and a
+counter, and drops them (and its database) at the end.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.types.json import Jsonb
+
+import skivi
+from skivi.db.migrate import migrate
+from skivi.db.queries import Queries, channel_name, for_schema
+from tests.deploy.test_deploy import keda_query
+from tests.helpers import SCHEMA, MakeDatabase, connect
+
+REPO = Path(__file__).resolve().parents[2]
+ROLES_SQL = REPO / "skivi" / "sql" / "roles.sql"
+KINDS = ("owner", "worker", "producer", "outsider")
+PSQL = shutil.which("psql")
+INSUFFICIENT_PRIVILEGE = "42501"
+
+_counter = itertools.count(1)
+_ROLE_NAME = re.compile(rf"skivi_(?:{'|'.join(KINDS)})_(\d+)_\d+")
+
+
+def render_psql(text: str, variables: dict[str, str]) -> str:
+    """``text`` with psql's variable interpolation done: ``:"name"`` is the quoted identifier,
+    ``:'name'`` the quoted literal. Comments are dropped (psql does not interpolate there);
+    meta-commands are refused, so the script stays runnable without psql."""
+    out = []
+    for line in text.splitlines():
+        code = line.split("--", 1)[0]
+        assert not code.lstrip().startswith("\\"), f"psql meta-command in roles.sql: {line}"
+
+        def identifier(match: re.Match[str]) -> str:
+            return '"' + variables[match.group(1)].replace('"', '""') + '"'
+
+        def literal(match: re.Match[str]) -> str:
+            return "'" + variables[match.group(1)].replace("'", "''") + "'"
+
+        code = re.sub(r':"(\w+)"', identifier, code)
+        code = re.sub(r":'(\w+)'", literal, code)
+        out.append(code)
+    return "\n".join(out)
+
+
+@dataclass
+class Roles:
+    database: str
+    names: dict[str, str]
+
+    def url(self, kind: str) -> str:
+        return make_conninfo(self.database, user=self.names[kind])
+
+    def connect(self, kind: str) -> psycopg.Connection[Any]:
+        return connect(self.url(kind))
+
+    @property
+    def variables(self) -> dict[str, str]:
+        return {"schema": SCHEMA, **{k: v for k, v in self.names.items() if k != "outsider"}}
+
+
+def _drop_stale_roles(admin: psycopg.Connection[Any]) -> None:
+    """Roles left by a session that died (its pid is gone); only on a local server."""
+    host = str(conninfo_to_dict(admin.info.dsn).get("host") or "")
+    if any(h not in ("", "localhost", "127.0.0.1", "::1") and not h.startswith("/")
+           for h in host.split(",")):
+        return
+    for (name,) in admin.execute("select rolname from pg_roles where rolname like 'skivi_%'"):
+        match = _ROLE_NAME.fullmatch(name)
+        if match is None or int(match.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(match.group(1)), 0)
+        except ProcessLookupError:
+            try:
+                admin.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(name)))
+            except psycopg.Error:
+                pass
+        except PermissionError:
+            pass
+
+
+@pytest.fixture
+def roles(admin: psycopg.Connection[Any], make_database: MakeDatabase) -> Iterator[Roles]:
+    """Owner, worker, producer and a role with no grants (outsider), as the guide makes
+    them: the owner migrates an empty database, then runs roles.sql."""
+    _drop_stale_roles(admin)
+    suffix = f"{os.getpid()}_{next(_counter)}"
+    names = {kind: f"skivi_{kind}_{suffix}" for kind in KINDS}
+    created: list[str] = []
+    url = make_database(template=None)
+    dbname = conninfo_to_dict(url)["dbname"]
+    try:
+        for name in names.values():
+            admin.execute(sql.SQL("create role {} login").format(sql.Identifier(name)))
+            created.append(name)
+        admin.execute(sql.SQL("grant create on database {} to {}").format(
+            sql.Identifier(str(dbname)), sql.Identifier(names["owner"])))
+        made = Roles(url, names)
+        with made.connect("owner") as c:
+            migrate(c, SCHEMA)
+            c.execute(render_psql(ROLES_SQL.read_text(), made.variables).encode())
+        yield made
+    finally:
+        # The database first: the roles own its objects and hold privileges there.
+        admin.execute(sql.SQL("drop database if exists {} with (force)").format(
+            sql.Identifier(str(dbname))))
+        for name in created:
+            admin.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(name)))
+
+
+def refused(conn: psycopg.Connection[Any], statements: list[str]) -> list[str]:
+    """The statements PostgreSQL did NOT refuse for lack of privilege (each with what
+    happened); an empty list means every one was refused."""
+    wrong = []
+    for statement in statements:
+        try:
+            conn.execute(statement.encode())
+        except psycopg.Error as exc:
+            if exc.sqlstate != INSUFFICIENT_PRIVILEGE:
+                wrong.append(f"{statement}: failed otherwise ({exc.sqlstate} {exc})")
+        else:
+            wrong.append(f"{statement}: allowed")
+    return wrong
+
+
+def qualified(statement: str) -> str:
+    return statement.replace("{schema}", SCHEMA)
+
+
+# -- owner ---------------------------------------------------------------------------------
+
+
+def test_owner_owns_everything_in_the_schema_when_it_has_migrated(roles: Roles) -> None:
+    with roles.connect("owner") as c:
+        owners = c.execute("""
+            select distinct r.rolname from pg_class k join pg_roles r on r.oid = k.relowner
+            where k.relnamespace = %(s)s::regnamespace
+            union
+            select distinct r.rolname from pg_proc p join pg_roles r on r.oid = p.proowner
+            where p.pronamespace = %(s)s::regnamespace
+            union
+            select r.rolname from pg_namespace n join pg_roles r on r.oid = n.nspowner
+            where n.nspname = %(s)s::text""", {"s": SCHEMA}).fetchall()
+        assert owners == [(roles.names["owner"],)]
+        assert migrate(c, SCHEMA) == []  # a later migration step: nothing pending
+        # roles.sql is idempotent: run again after every migration
+        c.execute(render_psql(ROLES_SQL.read_text(), roles.variables).encode())
+
+
+@pytest.mark.skipif(PSQL is None, reason="psql is not installed (apt-get install -y "
+                                         "postgresql-client)")
+def test_roles_sql_runs_under_psql_when_given_the_documented_variables(roles: Roles) -> None:
+    assert PSQL is not None
+    variables = [arg for name, value in roles.variables.items()
+                 for arg in ("-v", f"{name}={value}")]
+    result = subprocess.run([PSQL, roles.url("owner"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+                             *variables, "-f", str(ROLES_SQL)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_only_the_enqueue_functions_run_as_their_owner_when_inspected(roles: Roles) -> None:
+    with roles.connect("owner") as c:
+        rows = c.execute("""
+            select p.proname, p.prosecdef, p.proconfig from pg_proc p
+            where p.pronamespace = %s::regnamespace order by p.proname""",
+                         [SCHEMA]).fetchall()
+        public = c.execute("""
+            select p.proname from pg_proc p
+            where p.pronamespace = %s::regnamespace
+              and has_function_privilege('public', p.oid, 'execute')""", [SCHEMA]).fetchall()
+    definers = {name: config for name, secdef, config in rows if secdef}
+    assert set(definers) == {"add_jobs", "add_keyed_job"}
+    for config in definers.values():
+        assert config == ["search_path=pg_catalog, pg_temp"]
+    # Nothing is executable by PUBLIC, or any role with USAGE could run them as the owner.
+    assert public == []
+
+
+# -- worker --------------------------------------------------------------------------------
+
+
+def test_worker_runs_every_engine_statement_when_granted_the_worker_role(roles: Roles) -> None:
+    q: Queries = for_schema(SCHEMA)
+    now = dt.datetime.now(dt.UTC)
+    with roles.connect("worker") as c:
+        c.execute(sql.SQL("listen {}").format(sql.Identifier(channel_name(SCHEMA))))
+        # enqueue, as handlers (ctx.add_job) and the cron process do
+        ids = c.execute(q.job_insert_many, {"specs": Jsonb(
+            [{"task": "t"}, {"task": "t"}, {"task": "t"}, {"task": "t", "queue_name": "q"}])}
+        ).fetchone()
+        assert ids is not None
+        keyed = c.execute(q.job_insert_keyed_many, {"specs": Jsonb(
+            [{"ord": 1, "task": "t", "job_key": "k", "job_key_mode": "replace"}])}).fetchall()
+        assert [r[1] for r in keyed] == ["inserted"]
+        register = c.execute(q.engine_register, {
+            "schema": SCHEMA, "hostname": "h", "pid": os.getpid(), "version": "test",
+            "lease_timeout": 30.0, "processes": 1, "concurrency": 4}).fetchone()
+        assert register is not None
+        engine = register[0]
+        claimed = c.execute(q.job_claim, {"engine": engine, "limit": 10, "tasks": None,
+                                          "forbidden": None, "queues": None}).fetchall()
+        assert len(claimed) == 5
+        (a, la), (b, lb), (r1, lr1) = [(row[0], row[1]) for row in claimed[:3]]
+        done = c.execute(q.job_complete_many, {"engine": engine, "ids": [a], "leases": [la],
+                                               "history": True}).fetchall()
+        assert done == [(a,)]
+        failed = c.execute(q.job_fail_many, {
+            "engine": engine, "ids": [b], "leases": [lb], "errors": ["boom"],
+            "delays": [0.0], "finals": ["no_handler"], "payloads": [None]}).fetchall()
+        assert failed == [(b, "exhausted")]
+        released = c.execute(q.job_release_many, {"engine": engine, "ids": [r1],
+                                                  "leases": [lr1]}).fetchall()
+        assert released == [(r1,)]
+        assert c.execute(q.engine_heartbeat, {"engine": engine, "in_flight": 2,
+                                              "stopping": False}).fetchone() == (engine,)
+        assert c.execute(q.job_stats, {"engine": engine, "cap": 10000,
+                                       "max_groups": 100}).fetchall()
+        assert c.execute(q.job_rescue, {"engine": engine, "schema": SCHEMA}).fetchone()
+        assert c.execute(q.engine_relock, {"schema": SCHEMA, "engine": engine}).fetchone()
+        pruned = c.execute(q.job_history_prune, {"lock_class": 1, "schema": SCHEMA,
+                                                 "retention": 0.0, "batch": 100}).fetchone()
+        assert pruned == (True, 2)
+        known = c.execute(q.cron_known, {"identifiers": ["nightly"], "now": now}).fetchall()
+        assert [r[0] for r in known] == ["nightly"]
+        fired = c.execute(q.cron_fire, {"ticks": Jsonb([{
+            "identifier": "nightly", "ts": (now + dt.timedelta(minutes=1)).isoformat(),
+            "task": "t", "payload": {}, "job_key": "cron:nightly"}])}).fetchall()
+        assert [(r[0], r[2], r[3]) for r in fired] == [("nightly", True, "inserted")]
+        # the administration functions, and the applied migrations (read only)
+        c.execute(qualified("select {schema}.reschedule_jobs(array[%s]::bigint[], now())"),
+                  [r1])
+        c.execute(qualified("select {schema}.complete_jobs(array[%s]::bigint[])"), [r1])
+        assert c.execute(q.migration_applied).fetchall()
+        c.execute(q.engine_deregister, {"engine": engine})
+        # the KEDA scaler's query (deploy/k8s/keda.yaml) runs as the worker role
+        row = c.execute(keda_query().encode()).fetchone()
+        assert row is not None and row[0] >= 0
+
+
+def test_worker_is_refused_ddl_when_it_tries(roles: Roles) -> None:
+    with roles.connect("worker") as c:
+        assert refused(c, [qualified(s) for s in [
+            "create table {schema}.extra (a int)",
+            "alter table {schema}.job add column extra int",
+            "drop table {schema}.job_history",
+            "create index on {schema}.job (task_identifier)",
+            "create function {schema}.f() returns int language sql as 'select 1'",
+            "alter function {schema}.add_jobs(jsonb) security invoker",
+            "create schema extra",
+            "truncate {schema}.job",
+            "insert into {schema}.migration (id, name) values (9999, 'x')",
+            "delete from {schema}.migration",
+        ]]) == []
+
+
+def test_engine_runs_jobs_as_the_worker_role_when_started_with_no_migrate(
+        roles: Roles, tmp_path: Path) -> None:
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "roles_tasks.py").write_text(
+        "def ok(ctx):\n    return None\n\n\n"
+        "def bad(ctx):\n    raise ValueError('no')\n\n\n"
+        "TASKS = {'ok': ok, 'bad': bad}\n")
+    producer = skivi.create_system({"database": {"connection_string": roles.url("producer")}})
+    try:
+        skivi.add_jobs(producer, [
+            *({"task": "ok", "payload": {"n": i}} for i in range(20)),
+            {"task": "ok", "queue_name": "serial"},
+            {"task": "ok", "job_key": "only-once"},
+            {"task": "bad", "max_attempts": 1}])
+    finally:
+        producer.stop()
+    base = [sys.executable, "-m", "skivi.engine", "--database-url", roles.url("worker"),
+            "--tasks", str(tasks), "--processes", "1", "--concurrency", "4",
+            "--log-level", "WARNING"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # Without --no-migrate the worker role cannot even check the schema the migrator's way
+    # (CREATE SCHEMA IF NOT EXISTS needs CREATE on the database): exit 3.
+    refused_start = subprocess.run([*base, "--once"], env=env, cwd=REPO, capture_output=True,
+                                   text=True, timeout=120, check=False)
+    assert refused_start.returncode == 3, refused_start.stderr
+    assert "permission denied" in refused_start.stderr
+    run = subprocess.run([*base, "--once", "--no-migrate"], env=env, cwd=REPO,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr
+    with roles.connect("owner") as c:
+        assert c.execute(qualified("select count(*) from {schema}.job")).fetchone() == (0,)
+        history = c.execute(qualified(
+            "select task_identifier, outcome from {schema}.job_history")).fetchall()
+        assert history == [("bad", "exhausted")]
+    # `skivi migrate --check` (the Kubernetes init container, systemd's ExecStartPre) works
+    # as the worker role: it only reads the migration table.
+    check = subprocess.run([sys.executable, "-m", "skivi", "migrate", "--check",
+                            "--database-url", roles.url("worker")], env=env, cwd=REPO,
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+# -- producer ------------------------------------------------------------------------------
+
+
+def test_producer_enqueues_from_sql_when_granted_the_producer_role(roles: Roles) -> None:
+    with roles.connect("producer") as c:
+        def outcome(statement: str) -> list[Any]:
+            return [r[0] for r in c.execute(qualified(statement).encode()).fetchall()]
+
+        assert outcome("select outcome from {schema}.add_job('a', '{\"x\": 1}'::jsonb)") == \
+            ["inserted"]
+        assert outcome("select outcome from {schema}.add_job('a', queue_name => 'mail', "
+                       "run_at => now() + interval '1 hour', priority => 3)") == ["inserted"]
+        for mode, expected in [("replace", "inserted"), ("replace", "updated"),
+                               ("preserve_run_at", "updated"), ("unsafe_dedupe",
+                                                                "deduplicated")]:
+            assert outcome(f"select outcome from {{schema}}.add_job('a', job_key => 'k', "
+                           f"job_key_mode => '{mode}')") == [expected], mode
+        assert outcome("select outcome from {schema}.add_jobs('[{\"task\": \"a\"}, "
+                       "{\"task\": \"b\", \"job_key\": \"k2\"}]'::jsonb)") == \
+            ["inserted", "inserted"]
+    with roles.connect("owner") as c:
+        assert c.execute(qualified("select count(*) from {schema}.job")).fetchone() == (5,)
+
+
+def test_producer_enqueues_from_python_when_granted_the_producer_role(roles: Roles) -> None:
+    system = skivi.create_system({"database": {"connection_string": roles.url("producer")}})
+    try:
+        jobs = skivi.add_jobs(system, [
+            {"task": "a", "payload": {"n": 1}},
+            {"task": "a", "queue_name": "serial", "priority": 2},
+            {"task": "a", "job_key": "k"},
+            {"task": "a", "job_key": "k", "job_key_mode": "preserve_run_at"}])
+        assert [j.outcome for j in jobs] == ["inserted", "inserted", "inserted", "updated"]
+        assert skivi.add_job(system, "b", [1], job_key="k2").outcome == "inserted"
+        with roles.connect("producer") as conn, conn.transaction():
+            job = skivi.add_job(system, "c", {"in": "my transaction"}, conn=conn)
+            assert job.payload == {"in": "my transaction"}
+    finally:
+        system.stop()
+    with roles.connect("owner") as c:
+        assert c.execute(qualified("select count(*) from {schema}.job")).fetchone() == (5,)
+
+
+def test_producer_is_refused_everything_but_enqueueing_when_it_tries(roles: Roles) -> None:
+    q = for_schema(SCHEMA)
+    with roles.connect("producer") as c:
+        assert refused(c, [qualified(s) for s in [
+            "select * from {schema}.job",
+            "select payload from {schema}.job",
+            "select * from {schema}.job_queue",
+            "select * from {schema}.job_history",
+            "select * from {schema}.engine",
+            "update {schema}.job set priority = 1",
+            "update {schema}.job set run_at = now() where id = 1",
+            "delete from {schema}.job",
+            "truncate {schema}.job",
+            "insert into {schema}.engine (hostname, pid, version, lease_timeout, processes, "
+            "concurrency) values ('h', 1, 'v', 30, 1, 1)",
+            "create table {schema}.extra (a int)",
+            "create function {schema}.f() returns int language sql as 'select 1'",
+            "alter table {schema}.job add column extra int",
+            "drop table {schema}.job",
+            "select {schema}.complete_jobs(array[1]::bigint[])",
+            "select {schema}.remove_job('k')",
+            "select {schema}.permanently_fail_jobs(array[1]::bigint[])",
+            "select {schema}.reschedule_jobs(array[1]::bigint[], now())",
+            "select {schema}.retry_jobs(array[1]::bigint[])",
+        ]]) == []
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute(q.job_claim, {"engine": 1, "limit": 10, "tasks": None,
+                                    "forbidden": None, "queues": None})
+
+
+def test_a_role_without_grants_cannot_use_the_schema_when_it_tries(roles: Roles) -> None:
+    with roles.connect("outsider") as c:
+        assert refused(c, [qualified(s) for s in [
+            "select {schema}.add_job('a')",
+            "select {schema}.add_jobs('[{\"task\": \"a\"}]'::jsonb)",
+            "select count(*) from {schema}.job",
+            "insert into {schema}.job (task_identifier) values ('a')",
+        ]]) == []
