@@ -25,7 +25,7 @@ from skivi.config import Config, load_config
 from skivi.cron import CronEntry, ensure_unique, load_crontab_file, parse_crontabs
 from skivi.db import pool as dbpool
 from skivi.db import queries
-from skivi.db.migrate import Migration, migrate
+from skivi.db.migrate import Migration, migrate, pending_migrations
 from skivi.errors import ConfigError
 from skivi.events import Emitter, EventForwarder, EventReceiver
 from skivi.payload import PayloadGate
@@ -123,6 +123,12 @@ class System:
         with dbpool.connect(self.database_url, application_name="skivi-migrate",
                             connect_timeout=self.config.database.connect_timeout) as conn:
             return migrate(conn, self.schema)
+
+    def pending_migrations(self) -> list[Migration]:
+        """Migrations not applied yet (read-only). Raises SchemaTooNew for a newer schema."""
+        with dbpool.connect(self.database_url, application_name="skivi-migrate",
+                            connect_timeout=self.config.database.connect_timeout) as conn:
+            return pending_migrations(conn, self.schema)
 
     def start(self, migrate: bool = True, engine: bool | None = None) -> None:
         """Migrate (unless ``migrate=False``), then start the worker engine in a process of

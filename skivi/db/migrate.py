@@ -70,6 +70,10 @@ def migrate(conn: psycopg.Connection[Any], schema: str) -> list[Migration]:
     """
     if not conn.autocommit:
         raise MigrationError("migrate() needs a connection in autocommit mode")
+    # Read-only first: an up-to-date schema needs no lock and no CREATE privilege, so an
+    # engine connected as a role without DDL rights starts fine once the owner migrated.
+    if not pending_migrations(conn, schema):
+        return []
     q = queries.for_schema(schema)
     params = {"schema": schema}
     conn.execute(q.migration_lock, params)

@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", metavar="PORT", type=int,
                    help="serve Prometheus metrics on this port; 0 disables (default: 0) "
                         "[SKIVI_METRICS_PORT]")
+    p.add_argument("--metrics-host", metavar="HOST",
+                   help="address the metrics server binds (default: 127.0.0.1) "
+                        "[SKIVI_METRICS_HOST]")
     p.add_argument("--log-level", metavar="LEVEL", default=_env("SKIVI_LOG_LEVEL") or "INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                    type=str.upper, help="DEBUG, INFO, WARNING or ERROR (default: INFO) "
@@ -105,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "worker.queues": [q for q in args.queues.split(",") if q] if args.queues else None,
         "worker.shutdown_timeout": args.shutdown_timeout,
         "metrics.port": args.metrics_port,
+        "metrics.host": args.metrics_host,
     }
     try:
         config = load_config(source, overrides=overrides)
@@ -113,19 +117,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError("worker.task_directory: no tasks to run; give --tasks DIR, "
                               "SKIVI_TASKS, or worker.task_directory in the configuration")
         system.database_url  # noqa: B018 - fail here, clearly, when none is configured
-        system.registry()
+        if not len(system.registry()):
+            # An engine without tasks would exhaust every job it claims as "no handler".
+            raise ConfigError(f"worker.task_directory: no tasks found in "
+                              f"{config.worker.task_directory!r} (no file defines TASKS)")
         if args.crontab:
             system.add_crontab_file(args.crontab)
     except (ConfigError, RegistryError) as exc:
         print(f"skivi.engine: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    if not args.no_migrate:
-        try:
+    try:
+        if args.no_migrate:
+            # Someone else migrates (an owner role, at deploy time): still refuse to run
+            # against a schema this version does not match.
+            pending = system.pending_migrations()
+            if pending:
+                log.error("schema %s has pending migrations (%s) and --no-migrate was given; "
+                          "run `skivi migrate` first", system.schema,
+                          ", ".join(m.name for m in pending),
+                          extra={"action": "migrations_pending"})
+                return EXIT_DATABASE
+        else:
             system.migrate()
-        except (psycopg.Error, MigrationError) as exc:
-            log.error("cannot migrate schema %s: %s", system.schema, exc,
-                      extra={"action": "migrate_failed"})
-            return EXIT_DATABASE
+    except (psycopg.Error, MigrationError) as exc:
+        log.error("cannot migrate schema %s: %s", system.schema, exc,
+                  extra={"action": "migrate_failed"})
+        return EXIT_DATABASE
     return run(system, once=args.once)
 
 

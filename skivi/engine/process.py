@@ -22,12 +22,13 @@ import contextlib
 import ctypes
 import gc
 import logging
+import math
 import os
 import signal
 import sys
 from collections.abc import Callable, Iterable
 
-__all__ = ["die_with_parent", "fork"]
+__all__ = ["available_cpus", "die_with_parent", "fork"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,23 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
         libc.prctl(PR_SET_PDEATHSIG, sig)
     except (OSError, AttributeError):  # not Linux: closed pipes still stop the process
         pass
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: its CPU affinity, capped by a cgroup v2 CPU quota
+    (a container limit), so the default process count fits the container, not the node."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
 
 
 def _close_all_but(keep: Iterable[int]) -> None:

@@ -109,7 +109,7 @@ class Engine:
         self.registry = registry
         self.once = once
         self.on_child_start = on_child_start
-        self.processes = w.processes or os.cpu_count() or 1
+        self.processes = w.processes or process.available_cpus()
         self.concurrency = w.concurrency
         self.sync_threads = w.sync_threads
         self.shutdown_timeout = w.shutdown_timeout

@@ -293,3 +293,24 @@ def test_cron_process_fires_each_tick_once_and_is_restarted_when_killed(
     assert len(seen) == len(set(seen)), "a cron tick fired twice"
     engine.send_signal(signal.SIGTERM)
     assert engine.wait(timeout=30) == 0, log_of(engine)
+
+
+def test_engine_exits_3_when_no_migrate_and_migrations_are_pending(
+        engines: EngineProcs, make_database: Any) -> None:
+    empty = make_database(template=None)
+    procs = EngineProcs(empty, engines.ledger)
+    try:
+        proc = procs.start("--no-migrate", "--once")
+        assert proc.wait(timeout=60) == 3
+        assert "pending migrations" in log_of(proc)
+    finally:
+        procs.stop_all()
+
+
+def test_engine_exits_2_naming_the_directory_when_it_holds_no_tasks(
+        engines: EngineProcs, tmp_path: Any) -> None:
+    empty = tmp_path / "no-tasks"
+    empty.mkdir()
+    proc = engines.start("--once", "--tasks", str(empty))
+    assert proc.wait(timeout=60) == 2
+    assert "no tasks found" in log_of(proc) and str(empty) in log_of(proc)
