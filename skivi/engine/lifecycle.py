@@ -1,15 +1,25 @@
 """The lifecycle contract shared by the parent's long-running parts (fetcher, completer,
-liveness): ``start()`` returns once the part runs; ``stop()`` is idempotent, safe before
-``start()``, and returns once its tasks are gone. This module holds the one helper they
-share for the last step."""
+liveness, pruner, queue stats): ``start()`` returns once the part runs; ``stop()`` is
+idempotent, safe before ``start()``, and returns once its tasks are gone. This module holds
+the helpers they share: the last step of every ``stop()``, and the loop of the periodic
+ones."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING
 
-__all__ = ["cancel_and_wait"]
+import psycopg
+
+if TYPE_CHECKING:
+    from skivi.engine.connection import Reconnecting
+
+__all__ = ["cancel_and_wait", "every"]
+
+logger = logging.getLogger(__name__)
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[None]]) -> None:
@@ -21,3 +31,22 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[None]]) -> None:
     for t in tasks:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await t
+
+
+async def every(interval: float, step: Callable[[], Awaitable[bool | None]], *,
+                db: Reconnecting, what: str, action: str, first_delay: float = 0.0) -> None:
+    """The loop of every periodic part (heartbeat, rescuer, history pruner, queue stats):
+    run ``step`` every ``interval`` seconds until cancelled. A database error is logged
+    under ``action``, the connection is reported broken (the next round reconnects) and the
+    loop goes on. A step that returns True has more work waiting: the next round starts at
+    once."""
+    await asyncio.sleep(first_delay)
+    while True:
+        again = False
+        try:
+            again = bool(await step())
+        except psycopg.Error as exc:
+            db.broken()
+            logger.warning("%s failed: %s", what, exc, extra={"action": action})
+        if not again:
+            await asyncio.sleep(interval)

@@ -36,7 +36,7 @@ import psycopg
 
 from skivi.db.queries import Queries
 from skivi.engine.connection import Reconnecting
-from skivi.engine.lifecycle import cancel_and_wait
+from skivi.engine.lifecycle import cancel_and_wait, every
 
 __all__ = ["HistoryPruner", "Liveness"]
 
@@ -140,22 +140,17 @@ class Liveness:
         return engines, retried, exhausted
 
     async def _heartbeats(self) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat_interval)
-            try:
-                await self.heartbeat()
-            except psycopg.Error as exc:
-                self.db.broken()
-                logger.warning("heartbeat failed: %s", exc, extra={"action": "heartbeat_failed"})
+        await every(self.heartbeat_interval, self.heartbeat, db=self.db, what="heartbeat",
+                    action="heartbeat_failed", first_delay=self.heartbeat_interval)
 
     async def _rescues(self) -> None:
-        while True:
-            await asyncio.sleep(self.rescue_interval)
-            try:
-                await self.rescue()
-            except psycopg.Error as exc:
-                self.db.broken()
-                logger.warning("rescue failed: %s", exc, extra={"action": "rescue_failed"})
+        # The first round runs at once: an engine starting after a crash frees the jobs of
+        # the engine it replaces without waiting a full interval.
+        await every(self.rescue_interval, self._rescue_round, db=self.db, what="rescue",
+                    action="rescue_failed")
+
+    async def _rescue_round(self) -> None:
+        await self.rescue()
 
 
 class HistoryPruner:
@@ -226,13 +221,10 @@ class HistoryPruner:
         return held, deleted
 
     async def _run(self) -> None:
-        while True:
-            deleted = 0
-            try:
-                _, deleted = await self.prune()
-            except psycopg.Error as exc:
-                self.db.broken()
-                logger.warning("history pruning failed: %s", exc,
-                               extra={"action": "prune_history_failed"})
-            if deleted < self.batch_size:
-                await asyncio.sleep(self.interval)
+        await every(self.interval, self._round, db=self.db, what="history pruning",
+                    action="prune_history_failed")
+
+    async def _round(self) -> bool:
+        """One round; True when the batch came back full (more expired rows wait)."""
+        _, deleted = await self.prune()
+        return deleted >= self.batch_size

@@ -23,9 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import psycopg
-
-from skivi.engine.lifecycle import cancel_and_wait
+from skivi.engine.lifecycle import cancel_and_wait, every
 from skivi.events import Emitter, EventKind
 
 if TYPE_CHECKING:
@@ -273,11 +271,8 @@ class QueueStatsPoller:
         return True
 
     async def _run(self) -> None:
-        while True:
-            try:
-                await self.poll()
-            except psycopg.Error as exc:
-                self.db.broken()
-                logger.warning("queue stats poll failed: %s", exc,
-                               extra={"action": "poll_stats_failed"})
-            await asyncio.sleep(self.interval)
+        await every(self.interval, self._round, db=self.db, what="queue stats poll",
+                    action="poll_stats_failed")
+
+    async def _round(self) -> None:
+        await self.poll()
