@@ -643,6 +643,7 @@ class Engine:
         claimed = self.fetcher.claimed
         self.observer.claimed(claimed - self._claimed_seen)
         self._claimed_seen = claimed
+        self.stats.claimed = claimed
         self.dispatch()
 
     def _on_rescued(self, engines: list[int], retried: int, exhausted: int) -> None:
