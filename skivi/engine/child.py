@@ -265,7 +265,10 @@ class _Runner:
             info = _job_info(m)
             coro = task.handler(JobContext(info, self.system))
             if timeout is not None:
-                outcome = await asyncio.wait_for(coro, timeout)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for runs the coroutine in a
+                # task of its own, which lets SystemExit/KeyboardInterrupt out of the loop.
+                async with asyncio.timeout(timeout):
+                    outcome = await coro
             else:
                 outcome = await coro
         except TimeoutError as exc:

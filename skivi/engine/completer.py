@@ -62,6 +62,7 @@ class Completer:
         self._first_at = 0.0
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._in_flush = 0  # results taken by the flush being written: still unconfirmed
         self.flushes = 0
 
     @property
@@ -70,7 +71,8 @@ class Completer:
 
     @property
     def backpressure(self) -> bool:
-        return self.pending >= self.max_buffer
+        # What a flush in progress holds counts too: if the database is away, it comes back.
+        return self.pending + self._in_flush >= self.max_buffer
 
     def add(self, results: Sequence[list[Any]]) -> None:
         """Take a batch of result rows (see ``handoff``)."""
@@ -137,6 +139,7 @@ class Completer:
         completed, self.completed = self.completed, []
         failed, self.failed = self.failed, []
         released, self.released = self.released, []
+        self._in_flush = len(completed) + len(failed) + len(released)
         self._first_at = time.monotonic()
         engine = self.engine_id()
         done_ids: set[int] = set()
@@ -159,6 +162,8 @@ class Completer:
             self.failed[:0] = failed
             self.released[:0] = released
             raise
+        finally:
+            self._in_flush = 0
         self.flushes += 1
         if self.on_flushed is not None:
             try:
