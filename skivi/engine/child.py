@@ -30,6 +30,7 @@ import asyncio
 import concurrent.futures
 import datetime as dt
 import logging
+import mmap
 import os
 import signal
 import time
@@ -140,7 +141,9 @@ class _Runner:
     """Runs jobs and batches results back to the parent."""
 
     def __init__(self, registry: TaskRegistry, system: System, result_fd: int,
-                 sync_threads: int, default_timeout: float | None = None) -> None:
+                 sync_threads: int, started: mmap.mmap,
+                 default_timeout: float | None = None) -> None:
+        self.started = started  # start flags shared with the parent (see handoff)
         self.default_timeout = default_timeout
         self.registry = registry
         self.system = system
@@ -180,8 +183,9 @@ class _Runner:
             self.loop.call_soon(self.flush)
 
     # -- jobs ------------------------------------------------------------------------
-    def accept(self, messages: list[list[Any]]) -> None:
-        for m in messages:
+    def accept(self, slots: list[int], messages: list[list[Any]]) -> None:
+        for m, slot in zip(messages, slots, strict=True):
+            m.append(slot)  # m[12]: its start flag
             task = self.registry.get(m[2])
             if self.stopping:
                 self._report([m[0], m[1], handoff.RESULT_RELEASED, m[2], m[4], 0.0,
@@ -241,6 +245,7 @@ class _Runner:
         self._write(handoff.encode_frame(handoff.STARTED, orjson.dumps([m[0], m[1]])))
 
     def _call_sync(self, task: Task, m: list[Any]) -> list[Any]:
+        self.started[m[12]] = 1
         if self._timeout(task) is not None:
             self._announce(m)
         wait = _wait(m)
@@ -256,6 +261,7 @@ class _Runner:
         return row
 
     async def _run_async(self, task: Task, m: list[Any]) -> None:
+        self.started[m[12]] = 1
         timeout = self._timeout(task)
         if timeout is not None:
             self._announce(m)
@@ -313,7 +319,8 @@ class _JobPipe(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         for kind, body in self.reader.feed(data):
             if kind == handoff.JOBS:
-                self.runner.accept(orjson.loads(body))
+                slots, messages = orjson.loads(body)
+                self.runner.accept(slots, messages)
             elif kind == handoff.STOP:
                 self.runner.stop()
 
@@ -324,8 +331,8 @@ class _JobPipe(asyncio.Protocol):
 
 
 async def _serve(registry: TaskRegistry, system: System, job_fd: int, result_fd: int,
-                 sync_threads: int) -> None:
-    runner = _Runner(registry, system, result_fd, sync_threads,
+                 sync_threads: int, started: mmap.mmap) -> None:
+    runner = _Runner(registry, system, result_fd, sync_threads, started,
                      system.config.worker.job_timeout)
     loop = asyncio.get_running_loop()
     transport, _ = await loop.connect_read_pipe(lambda: _JobPipe(runner),
@@ -337,7 +344,8 @@ async def _serve(registry: TaskRegistry, system: System, job_fd: int, result_fd:
 
 
 def child_main(registry: TaskRegistry, system: System, job_fd: int, result_fd: int,
-               sync_threads: int, on_start: Callable[[], None] | None = None) -> int:
+               sync_threads: int, started: mmap.mmap,
+               on_start: Callable[[], None] | None = None) -> int:
     """The child's body, run right after ``process.fork``; returns its exit code."""
     # The parent drives shutdown (STOP frames); a terminal's Ctrl-C or a process-group
     # SIGTERM must not kill children mid-job behind its back.
@@ -350,5 +358,6 @@ def child_main(registry: TaskRegistry, system: System, job_fd: int, result_fd: i
     asyncio.set_event_loop(loop)
     if on_start is not None:
         on_start()
-    loop.run_until_complete(_serve(registry, system, job_fd, result_fd, sync_threads))
+    loop.run_until_complete(_serve(registry, system, job_fd, result_fd, sync_threads,
+                                   started))
     return 0

@@ -3,8 +3,9 @@
 Each child has two pipes of its own: jobs go down one, results come back up the other. A
 pipe carries frames: a 4-byte big-endian length, one kind byte, then an orjson body.
 
-    parent -> child   JOBS     a JSON array of job messages, exactly as job_claim.sql built
-                               them (the parent never parses a payload: it joins the texts)
+    parent -> child   JOBS     [slots, messages]: the job messages exactly as job_claim.sql
+                               built them (the parent never parses a payload: it joins the
+                               texts), and for each the index of its start flag (below)
                       STOP     stop taking jobs; send back the ones not started; finish
     child  -> parent  RESULTS  a JSON array of Result rows (below)
                       READY    the child has loaded its tasks and waits for jobs
@@ -12,7 +13,13 @@ pipe carries frames: a 4-byte big-endian length, one kind byte, then an orjson b
                                parent's watchdog kills the child if it overruns
 
 Per-child channels (rather than one shared queue) let the parent know exactly which jobs
-each child holds, so a child that dies fails precisely its own jobs.
+each child holds, so a child that dies fails precisely its own jobs. Which of them had
+started is in a small shared-memory array of start flags, one byte per slot of the child's
+concurrency: the parent clears a slot's flag when it hands a job over, the child sets it
+just before the handler runs. When a child dies, jobs whose flag is set were running (their
+attempt counts: a crash); the others never started and go back untouched. Memory, not a
+message, because it must be true even when the child dies the next instant, and it costs a
+byte store per job instead of a write and a wake-up.
 
 A job message is [id, lease, task, payload, queue_name, priority, run_at, attempts,
 max_attempts, key, flags, created_at].
@@ -66,8 +73,8 @@ def encode_frame(kind: bytes, body: bytes = b"") -> bytes:
     return _HEADER.pack(len(body) + 1) + kind + body
 
 
-def encode_jobs(messages: Sequence[bytes]) -> bytes:
-    return encode_frame(JOBS, b"[" + b",".join(messages) + b"]")
+def encode_jobs(slots: Sequence[int], messages: Sequence[bytes]) -> bytes:
+    return encode_frame(JOBS, b"[" + orjson.dumps(slots) + b",[" + b",".join(messages) + b"]]")
 
 
 def encode_results(results: Sequence[Sequence[Any]]) -> bytes:

@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import errno
 import logging
+import mmap
 import os
 import signal
 import time
@@ -85,7 +86,12 @@ class ChildHandle:
     result_fd: int
     alive_fd: int
     capacity: int
+    # Start flags shared with the child, one per slot (see handoff), the free slots, and
+    # each job's slot.
+    started: mmap.mmap
+    free_slots: list[int]
     in_flight: dict[int, ClaimedJob] = field(default_factory=dict)
+    slot_of: dict[int, int] = field(default_factory=dict)
     outbox: bytearray = field(default_factory=bytearray)
     reader: handoff.FrameReader = field(default_factory=handoff.FrameReader)
     writer_armed: bool = False
@@ -428,17 +434,19 @@ class Engine:
         job_r, job_w = os.pipe()
         res_r, res_w = os.pipe()
         alive_r, alive_w = os.pipe()
+        started = mmap.mmap(-1, self.concurrency)  # anonymous, shared with the child
         # The child's end of alive_w closes only when the child is gone: its sentinel.
         pid = process.fork(
             f"child {index}",
             lambda: child_main(self.registry, self.system, job_r, res_w, self.sync_threads,
-                               self.on_child_start),
+                               started, self.on_child_start),
             keep=[job_r, res_w, alive_w])
         for fd in (job_r, res_w, alive_w):
             os.close(fd)
         os.set_blocking(job_w, False)
         os.set_blocking(res_r, False)
-        child = ChildHandle(index, pid, job_w, res_r, alive_r, self.concurrency)
+        child = ChildHandle(index, pid, job_w, res_r, alive_r, self.concurrency, started,
+                            list(range(self.concurrency)))
         loop = asyncio.get_running_loop()
         loop.add_reader(res_r, self._on_results, child)
         loop.add_reader(alive_r, self._on_child_exit, child)
@@ -492,9 +500,13 @@ class Engine:
             n = min(free, len(buffer))
             handed += n
             jobs = [buffer.popleft() for _ in range(n)]
-            for j in jobs:
+            slots = [child.free_slots.pop() for _ in range(n)]
+            started = child.started
+            for j, slot in zip(jobs, slots, strict=True):
                 child.in_flight[j[0]] = j
-            self._send(child, handoff.encode_jobs([j[2] for j in jobs]))
+                child.slot_of[j[0]] = slot
+                started[slot] = 0
+            self._send(child, handoff.encode_jobs(slots, [j[2] for j in jobs]))
             if not buffer:
                 break
         if handed:
@@ -518,12 +530,15 @@ class Engine:
 
     def _take_frames(self, child: ChildHandle, data: bytes) -> None:
         in_flight = child.in_flight
+        slot_of = child.slot_of
+        free_slots = child.free_slots
         deadlines = child.deadlines
         for kind, body in child.reader.feed(data):
             if kind == handoff.RESULTS:
                 results = orjson.loads(body)
                 for r in results:
-                    in_flight.pop(r[0], None)
+                    if in_flight.pop(r[0], None) is not None:
+                        free_slots.append(slot_of.pop(r[0]))
                     if deadlines:
                         deadlines.pop(r[0], None)
                 self.completer.add(results)
@@ -582,10 +597,8 @@ class Engine:
         if child.writer_armed:
             loop.remove_writer(child.job_fd)
         for fd in (child.job_fd, child.result_fd, child.alive_fd):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         status = _describe(_exit_code(child.pid))
         child.exited = True
         if child.in_flight:
@@ -600,14 +613,22 @@ class Engine:
                          child.index, child.pid, status, len(child.in_flight),
                          extra={"action": "replace_child"})
             self.observer.child_replaced(child.index, child.pid, status, len(child.in_flight))
-            child.in_flight.clear()
+        child.in_flight.clear()
+        child.slot_of.clear()
+        child.started.close()
+        if not self.stopping:
             self._spawn(child.index)
             self.dispatch()
-        child.in_flight.clear()
 
     def _fail_in_flight(self, child: ChildHandle, why: str, retry_now: bool) -> None:
+        """A dead child's jobs: those that had started failed as a crash (attempt counted);
+        those still waiting in the child go back untouched."""
         results = []
+        unstarted = []
         for job_id, lease, msg in child.in_flight.values():
+            if not child.started[child.slot_of[job_id]] and job_id not in child.timed_out:
+                unstarted.append((job_id, lease))
+                continue
             m = orjson.loads(msg)
             task = self.registry.get(m[2])
             backoff = task.backoff if task is not None else DEFAULT_BACKOFF
@@ -622,6 +643,7 @@ class Engine:
             results.append([job_id, lease, handoff.RESULT_FAILED, m[2], m[4], 0.0,
                             text, delay, None, None, None])
         self.completer.add(results)
+        self.completer.release(unstarted)
 
     # -- observers -------------------------------------------------------------------
     def _on_flushed(self, completed: list[list[Any]], failed: list[list[Any]],
