@@ -96,36 +96,42 @@ class Liveness:
             logger.warning("could not deregister engine %d: %s", self.engine_id, exc,
                            extra={"action": "deregister_failed"})
 
-    async def heartbeat(self) -> None:
+    async def _connection(self) -> Any:
+        """This component's connection, holding this engine's liveness lock. On a new
+        connection (the old one broke: a PostgreSQL restart, a terminated backend) the lock
+        went with the old one: take it back if our row is still there (nobody rescued us),
+        otherwise start over as a new engine. Done before ANY statement, the rescue
+        included, so an engine never judges others before it is itself visibly alive."""
         conn = await self.db.get()
         if conn is not self._lock_conn:
-            # A new connection: the lock went with the old one. Take it back if our row is
-            # still there (nobody rescued us); otherwise start over as a new engine.
             cur = await conn.execute(self.q.engine_relock, {
                 "schema": self.q.schema, "engine": self.engine_id})
             row = await cur.fetchone()
             if row is None or not row[0]:
-                old = self.engine_id
-                await self.register()
-                logger.error("engine %d lost its identity (declared dead); now engine %d",
-                             old, self.engine_id, extra={"action": "new_identity"})
-                if self.on_new_identity is not None:
-                    self.on_new_identity(self.engine_id)
-                return
-            self._lock_conn = conn
+                self._lock_conn = None
+                await self._new_identity("lost its identity (declared dead)")
+            else:
+                self._lock_conn = conn
+        return conn
+
+    async def _new_identity(self, why: str) -> None:
+        old = self.engine_id
+        await self.register()
+        logger.error("engine %d %s; now engine %d", old, why, self.engine_id,
+                     extra={"action": "new_identity"})
+        if self.on_new_identity is not None:
+            self.on_new_identity(self.engine_id)
+
+    async def heartbeat(self) -> None:
+        conn = await self._connection()
         cur = await conn.execute(self.q.engine_heartbeat, {
             "engine": self.engine_id, "in_flight": self.in_flight(),
             "stopping": self.stopping})
         if await cur.fetchone() is None:
-            old = self.engine_id
-            await self.register()
-            logger.error("engine %d was declared dead; now engine %d", old, self.engine_id,
-                         extra={"action": "new_identity"})
-            if self.on_new_identity is not None:
-                self.on_new_identity(self.engine_id)
+            await self._new_identity("was declared dead")
 
     async def rescue(self) -> tuple[list[int], int, int]:
-        conn = await self.db.get()
+        conn = await self._connection()
         cur = await conn.execute(self.q.job_rescue, {"engine": self.engine_id,
                                                      "schema": self.q.schema})
         row = await cur.fetchone()
