@@ -43,7 +43,8 @@ EMBEDDED_DIR = REPO / ".pgdata" / "test"
 EMBEDDED_IDLE_WAIT = 3.0
 DSN_ENV_VARS = ("SKIVI_TEST_DSN", "SKIVI_DATABASE_URL", "DATABASE_URL")
 # Variables the test-suite itself reads; every other SKIVI_* is hidden from the tests.
-TEST_ENV_VARS = ("SKIVI_REQUIRE_PROMETHEUS", "SKIVI_TEST_DSN", "SKIVI_UPDATE_SNAPSHOT")
+TEST_ENV_VARS = ("SKIVI_CHAOS_SOAK", "SKIVI_REQUIRE_PROMETHEUS", "SKIVI_TEST_DSN",
+                 "SKIVI_UPDATE_SNAPSHOT")
 
 PID = os.getpid()
 TEMPLATE_NAME = f"skivi_tpl_{PID}"
