@@ -18,6 +18,7 @@ The client never relies on ``search_path``: every query is schema-qualified.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -99,6 +100,8 @@ class _Batch:
 # jobs/s. Atomicity is unchanged: every statement commits or rolls back together.
 CHUNK_SIZE = 10_000
 _PLAIN_KEYS = frozenset({"task", "payload"})
+# Stands for "the statement's now()" in a drafted Job until the answer arrives.
+_PENDING = dt.datetime.min.replace(tzinfo=dt.UTC)
 _TASK_MAX = 128
 
 
@@ -138,32 +141,44 @@ def _check(system: System, raw: Iterable[SpecLike]) -> _Batch:
     return _Batch(specs, payloads, unkeyed, keyed)
 
 
-def _assemble_inserted(batch: _Batch, part: list[int], inserted: Sequence[Any],
-                       jobs: list[Job | None]) -> None:
-    """Jobs of one unkeyed statement. Its answer is one row: the new ids (in spec order)
-    and the statement's now(), which every defaulted timestamp of these jobs holds; the
-    rest is what was sent."""
-    ids_text, now = inserted
-    ids = [int(x) for x in ids_text[1:-1].split(",")] if ids_text else []
-    if len(ids) != len(part):
-        raise RuntimeError("enqueue stored a different number of jobs than specs sent")
+def _draft_inserted(batch: _Batch, jobs: list[Job | None]) -> None:
+    """The Job objects of the unkeyed specs, but for what only the database knows (ids and
+    the statement's now()). Built while the server inserts the pipelined statements, so the
+    client's share of a bulk enqueue overlaps the server's."""
     specs, payloads, loads = batch.specs, batch.payloads, orjson.loads
-    inserted_outcome = EnqueueOutcome.INSERTED
-    for i, job_id in zip(part, ids, strict=True):
+    pending, inserted_outcome = _PENDING, EnqueueOutcome.INSERTED
+    for i in batch.unkeyed:
         spec = specs[i]
         if type(spec) is str:
-            jobs[i] = Job(job_id, spec, loads(payloads[i]), None, PRIORITY_DEFAULT, now, 0,
-                          MAX_ATTEMPTS_DEFAULT, None, None, (), None, None, 0, now, now,
+            jobs[i] = Job(0, spec, loads(payloads[i]), None, PRIORITY_DEFAULT, pending, 0,
+                          MAX_ATTEMPTS_DEFAULT, None, None, (), None, None, 0, pending, pending,
                           inserted_outcome)
             continue
         assert isinstance(spec, JobSpec)
         jobs[i] = Job(
-            job_id, spec.task, loads(payloads[i]), spec.queue_name,
+            0, spec.task, loads(payloads[i]), spec.queue_name,
             PRIORITY_DEFAULT if spec.priority is None else spec.priority,
-            now if spec.run_at is None else spec.run_at, 0,
+            pending if spec.run_at is None else spec.run_at, 0,
             MAX_ATTEMPTS_DEFAULT if spec.max_attempts is None else spec.max_attempts,
             None, None, tuple(spec.flags) if spec.flags is not None else (),
-            None, None, 0, now, now, inserted_outcome)
+            None, None, 0, pending, pending, inserted_outcome)
+
+
+def _finish_inserted(part: list[int], inserted: Sequence[Any], jobs: list[Job | None]) -> None:
+    """Complete the drafts of one unkeyed statement with its answer, one row: the new ids
+    (in spec order) and the statement's now(), which every defaulted timestamp holds."""
+    ids_text, now = inserted
+    ids = [int(x) for x in ids_text[1:-1].split(",")] if ids_text else []
+    if len(ids) != len(part):
+        raise RuntimeError("enqueue stored a different number of jobs than specs sent")
+    pending = _PENDING
+    for i, job_id in zip(part, ids, strict=True):
+        job = jobs[i]
+        assert job is not None
+        job.id = job_id
+        job.created_at = job.updated_at = now
+        if job.run_at is pending:
+            job.run_at = now
 
 
 def _assemble_keyed(batch: _Batch, rows: Sequence[Sequence[Any]],
@@ -189,10 +204,11 @@ def _run(conn: psycopg.Connection[Any], system: System, batch: _Batch) -> list[J
             sent.append((part, conn.execute(q.job_insert_many, {"specs": wire})))
         if batch.keyed:
             keyed = conn.execute(q.job_insert_keyed_many, {"specs": batch.keyed_json()})
+        _draft_inserted(batch, jobs)
     for part, cur in sent:
         row = cur.fetchone()
         assert row is not None
-        _assemble_inserted(batch, part, row, jobs)
+        _finish_inserted(part, row, jobs)
     if keyed is not None:
         _assemble_keyed(batch, keyed.fetchall(), jobs)
     return [j for j in jobs if j is not None]
@@ -212,10 +228,11 @@ async def _run_async(conn: psycopg.AsyncConnection[Any], system: System,
             sent.append((part, await conn.execute(q.job_insert_many, {"specs": wire})))
         if batch.keyed:
             keyed = await conn.execute(q.job_insert_keyed_many, {"specs": batch.keyed_json()})
+        _draft_inserted(batch, jobs)
     for part, cur in sent:
         row = await cur.fetchone()
         assert row is not None
-        _assemble_inserted(batch, part, row, jobs)
+        _finish_inserted(part, row, jobs)
     if keyed is not None:
         _assemble_keyed(batch, await keyed.fetchall(), jobs)
     return [j for j in jobs if j is not None]
