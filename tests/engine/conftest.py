@@ -99,6 +99,30 @@ def log_of(proc: subprocess.Popen[bytes]) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
+def enqueue(url: str, specs: list[dict[str, Any]]) -> list[int]:
+    """Enqueue through the public API; the ids, in spec order."""
+    import skivi
+
+    system = skivi.create_system({"database": {"connection_string": url}})
+    try:
+        return [j.id for j in skivi.add_jobs(system, specs)]
+    finally:
+        system.stop()
+
+
+def live_jobs(url: str) -> int:
+    return int(fetch(url, "select count(*) from skivi.job")[0][0])
+
+
+def engine_id(url: str, pid: int) -> int:
+    """The engine id of the engine process ``pid`` (waits for it to register)."""
+    from tests.helpers import wait_for
+
+    rows = wait_for(lambda: fetch(url, "select id from skivi.engine where pid = %s", pid),
+                    what=f"engine row of pid {pid}")
+    return int(rows[0][0])
+
+
 def fetch(url: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
     from tests.helpers import connect
 

@@ -13,30 +13,19 @@ from typing import Any
 import psycopg
 import pytest
 
-import skivi
 from skivi.db.queries import Queries, for_schema
-from tests.engine.conftest import EngineProcs, children_of, fetch, log_of
+from tests.engine.conftest import (
+    EngineProcs,
+    children_of,
+    engine_id,
+    enqueue,
+    fetch,
+    live_jobs,
+    log_of,
+)
 from tests.helpers import connect, wait_for
 
 SCHEMA = "skivi"
-
-
-def enqueue(url: str, specs: list[dict[str, Any]]) -> list[int]:
-    system = skivi.create_system({"database": {"connection_string": url}})
-    try:
-        return [j.id for j in skivi.add_jobs(system, specs)]
-    finally:
-        system.stop()
-
-
-def live_jobs(url: str) -> int:
-    return int(fetch(url, "select count(*) from skivi.job")[0][0])
-
-
-def engine_id(url: str, pid: int) -> int:
-    rows = wait_for(lambda: fetch(url, "select id from skivi.engine where pid = %s", pid),
-                    what=f"engine row of pid {pid}")
-    return int(rows[0][0])
 
 
 def report(capsys: pytest.CaptureFixture[str], text: str) -> None:
