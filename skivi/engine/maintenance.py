@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -79,6 +80,24 @@ class Liveness:
                     extra={"action": "register_engine", "engine": self.engine_id})
         return self.engine_id
 
+    async def register_retrying(self, max_delay: float = 5.0) -> int:
+        """``register()`` until it succeeds: an engine starting while the server restarts
+        or fails over waits for it (the caller cancels this to give up) instead of dying."""
+        delay = 0.1
+        while True:
+            try:
+                return await self.register()
+            except asyncio.CancelledError:
+                # Given up mid-statement: the connection is busy with it, never reuse it.
+                self.db.broken()
+                raise
+            except psycopg.Error as exc:
+                self.db.broken()
+                logger.warning("cannot register the engine (%s); retrying in %.1fs", exc,
+                               delay, extra={"action": "register_failed"})
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, max_delay)
+
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._heartbeats(), name="heartbeat"),
@@ -89,12 +108,17 @@ class Liveness:
         self._tasks = []
 
     async def deregister(self) -> None:
+        if not self.engine_id:
+            return  # never registered
         try:
-            conn = await asyncio.wait_for(self.db.get(), 5.0)
-            await conn.execute(self.q.engine_deregister, {"engine": self.engine_id})
+            await asyncio.wait_for(self._deregister(), 5.0)
         except (psycopg.Error, TimeoutError) as exc:
             logger.warning("could not deregister engine %d: %s", self.engine_id, exc,
                            extra={"action": "deregister_failed"})
+
+    async def _deregister(self) -> None:
+        conn = await self.db.get()
+        await conn.execute(self.q.engine_deregister, {"engine": self.engine_id})
 
     async def _connection(self) -> Any:
         """This component's connection, holding this engine's liveness lock. On a new

@@ -43,6 +43,7 @@ from skivi.engine.child import child_main
 from skivi.engine.completer import Completer
 from skivi.engine.connection import Reconnecting
 from skivi.engine.fetcher import ClaimedJob, Fetcher
+from skivi.engine.lifecycle import cancel_and_wait
 from skivi.engine.maintenance import HistoryPruner, Liveness
 from skivi.engine.observer import EngineObserver, QueueStatsPoller
 from skivi.retry import DEFAULT_BACKOFF
@@ -202,26 +203,48 @@ class Engine:
                 self._spawn(i)
             if self.system.cron_entries:
                 self._spawn_cron()
-            await self.liveness.register()
-            self.liveness.start()
-            await self.pruner.start()
-            self.completer.start()
-            self.fetcher.start()
-            if self.stats_poller is not None:
-                self.stats_poller.start()
-            self.observer.pool_start(self.liveness.engine_id, self.processes, self.concurrency)
-            logger.info("engine %d started: %d processes x %d concurrency, schema %s",
-                        self.liveness.engine_id, self.processes, self.concurrency,
-                        self.system.schema, extra={"action": "start_engine"})
-            if self.once:
-                self._aux.append(loop.create_task(self._watch_once(), name="once"))
-            self._aux.append(loop.create_task(self._watchdog(), name="watchdog"))
-            await self._stop_requested.wait()
+            if await self._register():
+                await self._serve()
         finally:
             await self.shutdown()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
         return self.exit_code
+
+    async def _serve(self) -> None:
+        """Start every part of a registered engine and run until a stop is requested."""
+        loop = asyncio.get_running_loop()
+        self.liveness.start()
+        await self.pruner.start()
+        self.completer.start()
+        self.fetcher.start()
+        if self.stats_poller is not None:
+            self.stats_poller.start()
+        self.observer.pool_start(self.liveness.engine_id, self.processes, self.concurrency)
+        logger.info("engine %d started: %d processes x %d concurrency, schema %s",
+                    self.liveness.engine_id, self.processes, self.concurrency,
+                    self.system.schema, extra={"action": "start_engine"})
+        if self.once:
+            self._aux.append(loop.create_task(self._watch_once(), name="once"))
+        self._aux.append(loop.create_task(self._watchdog(), name="watchdog"))
+        await self._stop_requested.wait()
+
+    async def _register(self) -> bool:
+        """Take this engine's identity, waiting out a database that is not there yet; False
+        if a stop was requested first (nothing was claimed, so there is nothing to hand
+        back)."""
+        registering = asyncio.ensure_future(self.liveness.register_retrying())
+        stopping = asyncio.ensure_future(self._stop_requested.wait())
+        try:
+            await asyncio.wait({registering, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await cancel_and_wait([stopping])
+        if registering.done():
+            registering.result()  # anything but a database error is a bug: raise it
+            return True
+        await cancel_and_wait([registering])
+        logger.info("stopped before the engine could register", extra={"action": "stop_engine"})
+        return False
 
     def request_stop(self, fast: bool = False) -> None:
         if self.stopping:

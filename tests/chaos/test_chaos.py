@@ -606,6 +606,24 @@ def summary(settings: Settings, v: Verdict, faults: list[Fault], producers: list
 # -- the test ---------------------------------------------------------------------------------
 
 
+def stop_logs(fleet: Fleet, exits: dict[int, int | None]) -> str:
+    """What the engines that did not stop cleanly logged from the stop request on (and
+    every traceback), so a failure in CI says why without the files."""
+    out = []
+    for engine in fleet.engines:
+        if exits.get(engine.pid, 0) == 0 or not engine.log.exists():
+            continue
+        lines = engine.log.read_text(errors="replace").splitlines()
+        at = next((i for i, line in enumerate(lines) if "received SIG" in line),
+                  max(0, len(lines) - 40))
+        tracebacks = [i for i, line in enumerate(lines[:at]) if line.startswith("Traceback")]
+        keep = sorted({*range(at, len(lines)),
+                       *(j for i in tracebacks for j in range(i - 2, min(i + 30, at)))})
+        out.append(f"--- engine {engine.pid} (exit {exits[engine.pid]}), {engine.log.name}:")
+        out += [lines[j] for j in keep[:200] if j >= 0]
+    return "\n".join(out)
+
+
 @contextlib.contextmanager
 def fleet_of(url: str, log_dir: Path, settings: Settings) -> Iterator[Fleet]:
     fleet = Fleet(url, log_dir, settings)
@@ -666,6 +684,9 @@ def test_every_job_reaches_one_final_state_and_repeats_are_explained_when_faults
         for engine in live:
             engine.proc.send_signal(signal.SIGTERM)
         exits = {e.pid: e.proc.wait(timeout=60) for e in live}
+        # Engines that ended on their own: neither SIGKILLed nor SIGTERMed by the injector.
+        died = {e.pid: e.proc.returncode for e in fleet.engines
+                if e not in live and not e.stopping and e.ended is None}
         logs = fleet.logs()
     verdict = judge(url, injector.faults)
     text = summary(settings, verdict, injector.faults, stats, time.monotonic() - began, drain,
@@ -688,9 +709,11 @@ def test_every_job_reaches_one_final_state_and_repeats_are_explained_when_faults
     assert verdict.left_in_table == 0 and verdict.left_locked == 0
     assert verdict.rescue_seconds, "no engine SIGKILL caught a job in flight"
     assert max(s for _, s, _ in verdict.rescue_seconds) < MAX_RESCUE_SECONDS
-    sigterm_exits = [f.exit_code for f in injector.faults if f.kind == "sigterm"]
-    assert sigterm_exits and all(code == 0 for code in sigterm_exits), sigterm_exits
-    assert all(code == 0 for code in exits.values()), exits
+    sigterm_exits = {f.pid: f.exit_code for f in injector.faults if f.kind == "sigterm"}
+    assert sigterm_exits and all(code == 0 for code in sigterm_exits.values()), \
+        f"{sigterm_exits}\n" + stop_logs(fleet, sigterm_exits)
+    assert all(code == 0 for code in exits.values()), f"{exits}\n" + stop_logs(fleet, exits)
+    assert died == {}, f"engines that died by themselves: {died}\n" + stop_logs(fleet, died)
     kinds = {f.kind for f in injector.faults}
     assert kinds >= {"child_kill", "engine_kill", "sigterm", "terminate_backends",
                      "postgres_restart"}, kinds

@@ -352,3 +352,49 @@ def test_jobs_run_complete_and_are_rescued_when_ids_are_past_2_pow_31(
         workers = c.execute(for_schema(SCHEMA).engine_list, {"schema": SCHEMA}).fetchall()
     assert [(w[0], w[-1]) for w in workers] == [(survivor_id, True)], workers
     assert survivor.poll() is None, log_of(survivor)
+
+
+# -- the database going away while an engine starts ------------------------------------------
+
+
+def registering(url: str) -> list[int]:
+    """Backends of engines waiting to register (blocked on the engine table's lock)."""
+    return [r[0] for r in fetch(
+        url, "select pid from pg_stat_activity where application_name = 'skivi-liveness' "
+             "and wait_event_type = 'Lock'")]
+
+
+def test_an_engine_whose_registration_fails_retries_and_then_runs_jobs(
+        engines: EngineProcs, database: str) -> None:
+    with connect(database, autocommit=False) as holder:
+        holder.execute("lock table skivi.engine in access exclusive mode")
+        engine = engines.start(processes=1, concurrency=2)
+        first = wait_for(lambda: registering(database), timeout=30,
+                         what="the engine to wait for the engine table")[0]
+        # Its statement fails (as at a server restart): it must not die, but try again.
+        fetch(database, "select pg_terminate_backend(%s)", first)
+        wait_for(lambda: [p for p in registering(database) if p != first], timeout=30,
+                 what="the engine to try registering again")
+        assert engine.poll() is None, log_of(engine)
+        holder.rollback()
+    job = enqueue(database, [{"task": "noop"}])[0]
+    wait_for(lambda: [r for r in engines.ledger.starts() if r[0] == job], timeout=30,
+             what=f"job {job} to run")
+    engine.send_signal(signal.SIGTERM)
+    assert engine.wait(timeout=30) == 0, log_of(engine)
+    assert "cannot register the engine" in log_of(engine)
+
+
+def test_sigterm_stops_an_engine_still_waiting_to_register_with_exit_0(
+        engines: EngineProcs, database: str) -> None:
+    with connect(database, autocommit=False) as holder:
+        holder.execute("lock table skivi.engine in access exclusive mode")
+        engine = engines.start(processes=1, concurrency=2)
+        wait_for(lambda: registering(database), timeout=30,
+                 what="the engine to wait for the engine table")
+        engine.send_signal(signal.SIGTERM)
+        # While the table is still locked: the stop must not wait for the registration.
+        assert engine.wait(timeout=15) == 0, log_of(engine)
+        holder.rollback()
+    assert "stopped before the engine could register" in log_of(engine)
+    assert fetch(database, "select count(*) from skivi.engine")[0][0] == 0
