@@ -134,10 +134,14 @@ class Fetcher:
             try:
                 n = await self._claim(room)
                 delay = 0.05
-            except psycopg.Error as exc:
+            except Exception as exc:  # a claim loop that died would stop the engine
                 self.db.broken()
-                logger.warning("claim failed: %s; retrying in %.2fs", exc, delay,
-                               extra={"action": "claim_failed"})
+                if isinstance(exc, psycopg.Error):
+                    logger.warning("claim failed: %s; retrying in %.2fs", exc, delay,
+                                   extra={"action": "claim_failed"})
+                else:
+                    logger.exception("claim failed; retrying in %.2fs", delay,
+                                     extra={"action": "claim_failed"})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue

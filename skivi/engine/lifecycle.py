@@ -38,8 +38,8 @@ async def every(interval: float, step: Callable[[], Awaitable[bool | None]], *,
     """The loop of every periodic part (heartbeat, rescuer, history pruner, queue stats):
     run ``step`` every ``interval`` seconds until cancelled. A database error is logged
     under ``action``, the connection is reported broken (the next round reconnects) and the
-    loop goes on. A step that returns True has more work waiting: the next round starts at
-    once."""
+    loop goes on; any other error too, logged with its traceback. A step that returns True
+    has more work waiting: the next round starts at once."""
     await asyncio.sleep(first_delay)
     while True:
         again = False
@@ -48,5 +48,10 @@ async def every(interval: float, step: Callable[[], Awaitable[bool | None]], *,
         except psycopg.Error as exc:
             db.broken()
             logger.warning("%s failed: %s", what, exc, extra={"action": action})
+        except Exception:
+            # A bug, not the database: say so loudly, but a periodic part that stops (the
+            # heartbeat above all) would get a live engine declared dead.
+            db.broken()
+            logger.exception("%s failed", what, extra={"action": action})
         if not again:
             await asyncio.sleep(interval)
