@@ -230,7 +230,8 @@ def engine_main(argv: Sequence[str]) -> int:
     p.add_argument("--metrics-port", type=int, default=0)
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="engine: %(levelname)s %(name)s: %(message)s")
+                        format="engine: %(relativeCreated)8.1f ms %(levelname)s %(name)s: "
+                               "%(message)s")
     kind, ms = parse_task(args.task)
     config = load_config({
         "database": {"connection_string": args.database_url, "schema_name": args.schema},

@@ -161,6 +161,8 @@ class Fetcher:
         cur = await conn.execute(self.q.job_claim, params, prepare=True)
         rows = await cur.fetchall()
         self.claims += 1
+        if self.claims == 1:
+            logger.debug("first claim: %d jobs", len(rows), extra={"action": "claim"})
         if rows:
             self.claimed += len(rows)
             self.buffer.extend((r[0], r[1], r[2].encode()) for r in rows)
