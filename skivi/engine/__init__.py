@@ -32,7 +32,7 @@ Exit codes of ``python -m skivi.engine``:
     0  stopped cleanly (signal, or --once with nothing left to run)
     1  stopped with errors (a shutdown step failed, results left unwritten)
     2  bad command line or configuration, or a task file that does not load
-    3  the database could not be reached or migrated at start
+    3  the database could not be reached (for 30 s) or migrated at start
 """
 
 from __future__ import annotations

@@ -10,9 +10,10 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -20,6 +21,12 @@ from skivi.config import DEFAULT_CONFIG_FILE, load_config
 from skivi.engine import EXIT_CONFIG, EXIT_DATABASE, run
 from skivi.errors import ConfigError, MigrationError, RegistryError
 from skivi.system import create_system
+
+T = TypeVar("T")
+
+STARTUP_RETRY_SECONDS = 30.0
+"""How long an engine starting keeps trying to reach the database before it gives up with
+exit code 3: fleets start with (or during a restart or failover of) their database."""
 
 EPILOG = """\
 Every flag can also be set in the environment (in brackets); flags win over the
@@ -29,7 +36,7 @@ exit codes:
   0  stopped cleanly (SIGTERM/SIGINT, or --once with nothing left to run)
   1  stopped with errors (a shutdown step failed; some results could not be written)
   2  bad command line or configuration, or a task file that does not load
-  3  the database could not be reached or migrated at start
+  3  the database could not be reached (for 30 s) or migrated at start
 
 signals: SIGTERM or SIGINT drain gracefully (stop claiming, finish running jobs up to
 --shutdown-timeout, write every result); a second signal stops at once, and the jobs still
@@ -130,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.no_migrate:
             # Someone else migrates (an owner role, at deploy time): still refuse to run
             # against a schema this version does not match.
-            pending = system.pending_migrations()
+            pending = _retrying(system.pending_migrations, log)
             if pending:
                 log.error("schema %s has pending migrations (%s) and --no-migrate was given; "
                           "run `skivi migrate` first", system.schema,
@@ -138,12 +145,31 @@ def main(argv: Sequence[str] | None = None) -> int:
                           extra={"action": "migrations_pending"})
                 return EXIT_DATABASE
         else:
-            system.migrate()
+            _retrying(system.migrate, log)
     except (psycopg.Error, MigrationError) as exc:
         log.error("cannot migrate schema %s: %s", system.schema, exc,
                   extra={"action": "migrate_failed"})
         return EXIT_DATABASE
     return run(system, once=args.once)
+
+
+def _retrying(step: Callable[[], T], log: logging.Logger) -> T:
+    """``step()``, retried while the database cannot be reached, up to
+    STARTUP_RETRY_SECONDS. Anything else (a failed migration, a schema too new) is not
+    retried. A migration cut off by a lost connection rolled back: running it again is
+    safe."""
+    deadline = time.monotonic() + STARTUP_RETRY_SECONDS
+    delay = 0.25
+    while True:
+        try:
+            return step()
+        except psycopg.OperationalError as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("cannot reach the database (%s); retrying in %.1fs",
+                        str(exc).strip(), delay, extra={"action": "start_retry"})
+            time.sleep(delay)
+            delay = min(delay * 2, 4.0)
 
 
 if __name__ == "__main__":

@@ -151,7 +151,12 @@ class PrivateServer:
         self._pg_ctl("-m", "immediate", "stop")
 
     def start(self) -> None:
-        self._pg_ctl("start")
+        # The options pgserver started it with (no TCP listener, its own socket directory):
+        # a bare start would listen on localhost:5432, where the machine's server may be.
+        from urllib.parse import parse_qs, urlsplit
+
+        socket_dir = parse_qs(urlsplit(self.url).query)["host"][0]
+        self._pg_ctl("-o", '-h ""', "-o", f"-k {socket_dir}", "start")
 
 
 @pytest.fixture

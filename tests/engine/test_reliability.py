@@ -16,6 +16,8 @@ import pytest
 from skivi.db.queries import Queries, for_schema
 from tests.engine.conftest import (
     EngineProcs,
+    Ledger,
+    PrivateServer,
     children_of,
     engine_id,
     enqueue,
@@ -398,3 +400,23 @@ def test_sigterm_stops_an_engine_still_waiting_to_register_with_exit_0(
         holder.rollback()
     assert "stopped before the engine could register" in log_of(engine)
     assert fetch(database, "select count(*) from skivi.engine")[0][0] == 0
+
+
+def test_an_engine_started_while_the_database_is_down_waits_for_it_and_runs(
+        private_server: PrivateServer, tmp_path: Path) -> None:
+    url = private_server.url
+    procs = EngineProcs(url, Ledger(tmp_path / "ledger.txt"))
+    try:
+        private_server.stop()
+        engine = procs.start(processes=1, concurrency=2)
+        wait_for(lambda: "cannot reach the database" in log_of(engine), timeout=30,
+                 what="the engine to report the database unreachable")
+        assert engine.poll() is None, log_of(engine)
+        private_server.start()
+        job = enqueue(url, [{"task": "noop"}])[0]
+        wait_for(lambda: [r for r in procs.ledger.starts() if r[0] == job], timeout=30,
+                 what=f"job {job} to run")
+        engine.send_signal(signal.SIGTERM)
+        assert engine.wait(timeout=30) == 0, log_of(engine)
+    finally:
+        procs.stop_all()
