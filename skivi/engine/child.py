@@ -189,11 +189,11 @@ class _Runner:
             task = self.registry.get(m[2])
             if self.stopping:
                 self._report([m[0], m[1], handoff.RESULT_RELEASED, m[2], m[4], 0.0,
-                              None, 0.0, None, None, 0.0])
+                              None, 0.0, None, None, 0.0, slot])
             elif task is None:
                 self._report([m[0], m[1], handoff.RESULT_FAILED, m[2], m[4], 0.0,
                               f"no handler for task {m[2]!r} in this engine", 0.0,
-                              "no_handler", None, _wait(m)])
+                              "no_handler", None, _wait(m), slot])
             elif task.is_async:
                 self.running += 1
                 self.loop.create_task(self._run_async(task, m))
@@ -208,7 +208,7 @@ class _Runner:
         while self.sync_queue:
             m = self.sync_queue.popleft()
             self._report([m[0], m[1], handoff.RESULT_RELEASED, m[2], m[4], 0.0,
-                          None, 0.0, None, None, 0.0])
+                          None, 0.0, None, None, 0.0, m[12]])
         self.flush()
 
     def _pump_sync(self) -> None:
@@ -242,7 +242,7 @@ class _Runner:
 
     def _announce(self, m: list[Any]) -> None:
         """Tell the parent's watchdog that a job with a timeout starts now."""
-        self._write(handoff.encode_frame(handoff.STARTED, orjson.dumps([m[0], m[1]])))
+        self._write(handoff.encode_frame(handoff.STARTED, orjson.dumps([m[0], m[1], m[12]])))
 
     def _call_sync(self, task: Task, m: list[Any]) -> list[Any]:
         self.started[m[12]] = 1
@@ -257,7 +257,7 @@ class _Runner:
             row = self._failure(task, m, exc, time.perf_counter() - started)
         else:
             row = self._outcome(task, m, outcome, time.perf_counter() - started)
-        row.append(wait)
+        row += (wait, m[12])
         return row
 
     async def _run_async(self, task: Task, m: list[Any]) -> None:
@@ -284,7 +284,7 @@ class _Runner:
             result = self._failure(task, m, exc, time.perf_counter() - started)
         else:
             result = self._outcome(task, m, outcome, time.perf_counter() - started)
-        result.append(wait)
+        result += (wait, m[12])
         self.running -= 1
         self._report(result)
 

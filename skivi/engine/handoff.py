@@ -9,8 +9,8 @@ pipe carries frames: a 4-byte big-endian length, one kind byte, then an orjson b
                       STOP     stop taking jobs; send back the ones not started; finish
     child  -> parent  RESULTS  a JSON array of Result rows (below)
                       READY    the child has loaded its tasks and waits for jobs
-                      STARTED  [id, lease] of a job with a timeout that just started: the
-                               parent's watchdog kills the child if it overruns
+                      STARTED  [id, lease, slot] of a job with a timeout that just
+                               started: the parent's watchdog kills the child if it overruns
 
 Per-child channels (rather than one shared queue) let the parent know exactly which jobs
 each child holds, so a child that dies fails precisely its own jobs. Which of them had
@@ -25,10 +25,15 @@ A job message is [id, lease, task, payload, queue_name, priority, run_at, attemp
 max_attempts, key, flags, created_at].
 
 A result row is [id, lease, code, task, queue_name, run_seconds, error, delay, final,
-payload, wait_seconds]: code is one of the RESULT_* values; error the failure text (or
-null); delay the retry backoff in seconds; final the reason to exhaust the job now (or
+payload, wait_seconds, slot]: code is one of the RESULT_* values; error the failure text
+(or null); delay the retry backoff in seconds; final the reason to exhaust the job now (or
 null); payload the JSON text of what stays to do after a partial success (or null);
-wait_seconds the time from the job's run_at to its start.
+wait_seconds the time from the job's run_at to its start; slot the job's slot in its child
+(rows the parent writes for a dead child's jobs have no slot).
+
+The parent keeps a child's jobs by slot, not by job id: one engine can hold two claims of
+the same job at once (it lost the job to a rescuer while running it, and claimed it again),
+and each run must give back its own slot.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ __all__ = [
     "RESULT_COMPLETED",
     "RESULT_FAILED",
     "RESULT_RELEASED",
+    "RESULT_SLOT",
     "STARTED",
     "STOP",
     "FrameReader",
@@ -65,6 +71,7 @@ STARTED = b"T"
 RESULT_COMPLETED = 0
 RESULT_FAILED = 1
 RESULT_RELEASED = 2  # never started: goes back with its attempt not consumed
+RESULT_SLOT = 11  # index of the slot in a result row
 
 _HEADER = struct.Struct(">I")
 

@@ -88,17 +88,17 @@ class ChildHandle:
     alive_fd: int
     capacity: int
     # Start flags shared with the child, one per slot (see handoff), the free slots, and
-    # each job's slot.
+    # the job in each busy slot (by slot, not by job id: see handoff).
     started: mmap.mmap
     free_slots: list[int]
     in_flight: dict[int, ClaimedJob] = field(default_factory=dict)
-    slot_of: dict[int, int] = field(default_factory=dict)
     outbox: bytearray = field(default_factory=bytearray)
     reader: handoff.FrameReader = field(default_factory=handoff.FrameReader)
     writer_armed: bool = False
     stopping: bool = False
     exited: bool = False
-    # Jobs with a timeout that have started: id -> (deadline on the loop clock, timeout).
+    # Slots whose job has a timeout and has started: slot -> (deadline on the loop clock,
+    # timeout); the slots whose job overran it.
     deadlines: dict[int, tuple[float, float]] = field(default_factory=dict)
     timed_out: dict[int, float] = field(default_factory=dict)
 
@@ -525,9 +525,9 @@ class Engine:
             jobs = [buffer.popleft() for _ in range(n)]
             slots = [child.free_slots.pop() for _ in range(n)]
             started = child.started
+            in_flight = child.in_flight
             for j, slot in zip(jobs, slots, strict=True):
-                child.in_flight[j[0]] = j
-                child.slot_of[j[0]] = slot
+                in_flight[slot] = j
                 started[slot] = 0
             self._send(child, handoff.encode_jobs(slots, [j[2] for j in jobs]))
             if not buffer:
@@ -553,26 +553,28 @@ class Engine:
 
     def _take_frames(self, child: ChildHandle, data: bytes) -> None:
         in_flight = child.in_flight
-        slot_of = child.slot_of
         free_slots = child.free_slots
         deadlines = child.deadlines
         for kind, body in child.reader.feed(data):
             if kind == handoff.RESULTS:
                 results = orjson.loads(body)
                 for r in results:
-                    if in_flight.pop(r[0], None) is not None:
-                        free_slots.append(slot_of.pop(r[0]))
-                    if deadlines:
-                        deadlines.pop(r[0], None)
+                    slot = r[handoff.RESULT_SLOT]
+                    job = in_flight.get(slot)
+                    if job is not None and job[0] == r[0] and job[1] == r[1]:
+                        del in_flight[slot]
+                        free_slots.append(slot)
+                        if deadlines:
+                            deadlines.pop(slot, None)
                 self.completer.add(results)
             elif kind == handoff.STARTED:
-                job_id, _lease = orjson.loads(body)
-                job = in_flight.get(job_id)
-                if job is not None:
+                job_id, lease, slot = orjson.loads(body)
+                job = in_flight.get(slot)
+                if job is not None and job[0] == job_id and job[1] == lease:
                     timeout = self._timeout_of(job)
                     if timeout is not None:
                         # A grace second lets an async handler's own timeout answer first.
-                        deadlines[job_id] = (time.monotonic() + timeout + 1.0, timeout)
+                        deadlines[slot] = (time.monotonic() + timeout + 1.0, timeout)
         self.dispatch()
 
     def _timeout_of(self, job: ClaimedJob) -> float | None:
@@ -593,11 +595,12 @@ class Engine:
             for child in self.children:
                 if child.exited or not child.deadlines or child.timed_out:
                     continue
-                late = {j: t for j, (d, t) in child.deadlines.items() if d <= now}
+                late = {s: t for s, (d, t) in child.deadlines.items() if d <= now}
                 if late:
                     child.timed_out = late
                     logger.error("job(s) %s overran their timeout: killing child %d (pid %d)",
-                                 sorted(late), child.index, child.pid,
+                                 sorted(child.in_flight[s][0] for s in late
+                                        if s in child.in_flight), child.index, child.pid,
                                  extra={"action": "kill_child_timeout"})
                     try:
                         os.kill(child.pid, signal.SIGKILL)
@@ -637,7 +640,6 @@ class Engine:
                          extra={"action": "replace_child"})
             self.observer.child_replaced(child.index, child.pid, status, len(child.in_flight))
         child.in_flight.clear()
-        child.slot_of.clear()
         child.started.close()
         if not self.stopping:
             self._spawn(child.index)
@@ -648,16 +650,16 @@ class Engine:
         those still waiting in the child go back untouched."""
         results = []
         unstarted = []
-        for job_id, lease, msg in child.in_flight.values():
-            if not child.started[child.slot_of[job_id]] and job_id not in child.timed_out:
+        for slot, (job_id, lease, msg) in child.in_flight.items():
+            if not child.started[slot] and slot not in child.timed_out:
                 unstarted.append((job_id, lease))
                 continue
             m = orjson.loads(msg)
             task = self.registry.get(m[2])
             backoff = task.backoff if task is not None else DEFAULT_BACKOFF
             delay = 0.0 if retry_now else backoff.delay(m[7])
-            if job_id in child.timed_out:
-                text = (f"timeout: the job ran longer than {child.timed_out[job_id]} s; "
+            if slot in child.timed_out:
+                text = (f"timeout: the job ran longer than {child.timed_out[slot]} s; "
                         f"its process (pid {child.pid}) was killed")
                 delay = backoff.delay(m[7])
             else:

@@ -606,6 +606,39 @@ def summary(settings: Settings, v: Verdict, faults: list[Fault], producers: list
 # -- the test ---------------------------------------------------------------------------------
 
 
+def stuck_state(url: str) -> str:
+    """What the database holds when jobs did not finish: the unfinished jobs, the serial
+    queues in use, the engines, and the Skivi backends."""
+    queries = {
+        "unfinished jobs (committed, no final record)": """
+            select c.job_id, j.task_identifier, j.queue_name, j.locked_by, j.lease,
+                   j.attempts, j.max_attempts, j.run_at - now() as runnable_in,
+                   left(j.last_error, 120)
+            from chaos_ledger.committed c left join skivi.job j on j.id = c.job_id
+            where not exists (select 1 from chaos_ledger.final f where f.job_id = c.job_id)
+            order by c.job_id limit 20""",
+        "jobs left in skivi.job": """
+            select id, task_identifier, queue_name, locked_by, lease, attempts, max_attempts,
+                   run_at - now(), left(last_error, 120)
+            from skivi.job order by id limit 20""",
+        "serial queues held": "select * from skivi.job_queue where job_id is not null "
+                              "or locked_by is not null limit 20",
+        "engines": "select id, pid, heartbeat_at, stopping, in_flight from skivi.engine",
+        "backends": "select pid, application_name, state, wait_event_type, wait_event, "
+                    "left(query, 60) from pg_stat_activity where application_name like "
+                    "'skivi%%'",
+    }
+    out = []
+    for title, query in queries.items():
+        try:
+            rows = _query(url, query)
+        except Exception as exc:  # noqa: BLE001 - a diagnostic must not hide the failure
+            rows = [(f"query failed: {exc}",)]
+        out.append(f"{title}:")
+        out += [f"  {row}" for row in rows]
+    return "\n".join(out)
+
+
 def stop_logs(fleet: Fleet, exits: dict[int, int | None]) -> str:
     """What the engines that did not stop cleanly logged from the stop request on (and
     every traceback), so a failure in CI says why without the files."""
@@ -676,6 +709,8 @@ def test_every_job_reaches_one_final_state_and_repeats_are_explained_when_faults
         try:
             wait_for(drained, timeout=settings.drain_timeout,
                      what="every committed job to reach a final state")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{stuck_state(url)}") from None
         finally:
             drain = time.monotonic() - produced_at
         live = fleet.running()

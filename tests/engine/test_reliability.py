@@ -420,3 +420,33 @@ def test_an_engine_started_while_the_database_is_down_waits_for_it_and_runs(
         assert engine.wait(timeout=30) == 0, log_of(engine)
     finally:
         procs.stop_all()
+
+
+# -- one job claimed twice by the same engine ---------------------------------------------------
+
+
+def test_a_job_rescued_while_it_runs_and_claimed_again_by_the_same_engine_frees_both_slots(
+        engines: EngineProcs, database: str) -> None:
+    """An engine can hold two claims of one job: it ran the job, lost it (declared dead, the
+    job rescued) and claimed it again while the first run went on. Each run must give back
+    its own slot: were the slots keyed by job id, the first run's result would free the
+    second run's slot and the first slot would be lost for good."""
+    engine = engines.start(processes=1, concurrency=2)
+    job = enqueue(database, [{"task": "async_sleep", "payload": {"s": 1.5}}])[0]
+    wait_for(lambda: [r for r in engines.ledger.starts() if r[0] == job], timeout=30,
+             what=f"job {job} to start")
+    # What a rescuer does to the jobs of an engine it found dead.
+    fetch(database, "update skivi.job set locked_by = null, locked_at = null where id = %s "
+                    "returning id", job)
+    wait_for(lambda: len([r for r in engines.ledger.starts() if r[0] == job]) == 2,
+             timeout=30, what=f"job {job} to be claimed and started again")
+    wait_for(lambda: live_jobs(database) == 0, timeout=30, what="the job to complete")
+    pair = enqueue(database, [{"task": "async_sleep", "payload": {"s": 1.0}}
+                              for _ in range(2)])
+    wait_for(lambda: len([r for r in engines.ledger.starts() if r[0] in pair]) == 2,
+             timeout=30, what="both jobs to start")
+    starts = sorted(r[4] for r in engines.ledger.starts() if r[0] in pair)
+    assert starts[1] - starts[0] < 0.5, \
+        f"the two jobs ran one after the other ({starts}): a slot was lost"
+    engine.send_signal(signal.SIGTERM)
+    assert engine.wait(timeout=30) == 0, log_of(engine)
