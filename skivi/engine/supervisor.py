@@ -104,7 +104,7 @@ class ChildHandle:
 
     @property
     def free(self) -> int:
-        return 0 if self.stopping else self.capacity - len(self.in_flight)
+        return 0 if self.stopping else len(self.free_slots)
 
 
 class Engine:
