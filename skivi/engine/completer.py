@@ -38,7 +38,9 @@ __all__ = ["Completer"]
 
 logger = logging.getLogger(__name__)
 
-FlushHook = Callable[[list[list[Any]], list[list[Any]], set[int], dict[int, str]], None]
+Claim = tuple[int, int]  # (job id, lease): one claim of one job
+# (completed rows, failed rows, the claims completed, the outcome of each failed claim)
+FlushHook = Callable[[list[list[Any]], list[list[Any]], set[Claim], dict[Claim, str]], None]
 
 
 class Completer:
@@ -142,8 +144,8 @@ class Completer:
         self._in_flush = len(completed) + len(failed) + len(released)
         self._first_at = time.monotonic()
         engine = self.engine_id()
-        done_ids: set[int] = set()
-        outcomes: dict[int, str] = {}
+        done_ids: set[Claim] = set()
+        outcomes: dict[Claim, str] = {}
         try:
             conn = await self.db.get()
             kinds = bool(completed) + bool(failed) + bool(released)
@@ -173,22 +175,24 @@ class Completer:
 
     async def _write(self, conn: Any, engine: int, completed: list[list[Any]],
                      failed: list[list[Any]], released: list[tuple[int, int]],
-                     ) -> tuple[set[int], dict[int, str]]:
-        done_ids: set[int] = set()
-        outcomes: dict[int, str] = {}
+                     ) -> tuple[set[Claim], dict[Claim, str]]:
+        # Keyed by (id, lease), not id: one batch can hold two claims of the same job (an
+        # engine that lost a job to a rescuer and claimed it again), only one accepted.
+        done_ids: set[Claim] = set()
+        outcomes: dict[Claim, str] = {}
         if completed:
             cur = await conn.execute(self.q.job_complete_many, {
                 "engine": engine, "ids": _int_array(r[0] for r in completed),
                 "leases": _int_array(r[1] for r in completed), "history": self.history},
                 prepare=True)
-            done_ids = {row[0] for row in await cur.fetchall()}
+            done_ids = {(row[0], row[1]) for row in await cur.fetchall()}
         if failed:
             cur = await conn.execute(self.q.job_fail_many, {
                 "engine": engine,
                 "ids": [r[0] for r in failed], "leases": [r[1] for r in failed],
                 "errors": [r[6] for r in failed], "delays": [float(r[7]) for r in failed],
                 "finals": [r[8] for r in failed], "payloads": [r[9] for r in failed]})
-            outcomes = {row[0]: row[1] for row in await cur.fetchall()}
+            outcomes = {(row[0], row[2]): row[1] for row in await cur.fetchall()}
         if released:
             await conn.execute(self.q.job_release_many, {
                 "engine": engine, "ids": _int_array(p[0] for p in released),

@@ -40,7 +40,7 @@ import orjson
 
 from skivi.engine import EXIT_CONFIG, handoff, process
 from skivi.engine.child import child_main
-from skivi.engine.completer import Completer
+from skivi.engine.completer import Claim, Completer
 from skivi.engine.connection import Reconnecting
 from skivi.engine.fetcher import ClaimedJob, Fetcher
 from skivi.engine.lifecycle import cancel_and_wait
@@ -672,7 +672,7 @@ class Engine:
 
     # -- observers -------------------------------------------------------------------
     def _on_flushed(self, completed: list[list[Any]], failed: list[list[Any]],
-                    done_ids: set[int], outcomes: dict[int, str]) -> None:
+                    done_ids: set[Claim], outcomes: dict[Claim, str]) -> None:
         # A finished job may have freed a serial queue: look again now, not at the next poll.
         self.fetcher.wake()
         s = self.stats

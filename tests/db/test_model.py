@@ -189,7 +189,7 @@ class JobLifeCycle(RuleBasedStateMachine):
             "engine": engine, "ids": [p[0] for p in pairs], "leases": [p[1] for p in pairs],
             "errors": ["boom"] * n, "delays": [0.0] * n, "finals": [final] * n,
             "payloads": [None] * n}).fetchall()
-        assert dict(rows) == expected
+        assert {r[0]: r[1] for r in rows} == expected
         for job, outcome in expected.items():
             self._finish(job, "waiting" if outcome == "failed" else "exhausted")
 

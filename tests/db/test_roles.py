@@ -225,11 +225,11 @@ def test_worker_runs_every_engine_statement_when_granted_the_worker_role(roles: 
         (a, la), (b, lb), (r1, lr1) = [(row[0], row[1]) for row in claimed[:3]]
         done = c.execute(q.job_complete_many, {"engine": engine, "ids": [a], "leases": [la],
                                                "history": True}).fetchall()
-        assert done == [(a,)]
+        assert done == [(a, la)]
         failed = c.execute(q.job_fail_many, {
             "engine": engine, "ids": [b], "leases": [lb], "errors": ["boom"],
             "delays": [0.0], "finals": ["no_handler"], "payloads": [None]}).fetchall()
-        assert failed == [(b, "exhausted")]
+        assert failed == [(b, "exhausted", lb)]
         released = c.execute(q.job_release_many, {"engine": engine, "ids": [r1],
                                                   "leases": [lr1]}).fetchall()
         assert released == [(r1,)]

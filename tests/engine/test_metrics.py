@@ -74,7 +74,8 @@ def test_counts_and_histograms_follow_the_flushes_when_fed_by_the_observer() -> 
               _row(11, handoff.RESULT_FAILED, "a", payload="[1]"),
               _row(12, handoff.RESULT_FAILED, "b", final="no_handler"),
               _row(13, handoff.RESULT_FAILED, "b")]  # refused
-    observer.flushed(done, failed, set(range(9)), {10: "failed", 11: "failed", 12: "exhausted"})
+    observer.flushed(done, failed, {(i, 1) for i in range(9)},
+                     {(10, 1): "failed", (11, 1): "failed", (12, 1): "exhausted"})
     value = m.registry.get_sample_value
 
     assert value("skivi_jobs_total", {"task": "a", "queue": "", "outcome": "completed"}) == 9
@@ -95,7 +96,7 @@ def test_counts_and_histograms_follow_the_flushes_when_fed_by_the_observer() -> 
     assert value("skivi_build_info", {"version": "1.2.3"}) == 1
 
     emitter.on("job/completed", lambda ev: 1 / 0)
-    observer.flushed(done[:1], [], {0}, {})
+    observer.flushed(done[:1], [], {(0, 1)}, {})
     assert value("skivi_event_handler_errors_total") == 1
     assert value("skivi_jobs_total", {"task": "a", "queue": "", "outcome": "completed"}) == 10
 
@@ -172,9 +173,9 @@ async def _harness(url: str, out: Path) -> None:
             observer.claimed(n + 3)
             observer.dispatched(n + 3)
             observer.set_gauges(n + 3, 8, 2)
-            observer.flushed(rows, failed, {r[0] for r in rows},
-                             {next_id + n: "failed", next_id + n + 1: "failed",
-                              next_id + n + 2: "exhausted"})
+            observer.flushed(rows, failed, {(r[0], r[1]) for r in rows},
+                             {(next_id + n, 1): "failed", (next_id + n + 1, 1): "failed",
+                              (next_id + n + 2, 1): "exhausted"})
             completed += n
             next_id += n + 3
             await asyncio.sleep(0.2)

@@ -151,6 +151,32 @@ def test_late_write_changes_nothing_when_the_job_was_rescued_and_claimed_again(
         assert b.complete([(job, 2)]) == [job]
 
 
+@pytest.mark.parametrize("write", ["complete", "fail"])
+def test_a_batch_holding_two_claims_of_one_job_reports_only_the_current_one(
+        database: str, late_writer: Callable[[], FakeEngine], write: str) -> None:
+    """The same engine lost a job to a rescuer and claimed it again: both runs' results can
+    land in one batch. The statements say which (id, lease) they accepted, so the engine
+    counts (and emits) one outcome, not two."""
+    with connect(database) as admin:
+        [(job,)] = admin.execute("select id from skivi.add_job('t')").fetchall()
+        a = late_writer()
+        assert a.claim() == [(job, 1)]
+        admin.execute("update skivi.job set locked_by = null, locked_at = null")  # a rescue
+        assert a.claim() == [(job, 2)]
+        pairs = [(job, 1), (job, 2)]
+        if write == "complete":
+            rows = a.conn.execute(a.q.job_complete_many, {
+                "engine": a.id, "ids": [p[0] for p in pairs], "leases": [p[1] for p in pairs],
+                "history": False}).fetchall()
+            assert rows == [(job, 2)]
+        else:
+            rows = a.conn.execute(a.q.job_fail_many, {
+                "engine": a.id, "ids": [job, job], "leases": [1, 2], "errors": ["x", "y"],
+                "delays": [0.0, 0.0], "finals": [None, None], "payloads": [None, None]}
+                ).fetchall()
+            assert rows == [(job, "failed", 2)]
+
+
 # -- graceful stop in the middle of a prefetched batch --------------------------------------------
 
 

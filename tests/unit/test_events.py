@@ -268,8 +268,9 @@ def test_flush_emits_one_event_per_accepted_result_when_the_observer_sees_it() -
               _row(6, handoff.RESULT_FAILED, payload="[2]"),
               _row(7, handoff.RESULT_FAILED, final="no_handler"),
               _row(8, handoff.RESULT_FAILED)]  # refused
-    observer.flushed(completed, failed, {1, 2},
-                     {4: "failed", 5: "failed", 6: "exhausted", 7: "exhausted"})
+    observer.flushed(completed, failed, {(1, 1), (2, 1)},
+                     {(4, 1): "failed", (5, 1): "failed", (6, 1): "exhausted",
+                      (7, 1): "exhausted"})
     assert emitter.types() == ["job/completed"] * 2 + ["job/failed", "job/partial-success"] \
         + ["job/exhausted"] * 2
     assert emitter.of("job/completed") == [

@@ -6,7 +6,8 @@
 -- in job_history. Their serial queues are freed in the same statement.
 --
 -- Parameters: %(engine)s; %(ids)s bigint[]; %(leases)s bigint[] (pairwise); %(history)s bool.
--- Returns the ids actually completed (a missing id was stale: rescued or already finished).
+-- Returns (id, lease) of the rows actually completed (a missing pair was stale: rescued or
+-- already finished). The lease tells apart two claims of one job in the same batch.
 --
 -- Plan shape: each (id, lease) pair is looked up by primary key. The engine test is written
 -- "is not distinct from" so that no index on running jobs can serve it: after an ANALYZE
@@ -32,4 +33,4 @@ with done as (
     where %(history)s
     on conflict (id) do nothing
 )
-select done.id from done;
+select done.id, done.lease from done;
