@@ -146,8 +146,10 @@ def chaos_server() -> Iterator[PrivateServer]:
     with connect(url) as c:
         migrate(c, "skivi")
         c.execute(LEDGER_SCHEMA)
+    server = PrivateServer(pgdata, url)
     try:
-        yield PrivateServer(pgdata, url)
+        yield server
     finally:
+        server.stop_quietly()
         srv.cleanup()
         shutil.rmtree(pgdata, ignore_errors=True)

@@ -150,6 +150,15 @@ class PrivateServer:
     def stop(self) -> None:
         self._pg_ctl("-m", "immediate", "stop")
 
+    def stop_quietly(self) -> None:
+        """Stop it if it runs. pgserver's own cleanup knows only the first postmaster's
+        pid: after a restart it would leave the server running."""
+        import contextlib
+        import subprocess
+
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self._pg_ctl("-m", "immediate", "stop")
+
     def start(self) -> None:
         # The options pgserver started it with (no TCP listener, its own socket directory):
         # a bare start would listen on localhost:5432, where the machine's server may be.
@@ -171,7 +180,9 @@ def private_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Private
     url = srv.get_uri()
     with connect(url) as c:
         migrate(c, "skivi")
+    server = PrivateServer(pgdata, url)
     try:
-        yield PrivateServer(pgdata, url)
+        yield server
     finally:
+        server.stop_quietly()
         srv.cleanup()
