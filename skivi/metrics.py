@@ -94,7 +94,7 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -364,11 +364,36 @@ class EngineMetrics:
         self.children.set(children)
 
 
-def start_exporter(host: str, port: int, registry: CollectorRegistry) -> WSGIServer:
+Health = Callable[[str], tuple[bool, str]]
+"""Answers a probe path ("/healthz" or "/readyz") with (healthy, one line saying why)."""
+
+HEALTH_PATHS = ("/healthz", "/readyz")
+
+
+def start_exporter(host: str, port: int, registry: CollectorRegistry,
+                   health: Health | None = None) -> WSGIServer:
     """Serve ``registry`` at ``http://host:port/metrics`` from a daemon thread; returns the
-    server (its ``server_port`` is the port bound: pass 0 for any free one). Stop it with
-    :func:`stop_exporter`. Raises OSError when the address is taken."""
+    server (its ``server_port`` is the port bound: pass 0 for any free one). With
+    ``health``, ``/healthz`` and ``/readyz`` answer 200 or 503 with its one-line reason.
+    Stop it with :func:`stop_exporter`. Raises OSError when the address is taken."""
     server, _thread = start_http_server(port, addr=host, registry=registry)
+    if health is not None:
+        metrics_app = server.get_app()
+        assert metrics_app is not None
+
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            path = environ.get("PATH_INFO", "")
+            if path not in HEALTH_PATHS:
+                return metrics_app(environ, start_response)
+            try:
+                ok, why = health(path)
+            except Exception as exc:  # noqa: BLE001 - a probe answers, it never raises
+                ok, why = False, f"health check failed: {exc!r}"
+            start_response("200 OK" if ok else "503 Service Unavailable",
+                           [("Content-Type", "text/plain; charset=utf-8")])
+            return [why.encode() + b"\n"]
+
+        server.set_app(app)
     return server
 
 

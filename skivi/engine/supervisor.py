@@ -57,6 +57,7 @@ __all__ = ["Engine", "EngineStats"]
 logger = logging.getLogger(__name__)
 
 READ_SIZE = 1 << 20
+HEALTH_STALL_SECONDS = 10.0  # /healthz fails when the event loop made no round this long
 CRON_EXIT_CONFIG = 2  # the cron process refused its entries: do not restart it
 
 
@@ -142,6 +143,8 @@ class Engine:
         self._cut_short = asyncio.Event()  # set: stop waiting for running jobs
         self._aux: list[asyncio.Task[None]] = []
         self._stop_requested = asyncio.Event()
+        self._serving = False  # registered and every part started
+        self._last_tick = time.monotonic()  # the watchdog's last round (see health())
         url = system.database_url
         timeout = cfg.database.connect_timeout
 
@@ -191,7 +194,8 @@ class Engine:
 
             m = self.system.config.metrics
             try:
-                self._exporter = start_exporter(m.host, m.port, self.metrics.registry)
+                self._exporter = start_exporter(m.host, m.port, self.metrics.registry,
+                                                health=self.health)
             except OSError as exc:
                 logger.error("cannot serve metrics on %s:%d: %s", m.host, m.port, exc,
                              extra={"action": "start_exporter_failed"})
@@ -203,6 +207,8 @@ class Engine:
                 self._spawn(i)
             if self.system.cron_entries:
                 self._spawn_cron()
+            # From the start: its ticks are what /healthz reports on.
+            self._aux.append(loop.create_task(self._watchdog(), name="watchdog"))
             if await self._register():
                 await self._serve()
         finally:
@@ -226,8 +232,23 @@ class Engine:
                     self.system.schema, extra={"action": "start_engine"})
         if self.once:
             self._aux.append(loop.create_task(self._watch_once(), name="once"))
-        self._aux.append(loop.create_task(self._watchdog(), name="watchdog"))
+        self._serving = True
         await self._stop_requested.wait()
+
+    def health(self, probe: str) -> tuple[bool, str]:
+        """The answer to an HTTP probe, from the exporter's thread. ``/healthz``: the event
+        loop makes progress (the watchdog ticks every 0.1 s), so a wedged parent gets
+        restarted. ``/readyz``: also registered, running and not stopping."""
+        stalled = time.monotonic() - self._last_tick
+        if stalled > HEALTH_STALL_SECONDS:
+            return False, f"event loop stalled for {stalled:.0f} s"
+        if probe == "/healthz":
+            return True, "ok"
+        if self.stopping:
+            return False, "stopping"
+        if not self._serving:
+            return False, "starting: waiting to register with the database"
+        return True, f"ready: engine {self.liveness.engine_id}"
 
     async def _register(self) -> bool:
         """Take this engine's identity, waiting out a database that is not there yet; False
@@ -588,6 +609,7 @@ class Engine:
         child's other jobs as a crash, and the child is replaced."""
         while not self._done.is_set():
             await asyncio.sleep(0.1)
+            self._last_tick = time.monotonic()
             live = [c for c in self.children if not c.exited]
             self.observer.set_gauges(self.in_flight(),
                                      sum(c.capacity for c in live if not c.stopping), len(live))

@@ -363,10 +363,14 @@ def test_dockerfile_healthcheck_asks_the_exporter_when_run(tmp_path: Path) -> No
         return subprocess.run(argv, env=env, capture_output=True, timeout=30,
                               check=False).returncode
 
-    server = start_exporter("127.0.0.1", 0, EngineMetrics("test").registry)
+    healthy = {"now": True}
+    server = start_exporter("127.0.0.1", 0, EngineMetrics("test").registry,
+                            health=lambda path: (healthy["now"], "test"))
     port = int(server.server_port)
     try:
-        assert check(port) == 0, "healthy while the exporter answers"
+        assert check(port) == 0, "healthy while the engine's /healthz says so"
+        healthy["now"] = False
+        assert check(port) != 0, "unhealthy when /healthz says the event loop stalled"
     finally:
         stop_exporter(server)
     assert check(port) != 0, "unhealthy when nothing answers"
@@ -666,10 +670,16 @@ def test_kubernetes_probes_never_kill_a_draining_engine_when_read() -> None:
     deployment = k8s_object("Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     # Both probes ask the metrics exporter, which the engine serves until its drain is over
-    # (Engine.shutdown stops it last); no exec probe that could hang on a busy pod.
-    for probe in ("readinessProbe", "livenessProbe"):
+    # (Engine.shutdown stops it last); no exec probe that could hang on a busy pod. Liveness
+    # asks only that the event loop runs (tests/engine/test_metrics.py: /healthz stays 200
+    # while the engine drains).
+    from skivi.metrics import HEALTH_PATHS
+
+    paths = {p: container[p]["httpGet"]["path"] for p in ("readinessProbe", "livenessProbe")}
+    assert paths == {"readinessProbe": "/readyz", "livenessProbe": "/healthz"}
+    assert set(paths.values()) == set(HEALTH_PATHS)
+    for probe in paths:
         assert set(container[probe]) & {"exec", "tcpSocket", "grpc"} == set()
-        assert container[probe]["httpGet"]["path"] == "/metrics"
     liveness = container["livenessProbe"]
     assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 120
     assert "lifecycle" not in container, "SIGTERM alone starts the drain"

@@ -529,3 +529,82 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of an exposition: (name, sorted labels) -> value."""
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+# -- health probes ----------------------------------------------------------------------------
+
+
+def _probe(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode().strip()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode().strip()
+
+
+def test_exporter_answers_probes_from_its_health_check_and_metrics_elsewhere() -> None:
+    state = {"ok": True}
+
+    def health(path: str) -> tuple[bool, str]:
+        if path == "/readyz" and not state["ok"]:
+            raise RuntimeError("no database")
+        return state["ok"], f"{path} says {state['ok']}"
+
+    m = EngineMetrics("1.2.3", Emitter())
+    server = start_exporter("127.0.0.1", 0, m.registry, health=health)
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        assert _probe(base + "/healthz") == (200, "/healthz says True")
+        assert _probe(base + "/readyz") == (200, "/readyz says True")
+        state["ok"] = False
+        assert _probe(base + "/healthz") == (503, "/healthz says False")
+        assert _probe(base + "/readyz") == \
+            (503, "health check failed: RuntimeError('no database')")
+        status, text = _probe(base + "/metrics")
+        assert status == 200 and 'skivi_build_info{version="1.2.3"} 1.0' in text
+    finally:
+        stop_exporter(server)
+
+
+def test_engine_probes_say_ready_then_stopping_while_it_drains(
+        engines: EngineProcs, database: str) -> None:
+    import signal
+
+    from tests.engine.conftest import enqueue
+    from tests.helpers import connect
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    with connect(database, autocommit=False) as holder:
+        # Not registered yet (the engine table is locked): alive, not ready.
+        holder.execute("lock table skivi.engine in access exclusive mode")
+        proc = engines.start("--metrics-port", str(port), "--shutdown-timeout", "30",
+                             processes=1, concurrency=2)
+        wait_for(lambda: _probe_or_none(base + "/readyz") == (
+            503, "starting: waiting to register with the database"), timeout=30,
+            what="/readyz to say the engine waits to register")
+        assert _probe(base + "/healthz") == (200, "ok")
+        holder.rollback()
+    _, text = wait_for(lambda: _ready(base), timeout=30, what="/readyz to say ready")
+    assert text.startswith("ready: engine ")
+    job = enqueue(database, [{"task": "async_sleep", "payload": {"s": 3.0}}])[0]
+    wait_for(lambda: [r for r in engines.ledger.starts() if r[0] == job], timeout=30,
+             what="the long job to start")
+    proc.send_signal(signal.SIGTERM)
+    # Draining the running job: still alive, no longer ready.
+    wait_for(lambda: _probe_or_none(base + "/readyz") == (503, "stopping"), timeout=10,
+             what="/readyz to say stopping")
+    assert _probe(base + "/healthz") == (200, "ok")
+    assert proc.wait(timeout=30) == 0, log_of(proc)
+
+
+def _probe_or_none(url: str) -> tuple[int, str] | None:
+    try:
+        return _probe(url)
+    except OSError:
+        return None
+
+
+def _ready(base: str) -> tuple[int, str] | None:
+    found = _probe_or_none(base + "/readyz")
+    return found if found is not None and found[0] == 200 else None
