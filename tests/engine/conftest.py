@@ -110,6 +110,19 @@ def enqueue(url: str, specs: list[dict[str, Any]]) -> list[int]:
         system.stop()
 
 
+def runs_a_job_then_stops(procs: EngineProcs, url: str,
+                          engine: subprocess.Popen[bytes]) -> None:
+    """The engine is working: a no-op job enqueued now runs; then SIGTERM stops it with
+    exit 0."""
+    from tests.helpers import wait_for
+
+    job = enqueue(url, [{"task": "noop"}])[0]
+    wait_for(lambda: [r for r in procs.ledger.starts() if r[0] == job], timeout=30,
+             what=f"job {job} to run")
+    engine.send_signal(signal.SIGTERM)
+    assert engine.wait(timeout=30) == 0, log_of(engine)
+
+
 def live_jobs(url: str) -> int:
     return int(fetch(url, "select count(*) from skivi.job")[0][0])
 

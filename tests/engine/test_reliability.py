@@ -24,6 +24,7 @@ from tests.engine.conftest import (
     fetch,
     live_jobs,
     log_of,
+    runs_a_job_then_stops,
 )
 from tests.helpers import connect, wait_for
 
@@ -405,11 +406,7 @@ def test_an_engine_whose_registration_fails_retries_and_then_runs_jobs(
                  what="the engine to try registering again")
         assert engine.poll() is None, log_of(engine)
         holder.rollback()
-    job = enqueue(database, [{"task": "noop"}])[0]
-    wait_for(lambda: [r for r in engines.ledger.starts() if r[0] == job], timeout=30,
-             what=f"job {job} to run")
-    engine.send_signal(signal.SIGTERM)
-    assert engine.wait(timeout=30) == 0, log_of(engine)
+    runs_a_job_then_stops(engines, database, engine)
     assert "cannot register the engine" in log_of(engine)
 
 
@@ -439,11 +436,7 @@ def test_an_engine_started_while_the_database_is_down_waits_for_it_and_runs(
                  what="the engine to report the database unreachable")
         assert engine.poll() is None, log_of(engine)
         private_server.start()
-        job = enqueue(url, [{"task": "noop"}])[0]
-        wait_for(lambda: [r for r in procs.ledger.starts() if r[0] == job], timeout=30,
-                 what=f"job {job} to run")
-        engine.send_signal(signal.SIGTERM)
-        assert engine.wait(timeout=30) == 0, log_of(engine)
+        runs_a_job_then_stops(procs, url, engine)
     finally:
         procs.stop_all()
 
