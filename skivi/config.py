@@ -94,6 +94,7 @@ DEFAULT_CONFIG_FILE = "skivi.toml"
 CONNECT_TIMEOUT_DEFAULT = 10.0
 CONNECTION_STRING_DEFAULT: str | None = None
 POOL_MAX_SIZE_DEFAULT = 4
+PREPARED_STATEMENTS_DEFAULT = True
 SCHEMA_NAME_DEFAULT = "skivi"
 
 # worker
@@ -268,6 +269,13 @@ class DatabaseConfig:
 
     pool_max_size: int = _setting(POOL_MAX_SIZE_DEFAULT, _at_least(1))
     """Most connections in the parent's pool. Default: 4."""
+
+    prepared_statements: bool = _setting(PREPARED_STATEMENTS_DEFAULT)
+    """Whether the connections of Skivi's own enqueue pool may prepare statements (psycopg
+    prepares one after 5 runs on a connection). Set false for producers behind a
+    transaction-mode pooler that cannot keep prepared statements (PgBouncer before 1.21, or
+    without max_prepared_statements). Engines must not sit behind such a pooler anyway
+    (docs/operations.md). Default: true."""
 
     schema_name: str = _setting(SCHEMA_NAME_DEFAULT, _check_schema_name)
     """Schema holding Skivi's tables: a plain lowercase identifier of at most 57 characters, so the

@@ -102,7 +102,8 @@ class System:
                 self._pool = dbpool.make_pool(
                     self.database_url, max_size=self.config.database.pool_max_size,
                     application_name="skivi-client",
-                    connect_timeout=self.config.database.connect_timeout)
+                    connect_timeout=self.config.database.connect_timeout,
+                    prepared_statements=self.config.database.prepared_statements)
             return self._pool
 
     async def async_pool(self) -> AsyncConnectionPool[Any]:
@@ -113,7 +114,8 @@ class System:
             pool = dbpool.make_async_pool(
                 self.database_url, max_size=self.config.database.pool_max_size,
                 application_name="skivi-client",
-                connect_timeout=self.config.database.connect_timeout)
+                connect_timeout=self.config.database.connect_timeout,
+                prepared_statements=self.config.database.prepared_statements)
             self._async_pools[loop] = pool
             await pool.open()
         return pool

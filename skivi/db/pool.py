@@ -69,24 +69,35 @@ async def connect_async(url: str, *, autocommit: bool = True, application_name: 
     return conn
 
 
+def _pool_kwargs(application_name: str, connect_timeout: float,
+                 prepared_statements: bool) -> dict[str, Any]:
+    kwargs = {**_kwargs(application_name, connect_timeout), "autocommit": True}
+    if not prepared_statements:
+        kwargs["prepare_threshold"] = None
+    return kwargs
+
+
 def make_pool(url: str, *, max_size: int, application_name: str = "skivi",
-              connect_timeout: float = 10.0) -> ConnectionPool[Any]:
+              connect_timeout: float = 10.0,
+              prepared_statements: bool = True) -> ConnectionPool[Any]:
     """Autocommit connections: a single enqueue statement is its own transaction, one round
-    trip; callers that need several statements open ``conn.transaction()`` explicitly."""
+    trip; callers that need several statements open ``conn.transaction()`` explicitly.
+    ``prepared_statements=False`` (database.prepared_statements) never prepares."""
     return ConnectionPool(
         url, min_size=1, max_size=max_size, open=True, configure=configure,
-        kwargs={**_kwargs(application_name, connect_timeout), "autocommit": True},
+        kwargs=_pool_kwargs(application_name, connect_timeout, prepared_statements),
         name=application_name,
     )
 
 
 def make_async_pool(url: str, *, max_size: int, application_name: str = "skivi",
-                    connect_timeout: float = 10.0) -> AsyncConnectionPool[Any]:
+                    connect_timeout: float = 10.0,
+                    prepared_statements: bool = True) -> AsyncConnectionPool[Any]:
     async def configure_async(conn: psycopg.AsyncConnection[Any]) -> None:
         configure(conn)
 
     return AsyncConnectionPool(
         url, min_size=1, max_size=max_size, open=False, configure=configure_async,
-        kwargs={**_kwargs(application_name, connect_timeout), "autocommit": True},
+        kwargs=_pool_kwargs(application_name, connect_timeout, prepared_statements),
         name=application_name,
     )

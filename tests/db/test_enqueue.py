@@ -410,3 +410,40 @@ def test_bulk_add_jobs_async_pipelines_chunks_when_larger_than_a_chunk(
         system, [{"task": "bulk", "payload": {"i": i}} for i in range(n)]))
     assert [j.payload["i"] for j in jobs] == list(range(n))
     assert count_jobs(database) == n
+
+
+@pytest.mark.parametrize("prepared", [True, False])
+def test_internal_pool_prepares_statements_only_when_allowed_by_configuration(
+        database: str, prepared: bool) -> None:
+    """database.prepared_statements = false is for producers behind a transaction-mode
+    pooler: their sessions must never hold a prepared statement."""
+    system = skivi.create_system({"database": {
+        "connection_string": database, "pool_max_size": 1, "prepared_statements": prepared}})
+    try:
+        for i in range(8):  # psycopg prepares on the 5th run of a statement
+            skivi.add_job(system, "t", {"i": i})
+        with system.pool.connection() as conn:
+            held = conn.execute("select count(*) from pg_prepared_statements").fetchone()
+    finally:
+        system.stop()
+    assert held is not None
+    assert (held[0] > 0) is prepared, held
+
+
+def test_internal_async_pool_never_prepares_when_configured_not_to(database: str) -> None:
+    system = skivi.create_system({"database": {
+        "connection_string": database, "pool_max_size": 1, "prepared_statements": False}})
+
+    async def main() -> tuple[Any, ...] | None:
+        for i in range(8):
+            await skivi.add_job_async(system, "t", {"i": i})
+        pool = await system.async_pool()
+        async with pool.connection() as conn:
+            cur = await conn.execute("select count(*) from pg_prepared_statements")
+            return await cur.fetchone()
+
+    try:
+        held = asyncio.run(main())
+    finally:
+        system.stop()
+    assert held == (0,)
