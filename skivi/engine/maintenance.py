@@ -44,6 +44,9 @@ __all__ = ["HistoryPruner", "Liveness"]
 logger = logging.getLogger(__name__)
 
 
+RESTART_GRACE_MIN = 10.0
+
+
 class Liveness:
     def __init__(self, db: Reconnecting, queries: Queries, *, version: str,
                  heartbeat_interval: float, lease_timeout: float, rescue_interval: float,
@@ -61,6 +64,10 @@ class Liveness:
         self.in_flight = in_flight
         self.on_rescued = on_rescued
         self.on_new_identity = on_new_identity
+        # Long enough for live engines to notice a server restart and take their locks back:
+        # their next rescue round (every rescue_interval) relocks first, after reconnecting
+        # with a backoff of at most 2 s.
+        self.restart_grace = max(RESTART_GRACE_MIN, 3 * rescue_interval)
         self.engine_id = 0
         self.stopping = False
         self._lock_conn: Any = None
@@ -156,8 +163,9 @@ class Liveness:
 
     async def rescue(self) -> tuple[list[int], int, int]:
         conn = await self._connection()
-        cur = await conn.execute(self.q.job_rescue, {"engine": self.engine_id,
-                                                     "schema": self.q.schema})
+        cur = await conn.execute(self.q.job_rescue, {
+            "engine": self.engine_id, "schema": self.q.schema,
+            "restart_grace": self.restart_grace})
         row = await cur.fetchone()
         assert row is not None
         engines, retried, exhausted = list(row[0]), int(row[1]), int(row[2])

@@ -258,7 +258,7 @@ class JobLifeCycle(RuleBasedStateMachine):
                 else:
                     self._finish(m.id, "exhausted")
                     exhausted += 1
-        row = self.db.execute(self.q.job_rescue, {"engine": slot.id,
+        row = self.db.execute(self.q.job_rescue, {"engine": slot.id, "restart_grace": 10.0,
                                                   "schema": SCHEMA}).fetchone()
         assert row is not None
         assert (sorted(row[0]), row[1], row[2]) == (sorted(dead), retried, exhausted)

@@ -237,7 +237,8 @@ def test_worker_runs_every_engine_statement_when_granted_the_worker_role(roles: 
                                               "stopping": False}).fetchone() == (engine,)
         assert c.execute(q.job_stats, {"engine": engine, "cap": 10000,
                                        "max_groups": 100}).fetchall()
-        assert c.execute(q.job_rescue, {"engine": engine, "schema": SCHEMA}).fetchone()
+        assert c.execute(q.job_rescue, {"engine": engine, "schema": SCHEMA,
+                                        "restart_grace": 10.0}).fetchone()
         assert c.execute(q.engine_relock, {"schema": SCHEMA, "engine": engine}).fetchone()
         pruned = c.execute(q.job_history_prune, {"lock_class": 1, "schema": SCHEMA,
                                                  "retention": 0.0, "batch": 100}).fetchone()

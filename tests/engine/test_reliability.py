@@ -81,7 +81,7 @@ class FakeEngine:
             "leases": [p[1] for p in pairs]}).fetchall()]
 
     def rescue(self) -> tuple[list[int], int, int]:
-        row = self.conn.execute(self.q.job_rescue, {"engine": self.id,
+        row = self.conn.execute(self.q.job_rescue, {"engine": self.id, "restart_grace": 10.0,
                                                     "schema": SCHEMA}).fetchone()
         assert row is not None
         return list(row[0]), int(row[1]), int(row[2])

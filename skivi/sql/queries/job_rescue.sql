@@ -8,7 +8,15 @@
 -- LOCKED so two rescuers never handle the same engine; the updates re-check locked_by, so a
 -- job finished meanwhile is left alone (River #1302).
 --
--- Parameters: %(engine)s (the rescuer, never rescued by itself), %(schema)s.
+-- A server restart frees every engine's lock at once, live engines' included: they take it
+-- back on their next liveness statement (engine_relock.sql). So a free lock does not count
+-- for an engine registered before the server (re)started while the restart is less than
+-- %(restart_grace)s seconds old; the heartbeat rule still applies to it. Without this grace
+-- the first engine back would declare all the others dead and their running jobs would run
+-- twice.
+--
+-- Parameters: %(engine)s (the rescuer, never rescued by itself), %(schema)s,
+-- %(restart_grace)s (seconds).
 -- Returns (engines, retried, exhausted): the rescued engine ids and the counts.
 with alive_locks as (
     select l.objid
@@ -23,7 +31,10 @@ with alive_locks as (
     from {schema}.engine e
     where e.id <> %(engine)s
       and (e.heartbeat_at < now() - make_interval(secs => e.lease_timeout)
-           or ((e.id %% 2147483647)::bigint)::oid not in (select objid from alive_locks))
+           or (((e.id %% 2147483647)::bigint)::oid not in (select objid from alive_locks)
+               and not (e.started_at < pg_postmaster_start_time()
+                        and pg_postmaster_start_time()
+                            > now() - make_interval(secs => %(restart_grace)s::float8))))
     for update skip locked
 ), dead as (
     select id from dead_rows
