@@ -163,7 +163,14 @@ class _Runner:
     def _write(self, frame: bytes) -> None:
         view = memoryview(frame)
         while view:
-            written = os.write(self.result_fd, view)
+            try:
+                written = os.write(self.result_fd, view)
+            except BrokenPipeError:
+                # The parent is gone (a SIGKILL; this process dies with it a moment later):
+                # nobody can take results any more, and its jobs are rescued elsewhere.
+                self.stopping = True
+                self.done.set()
+                return
             view = view[written:]
 
     def flush(self) -> None:
