@@ -50,6 +50,14 @@ _FAILED = EventKind.JOB_FAILED
 _PARTIAL = EventKind.JOB_PARTIAL_SUCCESS
 
 
+def _accepted(rows: Sequence[Sequence[Any]], done: Set[Claim]) -> Sequence[Sequence[Any]]:
+    """The rows whose (id, lease) the database accepted. A flush reports each claim once,
+    so when as many were accepted as sent, all were: no per-row lookup on the hot path."""
+    if len(done) == len(rows):
+        return rows
+    return [r for r in rows if (r[_ID], r[_LEASE]) in done]
+
+
 class EngineObserver:
     """Events and metrics of one engine. ``metrics`` None: events only."""
 
@@ -93,11 +101,13 @@ class EngineObserver:
         per accepted row: job/completed, job/partial-success (a failed row keeping part of
         its payload, not exhausted), job/failed or job/exhausted."""
         emit_many = self.emitter.emit_many
+        sent = len(completed)
+        completed = _accepted(completed, done_ids)
         if completed:
             emit_many(_COMPLETED, [
                 {"job_id": r[_ID], "task": r[_TASK], "queue_name": r[_QUEUE],
                  "run_seconds": r[_RUN], "wait_seconds": r[_WAIT] if len(r) > _WAIT else None}
-                for r in completed if (r[_ID], r[_LEASE]) in done_ids])
+                for r in completed])
         if failed:
             retried: list[dict[str, Any]] = []
             partial: list[dict[str, Any]] = []
@@ -120,22 +130,22 @@ class EngineObserver:
             emit_many(_PARTIAL, partial)
             emit_many(_EXHAUSTED, exhausted)
         if self.metrics is not None:
-            self._measure(completed, failed, done_ids, outcomes)
+            self._measure(completed, failed, outcomes, refused=sent - len(completed))
 
     def _measure(self, completed: Sequence[Sequence[Any]], failed: Sequence[Sequence[Any]],
-                 done_ids: Set[Claim], outcomes: Mapping[Claim, str]) -> None:
+                 outcomes: Mapping[Claim, str], refused: int) -> None:
+        """``completed``: the accepted rows only; ``refused``: how many others were sent."""
         assert self.metrics is not None
         # Group the accepted rows by (task, queue, outcome), then take each group's figures
         # with comprehensions: ~0.15 us a row less than one loop doing everything.
         groups: dict[tuple[str, str | None, str], list[Sequence[Any]]] = {}
         for r in completed:
-            if (r[_ID], r[_LEASE]) in done_ids:
-                key = (r[_TASK], r[_QUEUE], "completed")
-                group = groups.get(key)
-                if group is None:
-                    groups[key] = [r]
-                else:
-                    group.append(r)
+            key = (r[_TASK], r[_QUEUE], "completed")
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [r]
+            else:
+                group.append(r)
         for r in failed:
             found = outcomes.get((r[_ID], r[_LEASE]))
             if found is not None:
@@ -165,7 +175,7 @@ class EngineObserver:
                     waits[task] += wait
                 else:
                     waits[task] = wait
-        stale = len(completed) + len(failed) - accepted
+        stale = refused + len(completed) + len(failed) - accepted
         self.metrics.jobs_finished(counts, runs, waits, stale)
 
     def rescued(self, engines: list[int], retried: int, exhausted: int) -> None:
