@@ -31,7 +31,7 @@ create table skivi.engine (
     in_flight integer not null default 0,
     stopping boolean not null default false,
     constraint engine_pkey PRIMARY KEY (id)
-);
+) with (fillfactor=50);
 
 create table skivi.job (
     id bigint not null default nextval('skivi.job_id_seq'::regclass),
@@ -57,7 +57,7 @@ create table skivi.job (
     constraint job_pkey PRIMARY KEY (id),
     constraint job_queue_name_check CHECK (((length(queue_name) >= 1) AND (length(queue_name) <= 128))),
     constraint job_task_identifier_check CHECK (((length(task_identifier) >= 1) AND (length(task_identifier) <= 128)))
-);
+) with (autovacuum_vacuum_scale_factor=0.01, autovacuum_vacuum_threshold=1000, autovacuum_analyze_scale_factor=0.02, autovacuum_vacuum_cost_limit=2000, fillfactor=80);
 
 create table skivi.job_history (
     id bigint not null,
@@ -77,7 +77,7 @@ create table skivi.job_history (
     reason text,
     constraint job_history_outcome_check CHECK ((outcome = ANY (ARRAY['completed'::text, 'exhausted'::text]))),
     constraint job_history_pkey PRIMARY KEY (id)
-);
+) with (autovacuum_vacuum_scale_factor=0.05);
 
 create table skivi.job_queue (
     queue_name text not null,
@@ -86,7 +86,7 @@ create table skivi.job_queue (
     locked_at timestamp with time zone,
     constraint job_queue_locked_check CHECK (((job_id IS NULL) = (locked_by IS NULL))),
     constraint job_queue_pkey PRIMARY KEY (queue_name)
-);
+) with (autovacuum_vacuum_scale_factor=0.01, fillfactor=50);
 
 create table skivi.migration (
     id integer not null,

@@ -177,7 +177,8 @@ order by c.relname
 """
 
 _TABLES = """
-select c.relname, c.relkind, case when c.relkind in ('v', 'm') then pg_get_viewdef(c.oid) end
+select c.relname, c.relkind, case when c.relkind in ('v', 'm') then pg_get_viewdef(c.oid) end,
+       c.reloptions
 from pg_class c
 join pg_namespace n on n.oid = c.relnamespace
 where n.nspname = %(schema)s and c.relkind in ('r', 'p', 'v', 'm', 'f')
@@ -288,14 +289,15 @@ def dump_schema(c: psycopg.Connection[Any], schema: str) -> str:
         constraints.setdefault(table, []).append(f"constraint {name} {definition}")
 
     out.append("\n-- tables")
-    for table, kind, view in rows(_TABLES):
+    for table, kind, view, options in rows(_TABLES):
         if kind in ("v", "m"):
             what = "view" if kind == "v" else "materialized view"
             out.append(f"create {what} {q}.{table} as\n{view.rstrip()}\n")
             continue
         body = ",\n".join(f"    {line}" for line in columns.get(table, []) +
                           constraints.get(table, []))
-        out.append(f"create table {q}.{table} (\n{body}\n);\n")
+        storage = f" with ({', '.join(options)})" if options else ""
+        out.append(f"create table {q}.{table} (\n{body}\n){storage};\n")
 
     out.append("-- indexes")
     out.extend(f"{indexdef};" for (indexdef,) in rows(_INDEXES))
