@@ -14,14 +14,11 @@ hides the other SKIVI_* variables from the tests).
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.engine.conftest import PrivateServer
+from tests.engine.conftest import PrivateServer, private_postgres
 
 SOAK_ENV = "SKIVI_CHAOS_SOAK"
 SOAK_TIMEOUT = 3600
@@ -128,28 +125,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture
 def chaos_server() -> Iterator[PrivateServer]:
-    """A migrated PostgreSQL of the test's own, with the ledger schema and its triggers.
-
-    Its data directory is NOT under pytest's temporary directory: as root, pgserver runs the
-    server as the user "pgserver", and any pytest session of root (another one on the same
-    machine included) makes /tmp/pytest-of-root private again (mode 0700), after which the
-    server's own pg_ctl cannot reach its data directory to restart or stop it.
-    """
-    import pgserver
-
-    from skivi.db.migrate import migrate
-    from tests.helpers import connect
-
-    pgdata = Path(tempfile.mkdtemp(prefix="skivi-chaos-"))
-    srv = pgserver.get_server(pgdata, cleanup_mode="delete")
-    url = srv.get_uri()
-    with connect(url) as c:
-        migrate(c, "skivi")
-        c.execute(LEDGER_SCHEMA)
-    server = PrivateServer(pgdata, url)
-    try:
+    """A migrated PostgreSQL of the test's own, with the ledger schema and its triggers."""
+    with private_postgres("skivi-chaos-", LEDGER_SCHEMA) as server:
         yield server
-    finally:
-        server.stop_quietly()
-        srv.cleanup()
-        shutil.rmtree(pgdata, ignore_errors=True)

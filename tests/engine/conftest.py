@@ -3,10 +3,13 @@ signals, against a real PostgreSQL, and judge it by the ledger its handlers writ
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -166,11 +169,8 @@ class PrivateServer:
     def stop_quietly(self) -> None:
         """Stop it if it runs. pgserver's own cleanup knows only the first postmaster's
         pid: after a restart it would leave the server running."""
-        import contextlib
-        import subprocess
-
         with contextlib.suppress(subprocess.CalledProcessError):
-            self._pg_ctl("-m", "immediate", "stop")
+            self.stop()
 
     def start(self) -> None:
         # The options pgserver started it with (no TCP listener, its own socket directory):
@@ -181,21 +181,48 @@ class PrivateServer:
         self._pg_ctl("-o", '-h ""', "-o", f"-k {socket_dir}", "start")
 
 
-@pytest.fixture
-def private_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateServer]:
+@contextlib.contextmanager
+def private_postgres(prefix: str, setup: str | None = None) -> Iterator[PrivateServer]:
+    """A migrated PostgreSQL of its own (then ``setup`` run in it), stopped and deleted at
+    the end.
+
+    Its data directory is NOT under pytest's temporary directory: as root, pgserver runs the
+    server as the user "pgserver", and any pytest session of root (another one on the same
+    machine included) makes /tmp/pytest-of-root private again (mode 0700), after which the
+    server's own pg_ctl cannot reach its data directory to restart or stop it.
+    """
     import pgserver
 
     from skivi.db.migrate import migrate
     from tests.helpers import connect
 
-    pgdata = tmp_path_factory.mktemp("pgdata")
+    pgdata = Path(tempfile.mkdtemp(prefix=prefix))
     srv = pgserver.get_server(pgdata, cleanup_mode="delete")
     url = srv.get_uri()
     with connect(url) as c:
         migrate(c, "skivi")
+        if setup is not None:
+            c.execute(setup)  # type: ignore[arg-type]
     server = PrivateServer(pgdata, url)
     try:
         yield server
     finally:
         server.stop_quietly()
         srv.cleanup()
+        shutil.rmtree(pgdata, ignore_errors=True)
+
+
+@pytest.fixture
+def private_server() -> Iterator[PrivateServer]:
+    with private_postgres("skivi-private-") as server:
+        yield server
+
+
+@pytest.fixture
+def private_engines(private_server: PrivateServer, tmp_path: Path) -> Iterator[EngineProcs]:
+    """Engines on the private server, SIGKILLed at the end if still running."""
+    procs = EngineProcs(private_server.url, Ledger(tmp_path / "ledger.txt"))
+    try:
+        yield procs
+    finally:
+        procs.stop_all()

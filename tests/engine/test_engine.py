@@ -11,7 +11,6 @@ from typing import Any
 
 from tests.engine.conftest import (
     EngineProcs,
-    Ledger,
     children_of,
     engine_id,
     enqueue,
@@ -228,24 +227,21 @@ def test_handler_can_enqueue_follow_up_jobs_when_running(
 
 
 def test_engine_survives_and_finishes_every_job_when_postgres_restarts(
-        tmp_path: Any, private_server: Any) -> None:
+        private_server: Any, private_engines: EngineProcs) -> None:
     url = private_server.url
-    procs = EngineProcs(url, Ledger(tmp_path / "ledger.txt"))
-    try:
-        ids = enqueue(url, [{"task": "sleep", "payload": {"s": 0.01}} for _ in range(600)])
-        engine = procs.start(processes=2, concurrency=4)
-        wait_for(lambda: len(procs.ledger.starts()) >= 50, what="a busy engine")
-        private_server.restart()
-        restarted_at = time.time()
-        wait_for(lambda: live_jobs(url) == 0, timeout=90, what="every job to finish")
-        assert engine.poll() is None, log_of(engine)
-        assert any(r[4] > restarted_at for r in procs.ledger.starts()), "no work after restart"
-        assert set(procs.ledger.runs_per_job()) == set(ids)
-        assert fetch(url, "select count(*) from skivi.job_history")[0][0] == 0
-        engine.send_signal(signal.SIGTERM)
-        assert engine.wait(timeout=30) == 0, log_of(engine)
-    finally:
-        procs.stop_all()
+    procs = private_engines
+    ids = enqueue(url, [{"task": "sleep", "payload": {"s": 0.01}} for _ in range(600)])
+    engine = procs.start(processes=2, concurrency=4)
+    wait_for(lambda: len(procs.ledger.starts()) >= 50, what="a busy engine")
+    private_server.restart()
+    restarted_at = time.time()
+    wait_for(lambda: live_jobs(url) == 0, timeout=90, what="every job to finish")
+    assert engine.poll() is None, log_of(engine)
+    assert any(r[4] > restarted_at for r in procs.ledger.starts()), "no work after restart"
+    assert set(procs.ledger.runs_per_job()) == set(ids)
+    assert fetch(url, "select count(*) from skivi.job_history")[0][0] == 0
+    engine.send_signal(signal.SIGTERM)
+    assert engine.wait(timeout=30) == 0, log_of(engine)
 
 
 def test_job_past_its_timeout_has_its_child_killed_and_fails_as_timeout(
@@ -286,52 +282,46 @@ def test_cron_process_fires_each_tick_once_and_is_restarted_when_killed(
 
 
 def test_engines_keep_their_identity_and_jobs_run_once_when_postgres_restarts(
-        tmp_path: Any, private_server: Any) -> None:
+        private_server: Any, private_engines: EngineProcs) -> None:
     """A restart frees every engine's liveness lock at once. The first engine back must not
     declare the others dead (they take their locks back within the restart grace): no
     identity lost, no job run twice, although every job was running at the restart."""
     url = private_server.url
-    procs = EngineProcs(url, Ledger(tmp_path / "ledger.txt"))
-    try:
-        ids = enqueue(url, [{"task": "async_sleep", "payload": {"s": 6.0}} for _ in range(8)])
-        first, second = (procs.start(processes=1, concurrency=4) for _ in range(2))
-        wait_for(lambda: len(procs.ledger.starts()) == len(ids), timeout=30,
-                 what="every job running")
-        private_server.restart()
-        wait_for(lambda: live_jobs(url) == 0, timeout=60, what="every job to finish")
-        logs = log_of(first) + log_of(second)
-        assert "lost its identity" not in logs and "rescued the jobs" not in logs, logs
-        assert procs.ledger.runs_per_job() == {job: 1 for job in ids}
-        for engine in (first, second):
-            engine.send_signal(signal.SIGTERM)
-            assert engine.wait(timeout=30) == 0, log_of(engine)
-    finally:
-        procs.stop_all()
+    procs = private_engines
+    ids = enqueue(url, [{"task": "async_sleep", "payload": {"s": 6.0}} for _ in range(8)])
+    first, second = (procs.start(processes=1, concurrency=4) for _ in range(2))
+    wait_for(lambda: len(procs.ledger.starts()) == len(ids), timeout=30,
+             what="every job running")
+    private_server.restart()
+    wait_for(lambda: live_jobs(url) == 0, timeout=60, what="every job to finish")
+    logs = log_of(first) + log_of(second)
+    assert "lost its identity" not in logs and "rescued the jobs" not in logs, logs
+    assert procs.ledger.runs_per_job() == {job: 1 for job in ids}
+    for engine in (first, second):
+        engine.send_signal(signal.SIGTERM)
+        assert engine.wait(timeout=30) == 0, log_of(engine)
 
 
 def test_an_engine_killed_during_the_restart_grace_is_rescued_when_the_grace_ends(
-        tmp_path: Any, private_server: Any) -> None:
+        private_server: Any, private_engines: EngineProcs) -> None:
     url = private_server.url
-    procs = EngineProcs(url, Ledger(tmp_path / "ledger.txt"))
-    try:
-        victim = procs.start(processes=1, concurrency=4)
-        ids = enqueue(url, [{"task": "async_sleep", "payload": {"s": 60.0}} for _ in range(4)])
-        wait_for(lambda: len(procs.ledger.starts()) == len(ids), timeout=30,
-                 what="the victim running every job")
-        survivor = procs.start(processes=1, concurrency=4)
-        engine_id(url, survivor.pid)
-        private_server.restart()
-        victim.send_signal(signal.SIGKILL)
-        victim.wait()
-        killed_at = time.time()
-        wait_for(lambda: procs.ledger.runs_per_job() == {job: 2 for job in ids}, timeout=40,
-                 what="the victim's jobs to run again elsewhere")
-        took = max(r[4] for r in procs.ledger.starts()) - killed_at
-        # The grace (10 s) plus a rescue round, well before the 30 s heartbeat lease.
-        assert took < 20, f"rescued {took:.1f} s after the kill"
-        assert "rescued the jobs of dead engines" in log_of(survivor)
-    finally:
-        procs.stop_all()
+    procs = private_engines
+    victim = procs.start(processes=1, concurrency=4)
+    ids = enqueue(url, [{"task": "async_sleep", "payload": {"s": 60.0}} for _ in range(4)])
+    wait_for(lambda: len(procs.ledger.starts()) == len(ids), timeout=30,
+             what="the victim running every job")
+    survivor = procs.start(processes=1, concurrency=4)
+    engine_id(url, survivor.pid)
+    private_server.restart()
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    killed_at = time.time()
+    wait_for(lambda: procs.ledger.runs_per_job() == {job: 2 for job in ids}, timeout=40,
+             what="the victim's jobs to run again elsewhere")
+    took = max(r[4] for r in procs.ledger.starts()) - killed_at
+    # The grace (10 s) plus a rescue round, well before the 30 s heartbeat lease.
+    assert took < 20, f"rescued {took:.1f} s after the kill"
+    assert "rescued the jobs of dead engines" in log_of(survivor)
 
 
 def test_engine_exits_3_when_no_migrate_and_migrations_are_pending(

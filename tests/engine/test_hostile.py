@@ -32,7 +32,7 @@ import skivi
 from skivi.registry import task
 from skivi.retry import Backoff
 from tests.conftest import DATABASE_PREFIX, drop_database
-from tests.engine.conftest import REPO, EngineProcs, Ledger, fetch, log_of
+from tests.engine.conftest import REPO, EngineProcs, Ledger, enqueue, fetch, log_of
 from tests.helpers import url_for, wait_for
 
 FAST = Backoff(factor=0.01)
@@ -154,14 +154,6 @@ def hostile_task_dir(tmp: Path) -> Path:
     (directory / "hostile.py").write_text(
         "from tests.engine.test_hostile import HOSTILE_TASKS as TASKS  # noqa: F401\n")
     return directory
-
-
-def enqueue(url: str, specs: list[dict[str, Any]]) -> list[int]:
-    system = skivi.create_system({"database": {"connection_string": url}})
-    try:
-        return [j.id for j in skivi.add_jobs(system, specs)]
-    finally:
-        system.stop()
 
 
 # -- misbehaving handlers, all in one engine run --------------------------------------------------

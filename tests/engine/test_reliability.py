@@ -16,7 +16,6 @@ import pytest
 from skivi.db.queries import Queries, for_schema
 from tests.engine.conftest import (
     EngineProcs,
-    Ledger,
     PrivateServer,
     children_of,
     engine_id,
@@ -426,19 +425,16 @@ def test_sigterm_stops_an_engine_still_waiting_to_register_with_exit_0(
 
 
 def test_an_engine_started_while_the_database_is_down_waits_for_it_and_runs(
-        private_server: PrivateServer, tmp_path: Path) -> None:
+        private_server: PrivateServer, private_engines: EngineProcs) -> None:
     url = private_server.url
-    procs = EngineProcs(url, Ledger(tmp_path / "ledger.txt"))
-    try:
-        private_server.stop()
-        engine = procs.start(processes=1, concurrency=2)
-        wait_for(lambda: "cannot reach the database" in log_of(engine), timeout=30,
-                 what="the engine to report the database unreachable")
-        assert engine.poll() is None, log_of(engine)
-        private_server.start()
-        runs_a_job_then_stops(procs, url, engine)
-    finally:
-        procs.stop_all()
+    procs = private_engines
+    private_server.stop()
+    engine = procs.start(processes=1, concurrency=2)
+    wait_for(lambda: "cannot reach the database" in log_of(engine), timeout=30,
+             what="the engine to report the database unreachable")
+    assert engine.poll() is None, log_of(engine)
+    private_server.start()
+    runs_a_job_then_stops(procs, url, engine)
 
 
 # -- one job claimed twice by the same engine ---------------------------------------------------
