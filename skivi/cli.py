@@ -221,6 +221,14 @@ def _output_options() -> argparse.ArgumentParser:
     return p
 
 
+def _list_options(p: argparse.ArgumentParser) -> None:
+    """The options every job listing takes."""
+    p.add_argument("--task", metavar="TASK", help="only jobs of this task")
+    p.add_argument("--limit", metavar="N", type=_positive, default=LIST_LIMIT_DEFAULT,
+                   help=f"at most N jobs (default: {LIST_LIMIT_DEFAULT})")
+    p.add_argument("--payload", action="store_true", help="also print the payloads")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _global_options()
     output = _output_options()
@@ -275,12 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
              "List live jobs, oldest id first. States: waiting (runnable now), scheduled "
              "(run_at in the future), running (claimed by an engine), failed (attempted and "
              "failed, waiting for its next attempt).")
-    p.add_argument("--task", metavar="TASK", help="only jobs of this task")
+    _list_options(p)
     p.add_argument("--queue", metavar="NAME", help="only jobs of this serial queue")
     p.add_argument("--state", choices=JOB_STATES, help="only jobs in this state")
-    p.add_argument("--limit", metavar="N", type=_positive, default=LIST_LIMIT_DEFAULT,
-                   help=f"at most N jobs (default: {LIST_LIMIT_DEFAULT})")
-    p.add_argument("--payload", action="store_true", help="also print the payloads")
 
     p = leaf(jobs, "retry", _cmd_jobs_retry, "run pending jobs now (attempts kept)",
              "Make pending jobs runnable now (run_at = now), keeping their attempts. Running "
@@ -317,11 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = leaf(history, "list", _cmd_history_list, "list finished jobs (newest first)",
              "List finished jobs, most recently finished first: exhausted ones, and completed "
              "ones when worker.history is on.")
-    p.add_argument("--task", metavar="TASK", help="only jobs of this task")
+    _list_options(p)
     p.add_argument("--outcome", choices=HISTORY_OUTCOMES, help="only this outcome")
-    p.add_argument("--limit", metavar="N", type=_positive, default=LIST_LIMIT_DEFAULT,
-                   help=f"at most N jobs (default: {LIST_LIMIT_DEFAULT})")
-    p.add_argument("--payload", action="store_true", help="also print the payloads")
 
     p = leaf(history, "retry", _cmd_history_retry, "put exhausted jobs back in the queue",
              "Put exhausted jobs back in the queue, runnable now, with their attempts reset. "
