@@ -580,10 +580,9 @@ class Engine:
             if kind == handoff.RESULTS:
                 results = orjson.loads(body)
                 for r in results:
+                    # A slot is freed only by its own job's result, so the slot says which.
                     slot = r[handoff.RESULT_SLOT]
-                    job = in_flight.get(slot)
-                    if job is not None and job[0] == r[0] and job[1] == r[1]:
-                        del in_flight[slot]
+                    if in_flight.pop(slot, None) is not None:
                         free_slots.append(slot)
                         if deadlines:
                             deadlines.pop(slot, None)
