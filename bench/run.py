@@ -5,6 +5,8 @@ Scenarios:
     steady    enqueue at a fixed rate while an engine runs; enqueue-to-start latency
     enqueue   single add_job calls, one bulk add_jobs call, and the single-insert floor
     backlog   drain N jobs while a large backlog scheduled in 2100 waits in the same table
+    cpu       N sync jobs each burning MS of CPU time (--task cpu:MS, default 200 x 10 ms):
+              efficiency = ideal (N x MS / processes) / measured (first start to last end)
 
 Every scenario works in a schema of its own (--schema, default skivi_bench), created fresh
 and dropped at the end (--keep keeps it). The engine always runs in a subprocess
@@ -55,7 +57,7 @@ from skivi.engine.supervisor import Engine
 from skivi.system import System, create_system
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("drain", "steady", "enqueue", "backlog")
+SCENARIOS = ("drain", "steady", "enqueue", "backlog", "cpu")
 SCHEMA_MARKER = "skivi bench scratch schema (bench/run.py); dropped after each run"
 BACKLOG_TASK = "backlog"
 BACKLOG_RUN_AT = "2100-01-01 00:00:00+00"
@@ -104,9 +106,13 @@ def make_handler(kind: str, ms: float) -> Callable[[Any], Any]:
         if kind == "sleep":
             time.sleep(seconds)
         elif kind == "cpu":
-            end = time.perf_counter() + seconds
-            while time.perf_counter() < end:
+            # CPU time, not wall time: on a busy machine the job still needs MS of CPU.
+            started = time.time()
+            end = time.thread_time() + seconds
+            while time.thread_time() < end:
                 pass
+            if _latency_fd is not None:
+                os.write(_latency_fd, f"span {started:.6f} {time.time():.6f}\n".encode())
     return handler
 
 
@@ -449,6 +455,13 @@ def parse_options(argv: Sequence[str]) -> Options:
         p.error("--payload-bytes and --backlog must not be negative")
     if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", a.schema):
         p.error("--schema must be a lower-case SQL identifier")
+    if a.scenario == "cpu":
+        if not a.task.startswith("cpu:"):
+            if a.task != "noop":
+                p.error("the cpu scenario runs --task cpu:MS")
+            a.task = "cpu:10"
+        if a.jobs is None:
+            a.jobs = 200
     if a.jobs is None:
         a.jobs = 5_000 if a.scenario == "enqueue" else 20_000
     if a.duration is None and a.scenario == "steady":
@@ -641,7 +654,7 @@ def print_settings(opts: Options, env: dict[str, Any]) -> None:
               f"{opts.sync_threads}, in a subprocess; Prometheus exporter "
               + (f"on port {opts.metrics_port}" if opts.metrics_port else "off"))
     print(f"  task {opts.task}, payload padding {opts.payload_bytes} B, repeat {opts.repeat}")
-    if opts.scenario in ("drain", "backlog"):
+    if opts.scenario in ("drain", "backlog", "cpu"):
         print(f"  jobs {opts.jobs:,}, enqueued with add_jobs in chunks of {opts.chunk:,}"
               + (f"; backlog {opts.backlog:,} jobs at run_at {BACKLOG_RUN_AT[:10]}"
                  if opts.scenario == "backlog" else ""))
@@ -700,9 +713,9 @@ def floor_claim_delete(system: System, conn: psycopg.Connection[Any], opts: Opti
             "batch": opts.batch_size, "ok": deleted == n and left == 0}
 
 
-def engine_drain(opts: Options, n: int, label: str) -> Result:
+def engine_drain(opts: Options, n: int, label: str, latency_file: str | None = None) -> Result:
     """Run an engine with --once over n runnable jobs; live line every second."""
-    ep = EngineProcess.start(opts, once=True, expect=n)
+    ep = EngineProcess.start(opts, once=True, expect=n, latency_file=latency_file)
     spawned = time.time()
     last_t, last_done = spawned, 0
     deadline = time.monotonic() + opts.timeout
@@ -1169,6 +1182,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def cpu_cycle(system: System, conn: psycopg.Connection[Any], opts: Options, run: int) -> Result:
+    """One repeat of cpu: enqueue, drain with --once while each job writes its span."""
+    n = opts.jobs
+    enqueue_bulk(system, opts, n)
+    vacuum(conn, opts)
+    with tempfile.TemporaryDirectory(prefix="skivi-bench-cpu-") as tmp:
+        spans_path = os.path.join(tmp, "spans")
+        drain = engine_drain(opts, n, "cpu", latency_file=spans_path)
+        spans = [tuple(map(float, line.split()[1:3]))
+                 for line in Path(spans_path).read_text().splitlines()
+                 if line.startswith("span ")] if os.path.exists(spans_path) else []
+    problems = verify_drain(conn, opts, n, drain, 0)
+    if len(spans) != n:
+        problems.append(f"{len(spans)} job spans recorded, expected {n}")
+    processes = drain.get("processes") or opts.processes or os.cpu_count() or 1
+    ideal = n * opts.task_ms / 1000.0 / processes
+    measured = (max(e for _, e in spans) - min(s for s, _ in spans)) if spans else None
+    efficiency = ideal / measured if measured else None
+    print(f"  cpu run {run}: {n} jobs of {opts.task_ms:g} ms CPU on {processes} processes: "
+          f"first start to last end {fmt_s(measured)}, ideal {ideal:.3f} s, efficiency "
+          f"{fmt_pct(efficiency)}" + (": VERIFICATION FAILED: " + "; ".join(problems)
+                                     if problems else ""), flush=True)
+    if problems:
+        conn.execute(sql.SQL("delete from {} where " + JOB_ROW_MATCH).format(ident(opts, "job")))
+    return {"run": run, "jobs": n, "task_ms": opts.task_ms, "processes": processes,
+            "ideal_s": ideal, "measured_s": measured, "efficiency": efficiency,
+            "drain": drain, "verified": not problems, "problems": problems}
+
+
+def scenario_cpu(opts: Options, system: System, conn: psycopg.Connection[Any]) -> Result:
+    runs = [cpu_cycle(system, conn, opts, i + 1) for i in range(opts.repeat)]
+    med = medians(runs, ("efficiency", "measured_s"))
+    print()
+    print_table(["run", "first start to last end", "ideal", "efficiency"],
+                [[str(r["run"]), fmt_s(r["measured_s"]), f"{r['ideal_s']:.3f} s",
+                  fmt_pct(r["efficiency"])] for r in runs]
+                + ([["median", fmt_s(med["measured_s"]), "", fmt_pct(med["efficiency"])]]
+                   if len(runs) > 1 else []))
+    print()
+    return {"runs": runs, "medians": med, "verified": all(r["verified"] for r in runs)}
+
+
 def run_scenario(opts: Options) -> int:
     with connect(opts) as conn:
         env = environment(conn)
@@ -1176,7 +1231,8 @@ def run_scenario(opts: Options) -> int:
     started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     results: Result = {}
     scenario = {"drain": scenario_drain, "steady": scenario_steady,
-                "enqueue": scenario_enqueue, "backlog": scenario_backlog}[opts.scenario]
+                "enqueue": scenario_enqueue, "backlog": scenario_backlog,
+                "cpu": scenario_cpu}[opts.scenario]
     with scratch_schema(opts):
         system = make_system(opts)
         try:

@@ -198,6 +198,13 @@ def _each(check: _Check) -> _Check:
     return check_each
 
 
+def _queue_names(key: str, values: Any) -> _Problems:
+    if not values:
+        # An empty list would claim nothing at all; None (the default) claims every queue.
+        return [(key, "must name at least one queue (leave it out to run every queue)")]
+    return _each(_non_empty)(key, values)
+
+
 def _starts_with(prefix: str) -> _Check:
     def check(key: str, value: Any) -> _Problems:
         return [] if value.startswith(prefix) else [(key, f"must start with {prefix!r}")]
@@ -367,7 +374,7 @@ class WorkerConfig:
     processes: int = _setting(PROCESSES_DEFAULT, _at_least(0))
     """Child processes; 0 means one per CPU (``os.cpu_count()``). Default: 0."""
 
-    queues: tuple[str, ...] | None = _setting(QUEUES_DEFAULT, _each(_non_empty))
+    queues: tuple[str, ...] | None = _setting(QUEUES_DEFAULT, _queue_names)
     """Claim only jobs in these queues; None claims from every queue. Default: None."""
 
     rescue_interval: float = _setting(RESCUE_INTERVAL_DEFAULT, _greater_than(0))

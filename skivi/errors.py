@@ -7,6 +7,7 @@ The whole tree (the docstring of each class is its default message)::
     ├── PayloadError           a payload refused at enqueue; names the task and the field
     ├── JobSpecError           an enqueue option refused (max_attempts, job_key_mode, ...)
     ├── MigrationError         schema migration could not be applied
+    │   ├── SchemaNotMigrated  the schema lacks migrations this version needs
     │   └── SchemaTooNew       the database was migrated by a newer Skivi
     ├── RegistryError          task registry could not be built
     │   ├── TaskFileError      a task file failed to load; names the file and line
@@ -28,6 +29,7 @@ __all__ = [
     "MigrationError",
     "PayloadError",
     "RegistryError",
+    "SchemaNotMigrated",
     "SchemaTooNew",
     "SkiviError",
     "TaskFileError",
@@ -69,6 +71,10 @@ class JobSpecError(SkiviError):
 
 class MigrationError(SkiviError):
     """Schema migration failed."""
+
+
+class SchemaNotMigrated(MigrationError):
+    """The schema has not been migrated to this version of Skivi: run `skivi migrate`."""
 
 
 class SchemaTooNew(MigrationError):

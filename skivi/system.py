@@ -26,7 +26,7 @@ from skivi.cron import CronEntry, ensure_unique, load_crontab_file, parse_cronta
 from skivi.db import pool as dbpool
 from skivi.db import queries
 from skivi.db.migrate import Migration, migrate, pending_migrations
-from skivi.errors import ConfigError
+from skivi.errors import ConfigError, SchemaNotMigrated
 from skivi.events import Emitter, EventForwarder, EventReceiver
 from skivi.payload import PayloadGate
 from skivi.registry import TaskRegistry
@@ -132,27 +132,39 @@ class System:
                             connect_timeout=self.config.database.connect_timeout) as conn:
             return pending_migrations(conn, self.schema)
 
+    def check_migrated(self, why: str) -> None:
+        """Raise SchemaNotMigrated, naming the missing migrations, when the schema lacks any
+        (SchemaTooNew when it is newer than this version)."""
+        pending = self.pending_migrations()
+        if pending:
+            raise SchemaNotMigrated(
+                f"schema {self.schema} has pending migrations "
+                f"({', '.join(m.name for m in pending)}) and {why}; run `skivi migrate` "
+                "first")
+
     def start(self, migrate: bool = True, engine: bool | None = None) -> None:
         """Migrate (unless ``migrate=False``), then start the worker engine in a process of
         its own (forked from this one, so handlers defined here, closures included, just
         work). The engine starts when the system has tasks (``engine=None``), or as told.
         A system without tasks only enqueues: starting an engine there would exhaust every
         job as having no handler."""
+        if engine is None:
+            engine = self.has_tasks
         if migrate:
             applied = self.migrate()
             if applied:
                 logger.info("schema %s migrated to %s", self.schema, applied[-1].name,
                             extra={"action": "migrate_schema"})
-        if engine is None:
-            engine = self.has_tasks
+        elif engine:
+            self.check_migrated("start(migrate=False) was asked")
         if engine and self._engine_pid is None:
             self.registry()  # a broken task file fails here, in the caller's process
             self._engine_pid = self._fork_engine()
         self.started = True
 
     def _fork_engine(self) -> int:
-        """Fork the engine process. It keeps the application's file descriptors (its log
-        files, say) but not the sockets of this system's pools, drains (SIGTERM) if the
+        """Fork the engine process. It keeps the application's open files (its log files,
+        say) but none of its sockets or pipes, drains (SIGTERM) if the
         application dies, and forwards its events to the application over a pipe."""
         read_fd, write_fd = os.pipe()
         app_pid = os.getpid()
@@ -174,14 +186,14 @@ class System:
         code = 1
         try:
             from skivi.engine import run
-            from skivi.engine.process import die_with_parent
+            from skivi.engine.process import detach, die_with_parent, shared_objects
 
             die_with_parent(signal.SIGTERM)
             if os.getppid() != app_pid:  # the application died before prctl took effect
                 os.kill(os.getpid(), signal.SIGTERM)
-            for fd in self._connection_fds():
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+            # Let go of the application's sockets (this system's pools, its listeners, its
+            # database connections) without closing them: see skivi.engine.process.
+            detach(shared_objects([0, 1, 2, write_fd]))
             self.forget_connections()
             code = run(self)
         except BaseException:
@@ -190,15 +202,6 @@ class System:
             forwarder.close()  # the last batches, pool/stop included
             logging.shutdown()
             os._exit(code)
-
-    def _connection_fds(self) -> list[int]:
-        fds = []
-        pools: list[Any] = [self._pool, *self._async_pools.values()]
-        for p in pools:
-            for conn in list(getattr(p, "_pool", []) or []):
-                with contextlib.suppress(Exception):  # a closed connection has no socket
-                    fds.append(conn.pgconn.socket)
-        return fds
 
     def forget_connections(self) -> None:
         """In a forked process: drop (never close) the connections inherited from the parent,

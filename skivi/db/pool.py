@@ -22,6 +22,8 @@ __all__ = [
     "is_retryable",
     "make_async_pool",
     "make_pool",
+    "refused_for_good",
+    "unusable_url",
 ]
 
 # SQLSTATEs after which the same statement may succeed if tried again (Graphile Worker's
@@ -36,6 +38,29 @@ RETRYABLE_SQLSTATES = frozenset({
     "08000", "08001", "08003", "08004", "08006",  # connection exceptions
     "53300",  # too_many_connections
 })
+
+
+# What libpq says when a connection is refused for good: waiting will not change it.
+_REFUSED = ("password authentication failed", "no pg_hba.conf entry", "does not exist",
+            "permission denied", "authentication failed")
+
+
+def unusable_url(exc: BaseException) -> bool:
+    """The connection string itself is wrong (an unknown option, a bad port): a
+    configuration error, not a database that is away."""
+    if isinstance(exc, psycopg.ProgrammingError):
+        return True
+    return (isinstance(exc, psycopg.OperationalError)
+            and str(exc).startswith("connection is bad: invalid"))
+
+
+def refused_for_good(exc: BaseException) -> bool:
+    """The server answered and refused this login (authentication, an unknown role or
+    database): retrying cannot help."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    text = str(exc)
+    return "FATAL:" in text and any(r in text for r in _REFUSED)
 
 
 def is_retryable(exc: BaseException) -> bool:

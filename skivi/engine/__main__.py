@@ -18,8 +18,9 @@ from typing import Any, TypeVar
 import psycopg
 
 from skivi.config import DEFAULT_CONFIG_FILE, load_config
+from skivi.db.pool import refused_for_good, unusable_url
 from skivi.engine import EXIT_CONFIG, EXIT_DATABASE, run
-from skivi.errors import ConfigError, MigrationError, RegistryError
+from skivi.errors import ConfigError, MigrationError, RegistryError, SchemaNotMigrated
 from skivi.system import create_system
 
 T = TypeVar("T")
@@ -99,31 +100,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s")
+    handler = LineHandler()
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"))
+    logging.basicConfig(level=args.log_level, handlers=[handler])
     log = logging.getLogger("skivi.engine")
     source: Any = args.config
     if source is None and Path(DEFAULT_CONFIG_FILE).is_file():
         source = DEFAULT_CONFIG_FILE
-    overrides = {
-        "database.connection_string": args.database_url,
-        "database.schema_name": args.schema,
-        "worker.task_directory": args.tasks,
-        "worker.processes": args.processes,
-        "worker.concurrency": args.concurrency,
-        "worker.queues": [q for q in args.queues.split(",") if q] if args.queues else None,
-        "worker.shutdown_timeout": args.shutdown_timeout,
-        "metrics.port": args.metrics_port,
-        "metrics.host": args.metrics_host,
-    }
     try:
+        overrides = {
+            "database.connection_string": args.database_url,
+            "database.schema_name": args.schema,
+            "worker.task_directory": args.tasks,
+            "worker.processes": args.processes,
+            "worker.concurrency": args.concurrency,
+            "worker.queues": _queues(args.queues, os.environ.get("SKIVI_QUEUES")),
+            "worker.shutdown_timeout": args.shutdown_timeout,
+            "metrics.port": args.metrics_port,
+            "metrics.host": args.metrics_host,
+        }
         config = load_config(source, overrides=overrides)
         system = create_system(config)
         if config.worker.task_directory is None:
             raise ConfigError("worker.task_directory: no tasks to run; give --tasks DIR, "
                               "SKIVI_TASKS, or worker.task_directory in the configuration")
-        system.database_url  # noqa: B018 - fail here, clearly, when none is configured
+        _check_url(system.database_url)
         if not len(system.registry()):
             # An engine without tasks would exhaust every job it claims as "no handler".
             raise ConfigError(f"worker.task_directory: no tasks found in "
@@ -137,20 +139,59 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.no_migrate:
             # Someone else migrates (an owner role, at deploy time): still refuse to run
             # against a schema this version does not match.
-            pending = _retrying(system.pending_migrations, log)
-            if pending:
-                log.error("schema %s has pending migrations (%s) and --no-migrate was given; "
-                          "run `skivi migrate` first", system.schema,
-                          ", ".join(m.name for m in pending),
-                          extra={"action": "migrations_pending"})
-                return EXIT_DATABASE
+            _retrying(lambda: system.check_migrated("--no-migrate was given"), log)
         else:
             _retrying(system.migrate, log)
-    except (psycopg.Error, MigrationError) as exc:
+    except psycopg.Error as exc:
+        if unusable_url(exc):
+            print(f"skivi.engine: database.connection_string: {str(exc).strip()}",
+                  file=sys.stderr)
+            return EXIT_CONFIG
+        log.error("cannot migrate schema %s: %s", system.schema, str(exc).strip(),
+                  extra={"action": "migrate_failed"})
+        return EXIT_DATABASE
+    except SchemaNotMigrated as exc:
+        log.error("%s", exc, extra={"action": "migrations_pending"})
+        return EXIT_DATABASE
+    except MigrationError as exc:
         log.error("cannot migrate schema %s: %s", system.schema, exc,
                   extra={"action": "migrate_failed"})
         return EXIT_DATABASE
     return run(system, once=args.once)
+
+
+class LineHandler(logging.Handler):
+    """Writes each record to stderr with one write(2), so the lines of the parent and of
+    every child (which inherit this handler and stderr) never interleave within a line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            data = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
+            view = memoryview(data)
+            while view:
+                view = view[os.write(2, view):]
+        except Exception:  # noqa: BLE001 - logging must never take a job or engine down
+            self.handleError(record)
+
+
+def _queues(flag: str | None, env: str | None) -> list[str] | None:
+    """--queues (else SKIVI_QUEUES) as a list. Given but naming no queue, or with an empty
+    name in it, is an error: it would claim nothing (',') or everything ('')."""
+    source, text = ("--queues", flag) if flag is not None else ("SKIVI_QUEUES", env)
+    if text is None:
+        return None
+    names = [q.strip() for q in text.split(",")]
+    if not text.strip() or any(not q for q in names):
+        raise ConfigError(f"{source}: {text!r} must be a comma-separated list of queue names "
+                          "without empty ones (leave it out to run jobs of every queue)")
+    return names
+
+
+def _check_url(url: str) -> None:
+    try:
+        psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(f"database.connection_string: {str(exc).strip()}") from None
 
 
 def _retrying(step: Callable[[], T], log: logging.Logger) -> T:
@@ -164,7 +205,8 @@ def _retrying(step: Callable[[], T], log: logging.Logger) -> T:
         try:
             return step()
         except psycopg.OperationalError as exc:
-            if time.monotonic() + delay > deadline:
+            if (time.monotonic() + delay > deadline or unusable_url(exc)
+                    or refused_for_good(exc)):
                 raise
             log.warning("cannot reach the database (%s); retrying in %.1fs",
                         str(exc).strip(), delay, extra={"action": "start_retry"})

@@ -28,15 +28,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import datetime as dt
+import inspect
 import logging
 import mmap
 import os
 import signal
+import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +77,16 @@ class JobInfo:
     created_at: dt.datetime
 
 
+class _JobLogger(logging.LoggerAdapter[logging.Logger]):
+    """Prefixes each message with its job, whatever format the application's handlers use,
+    and keeps the job's fields as record attributes too."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = self.extra or {}
+        kwargs["extra"] = {**extra, **kwargs.get("extra", {})}
+        return f"job {extra.get('job_id')} ({extra.get('task')}): {msg}", kwargs
+
+
 class JobContext:
     """The argument every handler receives: ``ctx.job``, ``ctx.logger``, ``ctx.add_job``."""
 
@@ -86,10 +99,12 @@ class JobContext:
 
     @property
     def logger(self) -> logging.LoggerAdapter[logging.Logger]:
-        """A logger bound to this job (built on first use: most handlers never log)."""
+        """A logger bound to this job (built on first use: most handlers never log): its
+        lines start with ``job <id> (<task>):`` and carry job_id, task and attempt as
+        record attributes."""
         if self._logger is None:
             job = self.job
-            self._logger = logging.LoggerAdapter(
+            self._logger = _JobLogger(
                 logging.getLogger(f"skivi.task.{job.task_identifier}"),
                 {"job_id": job.id, "task": job.task_identifier, "attempt": job.attempts},
             )
@@ -138,16 +153,21 @@ def error_text(exc: BaseException) -> str:
 
 
 class _Runner:
-    """Runs jobs and batches results back to the parent."""
+    """Runs jobs and reports results to the parent.
+
+    A success is batched (its slot's state byte says DONE at once, see ``handoff``); a
+    failure is written to the pipe before anything else runs. Either way a result the
+    handler produced survives whatever the child does next."""
 
     def __init__(self, registry: TaskRegistry, system: System, result_fd: int,
                  sync_threads: int, started: mmap.mmap,
                  default_timeout: float | None = None) -> None:
-        self.started = started  # start flags shared with the parent (see handoff)
+        self.started = started  # slot states shared with the parent (see handoff)
         self.default_timeout = default_timeout
         self.registry = registry
         self.system = system
         self.result_fd = result_fd
+        self.pid = os.getpid()
         self.loop = asyncio.get_running_loop()
         self.results: list[list[Any]] = []
         self.sync_queue: deque[list[Any]] = deque()
@@ -156,22 +176,27 @@ class _Runner:
         self.done = asyncio.Event()
         self.flush_scheduled = False
         self.sync_pump_scheduled = False
+        # Sync threads write failures themselves (see _in_thread): one writer at a time, so
+        # frames never interleave.
+        self._write_lock = threading.Lock()
         self.threads = (concurrent.futures.ThreadPoolExecutor(sync_threads, "skivi-sync")
                         if sync_threads > 1 else None)
 
     # -- results ---------------------------------------------------------------------
     def _write(self, frame: bytes) -> None:
         view = memoryview(frame)
-        while view:
-            try:
-                written = os.write(self.result_fd, view)
-            except BrokenPipeError:
-                # The parent is gone (a SIGKILL; this process dies with it a moment later):
-                # nobody can take results any more, and its jobs are rescued elsewhere.
-                self.stopping = True
-                self.done.set()
-                return
-            view = view[written:]
+        with self._write_lock:
+            while view:
+                try:
+                    written = os.write(self.result_fd, view)
+                except BrokenPipeError:
+                    # The parent is gone (a SIGKILL; this process dies with it a moment
+                    # later): nobody can take results any more, and its jobs are rescued
+                    # elsewhere.
+                    self.stopping = True
+                    self.loop.call_soon_threadsafe(self.done.set)
+                    return
+                view = view[written:]
 
     def flush(self) -> None:
         self.flush_scheduled = False
@@ -183,16 +208,30 @@ class _Runner:
 
     def _report(self, result: list[Any]) -> None:
         self.results.append(result)
-        if len(self.results) >= RESULT_FLUSH_SIZE:
+        if result[2] != handoff.RESULT_COMPLETED or len(self.results) >= RESULT_FLUSH_SIZE:
+            # Only a success is remembered by its slot's state byte; anything else must be
+            # in the pipe before the next handler can kill this process.
             self.flush()
         elif not self.flush_scheduled:
             self.flush_scheduled = True
             self.loop.call_soon(self.flush)
 
+    def _done(self, row: list[Any]) -> list[Any]:
+        """Mark a success in its slot's state byte (before anything else can run)."""
+        if row[2] == handoff.RESULT_COMPLETED:
+            self.started[row[handoff.RESULT_SLOT]] = handoff.SLOT_DONE
+        return row
+
+    def _still_ours(self) -> None:
+        """Right after a handler returns: a handler that forked and returned in both copies
+        must not let the copy act as this engine's child. The copy leaves at once."""
+        if os.getpid() != self.pid:
+            os._exit(0)
+
     # -- jobs ------------------------------------------------------------------------
     def accept(self, slots: list[int], messages: list[list[Any]]) -> None:
         for m, slot in zip(messages, slots, strict=True):
-            m.append(slot)  # m[12]: its start flag
+            m.append(slot)  # m[12]: its slot
             task = self.registry.get(m[2])
             if self.stopping:
                 self._report([m[0], m[1], handoff.RESULT_RELEASED, m[2], m[4], 0.0,
@@ -228,10 +267,12 @@ class _Runner:
             assert task is not None
             if self.threads is not None:
                 self.running += 1
-                fut = self.loop.run_in_executor(self.threads, self._call_sync, task, m)
+                fut = self.loop.run_in_executor(self.threads, self._in_thread, task, m)
                 fut.add_done_callback(self._thread_done)
                 continue
-            self._report(self._call_sync(task, m))
+            row = self._call_sync(task, m)
+            if row is not None:
+                self._report(row)
             if time.monotonic() > deadline:
                 break
         if self.sync_queue:
@@ -240,9 +281,22 @@ class _Runner:
         elif not self.flush_scheduled:
             self.flush()
 
-    def _thread_done(self, fut: asyncio.Future[list[Any]]) -> None:
+    def _in_thread(self, task: Task, m: list[Any]) -> list[Any] | None:
+        row = self._call_sync(task, m, in_thread=True)
+        if row is not None and row[2] != handoff.RESULT_COMPLETED:
+            # Written from this thread: a sibling thread's job could end the process
+            # before the loop got to it.
+            self._write(handoff.encode_results([row]))
+            return None
+        return row
+
+    def _thread_done(self, fut: asyncio.Future[list[Any] | None]) -> None:
         self.running -= 1
-        self._report(fut.result())
+        row = fut.result()
+        if row is not None:
+            self._report(row)
+        elif self.stopping and self.running == 0 and not self.sync_queue:
+            self.flush()
 
     def _timeout(self, task: Task) -> float | None:
         return task.timeout if task.timeout is not None else self.default_timeout
@@ -251,49 +305,80 @@ class _Runner:
         """Tell the parent's watchdog that a job with a timeout starts now."""
         self._write(handoff.encode_frame(handoff.STARTED, orjson.dumps([m[0], m[1], m[12]])))
 
-    def _call_sync(self, task: Task, m: list[Any]) -> list[Any]:
-        self.started[m[12]] = 1
-        if self._timeout(task) is not None:
-            self._announce(m)
-        wait = _wait(m)
-        started = time.perf_counter()
-        try:
-            info = _job_info(m)
-            outcome = task.handler(JobContext(info, self.system))
-        except BaseException as exc:  # noqa: BLE001 - every handler failure is data
-            row = self._failure(task, m, exc, time.perf_counter() - started)
-        else:
-            row = self._outcome(task, m, outcome, time.perf_counter() - started)
-        row += (wait, m[12])
-        return row
-
-    async def _run_async(self, task: Task, m: list[Any]) -> None:
-        self.started[m[12]] = 1
+    def _call_sync(self, task: Task, m: list[Any], in_thread: bool = False,
+                   ) -> list[Any] | None:
+        """Run a sync handler; its result row, or None when it returned an awaitable (then
+        awaited on the loop, and reported from there)."""
+        self.started[m[12]] = handoff.SLOT_STARTED
         timeout = self._timeout(task)
         if timeout is not None:
             self._announce(m)
         wait = _wait(m)
         started = time.perf_counter()
         try:
-            info = _job_info(m)
-            coro = task.handler(JobContext(info, self.system))
+            outcome = task.handler(JobContext(_job_info(m), self.system))
+        except BaseException as exc:  # noqa: BLE001 - every handler failure is data
+            self._still_ours()
+            row = self._failure(task, m, exc, time.perf_counter() - started)
+        else:
+            self._still_ours()
+            if inspect.isawaitable(outcome):
+                # `lambda ctx: send(ctx)` with an async send: the work is the awaitable.
+                settle = self._settle(task, m, outcome, started, wait, timeout)
+                if in_thread:
+                    return asyncio.run_coroutine_threadsafe(settle, self.loop).result()
+                self.running += 1
+                self.loop.create_task(self._report_when_settled(settle))
+                return None
+            row = self._outcome(task, m, outcome, time.perf_counter() - started)
+        row += (wait, m[12])
+        return self._done(row)
+
+    async def _report_when_settled(self, settle: Coroutine[Any, Any, list[Any]]) -> None:
+        row = await settle
+        self.running -= 1
+        self._report(row)
+
+    async def _run_async(self, task: Task, m: list[Any]) -> None:
+        self.started[m[12]] = handoff.SLOT_STARTED
+        timeout = self._timeout(task)
+        if timeout is not None:
+            self._announce(m)
+        wait = _wait(m)
+        started = time.perf_counter()
+        try:
+            coro = task.handler(JobContext(_job_info(m), self.system))
+        except BaseException as exc:  # noqa: BLE001 - every handler failure is data
+            row = self._failure(task, m, exc, time.perf_counter() - started)
+            row += (wait, m[12])
+        else:
+            row = await self._settle(task, m, coro, started, wait, timeout)
+        self.running -= 1
+        self._report(row)
+
+    async def _settle(self, task: Task, m: list[Any], awaitable: Awaitable[Any],
+                      started: float, wait: float, timeout: float | None) -> list[Any]:
+        """Await what a handler returned (within its timeout); its result row."""
+        try:
             if timeout is not None:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for runs the coroutine in a
                 # task of its own, which lets SystemExit/KeyboardInterrupt out of the loop.
                 async with asyncio.timeout(timeout):
-                    outcome = await coro
+                    outcome = await awaitable
             else:
-                outcome = await coro
+                outcome = await awaitable
         except TimeoutError as exc:
-            result = self._failure(task, m, exc, time.perf_counter() - started,
-                                   text=f"timeout: the job ran longer than {timeout} s")
+            self._still_ours()
+            row = self._failure(task, m, exc, time.perf_counter() - started,
+                                text=f"timeout: the job ran longer than {timeout} s")
         except BaseException as exc:  # noqa: BLE001 - every handler failure is data
-            result = self._failure(task, m, exc, time.perf_counter() - started)
+            self._still_ours()
+            row = self._failure(task, m, exc, time.perf_counter() - started)
         else:
-            result = self._outcome(task, m, outcome, time.perf_counter() - started)
-        result += (wait, m[12])
-        self.running -= 1
-        self._report(result)
+            self._still_ours()
+            row = self._outcome(task, m, outcome, time.perf_counter() - started)
+        row += (wait, m[12])
+        return self._done(row)
 
     def _failure(self, task: Task, m: list[Any], exc: BaseException, took: float,
                  text: str | None = None) -> list[Any]:
@@ -350,6 +435,25 @@ async def _serve(registry: TaskRegistry, system: System, job_fd: int, result_fd:
     transport.close()
 
 
+def _detach_handler_forks(*fds: int) -> None:
+    """A process a handler forks (multiprocessing, a daemon, os.fork) must never speak for
+    this child: its copies of the job and result pipes are pointed at /dev/null (so it can
+    neither steal job frames nor write results, and holds no pipe end the parent waits on),
+    and it leaves at once if it returns from the handler (see ``_Runner._still_ours``). It
+    is in this child's process group, which the parent kills when the child ends."""
+
+    def after_in_child() -> None:
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)
+
+    os.register_at_fork(after_in_child=after_in_child)
+
+
 def child_main(registry: TaskRegistry, system: System, job_fd: int, result_fd: int,
                sync_threads: int, started: mmap.mmap,
                on_start: Callable[[], None] | None = None) -> int:
@@ -359,6 +463,7 @@ def child_main(registry: TaskRegistry, system: System, job_fd: int, result_fd: i
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     system.forget_connections()
+    _detach_handler_forks(job_fd, result_fd)
     import uvloop
 
     loop = uvloop.new_event_loop()

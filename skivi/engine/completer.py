@@ -39,8 +39,12 @@ __all__ = ["Completer"]
 logger = logging.getLogger(__name__)
 
 Claim = tuple[int, int]  # (job id, lease): one claim of one job
-# (completed rows, failed rows, the claims completed, the outcome of each failed claim)
-FlushHook = Callable[[list[list[Any]], list[list[Any]], set[Claim], dict[Claim, str]], None]
+# A failed claim as the database recorded it: (attempts, max_attempts, next run_at or None)
+Recorded = tuple[int, int, Any]
+# (completed rows, failed rows, the claims completed, the outcome of each failed claim,
+# what was recorded for each failed claim)
+FlushHook = Callable[[list[list[Any]], list[list[Any]], set[Claim], dict[Claim, str],
+                      dict[Claim, Recorded]], None]
 
 
 class Completer:
@@ -70,6 +74,11 @@ class Completer:
     @property
     def pending(self) -> int:
         return len(self.completed) + len(self.failed) + len(self.released)
+
+    @property
+    def unwritten(self) -> int:
+        """Results not yet confirmed written: pending ones and those of a flush under way."""
+        return self.pending + self._in_flush
 
     @property
     def backpressure(self) -> bool:
@@ -146,17 +155,18 @@ class Completer:
         engine = self.engine_id()
         done_ids: set[Claim] = set()
         outcomes: dict[Claim, str] = {}
+        recorded: dict[Claim, Recorded] = {}
         try:
             conn = await self.db.get()
             kinds = bool(completed) + bool(failed) + bool(released)
             if kinds > 1:
                 # All or nothing, so a retried flush reports exactly what it did.
                 async with conn.transaction():
-                    done_ids, outcomes = await self._write(conn, engine, completed, failed,
-                                                           released)
+                    done_ids, outcomes, recorded = await self._write(
+                        conn, engine, completed, failed, released)
             else:
-                done_ids, outcomes = await self._write(conn, engine, completed, failed,
-                                                       released)
+                done_ids, outcomes, recorded = await self._write(conn, engine, completed,
+                                                                 failed, released)
         except BaseException:
             self.db.broken()
             # Put back what was not confirmed; guarded statements make a replay harmless.
@@ -169,17 +179,18 @@ class Completer:
         self.flushes += 1
         if self.on_flushed is not None:
             try:
-                self.on_flushed(completed, failed, done_ids, outcomes)
+                self.on_flushed(completed, failed, done_ids, outcomes, recorded)
             except Exception:
                 logger.exception("completion observer failed", extra={"action": "observe"})
 
     async def _write(self, conn: Any, engine: int, completed: list[list[Any]],
                      failed: list[list[Any]], released: list[tuple[int, int]],
-                     ) -> tuple[set[Claim], dict[Claim, str]]:
+                     ) -> tuple[set[Claim], dict[Claim, str], dict[Claim, Recorded]]:
         # Keyed by (id, lease), not id: one batch can hold two claims of the same job (an
         # engine that lost a job to a rescuer and claimed it again), only one accepted.
         done_ids: set[Claim] = set()
         outcomes: dict[Claim, str] = {}
+        recorded: dict[Claim, Recorded] = {}
         if completed:
             cur = await conn.execute(self.q.job_complete_many, {
                 "engine": engine, "ids": _int_array(r[0] for r in completed),
@@ -192,12 +203,14 @@ class Completer:
                 "ids": [r[0] for r in failed], "leases": [r[1] for r in failed],
                 "errors": [r[6] for r in failed], "delays": [float(r[7]) for r in failed],
                 "finals": [r[8] for r in failed], "payloads": [r[9] for r in failed]})
-            outcomes = {(row[0], row[2]): row[1] for row in await cur.fetchall()}
+            for row in await cur.fetchall():
+                outcomes[(row[0], row[2])] = row[1]
+                recorded[(row[0], row[2])] = (row[3], row[4], row[5])
         if released:
             await conn.execute(self.q.job_release_many, {
                 "engine": engine, "ids": _int_array(p[0] for p in released),
                 "leases": _int_array(p[1] for p in released)})
-        return done_ids, outcomes
+        return done_ids, outcomes, recorded
 
     async def drain(self, timeout: float) -> bool:
         """Flush until nothing is pending; False if the deadline passed first."""

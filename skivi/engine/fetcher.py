@@ -8,8 +8,12 @@ State machine (Graphile Worker's localQueue, with its crash window closed by the
                unavailable, e.g. behind PgBouncer in transaction mode).
     claiming   one job_claim statement for up to ``room`` jobs, where
                    room = free slots in the children + one claim batch - jobs in hand,
-               capped at worker.batch_size. A full batch means more may be waiting, so it
-               claims again at once; a short one means the queue is drained: wait.
+               capped at worker.batch_size, of which serial-queue jobs at most what the
+               children can start right now (``startable``): a serial-queue job waiting
+               in this engine's buffer would hold its queue from every other engine.
+               A full batch means more may be waiting, so it claims again at once; a
+               short one means the queue is drained: wait. Claimed jobs are buffered by
+               lane: sync handlers' jobs and the others (see the supervisor).
     paused     the completer has more than worker.max_result_buffer results it cannot
                write (database away): claiming stops until they land.
     stopped    no more claims. ``take_all()`` hands the unstarted jobs in hand back to the
@@ -41,7 +45,7 @@ __all__ = ["ClaimedJob", "Fetcher"]
 
 logger = logging.getLogger(__name__)
 
-ClaimedJob = tuple[int, int, bytes]  # (id, lease, message)
+ClaimedJob = tuple[int, int, bytes, str]  # (id, lease, message, task identifier)
 CLAIM_FINISH_TIMEOUT = 5.0
 
 
@@ -52,7 +56,8 @@ class Fetcher:
                  paused: Callable[[], bool], on_claimed: Callable[[], None],
                  flushes: Callable[[], int],
                  tasks: list[str] | None, forbidden_flags: list[str] | None,
-                 queues: list[str] | None) -> None:
+                 queues: list[str] | None, sync_tasks: frozenset[str] = frozenset(),
+                 startable: Callable[[], int] | None = None) -> None:
         self.db = db
         self.listen_db = listen_db
         self.q = queries
@@ -69,7 +74,10 @@ class Fetcher:
         self.claimed_after_flush = -1
         self.filters: dict[str, Any] = {"tasks": tasks, "forbidden": forbidden_flags,
                                         "queues": queues}
-        self.buffer: deque[ClaimedJob] = deque()
+        self.sync_tasks = sync_tasks
+        self.startable = startable
+        self.async_buffer: deque[ClaimedJob] = deque()
+        self.sync_buffer: deque[ClaimedJob] = deque()
         self.stopped = False
         self.drained = False  # the last claim came back short
         self._wake = asyncio.Event()
@@ -83,12 +91,16 @@ class Fetcher:
         """How many jobs to claim now; 0 means wait. Claims are batched: below half a batch
         of room it waits for more, unless the buffer is empty and children have free slots,
         so a busy engine makes few large claims and an idle one still reacts at once."""
+        buffered = self.buffered()
         room = min(self.batch_size,
-                   self.capacity() + self.batch_size - self.in_flight() - len(self.buffer))
-        if room >= self.batch_size // 2 or (not self.buffer and room > 0
+                   self.capacity() + self.batch_size - self.in_flight() - buffered)
+        if room >= self.batch_size // 2 or (not buffered and room > 0
                                             and self.in_flight() < self.capacity()):
             return room
         return 0
+
+    def buffered(self) -> int:
+        return len(self.async_buffer) + len(self.sync_buffer)
 
     def wake(self) -> None:
         self._wake.set()
@@ -116,8 +128,9 @@ class Fetcher:
         self._tasks.clear()
 
     def take_all(self) -> list[ClaimedJob]:
-        jobs = list(self.buffer)
-        self.buffer.clear()
+        jobs = [*self.async_buffer, *self.sync_buffer]
+        self.async_buffer.clear()
+        self.sync_buffer.clear()
         return jobs
 
     async def _run(self) -> None:
@@ -151,13 +164,15 @@ class Fetcher:
 
     def idle(self) -> bool:
         """Nothing runnable was found by a claim made after the last completion flush."""
-        return (self.drained and not self.buffer
+        return (self.drained and not self.buffered()
                 and self.claimed_after_flush == self.flushes())
 
     async def _claim(self, limit: int) -> int:
         self.claimed_after_flush = self.flushes()
         conn = await self.db.get()
-        params = {"engine": self.engine_id(), "limit": limit, **self.filters}
+        serial = limit if self.startable is None else min(limit, self.startable())
+        params = {"engine": self.engine_id(), "limit": limit, "serial_limit": serial,
+                  **self.filters}
         cur = await conn.execute(self.q.job_claim, params, prepare=True)
         rows = await cur.fetchall()
         self.claims += 1
@@ -165,7 +180,14 @@ class Fetcher:
             logger.debug("first claim: %d jobs", len(rows), extra={"action": "claim"})
         if rows:
             self.claimed += len(rows)
-            self.buffer.extend((r[0], r[1], r[2].encode()) for r in rows)
+            sync_tasks = self.sync_tasks
+            if not sync_tasks:
+                self.async_buffer.extend((r[0], r[1], r[2].encode(), r[3]) for r in rows)
+            else:
+                sync_buffer, async_buffer = self.sync_buffer, self.async_buffer
+                for r in rows:
+                    job = (r[0], r[1], r[2].encode(), r[3])
+                    (sync_buffer if r[3] in sync_tasks else async_buffer).append(job)
             self.on_claimed()
         return len(rows)
 

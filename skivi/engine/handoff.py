@@ -5,7 +5,7 @@ pipe carries frames: a 4-byte big-endian length, one kind byte, then an orjson b
 
     parent -> child   JOBS     [slots, messages]: the job messages exactly as job_claim.sql
                                built them (the parent never parses a payload: it joins the
-                               texts), and for each the index of its start flag (below)
+                               texts), and for each its slot (below)
                       STOP     stop taking jobs; send back the ones not started; finish
     child  -> parent  RESULTS  a JSON array of Result rows (below)
                       READY    the child has loaded its tasks and waits for jobs
@@ -13,13 +13,23 @@ pipe carries frames: a 4-byte big-endian length, one kind byte, then an orjson b
                                started: the parent's watchdog kills the child if it overruns
 
 Per-child channels (rather than one shared queue) let the parent know exactly which jobs
-each child holds, so a child that dies fails precisely its own jobs. Which of them had
-started is in a small shared-memory array of start flags, one byte per slot of the child's
-concurrency: the parent clears a slot's flag when it hands a job over, the child sets it
-just before the handler runs. When a child dies, jobs whose flag is set were running (their
-attempt counts: a crash); the others never started and go back untouched. Memory, not a
-message, because it must be true even when the child dies the next instant, and it costs a
-byte store per job instead of a write and a wake-up.
+each child holds, so a child that dies settles precisely its own jobs. What became of each
+of them is in a small shared-memory array of slot states, one byte per slot of the child:
+
+    SLOT_HANDED   the parent handed the job over (it clears the byte before it sends);
+    SLOT_STARTED  the child is about to run the handler (stored just before it is called);
+    SLOT_DONE     the handler returned successfully (stored before anything else runs).
+
+Successes are batched: their result rows wait a moment in the child for the next flush.
+A failure's row is written to the pipe at once. So when a child dies (a sibling job's
+os._exit, a segfault, an OOM kill), nothing a handler produced is lost: the parent first
+reads what is left in the result pipe, then settles the jobs still in hand by their byte:
+DONE ones are completed, STARTED ones failed as a crash (their attempt counts), HANDED ones
+go back untouched. Memory, not a message, because it must be true even when the child dies
+the next instant, and it costs a byte store per job instead of a write and a wake-up.
+
+Slots come in two lanes: [0, concurrency) for async handlers, the rest for sync handlers
+(see ``skivi.engine.supervisor`` for how many sync jobs a child is handed at once).
 
 A job message is [id, lease, task, payload, queue_name, priority, run_at, attempts,
 max_attempts, key, flags, created_at].
@@ -53,6 +63,9 @@ __all__ = [
     "RESULT_FAILED",
     "RESULT_RELEASED",
     "RESULT_SLOT",
+    "SLOT_DONE",
+    "SLOT_HANDED",
+    "SLOT_STARTED",
     "STARTED",
     "STOP",
     "FrameReader",
@@ -72,6 +85,10 @@ RESULT_COMPLETED = 0
 RESULT_FAILED = 1
 RESULT_RELEASED = 2  # never started: goes back with its attempt not consumed
 RESULT_SLOT = 11  # index of the slot in a result row
+
+SLOT_HANDED = 0
+SLOT_STARTED = 1
+SLOT_DONE = 2
 
 _HEADER = struct.Struct(">I")
 

@@ -38,10 +38,15 @@ import psycopg
 from skivi.db.queries import Queries
 from skivi.engine.connection import Reconnecting
 from skivi.engine.lifecycle import cancel_and_wait, every
+from skivi.errors import SchemaNotMigrated
 
 __all__ = ["HistoryPruner", "Liveness"]
 
 logger = logging.getLogger(__name__)
+
+# Registration errors that waiting cannot fix: the schema, or part of it, is not there.
+NOT_MIGRATED = (psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedColumn,
+                psycopg.errors.UndefinedFunction, psycopg.errors.UndefinedTable)
 
 
 RESTART_GRACE_MIN = 10.0
@@ -98,6 +103,11 @@ class Liveness:
                 # Given up mid-statement: the connection is busy with it, never reuse it.
                 self.db.broken()
                 raise
+            except NOT_MIGRATED as exc:
+                self.db.broken()
+                raise SchemaNotMigrated(
+                    f"schema {self.q.schema} is not migrated for this version of Skivi "
+                    f"({str(exc).strip()}); run `skivi migrate` first") from exc
             except psycopg.Error as exc:
                 self.db.broken()
                 logger.warning("cannot register the engine (%s); retrying in %.1fs", exc,

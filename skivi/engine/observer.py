@@ -1,4 +1,10 @@
-"""The engine's observer: turns what the supervisor sees into events and metrics.
+"""The engine's observer: turns what the supervisor sees into events, metrics and logs.
+
+What the log says about jobs (successes stay silent): each failed attempt at WARNING (job
+id, task, attempt of max, the error's summary line, when it runs again); each exhaustion at
+ERROR; jobs exhausted because this engine has no handler for their task at most once per
+task per NO_HANDLER_LOG_INTERVAL seconds, with how many (a wrong task directory must be
+plain to see, without one line per job).
 
 The supervisor calls one method per thing that happened (see each method); the observer
 emits the matching event (catalogue: ``skivi.events``) and, when the exporter is on, feeds
@@ -28,7 +34,7 @@ from skivi.events import Emitter, EventKind
 
 if TYPE_CHECKING:
     from skivi.db.queries import Queries
-    from skivi.engine.completer import Claim
+    from skivi.engine.completer import Claim, Recorded
     from skivi.engine.connection import Reconnecting
     from skivi.metrics import EngineMetrics
 
@@ -36,6 +42,8 @@ __all__ = ["STATS_INTERVAL_DEFAULT", "EngineObserver", "QueueStatsPoller"]
 
 logger = logging.getLogger(__name__)
 
+NO_HANDLER_LOG_INTERVAL = 60.0
+ERROR_SUMMARY_MAX = 300
 STATS_CAP_DEFAULT = 10000
 STATS_INTERVAL_DEFAULT = 5.0
 STATS_MAX_GROUPS_DEFAULT = 1000
@@ -58,6 +66,19 @@ def _accepted(rows: Sequence[Sequence[Any]], done: Set[Claim]) -> Sequence[Seque
     return [r for r in rows if (r[_ID], r[_LEASE]) in done]
 
 
+def error_summary(text: str | None) -> str:
+    """The line of a stored error that says what went wrong: the exception line at the end
+    of a traceback, else the first line; capped."""
+    if not text:
+        return "(no error text)"
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return "(no error text)"
+    line = lines[-1] if lines[0].startswith("Traceback") else lines[0]
+    line = line.strip()
+    return line if len(line) <= ERROR_SUMMARY_MAX else line[:ERROR_SUMMARY_MAX] + "..."
+
+
 class EngineObserver:
     """Events and metrics of one engine. ``metrics`` None: events only."""
 
@@ -66,6 +87,8 @@ class EngineObserver:
         self.metrics = metrics
         self.engine_id = 0
         self._down: dict[str, float] = {}
+        # task -> (when its no_handler line was last logged, exhaustions not logged since)
+        self._no_handler: dict[str, tuple[float, int]] = {}
 
     # -- lifecycle -------------------------------------------------------------------
     def pool_start(self, engine_id: int, processes: int, concurrency: int) -> None:
@@ -94,7 +117,8 @@ class EngineObserver:
             self.metrics.dispatched.inc(n)
 
     def flushed(self, completed: Sequence[Sequence[Any]], failed: Sequence[Sequence[Any]],
-                done_ids: Set[Claim], outcomes: Mapping[Claim, str]) -> None:
+                done_ids: Set[Claim], outcomes: Mapping[Claim, str],
+                recorded: Mapping[Claim, Recorded] | None = None) -> None:
         """A completion flush was written: ``done_ids`` are the (id, lease) of the completed
         rows the database accepted, ``outcomes`` maps each accepted failed row's (id, lease)
         to "failed" or "exhausted". Rows in neither were refused (stale). Emits one event
@@ -129,8 +153,52 @@ class EngineObserver:
             emit_many(_FAILED, retried)
             emit_many(_PARTIAL, partial)
             emit_many(_EXHAUSTED, exhausted)
+            self._log_failures(failed, outcomes, recorded or {})
         if self.metrics is not None:
             self._measure(completed, failed, outcomes, refused=sent - len(completed))
+
+    def _log_failures(self, failed: Sequence[Sequence[Any]], outcomes: Mapping[Claim, str],
+                      recorded: Mapping[Claim, Recorded]) -> None:
+        no_handler = False
+        for r in failed:
+            claim = (r[_ID], r[_LEASE])
+            outcome = outcomes.get(claim)
+            if outcome is None:
+                continue
+            if r[_FINAL] == "no_handler":
+                seen, count = self._no_handler.get(r[_TASK], (0.0, 0))
+                self._no_handler[r[_TASK]] = (seen, count + 1)
+                no_handler = True
+                continue
+            attempts, max_attempts, run_at = recorded.get(claim, (None, None, None))
+            summary = error_summary(r[_ERROR])
+            if outcome == "exhausted":
+                logger.error("job %s (%s) exhausted after attempt %s of %s (%s): %s",
+                             r[_ID], r[_TASK], attempts, max_attempts,
+                             r[_FINAL] or "max_attempts", summary,
+                             extra={"action": "job_exhausted", "job_id": r[_ID],
+                                    "task": r[_TASK]})
+            else:
+                when = (f"at {run_at.isoformat(timespec='seconds')}" if run_at is not None
+                        else f"in {r[_DELAY]:.1f} s")
+                logger.warning("job %s (%s) failed, attempt %s of %s: %s; runs again %s",
+                               r[_ID], r[_TASK], attempts, max_attempts, summary, when,
+                               extra={"action": "job_failed", "job_id": r[_ID],
+                                      "task": r[_TASK]})
+        if no_handler:
+            self.report_no_handler()
+
+    def report_no_handler(self, force: bool = False) -> None:
+        """Log the no_handler exhaustions counted since each task's last line, for tasks
+        last logged over NO_HANDLER_LOG_INTERVAL ago (all of them with ``force``)."""
+        now = time.monotonic()
+        for task, (seen, count) in list(self._no_handler.items()):
+            if count and (force or not seen or now - seen >= NO_HANDLER_LOG_INTERVAL):
+                logger.error("%d job(s) of task %r exhausted: this engine has no handler for "
+                             "it (is worker.task_directory right?); reported at most once a "
+                             "minute per task", count, task,
+                             extra={"action": "job_no_handler", "task": task, "count": count})
+                self._no_handler[task] = (now, 0)
 
     def _measure(self, completed: Sequence[Sequence[Any]], failed: Sequence[Sequence[Any]],
                  outcomes: Mapping[Claim, str], refused: int) -> None:

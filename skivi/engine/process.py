@@ -4,9 +4,15 @@ Forking, not spawning, is deliberate: the task registry may hold lambdas and clo
 the original's examples do), and a forked process simply has them, with nothing pickled.
 What makes forking from a running parent safe is done here, once, for every kind:
 
-* the new process closes every inherited file descriptor except the ones it was given, so
-  it never holds the parent's database sockets (if the parent is SIGKILLed, its sessions
-  must end with it, freeing its liveness lock) nor other children's pipes;
+* the new process lets go of every inherited socket, pipe and kernel object (epoll,
+  eventfd...) except the descriptors it was given, so it never holds the parent's database
+  sockets (if the parent is SIGKILLed, its sessions must end with it, freeing its liveness
+  lock) nor other children's pipes. It does not close them: it points each one at
+  /dev/null, so the number stays taken and a Python object still holding it (a socket of
+  the application's, say) can never write into a descriptor reused for something else.
+  Files stay open as they are: the application's log files keep working here;
+* a worker child leads a process group of its own, so whatever its handlers start can be
+  ended with it (see ``end_group``);
 * it asks the kernel to kill it when the parent dies (PR_SET_PDEATHSIG), so no orphan
   keeps running jobs nobody will record;
 * inherited objects are frozen out of the garbage collector and the parent's event loop is
@@ -28,12 +34,21 @@ import signal
 import sys
 from collections.abc import Callable, Iterable
 
-__all__ = ["available_cpus", "die_with_parent", "fork"]
+__all__ = [
+    "available_cpus",
+    "become_subreaper",
+    "detach",
+    "die_with_parent",
+    "end_group",
+    "fork",
+    "reap_orphans",
+    "shared_objects",
+]
 
 logger = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
-MAX_FD = 65536
+PR_SET_CHILD_SUBREAPER = 36
 
 
 def die_with_parent(sig: int = signal.SIGKILL) -> None:
@@ -62,28 +77,100 @@ def available_cpus() -> int:
     return max(1, cpus)
 
 
-def _close_all_but(keep: Iterable[int]) -> None:
-    low = 3
-    for fd in sorted(set(keep)):
-        if fd >= low:
-            os.closerange(low, fd)
-            low = fd + 1
-    os.closerange(low, MAX_FD)
+def detach(fds: Iterable[int]) -> None:
+    """Point each descriptor at /dev/null: this process lets go of what it referred to (a
+    socket shared with another process, say), and the number is not reused."""
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        for fd in fds:
+            if fd != devnull:
+                with contextlib.suppress(OSError):
+                    os.dup2(devnull, fd, inheritable=False)
+    finally:
+        os.close(devnull)
 
 
-def fork(name: str, target: Callable[[], int], keep: Iterable[int]) -> int:
+def shared_objects(keep: Iterable[int]) -> list[int]:
+    """Inherited descriptors that are not files: sockets, pipes, epoll and other kernel
+    objects (their /proc link is not a path)."""
+    kept = set(keep)
+    out = []
+    for entry in os.listdir("/proc/self/fd"):
+        fd = int(entry)
+        if fd in kept:
+            continue
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the descriptor listdir used, closed by now
+            continue
+        if not target.startswith("/"):
+            out.append(fd)
+    return out
+
+
+def reap_orphans(known: Iterable[int]) -> int:
+    """Kill and reap this process's children that it did not start itself: what handlers
+    left behind and the kernel reparented here (``become_subreaper``). Returns how many."""
+    mine = os.getpid()
+    skip = set(known)
+    found = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in skip:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2:].split()[1]) != mine:
+            continue
+        pid = int(entry)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        found += 1
+    return found
+
+
+def become_subreaper() -> None:
+    """Processes orphaned below this one (a handler's daemon whose child died) are
+    reparented here rather than to init, so the engine can end them (Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1)
+    except (OSError, AttributeError):
+        pass
+
+
+def end_group(pgid: int) -> None:
+    """SIGKILL every process left in a child's process group (the child is gone)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def fork(name: str, target: Callable[[], int], keep: Iterable[int],
+         group: bool = False) -> int:
     """Fork a process that runs ``target()`` and exits with its return value (1 if it
-    raised). Returns the pid in the parent; never returns in the new process."""
+    raised). With ``group``, it leads a process group of its own (its pgid is its pid).
+    Returns the pid in the parent; never returns in the new process. A failed fork raises
+    OSError (BlockingIOError: the process limit)."""
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid:
+        if group:
+            # Both sides set it, so it holds whichever runs first.
+            with contextlib.suppress(OSError):
+                os.setpgid(pid, pid)
         return pid
     code = 1
     try:
+        if group:
+            os.setpgid(0, 0)
         die_with_parent()
         signal.set_wakeup_fd(-1)
-        _close_all_but([0, 1, 2, *keep])
+        detach(shared_objects([0, 1, 2, *keep]))
         gc.freeze()
         asyncio.events._set_running_loop(None)
         code = target()

@@ -1,14 +1,28 @@
 """The engine's parent process: children, hand-over, signals and the ordered shutdown.
 
 The supervisor forks worker.processes children (CPU count by default), each with its own
-pair of pipes (``handoff``), and moves jobs from the fetcher's buffer to the children with
-free slots, never more than worker.concurrency at a time per child. Results coming back go
-to the completer, free the slots and trigger the next hand-over at once.
+pair of pipes (``handoff``) and its own process group, and moves jobs from the fetcher's
+buffers to the children. Results coming back go to the completer, free the slots and
+trigger the next hand-over at once.
 
-A child that dies (segfault, os._exit, OOM kill, SIGKILL) is noticed through its liveness
-pipe: what it had already reported is taken first, then its remaining jobs are failed as
-crashes (attempt counted, retried with the task's backoff, exhausted on the last attempt)
-and a new child is forked in its place. Its siblings never stop.
+How many jobs a child is handed (each child has two lanes of slots):
+    async jobs   up to worker.concurrency at a time: they share the child's event loop.
+    sync jobs    one per free sync thread (worker.sync_threads), so a burst of CPU-bound
+                 jobs spreads over every child and a hung job holds no other job behind
+                 it. Only jobs of a task measured to run in well under a millisecond
+                 (a running average of its recent runs) are handed several at a time,
+                 up to SYNC_BATCH_BUDGET seconds of expected work per thread: the hand-over
+                 batching that short jobs need for throughput, at no cost in balance.
+
+A child that dies (segfault, os._exit, OOM kill, SIGKILL) is noticed through its pidfd:
+what it had already reported is taken first, then its remaining jobs are settled by their
+slot state (``handoff``): finished ones are completed, running ones failed as crashes
+(attempt counted, retried with the task's backoff, exhausted on the last attempt), unstarted
+ones go back untouched. Whatever the child left running (processes its handlers forked or
+daemonised) is killed with its process group, and orphans reparented to the engine (it is
+their subreaper) are killed and reaped. A new child is forked in its place. Its siblings
+never stop. A child killed because one job overran its timeout fails that job as a
+timeout; its other jobs did nothing wrong and go back without losing an attempt.
 
 Shutdown (SIGTERM, SIGINT, ``stop()``; see ``Engine.shutdown``), in this order, every step
 running even if an earlier one failed:
@@ -32,21 +46,23 @@ import mmap
 import os
 import signal
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from skivi.engine import EXIT_CONFIG, handoff, process
+from skivi.engine import EXIT_CONFIG, EXIT_DATABASE, handoff, process
 from skivi.engine.child import child_main
-from skivi.engine.completer import Claim, Completer
+from skivi.engine.completer import Claim, Completer, Recorded
 from skivi.engine.connection import Reconnecting
 from skivi.engine.fetcher import ClaimedJob, Fetcher
 from skivi.engine.lifecycle import cancel_and_wait
 from skivi.engine.maintenance import HistoryPruner, Liveness
 from skivi.engine.observer import EngineObserver, QueueStatsPoller
-from skivi.retry import DEFAULT_BACKOFF
+from skivi.errors import SchemaNotMigrated
+from skivi.retry import DEFAULT_BACKOFF, Backoff
 
 if TYPE_CHECKING:
     from skivi.registry import TaskRegistry
@@ -57,6 +73,13 @@ __all__ = ["Engine", "EngineStats"]
 logger = logging.getLogger(__name__)
 
 READ_SIZE = 1 << 20
+SYNC_SHORT_SECONDS = 0.0005
+"""A sync task whose recent runs average below this may be handed several jobs at a time."""
+SYNC_BATCH_BUDGET = 0.002
+"""Most seconds of expected work of short sync jobs queued per sync thread of a child."""
+EWMA_WEIGHT = 0.2  # of the latest run, in a sync task's running average
+RESPAWN_RETRY = 1.0  # seconds between attempts to replace a child when fork fails
+PROCESSES_WARN_FACTOR = 4  # warn when worker.processes exceeds this many per usable CPU
 HEALTH_STALL_SECONDS = 10.0  # /healthz fails when the event loop made no round this long
 CRON_EXIT_CONFIG = 2  # the cron process refused its entries: do not restart it
 
@@ -76,23 +99,30 @@ class EngineStats:
 class CronHandle:
     pid: int
     event_fd: int
-    alive_fd: int
+    alive_fd: int  # its pidfd
     reader: handoff.FrameReader = field(default_factory=handoff.FrameReader)
 
 
 @dataclass(eq=False, slots=True)
 class ChildHandle:
     index: int
-    pid: int
+    pid: int  # also its process group
     job_fd: int
     result_fd: int
-    alive_fd: int
+    alive_fd: int  # its pidfd: readable once it has exited, whoever holds its pipes
     capacity: int
-    # Start flags shared with the child, one per slot (see handoff), the free slots, and
-    # the job in each busy slot (by slot, not by job id: see handoff).
+    # Slot states shared with the child, one byte per slot (see handoff); the free slots
+    # of each lane; the job in each busy slot (by slot, not by job id: see handoff).
     started: mmap.mmap
-    free_slots: list[int]
+    free_slots: list[int]  # async lane
+    sync_free: list[int]
     in_flight: dict[int, ClaimedJob] = field(default_factory=dict)
+    # The sync lane's load: jobs in it, those of long (or not yet measured) tasks, and the
+    # expected seconds of the short ones (each slot's estimate at hand-over).
+    sync_jobs: int = 0
+    sync_long: int = 0
+    sync_expected: float = 0.0
+    slot_expected: dict[int, float] = field(default_factory=dict)
     outbox: bytearray = field(default_factory=bytearray)
     reader: handoff.FrameReader = field(default_factory=handoff.FrameReader)
     writer_armed: bool = False
@@ -107,6 +137,21 @@ class ChildHandle:
     def free(self) -> int:
         return 0 if self.stopping else len(self.free_slots)
 
+    def free_slot(self, slot: int) -> None:
+        """Give back the slot of a job that finished (or never ran)."""
+        if slot in self.slot_expected:
+            self.sync_free.append(slot)
+            self.sync_jobs -= 1
+            expected = self.slot_expected.pop(slot)
+            if expected < 0:
+                self.sync_long -= 1
+            else:
+                self.sync_expected -= expected
+            if not self.sync_jobs:
+                self.sync_expected = 0.0  # no drift from the float sums
+        else:
+            self.free_slots.append(slot)
+
 
 class Engine:
     def __init__(self, system: System, registry: TaskRegistry, *, once: bool = False,
@@ -120,6 +165,17 @@ class Engine:
         self.processes = w.processes or process.available_cpus()
         self.concurrency = w.concurrency
         self.sync_threads = w.sync_threads
+        # Lanes (see the module docstring): slots [0, concurrency) for async jobs, then the
+        # sync lane. Capacity counts the lanes this registry's tasks use.
+        self.sync_depth = max(w.sync_threads, w.concurrency)
+        self.sync_tasks = frozenset(t.identifier for t in registry if not t.is_async)
+        has_async = len(self.sync_tasks) < len(registry)
+        self.child_capacity = ((self.concurrency if has_async or not self.sync_tasks else 0)
+                               + (self.sync_depth if self.sync_tasks else 0))
+        self._startable_async = has_async or not self.sync_tasks
+        self._timeouts = {t.identifier: t.timeout if t.timeout is not None else w.job_timeout
+                          for t in registry}
+        self.run_estimate: dict[str, float] = {}  # sync task -> running average of run time
         self.shutdown_timeout = w.shutdown_timeout
         self.stats = EngineStats()
         # Events always; metrics, the exporter and the queue-stats poll only with metrics.port.
@@ -183,6 +239,7 @@ class Engine:
             capacity=lambda: sum(c.capacity for c in self.children if not c.stopping),
             in_flight=self.in_flight, paused=lambda: self.completer.backpressure,
             on_claimed=self._on_claimed, flushes=lambda: self.completer.flushes, tasks=tasks,
+            sync_tasks=self.sync_tasks, startable=self.startable,
             forbidden_flags=list(w.forbidden_flags) or None,
             queues=list(w.queues) if w.queues is not None else None)
 
@@ -202,9 +259,23 @@ class Engine:
                 return EXIT_CONFIG
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
+        # What handlers daemonise is reparented here when its child dies, to be ended.
+        process.become_subreaper()
+        cpus = process.available_cpus()
+        if self.processes > PROCESSES_WARN_FACTOR * cpus:
+            logger.warning("worker.processes is %d but only %d CPUs are usable: the children "
+                           "will compete for them (and each costs memory)", self.processes,
+                           cpus, extra={"action": "processes_over_cpus"})
         try:
-            for i in range(self.processes):
-                self._spawn(i)
+            try:
+                for i in range(self.processes):
+                    self._spawn(i)
+            except OSError as exc:
+                logger.error("cannot start child process %d of %d: %s (a process or memory "
+                             "limit?)", len(self.children), self.processes,
+                             exc.strerror or exc, extra={"action": "fork_failed"})
+                self.exit_code = 1
+                return self.exit_code
             if self.system.cron_entries:
                 self._spawn_cron()
             # From the start: its ticks are what /healthz reports on.
@@ -227,9 +298,12 @@ class Engine:
         if self.stats_poller is not None:
             self.stats_poller.start()
         self.observer.pool_start(self.liveness.engine_id, self.processes, self.concurrency)
-        logger.info("engine %d started: %d processes x %d concurrency, schema %s",
-                    self.liveness.engine_id, self.processes, self.concurrency,
-                    self.system.schema, extra={"action": "start_engine"})
+        queues = self.system.config.worker.queues
+        logger.info("engine %d started: %d processes x %d concurrency (%d sync threads "
+                    "each), schema %s, %s", self.liveness.engine_id, self.processes,
+                    self.concurrency, self.sync_threads, self.system.schema,
+                    "all queues" if queues is None else "queues " + ",".join(queues),
+                    extra={"action": "start_engine"})
         if self.once:
             self._aux.append(loop.create_task(self._watch_once(), name="once"))
         self._serving = True
@@ -261,7 +335,12 @@ class Engine:
         finally:
             await cancel_and_wait([stopping])
         if registering.done():
-            registering.result()  # anything but a database error is a bug: raise it
+            try:
+                registering.result()  # anything else than these is a bug: raise it
+            except SchemaNotMigrated as exc:
+                logger.error("%s", exc, extra={"action": "migrations_pending"})
+                self.exit_code = EXIT_DATABASE
+                return False
             return True
         await cancel_and_wait([registering])
         logger.info("stopped before the engine could register", extra={"action": "stop_engine"})
@@ -286,10 +365,13 @@ class Engine:
         self.request_stop(fast=self.stopping)
 
     async def _watch_once(self) -> None:
-        """--once: stop when nothing is runnable, nothing is in hand and all is written."""
+        """--once: stop when nothing is runnable, nothing is in hand and all is written.
+        Results being written count as unwritten: a finished serial-queue job frees its
+        queue only when its write commits, and a claim made after that decides."""
         while not self.stopping:
             await asyncio.sleep(0.02)
-            if self.fetcher.idle() and self.in_flight() == 0 and self.completer.pending == 0:
+            if (self.in_flight() == 0 and self.completer.unwritten == 0
+                    and self.fetcher.idle()):
                 self.request_stop()
 
     async def shutdown(self) -> None:
@@ -315,6 +397,7 @@ class Engine:
         logger.info("engine %d stopped: %d completed, %d failed, %d exhausted",
                     self.liveness.engine_id, self.stats.completed, self.stats.failed,
                     self.stats.exhausted, extra={"action": "stop_engine"})
+        self.observer.report_no_handler(force=True)
         self.observer.pool_stop(self.liveness.engine_id, dataclasses.asdict(self.stats))
         if self._exporter is not None:
             from skivi.metrics import stop_exporter
@@ -330,6 +413,8 @@ class Engine:
         await self.fetcher.stop()
         unstarted = self.fetcher.take_all()
         self.completer.release([(j[0], j[1]) for j in unstarted])
+        # Nothing more will be handed over: a child holding only queued jobs gets STOP
+        # next and returns them.
 
     async def _stop_children(self) -> None:
         for c in self.children:
@@ -378,6 +463,19 @@ class Engine:
     def in_flight(self) -> int:
         return sum(len(c.in_flight) for c in self.children)
 
+    def startable(self) -> int:
+        """Jobs the children could start right now, beyond those already in hand: the
+        most serial-queue jobs worth claiming (each holds its queue until it ends)."""
+        free = 0
+        for c in self.children:
+            if c.exited or c.stopping:
+                continue
+            if self._startable_async:
+                free += len(c.free_slots)
+            if self.sync_tasks:
+                free += max(0, self.sync_threads - c.sync_jobs)
+        return max(0, free - self.fetcher.buffered())
+
     # -- the cron process ------------------------------------------------------------
     def _spawn_cron(self) -> None:
         """Fork the dedicated cron process. Its cron/fired events come back over a pipe;
@@ -386,7 +484,6 @@ class Engine:
         from skivi.errors import ConfigError
 
         ev_r, ev_w = os.pipe()
-        alive_r, alive_w = os.pipe()
 
         def on_fired(event: dict[str, Any]) -> None:
             frame = handoff.encode_frame(handoff.EVENT, orjson.dumps(event))
@@ -402,9 +499,9 @@ class Engine:
                 return CRON_EXIT_CONFIG
             return 0
 
-        pid = process.fork("cron", target, keep=[ev_w, alive_w])
+        pid = process.fork("cron", target, keep=[ev_w])
         os.close(ev_w)
-        os.close(alive_w)
+        alive_r = os.pidfd_open(pid)
         os.set_blocking(ev_r, False)
         self.cron = CronHandle(pid, ev_r, alive_r)
         loop = asyncio.get_running_loop()
@@ -477,23 +574,32 @@ class Engine:
     def _spawn(self, index: int) -> ChildHandle:
         job_r, job_w = os.pipe()
         res_r, res_w = os.pipe()
-        alive_r, alive_w = os.pipe()
-        started = mmap.mmap(-1, self.concurrency)  # anonymous, shared with the child
-        # The child's end of alive_w closes only when the child is gone: its sentinel.
-        pid = process.fork(
-            f"child {index}",
-            lambda: child_main(self.registry, self.system, job_r, res_w, self.sync_threads,
-                               started, self.on_child_start),
-            keep=[job_r, res_w, alive_w])
-        for fd in (job_r, res_w, alive_w):
+        lanes = self.concurrency + self.sync_depth
+        started = mmap.mmap(-1, lanes)  # anonymous, shared with the child
+        try:
+            pid = process.fork(
+                f"child {index}",
+                lambda: child_main(self.registry, self.system, job_r, res_w,
+                                   self.sync_threads, started, self.on_child_start),
+                keep=[job_r, res_w], group=True)
+        except OSError:
+            for fd in (job_r, job_w, res_r, res_w):
+                os.close(fd)
+            started.close()
+            raise
+        for fd in (job_r, res_w):
             os.close(fd)
+        # Its exit is seen through a pidfd, not a pipe's end: a process its handlers
+        # started may hold every pipe it had.
+        alive = os.pidfd_open(pid)
         os.set_blocking(job_w, False)
         os.set_blocking(res_r, False)
-        child = ChildHandle(index, pid, job_w, res_r, alive_r, self.concurrency, started,
-                            list(range(self.concurrency)))
+        child = ChildHandle(index, pid, job_w, res_r, alive, self.child_capacity, started,
+                            list(range(self.concurrency)),
+                            list(range(self.concurrency, lanes)))
         loop = asyncio.get_running_loop()
         loop.add_reader(res_r, self._on_results, child)
-        loop.add_reader(alive_r, self._on_child_exit, child)
+        loop.add_reader(alive, self._on_child_exit, child)
         if index < len(self.children):
             self.children[index] = child
         else:
@@ -532,10 +638,19 @@ class Engine:
             asyncio.get_running_loop().remove_writer(child.job_fd)
 
     def dispatch(self) -> None:
-        """Hand buffered jobs to children with free slots, one frame per child."""
-        buffer = self.fetcher.buffer
-        if not buffer:
-            return
+        """Hand buffered jobs to the children, at most one frame per child."""
+        fetcher = self.fetcher
+        handed = 0
+        if fetcher.async_buffer:
+            handed += self._dispatch_async(fetcher.async_buffer)
+        if fetcher.sync_buffer:
+            handed += self._dispatch_sync(fetcher.sync_buffer)
+        if handed:
+            self.observer.dispatched(handed)
+        if fetcher.room() > 0:
+            fetcher.wake()
+
+    def _dispatch_async(self, buffer: deque[ClaimedJob]) -> int:
         handed = 0
         for child in sorted(self.children, key=lambda c: -c.free):
             free = child.free
@@ -549,14 +664,69 @@ class Engine:
             in_flight = child.in_flight
             for j, slot in zip(jobs, slots, strict=True):
                 in_flight[slot] = j
-                started[slot] = 0
+                started[slot] = handoff.SLOT_HANDED
             self._send(child, handoff.encode_jobs(slots, [j[2] for j in jobs]))
             if not buffer:
                 break
-        if handed:
-            self.observer.dispatched(handed)
-        if self.fetcher.room() > 0:
-            self.fetcher.wake()
+        return handed
+
+    def _dispatch_sync(self, buffer: deque[ClaimedJob]) -> int:
+        """Sync jobs, in order, to the child whose sync lane is least loaded among those
+        with a free thread, or (a short task's job) room in its batching budget. A run of
+        jobs of one task goes to one child in one step: the hot path of a drain."""
+        threads = self.sync_threads
+        budget = SYNC_BATCH_BUDGET * threads
+        estimate = self.run_estimate
+        live = [c for c in self.children if not c.exited and not c.stopping]
+        frames: dict[ChildHandle, tuple[list[int], list[bytes]]] = {}
+        handed = 0
+        while buffer:
+            task = buffer[0][3]
+            expected = estimate.get(task, -1.0)
+            short = 0.0 <= expected < SYNC_SHORT_SECONDS
+            best: ChildHandle | None = None
+            for c in live:
+                if not c.sync_free:
+                    continue
+                if c.sync_jobs < threads or (short and not c.sync_long
+                                             and c.sync_expected + expected <= budget):
+                    if best is None or c.sync_jobs < best.sync_jobs:
+                        best = c
+            if best is None:
+                break
+            # How many of this task's jobs it takes now: one per free thread, and for a
+            # short task as many as fit in the budget.
+            take = max(0, threads - best.sync_jobs)
+            if short and not best.sync_long:
+                fit = (budget - best.sync_expected) / expected if expected > 0 else budget
+                take = max(take, int(fit))
+            take = max(1, min(take, len(best.sync_free)))
+            frame = frames.get(best)
+            if frame is None:
+                frame = frames[best] = ([], [])
+            slots, messages = frame
+            in_flight, started, sync_free = best.in_flight, best.started, best.sync_free
+            slot_expected = best.slot_expected
+            mark = expected if short else -1.0
+            n = 0
+            while n < take and buffer and buffer[0][3] == task:
+                job = buffer.popleft()
+                slot = sync_free.pop()
+                in_flight[slot] = job
+                started[slot] = handoff.SLOT_HANDED
+                slot_expected[slot] = mark
+                slots.append(slot)
+                messages.append(job[2])
+                n += 1
+            best.sync_jobs += n
+            if short:
+                best.sync_expected += expected * n
+            else:
+                best.sync_long += n
+            handed += n
+        for child, (slots, messages) in frames.items():
+            self._send(child, handoff.encode_jobs(slots, messages))
+        return handed
 
     def _on_results(self, child: ChildHandle) -> None:
         try:
@@ -574,8 +744,8 @@ class Engine:
 
     def _take_frames(self, child: ChildHandle, data: bytes) -> None:
         in_flight = child.in_flight
-        free_slots = child.free_slots
         deadlines = child.deadlines
+        estimate = self.run_estimate
         for kind, body in child.reader.feed(data):
             if kind == handoff.RESULTS:
                 results = orjson.loads(body)
@@ -583,7 +753,13 @@ class Engine:
                     # A slot is freed only by its own job's result, so the slot says which.
                     slot = r[handoff.RESULT_SLOT]
                     if in_flight.pop(slot, None) is not None:
-                        free_slots.append(slot)
+                        if slot in child.slot_expected:
+                            # A sync job: learn how long its task runs (see dispatch).
+                            task, run = r[3], r[5]
+                            known = estimate.get(task)
+                            estimate[task] = (run if known is None
+                                              else known + EWMA_WEIGHT * (run - known))
+                        child.free_slot(slot)
                         if deadlines:
                             deadlines.pop(slot, None)
                 self.completer.add(results)
@@ -591,17 +767,11 @@ class Engine:
                 job_id, lease, slot = orjson.loads(body)
                 job = in_flight.get(slot)
                 if job is not None and job[0] == job_id and job[1] == lease:
-                    timeout = self._timeout_of(job)
+                    timeout = self._timeouts.get(job[3])
                     if timeout is not None:
                         # A grace second lets an async handler's own timeout answer first.
                         deadlines[slot] = (time.monotonic() + timeout + 1.0, timeout)
         self.dispatch()
-
-    def _timeout_of(self, job: ClaimedJob) -> float | None:
-        task = self.registry.get(orjson.loads(job[2])[2])
-        if task is not None and task.timeout is not None:
-            return task.timeout
-        return self.system.config.worker.job_timeout
 
     async def _watchdog(self) -> None:
         """Kill a child whose job overran its timeout; the job fails as a timeout, the
@@ -631,7 +801,8 @@ class Engine:
     def _on_child_exit(self, child: ChildHandle) -> None:
         loop = asyncio.get_running_loop()
         loop.remove_reader(child.alive_fd)
-        # Take everything it reported before it went.
+        # Take everything it reported before it went (up to what is there now: a process
+        # its handlers left may still hold the pipe open).
         while True:
             try:
                 data = os.read(child.result_fd, READ_SIZE)
@@ -648,52 +819,91 @@ class Engine:
                 os.close(fd)
         status = _describe(_exit_code(child.pid))
         child.exited = True
+        self._end_leftovers(child)
+        jobs = len(child.in_flight)
         if child.in_flight:
             if self.stopping:
                 why = "interrupted by engine shutdown"
             else:
                 why = f"child process {child.index} (pid {child.pid}) died: {status}"
                 self.stats.child_crashes += 1
-            self._fail_in_flight(child, why, retry_now=self.stopping)
+            self._settle_in_flight(child, why, retry_now=self.stopping)
         if not self.stopping:
             logger.error("child %d (pid %d) died (%s) with %d jobs in flight; replacing it",
-                         child.index, child.pid, status, len(child.in_flight),
+                         child.index, child.pid, status, jobs,
                          extra={"action": "replace_child"})
-            self.observer.child_replaced(child.index, child.pid, status, len(child.in_flight))
+            self.observer.child_replaced(child.index, child.pid, status, jobs)
         child.in_flight.clear()
         child.started.close()
         if not self.stopping:
-            self._spawn(child.index)
-            self.dispatch()
+            self._respawn(child.index)
 
-    def _fail_in_flight(self, child: ChildHandle, why: str, retry_now: bool) -> None:
-        """A dead child's jobs: those that had started failed as a crash (attempt counted);
-        those still waiting in the child go back untouched."""
-        results = []
-        unstarted = []
-        for slot, (job_id, lease, msg) in child.in_flight.items():
-            if not child.started[slot] and slot not in child.timed_out:
-                unstarted.append((job_id, lease))
-                continue
-            m = orjson.loads(msg)
-            task = self.registry.get(m[2])
-            backoff = task.backoff if task is not None else DEFAULT_BACKOFF
-            delay = 0.0 if retry_now else backoff.delay(m[7])
+    def _end_leftovers(self, child: ChildHandle) -> None:
+        """Kill what the dead child's handlers left running: its process group, and any
+        orphan that was reparented to this engine."""
+        process.end_group(child.pid)
+        known = [c.pid for c in self.children if not c.exited]
+        if self.cron is not None:
+            known.append(self.cron.pid)
+        left = process.reap_orphans(known)
+        if left:
+            logger.warning("killed %d process(es) left behind by child %d's jobs", left,
+                           child.index, extra={"action": "kill_leftovers"})
+
+    def _respawn(self, index: int) -> None:
+        if self.stopping or not self.children[index].exited:
+            return
+        try:
+            self._spawn(index)
+        except OSError as exc:
+            logger.error("cannot replace child %d: %s; retrying in %.0fs", index,
+                         exc.strerror or exc, RESPAWN_RETRY, extra={"action": "fork_failed"})
+            asyncio.get_running_loop().call_later(RESPAWN_RETRY, self._respawn, index)
+            return
+        self.dispatch()
+
+    def _settle_in_flight(self, child: ChildHandle, why: str, retry_now: bool) -> None:
+        """A dead child's jobs, by their slot state (see handoff): those whose handler had
+        returned are completed; those running failed as a crash (attempt counted), unless
+        the child was killed for another job's timeout, when they go back untouched like
+        the jobs that had not started. A job that overran its timeout fails as such."""
+        results: list[list[Any]] = []
+        unstarted: list[tuple[int, int]] = []
+        state = child.started
+        killed_for_timeout = bool(child.timed_out)
+        for slot, (job_id, lease, msg, task_id) in child.in_flight.items():
             if slot in child.timed_out:
+                m = orjson.loads(msg)
+                backoff = self._backoff(task_id)
                 text = (f"timeout: the job ran longer than {child.timed_out[slot]} s; "
                         f"its process (pid {child.pid}) was killed")
-                delay = backoff.delay(m[7])
+                results.append([job_id, lease, handoff.RESULT_FAILED, task_id, m[4], 0.0,
+                                text, backoff.delay(m[7]), None, None, None])
+                continue
+            slot_state = state[slot]
+            if slot_state == handoff.SLOT_DONE:
+                m = orjson.loads(msg)
+                results.append([job_id, lease, handoff.RESULT_COMPLETED, task_id, m[4], 0.0,
+                                None, 0.0, None, None, None])
+            elif slot_state == handoff.SLOT_HANDED or killed_for_timeout:
+                unstarted.append((job_id, lease))
             else:
-                text = f"{why} while this job ran"
-            # wait_seconds None: the child never said when the job started.
-            results.append([job_id, lease, handoff.RESULT_FAILED, m[2], m[4], 0.0,
-                            text, delay, None, None, None])
+                m = orjson.loads(msg)
+                delay = 0.0 if retry_now else self._backoff(task_id).delay(m[7])
+                # wait_seconds None: the child never said when the job started.
+                results.append([job_id, lease, handoff.RESULT_FAILED, task_id, m[4], 0.0,
+                                f"{why} while this job ran", delay, None, None, None])
         self.completer.add(results)
         self.completer.release(unstarted)
 
+    def _backoff(self, task_id: str) -> Backoff:
+        task = self.registry.get(task_id)
+        return task.backoff if task is not None else DEFAULT_BACKOFF
+
     # -- observers -------------------------------------------------------------------
     def _on_flushed(self, completed: list[list[Any]], failed: list[list[Any]],
-                    done_ids: set[Claim], outcomes: dict[Claim, str]) -> None:
+                    done_ids: set[Claim], outcomes: dict[Claim, str],
+                    recorded: dict[Claim, Recorded]) -> None:
         # A finished job may have freed a serial queue: look again now, not at the next poll.
         self.fetcher.wake()
         s = self.stats
@@ -705,7 +915,7 @@ class Engine:
             else:
                 s.failed += 1
         s.stale += len(failed) - len(outcomes)
-        self.observer.flushed(completed, failed, done_ids, outcomes)
+        self.observer.flushed(completed, failed, done_ids, outcomes, recorded)
 
     def _on_claimed(self) -> None:
         claimed = self.fetcher.claimed

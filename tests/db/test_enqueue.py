@@ -30,7 +30,7 @@ def claim(url: str, limit: int = 100, engine: int = 1, **filters: Any) -> list[i
     """Claim like an engine does (job_claim.sql); returns the claimed ids in claim order."""
     q = skivi.create_system({"database": {"connection_string": url}}).queries
     params = {"engine": engine, "limit": limit, "tasks": None, "forbidden": None,
-              "queues": None, **filters}
+              "queues": None, "serial_limit": limit, **filters}
     with connect(url) as c:
         return [r[0] for r in c.execute(q.job_claim, params).fetchall()]
 

@@ -220,7 +220,8 @@ def test_worker_runs_every_engine_statement_when_granted_the_worker_role(roles: 
         assert register is not None
         engine = register[0]
         claimed = c.execute(q.job_claim, {"engine": engine, "limit": 10, "tasks": None,
-                                          "forbidden": None, "queues": None}).fetchall()
+                                          "forbidden": None, "queues": None,
+                                          "serial_limit": 10}).fetchall()
         assert len(claimed) == 5
         (a, la), (b, lb), (r1, lr1) = [(row[0], row[1]) for row in claimed[:3]]
         done = c.execute(q.job_complete_many, {"engine": engine, "ids": [a], "leases": [la],
@@ -229,7 +230,7 @@ def test_worker_runs_every_engine_statement_when_granted_the_worker_role(roles: 
         failed = c.execute(q.job_fail_many, {
             "engine": engine, "ids": [b], "leases": [lb], "errors": ["boom"],
             "delays": [0.0], "finals": ["no_handler"], "payloads": [None]}).fetchall()
-        assert failed == [(b, "exhausted", lb)]
+        assert [r[:5] for r in failed] == [(b, "exhausted", lb, 1, 25)]
         released = c.execute(q.job_release_many, {"engine": engine, "ids": [r1],
                                                   "leases": [lr1]}).fetchall()
         assert released == [(r1,)]
@@ -388,7 +389,7 @@ def test_producer_is_refused_everything_but_enqueueing_when_it_tries(roles: Role
         ]]) == []
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             c.execute(q.job_claim, {"engine": 1, "limit": 10, "tasks": None,
-                                    "forbidden": None, "queues": None})
+                                    "forbidden": None, "queues": None, "serial_limit": 10})
 
 
 def test_a_role_without_grants_cannot_use_the_schema_when_it_tries(roles: Roles) -> None:

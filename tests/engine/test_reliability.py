@@ -59,7 +59,7 @@ class FakeEngine:
     def claim(self, limit: int = 10) -> list[tuple[int, int]]:
         rows = self.conn.execute(self.q.job_claim, {
             "engine": self.id, "limit": limit, "tasks": None, "forbidden": None,
-            "queues": None}).fetchall()
+            "queues": None, "serial_limit": limit}).fetchall()
         return [(int(r[0]), int(r[1])) for r in rows]
 
     def complete(self, pairs: list[tuple[int, int]]) -> list[int]:
@@ -174,7 +174,7 @@ def test_a_batch_holding_two_claims_of_one_job_reports_only_the_current_one(
                 "engine": a.id, "ids": [job, job], "leases": [1, 2], "errors": ["x", "y"],
                 "delays": [0.0, 0.0], "finals": [None, None], "payloads": [None, None]}
                 ).fetchall()
-            assert rows == [(job, "failed", 2)]
+            assert [r[:5] for r in rows] == [(job, "failed", 2, 2, 25)]
 
 
 # -- graceful stop in the middle of a prefetched batch --------------------------------------------

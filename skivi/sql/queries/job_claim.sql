@@ -8,17 +8,21 @@
 --   * Serial queues: a job of a named queue can be claimed only together with its queue's
 --     job_queue row, which stays locked (job_id set) until that job is finished or released.
 --     A queue therefore yields at most ONE job per claim and none while one of its jobs is
---     in flight, however large the batch (Graphile Worker #621 was this trap).
+--     in flight, however large the batch (Graphile Worker #621 was this trap). At most
+--     %(serial_limit)s of them per claim: what the engine can start now, since a queue's
+--     job waiting in an engine's buffer would keep that queue from every other engine.
 --   * The attempt is counted here, at claim: a job that kills its process every time still
 --     reaches max_attempts. lease is bumped so every later write can prove it belongs to
 --     this claim.
 --
 -- Parameters: %(engine)s engine id; %(limit)s; %(tasks)s text[] or null (only these task
 -- identifiers: worker.unknown_tasks = "skip"); %(forbidden)s text[] or null (skip jobs with
--- any of these flags); %(queues)s text[] or null (only jobs of these queues).
--- Returns (id, lease, message): message is the job as a JSON array, handed as-is to a
--- child process: [id, lease, task, payload, queue_name, priority, run_at, attempts,
--- max_attempts, key, flags, created_at].
+-- any of these flags); %(queues)s text[] or null (only jobs of these queues);
+-- %(serial_limit)s (at most this many serial-queue jobs, <= limit).
+-- Returns (id, lease, message, task_identifier): message is the job as a JSON array, handed
+-- as-is to a child process: [id, lease, task, payload, queue_name, priority, run_at,
+-- attempts, max_attempts, key, flags, created_at]; the task lets the engine choose the
+-- child without parsing the message.
 with unqueued as (
     select j.ctid as tid, j.priority, j.run_at, j.id
     from {schema}.job j
@@ -49,7 +53,7 @@ with unqueued as (
     where q.job_id is null
       and (%(queues)s::text[] is null or q.queue_name = any(%(queues)s::text[]))
     order by h.priority, h.run_at, h.id
-    limit %(limit)s
+    limit %(serial_limit)s
     for update of q skip locked
 ), chosen as (
     select c.tid from (
@@ -80,6 +84,7 @@ with unqueued as (
 select c.id, c.lease,
        json_build_array(c.id, c.lease, c.task_identifier, c.payload, c.queue_name, c.priority,
                         c.run_at, c.attempts, c.max_attempts, c.key, c.flags,
-                        c.created_at)::text
+                        c.created_at)::text,
+       c.task_identifier
 from claimed c
 order by c.priority, c.run_at, c.id;

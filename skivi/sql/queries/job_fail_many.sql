@@ -11,7 +11,8 @@
 -- Parameters: %(engine)s; pairwise arrays %(ids)s bigint[], %(leases)s bigint[],
 -- %(errors)s text[], %(delays)s float8[] (seconds), %(finals)s text[] (null, or the reason
 -- for exhausting now), %(payloads)s text[] (null, or the JSON payload to keep).
--- Returns (id, outcome, lease) with outcome 'failed' or 'exhausted'.
+-- Returns (id, outcome, lease, attempts, max_attempts, run_at) with outcome 'failed' or
+-- 'exhausted'; run_at is when a failed job runs again (null for an exhausted one).
 with u as materialized (
     select *
     from unnest(%(ids)s::bigint[], %(leases)s::bigint[], %(errors)s::text[],
@@ -29,7 +30,7 @@ with u as materialized (
     where j.id = u.id and j.lease = u.lease
       and j.locked_by is not distinct from %(engine)s
       and u.final is null and j.attempts < j.max_attempts
-    returning j.id, j.lease, j.queue_name
+    returning j.id, j.lease, j.queue_name, j.attempts, j.max_attempts, j.run_at
 ), exhausted as (
     delete from {schema}.job j
     using u
@@ -47,13 +48,15 @@ with u as materialized (
     from exhausted e
     on conflict (id) do nothing
 ), finished as (
-    select id, lease, queue_name, 'failed' as outcome from retried
+    select id, lease, queue_name, 'failed' as outcome, attempts, max_attempts, run_at
+    from retried
     union all
-    select id, lease, queue_name, 'exhausted' from exhausted
+    select id, lease, queue_name, 'exhausted', attempts, max_attempts, null::timestamptz
+    from exhausted
 ), freed as (
     update {schema}.job_queue q
     set job_id = null, locked_by = null, locked_at = null
     from finished f
     where f.queue_name is not null and q.queue_name = f.queue_name and q.job_id = f.id
 )
-select f.id, f.outcome, f.lease from finished f;
+select f.id, f.outcome, f.lease, f.attempts, f.max_attempts, f.run_at from finished f;

@@ -89,3 +89,56 @@ def cron_tick(ctx: Any) -> None:
 
 
 TASKS["cron_tick"] = cron_tick
+
+
+# -- the process model (tests/engine/test_process_model.py) ----------------------------------
+
+async def async_poison(ctx: Any) -> None:
+    record(ctx)
+    await asyncio.sleep(float(ctx.job.payload.get("s", 0)))
+    os._exit(1)
+
+
+def fork_both(ctx: Any) -> None:
+    """Forks and returns in both copies; the copy also lingers first, holding every pipe."""
+    record(ctx)
+    if os.fork() == 0:
+        time.sleep(float(ctx.job.payload.get("linger", 0)))
+
+
+def daemon(ctx: Any) -> None:
+    """Starts a process in a session of its own that keeps the inherited descriptors."""
+    import subprocess
+
+    record(ctx)
+    proc = subprocess.Popen(["sleep", "600"], start_new_session=True, close_fds=False)
+    with open(ctx.job.payload["pidfile"], "w") as f:
+        f.write(str(proc.pid))
+
+
+async def _later(ctx: Any, fail: bool) -> None:
+    await asyncio.sleep(0.01)
+    record(ctx, "awaited")
+    if fail:
+        raise RuntimeError("failed after being awaited")
+
+
+def returns_awaitable(ctx: Any) -> Any:
+    record(ctx)
+    return _later(ctx, bool(ctx.job.payload.get("fail")))
+
+
+def log_lines(ctx: Any) -> None:
+    record(ctx)
+    for i in range(int(ctx.job.payload.get("n", 1))):
+        ctx.logger.warning("line %d %s", i, "x" * int(ctx.job.payload.get("width", 10)))
+
+
+TASKS.update({
+    "async_poison": async_poison,
+    "daemon": daemon,
+    "fork_both": fork_both,
+    "log_lines": log_lines,
+    "returns_awaitable": returns_awaitable,
+    "sync_hang": task(hang, timeout=1.0, backoff=FAST),
+})
