@@ -322,7 +322,7 @@ class _Runner:
             row = self._failure(task, m, exc, time.perf_counter() - started)
         else:
             self._still_ours()
-            if inspect.isawaitable(outcome):
+            if outcome is not None and inspect.isawaitable(outcome):
                 # `lambda ctx: send(ctx)` with an async send: the work is the awaitable.
                 settle = self._settle(task, m, outcome, started, wait, timeout)
                 if in_thread:

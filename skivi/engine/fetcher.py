@@ -75,6 +75,7 @@ class Fetcher:
         self.filters: dict[str, Any] = {"tasks": tasks, "forbidden": forbidden_flags,
                                         "queues": queues}
         self.sync_tasks = sync_tasks
+        self.sync_only = False  # set by the supervisor: no task of the registry is async
         self.startable = startable
         self.async_buffer: deque[ClaimedJob] = deque()
         self.sync_buffer: deque[ClaimedJob] = deque()
@@ -83,6 +84,7 @@ class Fetcher:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._timer: asyncio.TimerHandle | None = None
+        self.serial_limit_used = 0
         self.claims = 0
         self.claimed = 0
         self.listening = False
@@ -104,6 +106,15 @@ class Fetcher:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def worth_claiming(self) -> bool:
+        """Whether slots freed since the last claim can find more jobs: not after a claim
+        that came back short (the table had no more), unless that claim took fewer
+        serial-queue jobs than could start now. New jobs and freed serial queues wake the
+        fetcher on their own (NOTIFY, the completer's flush, the poll)."""
+        if not self.drained:
+            return True
+        return self.startable is not None and self.startable() > self.serial_limit_used
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -171,6 +182,7 @@ class Fetcher:
         self.claimed_after_flush = self.flushes()
         conn = await self.db.get()
         serial = limit if self.startable is None else min(limit, self.startable())
+        self.serial_limit_used = serial
         params = {"engine": self.engine_id(), "limit": limit, "serial_limit": serial,
                   **self.filters}
         cur = await conn.execute(self.q.job_claim, params, prepare=True)
@@ -183,6 +195,10 @@ class Fetcher:
             sync_tasks = self.sync_tasks
             if not sync_tasks:
                 self.async_buffer.extend((r[0], r[1], r[2].encode(), r[3]) for r in rows)
+            elif self.sync_only:
+                # Every task is sync (a job of an unknown task is answered at once in
+                # either lane): no choice to make per row.
+                self.sync_buffer.extend((r[0], r[1], r[2].encode(), r[3]) for r in rows)
             else:
                 sync_buffer, async_buffer = self.sync_buffer, self.async_buffer
                 for r in rows:

@@ -137,21 +137,6 @@ class ChildHandle:
     def free(self) -> int:
         return 0 if self.stopping else len(self.free_slots)
 
-    def free_slot(self, slot: int) -> None:
-        """Give back the slot of a job that finished (or never ran)."""
-        if slot in self.slot_expected:
-            self.sync_free.append(slot)
-            self.sync_jobs -= 1
-            expected = self.slot_expected.pop(slot)
-            if expected < 0:
-                self.sync_long -= 1
-            else:
-                self.sync_expected -= expected
-            if not self.sync_jobs:
-                self.sync_expected = 0.0  # no drift from the float sums
-        else:
-            self.free_slots.append(slot)
-
 
 class Engine:
     def __init__(self, system: System, registry: TaskRegistry, *, once: bool = False,
@@ -242,6 +227,7 @@ class Engine:
             sync_tasks=self.sync_tasks, startable=self.startable,
             forbidden_flags=list(w.forbidden_flags) or None,
             queues=list(w.queues) if w.queues is not None else None)
+        self.fetcher.sync_only = not has_async
 
     # -- lifecycle -------------------------------------------------------------------
     async def run(self) -> int:
@@ -647,7 +633,7 @@ class Engine:
             handed += self._dispatch_sync(fetcher.sync_buffer)
         if handed:
             self.observer.dispatched(handed)
-        if fetcher.room() > 0:
+        if fetcher.room() > 0 and fetcher.worth_claiming():
             fetcher.wake()
 
     def _dispatch_async(self, buffer: deque[ClaimedJob]) -> int:
@@ -679,6 +665,7 @@ class Engine:
         estimate = self.run_estimate
         live = [c for c in self.children if not c.exited and not c.stopping]
         frames: dict[ChildHandle, tuple[list[int], list[bytes]]] = {}
+        single_task = self.fetcher.sync_only and len(self.sync_tasks) == 1
         handed = 0
         while buffer:
             task = buffer[0][3]
@@ -708,16 +695,28 @@ class Engine:
             in_flight, started, sync_free = best.in_flight, best.started, best.sync_free
             slot_expected = best.slot_expected
             mark = expected if short else -1.0
-            n = 0
-            while n < take and buffer and buffer[0][3] == task:
-                job = buffer.popleft()
-                slot = sync_free.pop()
-                in_flight[slot] = job
-                started[slot] = handoff.SLOT_HANDED
-                slot_expected[slot] = mark
-                slots.append(slot)
-                messages.append(job[2])
-                n += 1
+            if single_task:
+                # One sync task: every buffered job is of it, take them in one go.
+                n = min(take, len(buffer))
+                jobs = [buffer.popleft() for _ in range(n)]
+                got = [sync_free.pop() for _ in range(n)]
+                for job, slot in zip(jobs, got, strict=True):
+                    in_flight[slot] = job
+                    started[slot] = handoff.SLOT_HANDED
+                    slot_expected[slot] = mark
+                slots += got
+                messages += [job[2] for job in jobs]
+            else:
+                n = 0
+                while n < take and buffer and buffer[0][3] == task:
+                    job = buffer.popleft()
+                    slot = sync_free.pop()
+                    in_flight[slot] = job
+                    started[slot] = handoff.SLOT_HANDED
+                    slot_expected[slot] = mark
+                    slots.append(slot)
+                    messages.append(job[2])
+                    n += 1
             best.sync_jobs += n
             if short:
                 best.sync_expected += expected * n
@@ -745,23 +744,43 @@ class Engine:
     def _take_frames(self, child: ChildHandle, data: bytes) -> None:
         in_flight = child.in_flight
         deadlines = child.deadlines
-        estimate = self.run_estimate
         for kind, body in child.reader.feed(data):
             if kind == handoff.RESULTS:
                 results = orjson.loads(body)
+                free_slots, sync_free = child.free_slots, child.sync_free
+                slot_expected = child.slot_expected
+                freed_sync = freed_long = 0
+                freed_expected = 0.0
+                last_sync = None
                 for r in results:
                     # A slot is freed only by its own job's result, so the slot says which.
                     slot = r[handoff.RESULT_SLOT]
                     if in_flight.pop(slot, None) is not None:
-                        if slot in child.slot_expected:
-                            # A sync job: learn how long its task runs (see dispatch).
-                            task, run = r[3], r[5]
-                            known = estimate.get(task)
-                            estimate[task] = (run if known is None
-                                              else known + EWMA_WEIGHT * (run - known))
-                        child.free_slot(slot)
+                        expected = slot_expected.pop(slot, None)
+                        if expected is None:
+                            free_slots.append(slot)
+                        else:
+                            sync_free.append(slot)
+                            freed_sync += 1
+                            if expected < 0:
+                                freed_long += 1
+                            else:
+                                freed_expected += expected
+                            last_sync = r
                         if deadlines:
                             deadlines.pop(slot, None)
+                if freed_sync:
+                    child.sync_jobs -= freed_sync
+                    child.sync_long -= freed_long
+                    # Reset when empty: no drift from the float sums.
+                    child.sync_expected = (child.sync_expected - freed_expected
+                                           if child.sync_jobs else 0.0)
+                    # Learn how long the task runs (see dispatch), from one row a frame.
+                    assert last_sync is not None
+                    task, run = last_sync[3], last_sync[5]
+                    known = self.run_estimate.get(task)
+                    self.run_estimate[task] = (run if known is None
+                                               else known + EWMA_WEIGHT * (run - known))
                 self.completer.add(results)
             elif kind == handoff.STARTED:
                 job_id, lease, slot = orjson.loads(body)
