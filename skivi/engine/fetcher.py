@@ -180,6 +180,8 @@ class Fetcher:
 
     async def _claim(self, limit: int) -> int:
         self.claimed_after_flush = self.flushes()
+        # Not drained while this claim runs: it may find jobs (--once must not stop now).
+        self.drained = False
         conn = await self.db.get()
         serial = limit if self.startable is None else min(limit, self.startable())
         self.serial_limit_used = serial
