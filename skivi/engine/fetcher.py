@@ -57,6 +57,7 @@ class Fetcher:
                  flushes: Callable[[], int],
                  tasks: list[str] | None, forbidden_flags: list[str] | None,
                  queues: list[str] | None, sync_tasks: frozenset[str] = frozenset(),
+                 sync_only: bool = False,
                  startable: Callable[[], int] | None = None) -> None:
         self.db = db
         self.listen_db = listen_db
@@ -75,7 +76,7 @@ class Fetcher:
         self.filters: dict[str, Any] = {"tasks": tasks, "forbidden": forbidden_flags,
                                         "queues": queues}
         self.sync_tasks = sync_tasks
-        self.sync_only = False  # set by the supervisor: no task of the registry is async
+        self.sync_only = sync_only  # no task of the registry is async
         self.startable = startable
         self.async_buffer: deque[ClaimedJob] = deque()
         self.sync_buffer: deque[ClaimedJob] = deque()

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable
 __all__ = [
     "available_cpus",
     "become_subreaper",
+    "children_of",
     "detach",
     "die_with_parent",
     "end_group",
@@ -108,23 +109,32 @@ def shared_objects(keep: Iterable[int]) -> list[int]:
     return out
 
 
-def reap_orphans(known: Iterable[int]) -> int:
-    """Kill and reap this process's children that it did not start itself: what handlers
-    left behind and the kernel reparented here (``become_subreaper``). Returns how many."""
-    mine = os.getpid()
-    skip = set(known)
-    found = 0
+def children_of(pid: int, *, zombies: bool = False) -> list[int]:
+    """The child processes of ``pid`` (from /proc), those that exited but were not reaped
+    yet only with ``zombies``."""
+    out = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) in skip:
+        if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
                 stat = f.read()
         except OSError:
             continue
-        if int(stat[stat.rindex(")") + 2:].split()[1]) != mine:
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[1]) == pid and (zombies or fields[0] != "Z"):
+            out.append(int(entry))
+    return out
+
+
+def reap_orphans(known: Iterable[int]) -> int:
+    """Kill and reap this process's children that it did not start itself: what handlers
+    left behind and the kernel reparented here (``become_subreaper``). Returns how many."""
+    skip = set(known)
+    found = 0
+    for pid in children_of(os.getpid(), zombies=True):
+        if pid in skip:
             continue
-        pid = int(entry)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):

@@ -224,10 +224,9 @@ class Engine:
             capacity=lambda: sum(c.capacity for c in self.children if not c.stopping),
             in_flight=self.in_flight, paused=lambda: self.completer.backpressure,
             on_claimed=self._on_claimed, flushes=lambda: self.completer.flushes, tasks=tasks,
-            sync_tasks=self.sync_tasks, startable=self.startable,
+            sync_tasks=self.sync_tasks, sync_only=not has_async, startable=self.startable,
             forbidden_flags=list(w.forbidden_flags) or None,
             queues=list(w.queues) if w.queues is not None else None)
-        self.fetcher.sync_only = not has_async
 
     # -- lifecycle -------------------------------------------------------------------
     async def run(self) -> int:
@@ -695,28 +694,22 @@ class Engine:
             in_flight, started, sync_free = best.in_flight, best.started, best.sync_free
             slot_expected = best.slot_expected
             mark = expected if short else -1.0
+            # The run of this task's jobs at the head of the buffer (all of it when the
+            # registry has a single sync task).
             if single_task:
-                # One sync task: every buffered job is of it, take them in one go.
                 n = min(take, len(buffer))
-                jobs = [buffer.popleft() for _ in range(n)]
-                got = [sync_free.pop() for _ in range(n)]
-                for job, slot in zip(jobs, got, strict=True):
-                    in_flight[slot] = job
-                    started[slot] = handoff.SLOT_HANDED
-                    slot_expected[slot] = mark
-                slots += got
-                messages += [job[2] for job in jobs]
             else:
-                n = 0
-                while n < take and buffer and buffer[0][3] == task:
-                    job = buffer.popleft()
-                    slot = sync_free.pop()
-                    in_flight[slot] = job
-                    started[slot] = handoff.SLOT_HANDED
-                    slot_expected[slot] = mark
-                    slots.append(slot)
-                    messages.append(job[2])
+                n = 1
+                while n < take and n < len(buffer) and buffer[n][3] == task:
                     n += 1
+            jobs = [buffer.popleft() for _ in range(n)]
+            got = [sync_free.pop() for _ in range(n)]
+            for job, slot in zip(jobs, got, strict=True):
+                in_flight[slot] = job
+                started[slot] = handoff.SLOT_HANDED
+                slot_expected[slot] = mark
+            slots += got
+            messages += [job[2] for job in jobs]
             best.sync_jobs += n
             if short:
                 best.sync_expected += expected * n
@@ -891,23 +884,23 @@ class Engine:
         state = child.started
         killed_for_timeout = bool(child.timed_out)
         for slot, (job_id, lease, msg, task_id) in child.in_flight.items():
-            if slot in child.timed_out:
-                m = orjson.loads(msg)
-                backoff = self._backoff(task_id)
-                text = (f"timeout: the job ran longer than {child.timed_out[slot]} s; "
+            slot_state = state[slot]
+            timed_out = child.timed_out.get(slot)
+            if timed_out is None and (slot_state == handoff.SLOT_HANDED
+                                      or (slot_state == handoff.SLOT_STARTED
+                                          and killed_for_timeout)):
+                unstarted.append((job_id, lease))
+                continue
+            m = orjson.loads(msg)  # rare: only a dead child's jobs are decoded here
+            if timed_out is not None:
+                text = (f"timeout: the job ran longer than {timed_out} s; "
                         f"its process (pid {child.pid}) was killed")
                 results.append([job_id, lease, handoff.RESULT_FAILED, task_id, m[4], 0.0,
-                                text, backoff.delay(m[7]), None, None, None])
-                continue
-            slot_state = state[slot]
-            if slot_state == handoff.SLOT_DONE:
-                m = orjson.loads(msg)
+                                text, self._backoff(task_id).delay(m[7]), None, None, None])
+            elif slot_state == handoff.SLOT_DONE:
                 results.append([job_id, lease, handoff.RESULT_COMPLETED, task_id, m[4], 0.0,
                                 None, 0.0, None, None, None])
-            elif slot_state == handoff.SLOT_HANDED or killed_for_timeout:
-                unstarted.append((job_id, lease))
             else:
-                m = orjson.loads(msg)
                 delay = 0.0 if retry_now else self._backoff(task_id).delay(m[7])
                 # wait_seconds None: the child never said when the job started.
                 results.append([job_id, lease, handoff.RESULT_FAILED, task_id, m[4], 0.0,

@@ -47,8 +47,9 @@ import psycopg
 import pytest
 
 import skivi
+from skivi.engine.process import children_of
 from tests.chaos.conftest import soak_mode
-from tests.engine.conftest import PrivateServer, children_of
+from tests.engine.conftest import PrivateServer
 from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[2]

@@ -70,23 +70,6 @@ class EngineProcs:
             p.wait()
 
 
-def children_of(pid: int) -> list[int]:
-    """Live child processes of ``pid`` (from /proc)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            out.append(int(entry))
-    return out
-
-
 @pytest.fixture
 def engines(database: str, tmp_path: Path) -> Iterator[EngineProcs]:
     procs = EngineProcs(database, Ledger(tmp_path / "ledger.txt"))

@@ -9,9 +9,9 @@ import signal
 import time
 from typing import Any
 
+from skivi.engine.process import children_of
 from tests.engine.conftest import (
     EngineProcs,
-    children_of,
     engine_id,
     enqueue,
     fetch,

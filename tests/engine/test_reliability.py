@@ -14,10 +14,10 @@ import psycopg
 import pytest
 
 from skivi.db.queries import Queries, for_schema
+from skivi.engine.process import children_of
 from tests.engine.conftest import (
     EngineProcs,
     PrivateServer,
-    children_of,
     engine_id,
     enqueue,
     fetch,
