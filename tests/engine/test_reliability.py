@@ -226,10 +226,13 @@ def test_results_are_retried_and_land_when_the_completion_connection_is_killed_r
 def test_claiming_pauses_when_the_result_buffer_is_full(
         engines: EngineProcs, database: str, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
-    capacity, batch, buffer = 2, 10, 20
+    concurrency, batch, buffer = 2, 10, 20
+    # The test registry has sync and async tasks, so a child has both lanes: `concurrency`
+    # async slots and max(sync_threads, concurrency) sync slots (sync_threads is 1 here).
+    capacity = concurrency + max(1, concurrency)
     config = write_config(tmp_path / "skivi.toml", max_result_buffer=buffer, batch_size=batch,
                           poll_interval=0.1)
-    engine = engines.start("--config", config, processes=1, concurrency=capacity)
+    engine = engines.start("--config", config, processes=1, concurrency=concurrency)
     engine_id(database, engine.pid)
     # Completion and failure statements write job_history, claims do not: with the history
     # table locked, every result waits in the engine while claims could go on.
