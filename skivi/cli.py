@@ -83,7 +83,7 @@ LIST_LIMIT_DEFAULT = 100
 SCAN_LIMIT_DEFAULT = 1_000_000
 CELL_MAX = 60
 """Longest error text shown in a table cell (JSON output has it whole)."""
-JOB_STATES = ("waiting", "scheduled", "running", "failed")
+JOB_STATES = ("waiting", "scheduled", "running", "claimed", "failed")
 HISTORY_OUTCOMES = ("completed", "exhausted")
 UNDEFINED_OBJECT_SQLSTATES = frozenset({
     "3F000",  # invalid_schema_name
@@ -281,8 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = branch("jobs", "list and change live jobs")
     p = leaf(jobs, "list", _cmd_jobs_list, "list live jobs (oldest id first)",
              "List live jobs, oldest id first. States: waiting (runnable now), scheduled "
-             "(run_at in the future), running (claimed by an engine), failed (attempted and "
-             "failed, waiting for its next attempt).")
+             "(run_at in the future), running (its engine reported it started, with its "
+             "heartbeat), claimed (taken by an engine, not reported started: in its buffer or "
+             "started since its last heartbeat), failed (attempted and failed, waiting for its "
+             "next attempt).")
     _list_options(p)
     p.add_argument("--queue", metavar="NAME", help="only jobs of this serial queue")
     p.add_argument("--state", choices=JOB_STATES, help="only jobs in this state")
@@ -331,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", metavar="IDS", nargs="+", type=_job_ids, help=IDS_HELP)
 
     p = leaf(commands, "queues", _cmd_queues, "queue depth per queue and task",
-             "Jobs waiting (runnable now), scheduled and running, and the age of the oldest "
+             "Jobs waiting (runnable now), scheduled, running and claimed (see jobs list), "
+             "and the age of the oldest "
              "runnable job, per queue and task. Reads every pending job once (a sequential "
              "scan), up to --scan-limit rows: an operator command, not one to poll.")
     p.add_argument("--scan-limit", metavar="N", type=_positive, default=SCAN_LIMIT_DEFAULT,
@@ -575,7 +578,8 @@ def _ids(ctx: _Context) -> list[int]:
 _REASONS = {
     "completed": "completed jobs cannot be retried (only exhausted ones)",
     "not_found": "not found",
-    "running": "running",
+    # Locked by an engine: running, or claimed and about to run (the statements cannot tell).
+    "running": "claimed",
 }
 
 
@@ -595,7 +599,7 @@ def _change(ctx: _Context, query: bytes, params: dict[str, Any], done: str) -> i
         if r[1] == "running":
             item["engine"] = r[2]
             if r[2] is not None:
-                why += f" on engine {r[2]}"
+                why += f" by engine {r[2]}"
         unchanged.append(item)
         lines.append((str(r[0]), f"not changed: {why}"))
     if ctx.args.json:
@@ -653,9 +657,10 @@ def _cmd_queues(ctx: _Context) -> int:
     elif not rows:
         _emit("no jobs")
     else:
-        _emit(_table(("queue", "task", "waiting", "scheduled", "running", "oldest_runnable"),
+        _emit(_table(("queue", "task", "waiting", "scheduled", "running", "claimed",
+                      "oldest_runnable"),
                      [(_text(r["queue_name"]), r["task_identifier"], str(r["waiting"]),
-                       str(r["scheduled"]), str(r["running"]),
+                       str(r["scheduled"]), str(r["running"]), str(r["claimed"]),
                        _age_text(r["oldest_runnable_age"])) for r in rows]))
     if truncated:
         print(f"{PROG}: the scan stopped after {args.scan_limit} jobs: the figures are lower "

@@ -59,15 +59,20 @@ Gauges:
 ==================================  ========================  ================================
 skivi_jobs_in_flight                                          jobs handed to children and not
                                                               yet reported finished
-skivi_jobs_capacity                                           jobs the live children can run at
-                                                              once (processes x concurrency)
+skivi_jobs_capacity                                           job slots of the live children:
+                                                              per child, concurrency async
+                                                              slots and max(sync_threads,
+                                                              concurrency) sync ones, for the
+                                                              lanes its tasks use
 skivi_child_processes                                         child processes alive
 skivi_db_connection_up              connection                1 while that parent connection
                                                               works, 0 while it is lost
 skivi_queue_jobs                    queue, state              jobs by state: waiting (runnable
                                                               now), scheduled (run_at in the
-                                                              future), running (claimed by an
-                                                              engine)
+                                                              future), running (started, as
+                                                              reported by its engine's
+                                                              heartbeat), claimed (claimed by
+                                                              an engine, not reported started)
 skivi_queue_oldest_job_age_seconds  queue                     now - run_at of the oldest
                                                               runnable job (0 when none)
 skivi_queue_stats_leader                                      1 if this engine computed the two
@@ -161,10 +166,11 @@ METRICS: Mapping[str, tuple[str, tuple[str, ...]]] = {
 """Every metric this module exports: name -> (type, label names). The catalogue above
 describes each; a contract test checks that dashboards and alert rules use only these."""
 
-QueueStats = Sequence[tuple[str, int, int, int, float | None]]
-"""Rows of job_stats.sql: (queue, waiting, scheduled, running, oldest runnable age)."""
+QueueStats = Sequence[tuple[str, int, int, int, int, float | None]]
+"""Rows of job_stats.sql: (queue, waiting, scheduled, running, claimed, oldest runnable
+age)."""
 
-_STATES = ("waiting", "scheduled", "running")
+_STATES = ("waiting", "scheduled", "running", "claimed")
 
 
 class _BatchHistogram:
@@ -226,7 +232,7 @@ class _QueueStatsCollector:
     of one poll and half of the next)."""
 
     def __init__(self) -> None:
-        self.rows: tuple[tuple[str, int, int, int, float | None], ...] = ()
+        self.rows: tuple[tuple[str, int, int, int, int, float | None], ...] = ()
         self.leader = False
 
     def describe(self) -> Iterator[Metric]:
@@ -242,8 +248,8 @@ class _QueueStatsCollector:
                                  labels=["queue", "state"])
         age = GaugeMetricFamily("skivi_queue_oldest_job_age_seconds",
                                 _DOC["skivi_queue_oldest_job_age_seconds"], labels=["queue"])
-        for queue, waiting, scheduled, running, oldest in rows:
-            for state, n in zip(_STATES, (waiting, scheduled, running), strict=True):
+        for queue, waiting, scheduled, running, claimed, oldest in rows:
+            for state, n in zip(_STATES, (waiting, scheduled, running, claimed), strict=True):
                 jobs.add_metric([queue, state], n)
             age.add_metric([queue], oldest or 0.0)
         yield jobs

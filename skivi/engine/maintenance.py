@@ -56,6 +56,7 @@ class Liveness:
     def __init__(self, db: Reconnecting, queries: Queries, *, version: str,
                  heartbeat_interval: float, lease_timeout: float, rescue_interval: float,
                  processes: int, concurrency: int, in_flight: Callable[[], int],
+                 running: Callable[[], list[int]] = list,
                  on_rescued: Callable[[list[int], int, int], None] | None = None,
                  on_new_identity: Callable[[int], None] | None = None) -> None:
         self.db = db
@@ -67,6 +68,7 @@ class Liveness:
         self.processes = processes
         self.concurrency = concurrency
         self.in_flight = in_flight
+        self.running = running
         self.on_rescued = on_rescued
         self.on_new_identity = on_new_identity
         # Long enough for live engines to notice a server restart and take their locks back:
@@ -167,7 +169,7 @@ class Liveness:
         conn = await self._connection()
         cur = await conn.execute(self.q.engine_heartbeat, {
             "engine": self.engine_id, "in_flight": self.in_flight(),
-            "stopping": self.stopping})
+            "stopping": self.stopping, "running": self.running()})
         if await cur.fetchone() is None:
             await self._new_identity("was declared dead")
 

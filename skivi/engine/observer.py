@@ -91,13 +91,15 @@ class EngineObserver:
         self._no_handler: dict[str, tuple[float, int]] = {}
 
     # -- lifecycle -------------------------------------------------------------------
-    def pool_start(self, engine_id: int, processes: int, concurrency: int) -> None:
-        """The engine registered, forked its children and starts claiming."""
+    def pool_start(self, engine_id: int, processes: int, concurrency: int,
+                   capacity: int) -> None:
+        """The engine registered, forked its children and starts claiming; ``capacity`` is
+        the job slots of all its children (both lanes, as the watchdog reports later)."""
         self.engine_id = engine_id
         self.emitter.emit(EventKind.POOL_START, {
             "engine_id": engine_id, "pid": os.getpid(), "processes": processes,
             "concurrency": concurrency})
-        self.set_gauges(0, processes * concurrency, processes)
+        self.set_gauges(0, capacity, processes)
 
     def pool_stop(self, engine_id: int, stats: Mapping[str, Any]) -> None:
         """The shutdown finished; ``stats`` are the engine's totals (EngineStats as a dict)."""
@@ -347,7 +349,8 @@ class QueueStatsPoller:
         if not rows:
             self.metrics.queue_stats(None)
             return False
-        self.metrics.queue_stats([(r[0], int(r[1]), int(r[2]), int(r[3]), r[4]) for r in rows])
+        self.metrics.queue_stats([(r[0], int(r[1]), int(r[2]), int(r[3]), int(r[4]), r[5])
+                                  for r in rows])
         return True
 
     async def _run(self) -> None:

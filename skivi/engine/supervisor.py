@@ -211,7 +211,7 @@ class Engine:
             self.live_db, q, version=_version(), heartbeat_interval=w.heartbeat_interval,
             lease_timeout=w.lease_timeout, rescue_interval=w.rescue_interval,
             processes=self.processes, concurrency=self.concurrency,
-            in_flight=self.in_flight, on_rescued=self._on_rescued)
+            in_flight=self.in_flight, running=self.started_jobs, on_rescued=self._on_rescued)
         self.pruner = HistoryPruner(self.prune_db, q, retention=w.history_retention)
         self.completer = Completer(
             self.complete_db, q, engine_id=lambda: self.liveness.engine_id,
@@ -282,7 +282,8 @@ class Engine:
         self.fetcher.start()
         if self.stats_poller is not None:
             self.stats_poller.start()
-        self.observer.pool_start(self.liveness.engine_id, self.processes, self.concurrency)
+        self.observer.pool_start(self.liveness.engine_id, self.processes, self.concurrency,
+                                 self.processes * self.child_capacity)
         queues = self.system.config.worker.queues
         logger.info("engine %d started: %d processes x %d concurrency (%d sync threads "
                     "each), schema %s, %s", self.liveness.engine_id, self.processes,
@@ -447,6 +448,18 @@ class Engine:
     # -- children --------------------------------------------------------------------
     def in_flight(self) -> int:
         return sum(len(c.in_flight) for c in self.children)
+
+    def started_jobs(self) -> list[int]:
+        """Ids of the jobs in children whose handlers have started (done ones included,
+        until their results land): what the heartbeat reports as running."""
+        ids: list[int] = []
+        for c in self.children:
+            state = c.started
+            if c.exited or state.closed:
+                continue
+            ids.extend(j[0] for slot, j in c.in_flight.items()
+                       if state[slot] != handoff.SLOT_HANDED)
+        return ids
 
     def startable(self) -> int:
         """Jobs the children could start right now, beyond those already in hand: the

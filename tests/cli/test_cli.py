@@ -115,17 +115,29 @@ def record_completed(url: str, job_id: int, task: str = "done") -> None:
                   "values (%s, %s, '{}', 0, now(), 1, 25, now(), 'completed')", [job_id, task])
 
 
+def report_started(url: str, engine: int, ids: list[int]) -> None:
+    """Engine ``engine`` as its heartbeat would leave it, having started ``ids``."""
+    with connect(url) as c:
+        c.execute("insert into skivi.engine (id, hostname, pid, version, lease_timeout, "
+                  "processes, concurrency, running) overriding system value "
+                  "values (%s, 'host', 1, 'test', 30, 1, 1, %s)", [engine, ids])
+
+
 @pytest.fixture
 def jobs(system: skivi.System, database: str) -> dict[str, int]:
-    """One job in each state: waiting, scheduled, failed (retry pending), running."""
+    """One job in each state: waiting, scheduled, failed (retry pending), running (claimed
+    and reported started by its engine) and claimed (not reported started)."""
     running = skivi.add_job(system, "run-me", {"n": 0}).id
-    assert claim_all(database) == [running]
+    claimed = skivi.add_job(system, "run-me", {"n": 1}).id
+    assert claim_all(database) == [running, claimed]
+    report_started(database, 7, [running])
     waiting = skivi.add_job(system, "send-email", {"to": SECRET}, queue_name="mail").id
     scheduled = skivi.add_job(system, "report", {}, run_at=dt.datetime.now(UTC)
                               + dt.timedelta(hours=2)).id
     failed = skivi.add_job(system, "send-email", {"to": "b"}).id
     make_failed(database, failed)
-    return {"waiting": waiting, "scheduled": scheduled, "failed": failed, "running": running}
+    return {"waiting": waiting, "scheduled": scheduled, "failed": failed, "running": running,
+            "claimed": claimed}
 
 
 @pytest.fixture
@@ -447,7 +459,7 @@ def test_jobs_remove_deletes_pending_jobs_and_refuses_running_ones_when_mixed(
     lines = captured.out.splitlines()
     assert lines[1:] == [
         f"{jobs['waiting']:<6}  removed",
-        f"{jobs['running']:<6}  not changed: running on engine 7",
+        f"{jobs['running']:<6}  not changed: claimed by engine 7",
         f"{jobs['failed']:<6}  removed",
         "999999  not changed: not found",
     ]
@@ -543,13 +555,13 @@ def test_queues_counts_jobs_by_state_per_queue_and_task_when_jobs_exist(
     result = cli_json(database, capsys, "queues")
     assert result["truncated"] is False
     counts = {(q["queue_name"], q["task_identifier"]): (q["waiting"], q["scheduled"],
-                                                        q["running"])
+                                                        q["running"], q["claimed"])
               for q in result["queues"]}
     assert counts == {
-        (None, "report"): (0, 1, 0),
-        (None, "run-me"): (0, 0, 1),
-        (None, "send-email"): (0, 1, 0),  # the failed job: retry in an hour
-        ("mail", "send-email"): (2, 0, 0),
+        (None, "report"): (0, 1, 0, 0),
+        (None, "run-me"): (0, 0, 1, 1),
+        (None, "send-email"): (0, 1, 0, 0),  # the failed job: retry in an hour
+        ("mail", "send-email"): (2, 0, 0, 0),
     }
     mail = next(q for q in result["queues"] if q["queue_name"] == "mail")
     assert 90 <= mail["oldest_runnable_age"] < 150
@@ -565,7 +577,7 @@ def test_queues_says_the_figures_are_lower_bounds_when_the_scan_limit_is_reached
     skivi.add_jobs(system, [{"task": "t"} for _ in range(5)])
     assert cli(database, "queues", "--scan-limit", "3") == 0
     captured = capsys.readouterr()
-    assert captured.out.splitlines()[1].split() == ["-", "t", "3", "0", "0", "0s"]
+    assert captured.out.splitlines()[1].split() == ["-", "t", "3", "0", "0", "0", "0s"]
     assert "lower bounds" in captured.err
     assert cli_json(database, capsys, "queues", "--scan-limit", "5")["truncated"] is True
     assert cli_json(database, capsys, "queues", "--scan-limit", "6")["truncated"] is False

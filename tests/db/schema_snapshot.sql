@@ -30,6 +30,7 @@ create table skivi.engine (
     concurrency integer not null,
     in_flight integer not null default 0,
     stopping boolean not null default false,
+    running bigint[] not null default ARRAY[]::bigint[],
     constraint engine_pkey PRIMARY KEY (id)
 ) with (fillfactor=50);
 

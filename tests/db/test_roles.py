@@ -235,7 +235,8 @@ def test_worker_runs_every_engine_statement_when_granted_the_worker_role(roles: 
                                                   "leases": [lr1]}).fetchall()
         assert released == [(r1,)]
         assert c.execute(q.engine_heartbeat, {"engine": engine, "in_flight": 2,
-                                              "stopping": False}).fetchone() == (engine,)
+                                              "stopping": False, "running": []}
+                         ).fetchone() == (engine,)
         assert c.execute(q.job_stats, {"engine": engine, "cap": 10000,
                                        "max_groups": 100}).fetchall()
         assert c.execute(q.job_rescue, {"engine": engine, "schema": SCHEMA,

@@ -103,7 +103,7 @@ def test_counts_and_histograms_follow_the_flushes_when_fed_by_the_observer() -> 
 
 def test_exporter_serves_the_registry_over_http_when_started_on_any_port() -> None:
     m = EngineMetrics("1.2.3")
-    EngineObserver(Emitter(), m).pool_start(1, 2, 4)
+    EngineObserver(Emitter(), m).pool_start(1, 2, 4, 8)
     server = start_exporter("127.0.0.1", 0, m.registry)
     try:
         text = _get(f"http://127.0.0.1:{server.server_port}/metrics")
@@ -148,7 +148,7 @@ async def _harness(url: str, out: Path) -> None:
         poller = QueueStatsPoller(db, q, m, lambda: engine_id, interval=0.2)
         poller.start()
         (out / "port").write_text(str(server.server_port))
-        observer.pool_start(engine_id, 2, 4)
+        observer.pool_start(engine_id, 2, 4, 8)
         observer.connection_lost("skivi-claim", "server closed the connection")
         observer.connection_regained("skivi-claim")
         observer.connection_regained("skivi-complete")
@@ -472,7 +472,8 @@ def test_engine_exports_the_jobs_it_processed_when_run_with_a_metrics_port(
     assert len(engines.ledger.starts()) == n
     samples = _samples(_get(url))
     assert samples[("skivi_child_processes", ())] == 2
-    assert samples[("skivi_jobs_capacity", ())] == 8
+    # The test tasks are sync and async: each child has 4 async slots and 4 sync ones.
+    assert samples[("skivi_jobs_capacity", ())] == 16
     assert samples[("skivi_queue_stats_leader", ())] == 1
 
     prom: Prometheus = prometheus_factory([f"127.0.0.1:{port}"])

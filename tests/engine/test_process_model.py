@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 import skivi
@@ -214,6 +215,33 @@ def test_a_hung_sync_job_holds_no_other_job_behind_it(
     assert all(r[1] != hung_pid for r in engines.ledger.starts() if r[0] in others)
     running = fetch(database, "select id from skivi.job where locked_by is not null")
     assert running == [(hung[0],)]
+    assert stop(engine) == 0
+
+
+def test_jobs_list_never_shows_as_running_a_job_that_has_not_started(
+        engines: EngineProcs, database: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from skivi.cli import main
+
+    hung = enqueue(database, [{"task": "sleep", "payload": {"s": 60}}])  # first in line
+    behind = enqueue(database, [{"task": "sleep", "payload": {"s": 60}} for _ in range(5)])
+    config = tmp_path / "skivi.toml"
+    config.write_text("[worker]\nheartbeat_interval = 0.2\n")
+    # One child, one sync thread: the hung job runs, the five wait claimed in the parent.
+    engine = start_engine(engines, "--config", str(config), "--shutdown-timeout", "1",
+                          processes=1, concurrency=16)
+
+    def states() -> dict[int, str] | None:
+        assert main(["jobs", "list", "--json", "--database-url", database]) == 0
+        listed = {j["id"]: j["state"] for j in orjson.loads(capsys.readouterr().out)["jobs"]}
+        return listed if listed.get(hung[0]) == "running" else None
+
+    listed = wait_for(states, timeout=10, what="the hung job to be reported running")
+    assert listed == {hung[0]: "running", **{i: "claimed" for i in behind}}, listed
+    assert len(engines.ledger.starts()) == 1  # the five never started
+    assert main(["queues", "--json", "--database-url", database]) == 0
+    (queue,) = orjson.loads(capsys.readouterr().out)["queues"]
+    assert (queue["running"], queue["claimed"]) == (1, 5), queue
     assert stop(engine) == 0
 
 

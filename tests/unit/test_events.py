@@ -289,7 +289,7 @@ def test_flush_emits_one_event_per_accepted_result_when_the_observer_sees_it() -
 def test_observer_events_are_catalogued_when_every_method_is_called() -> None:
     emitter = CollectingEmitter()
     observer = EngineObserver(emitter)
-    observer.pool_start(1, 2, 4)
+    observer.pool_start(1, 2, 4, 8)
     observer.child_replaced(0, 123, "killed by SIGKILL", 3)
     observer.rescued([5], 2, 1)
     observer.connection_lost("skivi-claim", OSError("gone"))

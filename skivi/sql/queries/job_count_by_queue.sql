@@ -1,6 +1,7 @@
 -- job_count_by_queue: queue depth for an operator (`skivi queues`): per queue and task, the
--- jobs waiting (runnable now), scheduled (run_at in the future) and running, and the age of
--- the oldest runnable job.
+-- jobs waiting (runnable now), scheduled (run_at in the future), running (claimed, and
+-- reported started by the engine's heartbeat) and claimed (claimed, not reported started),
+-- and the age of the oldest runnable job.
 --
 -- Cost: an operator command, not something to poll (the engine's metrics use job_stats.sql,
 -- which never scans). Counting per task needs each job's task_identifier, which no index
@@ -17,29 +18,32 @@
 -- Parameters: %(scan_limit)s (most rows read from each of pending and running).
 -- Returns one row per (queue_name, task_identifier) that has jobs, queues without a name
 -- (null) first, then by name and task: queue_name, task_identifier, waiting, scheduled,
--- running, oldest_runnable_age (float8 seconds, null when nothing is runnable), truncated.
+-- running, claimed, oldest_runnable_age (float8 seconds, null when nothing is runnable), truncated.
 with pending as (
     select j.queue_name, j.task_identifier, j.run_at
     from {schema}.job j
     where j.locked_by is null
     limit %(scan_limit)s
 ), running as (
-    select j.queue_name, j.task_identifier
+    select j.queue_name, j.task_identifier,
+           exists (select 1 from {schema}.engine e
+                   where e.id = j.locked_by and j.id = any(e.running)) as started
     from {schema}.job j
     where j.locked_by is not null
     limit %(scan_limit)s
 ), counted as (
     select p.queue_name, p.task_identifier, p.run_at, p.run_at <= now() as runnable,
-           false as running
+           false as running, false as started
     from pending p
     union all
-    select r.queue_name, r.task_identifier, null, false, true
+    select r.queue_name, r.task_identifier, null, false, true, r.started
     from running r
 )
 select c.queue_name, c.task_identifier,
        count(*) filter (where c.runnable) as waiting,
        count(*) filter (where not c.runnable and not c.running) as scheduled,
-       count(*) filter (where c.running) as running,
+       count(*) filter (where c.started) as running,
+       count(*) filter (where c.running and not c.started) as claimed,
        extract(epoch from now() - min(c.run_at) filter (where c.runnable))::float8
            as oldest_runnable_age,
        -- Totals over all groups (a window over the aggregates), so each CTE is read once

@@ -2,7 +2,10 @@
 --
 -- A job's state is one of, in this order of precedence (Oban's executing / retryable /
 -- scheduled / available):
---   running    claimed by an engine (locked_by set);
+--   running    claimed by an engine (locked_by set) that reported its handler started
+--              (engine.running, sent with each heartbeat: see 0003_engine_running.sql);
+--   claimed    claimed by an engine, not reported started: in the engine's buffer, behind
+--              a busy child, or started since the engine's last heartbeat;
 --   failed     not running, attempted and failed at least once (attempts > 0 and
 --              last_error set): waiting for its next attempt, whenever that is;
 --   scheduled  not running, not failed, run_at in the future;
@@ -16,7 +19,7 @@
 -- planner sees the actual parameters and folds the "is null" filters away.
 --
 -- Parameters: %(task)s text or null; %(queue)s text or null; %(state)s text or null
--- (running, failed, scheduled, waiting); %(limit)s; %(payload)s bool.
+-- (running, claimed, failed, scheduled, waiting); %(limit)s; %(payload)s bool.
 -- Returns: id, task_identifier, queue_name, state, priority, run_at, attempts, max_attempts,
 -- last_error, key, flags, locked_by, locked_at, created_at, updated_at, payload (null unless
 -- asked).
@@ -27,7 +30,10 @@ select j.id, j.task_identifier, j.queue_name, s.state, j.priority, j.run_at, j.a
 from {schema}.job j
 cross join lateral (
     select case
-        when j.locked_by is not null then 'running'
+        when j.locked_by is not null then
+            case when exists (select 1 from {schema}.engine e
+                              where e.id = j.locked_by and j.id = any(e.running))
+                 then 'running' else 'claimed' end
         when j.attempts > 0 and j.last_error is not null then 'failed'
         when j.run_at > now() then 'scheduled'
         else 'waiting'

@@ -10,9 +10,10 @@
 --   * per group, with priority fixed, run_at is a range of the index: waiting
 --     (run_at <= now()) and scheduled (run_at > now()) are counted up to %(cap)s index
 --     entries each, and the oldest runnable job is the first entry of the range;
---   * running (locked) jobs come from job_locked_idx: at most what live engines hold
+--   * claimed (locked) jobs come from job_locked_idx: at most what live engines hold
 --     (capacity plus prefetch) and what dead ones left for the rescuer; counted up to
---     %(cap)s.
+--     %(cap)s, as running when their engine's heartbeat reported them started
+--     (engine.running, a primary-key probe per job), as claimed otherwise.
 -- Cost: O(G * (log N + cap)) index entries for G groups, N jobs; with the defaults (cap
 -- 10000) a few milliseconds however large the backlog. Counts are exact below the cap. When
 -- a priority of the default pool reaches it, the pool's waiting count becomes an estimate:
@@ -28,7 +29,7 @@
 --
 -- Parameters: %(engine)s (the asking engine), %(cap)s, %(max_groups)s.
 -- Returns, for the leader only, one row per queue (queue_name '' = jobs without a queue,
--- always present) with (queue_name, waiting, scheduled, running, oldest_runnable_age (float8
+-- always present) with (queue_name, waiting, scheduled, running, claimed, oldest_runnable_age (float8
 -- seconds, null when nothing is runnable), estimated (waiting is an estimate)).
 with recursive leader as (
     select coalesce(%(engine)s = (
@@ -123,9 +124,13 @@ with recursive leader as (
         limit 1
     ) o on true
 ), running as (
-    select coalesce(r.queue_name, '') as queue_name, count(*) as n
+    select coalesce(r.queue_name, '') as queue_name,
+           count(*) filter (where r.started) as n, count(*) filter (where not r.started) as c
     from (
-        select j.queue_name from {schema}.job j
+        select j.queue_name,
+               exists (select 1 from {schema}.engine e
+                       where e.id = j.locked_by and j.id = any(e.running)) as started
+        from {schema}.job j
         where j.locked_by is not null
           and (select l.yes from leader l)
         limit %(cap)s
@@ -133,15 +138,16 @@ with recursive leader as (
     group by 1
 ), parts as (
     select '' as queue_name, 0::bigint as waiting, 0::bigint as scheduled,
-           0::bigint as running, null::timestamptz as oldest, false as saturated
+           0::bigint as running, 0::bigint as claimed, null::timestamptz as oldest,
+           false as saturated
     from leader l
     where l.yes
     union all
-    select '', p.waiting, p.scheduled, 0, p.oldest, p.saturated from pool_counts p
+    select '', p.waiting, p.scheduled, 0, 0, p.oldest, p.saturated from pool_counts p
     union all
-    select q.queue_name, q.waiting, q.scheduled, 0, q.oldest, false from queue_counts q
+    select q.queue_name, q.waiting, q.scheduled, 0, 0, q.oldest, false from queue_counts q
     union all
-    select r.queue_name, 0, 0, r.n, null, false from running r
+    select r.queue_name, 0, 0, r.n, r.c, null, false from running r
 )
 select p.queue_name,
        case when bool_or(p.saturated)
@@ -152,6 +158,7 @@ select p.queue_name,
             else sum(p.waiting) end::bigint as waiting,
        sum(p.scheduled)::bigint as scheduled,
        sum(p.running)::bigint as running,
+       sum(p.claimed)::bigint as claimed,
        extract(epoch from now() - min(p.oldest))::float8 as oldest_runnable_age,
        bool_or(p.saturated) as estimated
 from parts p
