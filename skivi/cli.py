@@ -60,7 +60,7 @@ from skivi.cron import (
     parse_window,
 )
 from skivi.db import pool as dbpool
-from skivi.db.migrate import migrate, pending_migrations
+from skivi.db.migrate import migrate, pending_migrations, set_limits
 from skivi.db.queries import Queries, for_schema
 from skivi.errors import ConfigError, JobSpecError, MigrationError, PayloadError
 from skivi.job import INT4_MAX, PRIORITY_MAX, PRIORITY_MIN, JobKeyMode, JobSpec
@@ -442,6 +442,7 @@ def _cmd_migrate(ctx: _Context) -> int:
                 _emit(f"schema {ctx.schema!r} is up to date")
             return EXIT_UNCHANGED if pending else EXIT_OK
         applied = migrate(conn, ctx.schema)
+        set_limits(conn, ctx.queries, ctx.config.validation.max_payload_bytes)
     if as_json:
         _emit_json({"schema": ctx.schema, "applied": [m.name for m in applied]})
     elif applied:

@@ -63,7 +63,6 @@ class _Batch:
             spec = self.specs[i]
             assert isinstance(spec, JobSpec)
             wire = self._wire(i)
-            wire["ord"] = i
             wire["job_key"] = spec.job_key
             if spec.job_key_mode is not None:
                 wire["job_key_mode"] = str(spec.job_key_mode)
@@ -185,8 +184,11 @@ def _assemble_keyed(batch: _Batch, rows: Sequence[Sequence[Any]],
                     jobs: list[Job | None]) -> None:
     if len(rows) != len(batch.keyed):
         raise RuntimeError("enqueue returned a different number of rows than specs sent")
+    keyed = batch.keyed
     for r in rows:
-        jobs[r[0]] = Job(r[2], r[3], r[5], r[4], r[6], r[7], r[8], r[9], r[10], r[11],
+        # r[0] is the position among the keyed specs. A deduplicated job (or one whose stored
+        # array payload was appended to) comes back without a payload: it is not the caller's.
+        jobs[keyed[r[0]]] = Job(r[2], r[3], r[5], r[4], r[6], r[7], r[8], r[9], r[10], r[11],
                          tuple(r[12] or ()), r[13], r[14], r[15], r[16], r[17],
                          EnqueueOutcome(r[1]))
 

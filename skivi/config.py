@@ -99,6 +99,7 @@ SCHEMA_NAME_DEFAULT = "skivi"
 
 # worker
 BATCH_SIZE_DEFAULT = 500
+BATCH_MAX_BYTES_DEFAULT = 16 * 1024 * 1024
 COMPLETION_BATCH_SIZE_DEFAULT = 1000
 COMPLETION_INTERVAL_DEFAULT = 0.005
 CONCURRENCY_DEFAULT = 16
@@ -329,6 +330,11 @@ class WorkerConfig:
     batch_size: int = _setting(BATCH_SIZE_DEFAULT, _at_least(1))
     """Most jobs one claim query takes. Below ``concurrency`` logs a warning, since then one claim
     can never fill a single child. Default: 500."""
+
+    batch_max_bytes: int = _setting(BATCH_MAX_BYTES_DEFAULT, _at_least(1))
+    """Most payload bytes one claim query takes (it always takes at least one job), so the
+    engine's memory stays bounded whatever payloads producers send. Default: 16777216
+    (16 MiB)."""
 
     completion_batch_size: int = _setting(COMPLETION_BATCH_SIZE_DEFAULT, _at_least(1))
     """Most results one completion statement writes. Default: 1000."""

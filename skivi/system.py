@@ -25,7 +25,7 @@ from skivi.config import Config, load_config
 from skivi.cron import CronEntry, ensure_unique, load_crontab_file, parse_crontabs
 from skivi.db import pool as dbpool
 from skivi.db import queries
-from skivi.db.migrate import Migration, migrate, pending_migrations
+from skivi.db.migrate import Migration, migrate, pending_migrations, set_limits
 from skivi.errors import ConfigError, SchemaNotMigrated
 from skivi.events import Emitter, EventForwarder, EventReceiver
 from skivi.payload import PayloadGate
@@ -121,10 +121,13 @@ class System:
         return pool
 
     def migrate(self) -> list[Migration]:
-        """Apply pending migrations; returns those applied."""
+        """Apply pending migrations, and give the database this configuration's payload
+        limit (the SQL enqueue functions check it); returns the migrations applied."""
         with dbpool.connect(self.database_url, application_name="skivi-migrate",
                             connect_timeout=self.config.database.connect_timeout) as conn:
-            return migrate(conn, self.schema)
+            applied = migrate(conn, self.schema)
+            set_limits(conn, self.queries, self.config.validation.max_payload_bytes)
+            return applied
 
     def pending_migrations(self) -> list[Migration]:
         """Migrations not applied yet (read-only). Raises SchemaTooNew for a newer schema."""

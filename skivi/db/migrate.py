@@ -101,3 +101,22 @@ def migrate(conn: psycopg.Connection[Any], schema: str) -> list[Migration]:
         return done
     finally:
         conn.execute(q.migration_unlock, params)
+
+
+def set_limits(conn: psycopg.Connection[Any], q: queries.Queries,
+               max_payload_bytes: int) -> None:
+    """Give the database's limits (what the SQL enqueue functions enforce) the values of the
+    configuration that migrates. A role that may not write them (the worker role) is told,
+    in a warning, what the database enforces instead; that is not an error."""
+    row = conn.execute(q.limits_get).fetchone()
+    if row is None or row[0] == max_payload_bytes:
+        return
+    try:
+        conn.execute(q.limits_set, {"max_payload_bytes": max_payload_bytes})
+    except psycopg.errors.InsufficientPrivilege:
+        logger.warning(
+            "validation.max_payload_bytes is %d but the database's limits.max_payload_bytes "
+            "is %d, and this role may not change it: the SQL enqueue functions refuse "
+            "payloads over %d bytes (an owner can set it: skivi migrate with this "
+            "configuration)", max_payload_bytes, row[0], row[0],
+            extra={"action": "limits_unchanged"})

@@ -74,6 +74,8 @@ class Queries:
     job_rescue: bytes
     job_retry_many: bytes
     job_stats: bytes
+    limits_get: bytes
+    limits_set: bytes
     migration_applied: bytes
     migration_bootstrap: bytes
     migration_lock: bytes

@@ -8,11 +8,12 @@ State machine (Graphile Worker's localQueue, with its crash window closed by the
                unavailable, e.g. behind PgBouncer in transaction mode).
     claiming   one job_claim statement for up to ``room`` jobs, where
                    room = free slots in the children + one claim batch - jobs in hand,
-               capped at worker.batch_size, of which serial-queue jobs at most what the
-               children can start right now (``startable``): a serial-queue job waiting
-               in this engine's buffer would hold its queue from every other engine.
-               A full batch means more may be waiting, so it claims again at once; a
-               short one means the queue is drained: wait. Claimed jobs are buffered by
+               capped at worker.batch_size (and at worker.batch_max_bytes of payload),
+               of which serial-queue jobs at most what the children can start right now
+               (``startable``): a serial-queue job waiting in this engine's buffer would
+               hold its queue from every other engine. A full batch (or one cut by the
+               byte limit) means more may be waiting, so it claims again at once; a short
+               one means the queue is drained: wait. Claimed jobs are buffered by
                lane: sync handlers' jobs and the others (see the supervisor).
     paused     the completer has more than worker.max_result_buffer results it cannot
                write (database away): claiming stops until they land.
@@ -52,6 +53,7 @@ CLAIM_FINISH_TIMEOUT = 5.0
 class Fetcher:
     def __init__(self, db: Reconnecting, listen_db: Reconnecting | None, queries: Queries, *,
                  engine_id: Callable[[], int], batch_size: int, poll_interval: float,
+                 batch_max_bytes: int = 1 << 40,
                  capacity: Callable[[], int], in_flight: Callable[[], int],
                  paused: Callable[[], bool], on_claimed: Callable[[], None],
                  flushes: Callable[[], int],
@@ -64,6 +66,8 @@ class Fetcher:
         self.q = queries
         self.engine_id = engine_id
         self.batch_size = batch_size
+        self.batch_max_bytes = batch_max_bytes
+        self.cut = False  # the last claim left runnable jobs for the byte limit
         self.poll_interval = poll_interval
         self.capacity = capacity
         self.in_flight = in_flight
@@ -170,7 +174,8 @@ class Fetcher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
-            self.drained = n < room
+            # Short because of the byte limit is not drained: more are waiting.
+            self.drained = n < room and not self.cut
             if self.drained:
                 await self._sleep(self.poll_interval)
 
@@ -187,9 +192,10 @@ class Fetcher:
         serial = limit if self.startable is None else min(limit, self.startable())
         self.serial_limit_used = serial
         params = {"engine": self.engine_id(), "limit": limit, "serial_limit": serial,
-                  **self.filters}
+                  "max_bytes": self.batch_max_bytes, **self.filters}
         cur = await conn.execute(self.q.job_claim, params, prepare=True)
         rows = await cur.fetchall()
+        self.cut = bool(rows) and bool(rows[0][4])
         self.claims += 1
         if self.claims == 1:
             logger.debug("first claim: %d jobs", len(rows), extra={"action": "claim"})

@@ -220,7 +220,8 @@ class Engine:
         tasks = list(registry.identifiers()) if w.unknown_tasks == "skip" else None
         self.fetcher = Fetcher(
             self.claim_db, self.listen_db, q, engine_id=lambda: self.liveness.engine_id,
-            batch_size=w.batch_size, poll_interval=w.poll_interval,
+            batch_size=w.batch_size, batch_max_bytes=w.batch_max_bytes,
+            poll_interval=w.poll_interval,
             capacity=lambda: sum(c.capacity for c in self.children if not c.stopping),
             in_flight=self.in_flight, paused=lambda: self.completer.backpressure,
             on_claimed=self._on_claimed, flushes=lambda: self.completer.flushes, tasks=tasks,

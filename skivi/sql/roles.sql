@@ -8,24 +8,18 @@
 --   worker    what the engines connect as: reads and writes the schema's tables, uses its
 --             sequences, runs its functions; no DDL. Engines run with --no-migrate.
 --   producer  what applications that only enqueue connect as: add_job / add_jobs from SQL,
---             skivi.add_job / skivi.add_jobs from Python; it can neither read payloads nor
---             change or delete jobs.
+--             skivi.add_job / skivi.add_jobs from Python. It has no privilege on any table:
+--             only EXECUTE on the enqueue functions, which run as the owner (SECURITY
+--             DEFINER, search_path pinned, since migration 0004) and check every column
+--             they write. It can neither read payloads nor change or delete jobs, and what
+--             an enqueue returns never carries a payload it did not write.
 --
--- Run it as the owner after every migration (it is idempotent; a migration that replaces
--- add_jobs or add_keyed_job resets them to SECURITY INVOKER, and producers then fail with
--- "permission denied" until this runs again):
+-- Run it as the owner after every migration (it is idempotent):
 --
 --   psql "$OWNER_URL" -v ON_ERROR_STOP=1 -v schema=skivi -v owner=skivi_owner \
 --        -v worker=skivi_worker -v producer=skivi_producer -f skivi/sql/roles.sql
 --
--- Why the enqueue functions become SECURITY DEFINER: add_jobs returns the jobs it inserts
--- (RETURNING *), which needs SELECT on every column of job, and a job key replaces or
--- deduplicates a pending job (UPDATE and SELECT on job). Run as the caller, a producer would
--- need all of that. Run as the owner, with search_path pinned (every table they touch is
--- schema-qualified) and EXECUTE granted to the worker and producer only, they give producers
--- exactly what enqueueing does. Python's unkeyed enqueue (job_insert_many.sql) inserts
--- directly and reads back the ids and run_at of its own rows: INSERT on job and job_queue,
--- SELECT on job (id, run_at) and the job id sequence.
+-- (`skivi roles --print` prints this file from an installed package.)
 
 begin;
 
@@ -38,7 +32,8 @@ alter default privileges for role :"owner" revoke execute on functions from publ
 -- worker: everything the engine does, no DDL. The migration table is read-only to it.
 grant usage on schema :"schema" to :"worker";
 grant select, insert, update, delete on all tables in schema :"schema" to :"worker";
-revoke insert, update, delete, truncate on :"schema".migration from :"worker";
+revoke insert, update, delete, truncate on :"schema".migration, :"schema".limits
+    from :"worker";
 grant usage on all sequences in schema :"schema" to :"worker";
 grant execute on all functions in schema :"schema" to :"worker";
 -- and the same on what later migrations create
@@ -49,21 +44,16 @@ alter default privileges for role :"owner" in schema :"schema"
 alter default privileges for role :"owner" in schema :"schema"
     grant execute on functions to :"worker";
 
--- producer: enqueue only.
+-- producer: enqueue only, through the functions. The revokes undo the table privileges
+-- that this script granted before migration 0004.
 grant usage on schema :"schema" to :"producer";
-grant insert on :"schema".job, :"schema".job_queue to :"producer";
-grant select (id, run_at) on :"schema".job to :"producer";
-grant usage on sequence :"schema".job_id_seq to :"producer";
+revoke all on all tables in schema :"schema" from :"producer";
+revoke all on all sequences in schema :"schema" from :"producer";
+revoke execute on all functions in schema :"schema" from :"producer";
 grant execute on function
     :"schema".add_job(text, jsonb, text, timestamptz, integer, text, integer, text[], text),
     :"schema".add_jobs(jsonb),
-    :"schema".add_keyed_job(text, jsonb, text, timestamptz, integer, smallint, text[], text,
-                            text)
+    :"schema".insert_jobs(jsonb)
     to :"producer";
-alter function :"schema".add_jobs(jsonb)
-    security definer set search_path = pg_catalog, pg_temp;
-alter function :"schema".add_keyed_job(text, jsonb, text, timestamptz, integer, smallint,
-                                       text[], text, text)
-    security definer set search_path = pg_catalog, pg_temp;
 
 commit;

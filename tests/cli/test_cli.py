@@ -90,7 +90,7 @@ def history_row(url: str, job_id: int) -> dict[str, Any] | None:
 def claim_all(url: str, engine: int = 7) -> list[int]:
     """Claim every runnable job as engine ``engine`` would (job_claim.sql): they are running."""
     params = {"engine": engine, "limit": 1000, "tasks": None, "forbidden": None,
-              "queues": None, "serial_limit": 1000}
+              "queues": None, "serial_limit": 1000, "max_bytes": 1 << 40}
     with connect(url) as c:
         return [r[0] for r in c.execute(for_schema(SCHEMA).job_claim, params).fetchall()]
 

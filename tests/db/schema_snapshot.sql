@@ -51,6 +51,7 @@ create table skivi.job (
     lease bigint not null default 0,
     created_at timestamp with time zone not null default now(),
     updated_at timestamp with time zone not null default now(),
+    created_by oid,
     constraint job_attempts_check CHECK ((attempts >= 0)),
     constraint job_key_check CHECK (((length(key) >= 1) AND (length(key) <= 512))),
     constraint job_locked_check CHECK (((locked_by IS NULL) = (locked_at IS NULL))),
@@ -89,6 +90,14 @@ create table skivi.job_queue (
     constraint job_queue_pkey PRIMARY KEY (queue_name)
 ) with (autovacuum_vacuum_scale_factor=0.01, fillfactor=50);
 
+create table skivi.limits (
+    only_row boolean not null default true,
+    max_payload_bytes integer not null default 1048576,
+    constraint limits_max_payload_bytes_check CHECK ((max_payload_bytes > 0)),
+    constraint limits_only_row_check CHECK (only_row),
+    constraint limits_pkey PRIMARY KEY (only_row)
+);
+
 create table skivi.migration (
     id integer not null,
     name text not null,
@@ -107,19 +116,24 @@ CREATE INDEX job_queue_claim_idx ON skivi.job USING btree (queue_name, priority,
 CREATE INDEX job_history_finished_at_idx ON skivi.job_history USING btree (finished_at);
 CREATE UNIQUE INDEX job_history_pkey ON skivi.job_history USING btree (id);
 CREATE UNIQUE INDEX job_queue_pkey ON skivi.job_queue USING btree (queue_name);
+CREATE UNIQUE INDEX limits_pkey ON skivi.limits USING btree (only_row);
 CREATE UNIQUE INDEX migration_pkey ON skivi.migration USING btree (id);
 
 -- triggers
 
 -- functions (body: md5 of its source)
 -- function skivi.add_job(identifier text, payload jsonb, queue_name text, run_at timestamp with time zone, max_attempts integer, job_key text, priority integer, flags text[], job_key_mode text) returns TABLE(ord bigint, outcome text, id bigint, task_identifier text, queue_name text, payload jsonb, priority smallint, run_at timestamp with time zone, attempts integer, max_attempts integer, last_error text, key text, flags text[], locked_by bigint, locked_at timestamp with time zone, lease bigint, created_at timestamp with time zone, updated_at timestamp with time zone)
---     language sql volatile; body eea4fe78dbe2f1fc54d87d7db1401f7a
+--     language sql volatile security definer; body eea4fe78dbe2f1fc54d87d7db1401f7a
 -- function skivi.add_jobs(specs jsonb) returns TABLE(ord bigint, outcome text, id bigint, task_identifier text, queue_name text, payload jsonb, priority smallint, run_at timestamp with time zone, attempts integer, max_attempts integer, last_error text, key text, flags text[], locked_by bigint, locked_at timestamp with time zone, lease bigint, created_at timestamp with time zone, updated_at timestamp with time zone)
---     language plpgsql volatile; body 78fdaa07200ac30bcf8efca5893655c0
+--     language plpgsql volatile security definer; body 23a7132e227fade49aebfc236443a815
 -- function skivi.add_keyed_job(p_task text, p_payload jsonb, p_queue_name text, p_run_at timestamp with time zone, p_max_attempts integer, p_priority smallint, p_flags text[], p_job_key text, p_job_key_mode text, OUT job skivi.job, OUT outcome text) returns record
---     language plpgsql volatile; body e50c4d88dfaef001be91dca0ce55e808
+--     language plpgsql volatile security definer; body 0b6a69fa6170e8ce766031ca470a1963
+-- function skivi.check_specs(specs jsonb) returns void
+--     language plpgsql stable; body a4c67871b5405bdad6114a872b0aeebc
 -- function skivi.complete_jobs(job_ids bigint[]) returns SETOF skivi.job
 --     language sql volatile; body bba09f5e3f062e92a57a24f35f6eaedc
+-- function skivi.insert_jobs(specs jsonb, OUT ids text, OUT inserted_at timestamp with time zone) returns record
+--     language plpgsql volatile security definer; body d35e6589bc0769af06f0d93369ac0ffc
 -- function skivi.permanently_fail_jobs(job_ids bigint[], error_message text) returns SETOF skivi.job_history
 --     language sql volatile; body afba184f51f777d9638677a89fd18d72
 -- function skivi.remove_job(job_key text) returns SETOF skivi.job

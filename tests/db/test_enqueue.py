@@ -30,7 +30,7 @@ def claim(url: str, limit: int = 100, engine: int = 1, **filters: Any) -> list[i
     """Claim like an engine does (job_claim.sql); returns the claimed ids in claim order."""
     q = skivi.create_system({"database": {"connection_string": url}}).queries
     params = {"engine": engine, "limit": limit, "tasks": None, "forbidden": None,
-              "queues": None, "serial_limit": limit, **filters}
+              "queues": None, "serial_limit": limit, "max_bytes": 1 << 40, **filters}
     with connect(url) as c:
         return [r[0] for r in c.execute(q.job_claim, params).fetchall()]
 
@@ -145,15 +145,23 @@ def test_job_key_unsafe_dedupe_keeps_the_existing_job_when_the_key_exists(
     second = skivi.add_job(system, "t", {"v": 2}, job_key="k", job_key_mode="unsafe_dedupe")
     assert second.id == first.id
     assert second.deduplicated and second.outcome is skivi.EnqueueOutcome.DEDUPLICATED
-    assert second.payload == {"v": 1}
+    # The existing job's payload is not the caller's to read (a key may be guessed).
+    assert second.payload is None
     assert count_jobs(database) == 1
+    with connect(database) as c:
+        stored = c.execute("select payload from skivi.job where id = %s", [first.id]).fetchone()
+    assert stored == ({"v": 1},)
 
 
 def test_job_key_concatenates_array_payloads_when_both_are_arrays(
-        system: skivi.System) -> None:
-    skivi.add_job(system, "batch", [1, 2], job_key="b")
+        system: skivi.System, database: str) -> None:
+    first = skivi.add_job(system, "batch", [1, 2], job_key="b")
     job = skivi.add_job(system, "batch", [3], job_key="b")
-    assert job.payload == [1, 2, 3]
+    # Stored appended; returned without the items the caller did not send.
+    assert job.id == first.id and job.payload is None
+    with connect(database) as c:
+        stored = c.execute("select payload from skivi.job where id = %s", [job.id]).fetchone()
+    assert stored == ([1, 2, 3],)
 
 
 def test_job_key_replace_adds_a_new_job_when_the_keyed_job_is_running(
@@ -447,3 +455,21 @@ def test_internal_async_pool_never_prepares_when_configured_not_to(database: str
     finally:
         system.stop()
     assert held == (0,)
+
+
+def test_a_claim_is_bounded_by_payload_bytes_and_says_when_it_left_jobs(
+        system: skivi.System, database: str) -> None:
+    big = "x" * 100_000  # compressible: the claim measures its text, not its stored size
+    ids = [j.id for j in skivi.add_jobs(system, [{"task": "t", "payload": {"b": big}}
+                                                 for _ in range(10)])]
+    q = system.queries
+    params = {"engine": 1, "limit": 100, "tasks": None, "forbidden": None, "queues": None,
+              "serial_limit": 100, "max_bytes": 250_000}
+    with connect(database) as c:
+        rows = c.execute(q.job_claim, params).fetchall()
+        # 0, 100 kB and 200 kB before them are under the limit; the fourth is not.
+        assert [r[0] for r in rows] == ids[:3] and all(r[4] for r in rows)
+        one = c.execute(q.job_claim, {**params, "max_bytes": 1}).fetchall()
+        assert [r[0] for r in one] == [ids[3]]  # at least one job, however large
+        rest = c.execute(q.job_claim, {**params, "max_bytes": 1 << 40}).fetchall()
+        assert [r[0] for r in rest] == ids[4:] and not any(r[4] for r in rest)

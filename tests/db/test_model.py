@@ -143,7 +143,7 @@ class JobLifeCycle(RuleBasedStateMachine):
         expected = candidates[:limit]
         rows = self.db.execute(self.q.job_claim, {
             "engine": slot.id, "limit": limit, "tasks": None, "forbidden": None,
-            "queues": None, "serial_limit": limit}).fetchall()
+            "queues": None, "serial_limit": limit, "max_bytes": 1 << 40}).fetchall()
         got = [(int(r[0]), int(r[1])) for r in rows]
         assert sorted(j for j, _ in got) == sorted(expected), (got, expected, waiting)
         for job, lease in got:

@@ -191,7 +191,7 @@ def test_only_the_enqueue_functions_run_as_their_owner_when_inspected(roles: Rol
             where p.pronamespace = %s::regnamespace
               and has_function_privilege('public', p.oid, 'execute')""", [SCHEMA]).fetchall()
     definers = {name: config for name, secdef, config in rows if secdef}
-    assert set(definers) == {"add_jobs", "add_keyed_job"}
+    assert set(definers) == {"add_job", "add_jobs", "add_keyed_job", "insert_jobs"}
     for config in definers.values():
         assert config == ["search_path=pg_catalog, pg_temp"]
     # Nothing is executable by PUBLIC, or any role with USAGE could run them as the owner.
@@ -221,7 +221,7 @@ def test_worker_runs_every_engine_statement_when_granted_the_worker_role(roles: 
         engine = register[0]
         claimed = c.execute(q.job_claim, {"engine": engine, "limit": 10, "tasks": None,
                                           "forbidden": None, "queues": None,
-                                          "serial_limit": 10}).fetchall()
+                                          "serial_limit": 10, "max_bytes": 1 << 40}).fetchall()
         assert len(claimed) == 5
         (a, la), (b, lb), (r1, lr1) = [(row[0], row[1]) for row in claimed[:3]]
         done = c.execute(q.job_complete_many, {"engine": engine, "ids": [a], "leases": [la],
@@ -390,7 +390,8 @@ def test_producer_is_refused_everything_but_enqueueing_when_it_tries(roles: Role
         ]]) == []
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             c.execute(q.job_claim, {"engine": 1, "limit": 10, "tasks": None,
-                                    "forbidden": None, "queues": None, "serial_limit": 10})
+                                    "forbidden": None, "queues": None, "serial_limit": 10,
+                                    "max_bytes": 1 << 40})
 
 
 def test_a_role_without_grants_cannot_use_the_schema_when_it_tries(roles: Roles) -> None:
@@ -401,3 +402,165 @@ def test_a_role_without_grants_cannot_use_the_schema_when_it_tries(roles: Roles)
             "select count(*) from {schema}.job",
             "insert into {schema}.job (task_identifier) values ('a')",
         ]]) == []
+
+
+# -- hostile producers (and workers) through the enqueue functions ---------------------------
+
+
+def _sqlstate(conn: psycopg.Connection[Any], statement: str, *params: Any) -> str | None:
+    """The SQLSTATE a statement fails with (None if it succeeds)."""
+    try:
+        conn.execute(qualified(statement).encode(), params or None)
+    except psycopg.Error as exc:
+        return exc.sqlstate
+    return None
+
+
+def _jobs(roles: Roles) -> list[tuple[Any, ...]]:
+    with roles.connect("owner") as c:
+        return c.execute(qualified(
+            "select id, task_identifier, queue_name, payload, run_at, key, attempts, "
+            "last_error, locked_by from {schema}.job order by id")).fetchall()
+
+
+def _queues(roles: Roles) -> list[tuple[Any, ...]]:
+    with roles.connect("owner") as c:
+        return c.execute(qualified("select * from {schema}.job_queue order by 1")).fetchall()
+
+
+def test_a_producer_cannot_write_the_tables_it_used_to_insert_into(roles: Roles) -> None:
+    with roles.connect("owner") as c:
+        c.execute(qualified("select {schema}.add_job('t', '{\"secret\": 1}', queue_name => 'q', "
+                            "job_key => 'invoice:42')"))
+    before = (_jobs(roles), _queues(roles))
+    with roles.connect("producer") as c:
+        assert refused(c, [qualified(s) for s in [
+            # a serial queue blocked for ever by a lock no engine holds
+            "insert into {schema}.job_queue (queue_name, job_id, locked_by, locked_at) "
+            "values ('victim', 1, 999, now())",
+            # a cron entry silenced by a job squatting its key, never runnable
+            "insert into {schema}.job (task_identifier, key, run_at) "
+            "values ('t', 'cron:nightly', 'infinity')",
+            # a forged claim by a dead engine, a forged error, a payload past any limit
+            "insert into {schema}.job (task_identifier, locked_by, locked_at, last_error) "
+            "values ('t', 999, now(), 'forged')",
+            "insert into {schema}.job (task_identifier, payload) "
+            "values ('t', jsonb_build_object('x', repeat('a', 2000000)))",
+            "select id, run_at from {schema}.job",
+            "select nextval('{schema}.job_id_seq')",
+            "select {schema}.add_keyed_job('t', '{}', null, now(), 25, 0::smallint, null, "
+            "'invoice:42', 'replace')",
+            "select {schema}.check_specs('[]')",
+        ]]) == []
+    assert (_jobs(roles), _queues(roles)) == before
+
+
+@pytest.mark.parametrize("kind", ["producer", "worker"])
+def test_an_enqueue_never_returns_a_payload_the_caller_did_not_write(
+        roles: Roles, kind: str) -> None:
+    with roles.connect("owner") as c:
+        c.execute(qualified("select {schema}.add_job('t', '{\"card\": \"4111\"}', "
+                            "job_key => 'invoice:42')"))
+        c.execute(qualified("select {schema}.add_job('t', '[\"a\", \"b\"]', "
+                            "job_key => 'batch:1')"))
+        c.execute(qualified("update {schema}.job set last_error = 'card 4111 declined', "
+                            "attempts = 1 where key = 'invoice:42'"))
+    before = _jobs(roles)
+    with roles.connect(kind) as c:
+        row = c.execute(qualified(
+            "select outcome, payload, last_error from {schema}.add_job('x', '{}'::jsonb, "
+            "job_key => 'invoice:42', job_key_mode => 'unsafe_dedupe')")).fetchone()
+        assert row == ("deduplicated", None, None)
+        row = c.execute(qualified(
+            "select outcome, payload from {schema}.add_job('t', '[\"c\"]'::jsonb, "
+            "job_key => 'batch:1')")).fetchone()
+        assert row == ("updated", None)  # the stored array is ["a", "b", "c"]: not all ours
+    after = _jobs(roles)
+    assert after[0] == before[0]  # the deduplicated job is untouched
+    assert after[1][3] == ["a", "b", "c"]
+    system = skivi.create_system({"database": {"connection_string": roles.url(kind)}})
+    try:
+        job = skivi.add_job(system, "x", {}, job_key="invoice:42", job_key_mode="unsafe_dedupe")
+        assert job.outcome is skivi.EnqueueOutcome.DEDUPLICATED
+        assert job.payload is None and job.last_error is None
+        mine = skivi.add_job(system, "x", {"mine": True}, job_key="fresh")
+        assert mine.payload == {"mine": True}
+        replaced = skivi.add_job(system, "x", {"mine": 2}, job_key="fresh")
+        assert replaced.outcome is skivi.EnqueueOutcome.UPDATED
+        assert replaced.payload == {"mine": 2}  # what the caller wrote comes back
+    finally:
+        system.stop()
+
+
+@pytest.mark.parametrize("kind", ["producer", "worker"])
+def test_the_enqueue_functions_refuse_what_no_job_may_hold(roles: Roles, kind: str) -> None:
+    with roles.connect("owner") as c:
+        c.execute(qualified("update {schema}.limits set max_payload_bytes = 100000"))
+    before = (_jobs(roles), _queues(roles))
+    with roles.connect(kind) as c:
+        bad = [
+            # the cron scheduler's keys: a squatting job would silence the entry
+            "select {schema}.add_job('t', job_key => 'cron:nightly', run_at => now() + "
+            "interval '100 years', job_key_mode => 'unsafe_dedupe')",
+            "select {schema}.add_job('t', run_at => 'infinity')",
+            "select {schema}.add_job('t', run_at => '-infinity')",
+            "select {schema}.add_jobs('[{\"task\": \"t\", \"run_at\": \"infinity\"}]')",
+            "select {schema}.add_job('t', jsonb_build_object('x', repeat('a', 200000)))",
+            "select {schema}.add_job('t', flags => array[null]::text[])",
+            "select {schema}.add_job('t', flags => array['']::text[])",
+            "select {schema}.insert_jobs('[{\"task\": \"t\", \"run_at\": \"-infinity\"}]')",
+            "select {schema}.insert_jobs(jsonb_build_array(jsonb_build_object('task', 't', "
+            "'payload', jsonb_build_object('x', repeat('a', 200000)))))",
+            "select {schema}.insert_jobs('[{\"task\": \"t\", \"queue_name\": \"q\", "
+            "\"flags\": [null]}]')",
+        ]
+        assert {s: _sqlstate(c, s) for s in bad} == dict.fromkeys(bad, "22023")
+        # the message names the spec and the problem
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match=r"spec 2 has a payload "
+                           r"of \d+ bytes, over limits.max_payload_bytes \(100000\)"):
+            c.execute(qualified("select {schema}.add_jobs(jsonb_build_array("
+                                "jsonb_build_object('task', 't'), jsonb_build_object('task', "
+                                "'t', 'payload', jsonb_build_object('x', "
+                                "repeat('a', 200000)))))"))
+    # Appending to an array payload cannot grow past the limit either.
+    with roles.connect("owner") as c:
+        c.execute(qualified("select {schema}.add_job('t', jsonb_build_array(repeat('a', 60000)), "
+                            "job_key => 'grow')"))
+    grown = _jobs(roles)
+    with roles.connect(kind) as c:
+        assert _sqlstate(c, "select {schema}.add_job('t', jsonb_build_array(repeat('b', 60000)),"
+                            " job_key => 'grow')") == "22023"
+    assert _jobs(roles) == grown
+    assert grown[:-1] == before[0] and _queues(roles) == before[1]
+
+
+def test_a_producer_cannot_make_another_roles_running_job_unretryable(roles: Roles) -> None:
+    q = for_schema(SCHEMA)
+    with roles.connect("worker") as c:  # e.g. a handler's ctx.add_job, as the engine's role
+        theirs = c.execute(qualified("select id from {schema}.add_job('t', job_key => 'k1')")
+                           ).fetchone()
+    with roles.connect("producer") as c:
+        mine = c.execute(qualified("select id from {schema}.add_job('t', job_key => 'k2')")
+                         ).fetchone()
+    assert theirs is not None and mine is not None
+    with roles.connect("worker") as c:
+        engine = c.execute(q.engine_register, {
+            "schema": SCHEMA, "hostname": "h", "pid": 1, "version": "v", "lease_timeout": 30.0,
+            "processes": 1, "concurrency": 1}).fetchone()
+        assert engine is not None
+        claimed = c.execute(q.job_claim, {"engine": engine[0], "limit": 10, "tasks": None,
+                                          "forbidden": None, "queues": None,
+                                          "serial_limit": 10, "max_bytes": 1 << 40}).fetchall()
+        assert sorted(r[0] for r in claimed) == sorted([theirs[0], mine[0]])
+    with roles.connect("producer") as c:
+        for key in ("k1", "k2"):
+            assert c.execute(qualified("select outcome from {schema}.add_job('t', job_key => "
+                                       "%s)"), [key]).fetchone() == ("inserted",)
+    with roles.connect("owner") as c:
+        rows = {r[0]: r[1:] for r in c.execute(qualified(
+            "select id, key, attempts, max_attempts from {schema}.job where id = any(%s)"),
+            [[theirs[0], mine[0]]]).fetchall()}
+    # Both lost their key to the new jobs. The producer's own job gave up its retries
+    # (Graphile Worker's rule: superseded); the worker role's job kept them.
+    assert rows[mine[0]] == (None, 25, 25)
+    assert rows[theirs[0]] == (None, 1, 25)

@@ -59,7 +59,7 @@ class FakeEngine:
     def claim(self, limit: int = 10) -> list[tuple[int, int]]:
         rows = self.conn.execute(self.q.job_claim, {
             "engine": self.id, "limit": limit, "tasks": None, "forbidden": None,
-            "queues": None, "serial_limit": limit}).fetchall()
+            "queues": None, "serial_limit": limit, "max_bytes": 1 << 40}).fetchall()
         return [(int(r[0]), int(r[1])) for r in rows]
 
     def complete(self, pairs: list[tuple[int, int]]) -> list[int]:

@@ -11,6 +11,10 @@
 --     in flight, however large the batch (Graphile Worker #621 was this trap). At most
 --     %(serial_limit)s of them per claim: what the engine can start now, since a queue's
 --     job waiting in an engine's buffer would keep that queue from every other engine.
+--   * At most %(max_bytes)s of payload per claim (but always at least one job), so the
+--     engine's memory stays bounded whatever producers send: a payload's size is its
+--     stored size, or its JSON text's length when it is stored compressed (measured only
+--     then, and only for the candidates).
 --   * The attempt is counted here, at claim: a job that kills its process every time still
 --     reaches max_attempts. lease is bumped so every later write can prove it belongs to
 --     this claim.
@@ -18,13 +22,16 @@
 -- Parameters: %(engine)s engine id; %(limit)s; %(tasks)s text[] or null (only these task
 -- identifiers: worker.unknown_tasks = "skip"); %(forbidden)s text[] or null (skip jobs with
 -- any of these flags); %(queues)s text[] or null (only jobs of these queues);
--- %(serial_limit)s (at most this many serial-queue jobs, <= limit).
--- Returns (id, lease, message, task_identifier): message is the job as a JSON array, handed
+-- %(serial_limit)s (at most this many serial-queue jobs, <= limit); %(max_bytes)s.
+-- Returns (id, lease, message, task_identifier, cut): message is the job as a JSON array, handed
 -- as-is to a child process: [id, lease, task, payload, queue_name, priority, run_at,
 -- attempts, max_attempts, key, flags, created_at]; the task lets the engine choose the
--- child without parsing the message.
+-- child without parsing the message; cut (the same on every row) is true when jobs were
+-- left for the byte limit, so a short claim does not mean the queue is drained.
 with unqueued as (
-    select j.ctid as tid, j.priority, j.run_at, j.id
+    select j.ctid as tid, j.priority, j.run_at, j.id,
+           case when pg_column_compression(j.payload) is null then pg_column_size(j.payload)
+                else octet_length(j.payload::text) end as bytes
     from {schema}.job j
     where j.locked_by is null
       and j.queue_name is null
@@ -36,10 +43,12 @@ with unqueued as (
     limit %(limit)s
     for update of j skip locked
 ), queued as (
-    select h.tid, h.priority, h.run_at, h.id
+    select h.tid, h.priority, h.run_at, h.id, h.bytes
     from {schema}.job_queue q
     cross join lateral (
-        select j.ctid as tid, j.id, j.priority, j.run_at
+        select j.ctid as tid, j.id, j.priority, j.run_at,
+               case when pg_column_compression(j.payload) is null then pg_column_size(j.payload)
+                    else octet_length(j.payload::text) end as bytes
         from {schema}.job j
         where j.queue_name = q.queue_name
           and j.locked_by is null
@@ -55,12 +64,17 @@ with unqueued as (
     order by h.priority, h.run_at, h.id
     limit %(serial_limit)s
     for update of q skip locked
-), chosen as (
-    select c.tid from (
+), candidates as (
+    select c.tid,
+           sum(c.bytes) over (order by c.priority, c.run_at, c.id rows unbounded preceding)
+               - c.bytes as before
+    from (
         select * from unqueued union all select * from queued
     ) c
     order by c.priority, c.run_at, c.id
     limit %(limit)s
+), chosen as (
+    select c.tid from candidates c where c.before < %(max_bytes)s
 ), claimed as (
     update {schema}.job j
     set locked_by = %(engine)s,
@@ -85,6 +99,7 @@ select c.id, c.lease,
        json_build_array(c.id, c.lease, c.task_identifier, c.payload, c.queue_name, c.priority,
                         c.run_at, c.attempts, c.max_attempts, c.key, c.flags,
                         c.created_at)::text,
-       c.task_identifier
+       c.task_identifier,
+       (select count(*) from candidates) > (select count(*) from chosen) as cut
 from claimed c
 order by c.priority, c.run_at, c.id;
