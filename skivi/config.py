@@ -49,6 +49,7 @@ Example ``skivi.toml`` (every section shown; every key is optional)::
     [metrics]
     port = 9187
     host = "0.0.0.0"
+    max_queue_labels = 100
 
     [events]
     buffer_size = 1000
@@ -126,6 +127,7 @@ TASKS_DEFAULT: Mapping[str, str | Mapping[str, Any]] = types.MappingProxyType({}
 
 # metrics
 HOST_DEFAULT = "127.0.0.1"
+MAX_QUEUE_LABELS_DEFAULT = 100
 PORT_DEFAULT = 0
 
 # events
@@ -141,6 +143,7 @@ ENV_VARIABLES: Mapping[str, tuple[str, ...]] = types.MappingProxyType(
         "database.connection_string": ("SKIVI_DATABASE_URL", "DATABASE_URL"),
         "database.schema_name": ("SKIVI_SCHEMA",),
         "metrics.host": ("SKIVI_METRICS_HOST",),
+        "metrics.max_queue_labels": ("SKIVI_METRICS_MAX_QUEUE_LABELS",),
         "metrics.port": ("SKIVI_METRICS_PORT",),
         "worker.concurrency": ("SKIVI_CONCURRENCY",),
         "worker.history": ("SKIVI_HISTORY",),
@@ -305,6 +308,14 @@ class MetricsConfig:
 
     host: str = _setting(HOST_DEFAULT, _non_empty)
     """Address the exporter listens on. Default: "127.0.0.1"."""
+
+    max_queue_labels: int = _setting(MAX_QUEUE_LABELS_DEFAULT, _at_least(0))
+    """Most queue names that get series of their own (the ``queue`` label): the first ones this
+    engine sees, those of ``worker.queues`` first, kept until it restarts. Jobs of any further
+    queue are counted under the label value ``__other__`` (``skivi.metrics.OTHER``), as are jobs
+    of tasks without a handler, so producers cannot grow the scrape however many names they
+    use. Jobs without a queue (label ``""``) never count against it. 0: every named queue is
+    ``__other__``. Default: 100."""
 
     port: int = _setting(PORT_DEFAULT, _between(0, 65535))
     """Port the exporter listens on; 0 disables the exporter. Default: 0."""

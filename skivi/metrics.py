@@ -82,12 +82,28 @@ skivi_build_info                    version                   always 1
 
 Plus the standard ``process_*`` metrics of the engine's parent (CPU, memory, open files).
 
-Labels stay bounded: ``task`` (task identifiers), ``queue`` (queue names; ``""`` for jobs
-without a queue: the empty string can never clash with a real queue, whose names have at
-least one character, as "default" could), ``outcome`` and ``state`` (fixed sets),
-``identifier`` (cron entries), ``connection`` (the parent's four connection names). Never a
-job id, a payload or an error text. Queue names are assumed to be a bounded set: per-entity
-queue names (``user:123``) would make one series per entity.
+Labels stay bounded whatever producers enqueue, since producers choose task and queue names
+and a series per name would grow the scrape without limit:
+
+- ``task``: the tasks registered with this engine. Jobs of any other task (exhausted as
+  no_handler) are counted under ``__other__``
+  (:data:`OTHER`).
+- ``queue``: ``""`` for jobs without a queue (the empty string can never clash with a real
+  queue, whose names have at least one character, as "default" could), then at most
+  ``metrics.max_queue_labels`` (default 100) queue names: those of ``worker.queues`` first,
+  then the first ones this engine sees, in results or in the depth poll, kept until it
+  restarts. Every further queue is counted under ``__other__``: its jobs are summed, its
+  oldest age is the oldest of them. The same names apply to the job counters and to the
+  ``skivi_queue_*`` gauges, so both show the same queues.
+- ``outcome`` and ``state``: fixed sets written by the engine, never by producers.
+- ``identifier``: the cron entries of the engine's configuration (operators write them).
+- ``connection``: the parent's connection names; ``version``: one.
+
+Never a job id, a payload or an error text. The collision rule: ``__other__`` is a legal
+task identifier and queue name (both accept any 1 to 128 characters), so a task or queue
+really named ``__other__`` is counted with the others rather than on a series of its own.
+Mapping a name is a dict lookup per (task, queue, outcome) group of a completion flush,
+never per job.
 
 The ``skivi_queue_*`` depth metrics come from ``job_stats.sql``, polled every few seconds by
 one engine at a time (the leader: the live engine with the smallest id); the others export
@@ -98,6 +114,7 @@ query's header documents its cost and when the waiting count becomes an estimate
 from __future__ import annotations
 
 import bisect
+import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -117,6 +134,8 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
+from skivi.config import MAX_QUEUE_LABELS_DEFAULT
+
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
@@ -125,6 +144,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BATCH_BUCKETS",
     "METRICS",
+    "OTHER",
     "RUN_BUCKETS",
     "WAIT_BUCKETS",
     "EngineMetrics",
@@ -170,7 +190,40 @@ QueueStats = Sequence[tuple[str, int, int, int, int, float | None]]
 """Rows of job_stats.sql: (queue, waiting, scheduled, running, claimed, oldest runnable
 age)."""
 
+OTHER = "__other__"
+"""The ``task`` label of jobs of unregistered tasks, and the ``queue`` label of queues past
+``metrics.max_queue_labels`` (see the module docstring for the collision rule)."""
+
 _STATES = ("waiting", "scheduled", "running", "claimed")
+
+
+class _LabelValues:
+    """Producer-chosen task and queue names -> a bounded set of label values.
+
+    Called only on the engine's event loop (the observer and the stats poller), so the
+    check-then-insert on ``_queues`` needs no lock. Queues past the cap are not remembered:
+    memory stays bounded too, and their lookup is one dict miss and a length check.
+    """
+
+    def __init__(self, tasks: Iterable[str], queues: Iterable[str], max_queues: int) -> None:
+        self._tasks = {t: t for t in tasks if t != OTHER}
+        self._queues: dict[str, str] = {"": ""}
+        self._max_queues = max_queues
+        for queue in queues:
+            self.queue(queue)
+
+    def task(self, name: str) -> str:
+        return self._tasks.get(name, OTHER)
+
+    def queue(self, name: str) -> str:
+        label = self._queues.get(name)
+        if label is not None:
+            return label
+        # "" is in the dict from the start and does not count against the cap.
+        if len(self._queues) > self._max_queues or name == OTHER:
+            return OTHER
+        self._queues[name] = name
+        return name
 
 
 class _BatchHistogram:
@@ -286,7 +339,13 @@ class EngineMetrics:
     """Every metric of one engine, in a registry of its own (``registry``)."""
 
     def __init__(self, version: str, emitter: Emitter | None = None,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None, *, tasks: Iterable[str] = (),
+                 queues: Iterable[str] = (),
+                 max_queue_labels: int = MAX_QUEUE_LABELS_DEFAULT) -> None:
+        """``tasks``: the registered task identifiers (every other task is :data:`OTHER`);
+        ``queues``: queue names to label first (``worker.queues``); ``max_queue_labels``:
+        the ``metrics.max_queue_labels`` cap."""
+        self.label_values = _LabelValues(tasks, queues, max_queue_labels)
         r = self.registry = registry if registry is not None else CollectorRegistry()
         ProcessCollector(registry=r)
         self.build_info = Gauge("skivi_build_info", "Skivi version of this engine; always 1.",
@@ -345,29 +404,72 @@ class EngineMetrics:
                       run_seconds: Mapping[str, list[float]],
                       wait_seconds: Mapping[str, list[float]], stale: int) -> None:
         """One completion flush: attempts per (task, queue, outcome), run and wait times
-        per task, and the number of results the database refused."""
+        per task, and the number of results the database refused. Tasks and queues are
+        the names in the results; they are mapped to bounded label values here, once per
+        group, so the work per flush grows with its groups, never with the names seen."""
+        task, queue = self.label_values.task, self.label_values.queue
+        merged: dict[tuple[str, str, str], int] = {}
+        for (t, q, outcome), n in counts.items():
+            key = (task(t), queue(q), outcome)
+            merged[key] = merged.get(key, 0) + n
         jobs = self.jobs
-        for labels, n in counts.items():
+        for labels, n in merged.items():
             jobs.labels(*labels).inc(n)
-        for task, values in run_seconds.items():
-            self.run_seconds.observe_many(task, values)
-        for task, values in wait_seconds.items():
-            self.wait_seconds.observe_many(task, values)
+        for label, parts in _by_label(run_seconds, task).items():
+            self.run_seconds.observe_many(label, _joined(parts))
+        for label, parts in _by_label(wait_seconds, task).items():
+            self.wait_seconds.observe_many(label, _joined(parts))
         if stale:
             self.stale.inc(stale)
         self.completion_batch.observe(sum(counts.values()) + stale)
 
     def queue_stats(self, rows: QueueStats | None) -> None:
         """The latest job_stats.sql figures; None when this engine is not the leader (its
-        queue_* series disappear)."""
+        queue_* series disappear). Queues past the cap are summed into :data:`OTHER`, with
+        the oldest of their ages."""
         stats = self._queue_stats
-        stats.rows = tuple(rows or ())
+        stats.rows = _merge_queue_rows(rows or (), self.label_values.queue)
         stats.leader = rows is not None
 
     def gauges(self, in_flight: int, capacity: int, children: int) -> None:
         self.in_flight.set(in_flight)
         self.capacity.set(capacity)
         self.children.set(children)
+
+
+def _by_label(values: Mapping[str, list[float]],
+              label: Callable[[str], str]) -> dict[str, list[list[float]]]:
+    """Observations per task -> their lists per label value, unconcatenated: many tasks can
+    share :data:`OTHER`, and joining their lists one by one would copy quadratically."""
+    out: dict[str, list[list[float]]] = {}
+    for name, observed in values.items():
+        key = label(name)
+        parts = out.get(key)
+        if parts is None:
+            out[key] = [observed]
+        else:
+            parts.append(observed)
+    return out
+
+
+def _joined(parts: list[list[float]]) -> Iterable[float]:
+    # The usual case is one list: iterating it directly is faster than through a chain.
+    return parts[0] if len(parts) == 1 else itertools.chain.from_iterable(parts)
+
+
+def _merge_queue_rows(rows: QueueStats, label: Callable[[str], str]
+                      ) -> tuple[tuple[str, int, int, int, int, float | None], ...]:
+    merged: dict[str, tuple[str, int, int, int, int, float | None]] = {}
+    for queue, waiting, scheduled, running, claimed, oldest in rows:
+        key = label(queue)
+        have = merged.get(key)
+        if have is None:
+            merged[key] = (key, waiting, scheduled, running, claimed, oldest)
+            continue
+        ages = [a for a in (have[5], oldest) if a is not None]
+        merged[key] = (key, have[1] + waiting, have[2] + scheduled, have[3] + running,
+                       have[4] + claimed, max(ages) if ages else None)
+    return tuple(merged.values())
 
 
 Health = Callable[[str], tuple[bool, str]]

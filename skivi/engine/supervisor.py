@@ -169,7 +169,10 @@ class Engine:
         if cfg.metrics.port:
             from skivi.metrics import EngineMetrics
 
-            self.metrics = EngineMetrics(_version(), system.emitter)
+            # Label values come from what this engine runs, never from what producers send.
+            self.metrics = EngineMetrics(
+                _version(), system.emitter, tasks=registry.identifiers(),
+                queues=w.queues or (), max_queue_labels=cfg.metrics.max_queue_labels)
         self.observer = EngineObserver(system.emitter, self.metrics)
         self._claimed_seen = 0
         self.children: list[ChildHandle] = []

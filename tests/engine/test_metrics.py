@@ -35,7 +35,7 @@ from skivi import monitoring
 from skivi.engine import handoff
 from skivi.engine.observer import EngineObserver
 from skivi.events import Emitter
-from skivi.metrics import EngineMetrics, start_exporter, stop_exporter
+from skivi.metrics import OTHER, EngineMetrics, start_exporter, stop_exporter
 from tests.engine.conftest import REPO, EngineProcs, log_of
 from tests.helpers import wait_for
 from tests.unit.test_contracts import ALERT_RULES, dashboard_expressions, rule_expressions
@@ -66,7 +66,7 @@ def _row(job_id: int, code: int, task: str, queue: str | None = None, run: float
 
 def test_counts_and_histograms_follow_the_flushes_when_fed_by_the_observer() -> None:
     emitter = Emitter()
-    m = EngineMetrics("1.2.3", emitter)
+    m = EngineMetrics("1.2.3", emitter, tasks=["a"])  # "b" has no handler here
     observer = EngineObserver(emitter, m)
     done = [_row(i, handoff.RESULT_COMPLETED, "a", run=0.004 if i % 2 else 20.0)
             for i in range(10)]
@@ -81,7 +81,8 @@ def test_counts_and_histograms_follow_the_flushes_when_fed_by_the_observer() -> 
     assert value("skivi_jobs_total", {"task": "a", "queue": "", "outcome": "completed"}) == 9
     assert value("skivi_jobs_total", {"task": "a", "queue": "mail", "outcome": "failed"}) == 1
     assert value("skivi_jobs_total", {"task": "a", "queue": "", "outcome": "partial"}) == 1
-    assert value("skivi_jobs_total", {"task": "b", "queue": "", "outcome": "exhausted"}) == 1
+    assert value("skivi_jobs_total", {"task": OTHER, "queue": "", "outcome": "exhausted"}) == 1
+    assert value("skivi_jobs_total", {"task": "b", "queue": "", "outcome": "exhausted"}) is None
     assert value("skivi_job_results_stale_total") == 2
     assert value("skivi_job_run_seconds_count", {"task": "a"}) == 11
     assert value("skivi_job_run_seconds_bucket", {"task": "a", "le": "0.005"}) == 6
@@ -90,7 +91,7 @@ def test_counts_and_histograms_follow_the_flushes_when_fed_by_the_observer() -> 
     assert value("skivi_job_run_seconds_bucket", {"task": "a", "le": "+Inf"}) == 11
     assert value("skivi_job_run_seconds_sum", {"task": "a"}) == pytest.approx(
         4 * 0.004 + 5 * 20.0 + 2 * 0.004)
-    assert value("skivi_job_wait_seconds_count", {"task": "b"}) == 1
+    assert value("skivi_job_wait_seconds_count", {"task": OTHER}) == 1
     assert value("skivi_completion_batch_size_count") == 1
     assert value("skivi_completion_batch_size_sum") == 14
     assert value("skivi_build_info", {"version": "1.2.3"}) == 1
@@ -99,6 +100,50 @@ def test_counts_and_histograms_follow_the_flushes_when_fed_by_the_observer() -> 
     observer.flushed(done[:1], [], {(0, 1)}, {})
     assert value("skivi_event_handler_errors_total") == 1
     assert value("skivi_jobs_total", {"task": "a", "queue": "", "outcome": "completed"}) == 10
+
+
+def test_unregistered_tasks_and_queues_past_the_cap_share_other_when_flushed() -> None:
+    emitter = Emitter()
+    m = EngineMetrics("1.2.3", emitter, tasks=["a", OTHER], queues=["mail"],
+                      max_queue_labels=2)
+    observer = EngineObserver(emitter, m)
+    # Queues in order of appearance: mail (configured), q0 (first seen), then the cap.
+    names = [("a", "q0"), ("a", "q1"), ("x", "q2"), ("y", None), ("a", "mail"),
+             ("a", OTHER), ("z", "q0"), (OTHER, "mail")]
+    rows = [_row(i, handoff.RESULT_COMPLETED, task, queue=queue, run=0.001 * (i + 1))
+            for i, (task, queue) in enumerate(names)]
+    observer.flushed(rows, [], {(r[0], r[1]) for r in rows}, {})
+    value = m.registry.get_sample_value
+    series = {tuple(sorted(s.labels.items())): s.value
+              for family in m.registry.collect() if family.name == "skivi_jobs"
+              for s in family.samples if s.name == "skivi_jobs_total"}
+
+    def key(task: str, queue: str) -> tuple[tuple[str, str], ...]:
+        return (("outcome", "completed"), ("queue", queue), ("task", task))
+
+    # A task or queue really named like the overflow value is counted with the overflow.
+    assert series == {key("a", "q0"): 1, key("a", OTHER): 2, key(OTHER, OTHER): 1,
+                      key(OTHER, ""): 1, key("a", "mail"): 1, key(OTHER, "q0"): 1,
+                      key(OTHER, "mail"): 1}
+    assert value("skivi_job_run_seconds_count", {"task": "a"}) == 4
+    assert value("skivi_job_run_seconds_count", {"task": OTHER}) == 4
+    assert value("skivi_job_run_seconds_sum", {"task": OTHER}) == pytest.approx(
+        0.003 + 0.004 + 0.007 + 0.008)
+    assert value("skivi_job_run_seconds_count", {"task": "x"}) is None
+
+    m.queue_stats([("", 5, 0, 0, 0, 1.0), ("mail", 1, 2, 3, 4, None),
+                   ("q0", 1, 0, 0, 0, 2.0), ("q3", 1, 1, 0, 0, 30.0),
+                   ("q4", 2, 0, 1, 1, None), ("q5", 0, 4, 0, 0, 7.0)])
+    assert value("skivi_queue_jobs", {"queue": OTHER, "state": "waiting"}) == 3
+    assert value("skivi_queue_jobs", {"queue": OTHER, "state": "scheduled"}) == 5
+    assert value("skivi_queue_jobs", {"queue": OTHER, "state": "running"}) == 1
+    assert value("skivi_queue_jobs", {"queue": OTHER, "state": "claimed"}) == 1
+    assert value("skivi_queue_oldest_job_age_seconds", {"queue": OTHER}) == 30.0
+    assert value("skivi_queue_jobs", {"queue": "mail", "state": "claimed"}) == 4
+    assert value("skivi_queue_oldest_job_age_seconds", {"queue": "mail"}) == 0.0
+    assert value("skivi_queue_jobs", {"queue": "q0", "state": "waiting"}) == 1
+    assert value("skivi_queue_jobs", {"queue": "", "state": "waiting"}) == 5
+    assert value("skivi_queue_jobs", {"queue": "q3", "state": "waiting"}) is None
 
 
 def test_exporter_serves_the_registry_over_http_when_started_on_any_port() -> None:
@@ -134,7 +179,7 @@ async def _harness(url: str, out: Path) -> None:
     from tests.helpers import connect
 
     emitter = Emitter()
-    m = EngineMetrics(skivi.__version__, emitter)
+    m = EngineMetrics(skivi.__version__, emitter, tasks=["resize", "send_email"])
     observer = EngineObserver(emitter, m)
     server = start_exporter("127.0.0.1", 0, m.registry)
     q = for_schema("skivi")
@@ -483,6 +528,84 @@ def test_engine_exports_the_jobs_it_processed_when_run_with_a_metrics_port(
         prom.query(as_promql(expr))  # each one valid against the real engine's series
     for rule in _loaded_rules(prom):
         prom.query(rule["query"])
+
+
+BOUNDED_UNKNOWN = 3000  # the issue's reproduction: 3,000 jobs of distinct unknown tasks
+BOUNDED_SCHEDULED = 300
+BOUNDED_KNOWN = 50
+BOUNDED_QUEUE_LABELS = 20
+BOUNDED_MAX_LINES = 600
+
+
+def test_series_stay_bounded_when_producers_send_thousands_of_task_and_queue_names(
+        engines: EngineProcs, database: str) -> None:
+    """Producers choose task and queue names; the exporter must not make a series of each.
+    Jobs of tasks the engine has no handler for are counted under ``other`` (they are
+    exhausted as no_handler), and queues past ``metrics.max_queue_labels`` too, both in the
+    job counters and in the depth gauges, and the ``other`` series carry their jobs."""
+    from tests.engine.conftest import enqueue
+
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    enqueue(database, [
+        *({"task": f"unknown-{i}", "queue_name": f"q-{i}"} for i in range(BOUNDED_UNKNOWN)),
+        *({"task": "noop"} for _ in range(BOUNDED_KNOWN)),
+        # Still scheduled while the test scrapes: what the depth gauges must show, bounded.
+        *({"task": "noop", "queue_name": f"later-{i}", "run_at": later}
+          for i in range(BOUNDED_SCHEDULED)),
+    ])
+    port = _free_port()
+    proc = engines.start("--metrics-port", str(port), processes=2, concurrency=8, env={
+        "SKIVI_METRICS_MAX_QUEUE_LABELS": str(BOUNDED_QUEUE_LABELS)})
+    url = f"http://127.0.0.1:{port}/metrics"
+    finished = BOUNDED_UNKNOWN + BOUNDED_KNOWN
+
+    def scrape() -> str | None:
+        try:
+            return _get(url, timeout=5)
+        except OSError:
+            assert proc.poll() is None, log_of(proc)
+            return None
+
+    def settled() -> str | None:
+        text = scrape()
+        if text is None:
+            return None
+        samples = _samples(text)
+        jobs = sum(v for (n, _), v in samples.items() if n == "skivi_jobs_total")
+        scheduled = sum(v for (n, lbl), v in samples.items()
+                        if n == "skivi_queue_jobs" and ("state", "scheduled") in lbl)
+        return text if jobs == finished and scheduled == BOUNDED_SCHEDULED else None
+
+    text = wait_for(settled, timeout=120, what="every job counted and the scheduled depth")
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert len(lines) < BOUNDED_MAX_LINES, (
+        f"{len(lines)} series lines ({len(text)} bytes) for {BOUNDED_UNKNOWN} task names")
+    samples = _samples(text)
+
+    def values(name: str, label: str) -> set[str]:
+        return {dict(lbl)[label] for (n, lbl), _ in samples.items()
+                if n == name and label in dict(lbl)}
+
+    def total(name: str, **labels: str) -> float:
+        return sum(v for (n, lbl), v in samples.items()
+                   if n == name and labels.items() <= dict(lbl).items())
+
+    for name in ("skivi_jobs_total", "skivi_job_run_seconds_count",
+                 "skivi_job_wait_seconds_count"):
+        assert values(name, "task") == {"noop", OTHER}, name
+    assert total("skivi_jobs_total", task=OTHER, outcome="exhausted") == BOUNDED_UNKNOWN
+    assert total("skivi_jobs_total", task="noop", outcome="completed") == BOUNDED_KNOWN
+    assert total("skivi_job_run_seconds_count", task=OTHER) == BOUNDED_UNKNOWN
+    # Named queues up to the cap, plus "" (no queue) and other.
+    for name in ("skivi_jobs_total", "skivi_queue_jobs", "skivi_queue_oldest_job_age_seconds"):
+        queues = values(name, "queue")
+        assert len(queues - {"", OTHER}) <= BOUNDED_QUEUE_LABELS, (name, sorted(queues))
+    assert OTHER in values("skivi_jobs_total", "queue")
+    assert total("skivi_jobs_total", queue="") == BOUNDED_KNOWN
+    assert OTHER in values("skivi_queue_jobs", "queue")
+    assert total("skivi_queue_jobs", state="scheduled") == BOUNDED_SCHEDULED
+    assert total("skivi_queue_jobs", queue=OTHER, state="scheduled") >= \
+        BOUNDED_SCHEDULED - BOUNDED_QUEUE_LABELS
 
 
 def test_application_handlers_get_the_engines_events_when_the_system_started_it(

@@ -53,6 +53,7 @@ required = ["url"]
 [metrics]
 port = 9187
 host = "0.0.0.0"
+max_queue_labels = 7
 
 [events]
 buffer_size = 0
@@ -84,7 +85,7 @@ def test_all_problems_reported_when_several_settings_wrong() -> None:
     problems = problems_of(
         {
             "database": {"schema_name": "Skivi", "pool_max_size": 0},
-            "metrics": {"port": 70000},
+            "metrics": {"max_queue_labels": -1, "port": 70000},
             "worker": {"concurrency": 0, "procesess": 2, "queues": ["a", 3]},
         },
         env={"SKIVI_SHUTDOWN_TIMEOUT": "soon"},
@@ -93,6 +94,7 @@ def test_all_problems_reported_when_several_settings_wrong() -> None:
     assert keys == [
         "database.pool_max_size",
         "database.schema_name",
+        "metrics.max_queue_labels",
         "metrics.port",
         "worker.concurrency",
         "worker.procesess",
@@ -221,6 +223,7 @@ def test_env_overrides_file_when_both_set(tmp_path: Path) -> None:
         "SKIVI_CONCURRENCY": "7",
         "SKIVI_HISTORY": "0",
         "SKIVI_METRICS_HOST": "::1",
+        "SKIVI_METRICS_MAX_QUEUE_LABELS": "0",
         "SKIVI_METRICS_PORT": "9000",
         "SKIVI_PROCESSES": "3",
         "SKIVI_QUEUES": " a, b ,,c ",
@@ -233,6 +236,7 @@ def test_env_overrides_file_when_both_set(tmp_path: Path) -> None:
     assert loaded.worker.concurrency == 7
     assert loaded.worker.history is False
     assert (loaded.metrics.host, loaded.metrics.port) == ("::1", 9000)
+    assert loaded.metrics.max_queue_labels == 0
     assert loaded.worker.processes == 3
     assert loaded.worker.queues == ("a", "b", "c")
     assert loaded.database.schema_name == "from_env"
@@ -381,6 +385,7 @@ def test_toml_file_round_trips_when_every_section_set(tmp_path: Path) -> None:
     assert loaded.validation.tasks["send_email"] == "myapp.schemas:SEND_EMAIL"
     assert loaded.validation.tasks["resize"] == {"type": "object", "required": ["url"]}
     assert (loaded.metrics.host, loaded.metrics.port) == ("0.0.0.0", 9187)
+    assert loaded.metrics.max_queue_labels == 7
     assert loaded.events.buffer_size == 0
     assert loaded.cron == ({"task": "digest", "schedule": "0 8 * * *"},)
 
