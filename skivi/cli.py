@@ -441,7 +441,8 @@ def _cmd_migrate(ctx: _Context) -> int:
             else:
                 _emit(f"schema {ctx.schema!r} is up to date")
             return EXIT_UNCHANGED if pending else EXIT_OK
-        applied = migrate(conn, ctx.schema)
+        applied = migrate(conn, ctx.schema,
+                          lock_timeout=ctx.config.database.migration_lock_timeout)
     if as_json:
         _emit_json({"schema": ctx.schema, "applied": [m.name for m in applied]})
     elif applied:

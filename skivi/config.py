@@ -93,6 +93,7 @@ DEFAULT_CONFIG_FILE = "skivi.toml"
 # database
 CONNECT_TIMEOUT_DEFAULT = 10.0
 CONNECTION_STRING_DEFAULT: str | None = None
+MIGRATION_LOCK_TIMEOUT_DEFAULT = 300.0
 POOL_MAX_SIZE_DEFAULT = 4
 PREPARED_STATEMENTS_DEFAULT = True
 SCHEMA_NAME_DEFAULT = "skivi"
@@ -273,6 +274,13 @@ class DatabaseConfig:
     """libpq connection string or URL. SKIVI_DATABASE_URL, then DATABASE_URL, override it. None
     after :func:`load_config` means none was given anywhere, and the caller decides what to do
     (the CLI starts an embedded PostgreSQL). Default: None."""
+
+    migration_lock_timeout: float = _setting(MIGRATION_LOCK_TIMEOUT_DEFAULT, _greater_than(0))
+    """Seconds a migrator (``skivi migrate``, an engine or ``start()`` with pending
+    migrations) waits for the migration lock another session holds. While it waits it logs
+    who holds it (backend pid, application, since when) every 10 s; then it gives up with
+    a MigrationError (exit code 3). Raise it if one of your migrations may take longer.
+    Default: 300.0."""
 
     pool_max_size: int = _setting(POOL_MAX_SIZE_DEFAULT, _at_least(1))
     """Most connections in the parent's pool. Default: 4."""

@@ -171,7 +171,8 @@ class System:
         """Apply pending migrations; returns those applied."""
         with dbpool.connect(self.database_url, application_name="skivi-migrate",
                             connect_timeout=self.config.database.connect_timeout) as conn:
-            return migrate(conn, self.schema)
+            return migrate(conn, self.schema,
+                           lock_timeout=self.config.database.migration_lock_timeout)
 
     def pending_migrations(self) -> list[Migration]:
         """Migrations not applied yet (read-only). Raises SchemaTooNew for a newer schema."""

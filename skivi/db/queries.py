@@ -77,6 +77,7 @@ class Queries:
     migration_applied: bytes
     migration_bootstrap: bytes
     migration_lock: bytes
+    migration_lock_holder: bytes
     migration_record: bytes
     migration_table_exists: bytes
     migration_unlock: bytes

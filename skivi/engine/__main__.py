@@ -37,7 +37,9 @@ exit codes:
   0  stopped cleanly (SIGTERM/SIGINT, or --once with nothing left to run)
   1  stopped with errors (a shutdown step failed; some results could not be written)
   2  bad command line or configuration, or a task file that does not load
-  3  the database could not be reached (for 30 s) or migrated at start
+  3  the database could not be reached (for 30 s), refused the login, or could not be
+     migrated at start (the migration lock waited for past
+     database.migration_lock_timeout included)
 
 signals: SIGTERM or SIGINT drain gracefully (stop claiming, finish running jobs up to
 --shutdown-timeout, write every result); a second signal stops at once, and the jobs still
