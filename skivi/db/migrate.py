@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+import psycopg.errors
 from psycopg.rows import dict_row
 
 from skivi.config import MIGRATION_LOCK_TIMEOUT_DEFAULT
@@ -147,9 +148,18 @@ def migrate(conn: psycopg.Connection[Any], schema: str, *,
     params = {"schema": schema}
     _lock(conn, q, schema, lock_timeout)
     try:
-        with conn.transaction():
-            conn.execute(q.migration_bootstrap)
-            applied = _applied(conn, q)
+        try:
+            with conn.transaction():
+                conn.execute(q.migration_bootstrap)
+                applied = _applied(conn, q)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            # A role without CREATE (a worker or producer role): a refusal of this
+            # deployment's design, not a database error, so it is reported as one.
+            raise MigrationError(
+                f"role {conn.info.user!r} may not migrate schema {schema!r} "
+                f"({str(exc).strip().splitlines()[0]}); run `skivi migrate` as the role that "
+                "owns the schema (docs/operations.md, Database roles), and start engines "
+                "connected as other roles with --no-migrate") from exc
         _check_not_newer(applied, schema)
         done = []
         for m in known_migrations():

@@ -18,13 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 import skivi
 from skivi.cli import main
 from skivi.db.migrate import known_migrations
 from skivi.db.queries import for_schema
-from tests.helpers import SCHEMA, MakeDatabase, connect
+from tests.helpers import SCHEMA, MakeDatabase, connect, login_role
 
 REPO = Path(__file__).resolve().parents[2]
 UTC = dt.UTC
@@ -543,6 +545,33 @@ def test_migrate_exits_3_when_the_schema_was_migrated_by_a_newer_skivi(
         c.execute("insert into skivi.migration (id, name) values (9999, '9999_future.sql')")
     assert cli(database, "migrate", "--check") == 3
     assert "9999" in capsys.readouterr().err
+
+
+def test_migrate_exits_3_naming_the_role_when_the_role_may_not_create_the_schema(
+        admin: psycopg.Connection[Any], make_database: MakeDatabase,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """README: exit 3 when the schema cannot be migrated; a role without CREATE on the
+    database (a worker's) is the common case. It was exit 1 (a bare database error)."""
+    empty = make_database(template=None)
+    with login_role(admin) as role:
+        assert cli(make_conninfo(empty, user=role), "migrate") == 3
+        err = capsys.readouterr().err
+    assert f"role {role!r} may not migrate schema 'skivi'" in err, err
+    assert "permission denied" in err, err
+
+
+def test_migrate_exits_3_naming_the_holder_when_the_migration_lock_stays_taken(
+        make_database: MakeDatabase, working_directory: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    empty = make_database(template=None)
+    (working_directory / "skivi.toml").write_text(
+        "[database]\nmigration_lock_timeout = 1.0\n")
+    with connect(empty) as holder:
+        holder.execute(for_schema(SCHEMA).migration_lock, {"schema": SCHEMA})
+        assert cli(empty, "migrate") == 3
+        err = capsys.readouterr().err
+        assert f"backend pid {holder.info.backend_pid}" in err, err
+    assert "migration_lock_timeout" in err, err
 
 
 def test_queues_counts_jobs_by_state_per_queue_and_task_when_jobs_exist(

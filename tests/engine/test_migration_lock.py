@@ -1,15 +1,20 @@
-"""An engine starting while another session holds the migration lock: it says who holds the
-lock and since when, and gives up with exit code 3 after database.migration_lock_timeout,
-instead of waiting silently for ever."""
+"""An engine that cannot migrate at start exits 3, as the README says, and says why: the
+migration lock held by another session (it says who holds it and since when, and gives up
+after database.migration_lock_timeout instead of waiting silently for ever), or a role that
+may not migrate."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import make_conninfo
 
 from skivi.db.queries import for_schema
 from tests.engine.conftest import EngineProcs, Ledger, log_of
-from tests.helpers import SCHEMA, MakeDatabase, connect, wait_for
+from tests.helpers import SCHEMA, MakeDatabase, connect, login_role, wait_for
 
 LOCK_TIMEOUT = 7.0
 """Longer than skivi.db.migrate.IDLE_HOLDER_SECONDS (5 s), so the idle holder is called out."""
@@ -46,3 +51,18 @@ def test_engine_logs_the_holder_and_exits_3_when_the_migration_lock_stays_taken(
         row = c.execute("select count(*) from pg_namespace where nspname = %s",
                         [SCHEMA]).fetchone()
     assert row == (0,)
+
+
+def test_engine_exits_3_naming_the_role_when_the_role_may_not_migrate(
+        admin: psycopg.Connection[Any], make_database: MakeDatabase, tmp_path: Path) -> None:
+    url = make_database(template=None)
+    with login_role(admin) as role:
+        procs = EngineProcs(make_conninfo(url, user=role), Ledger(tmp_path / "ledger.txt"))
+        try:
+            engine = procs.start()
+            code = engine.wait(timeout=60)
+        finally:
+            procs.stop_all()
+    log = log_of(engine)
+    assert code == 3, log
+    assert f"role {role!r} may not migrate schema 'skivi'" in log, log
