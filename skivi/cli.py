@@ -12,7 +12,7 @@ goes through ``skivi.add_job``, migrations through ``skivi.db.migrate``, cron ma
     skivi jobs fail IDS [--reason TEXT]           move pending jobs to history, exhausted
     skivi jobs reschedule IDS [--run-at --priority --attempts --max-attempts]
     skivi history list [--task --outcome --limit --payload]
-    skivi history retry IDS                       exhausted jobs back into the queue
+    skivi history retry IDS | --task T --reason R exhausted jobs back into the queue
     skivi queues [--scan-limit N]                 depth and oldest runnable job per queue/task
     skivi workers                                 live engines and their liveness locks
     skivi cron list [--crontab PATH]              cron entries, last execution, next tick
@@ -85,6 +85,8 @@ CELL_MAX = 60
 """Longest error text shown in a table cell (JSON output has it whole)."""
 JOB_STATES = ("waiting", "scheduled", "running", "claimed", "failed")
 HISTORY_OUTCOMES = ("completed", "exhausted")
+HISTORY_REASONS = ("max_attempts", "no_handler", "permanently_failed", "superseded")
+"""Why a job was exhausted (job_history.reason, migration 0001)."""
 UNDEFINED_OBJECT_SQLSTATES = frozenset({
     "3F000",  # invalid_schema_name
     "42P01",  # undefined_table
@@ -328,9 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outcome", choices=HISTORY_OUTCOMES, help="only this outcome")
 
     p = leaf(history, "retry", _cmd_history_retry, "put exhausted jobs back in the queue",
-             "Put exhausted jobs back in the queue, runnable now, with their attempts reset. "
-             "Completed jobs cannot be retried; each id not retried is reported.")
-    p.add_argument("ids", metavar="IDS", nargs="+", type=_job_ids, help=IDS_HELP)
+             "Put exhausted jobs back in the queue, runnable now, with their attempts reset: "
+             "those given by id, or every exhausted job of a task and/or a reason "
+             "(--task T --reason no_handler: the jobs of a task that had no handler). "
+             "Completed jobs cannot be retried; each id retried, or not, is reported.")
+    p.add_argument("ids", metavar="IDS", nargs="*", type=_job_ids, help=IDS_HELP)
+    p.add_argument("--task", metavar="TASK",
+                   help="every exhausted job of this task (instead of IDS)")
+    p.add_argument("--reason", choices=HISTORY_REASONS,
+                   help="every exhausted job with this reason (instead of IDS)")
 
     p = leaf(commands, "queues", _cmd_queues, "queue depth per queue and task",
              "Jobs waiting (runnable now), scheduled, running and claimed (see jobs list), "
@@ -584,10 +592,15 @@ _REASONS = {
 }
 
 
-def _change(ctx: _Context, query: bytes, params: dict[str, Any], done: str) -> int:
-    """Run one of the *_many statements that report each id's result, and print it."""
+def _change(ctx: _Context, query: bytes, params: dict[str, Any], done: str,
+            none: str | None = None) -> int:
+    """Run one of the statements that report each id's result, and print it; ``none`` is
+    what to say when a selection by filter matched no job."""
     with ctx.connect() as conn:
         rows: list[tuple[Any, ...]] = conn.execute(query, params).fetchall()
+    if not rows and none is not None and not ctx.args.json:
+        _emit(none)
+        return EXIT_OK
     changed = [int(r[0]) for r in rows if r[1] == "changed"]
     unchanged: list[dict[str, Any]] = []
     lines: list[tuple[str, str]] = []
@@ -642,9 +655,21 @@ def _cmd_jobs_reschedule(ctx: _Context) -> int:
 
 
 def _cmd_history_retry(ctx: _Context) -> int:
-    ids = _ids(ctx)
-    return _change(ctx, ctx.queries.job_history_retry_many, {"ids": ids},
-                   "back in the queue (runnable now)")
+    args = ctx.args
+    done = "back in the queue (runnable now)"
+    given = any(args.ids)
+    if args.task is None and args.reason is None:
+        if not given:
+            raise _Refused("nothing to retry: give job IDS, or --task and/or --reason to "
+                           "retry every exhausted job that matches")
+        return _change(ctx, ctx.queries.job_history_retry_many, {"ids": _ids(ctx)}, done)
+    if given:
+        raise _Refused("give either job IDS or --task/--reason, not both")
+    if args.task is not None and not args.task:
+        raise _Refused("--task: an empty task identifier matches no job")
+    return _change(ctx, ctx.queries.job_history_retry_matching,
+                   {"task": args.task, "reason": args.reason}, done,
+                   none="no exhausted jobs match")
 
 
 def _cmd_queues(ctx: _Context) -> int:

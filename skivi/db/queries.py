@@ -64,6 +64,7 @@ class Queries:
     job_history_list: bytes
     job_history_prune: bytes
     job_history_retry_many: bytes
+    job_history_retry_matching: bytes
     job_insert_keyed_many: bytes
     job_insert_many: bytes
     job_list: bytes

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -242,6 +243,10 @@ def test_add_job_validates_the_payload_against_the_task_schema_when_configured(
     (["add-job", "t", "{}", "--run-at", "tomorrow"], "'tomorrow' is not an ISO-8601 time"),
     (["history", "list", "--limit", "0"], "argument --limit"),
     (["history", "list", "--outcome", "lost"], "argument --outcome: invalid choice"),
+    (["history", "retry"], "nothing to retry: give job IDS, or --task and/or --reason"),
+    (["history", "retry", "{h}", "--task", "t"], "either job IDS or --task/--reason, not both"),
+    (["history", "retry", "--reason", "lost"], "argument --reason: invalid choice"),
+    (["history", "retry", "--task", ""], "--task: an empty task identifier"),
     (["history", "retry", "{h},99999999999999999999"], "is not a job id"),
     (["jobs", "fail", "{a},-3", "--reason", "x"], "'-3' is not a job id"),
     (["jobs", "list", "--state", "done"], "argument --state: invalid choice"),
@@ -404,6 +409,31 @@ def test_history_retry_requeues_exhausted_jobs_and_refuses_the_rest_when_mixed(
     assert history_row(database, exhausted) is None
     assert history_row(database, 9001) is not None
     assert job_row(database, 9001) is None
+
+
+def test_history_retry_requeues_every_match_when_given_a_task_and_a_reason(
+        system: skivi.System, database: str, capsys: pytest.CaptureFixture[str]) -> None:
+    a_gone, a_failed, b_gone = (skivi.add_job(system, t, {}).id for t in ("a", "a", "b"))
+    for job_id in (a_gone, a_failed, b_gone):
+        exhaust(database, job_id)
+    with connect(database) as c:  # as the engine records a job it has no handler for
+        c.execute("update skivi.job_history set reason = 'no_handler' where id = any(%s)",
+                  [[a_gone, b_gone]])
+    record_completed(database, 9001, task="a")
+
+    assert cli(database, "history", "retry", "--task", "a", "--reason", "no_handler") == 0
+    assert re.search(rf"^{a_gone} +back in the queue", capsys.readouterr().out, re.M)
+    assert job_row(database, a_gone) is not None
+    assert history_row(database, a_failed) is not None and history_row(database, b_gone)
+
+    assert cli_json(database, capsys, "history", "retry", "--task", "a") == {
+        "changed": [a_failed], "unchanged": []}  # the completed one is never picked
+    assert history_row(database, 9001) is not None
+
+    assert cli(database, "history", "retry", "--reason", "no_handler") == 0
+    assert re.search(rf"^{b_gone} +back in the queue", capsys.readouterr().out, re.M)
+    assert cli(database, "history", "retry", "--task", "a") == 0
+    assert capsys.readouterr().out == "no exhausted jobs match\n"
 
 
 def test_jobs_fail_moves_pending_jobs_to_history_when_given_a_reason(
