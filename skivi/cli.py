@@ -16,6 +16,7 @@ goes through ``skivi.add_job``, migrations through ``skivi.db.migrate``, cron ma
     skivi queues [--scan-limit N]                 depth and oldest runnable job per queue/task
     skivi workers                                 live engines and their liveness locks
     skivi cron list [--crontab PATH]              cron entries, last execution, next tick
+    skivi roles --print                           the database roles script (roles.sql)
 
 Global options (before or after the command): ``--config PATH`` (default ``./skivi.toml``
 if it exists, or ``SKIVI_CONFIG``), ``--database-url``, ``--schema``, with the engine's
@@ -61,7 +62,7 @@ from skivi.cron import (
 )
 from skivi.db import pool as dbpool
 from skivi.db.migrate import migrate, pending_migrations
-from skivi.db.queries import Queries, for_schema
+from skivi.db.queries import Queries, for_schema, load_text
 from skivi.errors import ConfigError, JobSpecError, MigrationError, PayloadError
 from skivi.job import INT4_MAX, PRIORITY_MAX, PRIORITY_MIN, JobKeyMode, JobSpec
 from skivi.system import create_system
@@ -78,6 +79,8 @@ EXIT_CONFIG = 2
 EXIT_DATABASE = 3
 
 APPLICATION_NAME = "skivi-cli"
+ROLES_FILE = "roles.sql"
+"""The roles script, in the skivi.sql package (``skivi roles --print``)."""
 BIGINT_MAX = 2**63 - 1
 LIST_LIMIT_DEFAULT = 100
 SCAN_LIMIT_DEFAULT = 1_000_000
@@ -353,6 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
          "The engines registered in the schema: identity, heartbeat age, capacity, load, and "
          "whether each one's liveness lock is held (an engine whose lock is free is dead: "
          "its jobs are rescued by the others).")
+
+    p = leaf(commands, "roles", _cmd_roles, "print the database roles script (roles.sql)",
+             "Print skivi/sql/roles.sql, the grants of the owner, worker and producer roles "
+             "(docs/operations.md, Database roles), as installed with this Skivi, to run "
+             "with psql as the schema's owner after every migration. Touches no database.")
+    p.add_argument("--print", action="store_true", dest="print_script", required=True,
+                   help="write the script to stdout")
 
     cron = branch("cron", "cron entries")
     p = leaf(cron, "list", _cmd_cron_list, "cron entries, last execution and next tick",
@@ -721,6 +731,13 @@ def _cmd_workers(ctx: _Context) -> int:
               str(r["processes"]), str(r["concurrency"]), str(r["in_flight"]),
               "yes" if r["stopping"] else "no", "held" if r["lock_held"] else "free",
               r["status"]) for r in rows]))
+    return EXIT_OK
+
+
+def _cmd_roles(ctx: _Context) -> int:
+    # From the installed package (hatch ships every file under skivi/), so it matches the
+    # migrations of this version whatever the working directory.
+    sys.stdout.write(load_text("", ROLES_FILE))
     return EXIT_OK
 
 

@@ -25,7 +25,7 @@ Example ``skivi.toml`` (every section shown; every key is optional)::
 
     [worker]
     task_directory = "tasks"
-    processes = 0                  # one child per CPU
+    processes = 0                  # the CPUs this process may use, container limits included
     concurrency = 16
     batch_size = 500
     queues = ["default", "mail"]
@@ -380,7 +380,9 @@ class WorkerConfig:
     Default: 1.0."""
 
     processes: int = _setting(PROCESSES_DEFAULT, _at_least(0))
-    """Child processes; 0 means one per CPU (``os.cpu_count()``). Default: 0."""
+    """Child processes; 0 means the CPUs this process may use, container limits included
+    (its CPU affinity, capped by a cgroup v2 CPU quota: see
+    ``skivi.engine.process.available_cpus``). Default: 0."""
 
     queues: tuple[str, ...] | None = _setting(QUEUES_DEFAULT, _queue_names)
     """Claim only jobs in these queues; None claims from every queue. Default: None."""

@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", metavar="DIR",
                    help="directory of task files, each defining a TASKS dict [SKIVI_TASKS]")
     p.add_argument("--processes", metavar="N", type=int,
-                   help="child processes (default: CPU count) [SKIVI_PROCESSES]")
+                   help="child processes (default: the CPUs this process may use, container "
+                        "limits included) [SKIVI_PROCESSES]")
     p.add_argument("--concurrency", metavar="N", type=int,
                    help="jobs at once per child process (default: 16) [SKIVI_CONCURRENCY]")
     p.add_argument("--crontab", metavar="PATH", default=_env("SKIVI_CRONTAB"),

@@ -682,3 +682,10 @@ def test_workers_shows_whether_each_liveness_lock_is_held_when_engines_are_regis
     assert cli(database, "workers") == 0
     table = capsys.readouterr().out
     assert "host-a" in table and "held" in table and "free" in table
+
+
+def test_roles_print_writes_the_installed_roles_script_when_asked(tmp_path: Path) -> None:
+    result = run_module("roles", "--print")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (REPO / "skivi" / "sql" / "roles.sql").read_text()
+    assert run_module("roles").returncode == 2  # --print is the only thing it does
