@@ -8,6 +8,7 @@ from skivi.client import add_job, add_job_async, add_jobs, add_jobs_async
 from skivi.config import Config, load_config
 from skivi.errors import (
     ConfigError,
+    DatabaseUnavailable,
     EmbeddedDatabaseError,
     EngineError,
     JobSpecError,
@@ -28,6 +29,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Config",
     "ConfigError",
+    "DatabaseUnavailable",
     "EmbeddedDatabaseError",
     "EngineError",
     "EnqueueOutcome",

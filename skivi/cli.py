@@ -12,10 +12,11 @@ goes through ``skivi.add_job``, migrations through ``skivi.db.migrate``, cron ma
     skivi jobs fail IDS [--reason TEXT]           move pending jobs to history, exhausted
     skivi jobs reschedule IDS [--run-at --priority --attempts --max-attempts]
     skivi history list [--task --outcome --limit --payload]
-    skivi history retry IDS                       exhausted jobs back into the queue
+    skivi history retry IDS | --task T --reason R exhausted jobs back into the queue
     skivi queues [--scan-limit N]                 depth and oldest runnable job per queue/task
     skivi workers                                 live engines and their liveness locks
     skivi cron list [--crontab PATH]              cron entries, last execution, next tick
+    skivi roles --print                           the database roles script (roles.sql)
 
 Global options (before or after the command): ``--config PATH`` (default ``./skivi.toml``
 if it exists, or ``SKIVI_CONFIG``), ``--database-url``, ``--schema``, with the engine's
@@ -61,7 +62,7 @@ from skivi.cron import (
 )
 from skivi.db import pool as dbpool
 from skivi.db.migrate import migrate, pending_migrations, set_limits
-from skivi.db.queries import Queries, for_schema
+from skivi.db.queries import Queries, for_schema, load_text
 from skivi.errors import ConfigError, JobSpecError, MigrationError, PayloadError
 from skivi.job import INT4_MAX, PRIORITY_MAX, PRIORITY_MIN, JobKeyMode, JobSpec
 from skivi.system import create_system
@@ -78,6 +79,8 @@ EXIT_CONFIG = 2
 EXIT_DATABASE = 3
 
 APPLICATION_NAME = "skivi-cli"
+ROLES_FILE = "roles.sql"
+"""The roles script, in the skivi.sql package (``skivi roles --print``)."""
 BIGINT_MAX = 2**63 - 1
 LIST_LIMIT_DEFAULT = 100
 SCAN_LIMIT_DEFAULT = 1_000_000
@@ -85,6 +88,8 @@ CELL_MAX = 60
 """Longest error text shown in a table cell (JSON output has it whole)."""
 JOB_STATES = ("waiting", "scheduled", "running", "claimed", "failed")
 HISTORY_OUTCOMES = ("completed", "exhausted")
+HISTORY_REASONS = ("max_attempts", "no_handler", "permanently_failed", "superseded")
+"""Why a job was exhausted (job_history.reason, migration 0001)."""
 UNDEFINED_OBJECT_SQLSTATES = frozenset({
     "3F000",  # invalid_schema_name
     "42P01",  # undefined_table
@@ -328,9 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outcome", choices=HISTORY_OUTCOMES, help="only this outcome")
 
     p = leaf(history, "retry", _cmd_history_retry, "put exhausted jobs back in the queue",
-             "Put exhausted jobs back in the queue, runnable now, with their attempts reset. "
-             "Completed jobs cannot be retried; each id not retried is reported.")
-    p.add_argument("ids", metavar="IDS", nargs="+", type=_job_ids, help=IDS_HELP)
+             "Put exhausted jobs back in the queue, runnable now, with their attempts reset: "
+             "those given by id, or every exhausted job of a task and/or a reason "
+             "(--task T --reason no_handler: the jobs of a task that had no handler). "
+             "Completed jobs cannot be retried; each id retried, or not, is reported.")
+    p.add_argument("ids", metavar="IDS", nargs="*", type=_job_ids, help=IDS_HELP)
+    p.add_argument("--task", metavar="TASK",
+                   help="every exhausted job of this task (instead of IDS)")
+    p.add_argument("--reason", choices=HISTORY_REASONS,
+                   help="every exhausted job with this reason (instead of IDS)")
 
     p = leaf(commands, "queues", _cmd_queues, "queue depth per queue and task",
              "Jobs waiting (runnable now), scheduled, running and claimed (see jobs list), "
@@ -345,6 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
          "The engines registered in the schema: identity, heartbeat age, capacity, load, and "
          "whether each one's liveness lock is held (an engine whose lock is free is dead: "
          "its jobs are rescued by the others).")
+
+    p = leaf(commands, "roles", _cmd_roles, "print the database roles script (roles.sql)",
+             "Print skivi/sql/roles.sql, the grants of the owner, worker and producer roles "
+             "(docs/operations.md, Database roles), as installed with this Skivi, to run "
+             "with psql as the schema's owner after every migration. Touches no database.")
+    p.add_argument("--print", action="store_true", dest="print_script", required=True,
+                   help="write the script to stdout")
 
     cron = branch("cron", "cron entries")
     p = leaf(cron, "list", _cmd_cron_list, "cron entries, last execution and next tick",
@@ -441,7 +459,8 @@ def _cmd_migrate(ctx: _Context) -> int:
             else:
                 _emit(f"schema {ctx.schema!r} is up to date")
             return EXIT_UNCHANGED if pending else EXIT_OK
-        applied = migrate(conn, ctx.schema)
+        applied = migrate(conn, ctx.schema,
+                          lock_timeout=ctx.config.database.migration_lock_timeout)
         set_limits(conn, ctx.queries, ctx.config.validation.max_payload_bytes)
     if as_json:
         _emit_json({"schema": ctx.schema, "applied": [m.name for m in applied]})
@@ -584,10 +603,15 @@ _REASONS = {
 }
 
 
-def _change(ctx: _Context, query: bytes, params: dict[str, Any], done: str) -> int:
-    """Run one of the *_many statements that report each id's result, and print it."""
+def _change(ctx: _Context, query: bytes, params: dict[str, Any], done: str,
+            none: str | None = None) -> int:
+    """Run one of the statements that report each id's result, and print it; ``none`` is
+    what to say when a selection by filter matched no job."""
     with ctx.connect() as conn:
         rows: list[tuple[Any, ...]] = conn.execute(query, params).fetchall()
+    if not rows and none is not None and not ctx.args.json:
+        _emit(none)
+        return EXIT_OK
     changed = [int(r[0]) for r in rows if r[1] == "changed"]
     unchanged: list[dict[str, Any]] = []
     lines: list[tuple[str, str]] = []
@@ -642,9 +666,21 @@ def _cmd_jobs_reschedule(ctx: _Context) -> int:
 
 
 def _cmd_history_retry(ctx: _Context) -> int:
-    ids = _ids(ctx)
-    return _change(ctx, ctx.queries.job_history_retry_many, {"ids": ids},
-                   "back in the queue (runnable now)")
+    args = ctx.args
+    done = "back in the queue (runnable now)"
+    given = any(args.ids)
+    if args.task is None and args.reason is None:
+        if not given:
+            raise _Refused("nothing to retry: give job IDS, or --task and/or --reason to "
+                           "retry every exhausted job that matches")
+        return _change(ctx, ctx.queries.job_history_retry_many, {"ids": _ids(ctx)}, done)
+    if given:
+        raise _Refused("give either job IDS or --task/--reason, not both")
+    if args.task is not None and not args.task:
+        raise _Refused("--task: an empty task identifier matches no job")
+    return _change(ctx, ctx.queries.job_history_retry_matching,
+                   {"task": args.task, "reason": args.reason}, done,
+                   none="no exhausted jobs match")
 
 
 def _cmd_queues(ctx: _Context) -> int:
@@ -696,6 +732,13 @@ def _cmd_workers(ctx: _Context) -> int:
               str(r["processes"]), str(r["concurrency"]), str(r["in_flight"]),
               "yes" if r["stopping"] else "no", "held" if r["lock_held"] else "free",
               r["status"]) for r in rows]))
+    return EXIT_OK
+
+
+def _cmd_roles(ctx: _Context) -> int:
+    # From the installed package (hatch ships every file under skivi/), so it matches the
+    # migrations of this version whatever the working directory.
+    sys.stdout.write(load_text("", ROLES_FILE))
     return EXIT_OK
 
 

@@ -254,7 +254,7 @@ def add_jobs(system: System, specs: Iterable[SpecLike], *,
         return []
     if conn is not None:
         return _run(conn, system, batch)
-    with system.pool.connection() as pooled:
+    with system.pooled_connection() as pooled:
         return _run(pooled, system, batch)
 
 
@@ -266,8 +266,7 @@ async def add_jobs_async(system: System, specs: Iterable[SpecLike], *,
         return []
     if conn is not None:
         return await _run_async(conn, system, batch)
-    pool = await system.async_pool()
-    async with pool.connection() as pooled:
+    async with system.async_pooled_connection() as pooled:
         return await _run_async(pooled, system, batch)
 
 

@@ -25,7 +25,7 @@ Example ``skivi.toml`` (every section shown; every key is optional)::
 
     [worker]
     task_directory = "tasks"
-    processes = 0                  # one child per CPU
+    processes = 0                  # the CPUs this process may use, container limits included
     concurrency = 16
     batch_size = 500
     queues = ["default", "mail"]
@@ -94,6 +94,7 @@ DEFAULT_CONFIG_FILE = "skivi.toml"
 # database
 CONNECT_TIMEOUT_DEFAULT = 10.0
 CONNECTION_STRING_DEFAULT: str | None = None
+MIGRATION_LOCK_TIMEOUT_DEFAULT = 300.0
 POOL_MAX_SIZE_DEFAULT = 4
 PREPARED_STATEMENTS_DEFAULT = True
 SCHEMA_NAME_DEFAULT = "skivi"
@@ -278,6 +279,13 @@ class DatabaseConfig:
     after :func:`load_config` means none was given anywhere, and the caller decides what to do
     (the CLI starts an embedded PostgreSQL). Default: None."""
 
+    migration_lock_timeout: float = _setting(MIGRATION_LOCK_TIMEOUT_DEFAULT, _greater_than(0))
+    """Seconds a migrator (``skivi migrate``, an engine or ``start()`` with pending
+    migrations) waits for the migration lock another session holds. While it waits it logs
+    who holds it (backend pid, application, since when) every 10 s; then it gives up with
+    a MigrationError (exit code 3). Raise it if one of your migrations may take longer.
+    Default: 300.0."""
+
     pool_max_size: int = _setting(POOL_MAX_SIZE_DEFAULT, _at_least(1))
     """Most connections in the parent's pool. Default: 4."""
 
@@ -389,7 +397,9 @@ class WorkerConfig:
     Default: 1.0."""
 
     processes: int = _setting(PROCESSES_DEFAULT, _at_least(0))
-    """Child processes; 0 means one per CPU (``os.cpu_count()``). Default: 0."""
+    """Child processes; 0 means the CPUs this process may use, container limits included
+    (its CPU affinity, capped by a cgroup v2 CPU quota: see
+    ``skivi.engine.process.available_cpus``). Default: 0."""
 
     queues: tuple[str, ...] | None = _setting(QUEUES_DEFAULT, _queue_names)
     """Claim only jobs in these queues; None claims from every queue. Default: None."""

@@ -12,17 +12,26 @@ The whole tree (the docstring of each class is its default message)::
     ├── RegistryError          task registry could not be built
     │   ├── TaskFileError      a task file failed to load; names the file and line
     │   └── TaskNotFound       no handler for a task identifier
+    ├── DatabaseUnavailable    the database could not be reached or refused the login;
+    │                          names the host and the cause (also a psycopg.OperationalError)
     ├── EngineError            the worker engine could not start or run
     └── EmbeddedDatabaseError  the embedded PostgreSQL could not be started
 
 Database errors stay psycopg's own (``psycopg.OperationalError`` and friends): callers
-already know how to catch them, and wrapping would hide the SQLSTATE.
+already know how to catch them, and wrapping would hide the SQLSTATE. The one exception is
+``DatabaseUnavailable``, raised when Skivi's own pool cannot open a connection at all: the
+pool only says "timed out" and logs the cause elsewhere, so the error says what libpq said
+and where. It subclasses ``psycopg.OperationalError``, so code catching that still does; the
+libpq error is its ``__cause__``.
 """
 
 from __future__ import annotations
 
+import psycopg
+
 __all__ = [
     "ConfigError",
+    "DatabaseUnavailable",
     "EmbeddedDatabaseError",
     "EngineError",
     "JobSpecError",
@@ -93,6 +102,22 @@ class TaskNotFound(RegistryError):
     """No handler for this task identifier."""
 
 
+class DatabaseUnavailable(SkiviError, psycopg.OperationalError):
+    """The database could not be reached, or refused the login."""
+
+    def __init__(self, where: str, cause: str, *, refused: bool = False) -> None:
+        self.where = where
+        """The server as the connection string names it (host:port, or the socket)."""
+        self.cause = cause
+        """What libpq said, first line."""
+        self.refused = refused
+        """True when the server answered and refused this login (authentication, unknown
+        role or database): retrying will not help, the configuration must change."""
+        what = "refused the connection" if refused else "could not be reached"
+        super().__init__(f"the database at {where} {what} "
+                         f"(database.connection_string): {cause}")
+
+
 class EngineError(SkiviError):
     """The worker engine failed."""
 
@@ -102,7 +127,8 @@ class EmbeddedDatabaseError(SkiviError):
 
 
 for _cls in (
-    SkiviError, ConfigError, PayloadError, JobSpecError, MigrationError, SchemaTooNew,
-    RegistryError, TaskFileError, TaskNotFound, EngineError, EmbeddedDatabaseError,
+    SkiviError, ConfigError, DatabaseUnavailable, PayloadError, JobSpecError,
+    MigrationError, SchemaTooNew, RegistryError, TaskFileError, TaskNotFound, EngineError,
+    EmbeddedDatabaseError,
 ):
     _cls.__module__ = "skivi"

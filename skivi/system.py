@@ -16,10 +16,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any, Self
 
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
+import psycopg
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from skivi.config import Config, load_config
 from skivi.cron import CronEntry, ensure_unique, load_crontab_file, parse_crontabs
@@ -96,26 +97,72 @@ class System:
 
     @property
     def pool(self) -> ConnectionPool[Any]:
-        """A small pool of autocommit connections for enqueueing without a connection."""
+        """A small pool of autocommit connections for enqueueing without a connection.
+
+        Made on first use, after one connection was opened and closed: a pool retries in
+        the background and would only time out (after 30 s), with the cause in a log line,
+        so an unreachable database or a refused login raises DatabaseUnavailable (naming
+        the server and the cause) within ``database.connect_timeout`` instead, and no pool
+        is kept: the next call tries again."""
         with self._lock:
             if self._pool is None:
+                db = self.config.database
+                dbpool.check_reachable(self.database_url, application_name="skivi-client",
+                                       connect_timeout=db.connect_timeout)
                 self._pool = dbpool.make_pool(
-                    self.database_url, max_size=self.config.database.pool_max_size,
-                    application_name="skivi-client",
-                    connect_timeout=self.config.database.connect_timeout,
-                    prepared_statements=self.config.database.prepared_statements)
+                    self.database_url, max_size=db.pool_max_size,
+                    application_name="skivi-client", connect_timeout=db.connect_timeout,
+                    prepared_statements=db.prepared_statements)
             return self._pool
+
+    @contextlib.contextmanager
+    def pooled_connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """``pool.connection()``, but when the pool times out one direct attempt tells a
+        database gone away (DatabaseUnavailable, with the cause) from a busy pool (the
+        pool's own PoolTimeout)."""
+        pool = self.pool
+        try:
+            conn = pool.getconn()
+        except PoolTimeout:
+            dbpool.check_reachable(self.database_url, application_name="skivi-client",
+                                   connect_timeout=self.config.database.connect_timeout)
+            raise
+        try:
+            with conn:  # commit, or roll back on error, as pool.connection() does
+                yield conn
+        finally:
+            pool.putconn(conn)
+
+    @contextlib.asynccontextmanager
+    async def async_pooled_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """The async twin of ``pooled_connection``."""
+        pool = await self.async_pool()
+        try:
+            conn = await pool.getconn()
+        except PoolTimeout:
+            await dbpool.check_reachable_async(
+                self.database_url, application_name="skivi-client",
+                connect_timeout=self.config.database.connect_timeout)
+            raise
+        try:
+            async with conn:
+                yield conn
+        finally:
+            await pool.putconn(conn)
 
     async def async_pool(self) -> AsyncConnectionPool[Any]:
         """The async twin of ``pool``, one per event loop (a pool is bound to its loop)."""
         loop = asyncio.get_running_loop()
         pool = self._async_pools.get(loop)
         if pool is None:
+            db = self.config.database
+            await dbpool.check_reachable_async(
+                self.database_url, application_name="skivi-client",
+                connect_timeout=db.connect_timeout)
             pool = dbpool.make_async_pool(
-                self.database_url, max_size=self.config.database.pool_max_size,
-                application_name="skivi-client",
-                connect_timeout=self.config.database.connect_timeout,
-                prepared_statements=self.config.database.prepared_statements)
+                self.database_url, max_size=db.pool_max_size,
+                application_name="skivi-client", connect_timeout=db.connect_timeout,
+                prepared_statements=db.prepared_statements)
             self._async_pools[loop] = pool
             await pool.open()
         return pool
@@ -125,7 +172,8 @@ class System:
         limit (the SQL enqueue functions check it); returns the migrations applied."""
         with dbpool.connect(self.database_url, application_name="skivi-migrate",
                             connect_timeout=self.config.database.connect_timeout) as conn:
-            applied = migrate(conn, self.schema)
+            applied = migrate(conn, self.schema,
+                              lock_timeout=self.config.database.migration_lock_timeout)
             set_limits(conn, self.queries, self.config.validation.max_payload_bytes)
             return applied
 

@@ -3,7 +3,14 @@
 Migrations are forward-only, numbered SQL files in ``skivi/sql/migrations``
 (``NNNN_slug.sql``), composed with the instance's schema. ``migrate`` takes a session-level
 advisory lock for the schema, so any number of processes starting at once migrate exactly
-once: the first applies what is pending, the others wait, then find nothing to do. Each
+once: the first applies what is pending, the others wait, then find nothing to do. A
+migrator never waits silently or for ever: while another session holds the lock it logs
+which backend holds it, what that session is doing and since when (action
+``migration_lock_wait``), and after ``lock_timeout`` seconds (``database.
+migration_lock_timeout``, 300 by default) it gives up with a MigrationError naming the
+holder. A holder whose session is idle is called out: a migrator that died while its
+backend lives on (a connection the server has not noticed is gone) holds the lock until
+that backend is ended with ``pg_terminate_backend``. Each
 migration runs in its own transaction and records itself first. A database that has
 migrations this code does not know was migrated by a newer Skivi and is refused.
 """
@@ -11,17 +18,29 @@ migrations this code does not know was migrated by a newer Skivi and is refused.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+import psycopg.errors
+from psycopg.rows import dict_row
 
+from skivi.config import MIGRATION_LOCK_TIMEOUT_DEFAULT
 from skivi.db import queries
 from skivi.errors import MigrationError, SchemaTooNew
 
 __all__ = ["Migration", "known_migrations", "migrate", "pending_migrations"]
 
 logger = logging.getLogger(__name__)
+
+LOCK_POLL_INTERVAL = 0.5
+"""Seconds between two tries of the migration lock."""
+LOCK_REPORT_INTERVAL = 10.0
+"""Seconds between two log lines about a lock still held by someone else."""
+IDLE_HOLDER_SECONDS = 5.0
+"""A lock holder idle (no statement, no transaction) this long is not migrating: a live
+migrator is idle only for the moment between two of its migrations' transactions."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +81,62 @@ def pending_migrations(conn: psycopg.Connection[Any], schema: str) -> list[Migra
     return [m for m in known_migrations() if m.version not in applied]
 
 
-def migrate(conn: psycopg.Connection[Any], schema: str) -> list[Migration]:
+def _describe_holder(holder: dict[str, Any]) -> str:
+    client = f", client {holder['client']}" if holder["client"] else ", local socket"
+    text = (f"backend pid {holder['pid']} (application {holder['application_name']!r}"
+            f"{client}, connected since {holder['backend_start']:%Y-%m-%d %H:%M:%S%z}), "
+            f"{holder['state'] or 'state unknown'} for {holder['state_age'] or 0:.0f}s")
+    if holder["state"] == "idle" and (holder["state_age"] or 0) >= IDLE_HOLDER_SECONDS:
+        text += (f": an idle session is not migrating; probably a migrator that was killed "
+                 f"while its backend lives on (last statement: {holder['query']!r}). If no "
+                 f"migration is running, end it with select pg_terminate_backend"
+                 f"({holder['pid']})")
+    return text
+
+
+def _lock(conn: psycopg.Connection[Any], q: queries.Queries, schema: str,
+          timeout: float) -> None:
+    """Take the migration lock of ``schema``, waiting at most ``timeout`` seconds, saying who
+    holds it meanwhile; MigrationError when it stays taken."""
+    params = {"schema": schema}
+    started = time.monotonic()
+    deadline = started + timeout
+    next_report = started
+    waited = False
+    while True:
+        row = conn.execute(q.migration_lock, params).fetchone()
+        if row is not None and row[0]:
+            if waited:
+                logger.info("took the migration lock of schema %s after %.1fs", schema,
+                            time.monotonic() - started,
+                            extra={"action": "migration_lock_taken"})
+            return
+        found = conn.cursor(row_factory=dict_row).execute(
+            q.migration_lock_holder, params).fetchone()
+        waited = True
+        now = time.monotonic()
+        who = _describe_holder(found) if found else "a session that has just let it go"
+        if now >= deadline:
+            raise MigrationError(
+                f"gave up waiting for the migration lock of schema {schema!r} after "
+                f"{timeout:g}s (database.migration_lock_timeout): it is held by {who}")
+        if now >= next_report:
+            logger.warning(
+                "waiting for the migration lock of schema %s (%.0fs so far, giving up after "
+                "%gs): held by %s", schema, now - started, timeout, who,
+                extra={"action": "migration_lock_wait",
+                       "holder_pid": found["pid"] if found else None})
+            next_report = now + LOCK_REPORT_INTERVAL
+        time.sleep(max(0.0, min(LOCK_POLL_INTERVAL, deadline - now)))
+
+
+def migrate(conn: psycopg.Connection[Any], schema: str, *,
+            lock_timeout: float = MIGRATION_LOCK_TIMEOUT_DEFAULT) -> list[Migration]:
     """Apply every pending migration to ``schema``; returns those applied.
 
     ``conn`` must be in autocommit mode, outside any transaction: each migration commits on
-    its own and the lock is held by the session.
+    its own and the lock is held by the session. The lock is waited for at most
+    ``lock_timeout`` seconds (MigrationError after that, naming who holds it).
     """
     if not conn.autocommit:
         raise MigrationError("migrate() needs a connection in autocommit mode")
@@ -76,11 +146,20 @@ def migrate(conn: psycopg.Connection[Any], schema: str) -> list[Migration]:
         return []
     q = queries.for_schema(schema)
     params = {"schema": schema}
-    conn.execute(q.migration_lock, params)
+    _lock(conn, q, schema, lock_timeout)
     try:
-        with conn.transaction():
-            conn.execute(q.migration_bootstrap)
-            applied = _applied(conn, q)
+        try:
+            with conn.transaction():
+                conn.execute(q.migration_bootstrap)
+                applied = _applied(conn, q)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            # A role without CREATE (a worker or producer role): a refusal of this
+            # deployment's design, not a database error, so it is reported as one.
+            raise MigrationError(
+                f"role {conn.info.user!r} may not migrate schema {schema!r} "
+                f"({str(exc).strip().splitlines()[0]}); run `skivi migrate` as the role that "
+                "owns the schema (docs/operations.md, Database roles), and start engines "
+                "connected as other roles with --no-migrate") from exc
         _check_not_newer(applied, schema)
         done = []
         for m in known_migrations():

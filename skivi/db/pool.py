@@ -7,22 +7,30 @@ operator can tell Skivi's sessions apart in ``pg_stat_activity``.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from skivi.errors import DatabaseUnavailable
+
 __all__ = [
     "RETRYABLE_SQLSTATES",
+    "check_reachable",
+    "check_reachable_async",
     "configure",
     "connect",
     "connect_async",
+    "describe_server",
     "is_retryable",
     "make_async_pool",
     "make_pool",
     "refused_for_good",
+    "unavailable",
     "unusable_url",
 ]
 
@@ -61,6 +69,61 @@ def refused_for_good(exc: BaseException) -> bool:
         return False
     text = str(exc)
     return "FATAL:" in text and any(r in text for r in _REFUSED)
+
+
+_ATTEMPT_PREFIX = re.compile(r"^(connection failed: )?(connection to server .*? failed: )?")
+
+
+def describe_server(url: str) -> str:
+    """Where ``url`` points, for an operator (never the password): ``host:port``, several
+    of them comma-separated, or the local socket."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "an unparsable connection string"
+    host = str(params.get("host") or params.get("hostaddr") or "")
+    port = str(params.get("port") or "5432")
+    if not host or host.startswith("/"):
+        return f"the local socket {host or 'default'} (port {port})"
+    hosts, ports = host.split(","), port.split(",")
+    return ",".join(f"{h}:{ports[i] if i < len(ports) else ports[-1]}"
+                    for i, h in enumerate(hosts))
+
+
+def unavailable(url: str, exc: psycopg.Error) -> DatabaseUnavailable:
+    """``exc`` (a failed connection attempt to ``url``) as the error an operator reads."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    # libpq says 'connection failed: connection to server at "h", port p failed: <why>',
+    # then a hint line; the server is named separately, so keep only <why>.
+    cause = _ATTEMPT_PREFIX.sub("", lines[0]) if lines else type(exc).__name__
+    return DatabaseUnavailable(describe_server(url), cause, refused=refused_for_good(exc))
+
+
+def check_reachable(url: str, *, application_name: str = "skivi",
+                    connect_timeout: float = 10.0) -> None:
+    """Open and close one connection, raising DatabaseUnavailable (naming the server and
+    the cause) if that fails within ``connect_timeout``. A pool cannot do this: it retries
+    in the background and only times out, with the cause in a log line."""
+    try:
+        connect(url, application_name=application_name,
+                connect_timeout=connect_timeout).close()
+    except psycopg.OperationalError as exc:
+        if unusable_url(exc):
+            raise
+        raise unavailable(url, exc) from exc
+
+
+async def check_reachable_async(url: str, *, application_name: str = "skivi",
+                                connect_timeout: float = 10.0) -> None:
+    """The async twin of ``check_reachable``."""
+    try:
+        conn = await connect_async(url, application_name=application_name,
+                                   connect_timeout=connect_timeout)
+    except psycopg.OperationalError as exc:
+        if unusable_url(exc):
+            raise
+        raise unavailable(url, exc) from exc
+    await conn.close()
 
 
 def is_retryable(exc: BaseException) -> bool:

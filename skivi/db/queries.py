@@ -64,6 +64,7 @@ class Queries:
     job_history_list: bytes
     job_history_prune: bytes
     job_history_retry_many: bytes
+    job_history_retry_matching: bytes
     job_insert_keyed_many: bytes
     job_insert_many: bytes
     job_list: bytes
@@ -79,6 +80,7 @@ class Queries:
     migration_applied: bytes
     migration_bootstrap: bytes
     migration_lock: bytes
+    migration_lock_holder: bytes
     migration_record: bytes
     migration_table_exists: bytes
     migration_unlock: bytes

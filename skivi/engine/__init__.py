@@ -32,7 +32,9 @@ Exit codes of ``python -m skivi.engine``:
     0  stopped cleanly (signal, or --once with nothing left to run)
     1  stopped with errors (a shutdown step failed, results left unwritten)
     2  bad command line or configuration, or a task file that does not load
-    3  the database could not be reached (for 30 s) or migrated at start
+    3  the database could not be reached (for 30 s), refused the login, or could not be
+       migrated at start (the migration lock waited for past
+       database.migration_lock_timeout included)
 """
 
 from __future__ import annotations

@@ -37,7 +37,9 @@ exit codes:
   0  stopped cleanly (SIGTERM/SIGINT, or --once with nothing left to run)
   1  stopped with errors (a shutdown step failed; some results could not be written)
   2  bad command line or configuration, or a task file that does not load
-  3  the database could not be reached (for 30 s) or migrated at start
+  3  the database could not be reached (for 30 s), refused the login, or could not be
+     migrated at start (the migration lock waited for past
+     database.migration_lock_timeout included)
 
 signals: SIGTERM or SIGINT drain gracefully (stop claiming, finish running jobs up to
 --shutdown-timeout, write every result); a second signal stops at once, and the jobs still
@@ -70,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", metavar="DIR",
                    help="directory of task files, each defining a TASKS dict [SKIVI_TASKS]")
     p.add_argument("--processes", metavar="N", type=int,
-                   help="child processes (default: CPU count) [SKIVI_PROCESSES]")
+                   help="child processes (default: the CPUs this process may use, container "
+                        "limits included) [SKIVI_PROCESSES]")
     p.add_argument("--concurrency", metavar="N", type=int,
                    help="jobs at once per child process (default: 16) [SKIVI_CONCURRENCY]")
     p.add_argument("--crontab", metavar="PATH", default=_env("SKIVI_CRONTAB"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,13 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 import skivi
 from skivi.cli import main
 from skivi.db.migrate import known_migrations
 from skivi.db.queries import for_schema
-from tests.helpers import SCHEMA, MakeDatabase, connect
+from tests.helpers import SCHEMA, MakeDatabase, connect, login_role
 
 REPO = Path(__file__).resolve().parents[2]
 UTC = dt.UTC
@@ -240,6 +243,10 @@ def test_add_job_validates_the_payload_against_the_task_schema_when_configured(
     (["add-job", "t", "{}", "--run-at", "tomorrow"], "'tomorrow' is not an ISO-8601 time"),
     (["history", "list", "--limit", "0"], "argument --limit"),
     (["history", "list", "--outcome", "lost"], "argument --outcome: invalid choice"),
+    (["history", "retry"], "nothing to retry: give job IDS, or --task and/or --reason"),
+    (["history", "retry", "{h}", "--task", "t"], "either job IDS or --task/--reason, not both"),
+    (["history", "retry", "--reason", "lost"], "argument --reason: invalid choice"),
+    (["history", "retry", "--task", ""], "--task: an empty task identifier"),
     (["history", "retry", "{h},99999999999999999999"], "is not a job id"),
     (["jobs", "fail", "{a},-3", "--reason", "x"], "'-3' is not a job id"),
     (["jobs", "list", "--state", "done"], "argument --state: invalid choice"),
@@ -404,6 +411,31 @@ def test_history_retry_requeues_exhausted_jobs_and_refuses_the_rest_when_mixed(
     assert job_row(database, 9001) is None
 
 
+def test_history_retry_requeues_every_match_when_given_a_task_and_a_reason(
+        system: skivi.System, database: str, capsys: pytest.CaptureFixture[str]) -> None:
+    a_gone, a_failed, b_gone = (skivi.add_job(system, t, {}).id for t in ("a", "a", "b"))
+    for job_id in (a_gone, a_failed, b_gone):
+        exhaust(database, job_id)
+    with connect(database) as c:  # as the engine records a job it has no handler for
+        c.execute("update skivi.job_history set reason = 'no_handler' where id = any(%s)",
+                  [[a_gone, b_gone]])
+    record_completed(database, 9001, task="a")
+
+    assert cli(database, "history", "retry", "--task", "a", "--reason", "no_handler") == 0
+    assert re.search(rf"^{a_gone} +back in the queue", capsys.readouterr().out, re.M)
+    assert job_row(database, a_gone) is not None
+    assert history_row(database, a_failed) is not None and history_row(database, b_gone)
+
+    assert cli_json(database, capsys, "history", "retry", "--task", "a") == {
+        "changed": [a_failed], "unchanged": []}  # the completed one is never picked
+    assert history_row(database, 9001) is not None
+
+    assert cli(database, "history", "retry", "--reason", "no_handler") == 0
+    assert re.search(rf"^{b_gone} +back in the queue", capsys.readouterr().out, re.M)
+    assert cli(database, "history", "retry", "--task", "a") == 0
+    assert capsys.readouterr().out == "no exhausted jobs match\n"
+
+
 def test_jobs_fail_moves_pending_jobs_to_history_when_given_a_reason(
         jobs: dict[str, int], database: str, capsys: pytest.CaptureFixture[str]) -> None:
     result = cli_json(database, capsys, "jobs", "fail", str(jobs["waiting"]),
@@ -545,6 +577,33 @@ def test_migrate_exits_3_when_the_schema_was_migrated_by_a_newer_skivi(
     assert "9999" in capsys.readouterr().err
 
 
+def test_migrate_exits_3_naming_the_role_when_the_role_may_not_create_the_schema(
+        admin: psycopg.Connection[Any], make_database: MakeDatabase,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """README: exit 3 when the schema cannot be migrated; a role without CREATE on the
+    database (a worker's) is the common case. It was exit 1 (a bare database error)."""
+    empty = make_database(template=None)
+    with login_role(admin) as role:
+        assert cli(make_conninfo(empty, user=role), "migrate") == 3
+        err = capsys.readouterr().err
+    assert f"role {role!r} may not migrate schema 'skivi'" in err, err
+    assert "permission denied" in err, err
+
+
+def test_migrate_exits_3_naming_the_holder_when_the_migration_lock_stays_taken(
+        make_database: MakeDatabase, working_directory: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    empty = make_database(template=None)
+    (working_directory / "skivi.toml").write_text(
+        "[database]\nmigration_lock_timeout = 1.0\n")
+    with connect(empty) as holder:
+        holder.execute(for_schema(SCHEMA).migration_lock, {"schema": SCHEMA})
+        assert cli(empty, "migrate") == 3
+        err = capsys.readouterr().err
+        assert f"backend pid {holder.info.backend_pid}" in err, err
+    assert "migration_lock_timeout" in err, err
+
+
 def test_queues_counts_jobs_by_state_per_queue_and_task_when_jobs_exist(
         jobs: dict[str, int], system: skivi.System, database: str,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -623,3 +682,10 @@ def test_workers_shows_whether_each_liveness_lock_is_held_when_engines_are_regis
     assert cli(database, "workers") == 0
     table = capsys.readouterr().out
     assert "host-a" in table and "held" in table and "free" in table
+
+
+def test_roles_print_writes_the_installed_roles_script_when_asked(tmp_path: Path) -> None:
+    result = run_module("roles", "--print")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (REPO / "skivi" / "sql" / "roles.sql").read_text()
+    assert run_module("roles").returncode == 2  # --print is the only thing it does

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
+import os
+import socket
 import threading
+import time
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 import skivi
 from skivi.db import pool as dbpool
@@ -473,3 +477,69 @@ def test_a_claim_is_bounded_by_payload_bytes_and_says_when_it_left_jobs(
         assert [r[0] for r in one] == [ids[3]]  # at least one job, however large
         rest = c.execute(q.job_claim, {**params, "max_bytes": 1 << 40}).fetchall()
         assert [r[0] for r in rest] == ids[4:] and not any(r[4] for r in rest)
+
+
+# --- an unusable database: a clear error within database.connect_timeout --------------------
+
+CONNECT_TIMEOUT = 2.0
+
+
+def unused_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (bound, then let go)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def unusable_system(url: str) -> skivi.System:
+    return skivi.create_system({"database": {"connection_string": url,
+                                             "connect_timeout": CONNECT_TIMEOUT}})
+
+
+def enqueue_fails(system: skivi.System, how: str) -> tuple[skivi.DatabaseUnavailable, float]:
+    """Enqueue ``how`` (add_job, add_jobs, add_job_async); the error raised, and how long
+    it took."""
+    start = time.monotonic()
+    with pytest.raises(skivi.DatabaseUnavailable) as raised:
+        if how == "add_job":
+            skivi.add_job(system, "t", {})
+        elif how == "add_jobs":
+            skivi.add_jobs(system, [{"task": "t"}, {"task": "u"}])
+        else:
+            asyncio.run(skivi.add_job_async(system, "t", {}))
+    return raised.value, time.monotonic() - start
+
+
+@pytest.mark.parametrize("how", ["add_job", "add_jobs", "add_job_async"])
+def test_enqueue_raises_database_unavailable_naming_the_host_when_nothing_listens(
+        how: str) -> None:
+    port = unused_port()
+    system = unusable_system(f"postgresql://postgres@127.0.0.1:{port}/nowhere")
+    try:
+        error, took = enqueue_fails(system, how)
+    finally:
+        system.stop()
+    assert took < CONNECT_TIMEOUT + 1.0, f"took {took:.1f}s"
+    assert isinstance(error, skivi.SkiviError)
+    assert isinstance(error, psycopg.OperationalError)  # what callers already catch
+    assert f"127.0.0.1:{port}" in str(error) and "refused" in str(error).lower(), str(error)
+    assert not error.refused  # not reached: the server never answered
+    assert system._pool is None  # nothing kept: the next call tries again
+
+
+@pytest.mark.parametrize("how", ["add_job", "add_jobs", "add_job_async"])
+def test_enqueue_raises_database_unavailable_with_the_cause_when_the_login_is_refused(
+        database: str, how: str) -> None:
+    """The test server trusts every login on 127.0.0.1, so no password can be wrong; the
+    refusal that authentication gives here is an unknown role (SQLSTATE 28000,
+    invalid_authorization_specification), the same path as a wrong password."""
+    role = f"skivi_no_such_role_{os.getpid()}"
+    system = unusable_system(make_conninfo(database, user=role))
+    try:
+        error, took = enqueue_fails(system, how)
+    finally:
+        system.stop()
+    assert took < CONNECT_TIMEOUT + 1.0, f"took {took:.1f}s"
+    assert error.refused
+    assert dbpool.describe_server(database) in str(error)
+    assert f'role "{role}" does not exist' in str(error), str(error)
