@@ -721,6 +721,7 @@ def _cmd_cron_list(ctx: _Context) -> int:
         listed.append({
             "identifier": e.identifier, "schedule": e.schedule, "task": e.task,
             "timezone": e.timezone, "backfill": e.backfill,
+            "job_key": e.job_key, "job_key_mode": e.job_key_mode,
             "known_since": row.get("known_since"), "last_execution": row.get("last_execution"),
             "next_tick": next_tick(e, now),
         })
@@ -729,9 +730,10 @@ def _cmd_cron_list(ctx: _Context) -> int:
     elif not listed:
         _emit("no cron entries configured")
     else:
-        _emit(_table(("identifier", "schedule", "timezone", "task", "last_execution",
-                      "next_tick"),
+        _emit(_table(("identifier", "schedule", "timezone", "task", "job_key",
+                      "last_execution", "next_tick"),
                      [(c["identifier"], c["schedule"], c["timezone"], c["task"],
+                       f"{c['job_key']} ({c['job_key_mode']})" if c["job_key"] else "-",
                        _when_text(c["last_execution"]), _when_text(c["next_tick"]))
                       for c in listed]))
     return EXIT_OK

@@ -299,7 +299,7 @@ def test_cron_list_shows_last_execution_and_next_tick_when_entries_are_configure
                       'timezone = "Europe/Berlin"\n')
     crontab = working_directory / "crontab.toml"
     crontab.write_text('[[cron]]\nidentifier = "hourly"\nschedule = "0 * * * *"\n'
-                       'task = "cleanup"\n')
+                       'task = "cleanup"\nspec = { job_key = "cleanup" }\n')
     with connect(database) as c:
         c.execute("insert into skivi.cron (identifier, known_since, last_execution) values "
                   "('hourly', '2024-01-01T00:00:00Z', '2024-01-02T05:00:00Z')")
@@ -309,6 +309,8 @@ def test_cron_list_shows_last_execution_and_next_tick_when_entries_are_configure
     assert [(c["identifier"], c["task"], c["schedule"]) for c in listed] == [
         ("nightly", "nightly", "0 3 * * *"), ("hourly", "cleanup", "0 * * * *")]
     nightly, hourly = listed
+    assert (nightly["job_key"], nightly["job_key_mode"]) == ("cron:nightly", "unsafe_dedupe")
+    assert (hourly["job_key"], hourly["job_key_mode"]) == ("cleanup", "replace")
     assert nightly["last_execution"] is None and nightly["known_since"] is None
     assert dt.datetime.fromisoformat(hourly["last_execution"]) == dt.datetime(
         2024, 1, 2, 5, tzinfo=UTC)
@@ -320,6 +322,7 @@ def test_cron_list_shows_last_execution_and_next_tick_when_entries_are_configure
                str(crontab)) == 0
     table = capsys.readouterr().out
     assert "Europe/Berlin" in table and "2024-01-02 05:00:00Z" in table
+    assert "cleanup (replace)" in table and "cron:nightly (unsafe_dedupe)" in table
 
 
 def test_environment_is_overridden_by_flags_when_both_are_set(
