@@ -301,8 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = leaf(jobs, "fail", _cmd_jobs_fail, "permanently fail pending jobs",
              "Give up on pending jobs: they leave the queue and are recorded in history as "
-             "exhausted (reason permanently_failed). Running jobs are not changed; each id "
-             "not changed is reported.")
+             "exhausted (reason permanently_failed, attempts = max_attempts). Running jobs "
+             "are not changed; each id not changed is reported.")
     p.add_argument("ids", metavar="IDS", nargs="+", type=_job_ids, help=IDS_HELP)
     p.add_argument("--reason", metavar="TEXT",
                    help="recorded as the jobs' last error (default: 'permanently failed by an "

@@ -417,6 +417,7 @@ def test_jobs_fail_moves_pending_jobs_to_history_when_given_a_reason(
     assert row is not None
     assert (row["outcome"], row["reason"], row["last_error"]) == (
         "exhausted", "permanently_failed", "bad data")
+    assert row["attempts"] == row["max_attempts"]  # no attempt left, though it never ran
 
 
 def test_jobs_list_filters_by_state_task_and_queue_when_asked(

@@ -121,7 +121,7 @@ CREATE UNIQUE INDEX migration_pkey ON skivi.migration USING btree (id);
 -- function skivi.complete_jobs(job_ids bigint[]) returns SETOF skivi.job
 --     language sql volatile; body bba09f5e3f062e92a57a24f35f6eaedc
 -- function skivi.permanently_fail_jobs(job_ids bigint[], error_message text) returns SETOF skivi.job_history
---     language sql volatile; body afba184f51f777d9638677a89fd18d72
+--     language sql volatile; body a982feba37592fabe6274f3c32e095c8
 -- function skivi.remove_job(job_key text) returns SETOF skivi.job
 --     language sql volatile; body ee54404c639a46ee619a3a8871f9d0ff
 -- function skivi.reschedule_jobs(job_ids bigint[], run_at timestamp with time zone, priority integer, attempts integer, max_attempts integer) returns SETOF skivi.job
