@@ -390,16 +390,18 @@ class _Runner:
         if (isinstance(payload, list) and isinstance(outcome, list)
                 and len(outcome) == len(payload)
                 and any(isinstance(x, BaseException) for x in outcome)):
-            failed = [(item, exc) for item, exc in zip(payload, outcome, strict=True)
+            # Each failed item keeps its position in the payload the handler was given, so
+            # the error names the items the operator can see there.
+            failed = [(i, item, exc)
+                      for i, (item, exc) in enumerate(zip(payload, outcome, strict=True))
                       if isinstance(exc, BaseException)]
             if len(failed) < len(payload):
-                errors = "\n".join(f"item {i}: {error_text(e)}"
-                                   for i, (_, e) in enumerate(failed[:10]))
-                remaining = orjson.dumps([item for item, _ in failed]).decode()
+                errors = "\n".join(f"item {i}: {error_text(e)}" for i, _, e in failed[:10])
+                remaining = orjson.dumps([item for _, item, _ in failed]).decode()
                 return [m[0], m[1], handoff.RESULT_FAILED, m[2], m[4], took,
                         f"partial success: {len(failed)} of {len(payload)} items failed\n"
                         + errors, task.backoff.delay(m[7]), None, remaining]
-            return self._failure(task, m, failed[0][1], took)
+            return self._failure(task, m, failed[0][2], took)
         return [m[0], m[1], handoff.RESULT_COMPLETED, m[2], m[4], took, None, 0.0, None, None]
 
 

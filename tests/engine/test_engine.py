@@ -181,6 +181,19 @@ def test_batch_job_keeps_only_failed_items_when_partially_successful(
     assert "partial success: 2 of 4 items failed" in row[1]
 
 
+def test_partial_success_error_names_items_by_their_payload_position_when_items_fail(
+        engines: EngineProcs, database: str) -> None:
+    [job] = enqueue(database, [{"task": "batch", "payload": [1, -1, 2, -3, 4, -5],
+                                "max_attempts": 1}])
+    engine = engines.start("--once")
+    assert engine.wait(timeout=60) == 0, log_of(engine)
+    [(payload, error)] = fetch(database, "select payload, last_error from skivi.job_history "
+                                         "where id = %s", job)
+    assert payload == [-1, -3, -5]
+    named = re.findall(r"^item (\d+): .*?item (-\d+) failed", error, re.MULTILINE)
+    assert named == [("1", "-1"), ("3", "-3"), ("5", "-5")], error
+
+
 def test_failed_job_waits_for_its_backoff_when_retried(
         engines: EngineProcs, database: str) -> None:
     [job] = enqueue(database, [{"task": "slow_fail", "max_attempts": 5}])
