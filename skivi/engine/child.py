@@ -239,7 +239,7 @@ class _Runner:
             elif task is None:
                 self._report([m[0], m[1], handoff.RESULT_FAILED, m[2], m[4], 0.0,
                               f"no handler for task {m[2]!r} in this engine", 0.0,
-                              "no_handler", None, _wait(m), slot])
+                              "no_handler", None, _wait(m), slot, m[7]])
             elif task.is_async:
                 self.running += 1
                 self.loop.create_task(self._run_async(task, m))
@@ -331,7 +331,7 @@ class _Runner:
                 self.loop.create_task(self._report_when_settled(settle))
                 return None
             row = self._outcome(task, m, outcome, time.perf_counter() - started)
-        row += (wait, m[12])
+        row[10:10] = (wait, m[12])
         return self._done(row)
 
     async def _report_when_settled(self, settle: Coroutine[Any, Any, list[Any]]) -> None:
@@ -350,7 +350,7 @@ class _Runner:
             coro = task.handler(JobContext(_job_info(m), self.system))
         except BaseException as exc:  # noqa: BLE001 - every handler failure is data
             row = self._failure(task, m, exc, time.perf_counter() - started)
-            row += (wait, m[12])
+            row[10:10] = (wait, m[12])
         else:
             row = await self._settle(task, m, coro, started, wait, timeout)
         self.running -= 1
@@ -377,13 +377,14 @@ class _Runner:
         else:
             self._still_ours()
             row = self._outcome(task, m, outcome, time.perf_counter() - started)
-        row += (wait, m[12])
+        row[10:10] = (wait, m[12])
         return self._done(row)
 
     def _failure(self, task: Task, m: list[Any], exc: BaseException, took: float,
                  text: str | None = None) -> list[Any]:
+        # wait_seconds and slot are inserted before the attempt (index 10) by the caller.
         return [m[0], m[1], handoff.RESULT_FAILED, m[2], m[4], took,
-                text or error_text(exc), task.backoff.delay(m[7]), None, None]
+                text or error_text(exc), task.backoff.delay(m[7]), None, None, m[7]]
 
     def _outcome(self, task: Task, m: list[Any], outcome: object, took: float) -> list[Any]:
         payload = m[3]
@@ -400,7 +401,7 @@ class _Runner:
                 remaining = orjson.dumps([item for _, item, _ in failed]).decode()
                 return [m[0], m[1], handoff.RESULT_FAILED, m[2], m[4], took,
                         f"partial success: {len(failed)} of {len(payload)} items failed\n"
-                        + errors, task.backoff.delay(m[7]), None, remaining]
+                        + errors, task.backoff.delay(m[7]), None, remaining, m[7]]
             return self._failure(task, m, failed[0][2], took)
         return [m[0], m[1], handoff.RESULT_COMPLETED, m[2], m[4], took, None, 0.0, None, None]
 

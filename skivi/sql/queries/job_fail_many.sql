@@ -6,18 +6,28 @@
 -- (no handler, superseded), is exhausted: deleted and recorded in job_history with its
 -- error and reason. Serial queues are freed either way.
 --
+-- Superseded: add_keyed_job (and remove_job) strip the key of a running job and raise its
+-- attempts to max_attempts, so it is not retried. The row keeps no other trace of this, so
+-- the engine sends the attempts the job had when it was claimed (%(attempts)s): nothing else
+-- changes a running job's attempts, so a keyless row with more attempts than at claim lost
+-- its key while it ran, and is recorded with reason 'superseded' instead of 'max_attempts'.
+-- A job that was on its last attempt anyway keeps 'max_attempts' (it would be exhausted
+-- regardless).
+--
 -- Guard: only rows still claimed by this engine under the same lease. Found by primary key,
 -- never through an index on running jobs (see job_complete_many.sql).
 -- Parameters: %(engine)s; pairwise arrays %(ids)s bigint[], %(leases)s bigint[],
 -- %(errors)s text[], %(delays)s float8[] (seconds), %(finals)s text[] (null, or the reason
--- for exhausting now), %(payloads)s text[] (null, or the JSON payload to keep).
+-- for exhausting now), %(payloads)s text[] (null, or the JSON payload to keep),
+-- %(attempts)s integer[] (the job's attempts as claimed; null if unknown).
 -- Returns (id, outcome, lease, attempts, max_attempts, run_at) with outcome 'failed' or
 -- 'exhausted'; run_at is when a failed job runs again (null for an exhausted one).
 with u as materialized (
     select *
     from unnest(%(ids)s::bigint[], %(leases)s::bigint[], %(errors)s::text[],
-                %(delays)s::float8[], %(finals)s::text[], %(payloads)s::text[])
-        as u(id, lease, error, delay, final, payload)
+                %(delays)s::float8[], %(finals)s::text[], %(payloads)s::text[],
+                %(attempts)s::integer[])
+        as u(id, lease, error, delay, final, payload, claimed_attempts)
 ), retried as (
     update {schema}.job j
     set locked_by = null,
@@ -37,7 +47,10 @@ with u as materialized (
     where j.id = u.id and j.lease = u.lease
       and j.locked_by is not distinct from %(engine)s
       and (u.final is not null or j.attempts >= j.max_attempts)
-    returning j.*, u.error, coalesce(u.final, 'max_attempts') as reason,
+    returning j.*, u.error,
+              coalesce(u.final,
+                       case when j.key is null and j.attempts > u.claimed_attempts
+                            then 'superseded' else 'max_attempts' end) as reason,
               coalesce(u.payload::jsonb, j.payload) as final_payload
 ), recorded as (
     insert into {schema}.job_history (id, task_identifier, queue_name, payload, priority,
