@@ -137,14 +137,31 @@ def _job_info(m: Sequence[Any]) -> JobInfo:
                    tuple(m[10] or ()), _parse_time(m[11]))
 
 
-def error_text(exc: BaseException) -> str:
-    """The text stored as a job's last error: type, message and traceback, made safe for
-    PostgreSQL text (no NUL, no lone surrogates) and capped, even when ``__str__`` raises."""
+def error_message(exc: BaseException) -> str:
+    """The text stored as a job's last error: the exception's message, as Graphile Worker
+    stores it (``TEST_ERROR`` for ``raise Exception("TEST_ERROR")``). An exception without
+    a message (``raise KeyError()``, ``sys.exit()``) gives its class name instead, so the
+    error always says something. Made safe for PostgreSQL text and capped, even when
+    ``__str__`` raises."""
     try:
-        lines = traceback.format_exception(exc)
-        text = "".join(lines)
+        text = str(exc)
     except Exception:  # noqa: BLE001 - a broken __str__ must not lose the failure
         text = f"{type(exc).__qualname__}: <exception text unavailable>"
+    return _safe_text(text if text.strip() else type(exc).__qualname__)
+
+
+def error_traceback(exc: BaseException) -> str:
+    """The exception's traceback as Python prints it (type and message last), kept beside
+    the message (job_traceback / job_history.last_error_traceback); same safety and cap."""
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except Exception:  # noqa: BLE001 - a broken __str__ must not lose the failure
+        text = f"{type(exc).__qualname__}: <exception text unavailable>"
+    return _safe_text(text)
+
+
+def _safe_text(text: str) -> str:
+    """No NUL, no lone surrogates (PostgreSQL text holds neither), at most ERROR_TEXT_MAX."""
     if len(text) > ERROR_TEXT_MAX:
         half = ERROR_TEXT_MAX // 2
         text = text[:half] + "\n... [truncated] ...\n" + text[-half:]
@@ -383,8 +400,10 @@ class _Runner:
     def _failure(self, task: Task, m: list[Any], exc: BaseException, took: float,
                  text: str | None = None) -> list[Any]:
         # wait_seconds and slot are inserted before the attempt (index 10) by the caller.
+        # A timeout's text replaces the message; the traceback says where the job was.
         return [m[0], m[1], handoff.RESULT_FAILED, m[2], m[4], took,
-                text or error_text(exc), task.backoff.delay(m[7]), None, None, m[7]]
+                text or error_message(exc), task.backoff.delay(m[7]), None, None, m[7],
+                error_traceback(exc)]
 
     def _outcome(self, task: Task, m: list[Any], outcome: object, took: float) -> list[Any]:
         payload = m[3]
@@ -397,11 +416,14 @@ class _Runner:
                       for i, (item, exc) in enumerate(zip(payload, outcome, strict=True))
                       if isinstance(exc, BaseException)]
             if len(failed) < len(payload):
-                errors = "\n".join(f"item {i}: {error_text(e)}" for i, _, e in failed[:10])
+                shown = failed[:10]
+                errors = "\n".join(f"item {i}: {error_message(e)}" for i, _, e in shown)
+                tracebacks = "\n".join(f"item {i}: {error_traceback(e)}" for i, _, e in shown)
                 remaining = orjson.dumps([item for _, item, _ in failed]).decode()
                 return [m[0], m[1], handoff.RESULT_FAILED, m[2], m[4], took,
                         f"partial success: {len(failed)} of {len(payload)} items failed\n"
-                        + errors, task.backoff.delay(m[7]), None, remaining, m[7]]
+                        + errors, task.backoff.delay(m[7]), None, remaining, m[7],
+                        _safe_text(tracebacks)]
             return self._failure(task, m, failed[0][2], took)
         return [m[0], m[1], handoff.RESULT_COMPLETED, m[2], m[4], took, None, 0.0, None, None]
 

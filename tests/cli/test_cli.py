@@ -420,6 +420,43 @@ def test_jobs_fail_moves_pending_jobs_to_history_when_given_a_reason(
     assert row["attempts"] == row["max_attempts"]  # no attempt left, though it never ran
 
 
+def test_jobs_and_history_show_print_payload_error_and_traceback_when_given_an_id(
+        system: skivi.System, database: str, capsys: pytest.CaptureFixture[str]) -> None:
+    live = skivi.add_job(system, "send-email", {"to": SECRET}).id
+    trace = 'Traceback (most recent call last):\n  File "t.py", line 1\nValueError: boom\n'
+    with connect(database) as c:
+        c.execute("update skivi.job set attempts = 1, last_error = 'boom' where id = %s", [live])
+        c.execute("insert into skivi.job_traceback (id, traceback) values (%s, %s)",
+                  [live, trace])
+    shown = cli_json(database, capsys, "jobs", "show", str(live))["job"]
+    assert (shown["id"], shown["payload"], shown["last_error"]) == (live, {"to": SECRET}, "boom")
+    assert shown["last_error_traceback"] == trace
+    listed = cli_json(database, capsys, "jobs", "list")["jobs"]
+    assert [j["last_error_traceback"] for j in listed] == [trace]
+    assert cli(database, "jobs", "show", str(live)) == 0
+    text = capsys.readouterr().out
+    assert SECRET in text and "last_error:\n  boom" in text
+    assert '  File "t.py", line 1' in text and "state: failed" in text
+    exhaust(database, live)  # the operator's reason replaces the error and its traceback
+    done = cli_json(database, capsys, "history", "show", str(live))["job"]
+    assert (done["reason"], done["last_error"], done["last_error_traceback"]) == (
+        "permanently_failed", "gave up", None)
+    assert done["payload"] == {"to": SECRET}
+    assert fetch_count(database, "select count(*) from skivi.job_traceback") == 0
+    assert [h["id"] for h in cli_json(database, capsys, "history", "list")["history"]] == [live]
+    assert cli(database, "jobs", "show", str(live)) == 1
+    assert f"no live job {live}" in capsys.readouterr().err
+    assert cli(database, "history", "show", "424242") == 1
+    assert "no job 424242 in history" in capsys.readouterr().err
+
+
+def fetch_count(url: str, query: str) -> int:
+    with connect(url) as c:
+        row = c.execute(query).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def test_jobs_list_filters_by_state_task_and_queue_when_asked(
         jobs: dict[str, int], database: str, capsys: pytest.CaptureFixture[str]) -> None:
     listed = cli_json(database, capsys, "jobs", "list")["jobs"]

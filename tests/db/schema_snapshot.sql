@@ -76,6 +76,7 @@ create table skivi.job_history (
     finished_at timestamp with time zone not null default now(),
     outcome text not null,
     reason text,
+    last_error_traceback text,
     constraint job_history_outcome_check CHECK ((outcome = ANY (ARRAY['completed'::text, 'exhausted'::text]))),
     constraint job_history_pkey PRIMARY KEY (id)
 ) with (autovacuum_vacuum_scale_factor=0.05);
@@ -88,6 +89,12 @@ create table skivi.job_queue (
     constraint job_queue_locked_check CHECK (((job_id IS NULL) = (locked_by IS NULL))),
     constraint job_queue_pkey PRIMARY KEY (queue_name)
 ) with (autovacuum_vacuum_scale_factor=0.01, fillfactor=50);
+
+create table skivi.job_traceback (
+    id bigint not null,
+    traceback text not null,
+    constraint job_traceback_pkey PRIMARY KEY (id)
+);
 
 create table skivi.migration (
     id integer not null,
@@ -107,6 +114,7 @@ CREATE INDEX job_queue_claim_idx ON skivi.job USING btree (queue_name, priority,
 CREATE INDEX job_history_finished_at_idx ON skivi.job_history USING btree (finished_at);
 CREATE UNIQUE INDEX job_history_pkey ON skivi.job_history USING btree (id);
 CREATE UNIQUE INDEX job_queue_pkey ON skivi.job_queue USING btree (queue_name);
+CREATE UNIQUE INDEX job_traceback_pkey ON skivi.job_traceback USING btree (id);
 CREATE UNIQUE INDEX migration_pkey ON skivi.migration USING btree (id);
 
 -- triggers
@@ -119,12 +127,12 @@ CREATE UNIQUE INDEX migration_pkey ON skivi.migration USING btree (id);
 -- function skivi.add_keyed_job(p_task text, p_payload jsonb, p_queue_name text, p_run_at timestamp with time zone, p_max_attempts integer, p_priority smallint, p_flags text[], p_job_key text, p_job_key_mode text, OUT job skivi.job, OUT outcome text) returns record
 --     language plpgsql volatile; body e50c4d88dfaef001be91dca0ce55e808
 -- function skivi.complete_jobs(job_ids bigint[]) returns SETOF skivi.job
---     language sql volatile; body bba09f5e3f062e92a57a24f35f6eaedc
+--     language sql volatile; body 4d4aa24367a024e5785968bcc8a09e57
 -- function skivi.permanently_fail_jobs(job_ids bigint[], error_message text) returns SETOF skivi.job_history
---     language sql volatile; body a982feba37592fabe6274f3c32e095c8
+--     language sql volatile; body bf61b9e8d3b3ca5dacd11fcb8200d4c1
 -- function skivi.remove_job(job_key text) returns SETOF skivi.job
---     language sql volatile; body ee54404c639a46ee619a3a8871f9d0ff
+--     language sql volatile; body 24f7907295ec4bd012f3817eb795d975
 -- function skivi.reschedule_jobs(job_ids bigint[], run_at timestamp with time zone, priority integer, attempts integer, max_attempts integer) returns SETOF skivi.job
 --     language sql volatile; body 6a4a110617d29bb78d5f7125a82b8d3a
 -- function skivi.retry_jobs(job_ids bigint[]) returns SETOF skivi.job
---     language sql volatile; body c1871c997e72982a74a3af7cb4f07281
+--     language sql volatile; body dfe5be60b6722b5402bf39c1670c2579

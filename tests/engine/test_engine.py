@@ -221,6 +221,31 @@ def test_history_says_superseded_when_a_running_job_loses_its_key_and_then_fails
     assert engine.wait(timeout=30) == 0, log_of(engine)
 
 
+def test_last_error_is_the_message_and_traceback_is_kept_apart_when_a_handler_raises(
+        engines: EngineProcs, database: str) -> None:
+    [retrying, exhausted] = enqueue(database, [{"task": "fail", "max_attempts": 3},
+                                               {"task": "fail", "max_attempts": 1}])
+    engine = engines.start()
+    wait_for(lambda: fetch(database, "select 1 from skivi.job_history where id = %s",
+                           exhausted), what="the exhausted job in history")
+    [(error, traceback)] = fetch(database, "select last_error, last_error_traceback "
+                                           "from skivi.job_history where id = %s", exhausted)
+    assert error == "boom on attempt 1"  # the message only, as Graphile stores it
+    assert traceback.startswith("Traceback (most recent call last):")
+    assert "engine_tasks.py" in traceback and traceback.rstrip().endswith(
+        "ValueError: boom on attempt 1")
+    wait_for(lambda: fetch(database, "select 1 from skivi.job where id = %s and attempts >= 1"
+                                     " and locked_by is null and last_error is not null",
+                           retrying), what="the first failure of the retrying job")
+    engine.send_signal(signal.SIGTERM)
+    assert engine.wait(timeout=30) == 0, log_of(engine)
+    [(error, traceback)] = fetch(database, "select j.last_error, t.traceback from skivi.job j "
+                                           "join skivi.job_traceback t using (id) "
+                                           "where j.id = %s", retrying)
+    assert re.fullmatch(r"boom on attempt \d", error)
+    assert traceback.rstrip().endswith("ValueError: " + error)
+
+
 def test_failed_job_waits_for_its_backoff_when_retried(
         engines: EngineProcs, database: str) -> None:
     [job] = enqueue(database, [{"task": "slow_fail", "max_attempts": 5}])
