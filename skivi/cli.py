@@ -7,11 +7,13 @@ goes through ``skivi.add_job``, migrations through ``skivi.db.migrate``, cron ma
     skivi migrate [--check]                       apply (or list) pending migrations
     skivi add-job TASK PAYLOAD [options]          enqueue one job (PAYLOAD: JSON, - = stdin)
     skivi jobs list [--task --queue --state --limit --payload]
+    skivi jobs show ID                            one job: payload, last error, traceback
     skivi jobs retry IDS                          run pending jobs now (attempts kept)
     skivi jobs remove IDS                         delete pending jobs
     skivi jobs fail IDS [--reason TEXT]           move pending jobs to history, exhausted
     skivi jobs reschedule IDS [--run-at --priority --attempts --max-attempts]
     skivi history list [--task --outcome --limit --payload]
+    skivi history show ID                         one finished job, as jobs show
     skivi history retry IDS | --task T --reason R exhausted jobs back into the queue
     skivi queues [--scan-limit N]                 depth and oldest runnable job per queue/task
     skivi workers                                 live engines and their liveness locks
@@ -157,6 +159,13 @@ def _job_ids(text: str) -> list[int]:
     return ids
 
 
+def _job_id(text: str) -> int:
+    ids = _job_ids(text)
+    if len(ids) != 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one job id (a positive integer)")
+    return ids[0]
+
+
 def _int_in(low: int, high: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
@@ -294,6 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue", metavar="NAME", help="only jobs of this serial queue")
     p.add_argument("--state", choices=JOB_STATES, help="only jobs in this state")
 
+    p = leaf(jobs, "show", _cmd_jobs_show, "one live job, in full",
+             "One live job with every field: its payload, its last error (the exception's "
+             "message) and that error's traceback.")
+    p.add_argument("id", metavar="ID", type=_job_id, help="the job's id")
+
     p = leaf(jobs, "retry", _cmd_jobs_retry, "run pending jobs now (attempts kept)",
              "Make pending jobs runnable now (run_at = now), keeping their attempts. Running "
              "jobs are not changed; each id not changed is reported.")
@@ -306,8 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = leaf(jobs, "fail", _cmd_jobs_fail, "permanently fail pending jobs",
              "Give up on pending jobs: they leave the queue and are recorded in history as "
-             "exhausted (reason permanently_failed). Running jobs are not changed; each id "
-             "not changed is reported.")
+             "exhausted (reason permanently_failed, attempts = max_attempts). Running jobs "
+             "are not changed; each id not changed is reported.")
     p.add_argument("ids", metavar="IDS", nargs="+", type=_job_ids, help=IDS_HELP)
     p.add_argument("--reason", metavar="TEXT",
                    help="recorded as the jobs' last error (default: 'permanently failed by an "
@@ -331,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
              "ones when worker.history is on.")
     _list_options(p)
     p.add_argument("--outcome", choices=HISTORY_OUTCOMES, help="only this outcome")
+
+    p = leaf(history, "show", _cmd_history_show, "one finished job, in full",
+             "One finished job with every field: its payload, outcome and reason, its last "
+             "error (the exception's message) and that error's traceback.")
+    p.add_argument("id", metavar="ID", type=_job_id, help="the job's id")
 
     p = leaf(history, "retry", _cmd_history_retry, "put exhausted jobs back in the queue",
              "Put exhausted jobs back in the queue, runnable now, with their attempts reset: "
@@ -430,11 +449,13 @@ def _text(value: object) -> str:
 
 
 def _error_text(error: str | None) -> str:
-    """The last non-empty line of an error (a traceback's is the exception), shortened."""
+    """The first non-empty line of an error (its message; `jobs show` gives it all), or
+    the exception line of a traceback (as engines before migration 0005 stored), shortened."""
     if not error:
         return "-"
     lines = [line.strip() for line in error.splitlines() if line.strip()]
-    last = lines[-1] if lines else error.strip()
+    last = (lines[-1] if lines[0].startswith("Traceback") else lines[0]) if lines \
+        else error.strip()
     return last if len(last) <= CELL_MAX else last[:CELL_MAX - 3] + "..."
 
 
@@ -527,7 +548,7 @@ def _cmd_jobs_list(ctx: _Context) -> int:
     with ctx.connect() as conn:
         rows = conn.cursor(row_factory=dict_row).execute(ctx.queries.job_list, {
             "task": args.task, "queue": args.queue, "state": args.state,
-            "limit": args.limit, "payload": args.payload}).fetchall()
+            "limit": args.limit, "payload": args.payload, "id": None}).fetchall()
     if args.json:
         for r in rows:
             r["flags"] = list(r["flags"] or [])
@@ -560,7 +581,7 @@ def _cmd_history_list(ctx: _Context) -> int:
     with ctx.connect() as conn:
         rows = conn.cursor(row_factory=dict_row).execute(ctx.queries.job_history_list, {
             "task": args.task, "outcome": args.outcome, "limit": args.limit,
-            "payload": args.payload}).fetchall()
+            "payload": args.payload, "id": None}).fetchall()
     if args.json:
         for r in rows:
             r["flags"] = list(r["flags"] or [])
@@ -585,6 +606,53 @@ def _cmd_history_list(ctx: _Context) -> int:
         table.append(line)
     _emit(_table(headers, table))
     return EXIT_OK
+
+
+def _cmd_jobs_show(ctx: _Context) -> int:
+    with ctx.connect() as conn:
+        rows = conn.cursor(row_factory=dict_row).execute(ctx.queries.job_list, {
+            "task": None, "queue": None, "state": None, "limit": 1, "payload": True,
+            "id": ctx.args.id}).fetchall()
+    return _show(ctx, rows, "job", f"no live job {ctx.args.id} (see skivi history show)")
+
+
+def _cmd_history_show(ctx: _Context) -> int:
+    with ctx.connect() as conn:
+        rows = conn.cursor(row_factory=dict_row).execute(ctx.queries.job_history_list, {
+            "task": None, "outcome": None, "limit": 1, "payload": True,
+            "id": ctx.args.id}).fetchall()
+    return _show(ctx, rows, "job", f"no job {ctx.args.id} in history (see skivi jobs show)")
+
+
+def _show(ctx: _Context, rows: Sequence[dict[str, Any]], key: str, missing: str) -> int:
+    """One job, every field: ``name: value`` lines, then the payload, the last error and
+    its traceback in full (they may span lines)."""
+    if not rows:
+        return _fail(EXIT_ERROR, missing)
+    row = dict(rows[0])
+    row["flags"] = list(row["flags"] or [])
+    if ctx.args.json:
+        _emit_json({key: row})
+        return EXIT_OK
+    long = ("payload", "last_error", "last_error_traceback")
+    lines = []
+    for name, value in row.items():
+        if name in long:
+            continue
+        shown = (_when_text(value) if isinstance(value, dt.datetime)
+                 else ",".join(value) or "-" if isinstance(value, list) else _text(value))
+        lines.append(f"{name}: {_CONTROL.sub(_escape, shown)}")
+    lines.append(f"payload: {_payload_text(row['payload'])}")
+    lines.append("last_error:" + (f"\n{_indent(row['last_error'])}" if row["last_error"]
+                                  else " -"))
+    traceback = row["last_error_traceback"]
+    lines.append("last_error_traceback:" + (f"\n{_indent(traceback)}" if traceback else " -"))
+    _emit("\n".join(lines))
+    return EXIT_OK
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.rstrip("\n").splitlines())
 
 
 def _ids(ctx: _Context) -> list[int]:
@@ -765,6 +833,7 @@ def _cmd_cron_list(ctx: _Context) -> int:
         listed.append({
             "identifier": e.identifier, "schedule": e.schedule, "task": e.task,
             "timezone": e.timezone, "backfill": e.backfill,
+            "job_key": e.job_key, "job_key_mode": e.job_key_mode,
             "known_since": row.get("known_since"), "last_execution": row.get("last_execution"),
             "next_tick": next_tick(e, now),
         })
@@ -773,9 +842,10 @@ def _cmd_cron_list(ctx: _Context) -> int:
     elif not listed:
         _emit("no cron entries configured")
     else:
-        _emit(_table(("identifier", "schedule", "timezone", "task", "last_execution",
-                      "next_tick"),
+        _emit(_table(("identifier", "schedule", "timezone", "task", "job_key",
+                      "last_execution", "next_tick"),
                      [(c["identifier"], c["schedule"], c["timezone"], c["task"],
+                       f"{c['job_key']} ({c['job_key_mode']})" if c["job_key"] else "-",
                        _when_text(c["last_execution"]), _when_text(c["next_tick"]))
                       for c in listed]))
     return EXIT_OK

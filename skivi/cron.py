@@ -21,7 +21,11 @@ Graphile Worker.
 Job key. Unless ``spec.job_key`` says otherwise, every fire of an entry carries the job key
 ``cron:<identifier>`` in ``unsafe_dedupe`` mode: while the previous run's job is still queued,
 retrying or running, a new fire adds nothing (the scheduler reports it as skipped). Completed
-jobs are deleted, which frees the key. ``spec.job_key = None`` (in code; TOML has no null)
+jobs are deleted, which frees the key. An explicit ``spec.job_key`` without
+``spec.job_key_mode`` uses ``replace``, the default of every other job option (and of
+Graphile Worker's ``?jobKey=``): a new fire replaces the previous run's job while it waits
+(the 8 am tick's job takes the place of a 4 am job still queued or retrying), and a running
+one loses its key and is not retried. ``spec.job_key = None`` (in code; TOML has no null)
 removes the key, so every fire enqueues a job even while earlier ones wait.
 
 Backfill. ``backfill`` is a window such as ``"30s"``, ``"15m"``, ``"1h"``, ``"2d"``, ``"1w"``
@@ -86,7 +90,10 @@ ENTRY_KEYS = ("backfill", "identifier", "payload", "schedule", "spec", "task", "
 SPEC_KEYS = ("job_key", "job_key_mode", "max_attempts", "priority", "queue_name")
 IDENTIFIER_MAX = 128  # task identifiers have the same limit, and the default task is the id
 JOB_KEY_PREFIX = "cron:"
-JOB_KEY_MODE_DEFAULT = JobKeyMode.UNSAFE_DEDUPE.value
+# An explicit spec.job_key behaves as it does for any job; only the entry's own key, which
+# exists to keep one run at a time, deduplicates.
+JOB_KEY_MODE_DEFAULT = JobKeyMode.REPLACE.value
+ENTRY_KEY_MODE_DEFAULT = JobKeyMode.UNSAFE_DEDUPE.value
 TIMEZONE_DEFAULT = "UTC"
 RESERVED_PAYLOAD_KEY = "_cron"
 
@@ -142,9 +149,14 @@ class CronEntry:
 
     @property
     def job_key_mode(self) -> str | None:
+        """``spec.job_key_mode`` if given; else ``replace`` (:data:`JOB_KEY_MODE_DEFAULT`)
+        for an explicit ``spec.job_key``, ``unsafe_dedupe`` (:data:`ENTRY_KEY_MODE_DEFAULT`)
+        for the default ``cron:<identifier>``; None when there is no key."""
         if self.job_key is None:
             return None
-        return str(self.spec.get("job_key_mode", JOB_KEY_MODE_DEFAULT))
+        if "job_key_mode" in self.spec:
+            return str(self.spec["job_key_mode"])
+        return JOB_KEY_MODE_DEFAULT if "job_key" in self.spec else ENTRY_KEY_MODE_DEFAULT
 
     @property
     def interval(self) -> bool:

@@ -137,14 +137,31 @@ def _job_info(m: Sequence[Any]) -> JobInfo:
                    tuple(m[10] or ()), _parse_time(m[11]))
 
 
-def error_text(exc: BaseException) -> str:
-    """The text stored as a job's last error: type, message and traceback, made safe for
-    PostgreSQL text (no NUL, no lone surrogates) and capped, even when ``__str__`` raises."""
+def error_message(exc: BaseException) -> str:
+    """The text stored as a job's last error: the exception's message, as Graphile Worker
+    stores it (``TEST_ERROR`` for ``raise Exception("TEST_ERROR")``). An exception without
+    a message (``raise KeyError()``, ``sys.exit()``) gives its class name instead, so the
+    error always says something. Made safe for PostgreSQL text and capped, even when
+    ``__str__`` raises."""
     try:
-        lines = traceback.format_exception(exc)
-        text = "".join(lines)
+        text = str(exc)
     except Exception:  # noqa: BLE001 - a broken __str__ must not lose the failure
         text = f"{type(exc).__qualname__}: <exception text unavailable>"
+    return _safe_text(text if text.strip() else type(exc).__qualname__)
+
+
+def error_traceback(exc: BaseException) -> str:
+    """The exception's traceback as Python prints it (type and message last), kept beside
+    the message (job_traceback / job_history.last_error_traceback); same safety and cap."""
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except Exception:  # noqa: BLE001 - a broken __str__ must not lose the failure
+        text = f"{type(exc).__qualname__}: <exception text unavailable>"
+    return _safe_text(text)
+
+
+def _safe_text(text: str) -> str:
+    """No NUL, no lone surrogates (PostgreSQL text holds neither), at most ERROR_TEXT_MAX."""
     if len(text) > ERROR_TEXT_MAX:
         half = ERROR_TEXT_MAX // 2
         text = text[:half] + "\n... [truncated] ...\n" + text[-half:]
@@ -239,7 +256,7 @@ class _Runner:
             elif task is None:
                 self._report([m[0], m[1], handoff.RESULT_FAILED, m[2], m[4], 0.0,
                               f"no handler for task {m[2]!r} in this engine", 0.0,
-                              "no_handler", None, _wait(m), slot])
+                              "no_handler", None, _wait(m), slot, m[7]])
             elif task.is_async:
                 self.running += 1
                 self.loop.create_task(self._run_async(task, m))
@@ -331,7 +348,7 @@ class _Runner:
                 self.loop.create_task(self._report_when_settled(settle))
                 return None
             row = self._outcome(task, m, outcome, time.perf_counter() - started)
-        row += (wait, m[12])
+        row[10:10] = (wait, m[12])
         return self._done(row)
 
     async def _report_when_settled(self, settle: Coroutine[Any, Any, list[Any]]) -> None:
@@ -350,7 +367,7 @@ class _Runner:
             coro = task.handler(JobContext(_job_info(m), self.system))
         except BaseException as exc:  # noqa: BLE001 - every handler failure is data
             row = self._failure(task, m, exc, time.perf_counter() - started)
-            row += (wait, m[12])
+            row[10:10] = (wait, m[12])
         else:
             row = await self._settle(task, m, coro, started, wait, timeout)
         self.running -= 1
@@ -377,29 +394,37 @@ class _Runner:
         else:
             self._still_ours()
             row = self._outcome(task, m, outcome, time.perf_counter() - started)
-        row += (wait, m[12])
+        row[10:10] = (wait, m[12])
         return self._done(row)
 
     def _failure(self, task: Task, m: list[Any], exc: BaseException, took: float,
                  text: str | None = None) -> list[Any]:
+        # wait_seconds and slot are inserted before the attempt (index 10) by the caller.
+        # A timeout's text replaces the message; the traceback says where the job was.
         return [m[0], m[1], handoff.RESULT_FAILED, m[2], m[4], took,
-                text or error_text(exc), task.backoff.delay(m[7]), None, None]
+                text or error_message(exc), task.backoff.delay(m[7]), None, None, m[7],
+                error_traceback(exc)]
 
     def _outcome(self, task: Task, m: list[Any], outcome: object, took: float) -> list[Any]:
         payload = m[3]
         if (isinstance(payload, list) and isinstance(outcome, list)
                 and len(outcome) == len(payload)
                 and any(isinstance(x, BaseException) for x in outcome)):
-            failed = [(item, exc) for item, exc in zip(payload, outcome, strict=True)
+            # Each failed item keeps its position in the payload the handler was given, so
+            # the error names the items the operator can see there.
+            failed = [(i, item, exc)
+                      for i, (item, exc) in enumerate(zip(payload, outcome, strict=True))
                       if isinstance(exc, BaseException)]
             if len(failed) < len(payload):
-                errors = "\n".join(f"item {i}: {error_text(e)}"
-                                   for i, (_, e) in enumerate(failed[:10]))
-                remaining = orjson.dumps([item for item, _ in failed]).decode()
+                shown = failed[:10]
+                errors = "\n".join(f"item {i}: {error_message(e)}" for i, _, e in shown)
+                tracebacks = "\n".join(f"item {i}: {error_traceback(e)}" for i, _, e in shown)
+                remaining = orjson.dumps([item for _, item, _ in failed]).decode()
                 return [m[0], m[1], handoff.RESULT_FAILED, m[2], m[4], took,
                         f"partial success: {len(failed)} of {len(payload)} items failed\n"
-                        + errors, task.backoff.delay(m[7]), None, remaining]
-            return self._failure(task, m, failed[0][1], took)
+                        + errors, task.backoff.delay(m[7]), None, remaining, m[7],
+                        _safe_text(tracebacks)]
+            return self._failure(task, m, failed[0][2], took)
         return [m[0], m[1], handoff.RESULT_COMPLETED, m[2], m[4], took, None, 0.0, None, None]
 
 

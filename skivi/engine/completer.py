@@ -202,7 +202,12 @@ class Completer:
                 "engine": engine,
                 "ids": [r[0] for r in failed], "leases": [r[1] for r in failed],
                 "errors": [r[6] for r in failed], "delays": [float(r[7]) for r in failed],
-                "finals": [r[8] for r in failed], "payloads": [r[9] for r in failed]})
+                "finals": [r[8] for r in failed], "payloads": [r[9] for r in failed],
+                "attempts": [r[handoff.RESULT_ATTEMPT] if len(r) > handoff.RESULT_ATTEMPT
+                             else None for r in failed],
+                "tracebacks": [r[handoff.RESULT_TRACEBACK]
+                               if len(r) > handoff.RESULT_TRACEBACK else None
+                               for r in failed]})
             for row in await cur.fetchall():
                 outcomes[(row[0], row[2])] = row[1]
                 recorded[(row[0], row[2])] = (row[3], row[4], row[5])

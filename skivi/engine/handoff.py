@@ -35,11 +35,14 @@ A job message is [id, lease, task, payload, queue_name, priority, run_at, attemp
 max_attempts, key, flags, created_at].
 
 A result row is [id, lease, code, task, queue_name, run_seconds, error, delay, final,
-payload, wait_seconds, slot]: code is one of the RESULT_* values; error the failure text
-(or null); delay the retry backoff in seconds; final the reason to exhaust the job now (or
-null); payload the JSON text of what stays to do after a partial success (or null);
-wait_seconds the time from the job's run_at to its start; slot the job's slot in its child
-(rows the parent writes for a dead child's jobs have no slot).
+payload, wait_seconds, slot], and a failed one goes on with [attempt, traceback]: code is one of the
+RESULT_* values; error the failure text (or null); delay the retry backoff in seconds; final
+the reason to exhaust the job now (or null); payload the JSON text of what stays to do after
+a partial success (or null); wait_seconds the time from the job's run_at to its start; slot
+the job's slot in its child (rows the parent writes for a dead child's jobs have no slot);
+attempt the job's attempts as claimed (the job message's), which tells the database whether
+the job lost its key and retries while it ran (superseded; see job_fail_many.sql);
+traceback the error's traceback (or null), error being its message.
 
 The parent keeps a child's jobs by slot, not by job id: one engine can hold two claims of
 the same job at once (it lost the job to a rescuer while running it, and claimed it again),
@@ -59,10 +62,12 @@ __all__ = [
     "JOBS",
     "READY",
     "RESULTS",
+    "RESULT_ATTEMPT",
     "RESULT_COMPLETED",
     "RESULT_FAILED",
     "RESULT_RELEASED",
     "RESULT_SLOT",
+    "RESULT_TRACEBACK",
     "SLOT_DONE",
     "SLOT_HANDED",
     "SLOT_STARTED",
@@ -85,6 +90,8 @@ RESULT_COMPLETED = 0
 RESULT_FAILED = 1
 RESULT_RELEASED = 2  # never started: goes back with its attempt not consumed
 RESULT_SLOT = 11  # index of the slot in a result row
+RESULT_ATTEMPT = 12  # index of the claimed attempt in a failed result row
+RESULT_TRACEBACK = 13  # index of the error's traceback in a failed result row
 
 SLOT_HANDED = 0
 SLOT_STARTED = 1

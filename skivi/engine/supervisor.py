@@ -913,7 +913,8 @@ class Engine:
                 text = (f"timeout: the job ran longer than {timed_out} s; "
                         f"its process (pid {child.pid}) was killed")
                 results.append([job_id, lease, handoff.RESULT_FAILED, task_id, m[4], 0.0,
-                                text, self._backoff(task_id).delay(m[7]), None, None, None])
+                                text, self._backoff(task_id).delay(m[7]), None, None, None,
+                                None, m[7]])
             elif slot_state == handoff.SLOT_DONE:
                 results.append([job_id, lease, handoff.RESULT_COMPLETED, task_id, m[4], 0.0,
                                 None, 0.0, None, None, None])
@@ -921,7 +922,8 @@ class Engine:
                 delay = 0.0 if retry_now else self._backoff(task_id).delay(m[7])
                 # wait_seconds None: the child never said when the job started.
                 results.append([job_id, lease, handoff.RESULT_FAILED, task_id, m[4], 0.0,
-                                f"{why} while this job ran", delay, None, None, None])
+                                f"{why} while this job ran", delay, None, None, None, None,
+                                m[7]])
         self.completer.add(results)
         self.completer.release(unstarted)
 

@@ -306,7 +306,7 @@ def test_cron_list_shows_last_execution_and_next_tick_when_entries_are_configure
                       'timezone = "Europe/Berlin"\n')
     crontab = working_directory / "crontab.toml"
     crontab.write_text('[[cron]]\nidentifier = "hourly"\nschedule = "0 * * * *"\n'
-                       'task = "cleanup"\n')
+                       'task = "cleanup"\nspec = { job_key = "cleanup" }\n')
     with connect(database) as c:
         c.execute("insert into skivi.cron (identifier, known_since, last_execution) values "
                   "('hourly', '2024-01-01T00:00:00Z', '2024-01-02T05:00:00Z')")
@@ -316,6 +316,8 @@ def test_cron_list_shows_last_execution_and_next_tick_when_entries_are_configure
     assert [(c["identifier"], c["task"], c["schedule"]) for c in listed] == [
         ("nightly", "nightly", "0 3 * * *"), ("hourly", "cleanup", "0 * * * *")]
     nightly, hourly = listed
+    assert (nightly["job_key"], nightly["job_key_mode"]) == ("cron:nightly", "unsafe_dedupe")
+    assert (hourly["job_key"], hourly["job_key_mode"]) == ("cleanup", "replace")
     assert nightly["last_execution"] is None and nightly["known_since"] is None
     assert dt.datetime.fromisoformat(hourly["last_execution"]) == dt.datetime(
         2024, 1, 2, 5, tzinfo=UTC)
@@ -327,6 +329,7 @@ def test_cron_list_shows_last_execution_and_next_tick_when_entries_are_configure
                str(crontab)) == 0
     table = capsys.readouterr().out
     assert "Europe/Berlin" in table and "2024-01-02 05:00:00Z" in table
+    assert "cleanup (replace)" in table and "cron:nightly (unsafe_dedupe)" in table
 
 
 def test_environment_is_overridden_by_flags_when_both_are_set(
@@ -446,6 +449,44 @@ def test_jobs_fail_moves_pending_jobs_to_history_when_given_a_reason(
     assert row is not None
     assert (row["outcome"], row["reason"], row["last_error"]) == (
         "exhausted", "permanently_failed", "bad data")
+    assert row["attempts"] == row["max_attempts"]  # no attempt left, though it never ran
+
+
+def test_jobs_and_history_show_print_payload_error_and_traceback_when_given_an_id(
+        system: skivi.System, database: str, capsys: pytest.CaptureFixture[str]) -> None:
+    live = skivi.add_job(system, "send-email", {"to": SECRET}).id
+    trace = 'Traceback (most recent call last):\n  File "t.py", line 1\nValueError: boom\n'
+    with connect(database) as c:
+        c.execute("update skivi.job set attempts = 1, last_error = 'boom' where id = %s", [live])
+        c.execute("insert into skivi.job_traceback (id, traceback) values (%s, %s)",
+                  [live, trace])
+    shown = cli_json(database, capsys, "jobs", "show", str(live))["job"]
+    assert (shown["id"], shown["payload"], shown["last_error"]) == (live, {"to": SECRET}, "boom")
+    assert shown["last_error_traceback"] == trace
+    listed = cli_json(database, capsys, "jobs", "list")["jobs"]
+    assert [j["last_error_traceback"] for j in listed] == [trace]
+    assert cli(database, "jobs", "show", str(live)) == 0
+    text = capsys.readouterr().out
+    assert SECRET in text and "last_error:\n  boom" in text
+    assert '  File "t.py", line 1' in text and "state: failed" in text
+    exhaust(database, live)  # the operator's reason replaces the error and its traceback
+    done = cli_json(database, capsys, "history", "show", str(live))["job"]
+    assert (done["reason"], done["last_error"], done["last_error_traceback"]) == (
+        "permanently_failed", "gave up", None)
+    assert done["payload"] == {"to": SECRET}
+    assert fetch_count(database, "select count(*) from skivi.job_traceback") == 0
+    assert [h["id"] for h in cli_json(database, capsys, "history", "list")["history"]] == [live]
+    assert cli(database, "jobs", "show", str(live)) == 1
+    assert f"no live job {live}" in capsys.readouterr().err
+    assert cli(database, "history", "show", "424242") == 1
+    assert "no job 424242 in history" in capsys.readouterr().err
+
+
+def fetch_count(url: str, query: str) -> int:
+    with connect(url) as c:
+        row = c.execute(query).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def test_jobs_list_filters_by_state_task_and_queue_when_asked(

@@ -77,6 +77,7 @@ create table skivi.job_history (
     finished_at timestamp with time zone not null default now(),
     outcome text not null,
     reason text,
+    last_error_traceback text,
     constraint job_history_outcome_check CHECK ((outcome = ANY (ARRAY['completed'::text, 'exhausted'::text]))),
     constraint job_history_pkey PRIMARY KEY (id)
 ) with (autovacuum_vacuum_scale_factor=0.05);
@@ -89,6 +90,12 @@ create table skivi.job_queue (
     constraint job_queue_locked_check CHECK (((job_id IS NULL) = (locked_by IS NULL))),
     constraint job_queue_pkey PRIMARY KEY (queue_name)
 ) with (autovacuum_vacuum_scale_factor=0.01, fillfactor=50);
+
+create table skivi.job_traceback (
+    id bigint not null,
+    traceback text not null,
+    constraint job_traceback_pkey PRIMARY KEY (id)
+);
 
 create table skivi.limits (
     only_row boolean not null default true,
@@ -116,6 +123,7 @@ CREATE INDEX job_queue_claim_idx ON skivi.job USING btree (queue_name, priority,
 CREATE INDEX job_history_finished_at_idx ON skivi.job_history USING btree (finished_at);
 CREATE UNIQUE INDEX job_history_pkey ON skivi.job_history USING btree (id);
 CREATE UNIQUE INDEX job_queue_pkey ON skivi.job_queue USING btree (queue_name);
+CREATE UNIQUE INDEX job_traceback_pkey ON skivi.job_traceback USING btree (id);
 CREATE UNIQUE INDEX limits_pkey ON skivi.limits USING btree (only_row);
 CREATE UNIQUE INDEX migration_pkey ON skivi.migration USING btree (id);
 
@@ -131,14 +139,14 @@ CREATE UNIQUE INDEX migration_pkey ON skivi.migration USING btree (id);
 -- function skivi.check_specs(specs jsonb) returns void
 --     language plpgsql stable; body a4c67871b5405bdad6114a872b0aeebc
 -- function skivi.complete_jobs(job_ids bigint[]) returns SETOF skivi.job
---     language sql volatile; body bba09f5e3f062e92a57a24f35f6eaedc
+--     language sql volatile; body 4d4aa24367a024e5785968bcc8a09e57
 -- function skivi.insert_jobs(specs jsonb, OUT ids text, OUT inserted_at timestamp with time zone) returns record
 --     language plpgsql volatile security definer; body d35e6589bc0769af06f0d93369ac0ffc
 -- function skivi.permanently_fail_jobs(job_ids bigint[], error_message text) returns SETOF skivi.job_history
---     language sql volatile; body afba184f51f777d9638677a89fd18d72
+--     language sql volatile; body bf61b9e8d3b3ca5dacd11fcb8200d4c1
 -- function skivi.remove_job(job_key text) returns SETOF skivi.job
---     language sql volatile; body ee54404c639a46ee619a3a8871f9d0ff
+--     language sql volatile; body 24f7907295ec4bd012f3817eb795d975
 -- function skivi.reschedule_jobs(job_ids bigint[], run_at timestamp with time zone, priority integer, attempts integer, max_attempts integer) returns SETOF skivi.job
 --     language sql volatile; body 6a4a110617d29bb78d5f7125a82b8d3a
 -- function skivi.retry_jobs(job_ids bigint[]) returns SETOF skivi.job
---     language sql volatile; body c1871c997e72982a74a3af7cb4f07281
+--     language sql volatile; body dfe5be60b6722b5402bf39c1670c2579

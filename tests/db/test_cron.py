@@ -316,6 +316,24 @@ def test_tick_is_skipped_when_previous_run_is_still_queued_or_running(
     assert last_execution(database, "slow") == T0 + 5 * MINUTE
 
 
+def test_tick_replaces_the_waiting_job_when_entry_has_an_explicit_job_key(
+        system: skivi.System, database: str) -> None:
+    # Graphile's ?jobKey=: an explicit key without a mode replaces. The 04:00 run is still
+    # waiting (say retrying) at 08:00: the 08:00 tick takes its place instead of being skipped.
+    entries = cron({"identifier": "report", "schedule": "0 4,8 * * *",
+                    "spec": {"job_key": "daily-report"}})
+    events = run(system, entries, FakeClock(T0, until=T0 + dt.timedelta(hours=9)))
+    data = [e["data"] for e in events]
+    assert [(d["ts"], d["reason"], d["skipped"]) for d in data] == [
+        ("2024-01-01T04:00:00Z", "fired", False),
+        ("2024-01-01T08:00:00Z", "fired", False),
+    ]
+    [job] = cron_jobs(database)
+    assert job["key"] == "daily-report"
+    assert job["ts"] == T0 + dt.timedelta(hours=8)  # the 08:00 run replaced the 04:00 one
+    assert data[0]["job_id"] == data[1]["job_id"] == job["id"]
+
+
 def test_fired_event_and_job_carry_every_field_when_spec_given(system: skivi.System,
                                                                database: str) -> None:
     entries = cron({"identifier": "daily-report", "schedule": "30 0 * * *", "task": "report",

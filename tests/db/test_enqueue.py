@@ -294,9 +294,10 @@ def test_sql_admin_functions_change_pending_jobs_when_called(database: str) -> N
         assert len(removed) == 1
         left = c.execute("select id, priority from skivi.job order by id").fetchall()
         assert left == [(ids[2], 3), (ids[3], 0)]
-        hist = c.execute("select id, outcome, reason, last_error from skivi.job_history"
-                         ).fetchall()
-        assert hist == [(ids[1], "exhausted", "permanently_failed", "bad data")]
+        hist = c.execute("select id, outcome, reason, last_error, attempts, max_attempts "
+                         "from skivi.job_history").fetchall()
+        # Never attempted, but exhausted: its record says it has no attempt left (Graphile).
+        assert hist == [(ids[1], "exhausted", "permanently_failed", "bad data", 25, 25)]
         back = c.execute("select id, attempts from skivi.retry_jobs(%s)", ([ids[1]],)).fetchall()
         assert back == [(ids[1], 0)]
         assert c.execute("select count(*) from skivi.job_history").fetchone() == (0,)

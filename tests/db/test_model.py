@@ -188,7 +188,8 @@ class JobLifeCycle(RuleBasedStateMachine):
         rows = self.db.execute(self.q.job_fail_many, {
             "engine": engine, "ids": [p[0] for p in pairs], "leases": [p[1] for p in pairs],
             "errors": ["boom"] * n, "delays": [0.0] * n, "finals": [final] * n,
-            "payloads": [None] * n}).fetchall()
+            "payloads": [None] * n, "attempts": [None] * n,
+            "tracebacks": [None] * n}).fetchall()
         assert {r[0]: r[1] for r in rows} == expected
         for job, outcome in expected.items():
             self._finish(job, "waiting" if outcome == "failed" else "exhausted")

@@ -229,7 +229,8 @@ def test_worker_runs_every_engine_statement_when_granted_the_worker_role(roles: 
         assert done == [(a, la)]
         failed = c.execute(q.job_fail_many, {
             "engine": engine, "ids": [b], "leases": [lb], "errors": ["boom"],
-            "delays": [0.0], "finals": ["no_handler"], "payloads": [None]}).fetchall()
+            "delays": [0.0], "finals": ["no_handler"], "payloads": [None],
+            "attempts": [None], "tracebacks": [None]}).fetchall()
         assert [r[:5] for r in failed] == [(b, "exhausted", lb, 1, 25)]
         released = c.execute(q.job_release_many, {"engine": engine, "ids": [r1],
                                                   "leases": [lr1]}).fetchall()

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from skivi.engine.process import children_of
@@ -179,6 +180,70 @@ def test_batch_job_keeps_only_failed_items_when_partially_successful(
                 job)[0]
     assert row[0] == [-1, -2]
     assert "partial success: 2 of 4 items failed" in row[1]
+
+
+def test_partial_success_error_names_items_by_their_payload_position_when_items_fail(
+        engines: EngineProcs, database: str) -> None:
+    [job] = enqueue(database, [{"task": "batch", "payload": [1, -1, 2, -3, 4, -5],
+                                "max_attempts": 1}])
+    engine = engines.start("--once")
+    assert engine.wait(timeout=60) == 0, log_of(engine)
+    [(payload, error)] = fetch(database, "select payload, last_error from skivi.job_history "
+                                         "where id = %s", job)
+    assert payload == [-1, -3, -5]
+    named = re.findall(r"^item (\d+): .*?item (-\d+) failed", error, re.MULTILINE)
+    assert named == [("1", "-1"), ("3", "-3"), ("5", "-5")], error
+
+
+def test_history_says_superseded_when_a_running_job_loses_its_key_and_then_fails(
+        engines: EngineProcs, database: str, tmp_path: Path) -> None:
+    go = tmp_path / "fail-now"
+    [old] = enqueue(database, [{"task": "fail_when_told", "payload": {"path": str(go)},
+                                "job_key": "report", "max_attempts": 5}])
+    [other] = enqueue(database, [{"task": "fail_when_told", "payload": {"path": str(go)},
+                                  "max_attempts": 1}])
+    engine = engines.start(concurrency=4)
+    wait_for(lambda: {old, other} <= {r[0] for r in engines.ledger.starts()},
+             what="both jobs running")
+    # A new job takes the key: the running one keeps running, without key or retries.
+    [new] = enqueue(database, [{"task": "noop", "job_key": "report"}])
+    assert new != old
+    assert fetch(database, "select key, attempts, max_attempts from skivi.job where id = %s",
+                 old) == [(None, 5, 5)]
+    go.touch()
+    wait_for(lambda: fetch(database, "select count(*) from skivi.job_history")[0][0] == 2,
+             what="both failures recorded")
+    history = dict(fetch(database, "select id, reason from skivi.job_history"))
+    # The unkeyed job on its only attempt is exhausted by max_attempts, as before.
+    assert history == {old: "superseded", other: "max_attempts"}
+    wait_for(lambda: new in {r[0] for r in engines.ledger.starts()}, what="the new job")
+    engine.send_signal(signal.SIGTERM)
+    assert engine.wait(timeout=30) == 0, log_of(engine)
+
+
+def test_last_error_is_the_message_and_traceback_is_kept_apart_when_a_handler_raises(
+        engines: EngineProcs, database: str) -> None:
+    [retrying, exhausted] = enqueue(database, [{"task": "fail", "max_attempts": 3},
+                                               {"task": "fail", "max_attempts": 1}])
+    engine = engines.start()
+    wait_for(lambda: fetch(database, "select 1 from skivi.job_history where id = %s",
+                           exhausted), what="the exhausted job in history")
+    [(error, traceback)] = fetch(database, "select last_error, last_error_traceback "
+                                           "from skivi.job_history where id = %s", exhausted)
+    assert error == "boom on attempt 1"  # the message only, as Graphile stores it
+    assert traceback.startswith("Traceback (most recent call last):")
+    assert "engine_tasks.py" in traceback and traceback.rstrip().endswith(
+        "ValueError: boom on attempt 1")
+    wait_for(lambda: fetch(database, "select 1 from skivi.job where id = %s and attempts >= 1"
+                                     " and locked_by is null and last_error is not null",
+                           retrying), what="the first failure of the retrying job")
+    engine.send_signal(signal.SIGTERM)
+    assert engine.wait(timeout=30) == 0, log_of(engine)
+    [(error, traceback)] = fetch(database, "select j.last_error, t.traceback from skivi.job j "
+                                           "join skivi.job_traceback t using (id) "
+                                           "where j.id = %s", retrying)
+    assert re.fullmatch(r"boom on attempt \d", error)
+    assert traceback.rstrip().endswith("ValueError: " + error)
 
 
 def test_failed_job_waits_for_its_backoff_when_retried(

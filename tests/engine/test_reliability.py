@@ -72,7 +72,8 @@ class FakeEngine:
         return [r[0] for r in self.conn.execute(self.q.job_fail_many, {
             "engine": self.id, "ids": [p[0] for p in pairs], "leases": [p[1] for p in pairs],
             "errors": ["late"] * n, "delays": [0.0] * n, "finals": [final] * n,
-            "payloads": [None] * n}).fetchall()]
+            "payloads": [None] * n, "attempts": [None] * n,
+            "tracebacks": [None] * n}).fetchall()]
 
     def release(self, pairs: list[tuple[int, int]]) -> list[int]:
         return [r[0] for r in self.conn.execute(self.q.job_release_many, {
@@ -172,7 +173,9 @@ def test_a_batch_holding_two_claims_of_one_job_reports_only_the_current_one(
         else:
             rows = a.conn.execute(a.q.job_fail_many, {
                 "engine": a.id, "ids": [job, job], "leases": [1, 2], "errors": ["x", "y"],
-                "delays": [0.0, 0.0], "finals": [None, None], "payloads": [None, None]}
+                "delays": [0.0, 0.0], "finals": [None, None], "payloads": [None, None],
+                "attempts": [None, None],
+                "tracebacks": [None, None]}
                 ).fetchall()
             assert [r[:5] for r in rows] == [(job, "failed", 2, 2, 25)]
 

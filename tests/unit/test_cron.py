@@ -87,6 +87,18 @@ def test_parse_crontabs_keeps_every_option_when_all_given() -> None:
     assert e.job_key_mode == "replace"
 
 
+def test_parse_crontabs_uses_replace_when_spec_gives_a_job_key_without_a_mode() -> None:
+    [explicit, default, chosen] = parse_crontabs([
+        {"identifier": "a", "schedule": "@daily", "spec": {"job_key": "report"}},
+        {"identifier": "b", "schedule": "@daily", "spec": {"queue_name": "q"}},
+        {"identifier": "c", "schedule": "@daily",
+         "spec": {"job_key": "report-c", "job_key_mode": "unsafe_dedupe"}},
+    ])
+    assert (explicit.job_key, explicit.job_key_mode) == ("report", "replace")
+    assert (default.job_key, default.job_key_mode) == ("cron:b", "unsafe_dedupe")
+    assert (chosen.job_key, chosen.job_key_mode) == ("report-c", "unsafe_dedupe")
+
+
 def test_parse_crontabs_removes_the_job_key_when_spec_job_key_is_none() -> None:
     [e] = parse_crontabs([{"identifier": "x", "schedule": "* * * * *",
                            "spec": {"job_key": None}}])

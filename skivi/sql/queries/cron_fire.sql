@@ -16,7 +16,7 @@
 -- (as job_insert_keyed_many does). The tick CTEs are materialized so add_keyed_job runs
 -- only for claimed ticks, whatever plan is chosen.
 --
--- Enqueue: add_keyed_job (migration 0001), with the entry's job key, by default
+-- Enqueue: add_keyed_job (migration 0001), with the entry's job key and mode, by default
 -- 'cron:<identifier>' in unsafe_dedupe mode: while the previous run's job exists (queued,
 -- retrying or running) nothing is added and the outcome is 'deduplicated'. A null job_key
 -- never conflicts, so the job is simply inserted. run_at is the tick itself, so backfilled
@@ -26,7 +26,8 @@
 --
 -- Parameters: %(ticks)s: jsonb array of objects, one per identifier: identifier, ts (the
 -- tick), task, payload (with _cron merged in), queue_name, priority, max_attempts, job_key,
--- job_key_mode (default unsafe_dedupe); missing job options take the table defaults.
+-- job_key_mode (the entry's effective mode, CronEntry.job_key_mode: unsafe_dedupe for the
+-- default key, replace for an explicit one; unsafe_dedupe if absent); missing job options take the table defaults.
 -- Returns one row per tick, in identifier order: identifier, ts, claimed (false: another
 -- engine or an earlier run already fired this tick or a later one), outcome ('inserted',
 -- 'updated', 'deduplicated'; null when not claimed), job_id (the job added, or for

@@ -3,7 +3,9 @@
 -- Guard: only rows still claimed by this engine under the same lease are touched, so a late
 -- completion from an attempt that was rescued (and perhaps claimed again elsewhere) changes
 -- nothing. Completed jobs are deleted; with history on (%(history)s) they are also recorded
--- in job_history. Their serial queues are freed in the same statement.
+-- in job_history (with the traceback of their last failed attempt, if any). Their serial
+-- queues are freed and their job_traceback rows deleted in the same statement; that table
+-- holds only jobs waiting for a retry, so the join is against a handful of rows.
 --
 -- Parameters: %(engine)s; %(ids)s bigint[]; %(leases)s bigint[] (pairwise); %(history)s bool.
 -- Returns (id, lease) of the rows actually completed (a missing pair was stale: rescued or
@@ -24,11 +26,16 @@ with done as (
     set job_id = null, locked_by = null, locked_at = null
     from done
     where done.queue_name is not null and q.queue_name = done.queue_name and q.job_id = done.id
+), traced as (
+    delete from {schema}.job_traceback t using done where t.id = done.id
+    returning t.id, t.traceback
 ), recorded as (
     insert into {schema}.job_history (id, task_identifier, queue_name, payload, priority,
-        run_at, attempts, max_attempts, last_error, key, flags, created_at, outcome)
+        run_at, attempts, max_attempts, last_error, key, flags, created_at, outcome,
+        last_error_traceback)
     select d.id, d.task_identifier, d.queue_name, d.payload, d.priority, d.run_at, d.attempts,
-           d.max_attempts, d.last_error, d.key, d.flags, d.created_at, 'completed'
+           d.max_attempts, d.last_error, d.key, d.flags, d.created_at, 'completed',
+           (select t.traceback from traced t where t.id = d.id)
     from done d
     where %(history)s
     on conflict (id) do nothing

@@ -19,14 +19,19 @@
 -- planner sees the actual parameters and folds the "is null" filters away.
 --
 -- Parameters: %(task)s text or null; %(queue)s text or null; %(state)s text or null
--- (running, claimed, failed, scheduled, waiting); %(limit)s; %(payload)s bool.
+-- (running, claimed, failed, scheduled, waiting); %(limit)s; %(payload)s bool; %(id)s
+-- bigint or null (that job only: `skivi jobs show`).
 -- Returns: id, task_identifier, queue_name, state, priority, run_at, attempts, max_attempts,
 -- last_error, key, flags, locked_by, locked_at, created_at, updated_at, payload (null unless
--- asked).
+-- asked), last_error_traceback (job_traceback's row, shown only while the job has a
+-- last_error: a job replaced by add_keyed_job keeps its id but loses its error).
 select j.id, j.task_identifier, j.queue_name, s.state, j.priority, j.run_at, j.attempts,
        j.max_attempts, j.last_error, j.key, j.flags, j.locked_by, j.locked_at, j.created_at,
        j.updated_at,
-       case when %(payload)s::boolean then j.payload end as payload
+       case when %(payload)s::boolean then j.payload end as payload,
+       case when j.last_error is not null then
+           (select t.traceback from {schema}.job_traceback t where t.id = j.id)
+       end as last_error_traceback
 from {schema}.job j
 cross join lateral (
     select case
@@ -39,7 +44,8 @@ cross join lateral (
         else 'waiting'
     end as state
 ) s
-where (%(task)s::text is null or j.task_identifier = %(task)s::text)
+where (%(id)s::bigint is null or j.id = %(id)s::bigint)
+  and (%(task)s::text is null or j.task_identifier = %(task)s::text)
   and (%(queue)s::text is null or j.queue_name = %(queue)s::text)
   and (%(state)s::text is null or s.state = %(state)s::text)
 order by j.id

@@ -1,6 +1,7 @@
 -- job_permanently_fail_many: give up on pending jobs (`skivi jobs fail`): they leave the
 -- queue and are recorded in job_history as exhausted (reason permanently_failed), through
--- the SQL function permanently_fail_jobs (migration 0001), which skips running jobs. Every
+-- the SQL function permanently_fail_jobs (migration 0005: attempts = max_attempts, as in
+-- Graphile Worker), which skips running jobs. Every
 -- id asked for comes back with what happened to it, in one statement.
 --
 -- Why this shape: as job_retry_many.sql. The statement's snapshot predates the function's

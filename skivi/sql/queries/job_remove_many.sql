@@ -6,7 +6,7 @@
 -- apart by reading the job table in the same statement, whose snapshot predates the delete:
 -- still in the table means running (or claimed meanwhile), absent means never found. The
 -- serial queue a removed job belonged to keeps its job_queue row (queues are never
--- deleted, and a pending job never holds its queue).
+-- deleted, and a pending job never holds its queue); its job_traceback row goes with it.
 -- Guard: only rows with locked_by null.
 --
 -- Parameters: %(ids)s bigint[] (distinct, in the operator's order).
@@ -16,6 +16,8 @@ with removed as (
     delete from {schema}.job j
     where j.id = any(%(ids)s::bigint[]) and j.locked_by is null
     returning j.id
+), untraced as (
+    delete from {schema}.job_traceback t using removed r where t.id = r.id
 )
 select u.id,
        case when r.id is not null then 'changed'

@@ -58,6 +58,11 @@ with alive_locks as (
     using dead
     where j.locked_by = dead.id and j.attempts >= j.max_attempts
     returning j.*
+), untraced as (
+    -- Their last error is now the lost engine: an earlier failure's traceback goes.
+    delete from {schema}.job_traceback t
+    using (select id from retried union all select id from exhausted) as gone
+    where t.id = gone.id
 ), recorded as (
     insert into {schema}.job_history (id, task_identifier, queue_name, payload, priority,
         run_at, attempts, max_attempts, last_error, key, flags, created_at, outcome, reason)

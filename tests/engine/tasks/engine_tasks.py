@@ -59,6 +59,15 @@ def batch(ctx: Any) -> list[Any]:
     return [ValueError(f"item {x} failed") if x < 0 else x for x in ctx.job.payload]
 
 
+def fail_when_told(ctx: Any) -> None:
+    """Runs until the file named by payload["path"] exists (at most 60 s), then fails."""
+    record(ctx)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(ctx.job.payload["path"]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    raise RuntimeError("told to fail")
+
+
 def spawn(ctx: Any) -> None:
     record(ctx)
     ctx.add_job("noop", {"parent": ctx.job.id})
@@ -68,6 +77,7 @@ TASKS = {
     "async_sleep": async_sleep,
     "batch": task(batch, backoff=FAST),
     "fail": task(fail, backoff=FAST),
+    "fail_when_told": task(fail_when_told, backoff=FAST),
     "noop": noop,
     "poison": task(poison, backoff=FAST),
     "sleep": sleep,
