@@ -69,6 +69,7 @@ class Queries:
     job_insert_many: bytes
     job_list: bytes
     job_permanently_fail_many: bytes
+    job_queue_prune: bytes
     job_release_many: bytes
     job_remove_many: bytes
     job_reschedule_many: bytes

@@ -204,7 +204,8 @@ class Liveness:
 
 
 class HistoryPruner:
-    """Deletes history older than ``retention`` seconds, one engine at a time.
+    """Deletes history older than ``retention`` seconds, one engine at a time, and the rows of
+    serial queues that have no job left (any engine: see job_queue_prune.sql).
 
     Every ``interval`` seconds a round runs job_history_prune.sql: one statement, its own
     transaction (the connection is autocommit), that takes the transaction-level advisory
@@ -242,6 +243,8 @@ class HistoryPruner:
         """Rounds run, whether or not they got the lock."""
         self.deleted = 0
         """History rows deleted by this pruner since it was built."""
+        self.queues_removed = 0
+        """Empty serial-queue rows (job_queue) removed by this pruner since it was built."""
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -274,7 +277,22 @@ class HistoryPruner:
         await every(self.interval, self._round, db=self.db, what="history pruning",
                     action="prune_history_failed")
 
+    async def prune_queues(self) -> int:
+        """Remove up to ``batch_size`` rows of serial queues that have no job left
+        (job_queue_prune.sql: safe beside enqueues and claims, on every engine at once)."""
+        conn = await self.db.get()
+        cur = await conn.execute(self.q.job_queue_prune, {"batch": self.batch_size})
+        row = await cur.fetchone()
+        assert row is not None
+        removed = int(row[0])
+        self.queues_removed += removed
+        if removed:
+            logger.debug("removed %d empty serial-queue rows", removed,
+                         extra={"action": "prune_queues", "deleted": removed})
+        return removed
+
     async def _round(self) -> bool:
-        """One round; True when the batch came back full (more expired rows wait)."""
+        """One round; True when a batch came back full (more rows wait)."""
         _, deleted = await self.prune()
-        return deleted >= self.batch_size
+        removed = await self.prune_queues()
+        return deleted >= self.batch_size or removed >= self.batch_size

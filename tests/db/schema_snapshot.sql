@@ -133,15 +133,17 @@ CREATE UNIQUE INDEX migration_pkey ON skivi.migration USING btree (id);
 -- function skivi.add_job(identifier text, payload jsonb, queue_name text, run_at timestamp with time zone, max_attempts integer, job_key text, priority integer, flags text[], job_key_mode text) returns TABLE(ord bigint, outcome text, id bigint, task_identifier text, queue_name text, payload jsonb, priority smallint, run_at timestamp with time zone, attempts integer, max_attempts integer, last_error text, key text, flags text[], locked_by bigint, locked_at timestamp with time zone, lease bigint, created_at timestamp with time zone, updated_at timestamp with time zone)
 --     language sql volatile security definer; body eea4fe78dbe2f1fc54d87d7db1401f7a
 -- function skivi.add_jobs(specs jsonb) returns TABLE(ord bigint, outcome text, id bigint, task_identifier text, queue_name text, payload jsonb, priority smallint, run_at timestamp with time zone, attempts integer, max_attempts integer, last_error text, key text, flags text[], locked_by bigint, locked_at timestamp with time zone, lease bigint, created_at timestamp with time zone, updated_at timestamp with time zone)
---     language plpgsql volatile security definer; body 23a7132e227fade49aebfc236443a815
+--     language plpgsql volatile security definer; body 2bbfd8b5bcfefda91dd620fef0349e87
 -- function skivi.add_keyed_job(p_task text, p_payload jsonb, p_queue_name text, p_run_at timestamp with time zone, p_max_attempts integer, p_priority smallint, p_flags text[], p_job_key text, p_job_key_mode text, OUT job skivi.job, OUT outcome text) returns record
---     language plpgsql volatile security definer; body 0b6a69fa6170e8ce766031ca470a1963
+--     language plpgsql volatile security definer; body 97968091cf4d0b9342ff2c93f60b5693
 -- function skivi.check_specs(specs jsonb) returns void
 --     language plpgsql stable; body a4c67871b5405bdad6114a872b0aeebc
 -- function skivi.complete_jobs(job_ids bigint[]) returns SETOF skivi.job
 --     language sql volatile; body 4d4aa24367a024e5785968bcc8a09e57
+-- function skivi.hold_queues(names text[]) returns void
+--     language plpgsql volatile; body 7fe3fd3f03984960a97cfc93baa3fb98
 -- function skivi.insert_jobs(specs jsonb, OUT ids text, OUT inserted_at timestamp with time zone) returns record
---     language plpgsql volatile security definer; body d35e6589bc0769af06f0d93369ac0ffc
+--     language plpgsql volatile security definer; body 971ce5b8b98253704b38e9a760377e91
 -- function skivi.permanently_fail_jobs(job_ids bigint[], error_message text) returns SETOF skivi.job_history
 --     language sql volatile; body bf61b9e8d3b3ca5dacd11fcb8200d4c1
 -- function skivi.remove_job(job_key text) returns SETOF skivi.job
@@ -149,4 +151,4 @@ CREATE UNIQUE INDEX migration_pkey ON skivi.migration USING btree (id);
 -- function skivi.reschedule_jobs(job_ids bigint[], run_at timestamp with time zone, priority integer, attempts integer, max_attempts integer) returns SETOF skivi.job
 --     language sql volatile; body 6a4a110617d29bb78d5f7125a82b8d3a
 -- function skivi.retry_jobs(job_ids bigint[]) returns SETOF skivi.job
---     language sql volatile; body dfe5be60b6722b5402bf39c1670c2579
+--     language sql volatile; body 5e25aa9b6added31254a927e738547d2

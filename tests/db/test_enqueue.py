@@ -544,3 +544,75 @@ def test_enqueue_raises_database_unavailable_with_the_cause_when_the_login_is_re
     assert error.refused
     assert dbpool.describe_server(database) in str(error)
     assert f'role "{role}" does not exist' in str(error), str(error)
+
+
+# --- serial-queue rows: removed when empty, never under a job about to commit ---------------
+
+
+def prune_queues(url: str, batch: int = 1000) -> int:
+    q = skivi.create_system({"database": {"connection_string": url}}).queries
+    with connect(url) as c:
+        row = c.execute(q.job_queue_prune, {"batch": batch}).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def queue_rows(url: str) -> list[str]:
+    with connect(url) as c:
+        return [r[0] for r in c.execute("select queue_name from skivi.job_queue order by 1")]
+
+
+def test_empty_queue_rows_are_pruned_and_come_back_with_the_next_job(
+        system: skivi.System, database: str) -> None:
+    skivi.add_jobs(system, [{"task": "t", "queue_name": f"tenant-{i}"} for i in range(50)])
+    ids = claim(database, limit=100)
+    assert len(ids) == 50
+    assert prune_queues(database) == 0  # every queue has a running job
+    with connect(database) as c:
+        c.execute("delete from skivi.job")
+        c.execute("update skivi.job_queue set job_id = null, locked_by = null, "
+                  "locked_at = null")
+    assert prune_queues(database, batch=30) == 30
+    assert prune_queues(database) == 20 and queue_rows(database) == []
+    again = skivi.add_job(system, "t", queue_name="tenant-7")
+    assert queue_rows(database) == ["tenant-7"]
+    assert claim(database) == [again.id]
+
+
+def test_a_queue_row_held_by_an_uncommitted_enqueue_is_not_pruned(
+        system: skivi.System, database: str) -> None:
+    skivi.add_job(system, "t", queue_name="q")
+    with connect(database) as c:
+        c.execute("delete from skivi.job")  # the row stays, its queue empty
+    with connect(database, autocommit=False) as producer:
+        job = skivi.add_job(system, "t", {"late": True}, queue_name="q", conn=producer)
+        # Not committed: the pruner sees no job in the queue, but the row is held.
+        assert prune_queues(database) == 0 and queue_rows(database) == ["q"]
+        producer.commit()
+    assert prune_queues(database) == 0
+    assert claim(database) == [job.id]  # claimable: its queue row is there
+
+
+def test_an_enqueue_after_a_prune_took_the_row_inserts_it_again(
+        system: skivi.System, database: str) -> None:
+    skivi.add_job(system, "t", queue_name="q")
+    with connect(database) as c:
+        c.execute("delete from skivi.job")
+    pruner = connect(database, autocommit=False)
+    try:
+        q = system.queries
+        row = pruner.execute(q.job_queue_prune, {"batch": 10}).fetchone()
+        assert row == (1,)  # deleted, not committed: an enqueue now has to wait for it
+        done: list[int] = []
+        thread = threading.Thread(
+            target=lambda: done.append(skivi.add_job(system, "t", queue_name="q").id))
+        thread.start()
+        time.sleep(0.5)
+        assert done == []  # waiting on the pruner's lock
+        pruner.commit()
+        thread.join(10)
+        assert len(done) == 1
+    finally:
+        pruner.close()
+    assert queue_rows(database) == ["q"]
+    assert claim(database) == done

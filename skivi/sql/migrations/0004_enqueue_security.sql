@@ -21,6 +21,11 @@
 --     job unretryable.
 -- add_keyed_job becomes internal: producers cannot call it (the cron scheduler, as the
 -- worker role, still does, with its own keys).
+-- Serial-queue rows (job_queue) can now be removed when empty (job_queue_prune.sql, run by
+-- the engines): every enqueue holds the rows of its queues with hold_queues (a KEY SHARE
+-- lock until it commits) so the prune, which takes FOR UPDATE SKIP LOCKED, never removes a
+-- row that a job about to be committed needs; claims lock queue rows FOR NO KEY UPDATE,
+-- which enqueues do not block.
 -- Safe to apply while engines run: the new column has a constant default (no rewrite),
 -- functions are replaced atomically, and the engine statements do not change shape.
 
@@ -40,6 +45,39 @@ insert into {schema}.limits default values;
 -- The database role that enqueued the job (session_user: the role the application logged in
 -- as, also inside these SECURITY DEFINER functions). Read only by add_keyed_job.
 alter table {schema}.job add column created_by oid;
+
+-- hold_queues: make sure a job_queue row exists for each of these serial queues and hold it
+-- (FOR KEY SHARE, until the caller's transaction ends) so that job_queue_prune cannot remove
+-- it before the caller's jobs are committed. A row removed between the insert and the lock
+-- (the prune committed in between) is inserted again.
+create function {schema}.hold_queues(names text[])
+returns void
+language plpgsql
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+    v_wanted integer;
+    v_held integer;
+begin
+    select count(distinct n) into v_wanted from unnest(names) n where n is not null;
+    if v_wanted = 0 then
+        return;
+    end if;
+    loop
+        insert into {schema}.job_queue (queue_name)
+        select distinct n from unnest(names) n where n is not null
+        order by 1
+        on conflict do nothing;
+        select count(*) into v_held from (
+            select 1 from {schema}.job_queue q
+            where q.queue_name = any(names)
+            order by q.queue_name
+            for key share of q
+        ) held;
+        exit when v_held = v_wanted;
+    end loop;
+end;
+$$;
 
 -- check_specs: refuse a batch of enqueue specs (the JSON array add_jobs takes) before
 -- anything is written, naming the first bad spec by its 1-based position. The table's own
@@ -119,10 +157,8 @@ begin
         raise exception 'insert_jobs: specs with a job_key go through add_jobs'
             using errcode = '22023';
     end if;
-    insert into {schema}.job_queue (queue_name)
-    select distinct e ->> 'queue_name' from jsonb_array_elements(specs) e
-    where e ->> 'queue_name' is not null
-    on conflict do nothing;
+    perform {schema}.hold_queues(array(
+        select e ->> 'queue_name' from jsonb_array_elements(specs) e));
     with ins as (
         insert into {schema}.job (task_identifier, queue_name, payload, priority, run_at,
                                   max_attempts, flags, created_by)
@@ -172,6 +208,7 @@ declare
     v_role oid := session_user::regrole::oid;
     v_max integer;
 begin
+    perform {schema}.hold_queues(array[p_queue_name]);
     if p_job_key_mode = 'unsafe_dedupe' then
         loop
             insert into {schema}.job as j (task_identifier, queue_name, payload, priority, run_at,
@@ -270,10 +307,10 @@ declare
 begin
     perform {schema}.check_specs(specs);
 
-    insert into {schema}.job_queue (queue_name)
-    select distinct e ->> 'queue_name' from jsonb_array_elements(specs) e
-    where e ->> 'queue_name' is not null
-    on conflict do nothing;
+    -- The keyed specs' queues are held by add_keyed_job.
+    perform {schema}.hold_queues(array(
+        select e ->> 'queue_name' from jsonb_array_elements(specs) e
+        where e ->> 'job_key' is null));
 
     -- Unkeyed specs: one insert. Ids come from the column default in the order the specs are
     -- read, so the n-th id belongs to the n-th unkeyed spec.
@@ -362,4 +399,5 @@ alter function {schema}.add_job(text, jsonb, text, timestamptz, integer, text, i
 -- Nobody but the owner may run them until roles.sql (or an owner's own GRANT) says who may:
 -- PostgreSQL grants EXECUTE to PUBLIC on every new function.
 revoke execute on function {schema}.check_specs(jsonb) from public;
+revoke execute on function {schema}.hold_queues(text[]) from public;
 revoke execute on function {schema}.insert_jobs(jsonb) from public;

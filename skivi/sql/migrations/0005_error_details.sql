@@ -97,10 +97,10 @@ as $$
         delete from {schema}.job_history h
         where h.id = any(job_ids) and h.outcome = 'exhausted'
         returning h.*
-    ), queues as (
-        insert into {schema}.job_queue (queue_name)
-        select distinct m.queue_name from moved m where m.queue_name is not null
-        on conflict do nothing
+    ), queues as materialized (
+        -- Before the insert below reads it: the rows of the jobs' queues, held (see
+        -- hold_queues, migration 0004).
+        select {schema}.hold_queues(array(select m.queue_name from moved m)) as held
     ), tracebacks as (
         insert into {schema}.job_traceback (id, traceback)
         select m.id, m.last_error_traceback from moved m
@@ -113,6 +113,6 @@ as $$
         m.max_attempts, m.last_error,
         case when exists (select 1 from {schema}.job j where j.key = m.key) then null else m.key end,
         m.flags, m.created_at
-    from moved m
+    from moved m, queues
     returning *;
 $$;

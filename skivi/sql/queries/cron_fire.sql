@@ -16,13 +16,13 @@
 -- (as job_insert_keyed_many does). The tick CTEs are materialized so add_keyed_job runs
 -- only for claimed ticks, whatever plan is chosen.
 --
--- Enqueue: add_keyed_job (migration 0001), with the entry's job key and mode, by default
+-- Enqueue: add_keyed_job (migration 0004), with the entry's job key and mode, by default
 -- 'cron:<identifier>' in unsafe_dedupe mode: while the previous run's job exists (queued,
 -- retrying or running) nothing is added and the outcome is 'deduplicated'. A null job_key
 -- never conflicts, so the job is simply inserted. run_at is the tick itself, so backfilled
 -- runs are claimed oldest first and no run starts before its tick. Serial queues get their
--- job_queue row, and one NOTIFY wakes the engines (delivered at commit), as in
--- job_insert_keyed_many.
+-- job_queue row from add_keyed_job (held until commit: see hold_queues), and one NOTIFY
+-- wakes the engines (delivered at commit), as in job_insert_keyed_many.
 --
 -- Parameters: %(ticks)s: jsonb array of objects, one per identifier: identifier, ts (the
 -- tick), task, payload (with _cron merged in), queue_name, priority, max_attempts, job_key,
@@ -48,10 +48,6 @@ with tick as materialized (
     returning c.identifier
 ), due as materialized (
     select tick.* from tick join claimed using (identifier)
-), queues as (
-    insert into {schema}.job_queue (queue_name)
-    select distinct due.queue_name from due where due.queue_name is not null
-    on conflict do nothing
 ), added as materialized (
     -- The ordered subquery makes the calls themselves run in key order.
     select due.identifier, a.outcome, (a.job).id as job_id, (a.job).run_at as run_at

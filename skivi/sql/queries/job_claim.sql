@@ -28,7 +28,7 @@
 -- attempts, max_attempts, key, flags, created_at]; the task lets the engine choose the
 -- child without parsing the message; cut (the same on every row) is true when jobs were
 -- left for the byte limit, so a short claim does not mean the queue is drained.
-with unqueued as (
+with recursive unqueued as (
     select j.ctid as tid, j.priority, j.run_at, j.id,
            case when pg_column_compression(j.payload) is null then pg_column_size(j.payload)
                 else octet_length(j.payload::text) end as bytes
@@ -42,9 +42,27 @@ with unqueued as (
     order by j.priority, j.run_at, j.id
     limit %(limit)s
     for update of j skip locked
+), waiting_queue (queue_name) as (
+    -- The serial queues that have unlocked jobs, one index probe each (a loose scan of
+    -- job_queue_claim_idx), so a claim never reads job_queue rows of empty queues, however
+    -- many past queues there are; with a queue filter, only the queues asked for.
+    (select j.queue_name from {schema}.job j
+     where j.locked_by is null and j.queue_name is not null and %(queues)s::text[] is null
+     order by j.queue_name limit 1)
+    union all
+    select (select j.queue_name from {schema}.job j
+            where j.locked_by is null and j.queue_name > w.queue_name
+            order by j.queue_name limit 1)
+    from waiting_queue w
+    where w.queue_name is not null
+), queue_name as (
+    select w.queue_name from waiting_queue w where w.queue_name is not null
+    union all
+    select distinct f.name from unnest(%(queues)s::text[]) as f(name)
 ), queued as (
     select h.tid, h.priority, h.run_at, h.id, h.bytes
-    from {schema}.job_queue q
+    from queue_name n
+    join {schema}.job_queue q on q.queue_name = n.queue_name
     cross join lateral (
         select j.ctid as tid, j.id, j.priority, j.run_at,
                case when pg_column_compression(j.payload) is null then pg_column_size(j.payload)
@@ -60,10 +78,12 @@ with unqueued as (
         limit 1
     ) h
     where q.job_id is null
-      and (%(queues)s::text[] is null or q.queue_name = any(%(queues)s::text[]))
     order by h.priority, h.run_at, h.id
     limit %(serial_limit)s
-    for update of q skip locked
+    -- NO KEY UPDATE: enqueues hold queue rows FOR KEY SHARE while they commit (hold_queues,
+    -- migration 0004), which this does not wait for or skip; two claims still exclude each
+    -- other, and the prune (FOR UPDATE) skips a row a claim holds.
+    for no key update of q skip locked
 ), candidates as (
     select c.tid,
            sum(c.bytes) over (order by c.priority, c.run_at, c.id rows unbounded preceding)
