@@ -7,6 +7,8 @@ Scenarios:
     backlog   drain N jobs while a large backlog scheduled in 2100 waits in the same table
     cpu       N sync jobs each burning MS of CPU time (--task cpu:MS, default 200 x 10 ms):
               efficiency = ideal (N x MS / processes) / measured (first start to last end)
+    queues    drain N plain jobs without, then with, --past-queues empty serial-queue rows
+              (a queue per tenant, left by past jobs), alternating; the ratio of the two
 
 Every scenario works in a schema of its own (--schema, default skivi_bench), created fresh
 and dropped at the end (--keep keeps it). The engine always runs in a subprocess
@@ -57,7 +59,7 @@ from skivi.engine.supervisor import Engine
 from skivi.system import System, create_system
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("drain", "steady", "enqueue", "backlog", "cpu")
+SCENARIOS = ("drain", "steady", "enqueue", "backlog", "cpu", "queues")
 SCHEMA_MARKER = "skivi bench scratch schema (bench/run.py); dropped after each run"
 BACKLOG_TASK = "backlog"
 BACKLOG_RUN_AT = "2100-01-01 00:00:00+00"
@@ -356,6 +358,7 @@ class Options:
     repeat: int
     json_path: str | None
     backlog: int
+    past_queues: int
     compare: bool
     keep: bool
     chunk: int
@@ -414,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="write settings, environment and results")
     p.add_argument("--backlog", type=int, default=1_000_000, metavar="N",
                    help="backlog: jobs scheduled in 2100 that must not be claimed")
+    p.add_argument("--past-queues", type=int, default=100_000, metavar="N",
+                   help="queues: empty serial-queue rows left by past jobs (a queue per "
+                        "tenant), present during the second drain of each repeat")
     p.add_argument("--compare", action="store_true",
                    help="backlog: also drain without the backlog, first, and compare")
     p.add_argument("--keep", action="store_true", help="do not drop the schema at the end")
@@ -481,7 +487,8 @@ def parse_options(argv: Sequence[str]) -> Options:
         jobs=a.jobs, rate=a.rate, duration=a.duration, processes=a.processes,
         concurrency=a.concurrency, batch_size=a.batch_size, sync_threads=a.sync_threads,
         payload_bytes=a.payload_bytes, task=a.task, repeat=a.repeat, json_path=a.json,
-        backlog=a.backlog, compare=a.compare, keep=a.keep, chunk=a.chunk, bulk=a.bulk,
+        backlog=a.backlog, past_queues=a.past_queues, compare=a.compare, keep=a.keep,
+        chunk=a.chunk, bulk=a.bulk,
         floor=a.floor, timeout=a.timeout, engine_log_level=a.engine_log_level,
         metrics_port=a.metrics_port,
         vacuum=a.vacuum)
@@ -892,6 +899,47 @@ def scenario_backlog(opts: Options, system: System, conn: psycopg.Connection[Any
     return out
 
 
+def scenario_queues(opts: Options, system: System, conn: psycopg.Connection[Any]) -> Result:
+    """Drain plain (unqueued) jobs without, then with, --past-queues empty job_queue rows,
+    alternating within each repeat; the figure is the ratio of the medians. The engine
+    prunes empty queue rows as it runs, so the second drain also pays for that."""
+    plain, crowded = [], []
+    for i in range(opts.repeat):
+        plain.append(drain_cycle(system, conn, opts, i + 1, 0, "no past queues"))
+        t0 = time.perf_counter()
+        conn.execute(sql.SQL(
+            "insert into {} (queue_name) select 'past-' || g from generate_series(1, %s) g "
+            "on conflict do nothing").format(ident(opts, "job_queue")), [opts.past_queues])
+        vacuum(conn, opts)
+        print(f"  inserted {opts.past_queues:,} empty serial-queue rows in "
+              f"{time.perf_counter() - t0:.2f} s\n")
+        crowded.append(drain_cycle(system, conn, opts, i + 1, 0, "past queues"))
+        left = scalar(conn, sql.SQL("select count(*) from {}").format(
+            ident(opts, "job_queue")))
+        print(f"  past queues: {left:,} of {opts.past_queues:,} rows left after the drain "
+              "(the engine prunes empty ones)\n")
+        crowded[-1]["queue_rows_left"] = left
+        conn.execute(sql.SQL("delete from {}").format(ident(opts, "job_queue")))
+    out: Result = {
+        "without": {"runs": plain, "median": print_drain_summary(
+            f"summary: drain of {opts.jobs:,} {opts.task} jobs", plain)},
+        "with": {"runs": crowded, "median": print_drain_summary(
+            f"summary: the same with {opts.past_queues:,} past queues", crowded)}}
+    base = out["without"]["median"]["drain.jobs_per_s"]
+    med = out["with"]["median"]["drain.jobs_per_s"]
+    ratios = [c["drain"]["jobs_per_s"] / p["drain"]["jobs_per_s"]
+              for p, c in zip(plain, crowded, strict=True)
+              if c["drain"]["jobs_per_s"] and p["drain"]["jobs_per_s"]]
+    if base and med:
+        out["ratio_of_medians"] = med / base
+        print(f"  with {opts.past_queues:,} past queues the drain runs at "
+              f"{fmt_pct(out['ratio_of_medians'])} of its speed without (median of the "
+              f"pairwise ratios: {fmt_pct(statistics.median(ratios) if ratios else None)})\n")
+    out["pair_ratios"] = ratios
+    out["verified"] = all(r["verified"] for r in plain + crowded)
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -1232,7 +1280,7 @@ def run_scenario(opts: Options) -> int:
     results: Result = {}
     scenario = {"drain": scenario_drain, "steady": scenario_steady,
                 "enqueue": scenario_enqueue, "backlog": scenario_backlog,
-                "cpu": scenario_cpu}[opts.scenario]
+                "cpu": scenario_cpu, "queues": scenario_queues}[opts.scenario]
     with scratch_schema(opts):
         system = make_system(opts)
         try:

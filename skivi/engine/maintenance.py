@@ -225,6 +225,7 @@ class HistoryPruner:
     single-bigint key (see job_history_prune.sql)."""
 
     BATCH_SIZE_DEFAULT = 10000
+    QUEUE_BATCH = 1000
 
     def __init__(self, db: Reconnecting, queries: Queries, retention: float,
                  interval: float = 60.0, *, batch_size: int = BATCH_SIZE_DEFAULT) -> None:
@@ -278,10 +279,12 @@ class HistoryPruner:
                     action="prune_history_failed")
 
     async def prune_queues(self) -> int:
-        """Remove up to ``batch_size`` rows of serial queues that have no job left
-        (job_queue_prune.sql: safe beside enqueues and claims, on every engine at once)."""
+        """Remove up to ``QUEUE_BATCH`` rows of serial queues that have no job left
+        (job_queue_prune.sql: safe beside enqueues and claims, on every engine at once).
+        One small batch per round, never repeated at once: claims do not read these rows,
+        so removing them is hygiene that must not compete with the engine's real work."""
         conn = await self.db.get()
-        cur = await conn.execute(self.q.job_queue_prune, {"batch": self.batch_size})
+        cur = await conn.execute(self.q.job_queue_prune, {"batch": self.QUEUE_BATCH})
         row = await cur.fetchone()
         assert row is not None
         removed = int(row[0])
@@ -294,5 +297,5 @@ class HistoryPruner:
     async def _round(self) -> bool:
         """One round; True when a batch came back full (more rows wait)."""
         _, deleted = await self.prune()
-        removed = await self.prune_queues()
-        return deleted >= self.batch_size or removed >= self.batch_size
+        await self.prune_queues()
+        return deleted >= self.batch_size
