@@ -125,6 +125,15 @@ class JobSpec:
                 raise _fail("run_at", f"must be a datetime, got {type(self.run_at).__name__}", t)
             if self.run_at.tzinfo is None or self.run_at.utcoffset() is None:
                 raise _fail("run_at", "must be timezone-aware (a naive datetime is ambiguous)", t)
+            try:
+                self.run_at.astimezone(dt.UTC)
+            except OverflowError:
+                # PostgreSQL would store it (its range is far wider), but as a time before
+                # year 1 or after 9999 in UTC, which no Python datetime can hold: every
+                # read of the row (the job returned by a keyed enqueue, the CLI, the
+                # handler's ctx.job.run_at) would fail or be clamped.
+                raise _fail("run_at", f"{self.run_at.isoformat()} is outside the years 1 to "
+                                      "9999 once converted to UTC", t) from None
         m = self.max_attempts
         if m is not None and (type(m) is not int or not 1 <= m <= INT4_MAX):
             raise _fail("max_attempts", f"must be an integer from 1 to {INT4_MAX}, got {m!r}", t)

@@ -297,6 +297,11 @@ def test_sql_admin_functions_change_pending_jobs_when_called(database: str) -> N
     ({"job_key_mode": "replace"}, "needs a job_key"),
     ({"priority": 40000}, "priority"),
     ({"run_at": dt.datetime(2030, 1, 1)}, "timezone-aware"),
+    # Year 10000 and year 0 once in UTC: PostgreSQL stores them, Python can never read them.
+    ({"run_at": dt.datetime.max.replace(tzinfo=dt.timezone(-dt.timedelta(hours=1)))},
+     "run_at.*outside the years 1 to 9999"),
+    ({"run_at": dt.datetime.min.replace(tzinfo=dt.timezone(dt.timedelta(hours=1))),
+      "job_key": "k"}, "run_at.*outside the years 1 to 9999"),
     ({"queue_name": ""}, "queue_name"),
     ({"job_key": "a\x00b"}, "job_key"),
     ({"flags": "gpu"}, "flags"),
