@@ -154,6 +154,11 @@ class JobSpec:
             if k is None:
                 raise _fail("job_key_mode", "needs a job_key", t)
         f = self.flags
-        if f is not None and (isinstance(f, str) or not all(
-                isinstance(x, str) and x and "\x00" not in x for x in f)):
-            raise _fail("flags", f"must be a list of non-empty strings, got {f!r}", t)
+        if f is not None:
+            if isinstance(f, str) or not isinstance(f, Sequence):
+                raise _fail("flags", "must be a list of non-empty strings, got a "
+                                     f"{type(f).__name__}", t)
+            for i, x in enumerate(f):
+                if not isinstance(x, str) or not x or "\x00" in x:
+                    raise _fail("flags", f"flags[{i}] must be a non-empty string without "
+                                         f"NUL, got {x!r}", t)

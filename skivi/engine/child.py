@@ -160,7 +160,10 @@ def _wait(m: Sequence[Any]) -> float:
 
 
 def _job_info(m: Sequence[Any]) -> JobInfo:
-    return JobInfo(m[0], m[2], m[3], m[4], m[5], _parse_time(m[6]), m[7], m[8], m[9],
+    # A JSON null payload (a row written by SQL: insert ... payload = 'null') means no
+    # payload, which every enqueue function stores as {}: the handler sees {} for both.
+    payload = {} if m[3] is None else m[3]
+    return JobInfo(m[0], m[2], payload, m[4], m[5], _parse_time(m[6]), m[7], m[8], m[9],
                    tuple(m[10] or ()), _parse_time(m[11]))
 
 

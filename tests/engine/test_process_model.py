@@ -320,6 +320,29 @@ def test_a_job_stored_with_run_at_minus_infinity_runs_and_frees_its_slot(
     assert "Traceback" not in log_of(engine)
 
 
+def test_a_null_payload_from_sql_reaches_the_handler_as_python_none_does(
+        engines: EngineProcs, database: str) -> None:
+    """skivi.add_job(system, task) with payload=None stores {}; from SQL, 'null'::jsonb is a
+    JSON null. Both mean "no payload", and a handler sees {} for each."""
+    from_sql = [int(r[0]) for r in fetch(
+        database, "select id from skivi.add_job('observe', 'null'::jsonb) "
+                  "union all select id from skivi.add_job('observe', null) "
+                  "union all select id from skivi.add_jobs("
+                  "'[{\"task\": \"observe\", \"payload\": null}]'::jsonb)")]
+    from_sql += [int(r[0]) for r in fetch(
+        database, "insert into skivi.job (task_identifier, payload) "
+                  "values ('observe', 'null') returning id")]
+    from_python = enqueue(database, [{"task": "observe", "payload": None},
+                                     {"task": "observe", "queue_name": "q", "payload": None}])
+    engine = start_engine(engines, processes=1)
+    ids = [*from_sql, *from_python]
+    done = wait_finished(database, ids)
+    assert {i: done[i][0] for i in ids} == dict.fromkeys(ids, "completed"), done
+    seen = observed(engines.ledger)
+    assert {i: seen[i]["payload"] for i in ids} == {i: {} for i in ids}
+    assert stop(engine) == 0, log_of(engine)
+
+
 # -- 8. serial queues do not starve other engines -------------------------------------------
 
 def test_serial_queues_are_shared_between_engines(engines: EngineProcs, database: str) -> None:
