@@ -52,7 +52,7 @@ from typing import Any
 import fastjsonschema
 import orjson
 
-from skivi.errors import ConfigError, PayloadError
+from skivi.errors import ConfigError, PayloadError, shown
 
 __all__ = ["PayloadGate", "compile_validator", "encode"]
 
@@ -401,13 +401,15 @@ def _thaw(value: object) -> object:
 def _compile_import_path(task: str, key: str, path: str) -> Validator:
     module_name, sep, attr_path = path.partition(":")
     if not sep or not module_name or not attr_path:
-        raise ConfigError(f"{key}: import path {path!r} is not of the form 'package.module:attr'")
+        raise ConfigError(
+            f"{key}: import path {shown(path)} is not of the form 'package.module:attr'")
     try:
         target: object = importlib.import_module(module_name)
         for attr in attr_path.split("."):
             target = getattr(target, attr)
     except Exception as exc:  # any failure while importing user code is a config problem
-        raise ConfigError(f"{key}: cannot import {path!r}: {type(exc).__name__}: {exc}") from exc
+        raise ConfigError(
+            f"{key}: cannot import {shown(path)}: {type(exc).__name__}: {exc}") from exc
 
     # Duck typing keeps pydantic optional: it is never imported here.
     model_validate = getattr(target, "model_validate", None)
@@ -419,7 +421,7 @@ def _compile_import_path(task: str, key: str, path: str) -> Validator:
     if callable(target):
         return _callable_validator(task, path, target)
     raise ConfigError(
-        f"{key}: {path!r} is a {type(target).__name__}, not a pydantic model, TypeAdapter"
+        f"{key}: {shown(path)} is a {type(target).__name__}, not a pydantic model, TypeAdapter"
         " or callable"
     )
 

@@ -351,6 +351,12 @@ def test_schema_name_rejected_when_not_plain_identifier(name: str) -> None:
     assert problems[0].startswith("database.schema_name: ")
 
 
+def test_schema_name_quotes_only_its_start_when_10_kb_long() -> None:
+    [problem] = problems_of({"database": {"schema_name": "s" * 10_000}})
+    assert len(problem) < 300, problem
+    assert "10000 characters" in problem
+
+
 def test_skivi_database_url_wins_when_both_urls_set(tmp_path: Path) -> None:
     env = {"SKIVI_DATABASE_URL": "postgresql://skivi/app", "DATABASE_URL": "postgresql://other/app"}
     loaded = load_config(write(tmp_path, FULL_TOML), env=env)
