@@ -224,6 +224,9 @@ def _check_schema_name(key: str, value: Any) -> _Problems:
         return [(key, f"{shown(value)} must be {rule}")]
     if value.startswith("pg_"):
         return [(key, f"{shown(value)}: names starting with 'pg_' are reserved by PostgreSQL")]
+    if value == "information_schema":
+        return [(key, "'information_schema' belongs to PostgreSQL (the SQL-standard catalog "
+                      "views); choose a schema of Skivi's own")]
     return []
 
 

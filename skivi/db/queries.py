@@ -78,6 +78,7 @@ class Queries:
     migration_bootstrap: bytes
     migration_lock: bytes
     migration_record: bytes
+    migration_schema_state: bytes
     migration_table_exists: bytes
     migration_unlock: bytes
 

@@ -343,7 +343,8 @@ def test_schema_name_accepted_when_57_characters() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ['a"; drop table x; --', "Skivi", "1abc", "a" * 60, "", "skivi\n", "pg_jobs", "my-jobs"],
+    ['a"; drop table x; --', "Skivi", "1abc", "a" * 60, "", "skivi\n", "pg_jobs", "my-jobs",
+     "information_schema"],
 )
 def test_schema_name_rejected_when_not_plain_identifier(name: str) -> None:
     problems = problems_of({"database": {"schema_name": name}})
