@@ -152,11 +152,11 @@ def _wait(m: Sequence[Any]) -> float:
     a row that cannot be decoded fails its job with the reason in last_error)."""
     try:
         when = _parse_time(m[6])
-    except ValueError:
+        if when in (TIME_MIN, TIME_MAX):
+            return 0.0
+        return max(0.0, time.time() - when.timestamp())
+    except (ValueError, OverflowError):  # an unknown spelling, or a platform's time limits
         return 0.0
-    if when in (TIME_MIN, TIME_MAX):
-        return 0.0
-    return max(0.0, time.time() - when.timestamp())
 
 
 def _job_info(m: Sequence[Any]) -> JobInfo:
