@@ -25,6 +25,11 @@ if it exists, or ``SKIVI_CONFIG``), ``--database-url``, ``--schema``, with the e
 precedence: file < SKIVI_* environment < flags. Every command takes ``--json`` (one JSON
 document on stdout) and ``--help``.
 
+Times Python cannot hold (``infinity``, ``-infinity``, years past 9999 or BC), which rows
+written from SQL may carry, are printed as PostgreSQL spells them (``"run_at": "infinity"``
+in JSON too), and an infinitely old runnable job's age is ``infinity``: a listing never fails
+on such a row.
+
 Safety: every argument is checked before the database is touched, so a bad command changes
 nothing (``jobs remove 1,abc`` removes no job). Job payloads are never printed unless
 ``--payload`` is given. Running jobs are never changed: the SQL functions skip them, and each
@@ -41,6 +46,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import math
 import os
 import re
 import sys
@@ -50,7 +56,10 @@ from typing import Any
 
 import orjson
 import psycopg
+from psycopg.abc import AdaptContext, Buffer
+from psycopg.adapt import Loader
 from psycopg.rows import dict_row
+from psycopg.types.datetime import TimestamptzLoader
 
 from skivi.client import add_job
 from skivi.config import DEFAULT_CONFIG_FILE, Config, load_config
@@ -137,8 +146,28 @@ class _Context:
             raise ConfigError(
                 "database.connection_string: no database configured; give --database-url, "
                 "set SKIVI_DATABASE_URL or DATABASE_URL, or set it in skivi.toml")
-        return dbpool.connect(url, application_name=APPLICATION_NAME,
+        conn = dbpool.connect(url, application_name=APPLICATION_NAME,
                               connect_timeout=self.config.database.connect_timeout)
+        conn.adapters.register_loader("timestamptz", _TimestamptzOrText)
+        return conn
+
+
+class _TimestamptzOrText(Loader):
+    """A timestamptz as a datetime, or as PostgreSQL's own text when Python cannot hold it.
+
+    psycopg raises DataError on 'infinity', '-infinity' and years outside 1..9999, which
+    would make a whole listing fail on one row written from SQL. Text rather than clamping
+    to datetime.max/min: an operator must see that the row says infinity, not year 9999."""
+
+    def __init__(self, oid: int, context: AdaptContext | None = None) -> None:
+        super().__init__(oid, context)
+        self._datetime = TimestamptzLoader(oid, context)
+
+    def load(self, data: Buffer) -> dt.datetime | str:
+        try:
+            return self._datetime.load(data)
+        except psycopg.DataError:
+            return bytes(data).decode()
 
 
 Handler = Callable[[_Context], int]
@@ -425,15 +454,19 @@ def _escape(match: re.Match[str]) -> str:
     return repr(match.group())[1:-1]
 
 
-def _when_text(value: dt.datetime | None) -> str:
+def _when_text(value: dt.datetime | str | None) -> str:
     if value is None:
         return "-"
+    if isinstance(value, str):  # a time Python cannot hold (_TimestamptzOrText)
+        return value
     return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _age_text(seconds: float | None) -> str:
     if seconds is None:
         return "-"
+    if math.isinf(seconds):  # the oldest runnable job has run_at = '-infinity'
+        return "infinity"
     s = max(0, int(seconds))
     if s < 60:
         return f"{s}s"
@@ -442,6 +475,10 @@ def _age_text(seconds: float | None) -> str:
     if s < 86400:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _seconds(value: float | str | None) -> float | None:
+    return math.inf if value == "infinity" else None if value is None else float(value)
 
 
 def _text(value: object) -> str:
@@ -757,6 +794,11 @@ def _cmd_queues(ctx: _Context) -> int:
         rows = conn.cursor(row_factory=dict_row).execute(
             ctx.queries.job_count_by_queue, {"scan_limit": args.scan_limit}).fetchall()
     truncated = any(r.pop("truncated") for r in rows)
+    for r in rows:
+        age = r["oldest_runnable_age"]
+        if age is not None and math.isinf(age):
+            # orjson would write null, which means "nothing runnable".
+            r["oldest_runnable_age"] = "infinity"
     if args.json:
         _emit_json({"queues": rows, "truncated": truncated})
     elif not rows:
@@ -766,7 +808,7 @@ def _cmd_queues(ctx: _Context) -> int:
                       "oldest_runnable"),
                      [(_text(r["queue_name"]), r["task_identifier"], str(r["waiting"]),
                        str(r["scheduled"]), str(r["running"]), str(r["claimed"]),
-                       _age_text(r["oldest_runnable_age"])) for r in rows]))
+                       _age_text(_seconds(r["oldest_runnable_age"]))) for r in rows]))
     if truncated:
         print(f"{PROG}: the scan stopped after {args.scan_limit} jobs: the figures are lower "
               "bounds (raise --scan-limit to read more)", file=sys.stderr)

@@ -73,7 +73,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, NamedTuple, Union, get_args, get_origin, get_type_hints
 
-from skivi.errors import ConfigError
+from skivi.errors import ConfigError, shown
 
 __all__ = [
     "DEFAULT_CONFIG_FILE",
@@ -171,14 +171,14 @@ _INVALID: Any = object()
 
 def _at_least(bound: int) -> _Check:
     def check(key: str, value: Any) -> _Problems:
-        return [] if value >= bound else [(key, f"must be at least {bound}, got {value!r}")]
+        return [] if value >= bound else [(key, f"must be at least {bound}, got {shown(value)}")]
 
     return check
 
 
 def _greater_than(bound: int) -> _Check:
     def check(key: str, value: Any) -> _Problems:
-        return [] if value > bound else [(key, f"must be greater than {bound}, got {value!r}")]
+        return [] if value > bound else [(key, f"must be greater than {bound}, got {shown(value)}")]
 
     return check
 
@@ -187,7 +187,7 @@ def _between(low: int, high: int) -> _Check:
     def check(key: str, value: Any) -> _Problems:
         if low <= value <= high:
             return []
-        return [(key, f"must be between {low} and {high}, got {value!r}")]
+        return [(key, f"must be between {low} and {high}, got {shown(value)}")]
 
     return check
 
@@ -226,9 +226,12 @@ def _check_schema_name(key: str, value: Any) -> _Problems:
     # short, lowercase one never needs quoting and always fits PostgreSQL's 63-byte limit.
     if not _SCHEMA_NAME.fullmatch(value):
         rule = "1 to 57 lowercase letters, digits or underscores, not starting with a digit"
-        return [(key, f"{value!r} must be {rule}")]
+        return [(key, f"{shown(value)} must be {rule}")]
     if value.startswith("pg_"):
-        return [(key, f"{value!r}: names starting with 'pg_' are reserved by PostgreSQL")]
+        return [(key, f"{shown(value)}: names starting with 'pg_' are reserved by PostgreSQL")]
+    if value == "information_schema":
+        return [(key, "'information_schema' belongs to PostgreSQL (the SQL-standard catalog "
+                      "views); choose a schema of Skivi's own")]
     return []
 
 
@@ -239,7 +242,7 @@ def _check_tasks(key: str, tasks: Any) -> _Problems:
     # Tables are inline JSON Schemas and are compiled by the registry, which reports their errors
     # with the schema in hand; here only the import-path strings can be checked cheaply.
     return [
-        (f"{key}.{task}", f"{spec!r} is not an import path like 'package.module:attr'")
+        (f"{key}.{task}", f"{shown(spec)} is not an import path like 'package.module:attr'")
         for task, spec in tasks.items()
         if isinstance(spec, str) and not _IMPORT_PATH.fullmatch(spec)
     ]
@@ -562,7 +565,7 @@ def _from_env(env: Mapping[str, str], problems: _Problems) -> list[tuple[str, An
         hint = _settings()[key]
         value = _parse_env(text, hint)
         if value is _INVALID:
-            problems.append((key, f"{name}={text!r} is not {_env_format(hint)}"))
+            problems.append((key, f"{name}={shown(text)} is not {_env_format(hint)}"))
         else:
             found.append((key, value, name))
     return found
@@ -804,7 +807,7 @@ def _got(value: Any) -> str:
         return repr(value)
     for kind, noun in _NOUNS.items():
         if isinstance(value, kind):
-            return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun} ({value!r})"
+            return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun} ({shown(value)})"
     return f"a {type(value).__name__}"
 
 

@@ -70,7 +70,7 @@ from typing import Any
 import orjson
 from croniter import croniter
 
-from skivi.errors import ConfigError, JobSpecError, PayloadError
+from skivi.errors import ConfigError, JobSpecError, PayloadError, shown
 from skivi.job import JobKeyMode, JobSpec
 from skivi.payload import encode
 
@@ -245,7 +245,7 @@ def ensure_unique(entries: Sequence[CronEntry]) -> None:
             duplicates.append(entry.identifier)
         seen.add(entry.identifier)
     if duplicates:
-        raise ConfigError([f"cron: identifier {d!r} is defined more than once"
+        raise ConfigError([f"cron: identifier {shown(d)} is defined more than once"
                            for d in duplicates])
 
 
@@ -281,7 +281,7 @@ def load_crontab_file(path: str | Path) -> list[CronEntry]:
 
 def _label(source: str, index: int, identifier: object) -> str:
     if isinstance(identifier, str) and identifier:
-        return f"{source}[{index}] {identifier!r}"
+        return f"{source}[{index}] {shown(identifier)}"
     return f"{source}[{index}]"
 
 
@@ -303,7 +303,7 @@ def _parse_entry(raw: object, index: int, source: str) -> tuple[CronEntry | None
         refuse("identifier", "missing; every entry needs a stable identifier")
     elif not _is_name(identifier, IDENTIFIER_MAX):
         refuse("identifier", f"must be a string of 1 to {IDENTIFIER_MAX} characters without "
-                             f"NUL, got {identifier!r}")
+                             f"NUL, got {shown(identifier)}")
     ident = identifier if isinstance(identifier, str) else ""
 
     schedule = raw.get("schedule")
@@ -317,11 +317,11 @@ def _parse_entry(raw: object, index: int, source: str) -> tuple[CronEntry | None
     task = raw.get("task", identifier)
     if "task" in raw and not _is_name(task, IDENTIFIER_MAX):
         refuse("task", f"must be a string of 1 to {IDENTIFIER_MAX} characters without NUL, "
-                       f"got {task!r}")
+                       f"got {shown(task)}")
 
     timezone = raw.get("timezone", TIMEZONE_DEFAULT)
     if not isinstance(timezone, str) or not _zone_exists(timezone):
-        refuse("timezone", f"unknown time zone {timezone!r}; expected an IANA name such as "
+        refuse("timezone", f"unknown time zone {shown(timezone)}; expected an IANA name such as "
                            "'UTC' or 'Europe/Berlin'")
 
     backfill: float | None = None
@@ -406,15 +406,15 @@ def _schedule_error(schedule: object) -> str | None:
         return f"must be a cron expression string, got {type(schedule).__name__}"
     text = schedule.strip()
     if text.startswith("@") and text.lower() not in _MACROS:
-        return (f"{schedule!r}: unknown macro; expected one of {', '.join(sorted(_MACROS))} "
+        return (f"{shown(schedule)}: unknown macro; expected one of {', '.join(sorted(_MACROS))} "
                 "(@reboot has no meaning for a shared schedule)")
     if len(_fields(text)) not in (5, 6):
-        return (f"{schedule!r} must have 5 fields (minute hour day month weekday), or 6 with "
+        return (f"{shown(schedule)} must have 5 fields (minute hour day month weekday), or 6 with "
                 "seconds last")
     try:
         croniter(" ".join(_fields(text)), _PROBE_FROM).get_next(dt.datetime)
     except (ValueError, KeyError, TypeError) as exc:  # croniter's errors are ValueErrors
-        return f"{schedule!r} is not a valid cron expression: {exc}"
+        return f"{shown(schedule)} is not a valid cron expression: {exc}"
     return None
 
 
@@ -442,7 +442,7 @@ def _job_option_problem(task: str, options: dict[str, Any]) -> list[str]:
     try:
         JobSpec(task=task or "cron", **options).check()
     except JobSpecError as exc:
-        return [str(exc).replace(f" for task {task or 'cron'!r}", "")]
+        return [str(exc).replace(f" for task {shown(task or 'cron')}", "")]
     return []
 
 

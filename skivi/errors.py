@@ -29,6 +29,9 @@ from __future__ import annotations
 
 import psycopg
 
+SHOWN_MAX = 80
+"""Most characters of a bad value an error message quotes (see ``shown``)."""
+
 __all__ = [
     "ConfigError",
     "DatabaseUnavailable",
@@ -44,6 +47,33 @@ __all__ = [
     "TaskFileError",
     "TaskNotFound",
 ]
+
+
+def shown(value: object, limit: int = SHOWN_MAX) -> str:
+    """``repr(value)`` for an error message, cut to about ``limit`` characters.
+
+    A message quotes the value it refuses so the caller can find it, but a 10 kB queue name
+    quoted whole buries the message (and fills logs); past ``limit`` the quote ends with
+    ``...`` and says how long the whole value is."""
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return repr(value)
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a broken __repr__ must not hide the real error
+        return f"<{type(value).__qualname__} object>"
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def nul_position(value: object) -> int | None:
+    """Index of the first U+0000 in ``value`` if it is a str containing one, else None."""
+    if isinstance(value, str):
+        at = value.find("\x00")
+        return None if at < 0 else at
+    return None
 
 
 class SkiviError(Exception):
@@ -70,8 +100,8 @@ class PayloadError(SkiviError):
     def __init__(self, task: str, message: str, field: str | None = None) -> None:
         self.task = task
         self.field = field
-        where = f" (field {field!r})" if field else ""
-        super().__init__(f"payload for task {task!r} refused{where}: {message}")
+        where = f" (field {shown(field)})" if field else ""
+        super().__init__(f"payload for task {shown(task)} refused{where}: {message}")
 
 
 class JobSpecError(SkiviError):

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from skivi.errors import JobSpecError
+from skivi.errors import JobSpecError, nul_position, shown
 
 __all__ = ["EnqueueOutcome", "Job", "JobKeyMode", "JobSpec"]
 
@@ -76,7 +76,24 @@ class Job:
 
 
 def _fail(option: str, message: str, task: object) -> JobSpecError:
-    return JobSpecError(f"job option {option!r} for task {task!r}: {message}")
+    return JobSpecError(f"job option {option!r} for task {shown(task)}: {message}")
+
+
+def _text_problem(value: object, low: int, high: int, none_ok: bool = False,
+                  echo: bool = True) -> str | None:
+    """Why ``value`` is not a str of ``low`` to ``high`` characters without NUL, or None.
+    A NUL is reported as such, with its position, not as a length problem. ``echo=False``
+    when the message quotes the value already (the task, in every message)."""
+    value_text = f": {shown(value)}" if echo else ""
+    expected = f"{'None or ' if none_ok else ''}a string of {low} to {high} characters"
+    if not isinstance(value, str):
+        return f"must be {expected}, got {type(value).__name__}"
+    at = nul_position(value)
+    if at is not None:
+        return f"contains a NUL character at position {at}{value_text}"
+    if not low <= len(value) <= high:
+        return f"must be {expected}, got {len(value)} characters{value_text}"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +121,8 @@ class JobSpec:
         unknown = sorted(set(spec) - names)
         if unknown:
             raise JobSpecError(
-                f"job spec for task {spec.get('task')!r} has unknown fields {unknown}; "
+                f"job spec for task {shown(spec.get('task'))} has unknown fields "
+                f"{shown(unknown)}; "
                 f"expected {sorted(names)}")
         if "task" not in spec:
             raise JobSpecError("job spec has no 'task'")
@@ -113,38 +131,54 @@ class JobSpec:
     def check(self) -> None:
         """Refuse impossible options, naming the option. Pure: no I/O."""
         t = self.task
-        if not isinstance(t, str) or not 1 <= len(t) <= TASK_IDENTIFIER_MAX or "\x00" in t:
-            raise _fail("task", f"must be a string of 1 to {TASK_IDENTIFIER_MAX} characters", t)
+        problem = _text_problem(t, 1, TASK_IDENTIFIER_MAX, echo=False)
+        if problem is not None:
+            raise _fail("task", problem, t)
         q = self.queue_name
-        if q is not None and (not isinstance(q, str) or not 1 <= len(q) <= QUEUE_NAME_MAX
-                              or "\x00" in q):
-            raise _fail("queue_name", f"must be None or a string of 1 to {QUEUE_NAME_MAX} "
-                                      f"characters, got {q!r}", t)
+        if q is not None and (problem := _text_problem(q, 1, QUEUE_NAME_MAX, True)) is not None:
+            raise _fail("queue_name", problem, t)
         if self.run_at is not None:
             if not isinstance(self.run_at, dt.datetime):
                 raise _fail("run_at", f"must be a datetime, got {type(self.run_at).__name__}", t)
             if self.run_at.tzinfo is None or self.run_at.utcoffset() is None:
                 raise _fail("run_at", "must be timezone-aware (a naive datetime is ambiguous)", t)
+            try:
+                self.run_at.astimezone(dt.UTC)
+            except OverflowError:
+                # PostgreSQL would store it (its range is far wider), but as a time before
+                # year 1 or after 9999 in UTC, which no Python datetime can hold: every
+                # read of the row (the job returned by a keyed enqueue, the CLI, the
+                # handler's ctx.job.run_at) would fail or be clamped.
+                raise _fail("run_at", f"{self.run_at.isoformat()} is outside the years 1 to "
+                                      "9999 once converted to UTC", t) from None
         m = self.max_attempts
         if m is not None and (type(m) is not int or not 1 <= m <= INT4_MAX):
-            raise _fail("max_attempts", f"must be an integer from 1 to {INT4_MAX}, got {m!r}", t)
+            raise _fail("max_attempts", f"must be an integer from 1 to {INT4_MAX}, "
+                                        f"got {shown(m)}", t)
         p = self.priority
         if p is not None and (type(p) is not int or not PRIORITY_MIN <= p <= PRIORITY_MAX):
             raise _fail("priority", f"must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}, "
-                                    f"got {p!r}", t)
+                                    f"got {shown(p)}", t)
         k = self.job_key
-        if k is not None and (not isinstance(k, str) or not 1 <= len(k) <= JOB_KEY_MAX
-                              or "\x00" in k):
-            raise _fail("job_key", f"must be None or a string of 1 to {JOB_KEY_MAX} characters "
-                                   "without NUL", t)
+        if k is not None and (problem := _text_problem(k, 1, JOB_KEY_MAX, True)) is not None:
+            raise _fail("job_key", problem, t)
         mode = self.job_key_mode
         if mode is not None:
             if mode not in JobKeyMode.__members__.values():
                 raise _fail("job_key_mode", f"must be one of "
-                            f"{', '.join(m.value for m in JobKeyMode)}, got {mode!r}", t)
+                            f"{', '.join(m.value for m in JobKeyMode)}, got {shown(mode)}", t)
             if k is None:
                 raise _fail("job_key_mode", "needs a job_key", t)
         f = self.flags
-        if f is not None and (isinstance(f, str) or not all(
-                isinstance(x, str) and x and "\x00" not in x for x in f)):
-            raise _fail("flags", f"must be a list of non-empty strings, got {f!r}", t)
+        if f is not None:
+            if isinstance(f, str) or not isinstance(f, Sequence):
+                raise _fail("flags", "must be a list of non-empty strings, got a "
+                                     f"{type(f).__name__}", t)
+            for i, x in enumerate(f):
+                at = nul_position(x)
+                if at is not None:
+                    raise _fail("flags", f"flags[{i}] contains a NUL character at position "
+                                         f"{at}: {shown(x)}", t)
+                if not isinstance(x, str) or not x:
+                    raise _fail("flags", f"flags[{i}] must be a non-empty string, "
+                                         f"got {shown(x)}", t)

@@ -16,6 +16,13 @@ and the field, than a ``DataError`` from the middle of a bulk insert. :func:`enc
   the insert fails with ``unsupported Unicode escape sequence``. orjson always writes NUL as the six
   bytes ``\\u0000``, so a substring scan finds every candidate; the walk that names the field runs
   only on a hit (which may be a false alarm, e.g. a literal backslash followed by ``u0000``).
+- **naive** ``datetime`` **and** ``time`` **values**: they name no instant, and written as
+  they are they would read like times in some zone nobody chose. The other values orjson
+  writes that are not JSON types are encoded by one documented rule, and a handler receives
+  them as strings: an aware ``datetime`` (or ``time``) as ISO 8601 with its UTC offset
+  (``2024-05-01T12:00:00+02:00``: the offset is never dropped or converted), a ``date`` as
+  ``2024-05-01``, a ``UUID`` in its canonical 36-character form. ``Decimal`` stays refused
+  (its digits would silently become a float).
 - **payloads larger than ``max_bytes`` once encoded**: a queue row is not a blob store, and
   ``jsonb`` itself cannot exceed 255 MiB. The size is checked before the NaN/NUL walks, so an
   oversized payload is never walked.
@@ -33,6 +40,7 @@ Nothing here logs payload contents: they may hold personal data.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import enum
 import importlib
 import json
@@ -44,7 +52,7 @@ from typing import Any
 import fastjsonschema
 import orjson
 
-from skivi.errors import ConfigError, PayloadError
+from skivi.errors import ConfigError, PayloadError, shown
 
 __all__ = ["PayloadGate", "compile_validator", "encode"]
 
@@ -60,6 +68,27 @@ _ORJSON_RECURSION_MESSAGE = "Recursion limit reached"
 _LEAF_TYPES = frozenset({str, int, float, bool, type(None)})
 
 
+def _encode_time(value: object) -> str:
+    """orjson's ``default`` for the date and time types it passes through
+    (OPT_PASSTHROUGH_DATETIME): naive values are refused, aware ones keep their offset."""
+    if isinstance(value, dt.datetime | dt.time):
+        if value.utcoffset() is None:
+            kind = type(value).__name__
+            raise TypeError(f"a naive {kind} is ambiguous (no time zone); give it a tzinfo "
+                            "(e.g. datetime.UTC) or send an ISO 8601 string")
+        return value.isoformat()
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    raise TypeError(f"Type is not JSON serializable: {type(value).__qualname__}")
+
+
+_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME
+
+
+def _dumps(value: object) -> bytes:
+    return orjson.dumps(value, default=_encode_time, option=_OPTIONS)
+
+
 def encode(task: str, payload: object, max_bytes: int) -> bytes:
     """Serialise ``payload`` to JSON bytes that ``jsonb`` stores without loss.
 
@@ -68,7 +97,7 @@ def encode(task: str, payload: object, max_bytes: int) -> bytes:
             (``items[3].price``).
     """
     try:
-        data = orjson.dumps(payload)
+        data = _dumps(payload)
     except orjson.JSONEncodeError as exc:
         raise _unserialisable(task, payload, exc) from exc
     size = len(data)
@@ -185,6 +214,8 @@ def _unserialisable(task: str, payload: object, exc: Exception) -> PayloadError:
             task,
             f"nested more than {_ORJSON_MAX_DEPTH} levels deep, or contains a reference cycle",
         )
+    if isinstance(exc.__cause__, TypeError):
+        reason = str(exc.__cause__)  # _encode_time's own words (a naive datetime, ...)
     path = _find(payload, _fails_to_encode, _key_fails_to_encode)
     return PayloadError(task, f"cannot be encoded as JSON: {reason}", _format_path(path or ()))
 
@@ -303,7 +334,7 @@ def _fails_to_encode(value: object) -> bool:
     if _is_container(value) or isinstance(value, enum.Enum):
         return False  # judged by what they contain
     try:
-        orjson.dumps(value)
+        _dumps(value)
     except orjson.JSONEncodeError:
         return True
     return False
@@ -370,13 +401,15 @@ def _thaw(value: object) -> object:
 def _compile_import_path(task: str, key: str, path: str) -> Validator:
     module_name, sep, attr_path = path.partition(":")
     if not sep or not module_name or not attr_path:
-        raise ConfigError(f"{key}: import path {path!r} is not of the form 'package.module:attr'")
+        raise ConfigError(
+            f"{key}: import path {shown(path)} is not of the form 'package.module:attr'")
     try:
         target: object = importlib.import_module(module_name)
         for attr in attr_path.split("."):
             target = getattr(target, attr)
     except Exception as exc:  # any failure while importing user code is a config problem
-        raise ConfigError(f"{key}: cannot import {path!r}: {type(exc).__name__}: {exc}") from exc
+        raise ConfigError(
+            f"{key}: cannot import {shown(path)}: {type(exc).__name__}: {exc}") from exc
 
     # Duck typing keeps pydantic optional: it is never imported here.
     model_validate = getattr(target, "model_validate", None)
@@ -388,7 +421,7 @@ def _compile_import_path(task: str, key: str, path: str) -> Validator:
     if callable(target):
         return _callable_validator(task, path, target)
     raise ConfigError(
-        f"{key}: {path!r} is a {type(target).__name__}, not a pydantic model, TypeAdapter"
+        f"{key}: {shown(path)} is a {type(target).__name__}, not a pydantic model, TypeAdapter"
         " or callable"
     )
 

@@ -68,7 +68,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, overload
 
-from skivi.errors import RegistryError, TaskFileError
+from skivi.errors import RegistryError, TaskFileError, nul_position, shown
 from skivi.retry import DEFAULT_BACKOFF, Backoff
 
 __all__ = [
@@ -120,7 +120,7 @@ class TaskDef:
             raise TypeError(f"backoff must be a Backoff, got {type(self.backoff).__name__}")
         if self.timeout is not None and not _is_positive_seconds(self.timeout):
             raise ValueError(
-                f"timeout must be a finite number of seconds > 0, got {self.timeout!r}"
+                f"timeout must be a finite number of seconds > 0, got {shown(self.timeout)}"
             )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -191,16 +191,16 @@ class Task:
             fn = handler
         if not callable(fn):
             raise RegistryError(
-                f"task {identifier!r}: handler must be callable, got {type(fn).__name__}"
+                f"task {shown(identifier)}: handler must be callable, got {type(fn).__name__}"
             )
         if backoff is not None and not isinstance(backoff, Backoff):
             raise RegistryError(
-                f"task {identifier!r}: backoff must be a Backoff, got {type(backoff).__name__}"
+                f"task {shown(identifier)}: backoff must be a Backoff, got {type(backoff).__name__}"
             )
         if timeout is not None and not _is_positive_seconds(timeout):
             raise RegistryError(
-                f"task {identifier!r}: timeout must be a finite number of seconds > 0, "
-                f"got {timeout!r}"
+                f"task {shown(identifier)}: timeout must be a finite number of seconds > 0, "
+                f"got {shown(timeout)}"
             )
         return cls(
             identifier=identifier,
@@ -229,7 +229,7 @@ class TaskRegistry:
             if not isinstance(t, Task):
                 raise RegistryError(f"expected a Task, got {type(t).__name__}")
             if t.identifier in collected:
-                raise RegistryError(f"task {t.identifier!r} is registered twice")
+                raise RegistryError(f"task {shown(t.identifier)} is registered twice")
             collected[t.identifier] = t
         ordered = {identifier: collected[identifier] for identifier in sorted(collected)}
         object.__setattr__(self, "_tasks", types.MappingProxyType(ordered))
@@ -350,22 +350,27 @@ def is_async_callable(fn: object) -> bool:
 def _check_identifier(identifier: object) -> None:
     if not isinstance(identifier, str):
         raise RegistryError(
-            f"task identifier {identifier!r} must be a str, got {type(identifier).__name__}"
+            f"task identifier {shown(identifier)} must be a str, got {type(identifier).__name__}"
         )
     if not identifier:
         raise RegistryError("task identifier '' is empty")
+    # NUL first: a long name with a NUL in it is reported for the NUL, which is the real
+    # mistake (a C string or a binary buffer passed as a name).
+    at = nul_position(identifier)
+    if at is not None:
+        raise RegistryError(
+            f"task identifier {shown(identifier)} contains a NUL character at position {at}"
+        )
     if len(identifier) > IDENTIFIER_MAX_LENGTH:
         raise RegistryError(
-            f"task identifier {identifier!r} is {len(identifier)} characters long; "
+            f"task identifier {shown(identifier)} is {len(identifier)} characters long; "
             f"the limit is {IDENTIFIER_MAX_LENGTH}"
         )
-    if "\x00" in identifier:
-        raise RegistryError(f"task identifier {identifier!r} contains NUL (U+0000)")
     try:
         identifier.encode("utf-8")
     except UnicodeEncodeError:
         raise RegistryError(
-            f"task identifier {identifier!r} contains a lone surrogate; it is not valid text"
+            f"task identifier {shown(identifier)} contains a lone surrogate; it is not valid text"
         ) from None
 
 

@@ -13,6 +13,12 @@ backend lives on (a connection the server has not noticed is gone) holds the loc
 that backend is ended with ``pg_terminate_backend``. Each
 migration runs in its own transaction and records itself first. A database that has
 migrations this code does not know was migrated by a newer Skivi and is refused.
+
+The schema must be Skivi's (it has Skivi's migration table), or empty, or not exist yet:
+``information_schema``, ``pg_*`` and a schema holding anything else (``public`` with an
+application's tables) are refused before anything is created. On a fresh schema the schema
+and the migration table are created in the first migration's transaction, so a first
+migration that fails leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from psycopg.rows import dict_row
 
 from skivi.config import MIGRATION_LOCK_TIMEOUT_DEFAULT
 from skivi.db import queries
-from skivi.errors import MigrationError, SchemaTooNew
+from skivi.errors import MigrationError, SchemaTooNew, shown
 
 __all__ = ["Migration", "known_migrations", "migrate", "pending_migrations"]
 
@@ -70,6 +76,26 @@ def _check_not_newer(applied: dict[int, str], schema: str) -> None:
             f"schema {schema!r} has migrations this version of Skivi does not know: {names}; "
             "it was migrated by a newer Skivi. Upgrade Skivi on this host before running it."
         )
+
+
+def _check_name(schema: str) -> None:
+    # PostgreSQL's own schemas: never an instance's, whatever they hold.
+    if schema == "information_schema" or schema.startswith("pg_"):
+        raise MigrationError(
+            f"schema {shown(schema)} belongs to PostgreSQL; choose another "
+            "database.schema_name (default: skivi)")
+
+
+def _check_schema_is_ours(schema: str, state: tuple[Any, ...]) -> None:
+    exists, has_migration_table, object_count, some_objects = state
+    if exists and not has_migration_table and object_count:
+        names = ", ".join(some_objects)
+        more = f" and {object_count - len(some_objects)} more" if object_count > len(
+            some_objects) else ""
+        raise MigrationError(
+            f"schema {shown(schema)} already holds {object_count} object(s) that are not "
+            f"Skivi's ({names}{more}) and has no Skivi migration table; nothing was "
+            "created. Give Skivi a schema of its own (database.schema_name), new or empty.")
 
 
 def pending_migrations(conn: psycopg.Connection[Any], schema: str) -> list[Migration]:
@@ -140,6 +166,7 @@ def migrate(conn: psycopg.Connection[Any], schema: str, *,
     """
     if not conn.autocommit:
         raise MigrationError("migrate() needs a connection in autocommit mode")
+    _check_name(schema)
     # Read-only first: an up-to-date schema needs no lock and no CREATE privilege, so an
     # engine connected as a role without DDL rights starts fine once the owner migrated.
     if not pending_migrations(conn, schema):
@@ -148,19 +175,15 @@ def migrate(conn: psycopg.Connection[Any], schema: str, *,
     params = {"schema": schema}
     _lock(conn, q, schema, lock_timeout)
     try:
-        try:
-            with conn.transaction():
-                conn.execute(q.migration_bootstrap)
-                applied = _applied(conn, q)
-        except psycopg.errors.InsufficientPrivilege as exc:
-            # A role without CREATE (a worker or producer role): a refusal of this
-            # deployment's design, not a database error, so it is reported as one.
-            raise MigrationError(
-                f"role {conn.info.user!r} may not migrate schema {schema!r} "
-                f"({str(exc).strip().splitlines()[0]}); run `skivi migrate` as the role that "
-                "owns the schema (docs/operations.md, Database roles), and start engines "
-                "connected as other roles with --no-migrate") from exc
+        with conn.transaction():
+            state = conn.execute(q.migration_schema_state, params).fetchone()
+            assert state is not None
+            applied = _applied(conn, q)
+        _check_schema_is_ours(schema, state)
         _check_not_newer(applied, schema)
+        # Fresh: the schema and migration table are created with the first migration, in
+        # its transaction, so its failure rolls them back too (nothing is left behind).
+        bootstrap = not state[1]
         done = []
         for m in known_migrations():
             if m.version in applied:
@@ -168,12 +191,24 @@ def migrate(conn: psycopg.Connection[Any], schema: str, *,
             text = queries.load_text("migrations", m.name)
             try:
                 with conn.transaction():
+                    if bootstrap:
+                        conn.execute(q.migration_bootstrap)
                     conn.execute(q.migration_record, {"id": m.version, "name": m.name})
                     conn.execute(queries.compose(text, schema))
-            except psycopg.Error as exc:
+            except psycopg.errors.InsufficientPrivilege as exc:
+                # A role without CREATE (a worker or producer role): a refusal of this
+                # deployment's design, not a database error, so it is reported as one.
                 raise MigrationError(
-                    f"migration {m.name} failed on schema {schema!r}: {exc}"
+                    f"role {conn.info.user!r} may not migrate schema {shown(schema)} "
+                    f"({str(exc).strip().splitlines()[0]}); run `skivi migrate` as the role "
+                    "that owns the schema (docs/operations.md, Database roles), and start "
+                    "engines connected as other roles with --no-migrate") from exc
+            except psycopg.Error as exc:
+                left = "; nothing was left behind" if bootstrap else ""
+                raise MigrationError(
+                    f"migration {m.name} failed on schema {shown(schema)}: {exc}{left}"
                 ) from exc
+            bootstrap = False
             logger.info("applied migration %s to schema %s", m.name, schema,
                         extra={"action": "apply_migration", "migration": m.name})
             done.append(m)

@@ -83,6 +83,7 @@ class Queries:
     migration_lock: bytes
     migration_lock_holder: bytes
     migration_record: bytes
+    migration_schema_state: bytes
     migration_table_exists: bytes
     migration_unlock: bytes
 

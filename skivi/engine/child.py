@@ -123,17 +123,47 @@ class JobContext:
         return await add_job_async(self._system, task, payload, **options)
 
 
+# What a handler sees for a time Python cannot hold: a row written from SQL may have
+# run_at = '-infinity' (runnable before anything else) or 'infinity', or a year outside
+# 1..9999. Clamped to the nearest datetime Python has, in UTC.
+TIME_MIN = dt.datetime.min.replace(tzinfo=dt.UTC)
+TIME_MAX = dt.datetime.max.replace(tzinfo=dt.UTC)
+
+
 def _parse_time(value: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(value)
+    """A timestamptz as json_build_array spells it (job_claim.sql), clamped when Python
+    cannot hold it: ``-infinity`` and BC dates become TIME_MIN, ``infinity`` and years past
+    9999 TIME_MAX."""
+    try:
+        return dt.datetime.fromisoformat(value)
+    except ValueError:
+        if value == "-infinity" or value.endswith(" BC"):
+            return TIME_MIN
+        if value == "infinity" or value[:5].isdigit():
+            return TIME_MAX
+        raise
 
 
 def _wait(m: Sequence[Any]) -> float:
-    """Seconds from the job's run_at to now: its queue wait, for metrics."""
-    return max(0.0, time.time() - _parse_time(m[6]).timestamp())
+    """Seconds from the job's run_at to now: its queue wait, for metrics. 0 when run_at is
+    not a time Python holds (a -infinity run_at would count as 2,000 years of waiting).
+    Never raises: it runs outside the handler's guard, where an exception would leave the
+    job's slot held (the handler's own decoding of the row, in _job_info, is inside it, so
+    a row that cannot be decoded fails its job with the reason in last_error)."""
+    try:
+        when = _parse_time(m[6])
+        if when in (TIME_MIN, TIME_MAX):
+            return 0.0
+        return max(0.0, time.time() - when.timestamp())
+    except (ValueError, OverflowError):  # an unknown spelling, or a platform's time limits
+        return 0.0
 
 
 def _job_info(m: Sequence[Any]) -> JobInfo:
-    return JobInfo(m[0], m[2], m[3], m[4], m[5], _parse_time(m[6]), m[7], m[8], m[9],
+    # A JSON null payload (a row written by SQL: insert ... payload = 'null') means no
+    # payload, which every enqueue function stores as {}: the handler sees {} for both.
+    payload = {} if m[3] is None else m[3]
+    return JobInfo(m[0], m[2], payload, m[4], m[5], _parse_time(m[6]), m[7], m[8], m[9],
                    tuple(m[10] or ()), _parse_time(m[11]))
 
 

@@ -509,6 +509,36 @@ def test_jobs_list_filters_by_state_task_and_queue_when_asked(
     assert failed["attempts"] == 2 and failed["last_error"].endswith("ValueError: boom")
 
 
+def test_jobs_history_and_queues_print_rows_whose_times_python_cannot_hold_when_stored(
+        database: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Rows written from SQL may hold run_at = 'infinity' / '-infinity' or a year past 9999,
+    which psycopg cannot load into a datetime; they are printed as PostgreSQL spells them."""
+    with connect(database) as c:
+        ids = [r[0] for r in c.execute(
+            "insert into skivi.job (task_identifier, run_at) values ('never', 'infinity'), "
+            "('first', '-infinity'), ('far', '10000-01-01T00:00:00Z') returning id").fetchall()]
+        c.execute("insert into skivi.job_history (id, task_identifier, payload, priority, "
+                  "run_at, attempts, max_attempts, created_at, outcome) values "
+                  "(9001, 'old', '{}', 0, '-infinity', 1, 25, now(), 'completed')")
+    listed = cli_json(database, capsys, "jobs", "list")["jobs"]
+    assert [(j["id"], j["run_at"]) for j in listed] == [
+        (ids[0], "infinity"), (ids[1], "-infinity"), (ids[2], "10000-01-01 00:00:00+00")]
+    assert cli(database, "jobs", "list") == 0
+    table = capsys.readouterr().out.splitlines()
+    assert [line.split()[6] for line in table[1:]] == ["infinity", "-infinity", "10000-01-01"]
+    history = cli_json(database, capsys, "history", "list")["history"]
+    assert [(h["id"], h["run_at"]) for h in history] == [(9001, "-infinity")]
+    assert cli(database, "history", "list") == 0
+    assert "9001" in capsys.readouterr().out
+    queues = {q["task_identifier"]: q for q in cli_json(database, capsys, "queues")["queues"]}
+    assert queues["first"]["waiting"] == 1
+    assert queues["first"]["oldest_runnable_age"] == "infinity"
+    assert queues["never"]["scheduled"] == 1
+    assert cli(database, "queues") == 0
+    table = capsys.readouterr().out.splitlines()
+    assert next(line for line in table if " first " in line).split()[-1] == "infinity"
+
+
 def test_jobs_list_prints_payloads_only_when_asked(
         jobs: dict[str, int], database: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(database, "jobs", "list") == 0

@@ -310,6 +310,13 @@ def test_sql_admin_functions_change_pending_jobs_when_called(database: str) -> N
     ({"job_key_mode": "replace"}, "needs a job_key"),
     ({"priority": 40000}, "priority"),
     ({"run_at": dt.datetime(2030, 1, 1)}, "timezone-aware"),
+    # Year 10000 and year 0 once in UTC: PostgreSQL stores them, Python can never read them.
+    ({"run_at": dt.datetime.max.replace(tzinfo=dt.timezone(-dt.timedelta(hours=1)))},
+     "run_at.*outside the years 1 to 9999"),
+    ({"run_at": dt.datetime.min.replace(tzinfo=dt.timezone(dt.timedelta(hours=1))),
+      "job_key": "k"}, "run_at.*outside the years 1 to 9999"),
+    ({"flags": [None]}, r"flags\[0\] must be a non-empty string.*None"),
+    ({"flags": ["ok", ""]}, r"flags\[1\] must be a non-empty string.*''"),
     ({"queue_name": ""}, "queue_name"),
     ({"job_key": "a\x00b"}, "job_key"),
     ({"flags": "gpu"}, "flags"),

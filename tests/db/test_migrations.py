@@ -127,6 +127,79 @@ def test_two_schemas_in_one_database_are_independent(database: str) -> None:
         assert tasks(SCHEMA) == ["marker"]
 
 
+def schema_objects(c: psycopg.Connection[Any], schema: str) -> list[str]:
+    """Every relation and function in ``schema``, sorted: what a refused migration must not
+    have changed. Empty when the schema does not exist."""
+    rows = c.execute(
+        "select c.relname::text from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+        "where n.nspname = %s union all "
+        "select p.proname::text from pg_proc p join pg_namespace n on n.oid = p.pronamespace "
+        "where n.nspname = %s order by 1", [schema, schema]).fetchall()
+    return [r[0] for r in rows]
+
+
+def schema_exists(c: psycopg.Connection[Any], schema: str) -> bool:
+    row = c.execute("select exists (select 1 from pg_namespace where nspname = %s)",
+                    [schema]).fetchone()
+    return bool(row and row[0])
+
+
+@pytest.mark.parametrize("schema", ["information_schema", "pg_catalog", "pg_jobs"])
+def test_postgresqls_own_schemas_are_refused_before_anything_is_created(
+        make_database: MakeDatabase, schema: str) -> None:
+    with connect(make_database(template=None)) as c:
+        before = schema_objects(c, schema)
+        with pytest.raises(skivi.MigrationError, match=f"'{schema}' belongs to PostgreSQL"):
+            migrate(c, schema)
+        assert schema_objects(c, schema) == before
+        assert "migration" not in before
+
+
+def test_a_schema_holding_other_objects_is_refused_before_anything_is_created(
+        make_database: MakeDatabase) -> None:
+    with connect(make_database(template=None)) as c:
+        c.execute("create table public.job (x int)")
+        c.execute("create function public.app_fn() returns int language sql as 'select 1'")
+        with pytest.raises(skivi.MigrationError,
+                           match=r"schema 'public' already holds 2 object\(s\).*app_fn\(\), "
+                                 r"job.*nothing was created"):
+            migrate(c, "public")
+        assert schema_objects(c, "public") == ["app_fn", "job"]
+
+
+def test_an_existing_empty_schema_is_accepted_and_then_is_skivis(
+        make_database: MakeDatabase) -> None:
+    with connect(make_database(template=None)) as c:
+        c.execute("create schema jobs")
+        assert [m.name for m in migrate(c, "jobs")] == ALL
+        assert migrate(c, "jobs") == []  # now Skivi's, with its migration table
+        # A fresh database's public schema is empty (PostgreSQL 15+): accepted too.
+        assert [m.name for m in migrate(c, "public")] == ALL
+
+
+def test_a_failed_first_migration_leaves_nothing_behind(make_database: MakeDatabase) -> None:
+    url = make_database(template=None)
+    with connect(url) as c:
+        # An event trigger that refuses the job table: 0001 fails after the schema and the
+        # migration table would have been created.
+        c.execute("""
+            create function refuse_job_table() returns event_trigger language plpgsql as $$
+            begin
+                if exists (select 1 from pg_event_trigger_ddl_commands()
+                           where object_identity = 'fresh.job') then
+                    raise exception 'no job table here';
+                end if;
+            end $$""")
+        c.execute("create event trigger refuse_job_table on ddl_command_end "
+                  "execute function refuse_job_table()")
+        with pytest.raises(skivi.MigrationError,
+                           match=r"0001_initial\.sql failed.*no job table here"):
+            migrate(c, "fresh")
+        assert not schema_exists(c, "fresh")
+        c.execute("drop event trigger refuse_job_table")
+        assert [m.name for m in migrate(c, "fresh")] == ALL
+
+
 HOSTILE_SCHEMA = 'a"; drop table x; --'
 
 

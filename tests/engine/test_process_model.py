@@ -289,6 +289,60 @@ def test_once_runs_every_job_of_a_serial_queue_before_it_exits(
     assert len(history(database, ids)) == 25
 
 
+def observed(ledger: Ledger) -> dict[int, dict[str, Any]]:
+    """What the `observe` handler saw, per job id (the last run of each)."""
+    path = ledger.path.with_name(ledger.path.name + ".observed")
+    if not path.exists():
+        return {}
+    return {(d := orjson.loads(line))["id"]: d for line in path.read_text().splitlines()}
+
+
+# -- 7b. a row stored with a run_at Python cannot hold runs like any other -------------------
+
+@pytest.mark.parametrize("task", ["observe", "async_sleep", "no_such_task"])
+def test_a_job_stored_with_run_at_minus_infinity_runs_and_frees_its_slot(
+        engines: EngineProcs, database: str, task: str) -> None:
+    """Such a row comes from SQL (add_job('x', run_at => '-infinity')); the claim message
+    spells it "-infinity", which once crashed the dispatch in the child and held the slot.
+    One child, one slot: the ordinary job behind it runs only if the slot was freed."""
+    rows = fetch(database, "insert into skivi.job (task_identifier, run_at, max_attempts) "
+                           "values (%s, '-infinity', 1) returning id", task)
+    odd = int(rows[0][0])
+    engine = start_engine(engines, processes=1, concurrency=1)
+    after = enqueue(database, [{"task": "noop", "max_attempts": 1}])
+    done = wait_finished(database, [odd, *after])
+    expected = "exhausted" if task == "no_such_task" else "completed"
+    assert done[odd][0] == expected, done
+    assert done[after[0]][0] == "completed", done
+    if task == "observe":
+        assert observed(engines.ledger)[odd]["run_at"] == "0001-01-01T00:00:00+00:00"
+    assert stop(engine) == 0, log_of(engine)
+    assert "Traceback" not in log_of(engine)
+
+
+def test_a_null_payload_from_sql_reaches_the_handler_as_python_none_does(
+        engines: EngineProcs, database: str) -> None:
+    """skivi.add_job(system, task) with payload=None stores {}; from SQL, 'null'::jsonb is a
+    JSON null. Both mean "no payload", and a handler sees {} for each."""
+    from_sql = [int(r[0]) for r in fetch(
+        database, "select id from skivi.add_job('observe', 'null'::jsonb) "
+                  "union all select id from skivi.add_job('observe', null) "
+                  "union all select id from skivi.add_jobs("
+                  "'[{\"task\": \"observe\", \"payload\": null}]'::jsonb)")]
+    from_sql += [int(r[0]) for r in fetch(
+        database, "insert into skivi.job (task_identifier, payload) "
+                  "values ('observe', 'null') returning id")]
+    from_python = enqueue(database, [{"task": "observe", "payload": None},
+                                     {"task": "observe", "queue_name": "q", "payload": None}])
+    engine = start_engine(engines, processes=1)
+    ids = [*from_sql, *from_python]
+    done = wait_finished(database, ids)
+    assert {i: done[i][0] for i in ids} == dict.fromkeys(ids, "completed"), done
+    seen = observed(engines.ledger)
+    assert {i: seen[i]["payload"] for i in ids} == {i: {} for i in ids}
+    assert stop(engine) == 0, log_of(engine)
+
+
 # -- 8. serial queues do not starve other engines -------------------------------------------
 
 def test_serial_queues_are_shared_between_engines(engines: EngineProcs, database: str) -> None:

@@ -347,12 +347,19 @@ def test_schema_name_accepted_when_57_characters() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ['a"; drop table x; --', "Skivi", "1abc", "a" * 60, "", "skivi\n", "pg_jobs", "my-jobs"],
+    ['a"; drop table x; --', "Skivi", "1abc", "a" * 60, "", "skivi\n", "pg_jobs", "my-jobs",
+     "information_schema"],
 )
 def test_schema_name_rejected_when_not_plain_identifier(name: str) -> None:
     problems = problems_of({"database": {"schema_name": name}})
     assert len(problems) == 1
     assert problems[0].startswith("database.schema_name: ")
+
+
+def test_schema_name_quotes_only_its_start_when_10_kb_long() -> None:
+    [problem] = problems_of({"database": {"schema_name": "s" * 10_000}})
+    assert len(problem) < 300, problem
+    assert "10000 characters" in problem
 
 
 def test_skivi_database_url_wins_when_both_urls_set(tmp_path: Path) -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import decimal
 import enum
 import math
 import re
+import uuid
 
 import orjson
 import pytest
@@ -201,6 +204,41 @@ def test_encode_refuses_when_value_is_not_serialisable(bad: object) -> None:
     with pytest.raises(PayloadError, match="not JSON serializable") as info:
         encode("t", {"a": [1, {"b": bad}]}, LIMIT)
     assert info.value.field == "a[1].b"
+
+
+@pytest.mark.parametrize(("value", "kind"), [
+    (dt.datetime(2024, 5, 1, 12, 0), "datetime"),
+    (dt.time(12, 0), "time"),
+])
+def test_encode_refuses_when_a_datetime_or_time_is_naive(value: object, kind: str) -> None:
+    # orjson would write 2024-05-01T12:00:00: a wall-clock time in a zone nobody chose.
+    with pytest.raises(PayloadError, match=f"naive {kind} is ambiguous") as info:
+        encode("t", {"when": [1, value]}, LIMIT)
+    assert info.value.field == "when[1]"
+
+
+def test_encode_writes_dates_times_and_uuids_as_documented_strings_when_aware() -> None:
+    plus2 = dt.timezone(dt.timedelta(hours=2))
+    payload = {
+        "at": dt.datetime(2024, 5, 1, 12, 0, 0, 250, tzinfo=plus2),
+        "utc": dt.datetime(2024, 5, 1, 10, 0, tzinfo=dt.UTC),
+        "day": dt.date(2024, 5, 1),
+        "clock": dt.time(8, 30, tzinfo=plus2),
+        "id": uuid.UUID("12345678-1234-5678-1234-567812345678"),
+    }
+    assert orjson.loads(encode("t", payload, LIMIT)) == {
+        "at": "2024-05-01T12:00:00.000250+02:00",  # the offset kept, never converted
+        "utc": "2024-05-01T10:00:00+00:00",
+        "day": "2024-05-01",
+        "clock": "08:30:00+02:00",
+        "id": "12345678-1234-5678-1234-567812345678",
+    }
+
+
+def test_encode_refuses_when_a_decimal_would_become_a_float() -> None:
+    with pytest.raises(PayloadError, match="Decimal") as info:
+        encode("t", {"price": decimal.Decimal("1.10")}, LIMIT)
+    assert info.value.field == "price"
 
 
 def test_json_schema_validator_does_not_fill_defaults_when_valid() -> None:

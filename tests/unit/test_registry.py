@@ -418,6 +418,18 @@ def test_from_mapping_raises_naming_identifier_when_invalid(identifier: Any, sho
     assert shown in str(info.value)
 
 
+def test_from_mapping_quotes_only_the_start_of_a_10_kb_identifier_when_refused() -> None:
+    with pytest.raises(RegistryError) as info:
+        TaskRegistry.from_mapping({"x" * 10_000: _sync_fn})
+    assert len(str(info.value)) < 300
+    assert "10000 characters" in str(info.value)
+
+
+def test_from_mapping_reports_a_nul_with_its_position_when_the_identifier_is_long() -> None:
+    with pytest.raises(RegistryError, match="NUL character at position 200"):
+        TaskRegistry.from_mapping({"x" * 200 + "\x00": _sync_fn})
+
+
 def test_from_mapping_raises_when_not_a_mapping() -> None:
     with pytest.raises(RegistryError, match="mapping"):
         TaskRegistry.from_mapping([("a", _sync_fn)])  # type: ignore[arg-type]

@@ -18,7 +18,8 @@
 -- Parameters: %(scan_limit)s (most rows read from each of pending and running).
 -- Returns one row per (queue_name, task_identifier) that has jobs, queues without a name
 -- (null) first, then by name and task: queue_name, task_identifier, waiting, scheduled,
--- running, claimed, oldest_runnable_age (float8 seconds, null when nothing is runnable), truncated.
+-- running, claimed, oldest_runnable_age (float8 seconds; Infinity when the oldest runnable
+-- run_at is -infinity; null when nothing is runnable), truncated.
 with pending as (
     select j.queue_name, j.task_identifier, j.run_at
     from {schema}.job j
@@ -44,7 +45,10 @@ select c.queue_name, c.task_identifier,
        count(*) filter (where not c.runnable and not c.running) as scheduled,
        count(*) filter (where c.started) as running,
        count(*) filter (where c.running and not c.started) as claimed,
-       extract(epoch from now() - min(c.run_at) filter (where c.runnable))::float8
+       -- Epochs subtracted, not timestamps: now() - '-infinity' is an error, while the
+       -- epoch of -infinity is -Infinity, so such a job's age is Infinity.
+       (extract(epoch from now())
+        - extract(epoch from min(c.run_at) filter (where c.runnable)))::float8
            as oldest_runnable_age,
        -- Totals over all groups (a window over the aggregates), so each CTE is read once
        -- and streams into the aggregate instead of being materialized.

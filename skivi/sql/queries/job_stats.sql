@@ -159,7 +159,10 @@ select p.queue_name,
        sum(p.scheduled)::bigint as scheduled,
        sum(p.running)::bigint as running,
        sum(p.claimed)::bigint as claimed,
-       extract(epoch from now() - min(p.oldest))::float8 as oldest_runnable_age,
+       -- Epochs subtracted, not timestamps: now() - '-infinity' is an error (which would
+       -- fail every poll), while the epoch of -infinity is -Infinity: an age of Infinity.
+       (extract(epoch from now()) - extract(epoch from min(p.oldest)))::float8
+           as oldest_runnable_age,
        bool_or(p.saturated) as estimated
 from parts p
 group by p.queue_name

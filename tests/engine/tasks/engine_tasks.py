@@ -8,6 +8,7 @@ short and written with one O_APPEND write, so concurrent writers never interleav
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from typing import Any
@@ -144,11 +145,26 @@ def log_lines(ctx: Any) -> None:
         ctx.logger.warning("line %d %s", i, "x" * int(ctx.job.payload.get("width", 10)))
 
 
+def observe(ctx: Any) -> None:
+    """Writes what the handler sees of its job (payload, run_at) to the ledger's .observed
+    file, one JSON line per run, for tests that check how stored values reach a handler."""
+    record(ctx)
+    job = ctx.job
+    line = json.dumps({"id": job.id, "payload": job.payload, "run_at": job.run_at.isoformat(),
+                       "created_at": job.created_at.isoformat()}) + "\n"
+    fd = os.open(LEDGER + ".observed", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
 TASKS.update({
     "async_poison": async_poison,
     "daemon": daemon,
     "fork_both": fork_both,
     "log_lines": log_lines,
+    "observe": observe,
     "returns_awaitable": returns_awaitable,
     "sync_hang": task(hang, timeout=1.0, backoff=FAST),
 })
