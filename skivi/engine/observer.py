@@ -79,6 +79,15 @@ def error_summary(text: str | None) -> str:
     return line if len(line) <= ERROR_SUMMARY_MAX else line[:ERROR_SUMMARY_MAX] + "..."
 
 
+def _reason(row: Sequence[Any], recorded: Recorded | None) -> str:
+    """Why an exhausted row was exhausted: what job_fail_many.sql recorded in job_history
+    (it alone sees that a running job lost its key: 'superseded'), else what the child
+    said, else 'max_attempts'."""
+    if recorded is not None and recorded[3] is not None:
+        return recorded[3]
+    return str(row[_FINAL] or "max_attempts")
+
+
 class EngineObserver:
     """Events and metrics of one engine. ``metrics`` None: events only."""
 
@@ -135,11 +144,13 @@ class EngineObserver:
                  "run_seconds": r[_RUN], "wait_seconds": r[_WAIT] if len(r) > _WAIT else None}
                 for r in completed])
         if failed:
+            recorded = recorded or {}
             retried: list[dict[str, Any]] = []
             partial: list[dict[str, Any]] = []
             exhausted: list[dict[str, Any]] = []
             for r in failed:
-                outcome = outcomes.get((r[_ID], r[_LEASE]))
+                claim = (r[_ID], r[_LEASE])
+                outcome = outcomes.get(claim)
                 if outcome is None:
                     continue
                 data = {"job_id": r[_ID], "task": r[_TASK], "queue_name": r[_QUEUE],
@@ -147,7 +158,7 @@ class EngineObserver:
                         "wait_seconds": r[_WAIT] if len(r) > _WAIT else None,
                         "error": r[_ERROR]}
                 if outcome == "exhausted":
-                    data["reason"] = r[_FINAL] or "max_attempts"
+                    data["reason"] = _reason(r, recorded.get(claim))
                     exhausted.append(data)
                 else:
                     data["retry_delay"] = r[_DELAY]
@@ -155,7 +166,7 @@ class EngineObserver:
             emit_many(_FAILED, retried)
             emit_many(_PARTIAL, partial)
             emit_many(_EXHAUSTED, exhausted)
-            self._log_failures(failed, outcomes, recorded or {})
+            self._log_failures(failed, outcomes, recorded)
         if self.metrics is not None:
             self._measure(completed, failed, outcomes, refused=sent - len(completed))
 
@@ -172,12 +183,13 @@ class EngineObserver:
                 self._no_handler[r[_TASK]] = (seen, count + 1)
                 no_handler = True
                 continue
-            attempts, max_attempts, run_at = recorded.get(claim, (None, None, None))
+            found = recorded.get(claim)
+            attempts, max_attempts, run_at = found[:3] if found else (None, None, None)
             summary = error_summary(r[_ERROR])
             if outcome == "exhausted":
                 logger.error("job %s (%s) exhausted after attempt %s of %s (%s): %s",
-                             r[_ID], r[_TASK], attempts, max_attempts,
-                             r[_FINAL] or "max_attempts", summary,
+                             r[_ID], r[_TASK], attempts, max_attempts, _reason(r, found),
+                             summary,
                              extra={"action": "job_exhausted", "job_id": r[_ID],
                                     "task": r[_TASK]})
             else:
