@@ -14,7 +14,8 @@ update per (task, queue, outcome) and one histogram update per task.
 
 Result rows are those of ``skivi.engine.handoff``: [id, lease, code, task, queue_name,
 run_seconds, error, delay, final, payload], optionally followed by wait_seconds (index 10:
-seconds from the job's run_at to the start of the attempt, measured by the child).
+seconds from the job's run_at to the start of the attempt, measured by the child) and, for
+a failed row, slot, attempt and traceback.
 
 :class:`QueueStatsPoller` runs ``job_stats.sql`` every ``interval`` seconds on a connection
 of its own and hands the rows to the metrics (queue depth by state, oldest runnable job).
@@ -29,6 +30,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence, Set
 from typing import TYPE_CHECKING, Any
 
+from skivi.engine import handoff
 from skivi.engine.lifecycle import cancel_and_wait, every
 from skivi.events import Emitter, EventKind
 
@@ -51,6 +53,7 @@ STATS_MAX_GROUPS_DEFAULT = 1000
 # Result row fields (skivi.engine.handoff).
 _ID, _LEASE, _TASK, _QUEUE, _RUN, _ERROR, _DELAY, _FINAL, _PAYLOAD, _WAIT = (
     0, 1, 3, 4, 5, 6, 7, 8, 9, 10)
+_TRACEBACK = handoff.RESULT_TRACEBACK
 
 _COMPLETED = EventKind.JOB_COMPLETED
 _EXHAUSTED = EventKind.JOB_EXHAUSTED
@@ -185,7 +188,10 @@ class EngineObserver:
                 continue
             found = recorded.get(claim)
             attempts, max_attempts, run_at = found[:3] if found else (None, None, None)
-            summary = error_summary(r[_ERROR])
+            # The traceback's last line names the exception type too; the error is only its
+            # message (see 0005_error_details.sql).
+            summary = error_summary(r[_TRACEBACK] if len(r) > _TRACEBACK and r[_TRACEBACK]
+                                    else r[_ERROR])
             if outcome == "exhausted":
                 logger.error("job %s (%s) exhausted after attempt %s of %s (%s): %s",
                              r[_ID], r[_TASK], attempts, max_attempts, _reason(r, found),
