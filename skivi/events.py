@@ -37,8 +37,9 @@ type                        when, and its data fields
                             ``wait_seconds`` (run_at to start; None if unknown)
 ``job/exhausted``           a failed attempt ended the job for good: it is in the history
                             table as exhausted. The job/completed fields, plus ``error``
-                            (the failure text) and ``reason`` ("max_attempts", or the
-                            child's reason such as "no_handler")
+                            (the failure text) and ``reason``, the history row's:
+                            "max_attempts", "superseded" (it lost its job key while it
+                            ran), or the child's reason such as "no_handler"
 ``job/failed``              a failed attempt; the job waits for its retry. The
                             job/completed fields, plus ``error`` and ``retry_delay``
                             (seconds until it is runnable again)

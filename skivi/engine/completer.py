@@ -39,8 +39,9 @@ __all__ = ["Completer"]
 logger = logging.getLogger(__name__)
 
 Claim = tuple[int, int]  # (job id, lease): one claim of one job
-# A failed claim as the database recorded it: (attempts, max_attempts, next run_at or None)
-Recorded = tuple[int, int, Any]
+# A failed claim as the database recorded it: (attempts, max_attempts, next run_at or None,
+# the exhaustion's reason as job_history has it or None; see job_fail_many.sql)
+Recorded = tuple[int, int, Any, str | None]
 # (completed rows, failed rows, the claims completed, the outcome of each failed claim,
 # what was recorded for each failed claim)
 FlushHook = Callable[[list[list[Any]], list[list[Any]], set[Claim], dict[Claim, str],
@@ -210,7 +211,7 @@ class Completer:
                                for r in failed]})
             for row in await cur.fetchall():
                 outcomes[(row[0], row[2])] = row[1]
-                recorded[(row[0], row[2])] = (row[3], row[4], row[5])
+                recorded[(row[0], row[2])] = (row[3], row[4], row[5], row[6])
         if released:
             await conn.execute(self.q.job_release_many, {
                 "engine": engine, "ids": _int_array(p[0] for p in released),

@@ -4,7 +4,9 @@ What the log says about jobs (successes stay silent): each failed attempt at WAR
 id, task, attempt of max, the error's summary line, when it runs again); each exhaustion at
 ERROR; jobs exhausted because this engine has no handler for their task at most once per
 task per NO_HANDLER_LOG_INTERVAL seconds, with how many (a wrong task directory must be
-plain to see, without one line per job).
+plain to see, without one line per job). A producer sending endless distinct task names
+must not grow the engine's memory or its log: :class:`NoHandlerLog` tracks at most
+NO_HANDLER_TASKS_MAX task names and folds the rest into one line per interval.
 
 The supervisor calls one method per thing that happened (see each method); the observer
 emits the matching event (catalogue: ``skivi.events``) and, when the exporter is on, feeds
@@ -14,7 +16,8 @@ update per (task, queue, outcome) and one histogram update per task.
 
 Result rows are those of ``skivi.engine.handoff``: [id, lease, code, task, queue_name,
 run_seconds, error, delay, final, payload], optionally followed by wait_seconds (index 10:
-seconds from the job's run_at to the start of the attempt, measured by the child).
+seconds from the job's run_at to the start of the attempt, measured by the child) and, for
+a failed row, slot, attempt and traceback.
 
 :class:`QueueStatsPoller` runs ``job_stats.sql`` every ``interval`` seconds on a connection
 of its own and hands the rows to the metrics (queue depth by state, oldest runnable job).
@@ -26,9 +29,13 @@ import asyncio
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence, Set
+from dataclasses import dataclass
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
+from skivi.engine import handoff
 from skivi.engine.lifecycle import cancel_and_wait, every
 from skivi.events import Emitter, EventKind
 
@@ -38,11 +45,16 @@ if TYPE_CHECKING:
     from skivi.engine.connection import Reconnecting
     from skivi.metrics import EngineMetrics
 
-__all__ = ["STATS_INTERVAL_DEFAULT", "EngineObserver", "QueueStatsPoller"]
+__all__ = ["STATS_INTERVAL_DEFAULT", "EngineObserver", "NoHandlerLog", "QueueStatsPoller"]
 
 logger = logging.getLogger(__name__)
 
 NO_HANDLER_LOG_INTERVAL = 60.0
+# Task names without a handler logged one by one; past this many, they share one line.
+NO_HANDLER_TASKS_MAX = 100
+# How many names of those others are kept to count them; past it the line says "over N".
+NO_HANDLER_OTHER_NAMES_MAX = 1000
+NO_HANDLER_EXAMPLES = 3
 ERROR_SUMMARY_MAX = 300
 STATS_CAP_DEFAULT = 10000
 STATS_INTERVAL_DEFAULT = 5.0
@@ -51,6 +63,7 @@ STATS_MAX_GROUPS_DEFAULT = 1000
 # Result row fields (skivi.engine.handoff).
 _ID, _LEASE, _TASK, _QUEUE, _RUN, _ERROR, _DELAY, _FINAL, _PAYLOAD, _WAIT = (
     0, 1, 3, 4, 5, 6, 7, 8, 9, 10)
+_TRACEBACK = handoff.RESULT_TRACEBACK
 
 _COMPLETED = EventKind.JOB_COMPLETED
 _EXHAUSTED = EventKind.JOB_EXHAUSTED
@@ -79,16 +92,135 @@ def error_summary(text: str | None) -> str:
     return line if len(line) <= ERROR_SUMMARY_MAX else line[:ERROR_SUMMARY_MAX] + "..."
 
 
+def _reason(row: Sequence[Any], recorded: Recorded | None) -> str:
+    """Why an exhausted row was exhausted: what job_fail_many.sql recorded in job_history
+    (it alone sees that a running job lost its key: 'superseded'), else what the child
+    said, else 'max_attempts'."""
+    if recorded is not None and recorded[3] is not None:
+        return recorded[3]
+    return str(row[_FINAL] or "max_attempts")
+
+
+@dataclass(slots=True)
+class _NoHandlerLine:
+    """One tracked task: when its line was last logged (-inf: never), and how many of its
+    jobs were exhausted since."""
+
+    logged: float
+    count: int
+
+
+class NoHandlerLog:
+    """The ``job_no_handler`` log lines: at most one per task per ``interval`` seconds, with
+    how many of its jobs were exhausted since its last line.
+
+    Bounded whatever the producers send: at most ``max_tasks`` task names are tracked one by
+    one; exhaustions of other tasks while that many are tracked share one line per interval
+    ("N jobs of M other tasks without a handler exhausted (e.g. a, b, c)"), counting at most
+    ``max_other_names`` distinct names. A tracked task whose last line is over ``interval``
+    old and that has nothing to report is forgotten, freeing its place.
+
+    Tracked tasks are kept in the order of their last line (oldest first), so finding the
+    lines due, and the tasks to forget, looks only at the tasks that are due: the cost of a
+    report does not grow with the number of names ever seen. A task seen for the first time
+    (or again after it was forgotten) is logged at the next report.
+    """
+
+    def __init__(self, *, interval: float = NO_HANDLER_LOG_INTERVAL,
+                 max_tasks: int = NO_HANDLER_TASKS_MAX,
+                 max_other_names: int = NO_HANDLER_OTHER_NAMES_MAX,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.max_tasks = max_tasks
+        self.max_other_names = max_other_names
+        self.clock = clock
+        self._tasks: OrderedDict[str, _NoHandlerLine] = OrderedDict()
+        self._other_count = 0
+        self._other_names: dict[str, None] = {}  # an ordered set: its first are the examples
+        self._other_more = False  # more names than _other_names holds
+        self._other_logged = -float("inf")
+
+    def __bool__(self) -> bool:
+        """Anything tracked (a report may have something to log or forget)."""
+        return bool(self._tasks) or self._other_count > 0
+
+    @property
+    def tracked(self) -> int:
+        """How many task names the log holds (tracked tasks and counted other names)."""
+        return len(self._tasks) + len(self._other_names)
+
+    def add(self, task: str) -> None:
+        """Count one job of ``task`` exhausted for want of a handler."""
+        line = self._tasks.get(task)
+        if line is not None:
+            line.count += 1
+        elif len(self._tasks) < self.max_tasks:
+            # Never logged: due at once, so it goes in front of the oldest line.
+            self._tasks[task] = _NoHandlerLine(-float("inf"), 1)
+            self._tasks.move_to_end(task, last=False)
+        else:
+            self._other_count += 1
+            if task not in self._other_names:
+                if len(self._other_names) < self.max_other_names:
+                    self._other_names[task] = None
+                else:
+                    self._other_more = True
+
+    def report(self, force: bool = False) -> None:
+        """Log each line that is due (every counted one with ``force``) and forget the tasks
+        whose last line is over ``interval`` old and that have nothing new."""
+        now = self.clock()
+        tasks = self._tasks
+        due: list[str] = []
+        if force:
+            due = [task for task, line in tasks.items() if line.count]
+        else:
+            # Oldest line first: stop at the first task whose interval has not passed.
+            forget: list[str] = []
+            for task, line in tasks.items():
+                if now - line.logged < self.interval:
+                    break
+                (due if line.count else forget).append(task)
+            for task in forget:
+                del tasks[task]
+        for task in due:
+            line = tasks[task]
+            count = line.count
+            logger.error("%d job(s) of task %r exhausted: this engine has no handler for "
+                         "it (is worker.task_directory right?); reported at most once a "
+                         "minute per task", count, task,
+                         extra={"action": "job_no_handler", "task": task, "count": count})
+            line.logged, line.count = now, 0
+            # Every line logged now goes to the back: the order stays that of the last line.
+            tasks.move_to_end(task)
+        if self._other_count and (force or now - self._other_logged >= self.interval):
+            names = len(self._other_names)
+            examples = ", ".join(repr(t) for t in islice(self._other_names,
+                                                          NO_HANDLER_EXAMPLES))
+            logger.error("%d job(s) of %s%d other tasks without a handler exhausted (e.g. %s): "
+                         "this engine has no handler for them (is worker.task_directory "
+                         "right?); %d tasks are reported by name, the others together, at "
+                         "most once a minute", self._other_count,
+                         "over " if self._other_more else "", names, examples,
+                         self.max_tasks,
+                         extra={"action": "job_no_handler", "count": self._other_count,
+                                "tasks": names})
+            self._other_count = 0
+            self._other_names = {}
+            self._other_more = False
+            self._other_logged = now
+
+
 class EngineObserver:
     """Events and metrics of one engine. ``metrics`` None: events only."""
 
-    def __init__(self, emitter: Emitter, metrics: EngineMetrics | None = None) -> None:
+    def __init__(self, emitter: Emitter, metrics: EngineMetrics | None = None, *,
+                 no_handler: NoHandlerLog | None = None) -> None:
         self.emitter = emitter
         self.metrics = metrics
         self.engine_id = 0
         self._down: dict[str, float] = {}
-        # task -> (when its no_handler line was last logged, exhaustions not logged since)
-        self._no_handler: dict[str, tuple[float, int]] = {}
+        self.no_handler = no_handler if no_handler is not None else NoHandlerLog()
 
     # -- lifecycle -------------------------------------------------------------------
     def pool_start(self, engine_id: int, processes: int, concurrency: int,
@@ -135,11 +267,13 @@ class EngineObserver:
                  "run_seconds": r[_RUN], "wait_seconds": r[_WAIT] if len(r) > _WAIT else None}
                 for r in completed])
         if failed:
+            recorded = recorded or {}
             retried: list[dict[str, Any]] = []
             partial: list[dict[str, Any]] = []
             exhausted: list[dict[str, Any]] = []
             for r in failed:
-                outcome = outcomes.get((r[_ID], r[_LEASE]))
+                claim = (r[_ID], r[_LEASE])
+                outcome = outcomes.get(claim)
                 if outcome is None:
                     continue
                 data = {"job_id": r[_ID], "task": r[_TASK], "queue_name": r[_QUEUE],
@@ -147,7 +281,7 @@ class EngineObserver:
                         "wait_seconds": r[_WAIT] if len(r) > _WAIT else None,
                         "error": r[_ERROR]}
                 if outcome == "exhausted":
-                    data["reason"] = r[_FINAL] or "max_attempts"
+                    data["reason"] = _reason(r, recorded.get(claim))
                     exhausted.append(data)
                 else:
                     data["retry_delay"] = r[_DELAY]
@@ -155,29 +289,34 @@ class EngineObserver:
             emit_many(_FAILED, retried)
             emit_many(_PARTIAL, partial)
             emit_many(_EXHAUSTED, exhausted)
-            self._log_failures(failed, outcomes, recorded or {})
+            self._log_failures(failed, outcomes, recorded)
+        if self.no_handler:
+            # Counts waiting for their interval go out with a later flush, whatever it holds.
+            self.no_handler.report()
         if self.metrics is not None:
             self._measure(completed, failed, outcomes, refused=sent - len(completed))
 
     def _log_failures(self, failed: Sequence[Sequence[Any]], outcomes: Mapping[Claim, str],
                       recorded: Mapping[Claim, Recorded]) -> None:
-        no_handler = False
+        no_handler = self.no_handler
         for r in failed:
             claim = (r[_ID], r[_LEASE])
             outcome = outcomes.get(claim)
             if outcome is None:
                 continue
             if r[_FINAL] == "no_handler":
-                seen, count = self._no_handler.get(r[_TASK], (0.0, 0))
-                self._no_handler[r[_TASK]] = (seen, count + 1)
-                no_handler = True
+                no_handler.add(r[_TASK])
                 continue
-            attempts, max_attempts, run_at = recorded.get(claim, (None, None, None))
-            summary = error_summary(r[_ERROR])
+            found = recorded.get(claim)
+            attempts, max_attempts, run_at = found[:3] if found else (None, None, None)
+            # The traceback's last line names the exception type too; the error is only its
+            # message (see 0005_error_details.sql).
+            summary = error_summary(r[_TRACEBACK] if len(r) > _TRACEBACK and r[_TRACEBACK]
+                                    else r[_ERROR])
             if outcome == "exhausted":
                 logger.error("job %s (%s) exhausted after attempt %s of %s (%s): %s",
-                             r[_ID], r[_TASK], attempts, max_attempts,
-                             r[_FINAL] or "max_attempts", summary,
+                             r[_ID], r[_TASK], attempts, max_attempts, _reason(r, found),
+                             summary,
                              extra={"action": "job_exhausted", "job_id": r[_ID],
                                     "task": r[_TASK]})
             else:
@@ -187,20 +326,11 @@ class EngineObserver:
                                r[_ID], r[_TASK], attempts, max_attempts, summary, when,
                                extra={"action": "job_failed", "job_id": r[_ID],
                                       "task": r[_TASK]})
-        if no_handler:
-            self.report_no_handler()
 
     def report_no_handler(self, force: bool = False) -> None:
-        """Log the no_handler exhaustions counted since each task's last line, for tasks
-        last logged over NO_HANDLER_LOG_INTERVAL ago (all of them with ``force``)."""
-        now = time.monotonic()
-        for task, (seen, count) in list(self._no_handler.items()):
-            if count and (force or not seen or now - seen >= NO_HANDLER_LOG_INTERVAL):
-                logger.error("%d job(s) of task %r exhausted: this engine has no handler for "
-                             "it (is worker.task_directory right?); reported at most once a "
-                             "minute per task", count, task,
-                             extra={"action": "job_no_handler", "task": task, "count": count})
-                self._no_handler[task] = (now, 0)
+        """Log the no_handler exhaustions whose line is due (all counted ones with
+        ``force``, as at shutdown); see :class:`NoHandlerLog`."""
+        self.no_handler.report(force)
 
     def _measure(self, completed: Sequence[Sequence[Any]], failed: Sequence[Sequence[Any]],
                  outcomes: Mapping[Claim, str], refused: int) -> None:

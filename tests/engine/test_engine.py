@@ -216,6 +216,12 @@ def test_history_says_superseded_when_a_running_job_loses_its_key_and_then_fails
     history = dict(fetch(database, "select id, reason from skivi.job_history"))
     # The unkeyed job on its only attempt is exhausted by max_attempts, as before.
     assert history == {old: "superseded", other: "max_attempts"}
+    # The log line gives the reason the history has (written just after the flush).
+    for job, attempts, reason in ((old, "5 of 5", "superseded"), (other, "1 of 1", "max_attempts")):
+        line = re.compile(rf"ERROR .*job {job} \(fail_when_told\) exhausted after attempt "
+                          rf"{attempts} \({reason}\): RuntimeError: told to fail")
+        wait_for(lambda line=line: line.search(log_of(engine)), timeout=10,
+                 what=f"the exhaustion line of job {job} saying {reason}")
     wait_for(lambda: new in {r[0] for r in engines.ledger.starts()}, what="the new job")
     engine.send_signal(signal.SIGTERM)
     assert engine.wait(timeout=30) == 0, log_of(engine)

@@ -410,6 +410,31 @@ def test_the_log_says_what_happened_to_failed_exhausted_and_unhandled_jobs(
     assert sum(counts) == 7 and len(counts) <= 2, log
 
 
+def test_the_no_handler_log_stays_bounded_when_thousands_of_jobs_have_distinct_unknown_tasks(
+        engines: EngineProcs, database: str) -> None:
+    from skivi.engine.observer import NO_HANDLER_TASKS_MAX
+
+    n = 3000
+    ids = enqueue(database, [{"task": f"no-such-task-{i}"} for i in range(n)])
+    t0 = time.monotonic()
+    engine = start_engine(engines, processes=1)
+    wait_for(lambda: len(history(database, ids)) == n, timeout=90,
+             what=f"{n} unhandled jobs to reach history")
+    assert stop(engine) == 0
+    minutes = int((time.monotonic() - t0) // 60)
+    log = log_of(engine)
+    named = [int(c) for c in re.findall(r"(\d+) job\(s\) of task 'no-such-task-\d+' "
+                                        r"exhausted", log)]
+    others = re.findall(r"(\d+) job\(s\) of (?:over )?(\d+) other tasks without a handler "
+                        r"exhausted \(e\.g\. 'no-such-task-\d+'", log)
+    # One line per tracked name, and the rest together: once at first, at most once a
+    # minute after, and what is left at shutdown.
+    assert len(named) <= NO_HANDLER_TASKS_MAX, len(named)
+    assert 1 <= len(others) <= 2 + minutes, others
+    assert sum(named) + sum(int(c) for c, _ in others) == n
+    assert len(log.splitlines()) < NO_HANDLER_TASKS_MAX + 50, len(log.splitlines())
+
+
 def test_log_lines_of_several_children_never_interleave(
         engines: EngineProcs, database: str) -> None:
     ids = enqueue(database, [{"task": "log_lines", "payload": {"n": 200, "width": 3000}}

@@ -24,8 +24,10 @@
 -- for exhausting now), %(payloads)s text[] (null, or the JSON payload to keep),
 -- %(attempts)s integer[] (the job's attempts as claimed; null if unknown),
 -- %(tracebacks)s text[] (null, or the error's traceback).
--- Returns (id, outcome, lease, attempts, max_attempts, run_at) with outcome 'failed' or
--- 'exhausted'; run_at is when a failed job runs again (null for an exhausted one).
+-- Returns (id, outcome, lease, attempts, max_attempts, run_at, reason) with outcome 'failed'
+-- or 'exhausted'; run_at is when a failed job runs again (null for an exhausted one); reason
+-- is the one recorded in job_history for an exhausted job (null for a failed one), so the
+-- engine's event and log line say what the history says instead of working it out again.
 with u as materialized (
     select *
     from unnest(%(ids)s::bigint[], %(leases)s::bigint[], %(errors)s::text[],
@@ -78,10 +80,12 @@ with u as materialized (
     from exhausted e
     on conflict (id) do nothing
 ), finished as (
-    select id, lease, queue_name, 'failed' as outcome, attempts, max_attempts, run_at
+    select id, lease, queue_name, 'failed' as outcome, attempts, max_attempts, run_at,
+           null::text as reason
     from retried
     union all
-    select id, lease, queue_name, 'exhausted', attempts, max_attempts, null::timestamptz
+    select id, lease, queue_name, 'exhausted', attempts, max_attempts, null::timestamptz,
+           reason
     from exhausted
 ), freed as (
     update {schema}.job_queue q
@@ -89,4 +93,5 @@ with u as materialized (
     from finished f
     where f.queue_name is not null and q.queue_name = f.queue_name and q.job_id = f.id
 )
-select f.id, f.outcome, f.lease, f.attempts, f.max_attempts, f.run_at from finished f;
+select f.id, f.outcome, f.lease, f.attempts, f.max_attempts, f.run_at, f.reason
+from finished f;
