@@ -171,13 +171,20 @@ def error_message(exc: BaseException) -> str:
     """The text stored as a job's last error: the exception's message, as Graphile Worker
     stores it (``TEST_ERROR`` for ``raise Exception("TEST_ERROR")``). An exception without
     a message (``raise KeyError()``, ``sys.exit()``) gives its class name instead, so the
-    error always says something. Made safe for PostgreSQL text and capped, even when
-    ``__str__`` raises."""
+    error always says something; so do the exceptions that are not errors of the handler's
+    own (``SystemExit``, ``KeyboardInterrupt``: ``sys.exit(3)`` is stored as
+    ``SystemExit: 3``, not a bare ``3``). Made safe for PostgreSQL text and capped, even
+    when ``__str__`` raises."""
+    name = type(exc).__qualname__
     try:
         text = str(exc)
     except Exception:  # noqa: BLE001 - a broken __str__ must not lose the failure
-        text = f"{type(exc).__qualname__}: <exception text unavailable>"
-    return _safe_text(text if text.strip() else type(exc).__qualname__)
+        text = f"{name}: <exception text unavailable>"
+    if not text.strip():
+        text = name
+    elif not isinstance(exc, Exception):
+        text = f"{name}: {text}"
+    return _safe_text(text)
 
 
 def error_traceback(exc: BaseException) -> str:
