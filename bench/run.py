@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import importlib.metadata
 import json
 import math
@@ -63,9 +64,10 @@ SCENARIOS = ("drain", "steady", "enqueue", "backlog", "cpu", "queues")
 SCHEMA_MARKER = "skivi bench scratch schema (bench/run.py); dropped after each run"
 BACKLOG_TASK = "backlog"
 BACKLOG_RUN_AT = "2100-01-01 00:00:00+00"
+BACKLOG_PARAMS = {"backlog_task": BACKLOG_TASK}  # the queries that leave backlog jobs out
 TICK = 0.005  # steady: the producer's smallest sleep; jobs due within a tick go together
 PROGRESS_INTERVAL = 1.0
-JOB_ROW_MATCH = "task_identifier <> 'backlog'"
+SQL_DIR = Path(__file__).resolve().parent / "sql"
 
 Result = dict[str, Any]
 
@@ -498,13 +500,57 @@ def connect(opts: Options) -> psycopg.Connection[Any]:
     return psycopg.connect(opts.url, autocommit=True, application_name="skivi-bench")
 
 
-def ident(opts: Options, table: str) -> sql.Composed:
-    return sql.SQL("{}.{}").format(sql.Identifier(opts.schema), sql.Identifier(table))
+class Queries:
+    """The bench's statements, one per file in bench/sql, composed for one scratch schema.
+
+    Attribute name = file name without .sql. Each file is read once and composed with
+    psycopg.sql: {schema} as an Identifier, {marker} (SCHEMA_MARKER) as a Literal; values go
+    as parameters. Loading fails if a file has no attribute or an attribute no file.
+    """
+
+    floor_test_create: sql.Composed
+    floor_test_insert: sql.Composed
+    floor_test_truncate: sql.Composed
+    job_count: sql.Composed
+    job_count_backlog_untouched: sql.Composed
+    job_count_except_backlog: sql.Composed
+    job_delete_except_backlog: sql.Composed
+    job_floor_claim_delete: sql.Composed
+    job_history_count: sql.Composed
+    job_insert_backlog: sql.Composed
+    job_queue_count: sql.Composed
+    job_queue_delete: sql.Composed
+    job_queue_insert_past: sql.Composed
+    job_truncate: sql.Composed
+    job_vacuum: sql.Composed
+    schema_comment_get: sql.Composed
+    schema_comment_set: sql.Composed
+    schema_create: sql.Composed
+    schema_drop: sql.Composed
+    server_settings: sql.Composed
+
+    def __init__(self, schema: str) -> None:
+        declared = set(Queries.__annotations__)
+        present = {path.stem for path in SQL_DIR.glob("*.sql")}
+        if declared != present:
+            raise RuntimeError(
+                "bench queries out of step with bench/sql: "
+                f"missing files {sorted(declared - present)}, "
+                f"undeclared files {sorted(present - declared)}")
+        for name in sorted(declared):
+            text = (SQL_DIR / f"{name}.sql").read_text(encoding="utf-8")
+            setattr(self, name, sql.SQL(text).format(
+                schema=sql.Identifier(schema), marker=sql.Literal(SCHEMA_MARKER)))
 
 
-def scalar(conn: psycopg.Connection[Any], query: sql.Composable | str,
-           params: Sequence[Any] | None = None) -> Any:
-    row = conn.execute(query, params).fetchone()  # type: ignore[arg-type]
+@functools.cache
+def queries(schema: str) -> Queries:
+    return Queries(schema)
+
+
+def scalar(conn: psycopg.Connection[Any], query: sql.Composed,
+           params: dict[str, Any] | None = None) -> Any:
+    row = conn.execute(query, params).fetchone()
     return row[0] if row else None
 
 
@@ -529,9 +575,11 @@ def git_ref() -> str | None:
         return None
 
 
-def environment(conn: psycopg.Connection[Any]) -> dict[str, Any]:
-    server = {name: scalar(conn, f"show {name}") for name in (
-        "server_version", "synchronous_commit", "shared_buffers", "max_connections", "fsync")}
+def environment(conn: psycopg.Connection[Any], opts: Options) -> dict[str, Any]:
+    cur = conn.execute(queries(opts.schema).server_settings)
+    row = cur.fetchone()
+    assert row is not None and cur.description is not None
+    server = {column.name: value for column, value in zip(cur.description, row, strict=True)}
     return {
         "skivi": skivi.__version__, "skivi_path": str(Path(skivi.__file__).parent),
         "git": git_ref(), "python": platform.python_version(),
@@ -548,24 +596,22 @@ def environment(conn: psycopg.Connection[Any]) -> dict[str, Any]:
 def scratch_schema(opts: Options) -> Iterator[None]:
     """Create the schema fresh (a leftover bench schema is dropped; any other is refused),
     migrate it, and drop it at the end unless --keep."""
+    q = queries(opts.schema)
     with connect(opts) as conn:
-        row = conn.execute("select obj_description(oid, 'pg_namespace') from pg_namespace "
-                           "where nspname = %s", [opts.schema]).fetchone()
+        row = conn.execute(q.schema_comment_get, {"schema": opts.schema}).fetchone()
         if row is not None:
             if row[0] != SCHEMA_MARKER:
                 raise SystemExit(f"schema {opts.schema!r} exists and was not made by the "
                                  "bench: refusing to touch it; choose another --schema")
-            conn.execute(sql.SQL("drop schema {} cascade").format(sql.Identifier(opts.schema)))
-        conn.execute(sql.SQL("create schema {}").format(sql.Identifier(opts.schema)))
-        conn.execute(sql.SQL("comment on schema {} is {}").format(
-            sql.Identifier(opts.schema), sql.Literal(SCHEMA_MARKER)))
+            conn.execute(q.schema_drop)
+        conn.execute(q.schema_create)
+        conn.execute(q.schema_comment_set)
     try:
         yield
     finally:
         if not opts.keep:
             with connect(opts) as conn:
-                conn.execute(sql.SQL("drop schema if exists {} cascade").format(
-                    sql.Identifier(opts.schema)))
+                conn.execute(q.schema_drop)
 
 
 def make_system(opts: Options) -> System:
@@ -580,7 +626,7 @@ def make_system(opts: Options) -> System:
 def vacuum(conn: psycopg.Connection[Any], opts: Options) -> None:
     """Before each timed drain: no dead rows from the last run, fresh planner statistics."""
     if opts.vacuum:
-        conn.execute(sql.SQL("vacuum (analyze) {}").format(ident(opts, "job")))
+        conn.execute(queries(opts.schema).job_vacuum)
 
 
 # ================================================================================================
@@ -702,20 +748,16 @@ def floor_claim_delete(system: System, conn: psycopg.Connection[Any], opts: Opti
     """The raw SQL floor of a drain: claim-and-delete in batches, one connection, no engine."""
     enqueue_bulk(system, opts, n)
     vacuum(conn, opts)
-    job = ident(opts, "job")
-    stmt = sql.SQL(
-        "delete from {job} where id in (select id from {job} where locked_by is null and "
-        "queue_name is null and run_at <= now() order by priority, run_at, id "
-        "limit %(limit)s for update skip locked)").format(job=job)
+    q = queries(opts.schema)
     deleted = 0
     t0 = time.perf_counter()
     while True:
-        cur = conn.execute(stmt, {"limit": opts.batch_size})
+        cur = conn.execute(q.job_floor_claim_delete, {"limit": opts.batch_size})
         if cur.rowcount <= 0:
             break
         deleted += cur.rowcount
     seconds = time.perf_counter() - t0
-    left = scalar(conn, sql.SQL("select count(*) from {} where " + JOB_ROW_MATCH).format(job))
+    left = scalar(conn, q.job_count_except_backlog, BACKLOG_PARAMS)
     return {"jobs": deleted, "seconds": seconds, "jobs_per_s": deleted / seconds,
             "batch": opts.batch_size, "ok": deleted == n and left == 0}
 
@@ -769,17 +811,15 @@ def verify_drain(conn: psycopg.Connection[Any], opts: Options, n: int, drain: Re
     completed = (drain.get("stats") or {}).get("completed")
     if completed != n:
         problems.append(f"engine completed {completed} jobs, expected {n}")
-    job, history = ident(opts, "job"), ident(opts, "job_history")
-    left = scalar(conn, sql.SQL("select count(*) from {} where " + JOB_ROW_MATCH).format(job))
+    q = queries(opts.schema)
+    left = scalar(conn, q.job_count_except_backlog, BACKLOG_PARAMS)
     if left:
         problems.append(f"{left} jobs left in {opts.schema}.job")
-    failed = scalar(conn, sql.SQL("select count(*) from {}").format(history))
+    failed = scalar(conn, q.job_history_count)
     if failed:
         problems.append(f"{failed} jobs in {opts.schema}.job_history (exhausted)")
     if backlog:
-        untouched = scalar(conn, sql.SQL(
-            "select count(*) from {} where task_identifier = %s and attempts = 0 "
-            "and locked_by is null and lease = 0").format(job), [BACKLOG_TASK])
+        untouched = scalar(conn, q.job_count_backlog_untouched, BACKLOG_PARAMS)
         if untouched != backlog:
             problems.append(f"backlog: {untouched} of {backlog} jobs untouched")
     return problems
@@ -799,7 +839,7 @@ def drain_cycle(system: System, conn: psycopg.Connection[Any], opts: Options, ru
     if problems:
         print(f"  {label} run {run}: VERIFICATION FAILED: " + "; ".join(problems))
         # Leave a clean table for the next repeat.
-        conn.execute(sql.SQL("delete from {} where " + JOB_ROW_MATCH).format(ident(opts, "job")))
+        conn.execute(queries(opts.schema).job_delete_except_backlog, BACKLOG_PARAMS)
     else:
         print(f"  {label} run {run}: drained {n:,} jobs in {fmt_s(drain['seconds'])} "
               f"({fmt_rate(drain['jobs_per_s'])}): verified", flush=True)
@@ -869,10 +909,8 @@ def scenario_backlog(opts: Options, system: System, conn: psycopg.Connection[Any
                  for i in range(opts.repeat)]
         out["without_backlog"] = {"runs": plain}
     t0 = time.perf_counter()
-    conn.execute(sql.SQL(
-        "insert into {} (task_identifier, payload, run_at) select %s, '{{}}'::jsonb, "
-        "%s::timestamptz from generate_series(1, %s)").format(ident(opts, "job")),
-        [BACKLOG_TASK, BACKLOG_RUN_AT, opts.backlog])
+    conn.execute(queries(opts.schema).job_insert_backlog,
+                 {"backlog_task": BACKLOG_TASK, "run_at": BACKLOG_RUN_AT, "count": opts.backlog})
     seconds = time.perf_counter() - t0
     vacuum(conn, opts)
     print(f"  backlog: inserted {opts.backlog:,} jobs at run_at {BACKLOG_RUN_AT[:10]} in "
@@ -903,23 +941,21 @@ def scenario_queues(opts: Options, system: System, conn: psycopg.Connection[Any]
     """Drain plain (unqueued) jobs without, then with, --past-queues empty job_queue rows,
     alternating within each repeat; the figure is the ratio of the medians. The engine
     prunes empty queue rows as it runs, so the second drain also pays for that."""
+    q = queries(opts.schema)
     plain, crowded = [], []
     for i in range(opts.repeat):
         plain.append(drain_cycle(system, conn, opts, i + 1, 0, "no past queues"))
         t0 = time.perf_counter()
-        conn.execute(sql.SQL(
-            "insert into {} (queue_name) select 'past-' || g from generate_series(1, %s) g "
-            "on conflict do nothing").format(ident(opts, "job_queue")), [opts.past_queues])
+        conn.execute(q.job_queue_insert_past, {"count": opts.past_queues})
         vacuum(conn, opts)
         print(f"  inserted {opts.past_queues:,} empty serial-queue rows in "
               f"{time.perf_counter() - t0:.2f} s\n")
         crowded.append(drain_cycle(system, conn, opts, i + 1, 0, "past queues"))
-        left = scalar(conn, sql.SQL("select count(*) from {}").format(
-            ident(opts, "job_queue")))
+        left = scalar(conn, q.job_queue_count)
         print(f"  past queues: {left:,} of {opts.past_queues:,} rows left after the drain "
               "(the engine prunes empty ones)\n")
         crowded[-1]["queue_rows_left"] = left
-        conn.execute(sql.SQL("delete from {}").format(ident(opts, "job_queue")))
+        conn.execute(q.job_queue_delete)
     out: Result = {
         "without": {"runs": plain, "median": print_drain_summary(
             f"summary: drain of {opts.jobs:,} {opts.task} jobs", plain)},
@@ -1031,8 +1067,12 @@ def steady_run(opts: Options, system: System, conn: psycopg.Connection[Any], run
     total = round(opts.rate * opts.duration)
     tmp = tempfile.mkdtemp(prefix="skivi-bench-")
     latency_file = os.path.join(tmp, "latency")
-    job = ident(opts, "job")
-    count_q = sql.SQL("select count(*) from {} where " + JOB_ROW_MATCH).format(job)
+    q = queries(opts.schema)
+
+    def unfinished() -> int:
+        """Jobs enqueued and not yet completed (the backlog jobs of --backlog aside)."""
+        return int(scalar(conn, q.job_count_except_backlog, BACKLOG_PARAMS))
+
     ep = EngineProcess.start(opts, once=False, expect=total + 1, latency_file=latency_file)
     problems: list[str] = []
     samples: list[dict[str, float]] = []
@@ -1044,9 +1084,9 @@ def steady_run(opts: Options, system: System, conn: psycopg.Connection[Any], run
         # One warm-up job (no latency recorded): the engine is claiming before the clock runs.
         skivi.add_job(system, opts.task_kind, opts.payload(warmup=True))
         deadline = time.monotonic() + 30.0
-        while scalar(conn, count_q) and time.monotonic() < deadline:
+        while unfinished() and time.monotonic() < deadline:
             time.sleep(0.01)
-        if scalar(conn, count_q):
+        if unfinished():
             problems.append("the warm-up job was not done within 30 s")
         thread = threading.Thread(target=producer.run, name="producer", daemon=True)
         thread.start()
@@ -1068,7 +1108,7 @@ def steady_run(opts: Options, system: System, conn: psycopg.Connection[Any], run
             if ep.proc.poll() is not None and done_event is None:
                 problems.append("the engine exited early")
                 break
-            backlog = scalar(conn, count_q)
+            backlog = unfinished()
             samples.append({"t": tick * PROGRESS_INTERVAL, "enqueued": producer.sent,
                             "completed": completed, "backlog": backlog})
             print(f"  steady {tick * PROGRESS_INTERVAL:5.0f} s  enqueued {producer.sent:>9,}  "
@@ -1086,11 +1126,11 @@ def steady_run(opts: Options, system: System, conn: psycopg.Connection[Any], run
         problems.append("not every job was done before the deadline")
     if rep.get("code") != 0:
         problems.append(f"engine exit code {rep.get('code')} ({rep.get('error')})")
-    left = scalar(conn, count_q)
+    left = unfinished()
     if left:
         problems.append(f"{left} jobs left in {opts.schema}.job")
-        conn.execute(sql.SQL("delete from {} where " + JOB_ROW_MATCH).format(job))
-    exhausted = scalar(conn, sql.SQL("select count(*) from {}").format(ident(opts, "job_history")))
+        conn.execute(q.job_delete_except_backlog, BACKLOG_PARAMS)
+    exhausted = scalar(conn, q.job_history_count)
     if exhausted:
         problems.append(f"{exhausted} jobs exhausted")
     lat = read_latencies(latency_file)
@@ -1135,15 +1175,13 @@ def steady_run(opts: Options, system: System, conn: psycopg.Connection[Any], run
 # ------------------------------------------------------------------------------------------------
 
 def scenario_enqueue(opts: Options, system: System, conn: psycopg.Connection[Any]) -> Result:
-    floor_table = ident(opts, "floor_test")
-    conn.execute(sql.SQL("create table {} (id bigint generated always as identity primary key, "
-                         "x integer not null)").format(floor_table))
-    job = ident(opts, "job")
+    q = queries(opts.schema)
+    conn.execute(q.floor_test_create)
     runs = []
     for run in range(1, opts.repeat + 1):
         task, payload = opts.task_kind, opts.payload()
         skivi.add_job(system, task, payload)  # warm the pool and the prepared statement
-        conn.execute(sql.SQL("truncate {}").format(job))
+        conn.execute(q.job_truncate)
         n, t0 = 0, time.perf_counter()
         stop_at = t0 + opts.duration if opts.duration else None
         next_line = t0 + PROGRESS_INTERVAL
@@ -1156,28 +1194,27 @@ def scenario_enqueue(opts: Options, system: System, conn: psycopg.Connection[Any
                       f"{n / (now - t0):>9,.0f} jobs/s so far", flush=True)
         single_s = time.perf_counter() - t0
         single = {"jobs": n, "seconds": single_s, "jobs_per_s": n / single_s}
-        stored = scalar(conn, sql.SQL("select count(*) from {}").format(job))
-        conn.execute(sql.SQL("truncate {}").format(job))
+        stored = scalar(conn, q.job_count)
+        conn.execute(q.job_truncate)
 
         floor = None
         if opts.floor:
-            ins = sql.SQL("insert into {} (x) values (1)").format(floor_table)
             with connect(opts) as fconn:
-                fconn.execute(ins)
+                fconn.execute(q.floor_test_insert)
                 t0 = time.perf_counter()
                 for _ in range(n):
-                    fconn.execute(ins)
+                    fconn.execute(q.floor_test_insert)
                 floor_s = time.perf_counter() - t0
             floor = {"transactions": n, "seconds": floor_s, "per_s": n / floor_s}
-            conn.execute(sql.SQL("truncate {}").format(floor_table))
+            conn.execute(q.floor_test_truncate)
 
         specs = [{"task": task, "payload": payload} for _ in range(opts.bulk)]
         t0 = time.perf_counter()
         skivi.add_jobs(system, specs)
         bulk_s = time.perf_counter() - t0
         bulk = {"jobs": opts.bulk, "seconds": bulk_s, "jobs_per_s": opts.bulk / bulk_s}
-        bulk_stored = scalar(conn, sql.SQL("select count(*) from {}").format(job))
-        conn.execute(sql.SQL("truncate {}").format(job))
+        bulk_stored = scalar(conn, q.job_count)
+        conn.execute(q.job_truncate)
         problems = []
         if stored != n:
             problems.append(f"{stored} single add_job rows stored for {n} calls")
@@ -1253,7 +1290,7 @@ def cpu_cycle(system: System, conn: psycopg.Connection[Any], opts: Options, run:
           f"{fmt_pct(efficiency)}" + (": VERIFICATION FAILED: " + "; ".join(problems)
                                      if problems else ""), flush=True)
     if problems:
-        conn.execute(sql.SQL("delete from {} where " + JOB_ROW_MATCH).format(ident(opts, "job")))
+        conn.execute(queries(opts.schema).job_delete_except_backlog, BACKLOG_PARAMS)
     return {"run": run, "jobs": n, "task_ms": opts.task_ms, "processes": processes,
             "ideal_s": ideal, "measured_s": measured, "efficiency": efficiency,
             "drain": drain, "verified": not problems, "problems": problems}
@@ -1274,7 +1311,7 @@ def scenario_cpu(opts: Options, system: System, conn: psycopg.Connection[Any]) -
 
 def run_scenario(opts: Options) -> int:
     with connect(opts) as conn:
-        env = environment(conn)
+        env = environment(conn, opts)
     print_settings(opts, env)
     started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     results: Result = {}

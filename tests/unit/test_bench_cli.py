@@ -1,4 +1,6 @@
-"""Unit tests for bench/run.py's pure parts: task specs, options, percentiles, medians.
+"""Unit tests for bench/run.py's pure parts: task specs, options, percentiles, medians, and
+the contract between run.py and bench/sql (every statement it runs is a file there, every
+file there is run).
 
 The scenarios themselves need a database and minutes of CPU; they are run by hand (see
 bench/README.md), not here.
@@ -6,6 +8,7 @@ bench/README.md), not here.
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import sys
 from pathlib import Path
@@ -14,6 +17,7 @@ from types import ModuleType
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "run.py"
+BENCH_SQL = BENCH.parent / "sql"
 URL = ["--database-url", "postgresql://u:secret@db.invalid:5432/x"]
 
 
@@ -82,3 +86,77 @@ def test_medians_skip_missing_values(bench: ModuleType) -> None:
             {"drain": {"jobs_per_s": 30.0}}, {}]
     assert bench.medians(runs, ["drain.jobs_per_s", "floor.jobs_per_s"]) == {
         "drain.jobs_per_s": 20.0, "floor.jobs_per_s": None}
+
+
+# ------------------------------------------------------------------------------------------------
+# bench/run.py <-> bench/sql
+
+
+def sql_files() -> list[Path]:
+    return sorted(BENCH_SQL.glob("*.sql"))
+
+
+def run_py_tree() -> ast.Module:
+    return ast.parse(BENCH.read_text(encoding="utf-8"), filename=str(BENCH))
+
+
+def enclosing(tree: ast.Module) -> dict[ast.AST, str]:
+    """Each node -> the name of the outermost function or class it is in ('' at top level)."""
+    owner: dict[ast.AST, str] = {}
+    for top in tree.body:
+        name = top.name if isinstance(top, ast.FunctionDef | ast.ClassDef) else ""
+        for node in ast.walk(top):
+            owner[node] = name
+    return owner
+
+
+def test_every_bench_sql_file_has_a_header_naming_it_when_read() -> None:
+    assert sql_files(), f"no .sql file in {BENCH_SQL}"
+    for path in sql_files():
+        first = path.read_text(encoding="utf-8").splitlines()[0]
+        assert first.startswith(f"-- {path.stem}: "), f"{path.name}: header must name the file"
+
+
+def test_every_bench_sql_file_is_a_declared_query_when_loaded(bench: ModuleType) -> None:
+    # Queries refuses to load when a file has no attribute or an attribute no file.
+    q = bench.Queries("skivi_bench")
+    for path in sql_files():
+        rendered = getattr(q, path.stem).as_string(None)
+        if "{schema}" in path.read_text(encoding="utf-8"):
+            assert '"skivi_bench"' in rendered, path.name
+
+
+def test_every_bench_sql_file_is_run_by_run_py_when_parsed() -> None:
+    tree = run_py_tree()
+    owner = enclosing(tree)
+    used = {node.attr for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and owner[node] != "Queries"}
+    unused = sorted(path.stem for path in sql_files() if path.stem not in used)
+    assert not unused, f"bench/sql files run.py never uses: {unused}"
+
+
+def test_run_py_executes_only_bench_sql_statements_when_parsed() -> None:
+    """Every execute() and scalar() in run.py runs a Queries attribute (a bench/sql file),
+    and psycopg.sql objects are built only by the loader: no SQL text in Python."""
+    tree = run_py_tree()
+    owner = enclosing(tree)
+    declared = {path.stem for path in sql_files()}
+    problems = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        where = f"run.py:{node.lineno}"
+        if (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
+                and func.value.id == "sql" and owner[node] != "Queries"):
+            problems.append(f"{where}: sql.{func.attr}() outside the Queries loader")
+        called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        if called not in ("execute", "executemany", "scalar") or not node.args:
+            continue
+        query = node.args[1] if called == "scalar" else node.args[0]
+        if isinstance(query, ast.Attribute) and query.attr in declared:
+            continue
+        if owner[node] == "scalar" and isinstance(query, ast.Name) and query.id == "query":
+            continue  # scalar() runs the query its caller passed (checked at that call)
+        problems.append(f"{where}: {called}() of {ast.unparse(query)}, not a bench/sql query")
+    assert not problems, "\n".join(sorted(problems, key=lambda p: int(p.split(":")[1])))

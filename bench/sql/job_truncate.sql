@@ -1,0 +1,5 @@
+-- job_truncate: empty the job table between the enqueue scenario's measurements.
+--
+-- Parameters: none.
+-- Returns nothing.
+truncate {schema}.job;
