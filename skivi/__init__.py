@@ -10,7 +10,6 @@ from skivi.errors import (
     ConfigError,
     DatabaseUnavailable,
     EmbeddedDatabaseError,
-    EngineError,
     JobSpecError,
     MigrationError,
     PayloadError,
@@ -18,7 +17,6 @@ from skivi.errors import (
     SchemaTooNew,
     SkiviError,
     TaskFileError,
-    TaskNotFound,
 )
 from skivi.events import EventKind
 from skivi.job import EnqueueOutcome, Job, JobKeyMode, JobSpec
@@ -31,7 +29,6 @@ __all__ = [
     "ConfigError",
     "DatabaseUnavailable",
     "EmbeddedDatabaseError",
-    "EngineError",
     "EnqueueOutcome",
     "EventKind",
     "Job",
@@ -45,7 +42,6 @@ __all__ = [
     "SkiviError",
     "System",
     "TaskFileError",
-    "TaskNotFound",
     "__version__",
     "add_job",
     "add_job_async",
