@@ -2,15 +2,26 @@
 
 Jobs are rows in your own database, in their own schema, so a job can be enqueued in the
 same transaction as the change that causes it.
+
+What a task's author uses, besides ``create_system`` and ``add_job``:
+
+- ``JobContext``: the one argument every handler receives, ``handler(ctx)``; ``ctx.job`` (the
+  job's id, payload, attempts, ...), ``ctx.logger`` (bound to the job) and ``ctx.add_job`` /
+  ``ctx.add_job_async`` (follow-up jobs). For annotations: handlers get it, never build it.
+- ``task``: per-task options on a handler, as a wrapper (``task(fn, timeout=30)``) or a
+  decorator (``@task(backoff=...)``, or bare ``@task``), in a tasks mapping or a task file's
+  ``TASKS``.
+- ``Backoff``: a task's retry schedule (``task(fn, backoff=Backoff(factor=0.5,
+  max_delay=600))``); the default is Graphile Worker's ``exp(min(attempts, 10))`` seconds.
 """
 
 from skivi.client import add_job, add_job_async, add_jobs, add_jobs_async
 from skivi.config import Config, load_config
+from skivi.engine.child import JobContext
 from skivi.errors import (
     ConfigError,
     DatabaseUnavailable,
     EmbeddedDatabaseError,
-    EngineError,
     JobSpecError,
     MigrationError,
     PayloadError,
@@ -18,23 +29,25 @@ from skivi.errors import (
     SchemaTooNew,
     SkiviError,
     TaskFileError,
-    TaskNotFound,
 )
 from skivi.events import EventKind
 from skivi.job import EnqueueOutcome, Job, JobKeyMode, JobSpec
+from skivi.registry import task
+from skivi.retry import Backoff
 from skivi.system import System, create_system
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Backoff",
     "Config",
     "ConfigError",
     "DatabaseUnavailable",
     "EmbeddedDatabaseError",
-    "EngineError",
     "EnqueueOutcome",
     "EventKind",
     "Job",
+    "JobContext",
     "JobKeyMode",
     "JobSpec",
     "JobSpecError",
@@ -45,7 +58,6 @@ __all__ = [
     "SkiviError",
     "System",
     "TaskFileError",
-    "TaskNotFound",
     "__version__",
     "add_job",
     "add_job_async",
@@ -53,4 +65,5 @@ __all__ = [
     "add_jobs_async",
     "create_system",
     "load_config",
+    "task",
 ]

@@ -28,6 +28,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from skivi.job import MAX_ATTEMPTS_DEFAULT, PRIORITY_DEFAULT, EnqueueOutcome, Job, JobSpec
+from skivi.job import TASK_IDENTIFIER_MAX as _TASK_MAX
 
 if TYPE_CHECKING:
     from skivi.system import System
@@ -101,7 +102,6 @@ CHUNK_SIZE = 10_000
 _PLAIN_KEYS = frozenset({"task", "payload"})
 # Stands for "the statement's now()" in a drafted Job until the answer arrives.
 _PENDING = dt.datetime.min.replace(tzinfo=dt.UTC)
-_TASK_MAX = 128
 
 
 def _raw_json(data: bytes) -> Jsonb:

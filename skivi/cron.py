@@ -71,7 +71,7 @@ import orjson
 from croniter import croniter
 
 from skivi.errors import ConfigError, JobSpecError, PayloadError, shown
-from skivi.job import JobKeyMode, JobSpec
+from skivi.job import TASK_IDENTIFIER_MAX, JobKeyMode, JobSpec
 from skivi.payload import encode
 
 __all__ = [
@@ -88,7 +88,6 @@ UTC = dt.UTC
 
 ENTRY_KEYS = ("backfill", "identifier", "payload", "schedule", "spec", "task", "timezone")
 SPEC_KEYS = ("job_key", "job_key_mode", "max_attempts", "priority", "queue_name")
-IDENTIFIER_MAX = 128  # task identifiers have the same limit, and the default task is the id
 JOB_KEY_PREFIX = "cron:"
 # An explicit spec.job_key behaves as it does for any job; only the entry's own key, which
 # exists to keep one run at a time, deduplicates.
@@ -301,9 +300,10 @@ def _parse_entry(raw: object, index: int, source: str) -> tuple[CronEntry | None
     identifier = raw.get("identifier")
     if identifier is None:
         refuse("identifier", "missing; every entry needs a stable identifier")
-    elif not _is_name(identifier, IDENTIFIER_MAX):
-        refuse("identifier", f"must be a string of 1 to {IDENTIFIER_MAX} characters without "
-                             f"NUL, got {shown(identifier)}")
+    elif not _is_name(identifier, TASK_IDENTIFIER_MAX):
+        # A task identifier's limit: the identifier is the default task.
+        refuse("identifier", f"must be a string of 1 to {TASK_IDENTIFIER_MAX} characters "
+                             f"without NUL, got {shown(identifier)}")
     ident = identifier if isinstance(identifier, str) else ""
 
     schedule = raw.get("schedule")
@@ -315,9 +315,9 @@ def _parse_entry(raw: object, index: int, source: str) -> tuple[CronEntry | None
             refuse("schedule", error)
 
     task = raw.get("task", identifier)
-    if "task" in raw and not _is_name(task, IDENTIFIER_MAX):
-        refuse("task", f"must be a string of 1 to {IDENTIFIER_MAX} characters without NUL, "
-                       f"got {shown(task)}")
+    if "task" in raw and not _is_name(task, TASK_IDENTIFIER_MAX):
+        refuse("task", f"must be a string of 1 to {TASK_IDENTIFIER_MAX} characters without "
+                       f"NUL, got {shown(task)}")
 
     timezone = raw.get("timezone", TIMEZONE_DEFAULT)
     if not isinstance(timezone, str) or not _zone_exists(timezone):

@@ -6,14 +6,13 @@
 2. Creates a system with two example tasks, applies pending migrations and starts it.
 3. Enqueues jobs with ``skivi.add_jobs``, then one inside a transaction (it exists because the
    transaction commits) and one inside a transaction that rolls back (it never existed).
-4. Runs the worker engine until no job is runnable, if this version has one.
+4. Runs the worker engine in the foreground until no job is runnable.
 5. Prints what is left in the job table.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from psycopg import sql
 
 import skivi
 from skivi.db.embedded import embedded_running, start_embedded, stop_embedded
+from skivi.engine import run
 
 EMBEDDED_DIR = Path(".pgdata") / "demo"
 JOBS_DEFAULT = 20
@@ -36,17 +36,17 @@ SEND_EMAIL_SCHEMA: Mapping[str, Any] = {
 }
 
 
-# Handlers receive the job's context: ``ctx.job`` (id, payload, attempts, ...), ``ctx.logger``
-# and ``ctx.add_job`` for follow-up jobs.
+# Handlers receive the job's context, a skivi.JobContext: ``ctx.job`` (id, payload, attempts,
+# ...), ``ctx.logger`` and ``ctx.add_job`` for follow-up jobs.
 
 
-def send_email(ctx: Any) -> None:
+def send_email(ctx: skivi.JobContext) -> None:
     """Example task: pretend to send an email."""
     payload = ctx.job.payload
     print(f"  job {ctx.job.id}: send-email to {payload['to']}: {payload['subject']}")
 
 
-def welcome(ctx: Any) -> None:
+def welcome(ctx: skivi.JobContext) -> None:
     """Example task: greet a new user."""
     print(f"  job {ctx.job.id}: welcome {ctx.job.payload['email']}")
 
@@ -100,16 +100,12 @@ def _enqueue(system: skivi.System, count: int) -> None:
         print(f"Refused at enqueue, before any SQL: {exc}")
 
 
-def _run_engine(system: skivi.System) -> None:
+def _run_engine(system: skivi.System) -> int:
     print("\nRunning the engine until no job is runnable:")
-    try:
-        # The engine is young: until it has run(), the demo stops at enqueueing.
-        run = importlib.import_module("skivi.engine").run
-    except (AttributeError, ImportError) as exc:
-        print(f"  the worker engine is not available in this version yet ({exc}); "
-              "the jobs stay queued.")
-        return
-    run(system, once=True)
+    code = run(system, once=True)
+    if code:
+        print(f"  the engine stopped with exit code {code} (see its log above).")
+    return code
 
 
 def _summary(system: skivi.System) -> None:
@@ -143,13 +139,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             # a background process; the demo runs it in the foreground instead, below.
             system.start(engine=False)
             _enqueue(system, args.jobs)
-            _run_engine(system)
+            code = _run_engine(system)
             _summary(system)
     finally:
         if started:
             stop_embedded(EMBEDDED_DIR)
             print(f"Stopped the embedded PostgreSQL (its data stays in {EMBEDDED_DIR}/).")
-    return 0
+    return code
 
 
 if __name__ == "__main__":

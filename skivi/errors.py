@@ -10,11 +10,9 @@ The whole tree (the docstring of each class is its default message)::
     │   ├── SchemaNotMigrated  the schema lacks migrations this version needs
     │   └── SchemaTooNew       the database was migrated by a newer Skivi
     ├── RegistryError          task registry could not be built
-    │   ├── TaskFileError      a task file failed to load; names the file and line
-    │   └── TaskNotFound       no handler for a task identifier
+    │   └── TaskFileError      a task file failed to load; names the file and line
     ├── DatabaseUnavailable    the database could not be reached or refused the login;
     │                          names the host and the cause (also a psycopg.OperationalError)
-    ├── EngineError            the worker engine could not start or run
     └── EmbeddedDatabaseError  the embedded PostgreSQL could not be started
 
 Database errors stay psycopg's own (``psycopg.OperationalError`` and friends): callers
@@ -23,6 +21,11 @@ already know how to catch them, and wrapping would hide the SQLSTATE. The one ex
 pool only says "timed out" and logs the cause elsewhere, so the error says what libpq said
 and where. It subclasses ``psycopg.OperationalError``, so code catching that still does; the
 libpq error is its ``__cause__``.
+
+What is not an exception: a job whose task has no handler, or whose handler fails, times out
+or crashes its process. That is the job's outcome, recorded on the job (``job_history.reason``,
+``last_error``), not something the engine raises; and the engine's own failures are its exit
+code (see ``skivi.engine``).
 """
 
 from __future__ import annotations
@@ -36,7 +39,6 @@ __all__ = [
     "ConfigError",
     "DatabaseUnavailable",
     "EmbeddedDatabaseError",
-    "EngineError",
     "JobSpecError",
     "MigrationError",
     "PayloadError",
@@ -45,7 +47,6 @@ __all__ = [
     "SchemaTooNew",
     "SkiviError",
     "TaskFileError",
-    "TaskNotFound",
 ]
 
 
@@ -128,10 +129,6 @@ class TaskFileError(RegistryError):
     """A task file failed to load."""
 
 
-class TaskNotFound(RegistryError):
-    """No handler for this task identifier."""
-
-
 class DatabaseUnavailable(SkiviError, psycopg.OperationalError):
     """The database could not be reached, or refused the login."""
 
@@ -148,17 +145,12 @@ class DatabaseUnavailable(SkiviError, psycopg.OperationalError):
                          f"(database.connection_string): {cause}")
 
 
-class EngineError(SkiviError):
-    """The worker engine failed."""
-
-
 class EmbeddedDatabaseError(SkiviError):
     """The embedded PostgreSQL could not be started."""
 
 
 for _cls in (
     SkiviError, ConfigError, DatabaseUnavailable, PayloadError, JobSpecError,
-    MigrationError, SchemaTooNew, RegistryError, TaskFileError, TaskNotFound, EngineError,
-    EmbeddedDatabaseError,
+    MigrationError, SchemaTooNew, RegistryError, TaskFileError, EmbeddedDatabaseError,
 ):
     _cls.__module__ = "skivi"

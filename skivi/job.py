@@ -23,9 +23,15 @@ MAX_ATTEMPTS_DEFAULT = 25
 PRIORITY_DEFAULT = 0
 PRIORITY_MIN, PRIORITY_MAX = -32768, 32767  # the column is a smallint, as in Graphile Worker
 INT4_MAX = 2**31 - 1
+# The length limits of migration 0001's check constraints, in characters (PostgreSQL's
+# length() counts characters, not bytes). Defined here only: the registry, cron entries and the
+# client's fast path check the same limits before any SQL runs.
 TASK_IDENTIFIER_MAX = 128
+"""Longest task identifier (``job_task_identifier_check``)."""
 QUEUE_NAME_MAX = 128
+"""Longest queue name (``job_queue_name_check``)."""
 JOB_KEY_MAX = 512
+"""Longest job key (``job_key_check``)."""
 
 
 class JobKeyMode(enum.StrEnum):

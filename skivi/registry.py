@@ -35,9 +35,10 @@ Rules, and why:
   without a ``TASKS`` dict, or with an invalid entry in it, raises ``TaskFileError`` too: a typo
   in a task file must stop start-up, not surface later as jobs failing with "no handler".
 - **Identifiers are checked as the database will check them**: a non-empty ``str`` of at most
-  128 characters (the ``job_task_identifier_check`` constraint), without NUL and without lone
-  surrogates (PostgreSQL text can hold neither). A bad identifier or a non-callable handler raises
-  :class:`~skivi.errors.RegistryError` naming the identifier.
+  ``skivi.job.TASK_IDENTIFIER_MAX`` (128) characters (the ``job_task_identifier_check``
+  constraint), without NUL and without lone surrogates (PostgreSQL text can hold neither). A
+  bad identifier or a non-callable handler raises :class:`~skivi.errors.RegistryError` naming
+  the identifier.
 - **Async detection happens once, here** (:attr:`Task.is_async`): ``async def`` functions,
   callable objects whose ``__call__`` is ``async def``, and ``functools.partial`` of either.
   A sync function that merely *returns* an awaitable cannot be detected; the child process
@@ -69,11 +70,11 @@ from pathlib import Path
 from typing import Any, overload
 
 from skivi.errors import RegistryError, TaskFileError, nul_position, shown
+from skivi.job import TASK_IDENTIFIER_MAX
 from skivi.retry import DEFAULT_BACKOFF, Backoff
 
 __all__ = [
     "EXTENSIONS_DEFAULT",
-    "IDENTIFIER_MAX_LENGTH",
     "MODULE_PACKAGE",
     "Task",
     "TaskDef",
@@ -83,9 +84,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-IDENTIFIER_MAX_LENGTH = 128
-"""Longest task identifier, in characters; the database's ``job_task_identifier_check``."""
 
 MODULE_PACKAGE = "skivi_tasks"
 """The namespace package under which task files are registered in ``sys.modules``."""
@@ -361,10 +359,10 @@ def _check_identifier(identifier: object) -> None:
         raise RegistryError(
             f"task identifier {shown(identifier)} contains a NUL character at position {at}"
         )
-    if len(identifier) > IDENTIFIER_MAX_LENGTH:
+    if len(identifier) > TASK_IDENTIFIER_MAX:
         raise RegistryError(
             f"task identifier {shown(identifier)} is {len(identifier)} characters long; "
-            f"the limit is {IDENTIFIER_MAX_LENGTH}"
+            f"the limit is {TASK_IDENTIFIER_MAX}"
         )
     try:
         identifier.encode("utf-8")

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from skivi.errors import RegistryError, TaskFileError
+from skivi.job import TASK_IDENTIFIER_MAX
 from skivi.registry import (
-    IDENTIFIER_MAX_LENGTH,
     MODULE_PACKAGE,
     Task,
     TaskDef,
@@ -374,7 +374,7 @@ def test_from_directory_skips_symlink_when_target_outside_directory(
 
 
 def test_from_mapping_accepts_identifier_when_at_length_limit() -> None:
-    identifier = "é" * IDENTIFIER_MAX_LENGTH  # characters, not bytes, as PostgreSQL counts
+    identifier = "é" * TASK_IDENTIFIER_MAX  # characters, not bytes, as PostgreSQL counts
     assert identifier in TaskRegistry.from_mapping({identifier: _sync_fn})
 
 
@@ -405,7 +405,7 @@ def test_from_mapping_raises_naming_identifier_and_type_when_handler_not_callabl
     ("identifier", "shown"),
     [
         ("", "''"),
-        ("x" * (IDENTIFIER_MAX_LENGTH + 1), "129 characters"),
+        ("x" * (TASK_IDENTIFIER_MAX + 1), "129 characters"),
         ("bad\x00name", "bad\\x00name"),
         ("lone\udc80", "lone\\udc80"),
         (42, "42"),

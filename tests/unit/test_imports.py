@@ -1,0 +1,247 @@
+"""No import cycles between ``skivi`` modules.
+
+A cycle of module-level imports works only as long as every module in it is first imported
+from the right end; imported from the other, one of them sees a half-initialised module and
+fails with ``ImportError: cannot import name`` (or, worse, only in a forked child). So the
+graph is read from the source with ``ast`` (nothing is imported) and any cycle fails here,
+printed module by module.
+
+What counts as an edge, and why:
+
+- Only imports that run when the module is imported: at module level, including under a
+  module-level ``if``/``try``/``with``. Imports inside a function or a class body run later,
+  when the importing module is complete, and are the standard way to break a cycle.
+- Not imports under ``if TYPE_CHECKING:`` (its ``else`` branch does run, so it counts).
+- ``from skivi.a import b`` depends on the module ``skivi.a.b`` when ``b`` is one, and on
+  ``skivi.a`` (its body) otherwise.
+- A module's parent packages are not edges of their own: Python initialises them before the
+  module, so they are part of the graph only through the names taken from them (the root
+  ``skivi/__init__.py`` re-exports the public API from nearly every module; counting the
+  implicit parent import would put every module on a harmless cycle through it).
+
+The second view, ``deferred=True``, also counts imports inside functions and under
+``TYPE_CHECKING``: not a hazard at import time, but the coupling between modules, and a cycle
+there is one edge away from a real one. It leaves out the root package (the public facade
+imports nearly everything, so ``from skivi import __version__`` in any function would close a
+harmless cycle). Today it holds one known cycle, system -> engine -> system (the engine's
+modules take a ``System``, and the system starts the engine), which architecture issue 13 is
+breaking: a strict xfail until then, so the test says when it is gone. Any other cycle fails.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = "skivi"
+
+def module_files() -> dict[str, Path]:
+    """Dotted module name -> source file, for every module of the package."""
+    modules: dict[str, Path] = {}
+    for path in sorted((ROOT / PACKAGE).rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        modules[".".join(parts)] = path
+    return modules
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    """``TYPE_CHECKING`` or ``typing.TYPE_CHECKING`` (however typing was imported)."""
+    if isinstance(test, ast.Name):
+        return test.id == "TYPE_CHECKING"
+    return isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+
+
+def _module_level(body: list[ast.stmt]) -> Iterator[ast.Import | ast.ImportFrom]:
+    """The imports executed when a module with this body is imported."""
+    for node in body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node
+        elif isinstance(node, ast.If):
+            if not _is_type_checking(node.test):
+                yield from _module_level(node.body)
+            yield from _module_level(node.orelse)
+        elif isinstance(node, ast.Try | ast.TryStar):
+            for block in (node.body, node.orelse, node.finalbody):
+                yield from _module_level(block)
+            for handler in node.handlers:
+                yield from _module_level(handler.body)
+        elif isinstance(node, ast.With | ast.AsyncWith):
+            yield from _module_level(node.body)
+        elif isinstance(node, ast.For | ast.AsyncFor | ast.While):
+            yield from _module_level(node.body)
+            yield from _module_level(node.orelse)
+        # Function and class bodies: their imports run later, once this module is complete.
+
+
+def _anywhere(tree: ast.Module) -> Iterator[ast.Import | ast.ImportFrom]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node
+
+
+def _resolve_relative(module: str, is_package: bool, level: int, name: str | None) -> str:
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    if level > 1:
+        base = base[: len(base) - (level - 1)]
+    return ".".join([*base, name] if name else base)
+
+
+def import_graph(*, deferred: bool = False) -> dict[str, set[str]]:
+    """Module -> the skivi modules it imports at module level (``deferred``: anywhere,
+    ``TYPE_CHECKING`` included)."""
+    modules = module_files()
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        is_package = path.name == "__init__.py"
+        for node in _anywhere(tree) if deferred else _module_level(tree.body):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                source = (
+                    _resolve_relative(name, is_package, node.level, node.module)
+                    if node.level
+                    else node.module or ""
+                )
+                for alias in node.names:
+                    submodule = f"{source}.{alias.name}"
+                    targets.append(submodule if submodule in modules else source)
+            for target in targets:
+                if target in modules and target != name:
+                    graph[name].add(target)
+    return graph
+
+
+def strongly_connected(graph: dict[str, set[str]]) -> list[set[str]]:
+    """The components of more than one module (Tarjan): each holds at least one cycle, and
+    every cycle lies inside one."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[set[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component: set[str] = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                components.append(component)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(components, key=min)
+
+
+def shortest_cycle(graph: dict[str, set[str]], component: set[str]) -> list[str]:
+    """A shortest cycle ``[a, ..., a]`` through the component's alphabetically first module,
+    found breadth first, so the printed cycle is the same on every run."""
+    start = min(component)
+    parents: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        following: list[str] = []
+        for v in frontier:
+            for w in sorted(graph[v] & component):
+                if w == start:
+                    path = [v]
+                    while path[-1] != start:
+                        path.append(parents[path[-1]])
+                    return [*reversed(path), start]
+                if w not in parents:
+                    parents[w] = v
+                    following.append(w)
+        frontier = following
+    raise AssertionError(f"no cycle in the strongly connected component {sorted(component)}")
+
+
+def describe(graph: dict[str, set[str]], components: list[set[str]]) -> str:
+    return "\n".join(
+        f"  {' -> '.join(shortest_cycle(graph, c))}   (all on a cycle: {', '.join(sorted(c))})"
+        for c in components
+    )
+
+
+def _is_known(component: set[str]) -> bool:
+    return {"skivi.system", "skivi.engine"} <= component
+
+
+def _deferred_graph() -> dict[str, set[str]]:
+    # The root package is left out of the deferred view: it imports the public API, so any
+    # function anywhere doing ``from skivi import __version__`` would close a harmless cycle.
+    graph = import_graph(deferred=True)
+    return {v: edges - {PACKAGE} for v, edges in graph.items() if v != PACKAGE}
+
+
+def test_graph_sees_module_level_imports_only() -> None:
+    """The walker itself: a check that finds no edges would pass for ever."""
+    graph = import_graph()
+    assert "skivi.errors" in graph["skivi.job"]  # a plain module-level import
+    assert "skivi.engine.handoff" in graph["skivi.engine.child"]  # from package import module
+    assert "skivi.engine" in graph["skivi.engine.supervisor"]  # from package import name
+    # skivi.engine.child imports skivi.system only under TYPE_CHECKING, and skivi.client
+    # only inside JobContext.add_job; skivi.engine imports the supervisor inside run_async.
+    assert "skivi.system" not in graph["skivi.engine.child"]
+    assert "skivi.client" not in graph["skivi.engine.child"]
+    assert "skivi.engine.supervisor" not in graph["skivi.engine"]
+    deferred = import_graph(deferred=True)
+    assert {"skivi.client", "skivi.system"} <= deferred["skivi.engine.child"]
+
+
+def test_cycle_finder_reports_each_cycle_as_a_path() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": {"e"}, "e": {"d"}, "f": set()}
+    components = strongly_connected(graph)
+    assert components == [{"a", "b", "c"}, {"d", "e"}]
+    assert [shortest_cycle(graph, c) for c in components] == [["a", "b", "c", "a"],
+                                                               ["d", "e", "d"]]
+
+
+def test_no_import_cycles_at_module_level() -> None:
+    graph = import_graph()
+    components = strongly_connected(graph)
+    assert not components, (
+        "import cycles between skivi modules (module-level imports; move what both sides "
+        "need into a module below them):\n" + describe(graph, components)
+    )
+
+
+def test_no_other_cycles_counting_deferred_imports() -> None:
+    graph = _deferred_graph()
+    others = [c for c in strongly_connected(graph) if not _is_known(c)]
+    assert not others, (
+        "import cycles between skivi modules counting imports inside functions and under "
+        "TYPE_CHECKING:\n" + describe(graph, others)
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known cycle system -> engine -> system (through client.py, child.py, scheduler.py "
+    "and the supervisor), being broken in architecture issue 13; remove this mark when it is",
+)
+def test_no_cycle_through_system_and_engine_counting_deferred_imports() -> None:
+    graph = _deferred_graph()
+    known = [c for c in strongly_connected(graph) if _is_known(c)]
+    assert not known, "import cycle still there:\n" + describe(graph, known)
