@@ -109,7 +109,7 @@ def _run_engine(system: skivi.System) -> None:
         print(f"  the worker engine is not available in this version yet ({exc}); "
               "the jobs stay queued.")
         return
-    run(system, once=True)
+    run(system.instance, system.emitter, once=True)
 
 
 def _summary(system: skivi.System) -> None:
