@@ -200,7 +200,7 @@ async def _engine_async(system: System, args: argparse.Namespace) -> int:
             _latency_fd = os.open(args.latency_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
                                   0o600)
 
-    engine = BenchEngine(system, system.registry(), once=args.once,
+    engine = BenchEngine(system.instance, system.registry(), system.emitter, once=args.once,
                          on_child_start=on_child_start)
     state: dict[str, Any] = {}
     _observe_done(engine, args.expect, state)

@@ -1,4 +1,8 @@
-"""Enqueueing: ``add_job`` / ``add_jobs`` and their async twins.
+"""Enqueueing: the ``Client`` of an instance, ``add_job`` / ``add_jobs`` and their async twins.
+
+A ``Client`` holds an instance's connection pools (made on first use) and nothing else;
+the module functions take a client, or anything that has one (``skivi.System``), so this
+module imports nothing of the system or the engine.
 
 Every call runs in three steps:
 
@@ -17,25 +21,131 @@ The client never relies on ``search_path``: every query is schema-qualified.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import threading
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 import psycopg
 from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
+from skivi.db import pool as dbpool
+from skivi.db.queries import Queries
+from skivi.instance import Instance
 from skivi.job import MAX_ATTEMPTS_DEFAULT, PRIORITY_DEFAULT, EnqueueOutcome, Job, JobSpec
 from skivi.job import TASK_IDENTIFIER_MAX as _TASK_MAX
 
-if TYPE_CHECKING:
-    from skivi.system import System
-
-__all__ = ["add_job", "add_job_async", "add_jobs", "add_jobs_async"]
+__all__ = ["Client", "add_job", "add_job_async", "add_jobs", "add_jobs_async"]
 
 SpecLike = JobSpec | Mapping[str, Any]
+
+APPLICATION_NAME = "skivi-client"
+
+
+class Client:
+    """Enqueueing for one instance: a small pool of autocommit connections for calls made
+    without a connection, made on first use, and one async pool per event loop."""
+
+    def __init__(self, instance: Instance) -> None:
+        self.instance = instance
+        self._lock = threading.Lock()
+        self._pool: ConnectionPool[Any] | None = None
+        self._async_pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool[Any]] = {}
+
+    @property
+    def client(self) -> Client:
+        return self
+
+    @property
+    def pool(self) -> ConnectionPool[Any]:
+        """The pool, made after one connection was opened and closed: a pool retries in the
+        background and would only time out (after 30 s), with the cause in a log line, so
+        an unreachable database or a refused login raises DatabaseUnavailable (naming the
+        server and the cause) within ``database.connect_timeout`` instead, and no pool is
+        kept: the next call tries again."""
+        with self._lock:
+            if self._pool is None:
+                url, db = self.instance.database_url, self.instance.config.database
+                dbpool.check_reachable(url, application_name=APPLICATION_NAME,
+                                       connect_timeout=db.connect_timeout)
+                self._pool = dbpool.make_pool(
+                    url, max_size=db.pool_max_size, application_name=APPLICATION_NAME,
+                    connect_timeout=db.connect_timeout,
+                    prepared_statements=db.prepared_statements)
+            return self._pool
+
+    @contextlib.contextmanager
+    def pooled_connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """``pool.connection()``, but when the pool times out one direct attempt tells a
+        database gone away (DatabaseUnavailable, with the cause) from a busy pool (the
+        pool's own PoolTimeout)."""
+        pool = self.pool
+        try:
+            conn = pool.getconn()
+        except PoolTimeout:
+            dbpool.check_reachable(self.instance.database_url,
+                                   application_name=APPLICATION_NAME,
+                                   connect_timeout=self.instance.config.database.connect_timeout)
+            raise
+        try:
+            with conn:  # commit, or roll back on error, as pool.connection() does
+                yield conn
+        finally:
+            pool.putconn(conn)
+
+    async def async_pool(self) -> AsyncConnectionPool[Any]:
+        """The async twin of ``pool``, one per event loop (a pool is bound to its loop)."""
+        loop = asyncio.get_running_loop()
+        pool = self._async_pools.get(loop)
+        if pool is None:
+            url, db = self.instance.database_url, self.instance.config.database
+            await dbpool.check_reachable_async(url, application_name=APPLICATION_NAME,
+                                               connect_timeout=db.connect_timeout)
+            pool = dbpool.make_async_pool(
+                url, max_size=db.pool_max_size, application_name=APPLICATION_NAME,
+                connect_timeout=db.connect_timeout, prepared_statements=db.prepared_statements)
+            self._async_pools[loop] = pool
+            await pool.open()
+        return pool
+
+    @contextlib.asynccontextmanager
+    async def async_pooled_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """The async twin of ``pooled_connection``."""
+        pool = await self.async_pool()
+        try:
+            conn = await pool.getconn()
+        except PoolTimeout:
+            await dbpool.check_reachable_async(
+                self.instance.database_url, application_name=APPLICATION_NAME,
+                connect_timeout=self.instance.config.database.connect_timeout)
+            raise
+        try:
+            async with conn:
+                yield conn
+        finally:
+            await pool.putconn(conn)
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+        for loop, apool in list(self._async_pools.items()):
+            if not loop.is_closed() and loop.is_running():
+                loop.create_task(apool.close())
+        self._async_pools.clear()
+
+
+class HasClient(Protocol):
+    """What the enqueue functions take: a ``Client``, or what has one (``skivi.System``)."""
+
+    @property
+    def client(self) -> Client: ...
 
 
 @dataclass(slots=True)
@@ -113,9 +223,9 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
-def _check(system: System, raw: Iterable[SpecLike]) -> _Batch:
+def _check(client: Client, raw: Iterable[SpecLike]) -> _Batch:
     """Check every spec and encode every payload. Raises before any SQL runs."""
-    check_payload = system.payload_gate.check
+    check_payload = client.instance.payload_gate.check
     specs: list[JobSpec | str] = []
     payloads: list[bytes] = []
     unkeyed: list[int] = []
@@ -193,8 +303,7 @@ def _assemble_keyed(batch: _Batch, rows: Sequence[Sequence[Any]],
                          EnqueueOutcome(r[1]))
 
 
-def _run(conn: psycopg.Connection[Any], system: System, batch: _Batch) -> list[Job]:
-    q = system.queries
+def _run(conn: psycopg.Connection[Any], q: Queries, batch: _Batch) -> list[Job]:
     jobs: list[Job | None] = [None] * len(batch.specs)
     sent: list[tuple[list[int], psycopg.Cursor[Any]]] = []
     keyed: psycopg.Cursor[Any] | None = None
@@ -216,9 +325,8 @@ def _run(conn: psycopg.Connection[Any], system: System, batch: _Batch) -> list[J
     return [j for j in jobs if j is not None]
 
 
-async def _run_async(conn: psycopg.AsyncConnection[Any], system: System,
+async def _run_async(conn: psycopg.AsyncConnection[Any], q: Queries,
                      batch: _Batch) -> list[Job]:
-    q = system.queries
     jobs: list[Job | None] = [None] * len(batch.specs)
     sent: list[tuple[list[int], psycopg.AsyncCursor[Any]]] = []
     keyed: psycopg.AsyncCursor[Any] | None = None
@@ -240,7 +348,7 @@ async def _run_async(conn: psycopg.AsyncConnection[Any], system: System,
     return [j for j in jobs if j is not None]
 
 
-def add_jobs(system: System, specs: Iterable[SpecLike], *,
+def add_jobs(target: HasClient, specs: Iterable[SpecLike], *,
              conn: psycopg.Connection[Any] | None = None) -> list[Job]:
     """Enqueue many jobs; returns them as stored, in the order given.
 
@@ -249,28 +357,32 @@ def add_jobs(system: System, specs: Iterable[SpecLike], *,
     commits); without, they commit before this returns. Every spec is checked before any
     SQL runs; the jobs are written all together or not at all.
     """
-    batch = _check(system, specs)
+    client = target.client
+    batch = _check(client, specs)
     if not batch.specs:
         return []
+    q = client.instance.queries
     if conn is not None:
-        return _run(conn, system, batch)
-    with system.pooled_connection() as pooled:
-        return _run(pooled, system, batch)
+        return _run(conn, q, batch)
+    with client.pooled_connection() as pooled:
+        return _run(pooled, q, batch)
 
 
-async def add_jobs_async(system: System, specs: Iterable[SpecLike], *,
+async def add_jobs_async(target: HasClient, specs: Iterable[SpecLike], *,
                          conn: psycopg.AsyncConnection[Any] | None = None) -> list[Job]:
     """The async twin of ``add_jobs``."""
-    batch = _check(system, specs)
+    client = target.client
+    batch = _check(client, specs)
     if not batch.specs:
         return []
+    q = client.instance.queries
     if conn is not None:
-        return await _run_async(conn, system, batch)
-    async with system.async_pooled_connection() as pooled:
-        return await _run_async(pooled, system, batch)
+        return await _run_async(conn, q, batch)
+    async with client.async_pooled_connection() as pooled:
+        return await _run_async(pooled, q, batch)
 
 
-def add_job(system: System, task: str, payload: Any = None, *,
+def add_job(target: HasClient, task: str, payload: Any = None, *,
             conn: psycopg.Connection[Any] | None = None, **options: Any) -> Job:
     """Enqueue one job; returns it as stored.
 
@@ -280,12 +392,12 @@ def add_job(system: System, task: str, payload: Any = None, *,
     was kept and nothing added).
     """
     spec = JobSpec.coerce({"task": task, "payload": payload, **options})
-    return add_jobs(system, [spec], conn=conn)[0]
+    return add_jobs(target, [spec], conn=conn)[0]
 
 
-async def add_job_async(system: System, task: str, payload: Any = None, *,
+async def add_job_async(target: HasClient, task: str, payload: Any = None, *,
                         conn: psycopg.AsyncConnection[Any] | None = None,
                         **options: Any) -> Job:
     """The async twin of ``add_job``."""
     spec = JobSpec.coerce({"task": task, "payload": payload, **options})
-    return (await add_jobs_async(system, [spec], conn=conn))[0]
+    return (await add_jobs_async(target, [spec], conn=conn))[0]

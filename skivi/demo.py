@@ -102,7 +102,7 @@ def _enqueue(system: skivi.System, count: int) -> None:
 
 def _run_engine(system: skivi.System) -> int:
     print("\nRunning the engine until no job is runnable:")
-    code = run(system, once=True)
+    code = run(system.instance, system.emitter, once=True)
     if code:
         print(f"  the engine stopped with exit code {code} (see its log above).")
     return code

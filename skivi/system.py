@@ -1,34 +1,35 @@
 """The system: what ``create_system(config, tasks, crontabs)`` builds and ``start()`` runs.
 
-A ``System`` holds the validated configuration, the task registry and the cron entries,
-plus the pieces every enqueue needs (the schema's named queries, the payload gate and a
-small connection pool). ``start()`` applies pending migrations (unless ``migrate=False``);
-the worker engine and the cron scheduler start from here too (see ``skivi.engine``).
+A ``System`` is an ``Instance`` (skivi.instance: the validated configuration, the tasks,
+the cron entries, the schema's named queries and the payload gate), the ``Client`` that
+enqueues with it (skivi.client: its connection pools) and the launcher: ``start()``
+applies pending migrations (unless ``migrate=False``) and forks the worker engine, which
+runs the instance (see ``skivi.engine``). This is the only module that imports the engine.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import signal
 import sys
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from skivi.client import Client
 from skivi.config import Config, load_config
-from skivi.cron import CronEntry, ensure_unique, load_crontab_file, parse_crontabs
+from skivi.cron import CronEntry
 from skivi.db import pool as dbpool
 from skivi.db import queries
 from skivi.db.migrate import Migration, migrate, pending_migrations, set_limits
-from skivi.errors import ConfigError, SchemaNotMigrated
+from skivi.errors import SchemaNotMigrated
 from skivi.events import Emitter, EventForwarder, EventReceiver
+from skivi.instance import Handler, Instance
 from skivi.payload import PayloadGate
 from skivi.registry import TaskRegistry
 
@@ -36,30 +37,19 @@ __all__ = ["System", "create_system"]
 
 logger = logging.getLogger(__name__)
 
-Handler = Callable[..., Any]
-
 EVENTS_DRAIN_TIMEOUT = 5.0
 """Seconds ``stop()`` waits for the engine's last events to be delivered."""
 
 
 class System:
-    """A Skivi instance: configuration, tasks, cron entries and database access."""
+    """A Skivi system: an ``Instance`` (configuration, tasks, cron entries, queries, payload
+    gate), the ``Client`` that enqueues with it, and the launcher of its engine."""
 
     def __init__(self, config: Config, tasks: Mapping[str, Handler] | None = None,
                  crontabs: Sequence[Mapping[str, Any]] | None = None) -> None:
-        self.config = config
-        self.tasks: dict[str, Handler] = dict(tasks or {})
-        self.crontabs: list[Mapping[str, Any]] = [*config.cron, *(crontabs or [])]
-        # Validated here, so a bad entry stops create_system with an error naming it.
-        self.cron_entries: list[CronEntry] = parse_crontabs(self.crontabs)
-        self.schema = config.database.schema_name
-        self.queries = queries.for_schema(self.schema)
-        self.payload_gate = PayloadGate(config.validation.max_payload_bytes,
-                                        config.validation.tasks)
-        self._lock = threading.Lock()
-        self._pool: ConnectionPool[Any] | None = None
-        self._async_pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool[Any]] = {}
-        self._registry: TaskRegistry | None = None
+        # Validated here, so a bad cron entry stops create_system with an error naming it.
+        self.instance = Instance.build(config, tasks, crontabs)
+        self.client = Client(self.instance)
         self._engine_pid: int | None = None
         self.started = False
         self.emitter = Emitter(config.events.buffer_size)
@@ -67,105 +57,61 @@ class System:
         application, those of the engine that ``start()`` forked arrive here too."""
         self._event_receiver: EventReceiver | None = None
 
-    def registry(self) -> TaskRegistry:
-        """The task registry: files of worker.task_directory (alphabetical order), then the
-        programmatic dict, which wins on identifiers present in both. Built once."""
-        if self._registry is None:
-            w = self.config.worker
-            self._registry = TaskRegistry.build(self.tasks, w.task_directory,
-                                                w.file_extensions)
-        return self._registry
+    # What the instance is made of, for callers that hold the system.
+    @property
+    def config(self) -> Config:
+        return self.instance.config
 
-    def add_crontab_file(self, path: str) -> None:
-        """Add the ``[[cron]]`` entries of a TOML file (``--crontab PATH``)."""
-        entries = [*self.cron_entries, *load_crontab_file(path)]
-        ensure_unique(entries)
-        self.cron_entries = entries
+    @property
+    def schema(self) -> str:
+        return self.instance.schema
+
+    @property
+    def queries(self) -> queries.Queries:
+        return self.instance.queries
+
+    @property
+    def payload_gate(self) -> PayloadGate:
+        return self.instance.payload_gate
+
+    @property
+    def tasks(self) -> Mapping[str, Handler]:
+        return self.instance.tasks
+
+    @property
+    def cron_entries(self) -> tuple[CronEntry, ...]:
+        return self.instance.cron_entries
 
     @property
     def has_tasks(self) -> bool:
-        return bool(self.tasks) or self.config.worker.task_directory is not None
+        return self.instance.has_tasks
 
     @property
     def database_url(self) -> str:
-        url = self.config.database.connection_string
-        if not url:
-            raise ConfigError(
-                "database.connection_string: no database configured; set it in skivi.toml, "
-                "or set SKIVI_DATABASE_URL or DATABASE_URL")
-        return url
+        return self.instance.database_url
 
+    def registry(self) -> TaskRegistry:
+        """The task registry (see ``Instance.registry``)."""
+        return self.instance.registry()
+
+    def add_crontab_file(self, path: str) -> None:
+        """Add the ``[[cron]]`` entries of a TOML file (``--crontab PATH``)."""
+        self.instance = self.instance.with_crontab_file(path)
+
+    # The client's connections, for callers that hold the system.
     @property
     def pool(self) -> ConnectionPool[Any]:
-        """A small pool of autocommit connections for enqueueing without a connection.
+        return self.client.pool
 
-        Made on first use, after one connection was opened and closed: a pool retries in
-        the background and would only time out (after 30 s), with the cause in a log line,
-        so an unreachable database or a refused login raises DatabaseUnavailable (naming
-        the server and the cause) within ``database.connect_timeout`` instead, and no pool
-        is kept: the next call tries again."""
-        with self._lock:
-            if self._pool is None:
-                db = self.config.database
-                dbpool.check_reachable(self.database_url, application_name="skivi-client",
-                                       connect_timeout=db.connect_timeout)
-                self._pool = dbpool.make_pool(
-                    self.database_url, max_size=db.pool_max_size,
-                    application_name="skivi-client", connect_timeout=db.connect_timeout,
-                    prepared_statements=db.prepared_statements)
-            return self._pool
+    def pooled_connection(self) -> contextlib.AbstractContextManager[psycopg.Connection[Any]]:
+        return self.client.pooled_connection()
 
-    @contextlib.contextmanager
-    def pooled_connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """``pool.connection()``, but when the pool times out one direct attempt tells a
-        database gone away (DatabaseUnavailable, with the cause) from a busy pool (the
-        pool's own PoolTimeout)."""
-        pool = self.pool
-        try:
-            conn = pool.getconn()
-        except PoolTimeout:
-            dbpool.check_reachable(self.database_url, application_name="skivi-client",
-                                   connect_timeout=self.config.database.connect_timeout)
-            raise
-        try:
-            with conn:  # commit, or roll back on error, as pool.connection() does
-                yield conn
-        finally:
-            pool.putconn(conn)
-
-    @contextlib.asynccontextmanager
-    async def async_pooled_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """The async twin of ``pooled_connection``."""
-        pool = await self.async_pool()
-        try:
-            conn = await pool.getconn()
-        except PoolTimeout:
-            await dbpool.check_reachable_async(
-                self.database_url, application_name="skivi-client",
-                connect_timeout=self.config.database.connect_timeout)
-            raise
-        try:
-            async with conn:
-                yield conn
-        finally:
-            await pool.putconn(conn)
+    def async_pooled_connection(
+            self) -> contextlib.AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
+        return self.client.async_pooled_connection()
 
     async def async_pool(self) -> AsyncConnectionPool[Any]:
-        """The async twin of ``pool``, one per event loop (a pool is bound to its loop)."""
-        loop = asyncio.get_running_loop()
-        pool = self._async_pools.get(loop)
-        if pool is None:
-            db = self.config.database
-            await dbpool.check_reachable_async(
-                self.database_url, application_name="skivi-client",
-                connect_timeout=db.connect_timeout)
-            pool = dbpool.make_async_pool(
-                self.database_url, max_size=db.pool_max_size,
-                application_name="skivi-client", connect_timeout=db.connect_timeout,
-                prepared_statements=db.prepared_statements)
-            self._async_pools[loop] = pool
-            await pool.open()
-        return pool
+        return await self.client.async_pool()
 
     def migrate(self) -> list[Migration]:
         """Apply pending migrations, and give the database this configuration's payload
@@ -231,9 +177,8 @@ class System:
         # thread), so the engine gets a fresh emitter whose only subscriber forwards.
         os.close(read_fd)
         forwarder = EventForwarder(write_fd)
-        self.emitter = Emitter(self.config.events.buffer_size)
-        self.emitter.on_batch(forwarder)
-        self._event_receiver = None
+        emitter = Emitter(self.config.events.buffer_size)
+        emitter.on_batch(forwarder)
         code = 1
         try:
             from skivi.engine import run
@@ -243,23 +188,16 @@ class System:
             if os.getppid() != app_pid:  # the application died before prctl took effect
                 os.kill(os.getpid(), signal.SIGTERM)
             # Let go of the application's sockets (this system's pools, its listeners, its
-            # database connections) without closing them: see skivi.engine.process.
+            # database connections) without closing them: see skivi.engine.process. The
+            # engine runs the instance, never this system's client.
             detach(shared_objects([0, 1, 2, write_fd]))
-            self.forget_connections()
-            code = run(self)
+            code = run(self.instance, emitter)
         except BaseException:
             logger.exception("engine process failed", extra={"action": "engine_failed"})
         finally:
             forwarder.close()  # the last batches, pool/stop included
             logging.shutdown()
             os._exit(code)
-
-    def forget_connections(self) -> None:
-        """In a forked process: drop (never close) the connections inherited from the parent,
-        whose sockets the parent still uses."""
-        self._pool = None
-        self._async_pools = {}
-        self._lock = threading.Lock()
 
     @property
     def engine_pid(self) -> int | None:
@@ -298,14 +236,7 @@ class System:
         return code
 
     def close(self) -> None:
-        with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close()
-        for loop, apool in list(self._async_pools.items()):
-            if not loop.is_closed() and loop.is_running():
-                loop.create_task(apool.close())
-        self._async_pools.clear()
+        self.client.close()
 
     def __enter__(self) -> Self:
         return self

@@ -42,26 +42,25 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from skivi.system import System
+    from skivi.events import Emitter
+    from skivi.instance import Instance
+
+from skivi.engine.exits import EXIT_CONFIG, EXIT_DATABASE, EXIT_ERROR, EXIT_OK
 
 __all__ = ["EXIT_CONFIG", "EXIT_DATABASE", "EXIT_ERROR", "EXIT_OK", "run", "run_async"]
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_CONFIG = 2
-EXIT_DATABASE = 3
 
-
-async def run_async(system: System, *, once: bool = False) -> int:
-    """Run the engine in the current event loop until stopped; returns the exit code."""
+async def run_async(instance: Instance, emitter: Emitter, *, once: bool = False) -> int:
+    """Run the engine of ``instance`` in the current event loop until stopped, its events
+    going to ``emitter``; returns the exit code."""
     from skivi.engine.supervisor import Engine
 
-    engine = Engine(system, system.registry(), once=once)
+    engine = Engine(instance, instance.registry(), emitter, once=once)
     return await engine.run()
 
 
-def run(system: System, *, once: bool = False) -> int:
+def run(instance: Instance, emitter: Emitter, *, once: bool = False) -> int:
     """Run the engine on a new uvloop event loop until stopped; returns the exit code."""
     import uvloop
 
-    return uvloop.run(run_async(system, once=once))
+    return uvloop.run(run_async(instance, emitter, once=once))

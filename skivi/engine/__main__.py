@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("cannot migrate schema %s: %s", system.schema, exc,
                   extra={"action": "migrate_failed"})
         return EXIT_DATABASE
-    return run(system, once=args.once)
+    return run(system.instance, system.emitter, once=args.once)
 
 
 class LineHandler(logging.Handler):

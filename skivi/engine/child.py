@@ -49,8 +49,9 @@ from skivi.engine import handoff
 from skivi.job import Job
 
 if TYPE_CHECKING:
+    from skivi.client import Client
+    from skivi.instance import Instance
     from skivi.registry import Task, TaskRegistry
-    from skivi.system import System
 
 __all__ = ["JobContext", "JobInfo", "child_main"]
 
@@ -90,11 +91,11 @@ class _JobLogger(logging.LoggerAdapter[logging.Logger]):
 class JobContext:
     """The argument every handler receives: ``ctx.job``, ``ctx.logger``, ``ctx.add_job``."""
 
-    __slots__ = ("_logger", "_system", "job")
+    __slots__ = ("_client", "_logger", "job")
 
-    def __init__(self, job: JobInfo, system: System) -> None:
+    def __init__(self, job: JobInfo, client: Client) -> None:
         self.job = job
-        self._system = system
+        self._client = client
         self._logger: logging.LoggerAdapter[logging.Logger] | None = None
 
     @property
@@ -114,13 +115,13 @@ class JobContext:
         """Enqueue a follow-up job (its own transaction)."""
         from skivi.client import add_job
 
-        return add_job(self._system, task, payload, **options)
+        return add_job(self._client, task, payload, **options)
 
     async def add_job_async(self, task: str, payload: Any = None, **options: Any) -> Job:
         """Enqueue a follow-up job from an async handler."""
         from skivi.client import add_job_async
 
-        return await add_job_async(self._system, task, payload, **options)
+        return await add_job_async(self._client, task, payload, **options)
 
 
 # What a handler sees for a time Python cannot hold: a row written from SQL may have
@@ -213,13 +214,13 @@ class _Runner:
     failure is written to the pipe before anything else runs. Either way a result the
     handler produced survives whatever the child does next."""
 
-    def __init__(self, registry: TaskRegistry, system: System, result_fd: int,
+    def __init__(self, registry: TaskRegistry, client: Client, result_fd: int,
                  sync_threads: int, started: mmap.mmap,
                  default_timeout: float | None = None) -> None:
         self.started = started  # slot states shared with the parent (see handoff)
         self.default_timeout = default_timeout
         self.registry = registry
-        self.system = system
+        self.client = client  # this child's own: ctx.add_job's pools
         self.result_fd = result_fd
         self.pid = os.getpid()
         self.loop = asyncio.get_running_loop()
@@ -370,7 +371,7 @@ class _Runner:
         wait = _wait(m)
         started = time.perf_counter()
         try:
-            outcome = task.handler(JobContext(_job_info(m), self.system))
+            outcome = task.handler(JobContext(_job_info(m), self.client))
         except BaseException as exc:  # noqa: BLE001 - every handler failure is data
             self._still_ours()
             row = self._failure(task, m, exc, time.perf_counter() - started)
@@ -401,7 +402,7 @@ class _Runner:
         wait = _wait(m)
         started = time.perf_counter()
         try:
-            coro = task.handler(JobContext(_job_info(m), self.system))
+            coro = task.handler(JobContext(_job_info(m), self.client))
         except BaseException as exc:  # noqa: BLE001 - every handler failure is data
             row = self._failure(task, m, exc, time.perf_counter() - started)
             row[10:10] = (wait, m[12])
@@ -484,10 +485,12 @@ class _JobPipe(asyncio.Protocol):
         self.runner.done.set()
 
 
-async def _serve(registry: TaskRegistry, system: System, job_fd: int, result_fd: int,
+async def _serve(registry: TaskRegistry, instance: Instance, job_fd: int, result_fd: int,
                  sync_threads: int, started: mmap.mmap) -> None:
-    runner = _Runner(registry, system, result_fd, sync_threads, started,
-                     system.config.worker.job_timeout)
+    from skivi.client import Client
+
+    runner = _Runner(registry, Client(instance), result_fd, sync_threads, started,
+                     instance.config.worker.job_timeout)
     loop = asyncio.get_running_loop()
     transport, _ = await loop.connect_read_pipe(lambda: _JobPipe(runner),
                                                 os.fdopen(job_fd, "rb", buffering=0))
@@ -516,7 +519,7 @@ def _detach_handler_forks(*fds: int) -> None:
     os.register_at_fork(after_in_child=after_in_child)
 
 
-def child_main(registry: TaskRegistry, system: System, job_fd: int, result_fd: int,
+def child_main(registry: TaskRegistry, instance: Instance, job_fd: int, result_fd: int,
                sync_threads: int, started: mmap.mmap,
                on_start: Callable[[], None] | None = None) -> int:
     """The child's body, run right after ``process.fork``; returns its exit code."""
@@ -524,7 +527,6 @@ def child_main(registry: TaskRegistry, system: System, job_fd: int, result_fd: i
     # SIGTERM must not kill children mid-job behind its back.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    system.forget_connections()
     _detach_handler_forks(job_fd, result_fd)
     import uvloop
 
@@ -532,6 +534,6 @@ def child_main(registry: TaskRegistry, system: System, job_fd: int, result_fd: i
     asyncio.set_event_loop(loop)
     if on_start is not None:
         on_start()
-    loop.run_until_complete(_serve(registry, system, job_fd, result_fd, sync_threads,
+    loop.run_until_complete(_serve(registry, instance, job_fd, result_fd, sync_threads,
                                    started))
     return 0

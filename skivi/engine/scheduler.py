@@ -74,7 +74,7 @@ from skivi.db import pool as dbpool
 from skivi.errors import ConfigError, PayloadError
 
 if TYPE_CHECKING:
-    from skivi.system import System
+    from skivi.instance import Instance
 
 __all__ = [
     "CRON_FIRED",
@@ -133,18 +133,18 @@ class _Tick:
 class Scheduler:
     """One cron process's loop; see the module docstring. Use :func:`run_scheduler`."""
 
-    def __init__(self, system: System, entries: Sequence[CronEntry], *,
+    def __init__(self, instance: Instance, entries: Sequence[CronEntry], *,
                  clock: Clock = utcnow, sleep: Sleep = asyncio.sleep,
                  on_fired: OnFired | None = None, stop: asyncio.Event | None = None,
                  grace: float = GRACE_DEFAULT) -> None:
-        self.system = system
+        self.instance = instance
         self.entries = list(entries)
         self.clock = clock
         self.sleep = sleep
         self.on_fired = on_fired
         self.stop = stop if stop is not None else asyncio.Event()
         self.grace = dt.timedelta(seconds=grace)
-        self.queries = system.queries
+        self.queries = instance.queries
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._failures = 0
 
@@ -160,7 +160,7 @@ class Scheduler:
         for e in self.entries:
             sample = _Tick(e, dt.datetime(2000, 1, 1, tzinfo=dt.UTC), False).wire()["payload"]
             try:
-                self.system.payload_gate.check(e.task, sample)
+                self.instance.payload_gate.check(e.task, sample)
             except PayloadError as exc:
                 problems.append(f"cron {e.identifier!r}: payload: {exc}")
         if problems:
@@ -309,8 +309,8 @@ class Scheduler:
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed:
             self._conn = await dbpool.connect_async(
-                self.system.database_url, application_name=APPLICATION_NAME,
-                connect_timeout=self.system.config.database.connect_timeout)
+                self.instance.database_url, application_name=APPLICATION_NAME,
+                connect_timeout=self.instance.config.database.connect_timeout)
         return self._conn
 
     async def _failed(self, exc: psycopg.Error, action: str) -> None:
@@ -353,7 +353,7 @@ class Scheduler:
             await conn.close()
 
 
-async def run_scheduler(system: System, entries: Sequence[CronEntry], *,
+async def run_scheduler(instance: Instance, entries: Sequence[CronEntry], *,
                         clock: Clock = utcnow, sleep: Sleep = asyncio.sleep,
                         on_fired: OnFired | None = None, stop: asyncio.Event | None = None,
                         grace: float = GRACE_DEFAULT) -> None:
@@ -366,11 +366,11 @@ async def run_scheduler(system: System, entries: Sequence[CronEntry], *,
         ConfigError: duplicate identifiers, an entry payload the system's payload gate
             refuses, or no database configured. Fatal: restarting will not help.
     """
-    await Scheduler(system, entries, clock=clock, sleep=sleep, on_fired=on_fired, stop=stop,
+    await Scheduler(instance, entries, clock=clock, sleep=sleep, on_fired=on_fired, stop=stop,
                     grace=grace).run()
 
 
-def scheduler_main(system: System, entries: Sequence[CronEntry], *,
+def scheduler_main(instance: Instance, entries: Sequence[CronEntry], *,
                    on_fired: OnFired | None = None) -> None:
     """Entry point of the cron process: run the loop on uvloop until SIGTERM or SIGINT.
 
@@ -384,7 +384,7 @@ def scheduler_main(system: System, entries: Sequence[CronEntry], *,
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         try:
-            await run_scheduler(system, entries, on_fired=on_fired, stop=stop)
+            await run_scheduler(instance, entries, on_fired=on_fired, stop=stop)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)

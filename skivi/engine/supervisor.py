@@ -53,10 +53,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from skivi.engine import EXIT_CONFIG, EXIT_DATABASE, handoff, process
+from skivi.engine import handoff, process
 from skivi.engine.child import child_main
 from skivi.engine.completer import Claim, Completer, Recorded
 from skivi.engine.connection import Reconnecting
+from skivi.engine.exits import EXIT_CONFIG, EXIT_DATABASE
 from skivi.engine.fetcher import ClaimedJob, Fetcher
 from skivi.engine.lifecycle import cancel_and_wait
 from skivi.engine.maintenance import HistoryPruner, Liveness
@@ -65,8 +66,9 @@ from skivi.errors import SchemaNotMigrated
 from skivi.retry import DEFAULT_BACKOFF, Backoff
 
 if TYPE_CHECKING:
+    from skivi.events import Emitter
+    from skivi.instance import Instance
     from skivi.registry import TaskRegistry
-    from skivi.system import System
 
 __all__ = ["Engine", "EngineStats"]
 
@@ -139,11 +141,11 @@ class ChildHandle:
 
 
 class Engine:
-    def __init__(self, system: System, registry: TaskRegistry, *, once: bool = False,
-                 on_child_start: Callable[[], None] | None = None) -> None:
-        cfg = system.config
+    def __init__(self, instance: Instance, registry: TaskRegistry, emitter: Emitter, *,
+                 once: bool = False, on_child_start: Callable[[], None] | None = None) -> None:
+        cfg = instance.config
         w = cfg.worker
-        self.system = system
+        self.instance = instance
         self.registry = registry
         self.once = once
         self.on_child_start = on_child_start
@@ -171,9 +173,9 @@ class Engine:
 
             # Label values come from what this engine runs, never from what producers send.
             self.metrics = EngineMetrics(
-                _version(), system.emitter, tasks=registry.identifiers(),
+                _version(), emitter, tasks=registry.identifiers(),
                 queues=w.queues or (), max_queue_labels=cfg.metrics.max_queue_labels)
-        self.observer = EngineObserver(system.emitter, self.metrics)
+        self.observer = EngineObserver(emitter, self.metrics)
         self._claimed_seen = 0
         self.children: list[ChildHandle] = []
         self.cron: CronHandle | None = None
@@ -189,7 +191,7 @@ class Engine:
         self._stop_requested = asyncio.Event()
         self._serving = False  # registered and every part started
         self._last_tick = time.monotonic()  # the watchdog's last round (see health())
-        url = system.database_url
+        url = instance.database_url
         timeout = cfg.database.connect_timeout
 
         def connection(name: str) -> Reconnecting:
@@ -203,7 +205,7 @@ class Engine:
         self.live_db = connection("skivi-liveness")
         # Its own connection: a failed prune round must never break the liveness lock's.
         self.prune_db = connection("skivi-prune")
-        q = system.queries
+        q = instance.queries
         self.stats_db: Reconnecting | None = None
         self.stats_poller: QueueStatsPoller | None = None
         if self.metrics is not None:
@@ -238,7 +240,7 @@ class Engine:
         if self.metrics is not None:
             from skivi.metrics import start_exporter
 
-            m = self.system.config.metrics
+            m = self.instance.config.metrics
             try:
                 self._exporter = start_exporter(m.host, m.port, self.metrics.registry,
                                                 health=self.health)
@@ -265,7 +267,7 @@ class Engine:
                              exc.strerror or exc, extra={"action": "fork_failed"})
                 self.exit_code = 1
                 return self.exit_code
-            if self.system.cron_entries:
+            if self.instance.cron_entries:
                 self._spawn_cron()
             # From the start: its ticks are what /healthz reports on.
             self._aux.append(loop.create_task(self._watchdog(), name="watchdog"))
@@ -288,10 +290,10 @@ class Engine:
             self.stats_poller.start()
         self.observer.pool_start(self.liveness.engine_id, self.processes, self.concurrency,
                                  self.processes * self.child_capacity)
-        queues = self.system.config.worker.queues
+        queues = self.instance.config.worker.queues
         logger.info("engine %d started: %d processes x %d concurrency (%d sync threads "
                     "each), schema %s, %s", self.liveness.engine_id, self.processes,
-                    self.concurrency, self.sync_threads, self.system.schema,
+                    self.concurrency, self.sync_threads, self.instance.schema,
                     "all queues" if queues is None else "queues " + ",".join(queues),
                     extra={"action": "start_engine"})
         if self.once:
@@ -493,9 +495,8 @@ class Engine:
                 os.write(ev_w, frame)
 
         def target() -> int:
-            self.system.forget_connections()
             try:
-                scheduler_main(self.system, self.system.cron_entries, on_fired=on_fired)
+                scheduler_main(self.instance, self.instance.cron_entries, on_fired=on_fired)
             except ConfigError as exc:
                 logger.error("cron: %s", exc, extra={"action": "cron_config"})
                 return CRON_EXIT_CONFIG
@@ -510,7 +511,7 @@ class Engine:
         loop.add_reader(ev_r, self._on_cron_events)
         loop.add_reader(alive_r, self._on_cron_exit)
         logger.info("cron process started (pid %d, %d entries)", pid,
-                    len(self.system.cron_entries), extra={"action": "start_cron"})
+                    len(self.instance.cron_entries), extra={"action": "start_cron"})
 
     def _on_cron_events(self) -> None:
         cron = self.cron
@@ -581,7 +582,7 @@ class Engine:
         try:
             pid = process.fork(
                 f"child {index}",
-                lambda: child_main(self.registry, self.system, job_r, res_w,
+                lambda: child_main(self.registry, self.instance, job_r, res_w,
                                    self.sync_threads, started, self.on_child_start),
                 keep=[job_r, res_w], group=True)
         except OSError:

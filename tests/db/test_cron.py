@@ -102,7 +102,7 @@ def run(system: skivi.System, entries: Sequence[CronEntry], clock: FakeClock, *,
 
     async def main() -> None:
         await asyncio.wait_for(
-            run_scheduler(system, entries, clock=clock.now, sleep=clock.sleep,
+            run_scheduler(system.instance, entries, clock=clock.now, sleep=clock.sleep,
                           on_fired=record, stop=clock.stop), timeout=120)
 
     asyncio.run(main())
@@ -208,7 +208,7 @@ def test_three_schedulers_enqueue_each_tick_once_when_racing_over_1000_minutes(
 
     async def main() -> None:
         await asyncio.wait_for(asyncio.gather(*(
-            run_scheduler(system, entries, clock=clock.now, sleep=clock.sleep,
+            run_scheduler(system.instance, entries, clock=clock.now, sleep=clock.sleep,
                           on_fired=events[i].append, stop=clock.stop) for i in range(3))),
             timeout=240)
 
@@ -244,7 +244,7 @@ def test_schedulers_enqueue_each_tick_once_when_their_clocks_jump(system: skivi.
 
     async def main() -> None:
         await asyncio.wait_for(asyncio.gather(*(
-            run_scheduler(system, entries, clock=v.now, sleep=jumping(v), stop=base.stop)
+            run_scheduler(system.instance, entries, clock=v.now, sleep=jumping(v), stop=base.stop)
             for v in views)), timeout=240)
 
     asyncio.run(main())
@@ -433,7 +433,7 @@ def test_scheduler_registers_when_the_database_appears_after_start(
 
     async def main() -> None:
         task = asyncio.create_task(run_scheduler(
-            system, entries, clock=clock.now, sleep=clock.sleep, on_fired=events.append,
+            system.instance, entries, clock=clock.now, sleep=clock.sleep, on_fired=events.append,
             stop=clock.stop))
         while clock.sleeps < 3:  # three failed attempts, each followed by a backoff
             await asyncio.sleep(0.01)
@@ -458,10 +458,10 @@ def test_scheduler_refuses_to_start_when_entries_cannot_be_enqueued(
                                             "properties": {"kind": {"type": "string"}}}}}})
     strict = cron({"identifier": "strict", "schedule": "* * * * *", "payload": {"kind": "x"}})
     with pytest.raises(skivi.ConfigError, match="cron 'strict': payload:"):
-        asyncio.run(run_scheduler(system, strict))
+        asyncio.run(run_scheduler(system.instance, strict))
     twice = cron({"identifier": "a", "schedule": "* * * * *"})
     with pytest.raises(skivi.ConfigError, match="identifier 'a' is defined more than once"):
-        asyncio.run(run_scheduler(system, twice + twice))
+        asyncio.run(run_scheduler(system.instance, twice + twice))
     with connect(database) as c:  # refused before touching the database
         assert c.execute("select count(*) from skivi.cron").fetchone() == (0,)
 

@@ -532,7 +532,7 @@ def test_enqueue_raises_database_unavailable_naming_the_host_when_nothing_listen
     assert isinstance(error, psycopg.OperationalError)  # what callers already catch
     assert f"127.0.0.1:{port}" in str(error) and "refused" in str(error).lower(), str(error)
     assert not error.refused  # not reached: the server never answered
-    assert system._pool is None  # nothing kept: the next call tries again
+    assert system.client._pool is None  # nothing kept: the next call tries again
 
 
 @pytest.mark.parametrize("how", ["add_job", "add_jobs", "add_job_async"])

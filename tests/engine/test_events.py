@@ -30,7 +30,7 @@ SCRIPT = textwrap.dedent("""
         raise RuntimeError("a broken event handler")
 
     monitoring.on(system.emitter, "all", boom)
-    code = run(system, once=True)
+    code = run(system.instance, system.emitter, once=True)
     print(json.dumps({"code": code, "seen": seen, "errors": system.emitter.handler_errors}))
 """)
 

@@ -23,9 +23,9 @@ The second view, ``deferred=True``, also counts imports inside functions and und
 ``TYPE_CHECKING``: not a hazard at import time, but the coupling between modules, and a cycle
 there is one edge away from a real one. It leaves out the root package (the public facade
 imports nearly everything, so ``from skivi import __version__`` in any function would close a
-harmless cycle). Today it holds one known cycle, system -> engine -> system (the engine's
-modules take a ``System``, and the system starts the engine), which architecture issue 13 is
-breaking: a strict xfail until then, so the test says when it is gone. Any other cycle fails.
+harmless cycle). It held one cycle, system -> engine -> system (the engine's modules took a
+``System``, and the system starts the engine), until the engine took the ``Instance``
+(architecture issue 13); a test of its own says it stays gone. Any other cycle fails.
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "skivi"
@@ -200,14 +198,16 @@ def test_graph_sees_module_level_imports_only() -> None:
     graph = import_graph()
     assert "skivi.errors" in graph["skivi.job"]  # a plain module-level import
     assert "skivi.engine.handoff" in graph["skivi.engine.child"]  # from package import module
-    assert "skivi.engine" in graph["skivi.engine.supervisor"]  # from package import name
-    # skivi.engine.child imports skivi.system only under TYPE_CHECKING, and skivi.client
-    # only inside JobContext.add_job; skivi.engine imports the supervisor inside run_async.
-    assert "skivi.system" not in graph["skivi.engine.child"]
+    assert "skivi.engine.exits" in graph["skivi.engine"]  # from package.module import name
+    # skivi.engine.child imports skivi.instance only under TYPE_CHECKING, and skivi.client
+    # only inside functions; skivi.engine imports the supervisor inside run_async.
+    assert "skivi.instance" not in graph["skivi.engine.child"]
     assert "skivi.client" not in graph["skivi.engine.child"]
     assert "skivi.engine.supervisor" not in graph["skivi.engine"]
     deferred = import_graph(deferred=True)
-    assert {"skivi.client", "skivi.system"} <= deferred["skivi.engine.child"]
+    assert {"skivi.client", "skivi.instance"} <= deferred["skivi.engine.child"]
+    # The engine takes the instance, never the system that launches it.
+    assert not any(m.startswith("skivi.system") for m in deferred["skivi.engine.child"])
 
 
 def test_cycle_finder_reports_each_cycle_as_a_path() -> None:
@@ -236,11 +236,6 @@ def test_no_other_cycles_counting_deferred_imports() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known cycle system -> engine -> system (through client.py, child.py, scheduler.py "
-    "and the supervisor), being broken in architecture issue 13; remove this mark when it is",
-)
 def test_no_cycle_through_system_and_engine_counting_deferred_imports() -> None:
     graph = _deferred_graph()
     known = [c for c in strongly_connected(graph) if _is_known(c)]
