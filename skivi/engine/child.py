@@ -46,6 +46,27 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from skivi.engine import handoff
+from skivi.engine.handoff import (
+    JOB_ATTEMPTS,
+    JOB_CREATED_AT,
+    JOB_FLAGS,
+    JOB_ID,
+    JOB_KEY,
+    JOB_LEASE,
+    JOB_MAX_ATTEMPTS,
+    JOB_PAYLOAD,
+    JOB_PRIORITY,
+    JOB_QUEUE_NAME,
+    JOB_RUN_AT,
+    JOB_SLOT,
+    JOB_TASK,
+    RESULT_CODE,
+    RESULT_COMPLETED,
+    RESULT_SLOT,
+    completed_row,
+    failed_row,
+    released_row,
+)
 from skivi.job import Job
 
 if TYPE_CHECKING:
@@ -152,7 +173,7 @@ def _wait(m: Sequence[Any]) -> float:
     job's slot held (the handler's own decoding of the row, in _job_info, is inside it, so
     a row that cannot be decoded fails its job with the reason in last_error)."""
     try:
-        when = _parse_time(m[6])
+        when = _parse_time(m[JOB_RUN_AT])
         if when in (TIME_MIN, TIME_MAX):
             return 0.0
         return max(0.0, time.time() - when.timestamp())
@@ -163,9 +184,11 @@ def _wait(m: Sequence[Any]) -> float:
 def _job_info(m: Sequence[Any]) -> JobInfo:
     # A JSON null payload (a row written by SQL: insert ... payload = 'null') means no
     # payload, which every enqueue function stores as {}: the handler sees {} for both.
-    payload = {} if m[3] is None else m[3]
-    return JobInfo(m[0], m[2], payload, m[4], m[5], _parse_time(m[6]), m[7], m[8], m[9],
-                   tuple(m[10] or ()), _parse_time(m[11]))
+    payload = m[JOB_PAYLOAD]
+    return JobInfo(m[JOB_ID], m[JOB_TASK], {} if payload is None else payload,
+                   m[JOB_QUEUE_NAME], m[JOB_PRIORITY], _parse_time(m[JOB_RUN_AT]),
+                   m[JOB_ATTEMPTS], m[JOB_MAX_ATTEMPTS], m[JOB_KEY], tuple(m[JOB_FLAGS] or ()),
+                   _parse_time(m[JOB_CREATED_AT]))
 
 
 def error_message(exc: BaseException) -> str:
@@ -205,6 +228,12 @@ def _safe_text(text: str) -> str:
         text = text[:half] + "\n... [truncated] ...\n" + text[-half:]
     text = text.replace("\x00", "\\x00")
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _released(m: Sequence[Any]) -> list[Any]:
+    """The row of a job handed back unstarted (the child is stopping)."""
+    return released_row(job_id=m[JOB_ID], lease=m[JOB_LEASE], task=m[JOB_TASK],
+                        queue_name=m[JOB_QUEUE_NAME], slot=m[JOB_SLOT])
 
 
 class _Runner:
@@ -263,7 +292,7 @@ class _Runner:
 
     def _report(self, result: list[Any]) -> None:
         self.results.append(result)
-        if result[2] != handoff.RESULT_COMPLETED or len(self.results) >= RESULT_FLUSH_SIZE:
+        if result[RESULT_CODE] != RESULT_COMPLETED or len(self.results) >= RESULT_FLUSH_SIZE:
             # Only a success is remembered by its slot's state byte; anything else must be
             # in the pipe before the next handler can kill this process.
             self.flush()
@@ -273,8 +302,8 @@ class _Runner:
 
     def _done(self, row: list[Any]) -> list[Any]:
         """Mark a success in its slot's state byte (before anything else can run)."""
-        if row[2] == handoff.RESULT_COMPLETED:
-            self.started[row[handoff.RESULT_SLOT]] = handoff.SLOT_DONE
+        if row[RESULT_CODE] == RESULT_COMPLETED:
+            self.started[row[RESULT_SLOT]] = handoff.SLOT_DONE
         return row
 
     def _still_ours(self) -> None:
@@ -286,15 +315,17 @@ class _Runner:
     # -- jobs ------------------------------------------------------------------------
     def accept(self, slots: list[int], messages: list[list[Any]]) -> None:
         for m, slot in zip(messages, slots, strict=True):
-            m.append(slot)  # m[12]: its slot
-            task = self.registry.get(m[2])
+            m.append(slot)  # m[JOB_SLOT]
+            task = self.registry.get(m[JOB_TASK])
             if self.stopping:
-                self._report([m[0], m[1], handoff.RESULT_RELEASED, m[2], m[4], 0.0,
-                              None, 0.0, None, None, 0.0, slot])
+                self._report(_released(m))
             elif task is None:
-                self._report([m[0], m[1], handoff.RESULT_FAILED, m[2], m[4], 0.0,
-                              f"no handler for task {m[2]!r} in this engine", 0.0,
-                              "no_handler", None, _wait(m), slot, m[7]])
+                self._report(failed_row(
+                    job_id=m[JOB_ID], lease=m[JOB_LEASE], task=m[JOB_TASK],
+                    queue_name=m[JOB_QUEUE_NAME], run_seconds=0.0,
+                    error=f"no handler for task {m[JOB_TASK]!r} in this engine", delay=0.0,
+                    final="no_handler", wait_seconds=_wait(m), slot=slot,
+                    attempt=m[JOB_ATTEMPTS]))
             elif task.is_async:
                 self.running += 1
                 self.loop.create_task(self._run_async(task, m))
@@ -307,9 +338,7 @@ class _Runner:
     def stop(self) -> None:
         self.stopping = True
         while self.sync_queue:
-            m = self.sync_queue.popleft()
-            self._report([m[0], m[1], handoff.RESULT_RELEASED, m[2], m[4], 0.0,
-                          None, 0.0, None, None, 0.0, m[12]])
+            self._report(_released(self.sync_queue.popleft()))
         self.flush()
 
     def _pump_sync(self) -> None:
@@ -318,7 +347,7 @@ class _Runner:
         deadline = time.monotonic() + 0.005
         while self.sync_queue:
             m = self.sync_queue.popleft()
-            task = self.registry.get(m[2])
+            task = self.registry.get(m[JOB_TASK])
             assert task is not None
             if self.threads is not None:
                 self.running += 1
@@ -338,7 +367,7 @@ class _Runner:
 
     def _in_thread(self, task: Task, m: list[Any]) -> list[Any] | None:
         row = self._call_sync(task, m, in_thread=True)
-        if row is not None and row[2] != handoff.RESULT_COMPLETED:
+        if row is not None and row[RESULT_CODE] != RESULT_COMPLETED:
             # Written from this thread: a sibling thread's job could end the process
             # before the loop got to it.
             self._write(handoff.encode_results([row]))
@@ -358,13 +387,13 @@ class _Runner:
 
     def _announce(self, m: list[Any]) -> None:
         """Tell the parent's watchdog that a job with a timeout starts now."""
-        self._write(handoff.encode_frame(handoff.STARTED, orjson.dumps([m[0], m[1], m[12]])))
+        self._write(handoff.encode_started(m[JOB_ID], m[JOB_LEASE], m[JOB_SLOT]))
 
     def _call_sync(self, task: Task, m: list[Any], in_thread: bool = False,
                    ) -> list[Any] | None:
         """Run a sync handler; its result row, or None when it returned an awaitable (then
         awaited on the loop, and reported from there)."""
-        self.started[m[12]] = handoff.SLOT_STARTED
+        self.started[m[JOB_SLOT]] = handoff.SLOT_STARTED
         timeout = self._timeout(task)
         if timeout is not None:
             self._announce(m)
@@ -374,7 +403,7 @@ class _Runner:
             outcome = task.handler(JobContext(_job_info(m), self.client))
         except BaseException as exc:  # noqa: BLE001 - every handler failure is data
             self._still_ours()
-            row = self._failure(task, m, exc, time.perf_counter() - started)
+            row = self._failure(task, m, exc, time.perf_counter() - started, wait)
         else:
             self._still_ours()
             if outcome is not None and inspect.isawaitable(outcome):
@@ -385,8 +414,7 @@ class _Runner:
                 self.running += 1
                 self.loop.create_task(self._report_when_settled(settle))
                 return None
-            row = self._outcome(task, m, outcome, time.perf_counter() - started)
-        row[10:10] = (wait, m[12])
+            row = self._outcome(task, m, outcome, time.perf_counter() - started, wait)
         return self._done(row)
 
     async def _report_when_settled(self, settle: Coroutine[Any, Any, list[Any]]) -> None:
@@ -395,7 +423,7 @@ class _Runner:
         self._report(row)
 
     async def _run_async(self, task: Task, m: list[Any]) -> None:
-        self.started[m[12]] = handoff.SLOT_STARTED
+        self.started[m[JOB_SLOT]] = handoff.SLOT_STARTED
         timeout = self._timeout(task)
         if timeout is not None:
             self._announce(m)
@@ -404,8 +432,7 @@ class _Runner:
         try:
             coro = task.handler(JobContext(_job_info(m), self.client))
         except BaseException as exc:  # noqa: BLE001 - every handler failure is data
-            row = self._failure(task, m, exc, time.perf_counter() - started)
-            row[10:10] = (wait, m[12])
+            row = self._failure(task, m, exc, time.perf_counter() - started, wait)
         else:
             row = await self._settle(task, m, coro, started, wait, timeout)
         self.running -= 1
@@ -424,27 +451,29 @@ class _Runner:
                 outcome = await awaitable
         except TimeoutError as exc:
             self._still_ours()
-            row = self._failure(task, m, exc, time.perf_counter() - started,
+            row = self._failure(task, m, exc, time.perf_counter() - started, wait,
                                 text=f"timeout: the job ran longer than {timeout} s")
         except BaseException as exc:  # noqa: BLE001 - every handler failure is data
             self._still_ours()
-            row = self._failure(task, m, exc, time.perf_counter() - started)
+            row = self._failure(task, m, exc, time.perf_counter() - started, wait)
         else:
             self._still_ours()
-            row = self._outcome(task, m, outcome, time.perf_counter() - started)
-        row[10:10] = (wait, m[12])
+            row = self._outcome(task, m, outcome, time.perf_counter() - started, wait)
         return self._done(row)
 
     def _failure(self, task: Task, m: list[Any], exc: BaseException, took: float,
-                 text: str | None = None) -> list[Any]:
-        # wait_seconds and slot are inserted before the attempt (index 10) by the caller.
+                 wait: float, text: str | None = None) -> list[Any]:
         # A timeout's text replaces the message; the traceback says where the job was.
-        return [m[0], m[1], handoff.RESULT_FAILED, m[2], m[4], took,
-                text or error_message(exc), task.backoff.delay(m[7]), None, None, m[7],
-                error_traceback(exc)]
+        attempt = m[JOB_ATTEMPTS]
+        return failed_row(job_id=m[JOB_ID], lease=m[JOB_LEASE], task=m[JOB_TASK],
+                          queue_name=m[JOB_QUEUE_NAME], run_seconds=took,
+                          error=text or error_message(exc),
+                          delay=task.backoff.delay(attempt), wait_seconds=wait,
+                          slot=m[JOB_SLOT], attempt=attempt, traceback=error_traceback(exc))
 
-    def _outcome(self, task: Task, m: list[Any], outcome: object, took: float) -> list[Any]:
-        payload = m[3]
+    def _outcome(self, task: Task, m: list[Any], outcome: object, took: float,
+                 wait: float) -> list[Any]:
+        payload = m[JOB_PAYLOAD]
         if (isinstance(payload, list) and isinstance(outcome, list)
                 and len(outcome) == len(payload)
                 and any(isinstance(x, BaseException) for x in outcome)):
@@ -458,12 +487,18 @@ class _Runner:
                 errors = "\n".join(f"item {i}: {error_message(e)}" for i, _, e in shown)
                 tracebacks = "\n".join(f"item {i}: {error_traceback(e)}" for i, _, e in shown)
                 remaining = orjson.dumps([item for _, item, _ in failed]).decode()
-                return [m[0], m[1], handoff.RESULT_FAILED, m[2], m[4], took,
-                        f"partial success: {len(failed)} of {len(payload)} items failed\n"
-                        + errors, task.backoff.delay(m[7]), None, remaining, m[7],
-                        _safe_text(tracebacks)]
-            return self._failure(task, m, failed[0][2], took)
-        return [m[0], m[1], handoff.RESULT_COMPLETED, m[2], m[4], took, None, 0.0, None, None]
+                attempt = m[JOB_ATTEMPTS]
+                return failed_row(
+                    job_id=m[JOB_ID], lease=m[JOB_LEASE], task=m[JOB_TASK],
+                    queue_name=m[JOB_QUEUE_NAME], run_seconds=took,
+                    error=f"partial success: {len(failed)} of {len(payload)} items failed\n"
+                    + errors, delay=task.backoff.delay(attempt), payload=remaining,
+                    wait_seconds=wait, slot=m[JOB_SLOT], attempt=attempt,
+                    traceback=_safe_text(tracebacks))
+            return self._failure(task, m, failed[0][2], took, wait)
+        return completed_row(job_id=m[JOB_ID], lease=m[JOB_LEASE], task=m[JOB_TASK],
+                             queue_name=m[JOB_QUEUE_NAME], run_seconds=took,
+                             wait_seconds=wait, slot=m[JOB_SLOT])
 
 
 class _JobPipe(asyncio.Protocol):

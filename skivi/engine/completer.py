@@ -27,21 +27,50 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Final
 
 from skivi.db.queries import Queries
-from skivi.engine import handoff
 from skivi.engine.connection import Reconnecting
+from skivi.engine.handoff import (
+    RESULT_ATTEMPT,
+    RESULT_CODE,
+    RESULT_COMPLETED,
+    RESULT_DELAY,
+    RESULT_ERROR,
+    RESULT_FAILED,
+    RESULT_FINAL,
+    RESULT_ID,
+    RESULT_LEASE,
+    RESULT_PAYLOAD,
+    RESULT_TRACEBACK,
+)
 from skivi.engine.lifecycle import cancel_and_wait
 
-__all__ = ["Completer"]
+__all__ = ["RECORDED_ATTEMPTS", "RECORDED_MAX_ATTEMPTS", "RECORDED_REASON", "RECORDED_RUN_AT",
+           "Completer"]
 
 logger = logging.getLogger(__name__)
 
 Claim = tuple[int, int]  # (job id, lease): one claim of one job
-# A failed claim as the database recorded it: (attempts, max_attempts, next run_at or None,
-# the exhaustion's reason as job_history has it or None; see job_fail_many.sql)
+# A failed claim as the database recorded it (see job_fail_many.sql), read by these indices.
 Recorded = tuple[int, int, Any, str | None]
+RECORDED_ATTEMPTS: Final = 0
+RECORDED_MAX_ATTEMPTS: Final = 1
+RECORDED_RUN_AT: Final = 2  # when it runs again; None for an exhausted job
+RECORDED_REASON: Final = 3  # the exhaustion's reason as job_history has it; None for a failed job
+
+# job_complete_many.sql's answer rows: "Returns (id, lease)".
+_COMPLETE_ID: Final = 0
+_COMPLETE_LEASE: Final = 1
+# job_fail_many.sql's answer rows: "Returns (id, outcome, lease, attempts, max_attempts,
+# run_at, reason)".
+_FAIL_ID: Final = 0
+_FAIL_OUTCOME: Final = 1
+_FAIL_LEASE: Final = 2
+_FAIL_ATTEMPTS: Final = 3
+_FAIL_MAX_ATTEMPTS: Final = 4
+_FAIL_RUN_AT: Final = 5
+_FAIL_REASON: Final = 6
 # (completed rows, failed rows, the claims completed, the outcome of each failed claim,
 # what was recorded for each failed claim)
 FlushHook = Callable[[list[list[Any]], list[list[Any]], set[Claim], dict[Claim, str],
@@ -91,13 +120,13 @@ class Completer:
         if not self.pending:
             self._first_at = time.monotonic()
         for r in results:
-            code = r[2]
-            if code == handoff.RESULT_COMPLETED:
+            code = r[RESULT_CODE]
+            if code == RESULT_COMPLETED:
                 self.completed.append(r)
-            elif code == handoff.RESULT_FAILED:
+            elif code == RESULT_FAILED:
                 self.failed.append(r)
             else:
-                self.released.append((r[0], r[1]))
+                self.released.append((r[RESULT_ID], r[RESULT_LEASE]))
         self._idle.clear()
         self._wake.set()
 
@@ -194,28 +223,31 @@ class Completer:
         recorded: dict[Claim, Recorded] = {}
         if completed:
             cur = await conn.execute(self.q.job_complete_many, {
-                "engine": engine, "ids": _int_array(r[0] for r in completed),
-                "leases": _int_array(r[1] for r in completed), "history": self.history},
-                prepare=True)
-            done_ids = {(row[0], row[1]) for row in await cur.fetchall()}
+                "engine": engine, "ids": _int_array(r[RESULT_ID] for r in completed),
+                "leases": _int_array(r[RESULT_LEASE] for r in completed),
+                "history": self.history}, prepare=True)
+            done_ids = {(row[_COMPLETE_ID], row[_COMPLETE_LEASE])
+                        for row in await cur.fetchall()}
         if failed:
             cur = await conn.execute(self.q.job_fail_many, {
                 "engine": engine,
-                "ids": [r[0] for r in failed], "leases": [r[1] for r in failed],
-                "errors": [r[6] for r in failed], "delays": [float(r[7]) for r in failed],
-                "finals": [r[8] for r in failed], "payloads": [r[9] for r in failed],
-                "attempts": [r[handoff.RESULT_ATTEMPT] if len(r) > handoff.RESULT_ATTEMPT
-                             else None for r in failed],
-                "tracebacks": [r[handoff.RESULT_TRACEBACK]
-                               if len(r) > handoff.RESULT_TRACEBACK else None
-                               for r in failed]})
+                "ids": [r[RESULT_ID] for r in failed],
+                "leases": [r[RESULT_LEASE] for r in failed],
+                "errors": [r[RESULT_ERROR] for r in failed],
+                "delays": [float(r[RESULT_DELAY]) for r in failed],
+                "finals": [r[RESULT_FINAL] for r in failed],
+                "payloads": [r[RESULT_PAYLOAD] for r in failed],
+                "attempts": [r[RESULT_ATTEMPT] for r in failed],
+                "tracebacks": [r[RESULT_TRACEBACK] for r in failed]})
             for row in await cur.fetchall():
-                outcomes[(row[0], row[2])] = row[1]
-                recorded[(row[0], row[2])] = (row[3], row[4], row[5], row[6])
+                claim = (row[_FAIL_ID], row[_FAIL_LEASE])
+                outcomes[claim] = row[_FAIL_OUTCOME]
+                recorded[claim] = (row[_FAIL_ATTEMPTS], row[_FAIL_MAX_ATTEMPTS],
+                                   row[_FAIL_RUN_AT], row[_FAIL_REASON])
         if released:
             await conn.execute(self.q.job_release_many, {
-                "engine": engine, "ids": _int_array(p[0] for p in released),
-                "leases": _int_array(p[1] for p in released)})
+                "engine": engine, "ids": _int_array(job_id for job_id, _ in released),
+                "leases": _int_array(lease for _, lease in released)})
         return done_ids, outcomes, recorded
 
     async def drain(self, timeout: float) -> bool:

@@ -33,7 +33,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 from psycopg import sql
@@ -42,11 +42,25 @@ from skivi.db.queries import Queries, channel_name
 from skivi.engine.connection import Reconnecting
 from skivi.engine.lifecycle import cancel_and_wait
 
-__all__ = ["ClaimedJob", "Fetcher"]
+__all__ = ["CLAIMED_ID", "CLAIMED_LEASE", "CLAIMED_MESSAGE", "CLAIMED_TASK", "ClaimedJob",
+           "Fetcher"]
 
 logger = logging.getLogger(__name__)
 
-ClaimedJob = tuple[int, int, bytes, str]  # (id, lease, message, task identifier)
+# A job in hand: a plain tuple (one is built per claimed job), read by these indices; built
+# only in Fetcher._claim.
+ClaimedJob = tuple[int, int, bytes, str]
+CLAIMED_ID: Final = 0
+CLAIMED_LEASE: Final = 1
+CLAIMED_MESSAGE: Final = 2  # the job message (see handoff), as UTF-8 JSON text: never parsed here
+CLAIMED_TASK: Final = 3  # task identifier, to pick the lane without parsing the message
+
+# job_claim.sql's answer rows: "Returns (id, lease, message, task_identifier, cut)".
+_CLAIM_ID: Final = 0
+_CLAIM_LEASE: Final = 1
+_CLAIM_MESSAGE: Final = 2
+_CLAIM_TASK: Final = 3
+_CLAIM_CUT: Final = 4
 CLAIM_FINISH_TIMEOUT = 5.0
 
 
@@ -195,24 +209,27 @@ class Fetcher:
                   "max_bytes": self.batch_max_bytes, **self.filters}
         cur = await conn.execute(self.q.job_claim, params, prepare=True)
         rows = await cur.fetchall()
-        self.cut = bool(rows) and bool(rows[0][4])
+        self.cut = bool(rows) and bool(rows[0][_CLAIM_CUT])
         self.claims += 1
         if self.claims == 1:
             logger.debug("first claim: %d jobs", len(rows), extra={"action": "claim"})
         if rows:
             self.claimed += len(rows)
+            i, lease, message, task = _CLAIM_ID, _CLAIM_LEASE, _CLAIM_MESSAGE, _CLAIM_TASK
+            jobs: list[ClaimedJob] = [(r[i], r[lease], r[message].encode(), r[task])
+                                      for r in rows]
             sync_tasks = self.sync_tasks
             if not sync_tasks:
-                self.async_buffer.extend((r[0], r[1], r[2].encode(), r[3]) for r in rows)
+                self.async_buffer.extend(jobs)
             elif self.sync_only:
                 # Every task is sync (a job of an unknown task is answered at once in
                 # either lane): no choice to make per row.
-                self.sync_buffer.extend((r[0], r[1], r[2].encode(), r[3]) for r in rows)
+                self.sync_buffer.extend(jobs)
             else:
                 sync_buffer, async_buffer = self.sync_buffer, self.async_buffer
-                for r in rows:
-                    job = (r[0], r[1], r[2].encode(), r[3])
-                    (sync_buffer if r[3] in sync_tasks else async_buffer).append(job)
+                for job in jobs:
+                    (sync_buffer if job[CLAIMED_TASK] in sync_tasks
+                     else async_buffer).append(job)
             self.on_claimed()
         return len(rows)
 

@@ -7,7 +7,7 @@ pipe carries frames: a 4-byte big-endian length, one kind byte, then an orjson b
                                built them (the parent never parses a payload: it joins the
                                texts), and for each its slot (below)
                       STOP     stop taking jobs; send back the ones not started; finish
-    child  -> parent  RESULTS  a JSON array of Result rows (below)
+    child  -> parent  RESULTS  a JSON array of result rows (below)
                       READY    the child has loaded its tasks and waits for jobs
                       STARTED  [id, lease, slot] of a job with a timeout that just
                                started: the parent's watchdog kills the child if it overruns
@@ -31,18 +31,43 @@ the next instant, and it costs a byte store per job instead of a write and a wak
 Slots come in two lanes: [0, concurrency) for async handlers, the rest for sync handlers
 (see ``skivi.engine.supervisor`` for how many sync jobs a child is handed at once).
 
-A job message is [id, lease, task, payload, queue_name, priority, run_at, attempts,
-max_attempts, key, flags, created_at].
+A job message is a JSON array as job_claim.sql builds it, read by these indices; the child
+appends the job's slot (it is not on the wire):
 
-A result row is [id, lease, code, task, queue_name, run_seconds, error, delay, final,
-payload, wait_seconds, slot], and a failed one goes on with [attempt, traceback]: code is one of the
-RESULT_* values; error the failure text (or null); delay the retry backoff in seconds; final
-the reason to exhaust the job now (or null); payload the JSON text of what stays to do after
-a partial success (or null); wait_seconds the time from the job's run_at to its start; slot
-the job's slot in its child (rows the parent writes for a dead child's jobs have no slot);
-attempt the job's attempts as claimed (the job message's), which tells the database whether
-the job lost its key and retries while it ran (superseded; see job_fail_many.sql);
-traceback the error's traceback (or null), error being its message.
+    JOB_ID            job id
+    JOB_LEASE         lease of this claim
+    JOB_TASK          task identifier
+    JOB_PAYLOAD       payload (decoded JSON)
+    JOB_QUEUE_NAME    serial queue (or null)
+    JOB_PRIORITY      priority
+    JOB_RUN_AT        run_at (timestamptz text)
+    JOB_ATTEMPTS      attempts, this claim's included
+    JOB_MAX_ATTEMPTS  max_attempts
+    JOB_KEY           key (or null)
+    JOB_FLAGS         flags (or null)
+    JOB_CREATED_AT    created_at (timestamptz text)
+    JOB_SLOT          the job's slot in its child (appended by the child)
+
+A result row is a list of RESULT_LENGTH fields, read by these indices; every row has all of
+them, and is built only by ``completed_row``, ``failed_row`` or ``released_row``:
+
+    RESULT_ID            job id
+    RESULT_LEASE         lease of the claim the result settles
+    RESULT_CODE          RESULT_COMPLETED, RESULT_FAILED or RESULT_RELEASED
+    RESULT_TASK          task identifier
+    RESULT_QUEUE_NAME    serial queue or null
+    RESULT_RUN_SECONDS   how long the handler ran (0.0 when it did not run, or is unknown)
+    RESULT_ERROR         the failure text, the exception's message (or null)
+    RESULT_DELAY         the retry backoff in seconds (0.0 but for a failure)
+    RESULT_FINAL         the reason to exhaust the job now (or null)
+    RESULT_PAYLOAD       the JSON text of what stays to do after a partial success (or null)
+    RESULT_WAIT_SECONDS  the time from the job's run_at to its start (null when unknown)
+    RESULT_SLOT          the job's slot in its child (null in the rows the parent writes
+                         for a dead child's jobs)
+    RESULT_ATTEMPT       the job's attempts as claimed (the job message's), which tells the
+                         database whether the job lost its key and retries while it ran
+                         (superseded; see job_fail_many.sql); null but for a failure
+    RESULT_TRACEBACK     the error's traceback (or null), RESULT_ERROR being its message
 
 The parent keeps a child's jobs by slot, not by job id: one engine can hold two claims of
 the same job at once (it lost the job to a rescuer while running it, and claimed it again),
@@ -53,30 +78,59 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
 __all__ = [
     "EVENT",
     "JOBS",
+    "JOB_ATTEMPTS",
+    "JOB_CREATED_AT",
+    "JOB_FLAGS",
+    "JOB_ID",
+    "JOB_KEY",
+    "JOB_LEASE",
+    "JOB_MAX_ATTEMPTS",
+    "JOB_PAYLOAD",
+    "JOB_PRIORITY",
+    "JOB_QUEUE_NAME",
+    "JOB_RUN_AT",
+    "JOB_SLOT",
+    "JOB_TASK",
     "READY",
     "RESULTS",
     "RESULT_ATTEMPT",
+    "RESULT_CODE",
     "RESULT_COMPLETED",
+    "RESULT_DELAY",
+    "RESULT_ERROR",
     "RESULT_FAILED",
+    "RESULT_FINAL",
+    "RESULT_ID",
+    "RESULT_LEASE",
+    "RESULT_LENGTH",
+    "RESULT_PAYLOAD",
+    "RESULT_QUEUE_NAME",
     "RESULT_RELEASED",
+    "RESULT_RUN_SECONDS",
     "RESULT_SLOT",
+    "RESULT_TASK",
     "RESULT_TRACEBACK",
+    "RESULT_WAIT_SECONDS",
     "SLOT_DONE",
     "SLOT_HANDED",
     "SLOT_STARTED",
     "STARTED",
     "STOP",
     "FrameReader",
+    "completed_row",
     "encode_frame",
     "encode_jobs",
     "encode_results",
+    "encode_started",
+    "failed_row",
+    "released_row",
 ]
 
 JOBS = b"J"
@@ -86,12 +140,42 @@ READY = b"Y"
 EVENT = b"E"  # cron process -> parent: one event dict (cron/fired)
 STARTED = b"T"
 
-RESULT_COMPLETED = 0
-RESULT_FAILED = 1
-RESULT_RELEASED = 2  # never started: goes back with its attempt not consumed
-RESULT_SLOT = 11  # index of the slot in a result row
-RESULT_ATTEMPT = 12  # index of the claimed attempt in a failed result row
-RESULT_TRACEBACK = 13  # index of the error's traceback in a failed result row
+# Job message fields (the order of job_claim.sql's json_build_array), then the slot.
+JOB_ID: Final = 0
+JOB_LEASE: Final = 1
+JOB_TASK: Final = 2
+JOB_PAYLOAD: Final = 3
+JOB_QUEUE_NAME: Final = 4
+JOB_PRIORITY: Final = 5
+JOB_RUN_AT: Final = 6
+JOB_ATTEMPTS: Final = 7
+JOB_MAX_ATTEMPTS: Final = 8
+JOB_KEY: Final = 9
+JOB_FLAGS: Final = 10
+JOB_CREATED_AT: Final = 11
+JOB_SLOT: Final = 12  # appended by the child
+
+# Values of a result row's RESULT_CODE.
+RESULT_COMPLETED: Final = 0
+RESULT_FAILED: Final = 1
+RESULT_RELEASED: Final = 2  # never started: goes back with its attempt not consumed
+
+# Result row fields (see the module docstring); the constructors below set every one.
+RESULT_ID: Final = 0
+RESULT_LEASE: Final = 1
+RESULT_CODE: Final = 2
+RESULT_TASK: Final = 3
+RESULT_QUEUE_NAME: Final = 4
+RESULT_RUN_SECONDS: Final = 5
+RESULT_ERROR: Final = 6
+RESULT_DELAY: Final = 7
+RESULT_FINAL: Final = 8
+RESULT_PAYLOAD: Final = 9
+RESULT_WAIT_SECONDS: Final = 10
+RESULT_SLOT: Final = 11
+RESULT_ATTEMPT: Final = 12
+RESULT_TRACEBACK: Final = 13
+RESULT_LENGTH: Final = 14
 
 SLOT_HANDED = 0
 SLOT_STARTED = 1
@@ -110,6 +194,40 @@ def encode_jobs(slots: Sequence[int], messages: Sequence[bytes]) -> bytes:
 
 def encode_results(results: Sequence[Sequence[Any]]) -> bytes:
     return encode_frame(RESULTS, orjson.dumps(results))
+
+
+def encode_started(job_id: int, lease: int, slot: int) -> bytes:
+    """The STARTED frame: [id, lease, slot], read back by unpacking in that order."""
+    return encode_frame(STARTED, orjson.dumps([job_id, lease, slot]))
+
+
+# The one place each kind of result row is built. Keyword-only, so no call site depends on
+# the order; each returns a plain list (the wire form, and cheap on the hot path).
+
+def completed_row(*, job_id: int, lease: int, task: str, queue_name: str | None,
+                  run_seconds: float, wait_seconds: float | None, slot: int | None,
+                  ) -> list[Any]:
+    """A handler returned (or its slot said DONE when its child died)."""
+    return [job_id, lease, RESULT_COMPLETED, task, queue_name, run_seconds, None, 0.0, None,
+            None, wait_seconds, slot, None, None]
+
+
+def failed_row(*, job_id: int, lease: int, task: str, queue_name: str | None,
+               run_seconds: float, error: str, delay: float, final: str | None = None,
+               payload: str | None = None, wait_seconds: float | None, slot: int | None,
+               attempt: int, traceback: str | None = None) -> list[Any]:
+    """An attempt failed: retried after ``delay`` seconds, or exhausted (``final`` is the
+    reason to exhaust it now, or its attempts ran out); ``payload`` what stays to do after a
+    partial success."""
+    return [job_id, lease, RESULT_FAILED, task, queue_name, run_seconds, error, delay, final,
+            payload, wait_seconds, slot, attempt, traceback]
+
+
+def released_row(*, job_id: int, lease: int, task: str, queue_name: str | None,
+                 slot: int) -> list[Any]:
+    """A job the child never started (it was stopping): goes back, attempt not consumed."""
+    return [job_id, lease, RESULT_RELEASED, task, queue_name, 0.0, None, 0.0, None, None,
+            0.0, slot, None, None]
 
 
 class FrameReader:

@@ -14,10 +14,7 @@ emits the matching event (catalogue: ``skivi.events``) and, when the exporter is
 and does no I/O: a completion flush of n results costs O(n) dict building, plus one counter
 update per (task, queue, outcome) and one histogram update per task.
 
-Result rows are those of ``skivi.engine.handoff``: [id, lease, code, task, queue_name,
-run_seconds, error, delay, final, payload], optionally followed by wait_seconds (index 10:
-seconds from the job's run_at to the start of the attempt, measured by the child) and, for
-a failed row, slot, attempt and traceback.
+Result rows are those of ``skivi.engine.handoff``, read by its RESULT_* indices.
 
 :class:`QueueStatsPoller` runs ``job_stats.sql`` every ``interval`` seconds on a connection
 of its own and hands the rows to the metrics (queue depth by state, oldest runnable job).
@@ -36,6 +33,12 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from skivi.engine import handoff
+from skivi.engine.completer import (
+    RECORDED_ATTEMPTS,
+    RECORDED_MAX_ATTEMPTS,
+    RECORDED_REASON,
+    RECORDED_RUN_AT,
+)
 from skivi.engine.lifecycle import cancel_and_wait, every
 from skivi.events import Emitter, EventKind
 
@@ -60,9 +63,17 @@ STATS_CAP_DEFAULT = 10000
 STATS_INTERVAL_DEFAULT = 5.0
 STATS_MAX_GROUPS_DEFAULT = 1000
 
-# Result row fields (skivi.engine.handoff).
-_ID, _LEASE, _TASK, _QUEUE, _RUN, _ERROR, _DELAY, _FINAL, _PAYLOAD, _WAIT = (
-    0, 1, 3, 4, 5, 6, 7, 8, 9, 10)
+# Result row fields (skivi.engine.handoff), short names for the comprehensions below.
+_ID = handoff.RESULT_ID
+_LEASE = handoff.RESULT_LEASE
+_TASK = handoff.RESULT_TASK
+_QUEUE = handoff.RESULT_QUEUE_NAME
+_RUN = handoff.RESULT_RUN_SECONDS
+_ERROR = handoff.RESULT_ERROR
+_DELAY = handoff.RESULT_DELAY
+_FINAL = handoff.RESULT_FINAL
+_PAYLOAD = handoff.RESULT_PAYLOAD
+_WAIT = handoff.RESULT_WAIT_SECONDS
 _TRACEBACK = handoff.RESULT_TRACEBACK
 
 _COMPLETED = EventKind.JOB_COMPLETED
@@ -96,8 +107,8 @@ def _reason(row: Sequence[Any], recorded: Recorded | None) -> str:
     """Why an exhausted row was exhausted: what job_fail_many.sql recorded in job_history
     (it alone sees that a running job lost its key: 'superseded'), else what the child
     said, else 'max_attempts'."""
-    if recorded is not None and recorded[3] is not None:
-        return recorded[3]
+    if recorded is not None and recorded[RECORDED_REASON] is not None:
+        return recorded[RECORDED_REASON]
     return str(row[_FINAL] or "max_attempts")
 
 
@@ -264,7 +275,7 @@ class EngineObserver:
         if completed:
             emit_many(_COMPLETED, [
                 {"job_id": r[_ID], "task": r[_TASK], "queue_name": r[_QUEUE],
-                 "run_seconds": r[_RUN], "wait_seconds": r[_WAIT] if len(r) > _WAIT else None}
+                 "run_seconds": r[_RUN], "wait_seconds": r[_WAIT]}
                 for r in completed])
         if failed:
             recorded = recorded or {}
@@ -278,7 +289,7 @@ class EngineObserver:
                     continue
                 data = {"job_id": r[_ID], "task": r[_TASK], "queue_name": r[_QUEUE],
                         "run_seconds": r[_RUN],
-                        "wait_seconds": r[_WAIT] if len(r) > _WAIT else None,
+                        "wait_seconds": r[_WAIT],
                         "error": r[_ERROR]}
                 if outcome == "exhausted":
                     data["reason"] = _reason(r, recorded.get(claim))
@@ -308,11 +319,15 @@ class EngineObserver:
                 no_handler.add(r[_TASK])
                 continue
             found = recorded.get(claim)
-            attempts, max_attempts, run_at = found[:3] if found else (None, None, None)
+            if found is None:
+                attempts = max_attempts = run_at = None
+            else:
+                attempts, max_attempts, run_at = (found[RECORDED_ATTEMPTS],
+                                                  found[RECORDED_MAX_ATTEMPTS],
+                                                  found[RECORDED_RUN_AT])
             # The traceback's last line names the exception type too; the error is only its
             # message (see 0005_error_details.sql).
-            summary = error_summary(r[_TRACEBACK] if len(r) > _TRACEBACK and r[_TRACEBACK]
-                                    else r[_ERROR])
+            summary = error_summary(r[_TRACEBACK] or r[_ERROR])
             if outcome == "exhausted":
                 logger.error("job %s (%s) exhausted after attempt %s of %s (%s): %s",
                              r[_ID], r[_TASK], attempts, max_attempts, _reason(r, found),
@@ -365,7 +380,7 @@ class EngineObserver:
             counts[(task, queue or "", outcome)] = len(rows)
             accepted += len(rows)
             run = [r[_RUN] for r in rows]
-            wait = [r[_WAIT] for r in rows if len(r) > _WAIT and r[_WAIT] is not None]
+            wait = [r[_WAIT] for r in rows if r[_WAIT] is not None]
             if task in runs:
                 runs[task] += run
             else:

@@ -58,7 +58,23 @@ from skivi.engine.child import child_main
 from skivi.engine.completer import Claim, Completer, Recorded
 from skivi.engine.connection import Reconnecting
 from skivi.engine.exits import EXIT_CONFIG, EXIT_DATABASE
-from skivi.engine.fetcher import ClaimedJob, Fetcher
+from skivi.engine.fetcher import (
+    CLAIMED_ID,
+    CLAIMED_LEASE,
+    CLAIMED_MESSAGE,
+    CLAIMED_TASK,
+    ClaimedJob,
+    Fetcher,
+)
+from skivi.engine.handoff import (
+    JOB_ATTEMPTS,
+    JOB_QUEUE_NAME,
+    RESULT_RUN_SECONDS,
+    RESULT_SLOT,
+    RESULT_TASK,
+    completed_row,
+    failed_row,
+)
 from skivi.engine.lifecycle import cancel_and_wait
 from skivi.engine.maintenance import HistoryPruner, Liveness
 from skivi.engine.observer import EngineObserver, QueueStatsPoller
@@ -404,7 +420,7 @@ class Engine:
     async def _stop_claiming(self) -> None:
         await self.fetcher.stop()
         unstarted = self.fetcher.take_all()
-        self.completer.release([(j[0], j[1]) for j in unstarted])
+        self.completer.release([(j[CLAIMED_ID], j[CLAIMED_LEASE]) for j in unstarted])
         # Nothing more will be handed over: a child holding only queued jobs gets STOP
         # next and returns them.
 
@@ -463,7 +479,7 @@ class Engine:
             state = c.started
             if c.exited or state.closed:
                 continue
-            ids.extend(j[0] for slot, j in c.in_flight.items()
+            ids.extend(j[CLAIMED_ID] for slot, j in c.in_flight.items()
                        if state[slot] != handoff.SLOT_HANDED)
         return ids
 
@@ -668,7 +684,7 @@ class Engine:
             for j, slot in zip(jobs, slots, strict=True):
                 in_flight[slot] = j
                 started[slot] = handoff.SLOT_HANDED
-            self._send(child, handoff.encode_jobs(slots, [j[2] for j in jobs]))
+            self._send(child, handoff.encode_jobs(slots, [j[CLAIMED_MESSAGE] for j in jobs]))
             if not buffer:
                 break
         return handed
@@ -685,7 +701,7 @@ class Engine:
         single_task = self.fetcher.sync_only and len(self.sync_tasks) == 1
         handed = 0
         while buffer:
-            task = buffer[0][3]
+            task = buffer[0][CLAIMED_TASK]
             expected = estimate.get(task, -1.0)
             short = 0.0 <= expected < SYNC_SHORT_SECONDS
             best: ChildHandle | None = None
@@ -718,7 +734,7 @@ class Engine:
                 n = min(take, len(buffer))
             else:
                 n = 1
-                while n < take and n < len(buffer) and buffer[n][3] == task:
+                while n < take and n < len(buffer) and buffer[n][CLAIMED_TASK] == task:
                     n += 1
             jobs = [buffer.popleft() for _ in range(n)]
             got = [sync_free.pop() for _ in range(n)]
@@ -727,7 +743,7 @@ class Engine:
                 started[slot] = handoff.SLOT_HANDED
                 slot_expected[slot] = mark
             slots += got
-            messages += [job[2] for job in jobs]
+            messages += [job[CLAIMED_MESSAGE] for job in jobs]
             best.sync_jobs += n
             if short:
                 best.sync_expected += expected * n
@@ -765,7 +781,7 @@ class Engine:
                 last_sync = None
                 for r in results:
                     # A slot is freed only by its own job's result, so the slot says which.
-                    slot = r[handoff.RESULT_SLOT]
+                    slot = r[RESULT_SLOT]
                     if in_flight.pop(slot, None) is not None:
                         expected = slot_expected.pop(slot, None)
                         if expected is None:
@@ -788,7 +804,7 @@ class Engine:
                                            if child.sync_jobs else 0.0)
                     # Learn how long the task runs (see dispatch), from one row a frame.
                     assert last_sync is not None
-                    task, run = last_sync[3], last_sync[5]
+                    task, run = last_sync[RESULT_TASK], last_sync[RESULT_RUN_SECONDS]
                     known = self.run_estimate.get(task)
                     self.run_estimate[task] = (run if known is None
                                                else known + EWMA_WEIGHT * (run - known))
@@ -796,8 +812,9 @@ class Engine:
             elif kind == handoff.STARTED:
                 job_id, lease, slot = orjson.loads(body)
                 job = in_flight.get(slot)
-                if job is not None and job[0] == job_id and job[1] == lease:
-                    timeout = self._timeouts.get(job[3])
+                if (job is not None and job[CLAIMED_ID] == job_id
+                        and job[CLAIMED_LEASE] == lease):
+                    timeout = self._timeouts.get(job[CLAIMED_TASK])
                     if timeout is not None:
                         # A grace second lets an async handler's own timeout answer first.
                         deadlines[slot] = (time.monotonic() + timeout + 1.0, timeout)
@@ -820,7 +837,7 @@ class Engine:
                 if late:
                     child.timed_out = late
                     logger.error("job(s) %s overran their timeout: killing child %d (pid %d)",
-                                 sorted(child.in_flight[s][0] for s in late
+                                 sorted(child.in_flight[s][CLAIMED_ID] for s in late
                                         if s in child.in_flight), child.index, child.pid,
                                  extra={"action": "kill_child_timeout"})
                     try:
@@ -901,7 +918,8 @@ class Engine:
         unstarted: list[tuple[int, int]] = []
         state = child.started
         killed_for_timeout = bool(child.timed_out)
-        for slot, (job_id, lease, msg, task_id) in child.in_flight.items():
+        for slot, job in child.in_flight.items():
+            job_id, lease, task_id = job[CLAIMED_ID], job[CLAIMED_LEASE], job[CLAIMED_TASK]
             slot_state = state[slot]
             timed_out = child.timed_out.get(slot)
             if timed_out is None and (slot_state == handoff.SLOT_HANDED
@@ -909,22 +927,29 @@ class Engine:
                                           and killed_for_timeout)):
                 unstarted.append((job_id, lease))
                 continue
-            m = orjson.loads(msg)  # rare: only a dead child's jobs are decoded here
+            # Rare: only a dead child's jobs are decoded here. Their rows have no slot (it is
+            # freed with the child) and no wait_seconds (the child never said when the job
+            # started).
+            m = orjson.loads(job[CLAIMED_MESSAGE])
+            queue_name, attempt = m[JOB_QUEUE_NAME], m[JOB_ATTEMPTS]
             if timed_out is not None:
-                text = (f"timeout: the job ran longer than {timed_out} s; "
-                        f"its process (pid {child.pid}) was killed")
-                results.append([job_id, lease, handoff.RESULT_FAILED, task_id, m[4], 0.0,
-                                text, self._backoff(task_id).delay(m[7]), None, None, None,
-                                None, m[7]])
+                results.append(failed_row(
+                    job_id=job_id, lease=lease, task=task_id, queue_name=queue_name,
+                    run_seconds=0.0,
+                    error=(f"timeout: the job ran longer than {timed_out} s; "
+                           f"its process (pid {child.pid}) was killed"),
+                    delay=self._backoff(task_id).delay(attempt), wait_seconds=None, slot=None,
+                    attempt=attempt))
             elif slot_state == handoff.SLOT_DONE:
-                results.append([job_id, lease, handoff.RESULT_COMPLETED, task_id, m[4], 0.0,
-                                None, 0.0, None, None, None])
+                results.append(completed_row(
+                    job_id=job_id, lease=lease, task=task_id, queue_name=queue_name,
+                    run_seconds=0.0, wait_seconds=None, slot=None))
             else:
-                delay = 0.0 if retry_now else self._backoff(task_id).delay(m[7])
-                # wait_seconds None: the child never said when the job started.
-                results.append([job_id, lease, handoff.RESULT_FAILED, task_id, m[4], 0.0,
-                                f"{why} while this job ran", delay, None, None, None, None,
-                                m[7]])
+                results.append(failed_row(
+                    job_id=job_id, lease=lease, task=task_id, queue_name=queue_name,
+                    run_seconds=0.0, error=f"{why} while this job ran",
+                    delay=0.0 if retry_now else self._backoff(task_id).delay(attempt),
+                    wait_seconds=None, slot=None, attempt=attempt))
         self.completer.add(results)
         self.completer.release(unstarted)
 

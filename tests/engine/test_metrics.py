@@ -60,8 +60,12 @@ HARNESS_BATCH = 20
 
 def _row(job_id: int, code: int, task: str, queue: str | None = None, run: float = 0.004,
          wait: float = 0.5, payload: str | None = None, final: str | None = None) -> list[Any]:
-    return [job_id, 1, code, task, queue, run,
-            None if code == handoff.RESULT_COMPLETED else "boom", 1.0, final, payload, wait]
+    if code == handoff.RESULT_COMPLETED:
+        return handoff.completed_row(job_id=job_id, lease=1, task=task, queue_name=queue,
+                                     run_seconds=run, wait_seconds=wait, slot=0)
+    return handoff.failed_row(job_id=job_id, lease=1, task=task, queue_name=queue,
+                              run_seconds=run, error="boom", delay=1.0, final=final,
+                              payload=payload, wait_seconds=wait, slot=0, attempt=1)
 
 
 def test_counts_and_histograms_follow_the_flushes_when_fed_by_the_observer() -> None:
@@ -112,7 +116,7 @@ def test_unregistered_tasks_and_queues_past_the_cap_share_other_when_flushed() -
              ("a", OTHER), ("z", "q0"), (OTHER, "mail")]
     rows = [_row(i, handoff.RESULT_COMPLETED, task, queue=queue, run=0.001 * (i + 1))
             for i, (task, queue) in enumerate(names)]
-    observer.flushed(rows, [], {(r[0], r[1]) for r in rows}, {})
+    observer.flushed(rows, [], {(r[handoff.RESULT_ID], r[handoff.RESULT_LEASE]) for r in rows}, {})
     value = m.registry.get_sample_value
     series = {tuple(sorted(s.labels.items())): s.value
               for family in m.registry.collect() if family.name == "skivi_jobs"
@@ -218,7 +222,8 @@ async def _harness(url: str, out: Path) -> None:
             observer.claimed(n + 3)
             observer.dispatched(n + 3)
             observer.set_gauges(n + 3, 8, 2)
-            observer.flushed(rows, failed, {(r[0], r[1]) for r in rows},
+            observer.flushed(rows, failed,
+                             {(r[handoff.RESULT_ID], r[handoff.RESULT_LEASE]) for r in rows},
                              {(next_id + n, 1): "failed", (next_id + n + 1, 1): "failed",
                               (next_id + n + 2, 1): "exhausted"})
             completed += n

@@ -249,12 +249,12 @@ def test_unencodable_values_are_sent_as_text_when_forwarded() -> None:
 def _row(job_id: int, code: int, task: str = "t", queue: str | None = None,
          payload: str | None = None, final: str | None = None,
          wait: float | None = 0.25) -> list[Any]:
-    row: list[Any] = [job_id, 1, code, task, queue, 0.5,
-                      None if code == handoff.RESULT_COMPLETED else f"boom {job_id}",
-                      2.0, final, payload]
-    if wait is not None:
-        row.append(wait)
-    return row
+    if code == handoff.RESULT_COMPLETED:
+        return handoff.completed_row(job_id=job_id, lease=1, task=task, queue_name=queue,
+                                     run_seconds=0.5, wait_seconds=wait, slot=0)
+    return handoff.failed_row(job_id=job_id, lease=1, task=task, queue_name=queue,
+                              run_seconds=0.5, error=f"boom {job_id}", delay=2.0, final=final,
+                              payload=payload, wait_seconds=wait, slot=0, attempt=1)
 
 
 def test_flush_emits_one_event_per_accepted_result_when_the_observer_sees_it() -> None:

@@ -34,8 +34,9 @@ class Clock:
 
 def no_handler_row(job: int, task: str) -> list[Any]:
     """A failed result row (skivi.engine.handoff) of a job whose task has no handler."""
-    return [job, 1, handoff.RESULT_FAILED, task, None, 0.0, "no handler", 0.0, "no_handler",
-            None]
+    return handoff.failed_row(job_id=job, lease=1, task=task, queue_name=None, run_seconds=0.0,
+                              error="no handler", delay=0.0, final="no_handler",
+                              wait_seconds=0.0, slot=0, attempt=1)
 
 
 def flush_unhandled(observer: EngineObserver, jobs: list[tuple[int, str]]) -> None:
@@ -67,7 +68,9 @@ def test_exhaustion_reason_is_the_one_the_database_recorded_when_it_differs_from
     observer = EngineObserver(emitter)
     # The child sent no final reason: the job ran out of attempts because it lost its key
     # while it ran, which only job_fail_many.sql sees.
-    row = [7, 3, handoff.RESULT_FAILED, "report", None, 0.5, "told to fail", 1.0, None, None]
+    row = handoff.failed_row(job_id=7, lease=3, task="report", queue_name=None,
+                             run_seconds=0.5, error="told to fail", delay=1.0,
+                             wait_seconds=0.0, slot=0, attempt=4)
     with caplog.at_level(logging.ERROR):
         observer.flushed([], [row], set(), {(7, 3): "exhausted"},
                          {(7, 3): (5, 5, None, "superseded")})
