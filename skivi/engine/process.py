@@ -32,6 +32,7 @@ import math
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterable
 
 __all__ = [
@@ -141,6 +142,20 @@ def reap_orphans(known: Iterable[int]) -> int:
             os.waitpid(pid, 0)
         found += 1
     return found
+
+
+def exit_code(pid: int) -> int | None:
+    """Reap ``pid``, which has exited (its pidfd said so); its exit code (negative: killed
+    by that signal), None if it cannot be known (reaped elsewhere, or not yet after 1 s)."""
+    for _ in range(200):
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.005)
+    return None
 
 
 def become_subreaper() -> None:

@@ -57,6 +57,7 @@ from skivi.engine import handoff, process
 from skivi.engine.child import child_main
 from skivi.engine.completer import Claim, Completer, Recorded
 from skivi.engine.connection import Reconnecting
+from skivi.engine.cron_process import CronProcess
 from skivi.engine.exits import EXIT_CONFIG, EXIT_DATABASE
 from skivi.engine.fetcher import (
     CLAIMED_ID,
@@ -99,7 +100,6 @@ EWMA_WEIGHT = 0.2  # of the latest run, in a sync task's running average
 RESPAWN_RETRY = 1.0  # seconds between attempts to replace a child when fork fails
 PROCESSES_WARN_FACTOR = 4  # warn when worker.processes exceeds this many per usable CPU
 HEALTH_STALL_SECONDS = 10.0  # /healthz fails when the event loop made no round this long
-CRON_EXIT_CONFIG = 2  # the cron process refused its entries: do not restart it
 
 
 @dataclass(slots=True)
@@ -111,14 +111,6 @@ class EngineStats:
     stale: int = 0
     child_crashes: int = 0
     rescued: int = 0
-
-
-@dataclass(eq=False, slots=True)
-class CronHandle:
-    pid: int
-    event_fd: int
-    alive_fd: int  # its pidfd
-    reader: handoff.FrameReader = field(default_factory=handoff.FrameReader)
 
 
 @dataclass(eq=False, slots=True)
@@ -194,10 +186,7 @@ class Engine:
         self.observer = EngineObserver(emitter, self.metrics)
         self._claimed_seen = 0
         self.children: list[ChildHandle] = []
-        self.cron: CronHandle | None = None
-        self.cron_restarts = 0
-        self.cron_events = 0
-        self.on_cron_event: Callable[[dict[str, Any]], None] | None = self.observer.cron_fired
+        self.cron = CronProcess(instance, self.observer.cron_fired)
         self.stopping = False
         self.fast = False
         self.exit_code = 0
@@ -283,8 +272,7 @@ class Engine:
                              exc.strerror or exc, extra={"action": "fork_failed"})
                 self.exit_code = 1
                 return self.exit_code
-            if self.instance.cron_entries:
-                self._spawn_cron()
+            self.cron.start()
             # From the start: its ticks are what /healthz reports on.
             self._aux.append(loop.create_task(self._watchdog(), name="watchdog"))
             if await self._register():
@@ -385,7 +373,7 @@ class Engine:
     async def shutdown(self) -> None:
         self.stopping = True
         steps: list[tuple[str, Callable[[], Any]]] = [
-            ("stop cron", self._stop_cron),
+            ("stop cron", self.cron.stop),
             ("stop claiming", self._stop_claiming),
             ("stop children", self._stop_children),
             ("flush completions", self._flush),
@@ -495,100 +483,6 @@ class Engine:
             if self.sync_tasks:
                 free += max(0, self.sync_threads - c.sync_jobs)
         return max(0, free - self.fetcher.buffered())
-
-    # -- the cron process ------------------------------------------------------------
-    def _spawn_cron(self) -> None:
-        """Fork the dedicated cron process. Its cron/fired events come back over a pipe;
-        if it dies it is restarted (the database's fire-once guard makes that safe)."""
-        from skivi.engine.scheduler import scheduler_main
-        from skivi.errors import ConfigError
-
-        ev_r, ev_w = os.pipe()
-
-        def on_fired(event: dict[str, Any]) -> None:
-            frame = handoff.encode_frame(handoff.EVENT, orjson.dumps(event))
-            with contextlib.suppress(OSError):
-                os.write(ev_w, frame)
-
-        def target() -> int:
-            try:
-                scheduler_main(self.instance, self.instance.cron_entries, on_fired=on_fired)
-            except ConfigError as exc:
-                logger.error("cron: %s", exc, extra={"action": "cron_config"})
-                return CRON_EXIT_CONFIG
-            return 0
-
-        pid = process.fork("cron", target, keep=[ev_w])
-        os.close(ev_w)
-        alive_r = os.pidfd_open(pid)
-        os.set_blocking(ev_r, False)
-        self.cron = CronHandle(pid, ev_r, alive_r)
-        loop = asyncio.get_running_loop()
-        loop.add_reader(ev_r, self._on_cron_events)
-        loop.add_reader(alive_r, self._on_cron_exit)
-        logger.info("cron process started (pid %d, %d entries)", pid,
-                    len(self.instance.cron_entries), extra={"action": "start_cron"})
-
-    def _on_cron_events(self) -> None:
-        cron = self.cron
-        if cron is None:
-            return
-        try:
-            data = os.read(cron.event_fd, READ_SIZE)
-        except (BlockingIOError, OSError):
-            return
-        if not data:
-            asyncio.get_running_loop().remove_reader(cron.event_fd)
-            return
-        for kind, body in cron.reader.feed(data):
-            if kind == handoff.EVENT:
-                self.cron_events += 1
-                if self.on_cron_event is not None:
-                    self.on_cron_event(orjson.loads(body))
-
-    def _on_cron_exit(self) -> None:
-        cron = self.cron
-        if cron is None:
-            return
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(cron.alive_fd)
-        self._on_cron_events()
-        loop.remove_reader(cron.event_fd)
-        for fd in (cron.event_fd, cron.alive_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        code = _exit_code(cron.pid)
-        self.cron = None
-        if self.stopping:
-            return
-        if code == CRON_EXIT_CONFIG:
-            logger.error("the cron process refused its configuration; cron stays off",
-                         extra={"action": "cron_disabled"})
-            return
-        self.cron_restarts += 1
-        delay = min(0.5 * 2 ** min(self.cron_restarts, 6), 30.0)
-        logger.error("the cron process died (exit %s); restarting it in %.1fs", code, delay,
-                     extra={"action": "restart_cron"})
-        loop.call_later(delay, self._restart_cron)
-
-    def _restart_cron(self) -> None:
-        if not self.stopping and self.cron is None:
-            self._spawn_cron()
-
-    async def _stop_cron(self) -> None:
-        cron = self.cron
-        if cron is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(cron.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5.0
-        while self.cron is not None and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        if self.cron is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(cron.pid, signal.SIGKILL)
-            while self.cron is not None:
-                await asyncio.sleep(0.01)
 
     def _spawn(self, index: int) -> ChildHandle:
         job_r, job_w = os.pipe()
@@ -864,7 +758,7 @@ class Engine:
         for fd in (child.job_fd, child.result_fd, child.alive_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
-        status = _describe(_exit_code(child.pid))
+        status = _describe(process.exit_code(child.pid))
         child.exited = True
         self._end_leftovers(child)
         jobs = len(child.in_flight)
@@ -890,7 +784,7 @@ class Engine:
         orphan that was reparented to this engine."""
         process.end_group(child.pid)
         known = [c.pid for c in self.children if not c.exited]
-        if self.cron is not None:
+        if self.cron.pid is not None:
             known.append(self.cron.pid)
         left = process.reap_orphans(known)
         if left:
@@ -985,19 +879,6 @@ class Engine:
         self.stats.rescued += retried + exhausted
         self.observer.rescued(engines, retried, exhausted)
         self.fetcher.wake()
-
-
-def _exit_code(pid: int) -> int | None:
-    """Reap ``pid``; its exit code (negative: killed by that signal), None if unknown."""
-    for _ in range(200):
-        try:
-            done, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return None
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.005)
-    return None
 
 
 def _describe(code: int | None) -> str:
