@@ -1,4 +1,5 @@
-"""Connections: how Skivi opens them and which database errors are worth retrying.
+"""Connections: how Skivi opens them (which database errors are worth retrying is
+``skivi.db.retry``).
 
 Every connection Skivi opens reads json/jsonb with orjson (several times faster than the
 stdlib decoder psycopg uses by default) and names itself through ``application_name`` so an
@@ -16,60 +17,20 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from skivi.db.retry import refused_for_good, unusable_url
 from skivi.errors import DatabaseUnavailable
 
 __all__ = [
-    "RETRYABLE_SQLSTATES",
     "check_reachable",
     "check_reachable_async",
     "configure",
     "connect",
     "connect_async",
     "describe_server",
-    "is_retryable",
     "make_async_pool",
     "make_pool",
-    "refused_for_good",
     "unavailable",
-    "unusable_url",
 ]
-
-# SQLSTATEs after which the same statement may succeed if tried again (Graphile Worker's
-# RETRYABLE_ERROR_CODES, River's completer): serialization and deadlock failures, a server
-# that is starting or shutting down, and lost connections.
-RETRYABLE_SQLSTATES = frozenset({
-    "40001",  # serialization_failure
-    "40P01",  # deadlock_detected
-    "57P01",  # admin_shutdown
-    "57P02",  # crash_shutdown
-    "57P03",  # cannot_connect_now
-    "08000", "08001", "08003", "08004", "08006",  # connection exceptions
-    "53300",  # too_many_connections
-})
-
-
-# What libpq says when a connection is refused for good: waiting will not change it.
-_REFUSED = ("password authentication failed", "no pg_hba.conf entry", "does not exist",
-            "permission denied", "authentication failed")
-
-
-def unusable_url(exc: BaseException) -> bool:
-    """The connection string itself is wrong (an unknown option, a bad port): a
-    configuration error, not a database that is away."""
-    if isinstance(exc, psycopg.ProgrammingError):
-        return True
-    return (isinstance(exc, psycopg.OperationalError)
-            and str(exc).startswith("connection is bad: invalid"))
-
-
-def refused_for_good(exc: BaseException) -> bool:
-    """The server answered and refused this login (authentication, an unknown role or
-    database): retrying cannot help."""
-    if not isinstance(exc, psycopg.OperationalError):
-        return False
-    text = str(exc)
-    return "FATAL:" in text and any(r in text for r in _REFUSED)
-
 
 _ATTEMPT_PREFIX = re.compile(r"^(connection failed: )?(connection to server .*? failed: )?")
 
@@ -124,13 +85,6 @@ async def check_reachable_async(url: str, *, application_name: str = "skivi",
             raise
         raise unavailable(url, exc) from exc
     await conn.close()
-
-
-def is_retryable(exc: BaseException) -> bool:
-    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-        sqlstate = getattr(exc, "sqlstate", None)
-        return sqlstate is None or sqlstate in RETRYABLE_SQLSTATES
-    return isinstance(exc, psycopg.Error) and getattr(exc, "sqlstate", None) in RETRYABLE_SQLSTATES
 
 
 def configure(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import psycopg
 
 from skivi.config import DEFAULT_CONFIG_FILE, load_config
-from skivi.db.pool import refused_for_good, unusable_url
+from skivi.db.retry import RetryBackoff, is_retryable, unusable_url
 from skivi.engine import EXIT_CONFIG, EXIT_DATABASE, run
 from skivi.errors import ConfigError, MigrationError, RegistryError, SchemaNotMigrated
 from skivi.system import create_system
@@ -28,6 +28,8 @@ T = TypeVar("T")
 STARTUP_RETRY_SECONDS = 30.0
 """How long an engine starting keeps trying to reach the database before it gives up with
 exit code 3: fleets start with (or during a restart or failover of) their database."""
+STARTUP_RETRY_DELAY_INITIAL = 0.25
+STARTUP_RETRY_DELAY_MAX = 4.0
 
 EPILOG = """\
 Every flag can also be set in the environment (in brackets); flags win over the
@@ -198,23 +200,23 @@ def _check_url(url: str) -> None:
 
 
 def _retrying(step: Callable[[], T], log: logging.Logger) -> T:
-    """``step()``, retried while the database cannot be reached, up to
-    STARTUP_RETRY_SECONDS. Anything else (a failed migration, a schema too new) is not
-    retried. A migration cut off by a lost connection rolled back: running it again is
-    safe."""
+    """``step()``, retried while the database cannot be reached (``is_retryable``: the
+    connection failed or was lost, the server is starting or shutting down, too many
+    connections), 0.25 s at first, doubling up to 4 s, for up to STARTUP_RETRY_SECONDS.
+    Anything else (a refused login, a failed migration, a schema too new) is not retried. A
+    migration cut off by a lost connection rolled back: running it again is safe."""
     deadline = time.monotonic() + STARTUP_RETRY_SECONDS
-    delay = 0.25
+    backoff = RetryBackoff(STARTUP_RETRY_DELAY_INITIAL, STARTUP_RETRY_DELAY_MAX)
     while True:
         try:
             return step()
-        except psycopg.OperationalError as exc:
-            if (time.monotonic() + delay > deadline or unusable_url(exc)
-                    or refused_for_good(exc)):
+        except psycopg.Error as exc:
+            wait = backoff.next()
+            if time.monotonic() + wait > deadline or not is_retryable(exc):
                 raise
             log.warning("cannot reach the database (%s); retrying in %.1fs",
-                        str(exc).strip(), delay, extra={"action": "start_retry"})
-            time.sleep(delay)
-            delay = min(delay * 2, 4.0)
+                        str(exc).strip(), wait, extra={"action": "start_retry"})
+            time.sleep(wait)
 
 
 if __name__ == "__main__":

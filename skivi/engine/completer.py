@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 from skivi.db.queries import Queries
+from skivi.db.retry import JITTER_AROUND, RetryBackoff
 from skivi.engine.connection import Reconnecting
 from skivi.engine.handoff import (
     RESULT_ATTEMPT,
@@ -71,6 +71,10 @@ _FAIL_ATTEMPTS: Final = 3
 _FAIL_MAX_ATTEMPTS: Final = 4
 _FAIL_RUN_AT: Final = 5
 _FAIL_REASON: Final = 6
+# A failed flush is retried after these many seconds, doubling, each wait jittered by
+# uniform(0.5, 1.5) (skivi.db.retry).
+FLUSH_RETRY_DELAY_INITIAL = 0.05
+FLUSH_RETRY_DELAY_MAX = 5.0
 # (completed rows, failed rows, the claims completed, the outcome of each failed claim,
 # what was recorded for each failed claim)
 FlushHook = Callable[[list[list[Any]], list[list[Any]], set[Claim], dict[Claim, str],
@@ -144,7 +148,8 @@ class Completer:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="completer")
 
     async def _run(self) -> None:
-        delay = 0.05
+        backoff = RetryBackoff(FLUSH_RETRY_DELAY_INITIAL, FLUSH_RETRY_DELAY_MAX,
+                               jitter=JITTER_AROUND)
         while True:
             if not self.pending:
                 self._idle.set()
@@ -166,13 +171,13 @@ class Completer:
                         continue
             try:
                 await self.flush()
-                delay = 0.05
+                backoff.reset()
             except Exception as exc:  # noqa: BLE001 - kept and retried, never dropped
+                wait = backoff.next()
                 logger.warning("completion flush failed (%d results kept, retrying in %.2fs): %s",
-                               self.pending, delay, exc,
+                               self.pending, wait, exc,
                                extra={"action": "retry_flush", "pending": self.pending})
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(wait)
 
     async def flush(self) -> None:
         """Write everything pending, one statement per kind. On failure, nothing is lost:

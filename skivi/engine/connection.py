@@ -3,7 +3,8 @@
 PostgreSQL restarting, a dropped connection or ``pg_terminate_backend`` must not crash the
 engine: a component asks ``get()`` for its connection, and reports ``broken()`` when a
 statement on it failed in a way that leaves it unusable; the next ``get()`` reconnects,
-waiting with jittered exponential backoff between attempts (capped at ``max_delay``).
+waiting with jittered exponential backoff between attempts (``skivi.db.retry``: 0.05 s at
+first, doubling, capped at ``max_delay``, each wait times uniform(0.5, 1.5)).
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
 
 from skivi.db import pool as dbpool
+from skivi.db.retry import JITTER_AROUND, RetryBackoff
 
 __all__ = ["Reconnecting"]
 
@@ -52,7 +53,7 @@ class Reconnecting:
         if conn is not None and not conn.closed:
             return conn
         async with self._lock:
-            delay = 0.05
+            backoff = RetryBackoff(0.05, self.max_delay, jitter=JITTER_AROUND)
             while self._conn is None or self._conn.closed:
                 if self.closed:
                     raise psycopg.OperationalError(f"{self.name}: connection closed")
@@ -72,10 +73,10 @@ class Reconnecting:
                 except psycopg.Error as exc:
                     if self.on_lost is not None:
                         self.on_lost(self.name, exc)
+                    wait = backoff.next()
                     logger.warning("%s: cannot connect (%s); retrying in %.2fs", self.name,
-                                   exc, delay, extra={"action": "reconnect_failed"})
-                    await asyncio.sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, self.max_delay)
+                                   exc, wait, extra={"action": "reconnect_failed"})
+                    await asyncio.sleep(wait)
             return self._conn
 
     def broken(self) -> None:

@@ -39,6 +39,7 @@ import psycopg
 from psycopg import sql
 
 from skivi.db.queries import Queries, channel_name
+from skivi.db.retry import RetryBackoff
 from skivi.engine.connection import Reconnecting
 from skivi.engine.lifecycle import cancel_and_wait
 
@@ -62,6 +63,13 @@ _CLAIM_MESSAGE: Final = 2
 _CLAIM_TASK: Final = 3
 _CLAIM_CUT: Final = 4
 CLAIM_FINISH_TIMEOUT = 5.0
+# A failed claim is retried after these many seconds, doubling, not jittered
+# (skivi.db.retry); reconnecting, if the connection broke, has its own jittered backoff.
+CLAIM_RETRY_DELAY_INITIAL = 0.05
+CLAIM_RETRY_DELAY_MAX = 2.0
+# LISTEN, lost or refused, is tried again after these (polling carries on meanwhile).
+LISTEN_RETRY_DELAY_INITIAL = 0.1
+LISTEN_RETRY_DELAY_MAX = 5.0
 
 
 class Fetcher:
@@ -164,7 +172,7 @@ class Fetcher:
         return jobs
 
     async def _run(self) -> None:
-        delay = 0.05
+        backoff = RetryBackoff(CLAIM_RETRY_DELAY_INITIAL, CLAIM_RETRY_DELAY_MAX)
         while not self.stopped:
             room = self.room()
             if room <= 0 or self.paused():
@@ -176,17 +184,17 @@ class Fetcher:
             self._wake.clear()
             try:
                 n = await self._claim(room)
-                delay = 0.05
+                backoff.reset()
             except Exception as exc:  # a claim loop that died would stop the engine
                 self.db.broken()
+                wait = backoff.next()
                 if isinstance(exc, psycopg.Error):
-                    logger.warning("claim failed: %s; retrying in %.2fs", exc, delay,
+                    logger.warning("claim failed: %s; retrying in %.2fs", exc, wait,
                                    extra={"action": "claim_failed"})
                 else:
-                    logger.exception("claim failed; retrying in %.2fs", delay,
+                    logger.exception("claim failed; retrying in %.2fs", wait,
                                      extra={"action": "claim_failed"})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                await asyncio.sleep(wait)
                 continue
             # Short because of the byte limit is not drained: more are waiting.
             self.drained = n < room and not self.cut
@@ -256,13 +264,13 @@ class Fetcher:
     async def _listen(self) -> None:
         assert self.listen_db is not None
         channel = channel_name(self.q.schema)
-        delay = 0.1
+        backoff = RetryBackoff(LISTEN_RETRY_DELAY_INITIAL, LISTEN_RETRY_DELAY_MAX)
         while not self.stopped:
             try:
                 conn = await self.listen_db.get()
                 await conn.execute(sql.SQL("listen {}").format(sql.Identifier(channel)))
                 self.listening = True
-                delay = 0.1
+                backoff.reset()
                 # Something may have been enqueued while we were not listening.
                 self.wake()
                 async for note in conn.notifies():
@@ -282,5 +290,4 @@ class Fetcher:
                 self.listen_db.broken()
                 logger.warning("LISTEN lost (%s); polling every %.1fs until it is back",
                                exc, self.poll_interval, extra={"action": "listen_lost"})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await backoff.sleep()

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +35,7 @@ from typing import Any
 import psycopg
 
 from skivi.db.queries import Queries
+from skivi.db.retry import JITTER_AROUND, RetryBackoff, retrying
 from skivi.engine.connection import Reconnecting
 from skivi.engine.lifecycle import cancel_and_wait, every
 from skivi.errors import SchemaNotMigrated
@@ -96,26 +96,31 @@ class Liveness:
 
     async def register_retrying(self, max_delay: float = 5.0) -> int:
         """``register()`` until it succeeds: an engine starting while the server restarts
-        or fails over waits for it (the caller cancels this to give up) instead of dying."""
-        delay = 0.1
-        while True:
-            try:
-                return await self.register()
-            except asyncio.CancelledError:
-                # Given up mid-statement: the connection is busy with it, never reuse it.
-                self.db.broken()
-                raise
-            except NOT_MIGRATED as exc:
-                self.db.broken()
-                raise SchemaNotMigrated(
-                    f"schema {self.q.schema} is not migrated for this version of Skivi "
-                    f"({str(exc).strip()}); run `skivi migrate` first") from exc
-            except psycopg.Error as exc:
-                self.db.broken()
-                logger.warning("cannot register the engine (%s); retrying in %.1fs", exc,
-                               delay, extra={"action": "register_failed"})
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, max_delay)
+        or fails over waits for it (the caller cancels this to give up) instead of dying.
+        Any database error but an unmigrated schema is retried, 0.1 s at first, doubling up
+        to ``max_delay``, jittered (``skivi.db.retry``)."""
+        def failed(exc: BaseException, wait: float) -> None:
+            logger.warning("cannot register the engine (%s); retrying in %.1fs", exc, wait,
+                           extra={"action": "register_failed"})
+
+        return await retrying(self._register_once,
+                              backoff=RetryBackoff(0.1, max_delay, jitter=JITTER_AROUND),
+                              retry_if=lambda exc: isinstance(exc, psycopg.Error),
+                              on_retry=failed)
+
+    async def _register_once(self) -> int:
+        try:
+            return await self.register()
+        except NOT_MIGRATED as exc:
+            self.db.broken()
+            raise SchemaNotMigrated(
+                f"schema {self.q.schema} is not migrated for this version of Skivi "
+                f"({str(exc).strip()}); run `skivi migrate` first") from exc
+        except BaseException:
+            # A failed statement, or given up mid-statement (cancelled): the connection may
+            # be busy with it or broken, never reuse it as it is.
+            self.db.broken()
+            raise
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()

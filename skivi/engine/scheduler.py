@@ -60,7 +60,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import random
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -71,6 +70,7 @@ import psycopg
 
 from skivi.cron import CronEntry, due_between, ensure_unique, next_tick
 from skivi.db import pool as dbpool
+from skivi.db.retry import JITTER_BELOW, RetryBackoff
 from skivi.errors import ConfigError, PayloadError
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ class Scheduler:
         self.grace = dt.timedelta(seconds=grace)
         self.queries = instance.queries
         self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._failures = 0
+        self._retry = RetryBackoff(RETRY_DELAY_INITIAL, RETRY_DELAY_MAX, jitter=JITTER_BELOW)
 
     def check(self) -> None:
         """Refuse entries this system cannot enqueue: duplicate identifiers, or payloads the
@@ -183,7 +183,7 @@ class Scheduler:
                     continue
                 if self.stop.is_set():
                     break
-                self._failures = 0
+                self._retry.reset()
                 for e in self.entries:
                     cursors[e.identifier] = max(cursors[e.identifier], now)
                 wake = min(next_tick(e, cursors[e.identifier]) for e in self.entries)
@@ -211,7 +211,7 @@ class Scheduler:
                 if not await self._backoff():
                     return None
                 continue
-            self._failures = 0
+            self._retry.reset()
             known = {r[0]: r for r in rows}
             cursors: dict[str, dt.datetime] = {}
             created = 0
@@ -321,10 +321,9 @@ class Scheduler:
         await self._close()
 
     async def _backoff(self) -> bool:
-        """Wait before retrying (jittered, exponential, capped); False if stopped."""
-        delay = min(RETRY_DELAY_INITIAL * 2 ** self._failures, RETRY_DELAY_MAX)
-        self._failures += 1
-        return await self._pause(delay * random.uniform(0.5, 1.0))
+        """Wait before retrying (RETRY_DELAY_INITIAL doubling up to RETRY_DELAY_MAX, each
+        wait times uniform(0.5, 1.0)); False if stopped."""
+        return await self._pause(self._retry.next())
 
     async def _pause(self, seconds: float) -> bool:
         """The injected sleep, cut short by stop; False if stopped."""
