@@ -23,20 +23,30 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import skivi
 from skivi.db.embedded import embedded_running, start_embedded, stop_embedded
 from skivi.db.migrate import migrate
-from tests.helpers import SCHEMA, MakeDatabase, connect, url_for, wait_for
+from tests.support.db import (
+    DATABASE_PREFIX,
+    SCHEMA,
+    TEMPLATE_NAME,
+    MakeDatabase,
+    connect,
+    create_database,
+    drop_database,
+    drop_leftovers,
+    idle_within,
+    is_local,
+    redacted,
+    url_for,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 EMBEDDED_DIR = REPO / ".pgdata" / "test"
@@ -45,11 +55,6 @@ DSN_ENV_VARS = ("SKIVI_TEST_DSN", "SKIVI_DATABASE_URL", "DATABASE_URL")
 # Variables the test-suite itself reads; every other SKIVI_* is hidden from the tests.
 TEST_ENV_VARS = ("SKIVI_CHAOS_SOAK", "SKIVI_REQUIRE_PROMETHEUS", "SKIVI_TEST_DSN",
                  "SKIVI_UPDATE_SNAPSHOT")
-
-PID = os.getpid()
-TEMPLATE_NAME = f"skivi_tpl_{PID}"
-DATABASE_PREFIX = f"skivi_t_{PID}_"
-_OURS = re.compile(r"skivi_(?:tpl|t)_(\d+)(?:_\d+)?")
 
 _counter = itertools.count(1)
 _dsn_source: str | None = None
@@ -79,16 +84,9 @@ def pytest_configure(config: pytest.Config) -> None:
             del os.environ[name]
 
 
-def _redacted(dsn: str) -> str:
-    params = conninfo_to_dict(dsn)
-    if params.get("password"):
-        params["password"] = "***"
-    return make_conninfo("", **params)
-
-
 def pytest_report_header(config: pytest.Config) -> list[str]:
     if _dsn is not None:
-        lines = [f"database: {_redacted(_dsn)} (from {_dsn_source})"]
+        lines = [f"database: {redacted(_dsn)} (from {_dsn_source})"]
     else:
         rel = EMBEDDED_DIR.relative_to(REPO)
         lines = [(f"database: embedded PostgreSQL in {rel} (none of --test-dsn, "
@@ -96,39 +94,6 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if _hidden_env:
         lines.append(f"hidden from the tests: {', '.join(_hidden_env)}")
     return lines
-
-
-def drop_database(admin: psycopg.Connection[Any], name: str) -> None:
-    admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
-
-
-def _is_local(dsn: str) -> bool:
-    host = conninfo_to_dict(dsn).get("host") or ""
-    return all(h in ("", "localhost", "127.0.0.1", "::1") or h.startswith("/")
-               for h in str(host).split(","))
-
-
-def _drop_leftovers(admin: psycopg.Connection[Any], local: bool) -> None:
-    """Drop databases left by a session of this pid, or (local servers) of a dead one."""
-    names = [r[0] for r in admin.execute(
-        "select datname from pg_database where datname like 'skivi%'").fetchall()]
-    for name in names:
-        match = _OURS.fullmatch(name)
-        if match is None:
-            continue
-        pid = int(match.group(1))
-        if pid == PID or (local and not _pid_alive(pid)):
-            drop_database(admin, name)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @pytest.fixture(scope="session")
@@ -142,21 +107,8 @@ def server_dsn() -> Iterator[str]:
     yield url
     # Stop the server if this session started it and nobody else uses it (another session may
     # have joined). Backends of connections closed a moment ago may still be on their way out.
-    if not was_running and _idle_within(url, EMBEDDED_IDLE_WAIT):
+    if not was_running and idle_within(url, EMBEDDED_IDLE_WAIT):
         stop_embedded(EMBEDDED_DIR)
-
-
-def _idle_within(url: str, timeout: float) -> bool:
-    """Whether the server has no client but us within ``timeout`` seconds."""
-    with connect(url) as c:
-        try:
-            wait_for(lambda: c.execute(
-                "select count(*) = 0 from pg_stat_activity"
-                " where backend_type = 'client backend' and pid <> pg_backend_pid()"
-            ).fetchone() == (True,), timeout=timeout, what="other sessions to end")
-        except AssertionError:
-            return False
-    return True
 
 
 @pytest.fixture(scope="session")
@@ -165,7 +117,7 @@ def admin(server_dsn: str) -> Iterator[psycopg.Connection[Any]]:
     try:
         conn = connect(server_dsn)
     except psycopg.OperationalError as exc:
-        pytest.fail(f"cannot connect to the test database server {_redacted(server_dsn)}: {exc}",
+        pytest.fail(f"cannot connect to the test database server {redacted(server_dsn)}: {exc}",
                     pytrace=False)
     with conn:
         yield conn
@@ -174,8 +126,8 @@ def admin(server_dsn: str) -> Iterator[psycopg.Connection[Any]]:
 @pytest.fixture(scope="session")
 def template_database(server_dsn: str, admin: psycopg.Connection[Any]) -> Iterator[str]:
     """Name of a database migrated to the current schema, to clone for each test."""
-    _drop_leftovers(admin, _is_local(server_dsn))
-    admin.execute(sql.SQL("create database {}").format(sql.Identifier(TEMPLATE_NAME)))
+    drop_leftovers(admin, is_local(server_dsn))
+    create_database(admin, TEMPLATE_NAME)
     try:
         with connect(url_for(server_dsn, TEMPLATE_NAME)) as conn:
             migrate(conn, SCHEMA)
@@ -197,8 +149,7 @@ def make_database(server_dsn: str, admin: psycopg.Connection[Any],
 
     def make(template: str | None = template_database) -> str:
         name = f"{DATABASE_PREFIX}{next(_counter)}"
-        admin.execute(sql.SQL("create database {} template {}").format(
-            sql.Identifier(name), sql.Identifier(template or "template0")))
+        create_database(admin, name, template or "template0")
         made.append(name)
         return url_for(server_dsn, name)
 

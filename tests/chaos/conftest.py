@@ -13,14 +13,13 @@ hides the other SKIVI_* variables from the tests).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
-from tests.engine.conftest import PrivateServer, private_postgres
+from tests.support.servers import PrivateServer, private_postgres
+from tests.support.soak import SOAK_ENV, soak_env, soak_mode
 
-SOAK_ENV = "SKIVI_CHAOS_SOAK"
 SOAK_TIMEOUT = 3600
 
 LEDGER_SCHEMA = """
@@ -98,21 +97,8 @@ create trigger chaos_engine after insert on skivi.engine
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
-        "--chaos-soak", action="store_true", default=_soak_env(),
+        "--chaos-soak", action="store_true", default=soak_env(),
         help=f"run the chaos test in soak mode: 10x the jobs and the duration (or {SOAK_ENV}=1)")
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _soak_env() -> bool:
-    # tests/conftest.py keeps this variable (TEST_ENV_VARS) when it hides the SKIVI_* ones.
-    return _truthy(os.environ.get(SOAK_ENV))
-
-
-def soak_mode(config: pytest.Config) -> bool:
-    return bool(config.getoption("--chaos-soak", default=False)) or _soak_env()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -48,9 +48,9 @@ import pytest
 
 import skivi
 from skivi.engine.process import children_of
-from tests.chaos.conftest import soak_mode
-from tests.engine.conftest import PrivateServer
-from tests.helpers import wait_for
+from tests.support.servers import PrivateServer
+from tests.support.soak import soak_mode
+from tests.support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
@@ -667,6 +667,7 @@ def fleet_of(url: str, log_dir: Path, settings: Settings) -> Iterator[Fleet]:
         fleet.kill_all()
 
 
+@pytest.mark.slow
 def test_every_job_reaches_one_final_state_and_repeats_are_explained_when_faults_are_injected(
         chaos_server: PrivateServer, tmp_path: Path, request: pytest.FixtureRequest,
         capsys: pytest.CaptureFixture[str]) -> None:

@@ -27,7 +27,7 @@ import skivi
 from skivi.cli import main
 from skivi.db.migrate import known_migrations
 from skivi.db.queries import for_schema
-from tests.helpers import SCHEMA, MakeDatabase, connect, login_role
+from tests.support.db import SCHEMA, MakeDatabase, connect, login_role
 
 REPO = Path(__file__).resolve().parents[2]
 UTC = dt.UTC

@@ -28,7 +28,8 @@ import skivi
 from skivi.cron import CronEntry, parse_crontabs
 from skivi.db.queries import channel_name
 from skivi.engine.scheduler import run_scheduler, scheduler_main
-from tests.helpers import connect, url_for, wait_for
+from tests.support.db import connect, url_for
+from tests.support.wait import wait_for
 
 UTC = dt.UTC
 T0 = dt.datetime(2024, 1, 1, tzinfo=UTC)

@@ -18,7 +18,7 @@ from psycopg.conninfo import make_conninfo
 import skivi
 from skivi.db import pool as dbpool
 from skivi.db.queries import channel_name
-from tests.helpers import connect
+from tests.support.db import connect
 
 UTC = dt.UTC
 

@@ -10,7 +10,7 @@ from psycopg import pq
 
 import skivi
 from skivi.db.migrate import pending_migrations
-from tests.helpers import SCHEMA, connect
+from tests.support.db import SCHEMA, connect
 
 
 def test_database_is_a_fresh_migrated_clone(database: str) -> None:

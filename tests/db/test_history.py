@@ -17,7 +17,7 @@ import pytest
 from skivi.db.queries import for_schema
 from skivi.engine.connection import Reconnecting
 from skivi.engine.maintenance import HistoryPruner
-from tests.helpers import SCHEMA, connect
+from tests.support.db import SCHEMA, connect
 
 DAY = 86400.0
 T = TypeVar("T")

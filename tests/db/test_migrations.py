@@ -20,7 +20,7 @@ from psycopg import sql
 import skivi
 from skivi.db import pool as dbpool
 from skivi.db.migrate import known_migrations, migrate, pending_migrations
-from tests.helpers import SCHEMA, MakeDatabase, connect
+from tests.support.db import SCHEMA, MakeDatabase, connect
 
 SNAPSHOT = Path(__file__).with_name("schema_snapshot.sql")
 UPDATE_SNAPSHOT_ENV = "SKIVI_UPDATE_SNAPSHOT"

@@ -30,7 +30,8 @@ from hypothesis.stateful import (
 )
 
 from skivi.db.queries import Queries, for_schema
-from tests.helpers import connect, wait_for
+from tests.support.db import connect
+from tests.support.wait import wait_for
 
 SCHEMA = "skivi"
 SLOTS = 3

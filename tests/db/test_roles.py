@@ -29,8 +29,8 @@ from psycopg.types.json import Jsonb
 import skivi
 from skivi.db.migrate import migrate
 from skivi.db.queries import Queries, channel_name, for_schema
-from tests.deploy.test_deploy import keda_query
-from tests.helpers import SCHEMA, MakeDatabase, connect
+from tests.support.db import SCHEMA, MakeDatabase, connect
+from tests.support.deploy import keda_query
 
 REPO = Path(__file__).resolve().parents[2]
 ROLES_SQL = REPO / "skivi" / "sql" / "roles.sql"

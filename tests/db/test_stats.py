@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from skivi.db.queries import for_schema
-from tests.helpers import SCHEMA, connect
+from tests.support.db import SCHEMA, connect
 
 
 def test_job_stats_reports_an_infinite_age_when_a_runnable_job_has_run_at_minus_infinity(

@@ -23,7 +23,6 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-import yaml
 
 import skivi
 from skivi import cli
@@ -32,15 +31,14 @@ from skivi.db.migrate import known_migrations
 from skivi.engine import EXIT_CONFIG
 from skivi.engine.__main__ import build_parser
 from skivi.metrics import EngineMetrics, start_exporter, stop_exporter
-from tests.helpers import MakeDatabase, connect
+from tests.support.db import MakeDatabase, connect
+from tests.support.deploy import DEPLOY, K8S, documents, k8s_object, k8s_objects, keda_query
 
 REPO = Path(__file__).resolve().parents[2]
-DEPLOY = REPO / "deploy"
 DOCKERFILE = DEPLOY / "Dockerfile"
 DOCKERIGNORE = DEPLOY / "Dockerfile.dockerignore"
 COMPOSE = DEPLOY / "docker-compose.yml"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
-K8S = DEPLOY / "k8s"
 UNIT = DEPLOY / "systemd" / "skivi-engine.service"
 UNIT_ENV = DEPLOY / "systemd" / "engine.env.example"
 ALERT_RULES = REPO / "grafana" / "alerts" / "skivi-rules.yml"
@@ -65,21 +63,6 @@ REQUIRE_PROMETHEUS = os.environ.get("SKIVI_REQUIRE_PROMETHEUS") == "1"
 
 def yaml_files() -> list[Path]:
     return sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yml", ".yaml"))
-
-
-def documents(path: Path) -> list[Any]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-
-
-def k8s_objects() -> list[tuple[Path, dict[str, Any]]]:
-    return [(p, d) for p in sorted(K8S.glob("*.yaml")) for d in documents(p)]
-
-
-def k8s_object(kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [d for _, d in k8s_objects()
-             if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
-    assert len(found) == 1, f"expected one {kind} {name or ''} in deploy/k8s, got {len(found)}"
-    return found[0]
 
 
 @dataclass
@@ -718,12 +701,6 @@ def test_keda_objects_are_well_formed_when_read() -> None:
     assert set(behavior) <= {"scaleUp", "scaleDown"}
 
 
-def keda_query() -> str:
-    trigger = k8s_object("ScaledObject")["spec"]["triggers"][0]
-    query: str = trigger["metadata"]["query"]
-    return query
-
-
 def test_keda_target_is_one_pods_job_slots_when_compared() -> None:
     argv = engine_argvs()["deployment.yaml engine"]
     processes, concurrency = flag_value(argv, "--processes"), flag_value(argv, "--concurrency")
@@ -790,6 +767,7 @@ def run_admin(argv: list[str], url: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120, check=False)
 
 
+@pytest.mark.slow
 def test_schema_check_holds_engines_until_the_migrate_job_has_run_when_run(
         make_database: MakeDatabase) -> None:
     argvs = admin_argvs()

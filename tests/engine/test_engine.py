@@ -11,15 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from skivi.engine.process import children_of
-from tests.engine.conftest import (
-    EngineProcs,
-    engine_id,
-    enqueue,
-    fetch,
-    live_jobs,
-    log_of,
-)
-from tests.helpers import wait_for
+from tests.support.engines import EngineProcs, engine_id, enqueue, log_of
+from tests.support.rows import fetch, live_jobs
+from tests.support.wait import wait_for
 
 
 def test_three_engines_handle_every_job_exactly_once_when_sharing_a_database(

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import skivi
 from skivi import monitoring
-from tests.engine.conftest import REPO, TASKS_DIR
-from tests.helpers import connect, wait_for
+from tests.support.db import connect
+from tests.support.engines import REPO, TASKS_DIR
+from tests.support.wait import wait_for
 
 SCRIPT = textwrap.dedent("""
     import json, sys

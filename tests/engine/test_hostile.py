@@ -31,9 +31,10 @@ from psycopg import sql
 import skivi
 from skivi.registry import task
 from skivi.retry import Backoff
-from tests.conftest import DATABASE_PREFIX, drop_database
-from tests.engine.conftest import REPO, EngineProcs, Ledger, enqueue, fetch, log_of
-from tests.helpers import url_for, wait_for
+from tests.support.db import DATABASE_PREFIX, drop_database, url_for
+from tests.support.engines import REPO, EngineProcs, Ledger, enqueue, log_of
+from tests.support.rows import fetch
+from tests.support.wait import wait_for
 
 FAST = Backoff(factor=0.01)
 MARKER = "PAYLOAD-MARKER-5e1f0c"

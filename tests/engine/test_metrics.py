@@ -36,9 +36,9 @@ from skivi.engine import handoff
 from skivi.engine.observer import EngineObserver
 from skivi.events import Emitter
 from skivi.metrics import OTHER, EngineMetrics, start_exporter, stop_exporter
-from tests.engine.conftest import REPO, EngineProcs, log_of
-from tests.helpers import wait_for
-from tests.unit.test_contracts import ALERT_RULES, dashboard_expressions, rule_expressions
+from tests.support.engines import REPO, EngineProcs, log_of
+from tests.support.grafana import ALERT_RULES, dashboard_expressions, rule_expressions
+from tests.support.wait import wait_for
 
 PROMETHEUS = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
@@ -180,7 +180,7 @@ async def _harness(url: str, out: Path) -> None:
     from skivi.db.queries import for_schema
     from skivi.engine.connection import Reconnecting
     from skivi.engine.observer import QueueStatsPoller
-    from tests.helpers import connect
+    from tests.support.db import connect
 
     emitter = Emitter()
     m = EngineMetrics(skivi.__version__, emitter, tasks=["resize", "send_email"])
@@ -443,6 +443,7 @@ def as_bool(expr: str) -> str:
     return re.sub(r"(==|!=|>=|<=|>|<)\s*(?=[-0-9.])", r"\1 bool ", expr)
 
 
+@pytest.mark.slow
 def test_every_dashboard_and_alert_expression_returns_data_when_prometheus_scrapes(
         harness: Harness, prometheus_factory: Any) -> None:
     prom: Prometheus = prometheus_factory([f"127.0.0.1:{harness.port}"])
@@ -496,6 +497,7 @@ def test_alert_rules_pass_promtool_when_checked() -> None:
 
 # -- the real engine (once the supervisor calls the observer) ------------------------------
 
+@pytest.mark.slow
 def test_engine_exports_the_jobs_it_processed_when_run_with_a_metrics_port(
         engines: EngineProcs, database: str, prometheus_factory: Any) -> None:
     n = 200
@@ -548,7 +550,7 @@ def test_series_stay_bounded_when_producers_send_thousands_of_task_and_queue_nam
     Jobs of tasks the engine has no handler for are counted under ``other`` (they are
     exhausted as no_handler), and queues past ``metrics.max_queue_labels`` too, both in the
     job counters and in the depth gauges, and the ``other`` series carry their jobs."""
-    from tests.engine.conftest import enqueue
+    from tests.support.engines import enqueue
 
     later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
     enqueue(database, [
@@ -615,7 +617,7 @@ def test_series_stay_bounded_when_producers_send_thousands_of_task_and_queue_nam
 
 def test_application_handlers_get_the_engines_events_when_the_system_started_it(
         database: str) -> None:
-    from tests.engine.conftest import TASKS_DIR
+    from tests.support.engines import TASKS_DIR
 
     system = skivi.create_system({"database": {"connection_string": database},
                                   "worker": {"task_directory": str(TASKS_DIR),
@@ -699,8 +701,8 @@ def test_engine_probes_say_ready_then_stopping_while_it_drains(
         engines: EngineProcs, database: str) -> None:
     import signal
 
-    from tests.engine.conftest import enqueue
-    from tests.helpers import connect
+    from tests.support.db import connect
+    from tests.support.engines import enqueue
 
     port = _free_port()
     base = f"http://127.0.0.1:{port}"

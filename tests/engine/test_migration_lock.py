@@ -13,8 +13,9 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from skivi.db.queries import for_schema
-from tests.engine.conftest import EngineProcs, Ledger, log_of
-from tests.helpers import SCHEMA, MakeDatabase, connect, login_role, wait_for
+from tests.support.db import SCHEMA, MakeDatabase, connect, login_role
+from tests.support.engines import EngineProcs, Ledger, log_of
+from tests.support.wait import wait_for
 
 LOCK_TIMEOUT = 7.0
 """Longer than skivi.db.migrate.IDLE_HOLDER_SECONDS (5 s), so the idle holder is called out."""

@@ -20,17 +20,10 @@ import pytest
 
 import skivi
 from skivi.errors import SchemaNotMigrated
-from tests.engine.conftest import (
-    REPO,
-    TASKS_DIR,
-    EngineProcs,
-    Ledger,
-    enqueue,
-    fetch,
-    live_jobs,
-    log_of,
-)
-from tests.helpers import connect, wait_for
+from tests.support.db import connect
+from tests.support.engines import REPO, TASKS_DIR, EngineProcs, Ledger, enqueue, log_of
+from tests.support.rows import fetch, live_jobs
+from tests.support.wait import wait_for
 
 
 def start_engine(procs: EngineProcs, *args: str, **kwargs: Any) -> subprocess.Popen[bytes]:

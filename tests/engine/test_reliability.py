@@ -15,17 +15,11 @@ import pytest
 
 from skivi.db.queries import Queries, for_schema
 from skivi.engine.process import children_of
-from tests.engine.conftest import (
-    EngineProcs,
-    PrivateServer,
-    engine_id,
-    enqueue,
-    fetch,
-    live_jobs,
-    log_of,
-    runs_a_job_then_stops,
-)
-from tests.helpers import connect, wait_for
+from tests.support.db import connect
+from tests.support.engines import EngineProcs, engine_id, enqueue, log_of, runs_a_job_then_stops
+from tests.support.rows import fetch, live_jobs
+from tests.support.servers import PrivateServer
+from tests.support.wait import wait_for
 
 SCHEMA = "skivi"
 

@@ -23,7 +23,7 @@ from skivi.events import (
     EventKind,
     EventReceiver,
 )
-from tests.helpers import wait_for
+from tests.support.wait import wait_for
 
 COMPLETED = EventKind.JOB_COMPLETED
 FAILED = EventKind.JOB_FAILED

@@ -1,4 +1,4 @@
-"""``tests.helpers.wait_for``: returns the first truthy value, fails naming what it awaited."""
+"""``tests.support.wait.wait_for``: returns the first truthy value, fails naming what it awaited."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from tests.helpers import wait_for
+from tests.support.wait import wait_for
 
 
 def test_wait_for_returns_the_first_truthy_value() -> None:

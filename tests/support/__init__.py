@@ -1,0 +1,13 @@
+"""What the tests share, apart from fixtures (pytest finds those only in conftest.py files,
+which import their machinery from here). Test modules import from this package, never from
+one another.
+
+- ``wait``: ``wait_for``, the deadline-polling helper (no fixed sleeps, STYLE.md §8.5);
+- ``db``: connections, roles and the databases the fixtures make and drop;
+- ``rows``: one-shot readers of rows from a database URL;
+- ``engines``: the engine-subprocess harness (``EngineProcs``, ``Ledger``, ``enqueue``...);
+- ``servers``: a PostgreSQL server of a test's own, to restart or stop;
+- ``deploy``: readers of the deployment files in deploy/;
+- ``grafana``: readers of the dashboard and the alert rules in grafana/;
+- ``soak``: the chaos test's soak switch.
+"""

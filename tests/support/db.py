@@ -1,0 +1,124 @@
+"""Databases for the tests: connections opened the way Skivi opens them, a login-only role,
+and the naming, creating and dropping of the databases the fixtures of tests/conftest.py make
+(a template ``skivi_tpl_<pid>`` migrated once per session, clones ``skivi_t_<pid>_<n>``)."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from skivi.db import pool as dbpool
+from tests.support.wait import wait_for
+
+__all__ = ["APPLICATION_NAME", "DATABASE_PREFIX", "SCHEMA", "TEMPLATE_NAME", "MakeDatabase",
+           "connect", "create_database", "drop_database", "drop_leftovers", "idle_within",
+           "is_local", "login_role", "redacted", "url_for"]
+
+SCHEMA = "skivi"
+APPLICATION_NAME = "skivi-test"
+
+PID = os.getpid()
+TEMPLATE_NAME = f"skivi_tpl_{PID}"
+DATABASE_PREFIX = f"skivi_t_{PID}_"
+_OURS = re.compile(r"skivi_(?:tpl|t)_(\d+)(?:_\d+)?")
+
+MakeDatabase = Callable[..., str]
+"""The ``make_database`` fixture: ``make_database(template=...) -> url``."""
+
+
+def url_for(base: str, dbname: str) -> str:
+    """``base`` pointed at database ``dbname`` (conninfo-aware: works for socket URIs too)."""
+    return make_conninfo(base, dbname=dbname)
+
+
+def connect(url: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+    """A connection the way Skivi opens them (``skivi.db.pool.connect``), named for tests."""
+    return dbpool.connect(url, autocommit=autocommit, application_name=APPLICATION_NAME)
+
+
+def redacted(dsn: str) -> str:
+    """``dsn`` with its password, if any, replaced by ``***``."""
+    params = conninfo_to_dict(dsn)
+    if params.get("password"):
+        params["password"] = "***"
+    return make_conninfo("", **params)
+
+_roles = itertools.count(1)
+
+
+@contextlib.contextmanager
+def login_role(admin: psycopg.Connection[Any]) -> Iterator[str]:
+    """A role that may log in and nothing else (no CREATE on any database), named after this
+    session's pid; dropped at the end (its databases must be dropped or unused by then)."""
+    name = f"skivi_nocreate_{os.getpid()}_{next(_roles)}"
+    admin.execute(sql.SQL("create role {} login").format(sql.Identifier(name)))
+    try:
+        yield name
+    finally:
+        admin.execute(sql.SQL("drop owned by {}").format(sql.Identifier(name)))
+        admin.execute(sql.SQL("drop role {}").format(sql.Identifier(name)))
+
+
+def create_database(admin: psycopg.Connection[Any], name: str,
+                    template: str | None = None) -> None:
+    """``CREATE DATABASE name`` (``TEMPLATE template`` when one is given)."""
+    if template is None:
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    else:
+        admin.execute(sql.SQL("create database {} template {}").format(
+            sql.Identifier(name), sql.Identifier(template)))
+
+
+def drop_database(admin: psycopg.Connection[Any], name: str) -> None:
+    admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+
+
+def is_local(dsn: str) -> bool:
+    """Whether every host of ``dsn`` is this machine (so a session's pid can be checked)."""
+    host = conninfo_to_dict(dsn).get("host") or ""
+    return all(h in ("", "localhost", "127.0.0.1", "::1") or h.startswith("/")
+               for h in str(host).split(","))
+
+
+def drop_leftovers(admin: psycopg.Connection[Any], local: bool) -> None:
+    """Drop databases left by a session of this pid, or (local servers) of a dead one."""
+    names = [r[0] for r in admin.execute(
+        "select datname from pg_database where datname like 'skivi%'").fetchall()]
+    for name in names:
+        match = _OURS.fullmatch(name)
+        if match is None:
+            continue
+        pid = int(match.group(1))
+        if pid == PID or (local and not _pid_alive(pid)):
+            drop_database(admin, name)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def idle_within(url: str, timeout: float) -> bool:
+    """Whether the server has no client but us within ``timeout`` seconds."""
+    with connect(url) as c:
+        try:
+            wait_for(lambda: c.execute(
+                "select count(*) = 0 from pg_stat_activity"
+                " where backend_type = 'client backend' and pid <> pg_backend_pid()"
+            ).fetchone() == (True,), timeout=timeout, what="other sessions to end")
+        except AssertionError:
+            return False
+    return True
