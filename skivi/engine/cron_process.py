@@ -6,7 +6,7 @@ State machine:
                (exit CRON_EXIT_CONFIG: restarting would refuse it again)
     running    forked; its cron/fired events come back over a pipe as EVENT frames and go
                to ``on_fired`` (the observer)
-    died       it exited on its own: restarted after a backoff (0.5 s doubling, at most
+    died       it exited on its own: restarted after a backoff (1 s doubling, at most
                30 s), which is safe because the database's fire-once guard decides what
                fires (cron_fire.sql), not the process
     stopping   ``stop()``: SIGTERM, up to STOP_TIMEOUT for it to finish its tick, then
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from skivi.db.retry import RetryBackoff
 from skivi.engine import handoff, process
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ logger = logging.getLogger(__name__)
 CRON_EXIT_CONFIG = 2  # the cron process refused its entries: do not restart it
 READ_SIZE = 1 << 16
 STOP_TIMEOUT = 5.0
-RESTART_DELAY_MIN, RESTART_DELAY_MAX = 0.5, 30.0
+RESTART_DELAY_FIRST, RESTART_DELAY_MAX = 1.0, 30.0
 
 
 @dataclass(eq=False, slots=True)
@@ -60,6 +61,8 @@ class CronProcess:
         self.on_fired = on_fired
         self.events = 0  # cron/fired events received
         self.restarts = 0
+        # Never reset: a process that keeps dying is restarted ever less often.
+        self._restart_backoff = RetryBackoff(RESTART_DELAY_FIRST, RESTART_DELAY_MAX)
         self._handle: _Handle | None = None
         self._stopping = False
 
@@ -155,7 +158,7 @@ class CronProcess:
                          extra={"action": "cron_disabled"})
             return
         self.restarts += 1
-        delay = min(RESTART_DELAY_MIN * 2 ** min(self.restarts, 6), RESTART_DELAY_MAX)
+        delay = self._restart_backoff.next()
         logger.error("the cron process died (exit %s); restarting it in %.1fs", code, delay,
                      extra={"action": "restart_cron"})
         loop.call_later(delay, self._restart)
