@@ -6,6 +6,7 @@ import pytest
 
 import skivi
 import skivi.engine.child
+import skivi.errors
 import skivi.registry
 import skivi.retry
 
@@ -30,6 +31,9 @@ def test_public_names_are_the_objects_the_engine_uses_when_reexported() -> None:
     assert skivi.JobContext is skivi.engine.child.JobContext
     assert skivi.task is skivi.registry.task
     assert skivi.Backoff is skivi.retry.Backoff
+    # What start(migrate=False) raises on a schema that is not migrated: catchable by name.
+    assert skivi.SchemaNotMigrated is skivi.errors.SchemaNotMigrated
+    assert issubclass(skivi.SchemaNotMigrated, skivi.SkiviError)
 
 
 def test_task_options_reach_the_registry_when_given_through_the_public_names() -> None:
