@@ -354,9 +354,9 @@ class WorkerConfig:
     can never fill a single child. Default: 500."""
 
     batch_max_bytes: int = _setting(BATCH_MAX_BYTES_DEFAULT, _at_least(1))
-    """Most payload bytes one claim query takes (it always takes at least one job), so the
-    engine's memory stays bounded whatever payloads producers send. Default: 16777216
-    (16 MiB)."""
+    """Most payload bytes (job messages) the engine holds claimed and not yet started: a
+    claim takes at most what is left of it (and always at least one job), so the engine's
+    memory stays bounded whatever payloads producers send. Default: 16777216 (16 MiB)."""
 
     completion_batch_size: int = _setting(COMPLETION_BATCH_SIZE_DEFAULT, _at_least(1))
     """Most results one completion statement writes. Default: 1000."""

@@ -291,7 +291,9 @@ class ChildPool:
             for j, slot in zip(jobs, slots, strict=True):
                 in_flight[slot] = j
                 started[slot] = handoff.SLOT_HANDED
-            self._send(child, handoff.encode_jobs(slots, [j[CLAIMED_MESSAGE] for j in jobs]))
+            messages = [j[CLAIMED_MESSAGE] for j in jobs]
+            self.fetcher.taken(sum(map(len, messages)))
+            self._send(child, handoff.encode_jobs(slots, messages))
             if not buffer:
                 break
         return handed
@@ -358,6 +360,7 @@ class ChildPool:
                 best.sync_long += n
             handed += n
         for child, (slots, messages) in frames.items():
+            self.fetcher.taken(sum(map(len, messages)))
             self._send(child, handoff.encode_jobs(slots, messages))
         return handed
 

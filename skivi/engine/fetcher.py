@@ -20,9 +20,10 @@ State machine (Graphile Worker's localQueue, with its crash window closed by the
     stopped    no more claims. ``take_all()`` hands the unstarted jobs in hand back to the
                caller, who releases them (attempt not consumed).
 
-Invariant: jobs in hand (buffered here + in flight in children) never exceed the
-children's total capacity + one claim batch, so parent memory stays flat whatever the
-backlog.
+Invariants: jobs in hand (buffered here + in flight in children) never exceed the
+children's total capacity + one claim batch, and the buffers hold at most
+worker.batch_max_bytes of messages (plus one job, as a claim always takes one), so parent
+memory stays flat whatever the backlog and whatever payloads producers send.
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ class Fetcher:
         self.engine_id = engine_id
         self.batch_size = batch_size
         self.batch_max_bytes = batch_max_bytes
+        # Payload bytes (message lengths) waiting in the buffers; the child pool takes off
+        # what it hands over (``taken``).
+        self.buffered_bytes = 0
         self.cut = False  # the last claim left runnable jobs for the byte limit
         self.poll_interval = poll_interval
         self.capacity = capacity
@@ -120,6 +124,8 @@ class Fetcher:
         """How many jobs to claim now; 0 means wait. Claims are batched: below half a batch
         of room it waits for more, unless the buffer is empty and children have free slots,
         so a busy engine makes few large claims and an idle one still reacts at once."""
+        if self.buffered_bytes >= self.batch_max_bytes:
+            return 0  # the buffer holds a claim's worth of payload already
         buffered = self.buffered()
         room = min(self.batch_size,
                    self.capacity() + self.batch_size - self.in_flight() - buffered)
@@ -165,10 +171,15 @@ class Fetcher:
             await cancel_and_wait([claim_loop])
         self._tasks.clear()
 
+    def taken(self, nbytes: int) -> None:
+        """The child pool took jobs of ``nbytes`` message bytes out of the buffers."""
+        self.buffered_bytes -= nbytes
+
     def take_all(self) -> list[ClaimedJob]:
         jobs = [*self.async_buffer, *self.sync_buffer]
         self.async_buffer.clear()
         self.sync_buffer.clear()
+        self.buffered_bytes = 0
         return jobs
 
     async def _run(self) -> None:
@@ -214,7 +225,10 @@ class Fetcher:
         serial = limit if self.startable is None else min(limit, self.startable())
         self.serial_limit_used = serial
         params = {"engine": self.engine_id(), "limit": limit, "serial_limit": serial,
-                  "max_bytes": self.batch_max_bytes, **self.filters}
+                  # What the buffers hold counts against the byte limit too, so the parent
+                  # never holds much more than worker.batch_max_bytes of unstarted payload.
+                  "max_bytes": max(1, self.batch_max_bytes - self.buffered_bytes),
+                  **self.filters}
         cur = await conn.execute(self.q.job_claim, params, prepare=True)
         rows = await cur.fetchall()
         self.cut = bool(rows) and bool(rows[0][_CLAIM_CUT])
@@ -226,6 +240,7 @@ class Fetcher:
             i, lease, message, task = _CLAIM_ID, _CLAIM_LEASE, _CLAIM_MESSAGE, _CLAIM_TASK
             jobs: list[ClaimedJob] = [(r[i], r[lease], r[message].encode(), r[task])
                                       for r in rows]
+            self.buffered_bytes += sum(len(j[CLAIMED_MESSAGE]) for j in jobs)
             sync_tasks = self.sync_tasks
             if not sync_tasks:
                 self.async_buffer.extend(jobs)

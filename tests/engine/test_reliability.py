@@ -220,6 +220,37 @@ def test_results_are_retried_and_land_when_the_completion_connection_is_killed_r
     assert engine.poll() is None, log_of(engine)
 
 
+def test_the_parent_holds_about_batch_max_bytes_of_unstarted_payload_whatever_the_backlog(
+        engines: EngineProcs, database: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    pad, limit, n = 100_000, 300_000, 40
+    ids = enqueue(database, [{"task": "sleep", "payload": {"s": 0.3, "pad": "x" * pad}}
+                             for _ in range(n)])
+    config = write_config(tmp_path / "skivi.toml", batch_max_bytes=limit)
+    engines.start("--config", config, processes=1, concurrency=1)
+    # One child of two slots (the tasks are sync and async), one slow sync job at a time:
+    # the rest of what is claimed waits in the parent, at most the byte limit of it plus the
+    # job that crosses it (a claim always takes one), i.e. 4 of these jobs.
+    capacity, most_buffered = 2, limit // pad + 1
+    most = 0
+
+    def claimed() -> int:
+        return int(fetch(database, "select count(*) from skivi.job "
+                                   "where locked_by is not null")[0][0])
+
+    def watch() -> bool:
+        nonlocal most
+        most = max(most, claimed())
+        assert most <= capacity + most_buffered, \
+            f"{most} jobs of {pad:,} bytes claimed with worker.batch_max_bytes = {limit:,}"
+        return len(engines.ledger.starts()) >= 6
+
+    wait_for(watch, timeout=30, what="six jobs to start")
+    report(capsys, f"claimed at most {most} jobs of {pad:,} payload bytes with "
+                   f"batch_max_bytes {limit:,} ({n} waiting)")
+    assert most >= 2 and live_jobs(database) > 0 and set(ids)
+
+
 def test_claiming_pauses_when_the_result_buffer_is_full(
         engines: EngineProcs, database: str, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
