@@ -95,7 +95,6 @@ class Engine:
         self.processes = self.pool.processes
         self.concurrency = self.pool.concurrency
         self.cron = CronProcess(instance, self.observer.cron_fired)
-        self.stopping = False
         self.fast = False
         self.exit_code = 0
         self._done = asyncio.Event()
@@ -153,6 +152,11 @@ class Engine:
     @property
     def children(self) -> list[ChildHandle]:
         return self.pool.children
+
+    @property
+    def stopping(self) -> bool:
+        """A stop was requested: one flag, the pool's (it stops respawning on it)."""
+        return self.pool.stopping
 
     # -- lifecycle -------------------------------------------------------------------
     async def run(self) -> int:
@@ -264,7 +268,7 @@ class Engine:
                                extra={"action": "stop_fast"})
                 self._cut_short.set()
             return
-        self.stopping = self.pool.stopping = True
+        self.pool.stopping = True
         self.fast = fast
         if fast:
             self._cut_short.set()
@@ -285,7 +289,7 @@ class Engine:
                 self.request_stop()
 
     async def shutdown(self) -> None:
-        self.stopping = self.pool.stopping = True
+        self.pool.stopping = True
         steps: list[tuple[str, Callable[[], Any]]] = [
             ("stop cron", self.cron.stop),
             ("stop claiming", self._stop_claiming),
