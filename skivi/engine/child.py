@@ -45,8 +45,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from skivi.engine import handoff
-from skivi.engine.handoff import (
+from skivi.engine import wire
+from skivi.engine.wire import (
     JOB_ATTEMPTS,
     JOB_CREATED_AT,
     JOB_FLAGS,
@@ -239,14 +239,14 @@ def _released(m: Sequence[Any]) -> list[Any]:
 class _Runner:
     """Runs jobs and reports results to the parent.
 
-    A success is batched (its slot's state byte says DONE at once, see ``handoff``); a
+    A success is batched (its slot's state byte says DONE at once, see ``wire``); a
     failure is written to the pipe before anything else runs. Either way a result the
     handler produced survives whatever the child does next."""
 
     def __init__(self, registry: TaskRegistry, client: Client, result_fd: int,
                  sync_threads: int, started: mmap.mmap,
                  default_timeout: float | None = None) -> None:
-        self.started = started  # slot states shared with the parent (see handoff)
+        self.started = started  # slot states shared with the parent (see wire)
         self.default_timeout = default_timeout
         self.registry = registry
         self.client = client  # this child's own: ctx.add_job's pools
@@ -286,7 +286,7 @@ class _Runner:
         self.flush_scheduled = False
         if self.results:
             batch, self.results = self.results, []
-            self._write(handoff.encode_results(batch))
+            self._write(wire.encode_results(batch))
         if self.stopping and self.running == 0 and not self.sync_queue:
             self.done.set()
 
@@ -303,7 +303,7 @@ class _Runner:
     def _done(self, row: list[Any]) -> list[Any]:
         """Mark a success in its slot's state byte (before anything else can run)."""
         if row[RESULT_CODE] == RESULT_COMPLETED:
-            self.started[row[RESULT_SLOT]] = handoff.SLOT_DONE
+            self.started[row[RESULT_SLOT]] = wire.SLOT_DONE
         return row
 
     def _still_ours(self) -> None:
@@ -370,7 +370,7 @@ class _Runner:
         if row is not None and row[RESULT_CODE] != RESULT_COMPLETED:
             # Written from this thread: a sibling thread's job could end the process
             # before the loop got to it.
-            self._write(handoff.encode_results([row]))
+            self._write(wire.encode_results([row]))
             return None
         return row
 
@@ -387,13 +387,13 @@ class _Runner:
 
     def _announce(self, m: list[Any]) -> None:
         """Tell the parent's watchdog that a job with a timeout starts now."""
-        self._write(handoff.encode_started(m[JOB_ID], m[JOB_LEASE], m[JOB_SLOT]))
+        self._write(wire.encode_started(m[JOB_ID], m[JOB_LEASE], m[JOB_SLOT]))
 
     def _call_sync(self, task: Task, m: list[Any], in_thread: bool = False,
                    ) -> list[Any] | None:
         """Run a sync handler; its result row, or None when it returned an awaitable (then
         awaited on the loop, and reported from there)."""
-        self.started[m[JOB_SLOT]] = handoff.SLOT_STARTED
+        self.started[m[JOB_SLOT]] = wire.SLOT_STARTED
         timeout = self._timeout(task)
         if timeout is not None:
             self._announce(m)
@@ -423,7 +423,7 @@ class _Runner:
         self._report(row)
 
     async def _run_async(self, task: Task, m: list[Any]) -> None:
-        self.started[m[JOB_SLOT]] = handoff.SLOT_STARTED
+        self.started[m[JOB_SLOT]] = wire.SLOT_STARTED
         timeout = self._timeout(task)
         if timeout is not None:
             self._announce(m)
@@ -504,14 +504,14 @@ class _Runner:
 class _JobPipe(asyncio.Protocol):
     def __init__(self, runner: _Runner) -> None:
         self.runner = runner
-        self.reader = handoff.FrameReader()
+        self.reader = wire.FrameReader()
 
     def data_received(self, data: bytes) -> None:
         for kind, body in self.reader.feed(data):
-            if kind == handoff.JOBS:
+            if kind == wire.JOBS:
                 slots, messages = orjson.loads(body)
                 self.runner.accept(slots, messages)
-            elif kind == handoff.STOP:
+            elif kind == wire.STOP:
                 self.runner.stop()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -529,7 +529,7 @@ async def _serve(registry: TaskRegistry, instance: Instance, job_fd: int, result
     loop = asyncio.get_running_loop()
     transport, _ = await loop.connect_read_pipe(lambda: _JobPipe(runner),
                                                 os.fdopen(job_fd, "rb", buffering=0))
-    runner._write(handoff.encode_frame(handoff.READY))
+    runner._write(wire.encode_frame(wire.READY))
     await runner.done.wait()
     runner.flush()
     transport.close()

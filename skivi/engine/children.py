@@ -2,7 +2,7 @@
 results, their deaths and their timeouts.
 
 The pool forks worker.processes children (CPU count by default), each with its own pair of
-pipes (``handoff``) and its own process group, and moves jobs from the fetcher's buffers to
+pipes (``wire``) and its own process group, and moves jobs from the fetcher's buffers to
 the children. Results coming back go to the completer, free the slots and trigger the next
 hand-over at once.
 
@@ -17,7 +17,7 @@ How many jobs a child is handed (each child has two lanes of slots):
 
 A child that dies (segfault, os._exit, OOM kill, SIGKILL) is noticed through its pidfd:
 what it had already reported is taken first, then its remaining jobs are settled by their
-slot state (``handoff``): finished ones are completed, running ones failed as crashes
+slot state (``wire``): finished ones are completed, running ones failed as crashes
 (attempt counted, retried with the task's backoff, exhausted on the last attempt), unstarted
 ones go back untouched. Whatever the child left running (processes its handlers forked or
 daemonised) is killed with its process group, and orphans reparented to the engine (it is
@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from skivi.engine import handoff, process
+from skivi.engine import process, wire
 from skivi.engine.child import child_main
 from skivi.engine.fetcher import (
     CLAIMED_ID,
@@ -55,7 +55,7 @@ from skivi.engine.fetcher import (
     CLAIMED_TASK,
     ClaimedJob,
 )
-from skivi.engine.handoff import (
+from skivi.engine.wire import (
     JOB_ATTEMPTS,
     JOB_QUEUE_NAME,
     RESULT_RUN_SECONDS,
@@ -94,8 +94,8 @@ class ChildHandle:
     result_fd: int
     alive_fd: int  # its pidfd: readable once it has exited, whoever holds its pipes
     capacity: int
-    # Slot states shared with the child, one byte per slot (see handoff); the free slots
-    # of each lane; the job in each busy slot (by slot, not by job id: see handoff).
+    # Slot states shared with the child, one byte per slot (see wire); the free slots
+    # of each lane; the job in each busy slot (by slot, not by job id: see wire).
     started: mmap.mmap
     free_slots: list[int]  # async lane
     sync_free: list[int]
@@ -107,7 +107,7 @@ class ChildHandle:
     sync_expected: float = 0.0
     slot_expected: dict[int, float] = field(default_factory=dict)
     outbox: bytearray = field(default_factory=bytearray)
-    reader: handoff.FrameReader = field(default_factory=handoff.FrameReader)
+    reader: wire.FrameReader = field(default_factory=wire.FrameReader)
     writer_armed: bool = False
     stopping: bool = False
     exited: bool = False
@@ -181,7 +181,7 @@ class ChildPool:
             if c.exited or state.closed:
                 continue
             ids.extend(j[CLAIMED_ID] for slot, j in c.in_flight.items()
-                       if state[slot] != handoff.SLOT_HANDED)
+                       if state[slot] != wire.SLOT_HANDED)
         return ids
 
     def startable(self) -> int:
@@ -290,10 +290,10 @@ class ChildPool:
             in_flight = child.in_flight
             for j, slot in zip(jobs, slots, strict=True):
                 in_flight[slot] = j
-                started[slot] = handoff.SLOT_HANDED
+                started[slot] = wire.SLOT_HANDED
             messages = [j[CLAIMED_MESSAGE] for j in jobs]
             self.fetcher.taken(sum(map(len, messages)))
-            self._send(child, handoff.encode_jobs(slots, messages))
+            self._send(child, wire.encode_jobs(slots, messages))
             if not buffer:
                 break
         return handed
@@ -349,7 +349,7 @@ class ChildPool:
             got = [sync_free.pop() for _ in range(n)]
             for job, slot in zip(jobs, got, strict=True):
                 in_flight[slot] = job
-                started[slot] = handoff.SLOT_HANDED
+                started[slot] = wire.SLOT_HANDED
                 slot_expected[slot] = mark
             slots += got
             messages += [job[CLAIMED_MESSAGE] for job in jobs]
@@ -361,7 +361,7 @@ class ChildPool:
             handed += n
         for child, (slots, messages) in frames.items():
             self.fetcher.taken(sum(map(len, messages)))
-            self._send(child, handoff.encode_jobs(slots, messages))
+            self._send(child, wire.encode_jobs(slots, messages))
         return handed
 
     def _on_results(self, child: ChildHandle) -> None:
@@ -382,7 +382,7 @@ class ChildPool:
         in_flight = child.in_flight
         deadlines = child.deadlines
         for kind, body in child.reader.feed(data):
-            if kind == handoff.RESULTS:
+            if kind == wire.RESULTS:
                 results = orjson.loads(body)
                 free_slots, sync_free = child.free_slots, child.sync_free
                 slot_expected = child.slot_expected
@@ -419,7 +419,7 @@ class ChildPool:
                     self.run_estimate[task] = (run if known is None
                                                else known + EWMA_WEIGHT * (run - known))
                 self.completer.add(results)
-            elif kind == handoff.STARTED:
+            elif kind == wire.STARTED:
                 job_id, lease, slot = orjson.loads(body)
                 job = in_flight.get(slot)
                 if (job is not None and job[CLAIMED_ID] == job_id
@@ -519,7 +519,7 @@ class ChildPool:
         self.dispatch()
 
     def _settle_in_flight(self, child: ChildHandle, why: str, retry_now: bool) -> None:
-        """A dead child's jobs, by their slot state (see handoff): those whose handler had
+        """A dead child's jobs, by their slot state (see wire): those whose handler had
         returned are completed; those running failed as a crash (attempt counted), unless
         the child was killed for another job's timeout, when they go back untouched like
         the jobs that had not started. A job that overran its timeout fails as such."""
@@ -531,8 +531,8 @@ class ChildPool:
             job_id, lease, task_id = job[CLAIMED_ID], job[CLAIMED_LEASE], job[CLAIMED_TASK]
             slot_state = state[slot]
             timed_out = child.timed_out.get(slot)
-            if timed_out is None and (slot_state == handoff.SLOT_HANDED
-                                      or (slot_state == handoff.SLOT_STARTED
+            if timed_out is None and (slot_state == wire.SLOT_HANDED
+                                      or (slot_state == wire.SLOT_STARTED
                                           and killed_for_timeout)):
                 unstarted.append((job_id, lease))
                 continue
@@ -549,7 +549,7 @@ class ChildPool:
                            f"its process (pid {child.pid}) was killed"),
                     delay=self._backoff(task_id).delay(attempt), wait_seconds=None, slot=None,
                     attempt=attempt))
-            elif slot_state == handoff.SLOT_DONE:
+            elif slot_state == wire.SLOT_DONE:
                 results.append(completed_row(
                     job_id=job_id, lease=lease, task=task_id, queue_name=queue_name,
                     run_seconds=0.0, wait_seconds=None, slot=None))
@@ -573,7 +573,7 @@ class ChildPool:
         for c in self.children:
             if not c.exited:
                 c.stopping = True
-                self._send(c, handoff.encode_frame(handoff.STOP))
+                self._send(c, wire.encode_frame(wire.STOP))
         deadline = time.monotonic() + timeout
         while any(not c.exited for c in self.children):
             remaining = deadline - time.monotonic()

@@ -31,7 +31,8 @@ from typing import Any, Final
 from skivi.db.queries import Queries
 from skivi.db.retry import JITTER_AROUND, RetryBackoff
 from skivi.engine.connection import Reconnecting
-from skivi.engine.handoff import (
+from skivi.engine.service import cancel_and_wait
+from skivi.engine.wire import (
     RESULT_ATTEMPT,
     RESULT_CODE,
     RESULT_COMPLETED,
@@ -44,7 +45,6 @@ from skivi.engine.handoff import (
     RESULT_PAYLOAD,
     RESULT_TRACEBACK,
 )
-from skivi.engine.lifecycle import cancel_and_wait
 
 __all__ = ["RECORDED_ATTEMPTS", "RECORDED_MAX_ATTEMPTS", "RECORDED_REASON", "RECORDED_RUN_AT",
            "Completer"]
@@ -120,7 +120,7 @@ class Completer:
         return self.pending + self._in_flush >= self.max_buffer
 
     def add(self, results: Sequence[list[Any]]) -> None:
-        """Take a batch of result rows (see ``handoff``)."""
+        """Take a batch of result rows (see ``wire``)."""
         if not self.pending:
             self._first_at = time.monotonic()
         for r in results:

@@ -12,7 +12,7 @@ State machine:
     stopping   ``stop()``: SIGTERM, up to STOP_TIMEOUT for it to finish its tick, then
                SIGKILL; returns once it is reaped
 
-Lifecycle (skivi.engine.lifecycle): ``start()`` forks, ``stop()`` is idempotent and safe
+Lifecycle (skivi.engine.service): ``start()`` forks, ``stop()`` is idempotent and safe
 before ``start()``.
 """
 
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from skivi.db.retry import RetryBackoff
-from skivi.engine import handoff, process
+from skivi.engine import process, wire
 
 if TYPE_CHECKING:
     from skivi.instance import Instance
@@ -51,7 +51,7 @@ class _Handle:
     pid: int
     event_fd: int
     alive_fd: int  # its pidfd
-    reader: handoff.FrameReader = field(default_factory=handoff.FrameReader)
+    reader: wire.FrameReader = field(default_factory=wire.FrameReader)
 
 
 class CronProcess:
@@ -98,7 +98,7 @@ class CronProcess:
         ev_r, ev_w = os.pipe()
 
         def on_fired(event: dict[str, Any]) -> None:
-            frame = handoff.encode_frame(handoff.EVENT, orjson.dumps(event))
+            frame = wire.encode_frame(wire.EVENT, orjson.dumps(event))
             with contextlib.suppress(OSError):
                 os.write(ev_w, frame)
 
@@ -133,7 +133,7 @@ class CronProcess:
             asyncio.get_running_loop().remove_reader(handle.event_fd)
             return
         for kind, body in handle.reader.feed(data):
-            if kind == handoff.EVENT:
+            if kind == wire.EVENT:
                 self.events += 1
                 if self.on_fired is not None:
                     self.on_fired(orjson.loads(body))

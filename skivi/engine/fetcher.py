@@ -42,7 +42,7 @@ from psycopg import sql
 from skivi.db.queries import Queries, channel_name
 from skivi.db.retry import RetryBackoff
 from skivi.engine.connection import Reconnecting
-from skivi.engine.lifecycle import cancel_and_wait
+from skivi.engine.service import cancel_and_wait
 
 __all__ = ["CLAIMED_ID", "CLAIMED_LEASE", "CLAIMED_MESSAGE", "CLAIMED_TASK", "ClaimedJob",
            "Fetcher"]
@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 ClaimedJob = tuple[int, int, bytes, str]
 CLAIMED_ID: Final = 0
 CLAIMED_LEASE: Final = 1
-CLAIMED_MESSAGE: Final = 2  # the job message (see handoff), as UTF-8 JSON text: never parsed here
+CLAIMED_MESSAGE: Final = 2  # the job message (see wire), as UTF-8 JSON text: never parsed here
 CLAIMED_TASK: Final = 3  # task identifier, to pick the lane without parsing the message
 
 # job_claim.sql's answer rows: "Returns (id, lease, message, task_identifier, cut)".

@@ -37,7 +37,7 @@ import psycopg
 from skivi.db.queries import Queries
 from skivi.db.retry import JITTER_AROUND, RetryBackoff, retrying
 from skivi.engine.connection import Reconnecting
-from skivi.engine.lifecycle import cancel_and_wait, every
+from skivi.engine.service import cancel_and_wait, every
 from skivi.errors import SchemaNotMigrated
 
 __all__ = ["HistoryPruner", "Liveness"]
@@ -220,7 +220,7 @@ class HistoryPruner:
     for days) is caught up in short transactions instead of one long one; otherwise the
     pruner sleeps ``interval``. When another engine holds the lock, the round deletes nothing.
 
-    Lifecycle (skivi.engine.lifecycle): ``start()`` returns once the loop task runs (its
+    Lifecycle (skivi.engine.service): ``start()`` returns once the loop task runs (its
     first round starts at once); ``stop()`` is idempotent, safe before ``start()``, and
     returns once the task is gone. A failed round is logged and retried after ``interval``.
     """

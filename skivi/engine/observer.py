@@ -14,7 +14,7 @@ emits the matching event (catalogue: ``skivi.events``) and, when the exporter is
 and does no I/O: a completion flush of n results costs O(n) dict building, plus one counter
 update per (task, queue, outcome) and one histogram update per task.
 
-Result rows are those of ``skivi.engine.handoff``, read by its RESULT_* indices.
+Result rows are those of ``skivi.engine.wire``, read by its RESULT_* indices.
 
 :class:`QueueStatsPoller` runs ``job_stats.sql`` every ``interval`` seconds on a connection
 of its own and hands the rows to the metrics (queue depth by state, oldest runnable job).
@@ -32,14 +32,14 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from skivi.engine import handoff
+from skivi.engine import wire
 from skivi.engine.completer import (
     RECORDED_ATTEMPTS,
     RECORDED_MAX_ATTEMPTS,
     RECORDED_REASON,
     RECORDED_RUN_AT,
 )
-from skivi.engine.lifecycle import cancel_and_wait, every
+from skivi.engine.service import cancel_and_wait, every
 from skivi.events import Emitter, EventKind
 
 if TYPE_CHECKING:
@@ -63,18 +63,18 @@ STATS_CAP_DEFAULT = 10000
 STATS_INTERVAL_DEFAULT = 5.0
 STATS_MAX_GROUPS_DEFAULT = 1000
 
-# Result row fields (skivi.engine.handoff), short names for the comprehensions below.
-_ID = handoff.RESULT_ID
-_LEASE = handoff.RESULT_LEASE
-_TASK = handoff.RESULT_TASK
-_QUEUE = handoff.RESULT_QUEUE_NAME
-_RUN = handoff.RESULT_RUN_SECONDS
-_ERROR = handoff.RESULT_ERROR
-_DELAY = handoff.RESULT_DELAY
-_FINAL = handoff.RESULT_FINAL
-_PAYLOAD = handoff.RESULT_PAYLOAD
-_WAIT = handoff.RESULT_WAIT_SECONDS
-_TRACEBACK = handoff.RESULT_TRACEBACK
+# Result row fields (skivi.engine.wire), short names for the comprehensions below.
+_ID = wire.RESULT_ID
+_LEASE = wire.RESULT_LEASE
+_TASK = wire.RESULT_TASK
+_QUEUE = wire.RESULT_QUEUE_NAME
+_RUN = wire.RESULT_RUN_SECONDS
+_ERROR = wire.RESULT_ERROR
+_DELAY = wire.RESULT_DELAY
+_FINAL = wire.RESULT_FINAL
+_PAYLOAD = wire.RESULT_PAYLOAD
+_WAIT = wire.RESULT_WAIT_SECONDS
+_TRACEBACK = wire.RESULT_TRACEBACK
 
 _COMPLETED = EventKind.JOB_COMPLETED
 _EXHAUSTED = EventKind.JOB_EXHAUSTED

@@ -39,9 +39,9 @@ from skivi.engine.fetcher import (
     CLAIMED_LEASE,
     Fetcher,
 )
-from skivi.engine.lifecycle import cancel_and_wait
 from skivi.engine.maintenance import HistoryPruner, Liveness
 from skivi.engine.observer import EngineObserver, QueueStatsPoller
+from skivi.engine.service import cancel_and_wait
 from skivi.errors import SchemaNotMigrated
 
 if TYPE_CHECKING:

@@ -32,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import skivi
 from skivi import monitoring
-from skivi.engine import handoff
+from skivi.engine import wire
 from skivi.engine.observer import EngineObserver
 from skivi.events import Emitter
 from skivi.metrics import OTHER, EngineMetrics, start_exporter, stop_exporter
@@ -60,10 +60,10 @@ HARNESS_BATCH = 20
 
 def _row(job_id: int, code: int, task: str, queue: str | None = None, run: float = 0.004,
          wait: float = 0.5, payload: str | None = None, final: str | None = None) -> list[Any]:
-    if code == handoff.RESULT_COMPLETED:
-        return handoff.completed_row(job_id=job_id, lease=1, task=task, queue_name=queue,
+    if code == wire.RESULT_COMPLETED:
+        return wire.completed_row(job_id=job_id, lease=1, task=task, queue_name=queue,
                                      run_seconds=run, wait_seconds=wait, slot=0)
-    return handoff.failed_row(job_id=job_id, lease=1, task=task, queue_name=queue,
+    return wire.failed_row(job_id=job_id, lease=1, task=task, queue_name=queue,
                               run_seconds=run, error="boom", delay=1.0, final=final,
                               payload=payload, wait_seconds=wait, slot=0, attempt=1)
 
@@ -72,12 +72,12 @@ def test_counts_and_histograms_follow_the_flushes_when_fed_by_the_observer() -> 
     emitter = Emitter()
     m = EngineMetrics("1.2.3", emitter, tasks=["a"])  # "b" has no handler here
     observer = EngineObserver(emitter, m)
-    done = [_row(i, handoff.RESULT_COMPLETED, "a", run=0.004 if i % 2 else 20.0)
+    done = [_row(i, wire.RESULT_COMPLETED, "a", run=0.004 if i % 2 else 20.0)
             for i in range(10)]
-    failed = [_row(10, handoff.RESULT_FAILED, "a", queue="mail"),
-              _row(11, handoff.RESULT_FAILED, "a", payload="[1]"),
-              _row(12, handoff.RESULT_FAILED, "b", final="no_handler"),
-              _row(13, handoff.RESULT_FAILED, "b")]  # refused
+    failed = [_row(10, wire.RESULT_FAILED, "a", queue="mail"),
+              _row(11, wire.RESULT_FAILED, "a", payload="[1]"),
+              _row(12, wire.RESULT_FAILED, "b", final="no_handler"),
+              _row(13, wire.RESULT_FAILED, "b")]  # refused
     observer.flushed(done, failed, {(i, 1) for i in range(9)},
                      {(10, 1): "failed", (11, 1): "failed", (12, 1): "exhausted"})
     value = m.registry.get_sample_value
@@ -114,9 +114,9 @@ def test_unregistered_tasks_and_queues_past_the_cap_share_other_when_flushed() -
     # Queues in order of appearance: mail (configured), q0 (first seen), then the cap.
     names = [("a", "q0"), ("a", "q1"), ("x", "q2"), ("y", None), ("a", "mail"),
              ("a", OTHER), ("z", "q0"), (OTHER, "mail")]
-    rows = [_row(i, handoff.RESULT_COMPLETED, task, queue=queue, run=0.001 * (i + 1))
+    rows = [_row(i, wire.RESULT_COMPLETED, task, queue=queue, run=0.001 * (i + 1))
             for i, (task, queue) in enumerate(names)]
-    observer.flushed(rows, [], {(r[handoff.RESULT_ID], r[handoff.RESULT_LEASE]) for r in rows}, {})
+    observer.flushed(rows, [], {(r[wire.RESULT_ID], r[wire.RESULT_LEASE]) for r in rows}, {})
     value = m.registry.get_sample_value
     series = {tuple(sorted(s.labels.items())): s.value
               for family in m.registry.collect() if family.name == "skivi_jobs"
@@ -213,17 +213,17 @@ async def _harness(url: str, out: Path) -> None:
         # Spread over a few seconds, so Prometheus (1 s scrapes) sees the counters move.
         while completed < HARNESS_JOBS:
             n = min(HARNESS_BATCH, HARNESS_JOBS - completed)
-            rows = [_row(next_id + i, handoff.RESULT_COMPLETED, "send_email" if i % 2 else
+            rows = [_row(next_id + i, wire.RESULT_COMPLETED, "send_email" if i % 2 else
                          "resize", queue=None if i % 3 else "mail", run=0.002 * (i + 1),
                          wait=0.1 * i) for i in range(n)]
-            failed = [_row(next_id + n, handoff.RESULT_FAILED, "resize"),
-                      _row(next_id + n + 1, handoff.RESULT_FAILED, "resize", payload="[1]"),
-                      _row(next_id + n + 2, handoff.RESULT_FAILED, "send_email")]
+            failed = [_row(next_id + n, wire.RESULT_FAILED, "resize"),
+                      _row(next_id + n + 1, wire.RESULT_FAILED, "resize", payload="[1]"),
+                      _row(next_id + n + 2, wire.RESULT_FAILED, "send_email")]
             observer.claimed(n + 3)
             observer.dispatched(n + 3)
             observer.set_gauges(n + 3, 8, 2)
             observer.flushed(rows, failed,
-                             {(r[handoff.RESULT_ID], r[handoff.RESULT_LEASE]) for r in rows},
+                             {(r[wire.RESULT_ID], r[wire.RESULT_LEASE]) for r in rows},
                              {(next_id + n, 1): "failed", (next_id + n + 1, 1): "failed",
                               (next_id + n + 2, 1): "exhausted"})
             completed += n

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from skivi import monitoring
-from skivi.engine import handoff
+from skivi.engine import wire
 from skivi.engine.observer import EngineObserver
 from skivi.events import (
     ALL,
@@ -249,10 +249,10 @@ def test_unencodable_values_are_sent_as_text_when_forwarded() -> None:
 def _row(job_id: int, code: int, task: str = "t", queue: str | None = None,
          payload: str | None = None, final: str | None = None,
          wait: float | None = 0.25) -> list[Any]:
-    if code == handoff.RESULT_COMPLETED:
-        return handoff.completed_row(job_id=job_id, lease=1, task=task, queue_name=queue,
+    if code == wire.RESULT_COMPLETED:
+        return wire.completed_row(job_id=job_id, lease=1, task=task, queue_name=queue,
                                      run_seconds=0.5, wait_seconds=wait, slot=0)
-    return handoff.failed_row(job_id=job_id, lease=1, task=task, queue_name=queue,
+    return wire.failed_row(job_id=job_id, lease=1, task=task, queue_name=queue,
                               run_seconds=0.5, error=f"boom {job_id}", delay=2.0, final=final,
                               payload=payload, wait_seconds=wait, slot=0, attempt=1)
 
@@ -260,14 +260,14 @@ def _row(job_id: int, code: int, task: str = "t", queue: str | None = None,
 def test_flush_emits_one_event_per_accepted_result_when_the_observer_sees_it() -> None:
     emitter = CollectingEmitter()
     observer = EngineObserver(emitter)
-    completed = [_row(1, handoff.RESULT_COMPLETED, queue="mail"),
-                 _row(2, handoff.RESULT_COMPLETED, wait=None),
-                 _row(3, handoff.RESULT_COMPLETED)]  # refused: rescued meanwhile
-    failed = [_row(4, handoff.RESULT_FAILED),
-              _row(5, handoff.RESULT_FAILED, payload="[1]"),
-              _row(6, handoff.RESULT_FAILED, payload="[2]"),
-              _row(7, handoff.RESULT_FAILED, final="no_handler"),
-              _row(8, handoff.RESULT_FAILED)]  # refused
+    completed = [_row(1, wire.RESULT_COMPLETED, queue="mail"),
+                 _row(2, wire.RESULT_COMPLETED, wait=None),
+                 _row(3, wire.RESULT_COMPLETED)]  # refused: rescued meanwhile
+    failed = [_row(4, wire.RESULT_FAILED),
+              _row(5, wire.RESULT_FAILED, payload="[1]"),
+              _row(6, wire.RESULT_FAILED, payload="[2]"),
+              _row(7, wire.RESULT_FAILED, final="no_handler"),
+              _row(8, wire.RESULT_FAILED)]  # refused
     observer.flushed(completed, failed, {(1, 1), (2, 1)},
                      {(4, 1): "failed", (5, 1): "failed", (6, 1): "exhausted",
                       (7, 1): "exhausted"})

@@ -197,7 +197,7 @@ def test_graph_sees_module_level_imports_only() -> None:
     """The walker itself: a check that finds no edges would pass for ever."""
     graph = import_graph()
     assert "skivi.errors" in graph["skivi.job"]  # a plain module-level import
-    assert "skivi.engine.handoff" in graph["skivi.engine.child"]  # from package import module
+    assert "skivi.engine.wire" in graph["skivi.engine.child"]  # from package import module
     assert "skivi.engine.exits" in graph["skivi.engine"]  # from package.module import name
     # skivi.engine.child imports skivi.instance only under TYPE_CHECKING, and skivi.client
     # only inside functions; skivi.engine imports the supervisor inside run_async.

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from skivi.engine import handoff
+from skivi.engine import wire
 from skivi.engine.observer import (
     NO_HANDLER_LOG_INTERVAL,
     NO_HANDLER_TASKS_MAX,
@@ -33,8 +33,8 @@ class Clock:
 
 
 def no_handler_row(job: int, task: str) -> list[Any]:
-    """A failed result row (skivi.engine.handoff) of a job whose task has no handler."""
-    return handoff.failed_row(job_id=job, lease=1, task=task, queue_name=None, run_seconds=0.0,
+    """A failed result row (skivi.engine.wire) of a job whose task has no handler."""
+    return wire.failed_row(job_id=job, lease=1, task=task, queue_name=None, run_seconds=0.0,
                               error="no handler", delay=0.0, final="no_handler",
                               wait_seconds=0.0, slot=0, attempt=1)
 
@@ -68,7 +68,7 @@ def test_exhaustion_reason_is_the_one_the_database_recorded_when_it_differs_from
     observer = EngineObserver(emitter)
     # The child sent no final reason: the job ran out of attempts because it lost its key
     # while it ran, which only job_fail_many.sql sees.
-    row = handoff.failed_row(job_id=7, lease=3, task="report", queue_name=None,
+    row = wire.failed_row(job_id=7, lease=3, task="report", queue_name=None,
                              run_seconds=0.5, error="told to fail", delay=1.0,
                              wait_seconds=0.0, slot=0, attempt=4)
     with caplog.at_level(logging.ERROR):

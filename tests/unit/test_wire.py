@@ -1,4 +1,4 @@
-"""The IPC contract (skivi.engine.handoff): one layout per row kind, named once."""
+"""The IPC contract (skivi.engine.wire): one layout per row kind, named once."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from pathlib import Path
 
 import orjson
 
-from skivi.engine import handoff
+from skivi.engine import wire
 
 QUERIES = Path(__file__).resolve().parents[2] / "skivi" / "sql" / "queries"
 
 
 def _indices(prefix: str) -> dict[str, int]:
-    return {name: getattr(handoff, name) for name in handoff.__all__
-            if name.startswith(prefix) and isinstance(getattr(handoff, name), int)}
+    return {name: getattr(wire, name) for name in wire.__all__
+            if name.startswith(prefix) and isinstance(getattr(wire, name), int)}
 
 
 def test_job_indices_follow_the_claim_statements_array_when_read_against_it() -> None:
@@ -26,7 +26,7 @@ def test_job_indices_follow_the_claim_statements_array_when_read_against_it() ->
     fields = {index: name.removeprefix("JOB_").lower()
               for name, index in _indices("JOB_").items()}
     assert [fields[i] for i in range(len(columns))] == columns
-    assert handoff.JOB_SLOT == len(columns)  # the child appends it
+    assert wire.JOB_SLOT == len(columns)  # the child appends it
     assert sorted(fields) == list(range(len(columns) + 1))
 
 
@@ -34,33 +34,33 @@ def test_result_rows_have_every_field_when_built_by_any_constructor() -> None:
     fields = {name: index for name, index in _indices("RESULT_").items()
               if name not in ("RESULT_COMPLETED", "RESULT_FAILED", "RESULT_RELEASED",
                               "RESULT_LENGTH")}
-    assert sorted(fields.values()) == list(range(handoff.RESULT_LENGTH))
-    done = handoff.completed_row(job_id=1, lease=2, task="t", queue_name="q",
+    assert sorted(fields.values()) == list(range(wire.RESULT_LENGTH))
+    done = wire.completed_row(job_id=1, lease=2, task="t", queue_name="q",
                                  run_seconds=0.5, wait_seconds=0.25, slot=3)
-    failed = handoff.failed_row(job_id=4, lease=5, task="t", queue_name=None,
+    failed = wire.failed_row(job_id=4, lease=5, task="t", queue_name=None,
                                 run_seconds=0.5, error="boom", delay=2.0, final="no_handler",
                                 payload="[1]", wait_seconds=None, slot=None, attempt=6,
                                 traceback="Traceback ...")
-    released = handoff.released_row(job_id=7, lease=8, task="t", queue_name=None, slot=9)
+    released = wire.released_row(job_id=7, lease=8, task="t", queue_name=None, slot=9)
     for row in (done, failed, released):
-        assert len(row) == handoff.RESULT_LENGTH
+        assert len(row) == wire.RESULT_LENGTH
         assert orjson.loads(orjson.dumps(row)) == row  # survives the pipe as it is
-    assert [done[handoff.RESULT_CODE], failed[handoff.RESULT_CODE],
-            released[handoff.RESULT_CODE]] == [handoff.RESULT_COMPLETED, handoff.RESULT_FAILED,
-                                               handoff.RESULT_RELEASED]
-    assert (done[handoff.RESULT_ID], done[handoff.RESULT_LEASE], done[handoff.RESULT_SLOT],
-            done[handoff.RESULT_WAIT_SECONDS], done[handoff.RESULT_ATTEMPT]) == (
+    assert [done[wire.RESULT_CODE], failed[wire.RESULT_CODE],
+            released[wire.RESULT_CODE]] == [wire.RESULT_COMPLETED, wire.RESULT_FAILED,
+                                               wire.RESULT_RELEASED]
+    assert (done[wire.RESULT_ID], done[wire.RESULT_LEASE], done[wire.RESULT_SLOT],
+            done[wire.RESULT_WAIT_SECONDS], done[wire.RESULT_ATTEMPT]) == (
         1, 2, 3, 0.25, None)
-    assert (failed[handoff.RESULT_ERROR], failed[handoff.RESULT_DELAY],
-            failed[handoff.RESULT_FINAL], failed[handoff.RESULT_PAYLOAD],
-            failed[handoff.RESULT_ATTEMPT], failed[handoff.RESULT_TRACEBACK]) == (
+    assert (failed[wire.RESULT_ERROR], failed[wire.RESULT_DELAY],
+            failed[wire.RESULT_FINAL], failed[wire.RESULT_PAYLOAD],
+            failed[wire.RESULT_ATTEMPT], failed[wire.RESULT_TRACEBACK]) == (
         "boom", 2.0, "no_handler", "[1]", 6, "Traceback ...")
-    assert (released[handoff.RESULT_ID], released[handoff.RESULT_LEASE],
-            released[handoff.RESULT_SLOT]) == (7, 8, 9)
+    assert (released[wire.RESULT_ID], released[wire.RESULT_LEASE],
+            released[wire.RESULT_SLOT]) == (7, 8, 9)
 
 
 def test_started_frame_reads_back_in_order_when_encoded() -> None:
-    [(kind, body)] = list(handoff.FrameReader().feed(handoff.encode_started(1, 2, 3)))
-    assert kind == handoff.STARTED
+    [(kind, body)] = list(wire.FrameReader().feed(wire.encode_started(1, 2, 3)))
+    assert kind == wire.STARTED
     job_id, lease, slot = orjson.loads(body)
     assert (job_id, lease, slot) == (1, 2, 3)
