@@ -88,7 +88,6 @@ import fcntl
 import logging
 import os
 import select
-import struct
 import threading
 import time
 from collections import deque
@@ -97,6 +96,8 @@ from enum import StrEnum
 from typing import Any, Final, TypedDict
 
 import orjson
+
+from skivi.framing import FrameReader, encode_frame
 
 __all__ = [
     "ALL",
@@ -125,7 +126,7 @@ FORWARD_PIPE_SIZE = 1 << 20
 """Capacity asked for the forwarding pipe (Linux F_SETPIPE_SZ); the default is 64 KiB."""
 
 _F_SETPIPE_SZ = 1031
-_LENGTH = struct.Struct(">I")
+EVENTS_FRAME = b"E"
 
 
 class EventKind(StrEnum):
@@ -331,7 +332,8 @@ class CollectingEmitter(Emitter):
 class EventForwarder:
     """A batch subscriber that writes events to a pipe, for the process at its other end.
 
-    Frames are a 4-byte big-endian length and an orjson array of events. The pipe is
+    Each batch is one frame (``skivi.framing``, kind EVENTS_FRAME) holding an orjson array
+    of events. The pipe is
     non-blocking: a frame the pipe cannot take at once is kept (``pending``) and written
     ahead of the next batch; while more than ``max_pending`` bytes wait, new batches are
     dropped whole (``dropped`` counts their events), so framing is never broken and the
@@ -363,8 +365,7 @@ class EventForwarder:
         except (TypeError, orjson.JSONEncodeError) as exc:
             self._drop(len(events), f"cannot encode them: {exc}")
             return
-        self.pending += _LENGTH.pack(len(body))
-        self.pending += body
+        self.pending += encode_frame(EVENTS_FRAME, body)
         self._write()
 
     def _write(self) -> None:
@@ -431,7 +432,7 @@ class EventReceiver:
         return not self._thread.is_alive()
 
     def _run(self) -> None:
-        buf = bytearray()
+        reader = FrameReader()
         try:
             while True:
                 try:
@@ -444,17 +445,9 @@ class EventReceiver:
                     return
                 if not data:
                     return
-                buf += data
-                pos = 0
-                while len(buf) - pos >= 4:
-                    (size,) = _LENGTH.unpack_from(buf, pos)
-                    if len(buf) - pos - 4 < size:
-                        break
-                    body = bytes(buf[pos + 4:pos + 4 + size])
-                    pos += 4 + size
-                    self._replay(body)
-                if pos:
-                    del buf[:pos]
+                for kind, body in reader.feed(data):
+                    if kind == EVENTS_FRAME:
+                        self._replay(body)
         finally:
             try:
                 os.close(self.fd)

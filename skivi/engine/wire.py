@@ -1,7 +1,7 @@
 """The IPC contract between the engine's parent and its child processes. Nothing else.
 
 Each child has two pipes of its own: jobs go down one, results come back up the other. A
-pipe carries frames: a 4-byte big-endian length, one kind byte, then an orjson body.
+pipe carries frames (``skivi.framing``: a 4-byte length, one kind byte, an orjson body).
 
     parent -> child   JOBS     [slots, messages]: the job messages exactly as job_claim.sql
                                built them (the parent never parses a payload: it joins the
@@ -76,11 +76,12 @@ and each run must give back its own slot.
 
 from __future__ import annotations
 
-import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 import orjson
+
+from skivi.framing import FrameReader, encode_frame
 
 __all__ = [
     "EVENT",
@@ -181,13 +182,6 @@ SLOT_HANDED = 0
 SLOT_STARTED = 1
 SLOT_DONE = 2
 
-_HEADER = struct.Struct(">I")
-
-
-def encode_frame(kind: bytes, body: bytes = b"") -> bytes:
-    return _HEADER.pack(len(body) + 1) + kind + body
-
-
 def encode_jobs(slots: Sequence[int], messages: Sequence[bytes]) -> bytes:
     return encode_frame(JOBS, b"[" + orjson.dumps(slots) + b",[" + b",".join(messages) + b"]]")
 
@@ -228,28 +222,3 @@ def released_row(*, job_id: int, lease: int, task: str, queue_name: str | None,
     """A job the child never started (it was stopping): goes back, attempt not consumed."""
     return [job_id, lease, RESULT_RELEASED, task, queue_name, 0.0, None, 0.0, None, None,
             0.0, slot, None, None]
-
-
-class FrameReader:
-    """Reassembles frames from pipe reads of any size."""
-
-    __slots__ = ("_buf",)
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> Iterator[tuple[bytes, bytes]]:
-        """Yield (kind, body) for every complete frame received so far."""
-        buf = self._buf
-        buf += data
-        pos = 0
-        end = len(buf)
-        while end - pos >= 4:
-            (size,) = _HEADER.unpack_from(buf, pos)
-            if end - pos - 4 < size:
-                break
-            start = pos + 4
-            yield bytes(buf[start:start + 1]), bytes(buf[start + 1:start + size])
-            pos = start + size
-        if pos:
-            del buf[:pos]
