@@ -74,6 +74,13 @@ from skivi.cron import (
 from skivi.db import pool as dbpool
 from skivi.db.migrate import migrate, pending_migrations, set_limits
 from skivi.db.queries import Queries, for_schema, load_text
+from skivi.engine.exits import (
+    EXIT_CONFIG,
+    EXIT_DATABASE,
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_UNCHANGED,
+)
 from skivi.errors import ConfigError, JobSpecError, MigrationError, PayloadError
 from skivi.job import INT4_MAX, PRIORITY_MAX, PRIORITY_MIN, JobKeyMode, JobSpec
 from skivi.system import create_system
@@ -81,13 +88,6 @@ from skivi.system import create_system
 __all__ = ["build_parser", "main"]
 
 PROG = "skivi"
-
-EXIT_OK = 0
-EXIT_UNCHANGED = 1
-"""Some of the given jobs were not changed, or ``migrate --check`` found pending ones."""
-EXIT_ERROR = 1
-EXIT_CONFIG = 2
-EXIT_DATABASE = 3
 
 APPLICATION_NAME = "skivi-cli"
 ROLES_FILE = "roles.sql"
