@@ -47,11 +47,9 @@ import argparse
 import dataclasses
 import datetime as dt
 import math
-import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -61,8 +59,9 @@ from psycopg.adapt import Loader
 from psycopg.rows import dict_row
 from psycopg.types.datetime import TimestamptzLoader
 
+from skivi.cli.options import add_crontab_option, add_instance_options, load
 from skivi.client import add_job
-from skivi.config import DEFAULT_CONFIG_FILE, Config, load_config
+from skivi.config import Config
 from skivi.cron import (
     CronEntry,
     ensure_unique,
@@ -246,14 +245,7 @@ def _global_options() -> argparse.ArgumentParser:
     """The options every parser accepts. SUPPRESS: a parser where an option is not given
     leaves the attribute alone, so it may be given before or after the command."""
     p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("global options")
-    g.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
-                   help=f"TOML configuration file (default: ./{DEFAULT_CONFIG_FILE} if it "
-                        "exists) [SKIVI_CONFIG]")
-    g.add_argument("--database-url", metavar="URL", default=argparse.SUPPRESS,
-                   help="PostgreSQL connection string [SKIVI_DATABASE_URL, then DATABASE_URL]")
-    g.add_argument("--schema", metavar="NAME", default=argparse.SUPPRESS,
-                   help="schema of the Skivi instance (default: skivi) [SKIVI_SCHEMA]")
+    add_instance_options(p.add_argument_group("global options"), default=argparse.SUPPRESS)
     return p
 
 
@@ -416,15 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = leaf(cron, "list", _cmd_cron_list, "cron entries, last execution and next tick",
              "The configuration's cron entries ([[cron]] in the configuration and the "
              "--crontab file), each with its last execution and its next tick.")
-    p.add_argument("--crontab", metavar="PATH", default=_env("SKIVI_CRONTAB"),
-                   help="TOML file of [[cron]] tables, added to the configuration's "
-                        "[SKIVI_CRONTAB]")
+    add_crontab_option(p)
     return parser
-
-
-def _env(name: str) -> str | None:
-    value = os.environ.get(name)
-    return value if value else None
 
 
 # --- output -------------------------------------------------------------------------------------
@@ -896,16 +881,6 @@ def _cmd_cron_list(ctx: _Context) -> int:
 # --- main ---------------------------------------------------------------------------------------
 
 
-def _load(args: argparse.Namespace) -> Config:
-    source: Any = getattr(args, "config", None) or _env("SKIVI_CONFIG")
-    if source is None and Path(DEFAULT_CONFIG_FILE).is_file():
-        source = DEFAULT_CONFIG_FILE
-    return load_config(source, overrides={
-        "database.connection_string": getattr(args, "database_url", None),
-        "database.schema_name": getattr(args, "schema", None),
-    })
-
-
 def _fail(code: int, message: str) -> int:
     print(f"{PROG}: {message}", file=sys.stderr)
     return code
@@ -921,7 +896,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     command: argparse.ArgumentParser = args.parser
     try:
-        config = _load(args)
+        config = load(args)
     except ConfigError as exc:
         return _fail(EXIT_CONFIG, str(exc))
     try:
