@@ -19,11 +19,13 @@ goes through ``skivi.add_job``, migrations through ``skivi.db.migrate``, cron ma
     skivi workers                                 live engines and their liveness locks
     skivi cron list [--crontab PATH]              cron entries, last execution, next tick
     skivi roles --print                           the database roles script (roles.sql)
+    skivi worker [flags]                          run a worker engine: python -m skivi.engine
 
 Global options (before or after the command): ``--config PATH`` (default ``./skivi.toml``
 if it exists, or ``SKIVI_CONFIG``), ``--database-url``, ``--schema``, with the engine's
 precedence: file < SKIVI_* environment < flags. Every command takes ``--json`` (one JSON
-document on stdout) and ``--help``.
+document on stdout) and ``--help``, except ``worker``: it is the worker's own command line
+(``skivi.cli.worker``), its flags, help and exit codes those of ``python -m skivi.engine``.
 
 Times Python cannot hold (``infinity``, ``-infinity``, years past 9999 or BC), which rows
 written from SQL may carry, are printed as PostgreSQL spells them (``"run_at": "infinity"``
@@ -59,6 +61,7 @@ from psycopg.adapt import Loader
 from psycopg.rows import dict_row
 from psycopg.types.datetime import TimestamptzLoader
 
+from skivi.cli import worker
 from skivi.cli.options import add_crontab_option, add_instance_options, load
 from skivi.client import add_job
 from skivi.config import Config
@@ -87,6 +90,8 @@ from skivi.system import create_system
 __all__ = ["build_parser", "main"]
 
 PROG = "skivi"
+WORKER_COMMAND = "worker"
+"""``skivi worker ...``: ``python -m skivi.engine ...`` (skivi.cli.worker) under this name."""
 
 APPLICATION_NAME = "skivi-cli"
 ROLES_FILE = "roles.sql"
@@ -409,6 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
              "The configuration's cron entries ([[cron]] in the configuration and the "
              "--crontab file), each with its last execution and its next tick.")
     add_crontab_option(p)
+
+    # No options of its own here: what follows the command is the worker's command line,
+    # left unparsed for its own parser (main), so its --help is the worker's.
+    commands.add_parser(WORKER_COMMAND, add_help=False,
+                        help="run a worker engine: the same command as python -m skivi.engine "
+                             f"(see {PROG} {WORKER_COMMAND} --help)")
     return parser
 
 
@@ -890,9 +901,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (the console script exits with it)."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        # parse_args is parse_known_args refusing what is left over; left over after
+        # `worker` is the worker's command line.
+        args, rest = parser.parse_known_args(argv)
+        worker_args = _worker_args(args, rest) if args.command == WORKER_COMMAND else None
+        if rest and worker_args is None:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
     except SystemExit as exc:  # --help (0) and usage errors (2), printed by argparse
         return exc.code if isinstance(exc.code, int) else EXIT_CONFIG
+    if worker_args is not None:
+        return worker.start(worker_args)
     handler: Handler = args.handler
     command: argparse.ArgumentParser = args.parser
     try:
@@ -917,6 +935,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"schema {config.database.schema_name!r} is missing Skivi's tables or "
                 f"functions in this database; run `{PROG} migrate` ({_first_line(exc)})"))
         return _fail(EXIT_ERROR, f"database error: {_first_line(exc)}")
+
+
+def _worker_args(args: argparse.Namespace, rest: list[str]) -> argparse.Namespace:
+    """``skivi [global options] worker ARGS``, parsed by the worker's own parser: the global
+    options given before the command, then ARGS (so those given after it win, as for every
+    command)."""
+    given = [f"--{name.replace('_', '-')}={getattr(args, name)}"
+             for name in ("config", "database_url", "schema") if hasattr(args, name)]
+    return worker.build_parser(f"{PROG} {WORKER_COMMAND}").parse_args([*given, *rest])
 
 
 def _first_line(exc: BaseException) -> str:
