@@ -4,6 +4,9 @@ listed in ``skivi.engine``'s docstring and in --help; their values in ``skivi.en
 
 Precedence: defaults < skivi.toml (--config) < SKIVI_* environment < command-line flags
 (``skivi.cli.options``, shared with the admin command).
+
+Being the program, it is the one place that configures logging handlers (``LineHandler``);
+the library only logs.
 """
 
 from __future__ import annotations
