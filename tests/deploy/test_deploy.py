@@ -26,10 +26,10 @@ import pytest
 
 import skivi
 from skivi import cli
+from skivi.cli.worker import build_parser
 from skivi.config import ENV_VARIABLES, SHUTDOWN_TIMEOUT_DEFAULT
 from skivi.db.migrate import known_migrations
 from skivi.engine import EXIT_CONFIG
-from skivi.engine.__main__ import build_parser
 from skivi.metrics import EngineMetrics, start_exporter, stop_exporter
 from tests.support.db import MakeDatabase, connect
 from tests.support.deploy import DEPLOY, K8S, documents, k8s_object, k8s_objects, keda_query

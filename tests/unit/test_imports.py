@@ -26,6 +26,12 @@ imports nearly everything, so ``from skivi import __version__`` in any function 
 harmless cycle). It held one cycle, system -> engine -> system (the engine's modules took a
 ``System``, and the system starts the engine), until the engine took the ``Instance``
 (architecture issue 13); a test of its own says it stays gone. Any other cycle fails.
+
+One direction is a rule of its own: the command line (``skivi.cli``) starts the engine, and
+the engine never imports the command line, even inside a function (its parts exit with the
+codes of ``skivi.engine.exits``, which the cli imports). The one exception is an entry point:
+``skivi/engine/__main__.py`` is the program ``python -m skivi.engine``, a shim calling
+``skivi.cli.worker``, and no module imports it (checked too).
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "skivi"
+ENTRY_POINTS = frozenset({"skivi.__main__", "skivi.engine.__main__"})
+"""Programs (``python -m ...``), not library modules: they may import anything, and nothing
+may import them."""
 
 def module_files() -> dict[str, Path]:
     """Dotted module name -> source file, for every module of the package."""
@@ -240,3 +249,51 @@ def test_no_cycle_through_system_and_engine_counting_deferred_imports() -> None:
     graph = _deferred_graph()
     known = [c for c in strongly_connected(graph) if _is_known(c)]
     assert not known, "import cycle still there:\n" + describe(graph, known)
+
+
+def _in_package(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def path_to(graph: dict[str, set[str]], sources: list[str],
+            wanted: str) -> list[str] | None:
+    """A shortest import path from one of ``sources`` to a module of the package ``wanted``
+    (breadth first, in sorted order), or None if none reaches it."""
+    parents: dict[str, str | None] = {s: None for s in sources}
+    frontier = sorted(sources)
+    while frontier:
+        following: list[str] = []
+        for v in frontier:
+            if _in_package(v, wanted):
+                path = [v]
+                while (parent := parents[path[-1]]) is not None:
+                    path.append(parent)
+                return path[::-1]
+            for w in sorted(graph[v]):
+                if w not in parents:
+                    parents[w] = v
+                    following.append(w)
+        frontier = following
+    return None
+
+
+def test_path_finder_finds_a_shortest_path_into_a_package() -> None:
+    graph = {"e": {"e.a"}, "e.a": {"x"}, "x": {"c.w"}, "c.w": set(), "e.b": {"c.w"}}
+    assert path_to(graph, ["e", "e.a", "e.b"], "c") == ["e.b", "c.w"]
+    assert path_to(graph, ["e"], "c") == ["e", "e.a", "x", "c.w"]
+    assert path_to(graph, ["c.w"], "e") is None
+
+
+def test_engine_never_imports_the_cli_counting_deferred_imports() -> None:
+    graph = _deferred_graph()
+    assert "skivi.cli.worker" in graph["skivi.engine.__main__"]  # the walker sees the shim
+    engine = [m for m in graph if _in_package(m, "skivi.engine") and m not in ENTRY_POINTS]
+    path = path_to(graph, engine, "skivi.cli")
+    assert path is None, "the engine imports the command line: " + " -> ".join(path)
+
+
+def test_no_module_imports_an_entry_point_counting_deferred_imports() -> None:
+    graph = import_graph(deferred=True)
+    importers = {v: sorted(edges & ENTRY_POINTS) for v, edges in graph.items()
+                 if edges & ENTRY_POINTS}
+    assert not importers, f"entry points imported as library modules: {importers}"

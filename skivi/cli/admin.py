@@ -19,11 +19,13 @@ goes through ``skivi.add_job``, migrations through ``skivi.db.migrate``, cron ma
     skivi workers                                 live engines and their liveness locks
     skivi cron list [--crontab PATH]              cron entries, last execution, next tick
     skivi roles --print                           the database roles script (roles.sql)
+    skivi worker [flags]                          run a worker engine: python -m skivi.engine
 
 Global options (before or after the command): ``--config PATH`` (default ``./skivi.toml``
 if it exists, or ``SKIVI_CONFIG``), ``--database-url``, ``--schema``, with the engine's
 precedence: file < SKIVI_* environment < flags. Every command takes ``--json`` (one JSON
-document on stdout) and ``--help``.
+document on stdout) and ``--help``, except ``worker``: it is the worker's own command line
+(``skivi.cli.worker``), its flags, help and exit codes those of ``python -m skivi.engine``.
 
 Times Python cannot hold (``infinity``, ``-infinity``, years past 9999 or BC), which rows
 written from SQL may carry, are printed as PostgreSQL spells them (``"run_at": "infinity"``
@@ -47,11 +49,9 @@ import argparse
 import dataclasses
 import datetime as dt
 import math
-import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -61,8 +61,10 @@ from psycopg.adapt import Loader
 from psycopg.rows import dict_row
 from psycopg.types.datetime import TimestamptzLoader
 
+from skivi.cli import worker
+from skivi.cli.options import add_crontab_option, add_instance_options, load
 from skivi.client import add_job
-from skivi.config import DEFAULT_CONFIG_FILE, Config, load_config
+from skivi.config import Config
 from skivi.cron import (
     CronEntry,
     ensure_unique,
@@ -74,6 +76,13 @@ from skivi.cron import (
 from skivi.db import pool as dbpool
 from skivi.db.migrate import migrate, pending_migrations, set_limits
 from skivi.db.queries import Queries, for_schema, load_text
+from skivi.engine.exits import (
+    EXIT_CONFIG,
+    EXIT_DATABASE,
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_UNCHANGED,
+)
 from skivi.errors import ConfigError, JobSpecError, MigrationError, PayloadError
 from skivi.job import INT4_MAX, PRIORITY_MAX, PRIORITY_MIN, JobKeyMode, JobSpec
 from skivi.system import create_system
@@ -81,13 +90,8 @@ from skivi.system import create_system
 __all__ = ["build_parser", "main"]
 
 PROG = "skivi"
-
-EXIT_OK = 0
-EXIT_UNCHANGED = 1
-"""Some of the given jobs were not changed, or ``migrate --check`` found pending ones."""
-EXIT_ERROR = 1
-EXIT_CONFIG = 2
-EXIT_DATABASE = 3
+WORKER_COMMAND = "worker"
+"""``skivi worker ...``: ``python -m skivi.engine ...`` (skivi.cli.worker) under this name."""
 
 APPLICATION_NAME = "skivi-cli"
 ROLES_FILE = "roles.sql"
@@ -246,14 +250,7 @@ def _global_options() -> argparse.ArgumentParser:
     """The options every parser accepts. SUPPRESS: a parser where an option is not given
     leaves the attribute alone, so it may be given before or after the command."""
     p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("global options")
-    g.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
-                   help=f"TOML configuration file (default: ./{DEFAULT_CONFIG_FILE} if it "
-                        "exists) [SKIVI_CONFIG]")
-    g.add_argument("--database-url", metavar="URL", default=argparse.SUPPRESS,
-                   help="PostgreSQL connection string [SKIVI_DATABASE_URL, then DATABASE_URL]")
-    g.add_argument("--schema", metavar="NAME", default=argparse.SUPPRESS,
-                   help="schema of the Skivi instance (default: skivi) [SKIVI_SCHEMA]")
+    add_instance_options(p.add_argument_group("global options"), default=argparse.SUPPRESS)
     return p
 
 
@@ -416,15 +413,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = leaf(cron, "list", _cmd_cron_list, "cron entries, last execution and next tick",
              "The configuration's cron entries ([[cron]] in the configuration and the "
              "--crontab file), each with its last execution and its next tick.")
-    p.add_argument("--crontab", metavar="PATH", default=_env("SKIVI_CRONTAB"),
-                   help="TOML file of [[cron]] tables, added to the configuration's "
-                        "[SKIVI_CRONTAB]")
+    add_crontab_option(p)
+
+    # No options of its own here: what follows the command is the worker's command line,
+    # left unparsed for its own parser (main), so its --help is the worker's.
+    commands.add_parser(WORKER_COMMAND, add_help=False,
+                        help="run a worker engine: the same command as python -m skivi.engine "
+                             f"(see {PROG} {WORKER_COMMAND} --help)")
     return parser
-
-
-def _env(name: str) -> str | None:
-    value = os.environ.get(name)
-    return value if value else None
 
 
 # --- output -------------------------------------------------------------------------------------
@@ -896,16 +892,6 @@ def _cmd_cron_list(ctx: _Context) -> int:
 # --- main ---------------------------------------------------------------------------------------
 
 
-def _load(args: argparse.Namespace) -> Config:
-    source: Any = getattr(args, "config", None) or _env("SKIVI_CONFIG")
-    if source is None and Path(DEFAULT_CONFIG_FILE).is_file():
-        source = DEFAULT_CONFIG_FILE
-    return load_config(source, overrides={
-        "database.connection_string": getattr(args, "database_url", None),
-        "database.schema_name": getattr(args, "schema", None),
-    })
-
-
 def _fail(code: int, message: str) -> int:
     print(f"{PROG}: {message}", file=sys.stderr)
     return code
@@ -915,13 +901,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (the console script exits with it)."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        # parse_args is parse_known_args refusing what is left over; left over after
+        # `worker` is the worker's command line.
+        args, rest = parser.parse_known_args(argv)
+        worker_args = _worker_args(args, rest) if args.command == WORKER_COMMAND else None
+        if rest and worker_args is None:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
     except SystemExit as exc:  # --help (0) and usage errors (2), printed by argparse
         return exc.code if isinstance(exc.code, int) else EXIT_CONFIG
+    if worker_args is not None:
+        return worker.start(worker_args)
     handler: Handler = args.handler
     command: argparse.ArgumentParser = args.parser
     try:
-        config = _load(args)
+        config = load(args)
     except ConfigError as exc:
         return _fail(EXIT_CONFIG, str(exc))
     try:
@@ -942,6 +935,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"schema {config.database.schema_name!r} is missing Skivi's tables or "
                 f"functions in this database; run `{PROG} migrate` ({_first_line(exc)})"))
         return _fail(EXIT_ERROR, f"database error: {_first_line(exc)}")
+
+
+def _worker_args(args: argparse.Namespace, rest: list[str]) -> argparse.Namespace:
+    """``skivi [global options] worker ARGS``, parsed by the worker's own parser: the global
+    options given before the command, then ARGS (so those given after it win, as for every
+    command)."""
+    given = [f"--{name.replace('_', '-')}={getattr(args, name)}"
+             for name in ("config", "database_url", "schema") if hasattr(args, name)]
+    return worker.build_parser(f"{PROG} {WORKER_COMMAND}").parse_args([*given, *rest])
 
 
 def _first_line(exc: BaseException) -> str:
