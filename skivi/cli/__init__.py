@@ -18,6 +18,21 @@ skivi`` call ``main``.
 
 from __future__ import annotations
 
-from skivi.cli.admin import build_parser, main
+import argparse
+from collections.abc import Sequence
 
 __all__ = ["build_parser", "main"]
+
+
+# Deferred, so that ``python -m skivi.engine`` (which imports skivi.cli.worker, and so this
+# package) does not load the admin command's ~1,000 lines into every engine parent.
+def main(argv: Sequence[str] | None = None) -> int:
+    from skivi.cli.admin import main as admin_main
+
+    return admin_main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from skivi.cli.admin import build_parser as admin_parser
+
+    return admin_parser()

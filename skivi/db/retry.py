@@ -23,7 +23,7 @@ Who uses it (first delay, cap, jitter), all in seconds::
     engine.fetcher     Fetcher._run (claim)       0.05  2.0              none
     engine.fetcher     Fetcher._listen (LISTEN)   0.1   5.0              none
     engine.scheduler   Scheduler._backoff         0.1   10.0             JITTER_BELOW
-    engine.__main__    _retrying (startup)        0.25  4.0              none, 30 s in all
+    cli.worker         _retrying (startup)        0.25  4.0              none, 30 s in all
 
 The periodic parts (``engine.service.every``: heartbeat, rescuer, pruner) do not back off:
 a failed round is retried at the next interval, which is their documented pace.
