@@ -429,9 +429,10 @@ class _Runner:
     def _timeout(self, task: Task) -> float | None:
         return task.timeout if task.timeout is not None else self.default_timeout
 
-    def _announce(self, m: list[Any]) -> None:
-        """Tell the parent's watchdog that a job with a timeout starts now."""
-        self._write(wire.encode_started(m[JOB_ID], m[JOB_LEASE], m[JOB_SLOT]))
+    def _announce(self, m: list[Any], timeout: float) -> None:
+        """Tell the parent's watchdog that a job with a timeout starts now, and the timeout
+        (decided here only, where the task is known)."""
+        self._write(wire.encode_started(m[JOB_ID], m[JOB_LEASE], m[JOB_SLOT], timeout))
 
     def _call_sync(self, task: Task, m: list[Any], in_thread: bool = False,
                    ) -> list[Any] | None:
@@ -440,7 +441,7 @@ class _Runner:
         self.started[m[JOB_SLOT]] = wire.SLOT_STARTED
         timeout = self._timeout(task)
         if timeout is not None:
-            self._announce(m)
+            self._announce(m, timeout)
         wait = _wait(m)
         started = time.perf_counter()
         try:
@@ -470,7 +471,7 @@ class _Runner:
         self.started[m[JOB_SLOT]] = wire.SLOT_STARTED
         timeout = self._timeout(task)
         if timeout is not None:
-            self._announce(m)
+            self._announce(m, timeout)
         wait = _wait(m)
         started = time.perf_counter()
         try:

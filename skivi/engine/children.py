@@ -148,8 +148,6 @@ class ChildPool:
                                 else 0)
                                + (self.sync_depth if self.sync_tasks else 0))
         self._startable_async = self.has_async or not self.sync_tasks
-        self._timeouts = {t.identifier: t.timeout if t.timeout is not None else w.job_timeout
-                          for t in registry}
         self.run_estimate: dict[str, float] = {}  # sync task -> running average of run time
         self.children: list[ChildHandle] = []
         self.stopping = False  # no more respawns; a dead child's running jobs retry at once
@@ -425,14 +423,12 @@ class ChildPool:
                                                else known + EWMA_WEIGHT * (run - known))
                 self.completer.add(results)
             elif kind == wire.STARTED:
-                job_id, lease, slot = orjson.loads(body)
+                job_id, lease, slot, timeout = orjson.loads(body)
                 job = in_flight.get(slot)
                 if (job is not None and job[CLAIMED_ID] == job_id
                         and job[CLAIMED_LEASE] == lease):
-                    timeout = self._timeouts.get(job[CLAIMED_TASK])
-                    if timeout is not None:
-                        # A grace second lets an async handler's own timeout answer first.
-                        deadlines[slot] = (time.monotonic() + timeout + 1.0, timeout)
+                    # A grace second lets an async handler's own timeout answer first.
+                    deadlines[slot] = (time.monotonic() + timeout + 1.0, timeout)
         self.dispatch()
 
     async def watchdog(self) -> None:

@@ -9,8 +9,9 @@ pipe carries frames (``skivi.framing``: a 4-byte length, one kind byte, an orjso
                       STOP     stop taking jobs; send back the ones not started; finish
     child  -> parent  RESULTS  a JSON array of result rows (below)
                       READY    the child has loaded its tasks and waits for jobs
-                      STARTED  [id, lease, slot] of a job with a timeout that just
-                               started: the parent's watchdog kills the child if it overruns
+                      STARTED  [id, lease, slot, timeout] of a job with a timeout that
+                               just started: the parent's watchdog kills the child if it
+                               overruns (the child alone decides a job's timeout)
 
 Per-child channels (rather than one shared queue) let the parent know exactly which jobs
 each child holds, so a child that dies settles precisely its own jobs. What became of each
@@ -190,9 +191,9 @@ def encode_results(results: Sequence[Sequence[Any]]) -> bytes:
     return encode_frame(RESULTS, orjson.dumps(results))
 
 
-def encode_started(job_id: int, lease: int, slot: int) -> bytes:
-    """The STARTED frame: [id, lease, slot], read back by unpacking in that order."""
-    return encode_frame(STARTED, orjson.dumps([job_id, lease, slot]))
+def encode_started(job_id: int, lease: int, slot: int, timeout: float) -> bytes:
+    """The STARTED frame: [id, lease, slot, timeout], read back by unpacking in that order."""
+    return encode_frame(STARTED, orjson.dumps([job_id, lease, slot, timeout]))
 
 
 # The one place each kind of result row is built. Keyword-only, so no call site depends on

@@ -60,7 +60,7 @@ def test_result_rows_have_every_field_when_built_by_any_constructor() -> None:
 
 
 def test_started_frame_reads_back_in_order_when_encoded() -> None:
-    [(kind, body)] = list(wire.FrameReader().feed(wire.encode_started(1, 2, 3)))
+    [(kind, body)] = list(wire.FrameReader().feed(wire.encode_started(1, 2, 3, 4.5)))
     assert kind == wire.STARTED
-    job_id, lease, slot = orjson.loads(body)
-    assert (job_id, lease, slot) == (1, 2, 3)
+    job_id, lease, slot, timeout = orjson.loads(body)
+    assert (job_id, lease, slot, timeout) == (1, 2, 3, 4.5)
