@@ -128,13 +128,15 @@ class ChildHandle:
 
 class ChildPool:
     def __init__(self, instance: Instance, registry: TaskRegistry, observer: EngineObserver,
-                 *, on_crash: Callable[[], None],
+                 *, on_crash: Callable[[], None], cut_short: asyncio.Event,
                  on_child_start: Callable[[], None] | None = None) -> None:
         w = instance.config.worker
         self.instance = instance
         self.registry = registry
         self.observer = observer
         self.on_crash = on_crash  # a child died with jobs in flight (not at shutdown)
+        self.shutdown_timeout = w.shutdown_timeout
+        self.cut_short = cut_short  # set: stop waiting for running jobs (a second signal)
         self.on_child_start = on_child_start
         self.processes = w.processes or process.available_cpus()
         self.concurrency = w.concurrency
@@ -164,7 +166,7 @@ class ChildPool:
         self.completer = completer
         self.other_pids = other_pids
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """Fork every child; OSError if one cannot be forked (a process or memory limit)."""
         for i in range(self.processes):
             self._spawn(i)
@@ -567,10 +569,12 @@ class ChildPool:
         task = self.registry.get(task_id)
         return task.backoff if task is not None else DEFAULT_BACKOFF
 
-    async def stop(self, timeout: float, cut_short: asyncio.Event) -> None:
+    async def stop(self) -> None:
         """Tell every child to stop (it returns the jobs it had not started and finishes the
-        rest), wait up to ``timeout`` (or until ``cut_short``), then kill the rest."""
+        rest), wait up to worker.shutdown_timeout (or until ``cut_short``), then kill the
+        rest."""
         self.stopping = True
+        timeout, cut_short = self.shutdown_timeout, self.cut_short
         for c in self.children:
             if not c.exited:
                 c.stopping = True

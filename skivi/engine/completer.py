@@ -144,7 +144,7 @@ class Completer:
         self._idle.clear()
         self._wake.set()
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="completer")
 
     async def _run(self) -> None:
@@ -268,7 +268,7 @@ class Completer:
                 self._task = None
         return True
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
         self._closing = True
         self._wake.set()
         if self._task is not None:

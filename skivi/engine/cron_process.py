@@ -70,7 +70,7 @@ class CronProcess:
     def pid(self) -> int | None:
         return None if self._handle is None else self._handle.pid
 
-    def start(self) -> None:
+    async def start(self) -> None:
         """Fork the cron process (only when the instance has cron entries)."""
         if self.instance.cron_entries and not self._stopping:
             self._spawn()

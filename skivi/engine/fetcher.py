@@ -149,7 +149,7 @@ class Fetcher:
             return True
         return self.startable is not None and self.startable() > self.serial_limit_used
 
-    def start(self) -> None:
+    async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._run(), name="fetcher"))
         if self.listen_db is not None:

@@ -122,7 +122,7 @@ class Liveness:
             self.db.broken()
             raise
 
-    def start(self) -> None:
+    async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._heartbeats(), name="heartbeat"),
                        loop.create_task(self._rescues(), name="rescuer")]

@@ -474,7 +474,7 @@ class QueueStatsPoller:
         self.polls = 0
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
+    async def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(),
                                                                 name="queue-stats")

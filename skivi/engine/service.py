@@ -1,6 +1,8 @@
-"""The lifecycle contract shared by the parent's long-running parts (fetcher, completer,
-liveness, pruner, queue stats): ``start()`` returns once the part runs; ``stop()`` is
-idempotent, safe before ``start()``, and returns once its tasks are gone. This module holds
+"""The lifecycle contract shared by the parent's long-running parts (the child pool, the
+cron process, fetcher, completer, liveness, pruner, queue stats), ``Service``: ``await
+start()`` returns once the part runs; ``await stop()`` is idempotent, safe before
+``start()``, and returns once its tasks (or processes) are gone. The supervisor starts them
+in order and stops them in its ordered shutdown, each the same way. This module also holds
 the helpers they share: the last step of every ``stop()``, and the loop of the periodic
 ones."""
 
@@ -10,16 +12,24 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
 
 if TYPE_CHECKING:
     from skivi.engine.connection import Reconnecting
 
-__all__ = ["cancel_and_wait", "every"]
+__all__ = ["Service", "cancel_and_wait", "every"]
 
 logger = logging.getLogger(__name__)
+
+
+class Service(Protocol):
+    """A long-running part of the engine's parent (see the module docstring)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:

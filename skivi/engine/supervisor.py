@@ -90,15 +90,15 @@ class Engine:
                 queues=w.queues or (), max_queue_labels=cfg.metrics.max_queue_labels)
         self.observer = EngineObserver(emitter, self.metrics)
         self._claimed_seen = 0
+        self._cut_short = asyncio.Event()  # set: stop waiting for running jobs
         self.pool = ChildPool(instance, registry, self.observer, on_crash=self._on_crash,
-                              on_child_start=on_child_start)
+                              cut_short=self._cut_short, on_child_start=on_child_start)
         self.processes = self.pool.processes
         self.concurrency = self.pool.concurrency
         self.cron = CronProcess(instance, self.observer.cron_fired)
         self.fast = False
         self.exit_code = 0
         self._done = asyncio.Event()
-        self._cut_short = asyncio.Event()  # set: stop waiting for running jobs
         self._aux: list[asyncio.Task[None]] = []
         self._stop_requested = asyncio.Event()
         self._serving = False  # registered and every part started
@@ -183,14 +183,14 @@ class Engine:
                            cpus, extra={"action": "processes_over_cpus"})
         try:
             try:
-                self.pool.start()
+                await self.pool.start()
             except OSError as exc:
                 logger.error("cannot start child process %d of %d: %s (a process or memory "
                              "limit?)", len(self.children), self.processes,
                              exc.strerror or exc, extra={"action": "fork_failed"})
                 self.exit_code = 1
                 return self.exit_code
-            self.cron.start()
+            await self.cron.start()
             # From the start: its ticks are what /healthz reports on.
             self._aux.append(loop.create_task(self.pool.watchdog(), name="watchdog"))
             if await self._register():
@@ -204,12 +204,12 @@ class Engine:
     async def _serve(self) -> None:
         """Start every part of a registered engine and run until a stop is requested."""
         loop = asyncio.get_running_loop()
-        self.liveness.start()
+        await self.liveness.start()
         await self.pruner.start()
-        self.completer.start()
-        self.fetcher.start()
+        await self.completer.start()
+        await self.fetcher.start()
         if self.stats_poller is not None:
-            self.stats_poller.start()
+            await self.stats_poller.start()
         self.observer.pool_start(self.liveness.engine_id, self.processes, self.concurrency,
                                  self.processes * self.pool.child_capacity)
         queues = self.instance.config.worker.queues
@@ -293,7 +293,7 @@ class Engine:
         steps: list[tuple[str, Callable[[], Any]]] = [
             ("stop cron", self.cron.stop),
             ("stop claiming", self._stop_claiming),
-            ("stop children", lambda: self.pool.stop(self.shutdown_timeout, self._cut_short)),
+            ("stop children", self.pool.stop),
             ("flush completions", self._flush),
             ("stop liveness", self.liveness.stop),
             ("stop history pruner", self.pruner.stop),
@@ -336,7 +336,7 @@ class Engine:
             logger.error("%d results could not be written before shutdown; their jobs will be "
                          "rescued by another engine", self.completer.pending,
                          extra={"action": "flush_incomplete"})
-        await self.completer.close()
+        await self.completer.stop()
 
     async def _close(self) -> None:
         for t in self._aux:

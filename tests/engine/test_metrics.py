@@ -196,7 +196,7 @@ async def _harness(url: str, out: Path) -> None:
         engine_id = int(row[0])
         db = Reconnecting(url, "skivi-stats")
         poller = QueueStatsPoller(db, q, m, lambda: engine_id, interval=0.2)
-        poller.start()
+        await poller.start()
         (out / "port").write_text(str(server.server_port))
         observer.pool_start(engine_id, 2, 4, 8)
         observer.connection_lost("skivi-claim", "server closed the connection")
