@@ -234,6 +234,15 @@ class Emitter:
         if self._batch:
             self._to_batch_handlers([event])
 
+    def kept(self, kind: EventKind, n: int) -> int:
+        """How many of ``n`` events of ``kind`` emitted at once would reach anything: all
+        of them when some handler takes them, else the last ones the ring buffer keeps. A
+        caller building a batch of events per completion flush builds only those (most
+        engines have no subscriber, and the buffer keeps 1,000 of a flush of any size)."""
+        if self._batch or self._all or self._by_kind.get(kind):
+            return n
+        return min(n, self.buffer_size) if self._buffer is not None else 0
+
     def emit_many(self, kind: EventKind, data: Sequence[dict[str, Any]]) -> None:
         """Emit one event of ``kind`` per item of ``data``, all with the same timestamp."""
         if not data:

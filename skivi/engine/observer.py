@@ -272,11 +272,12 @@ class EngineObserver:
         emit_many = self.emitter.emit_many
         sent = len(completed)
         completed = _accepted(completed, done_ids)
-        if completed:
+        keep = self.emitter.kept(_COMPLETED, len(completed))
+        if keep:
             emit_many(_COMPLETED, [
                 {"job_id": r[_ID], "task": r[_TASK], "queue_name": r[_QUEUE],
                  "run_seconds": r[_RUN], "wait_seconds": r[_WAIT]}
-                for r in completed])
+                for r in completed[len(completed) - keep:]])
         if failed:
             recorded = recorded or {}
             retried: list[dict[str, Any]] = []

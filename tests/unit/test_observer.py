@@ -17,7 +17,7 @@ from skivi.engine.observer import (
     EngineObserver,
     NoHandlerLog,
 )
-from skivi.events import CollectingEmitter, EventKind
+from skivi.events import CollectingEmitter, Emitter, EventKind
 
 NAMED = re.compile(r"(\d+) job\(s\) of task '([^']+)' exhausted")
 OTHERS = re.compile(r"(\d+) job\(s\) of (over )?(\d+) other tasks without a handler exhausted "
@@ -160,3 +160,41 @@ def test_no_handler_others_are_counted_and_named_when_past_the_tracked_tasks(
     log.add("y")
     log.report()
     assert found(NAMED, lines(caplog)) == [("1", "y")]
+
+
+def _completed_rows(n: int) -> list[list[Any]]:
+    return [wire.completed_row(job_id=i, lease=1, task="t", queue_name=None, run_seconds=0.0,
+                               wait_seconds=0.0, slot=0) for i in range(1, n + 1)]
+
+
+def test_a_flush_larger_than_the_ring_buffer_leaves_its_last_events_there() -> None:
+    """Only the events the buffer keeps are built when nobody subscribes: what it holds
+    is exactly what emitting all of them would have left."""
+    emitter = Emitter(buffer_size=100)
+    rows = _completed_rows(250)
+    EngineObserver(emitter, None).flushed(rows, [], {(i, 1) for i in range(1, 251)}, {})
+    recent = emitter.recent()
+    assert [e["data"]["job_id"] for e in recent] == list(range(151, 251))
+    assert {e["type"] for e in recent} == {EventKind.JOB_COMPLETED}
+
+
+def test_a_subscriber_gets_every_event_of_a_flush_larger_than_the_ring_buffer() -> None:
+    emitter = Emitter(buffer_size=100)
+    seen: list[int] = []
+    emitter.on(EventKind.JOB_COMPLETED, lambda e: seen.append(e["data"]["job_id"]))
+    EngineObserver(emitter, None).flushed(_completed_rows(250), [],
+                                          {(i, 1) for i in range(1, 251)}, {})
+    assert seen == list(range(1, 251))
+    assert len(emitter.recent()) == 100
+
+
+def test_kept_counts_what_an_emit_would_reach() -> None:
+    assert Emitter(buffer_size=10).kept(EventKind.JOB_COMPLETED, 50) == 10
+    assert Emitter(buffer_size=0).kept(EventKind.JOB_COMPLETED, 50) == 0
+    batch = Emitter(buffer_size=10)
+    batch.on_batch(lambda events: None)
+    assert batch.kept(EventKind.JOB_COMPLETED, 50) == 50
+    other = Emitter(buffer_size=10)
+    other.on(EventKind.JOB_FAILED, lambda e: None)
+    assert other.kept(EventKind.JOB_COMPLETED, 50) == 10
+    assert other.kept(EventKind.JOB_FAILED, 50) == 50
