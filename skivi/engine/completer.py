@@ -249,7 +249,7 @@ class Completer:
                 recorded[claim] = (row[FAILED_ATTEMPTS], row[FAILED_MAX_ATTEMPTS],
                                    row[FAILED_RUN_AT], row[FAILED_REASON])
         if released:
-            # The ids released are not read: the guard makes a stale release change nothing.
+            # Its answer (the ids released) is not needed, so it is left unread.
             await job_release_many.execute_async(
                 conn, self.q, engine=engine, ids=_int_array(job_id for job_id, _ in released),
                 leases=_int_array(lease for _, lease in released))
