@@ -35,7 +35,13 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from skivi.db import pool as dbpool
-from skivi.db.queries import Queries
+from skivi.db.queries import (
+    InsertedRow,
+    KeyedInsertRow,
+    Queries,
+    job_insert_keyed_many,
+    job_insert_many,
+)
 from skivi.instance import Instance
 from skivi.job import MAX_ATTEMPTS_DEFAULT, PRIORITY_DEFAULT, EnqueueOutcome, Job, JobSpec
 from skivi.job import TASK_IDENTIFIER_MAX as _TASK_MAX
@@ -273,7 +279,7 @@ def _draft_inserted(batch: _Batch, jobs: list[Job | None]) -> None:
             None, None, 0, pending, pending, inserted_outcome)
 
 
-def _finish_inserted(part: list[int], inserted: Sequence[Any], jobs: list[Job | None]) -> None:
+def _finish_inserted(part: list[int], inserted: InsertedRow, jobs: list[Job | None]) -> None:
     """Complete the drafts of one unkeyed statement with its answer, one row: the new ids
     (in spec order) and the statement's now(), which every defaulted timestamp holds."""
     ids_text, now = inserted
@@ -290,7 +296,7 @@ def _finish_inserted(part: list[int], inserted: Sequence[Any], jobs: list[Job | 
             job.run_at = now
 
 
-def _assemble_keyed(batch: _Batch, rows: Sequence[Sequence[Any]],
+def _assemble_keyed(batch: _Batch, rows: Sequence[KeyedInsertRow],
                     jobs: list[Job | None]) -> None:
     if len(rows) != len(batch.keyed):
         raise RuntimeError("enqueue returned a different number of rows than specs sent")
@@ -311,17 +317,16 @@ def _run(conn: psycopg.Connection[Any], q: Queries, batch: _Batch) -> list[Job]:
         if batch.statements > 1:
             stack.enter_context(conn.transaction())
             stack.enter_context(conn.pipeline())
+        # Sent now, read after the pipeline: see CHUNK_SIZE.
         for part, wire in batch.unkeyed_chunks():
-            sent.append((part, conn.execute(q.job_insert_many, {"specs": wire})))
+            sent.append((part, job_insert_many.execute(conn, q, specs=wire)))
         if batch.keyed:
-            keyed = conn.execute(q.job_insert_keyed_many, {"specs": batch.keyed_json()})
+            keyed = job_insert_keyed_many.execute(conn, q, specs=batch.keyed_json())
         _draft_inserted(batch, jobs)
     for part, cur in sent:
-        row = cur.fetchone()
-        assert row is not None
-        _finish_inserted(part, row, jobs)
+        _finish_inserted(part, job_insert_many.fetch(cur), jobs)
     if keyed is not None:
-        _assemble_keyed(batch, keyed.fetchall(), jobs)
+        _assemble_keyed(batch, job_insert_keyed_many.fetch(keyed), jobs)
     return [j for j in jobs if j is not None]
 
 
@@ -334,17 +339,17 @@ async def _run_async(conn: psycopg.AsyncConnection[Any], q: Queries,
         if batch.statements > 1:
             await stack.enter_async_context(conn.transaction())
             await stack.enter_async_context(conn.pipeline())
+        # Sent now, read after the pipeline: see CHUNK_SIZE.
         for part, wire in batch.unkeyed_chunks():
-            sent.append((part, await conn.execute(q.job_insert_many, {"specs": wire})))
+            sent.append((part, await job_insert_many.execute_async(conn, q, specs=wire)))
         if batch.keyed:
-            keyed = await conn.execute(q.job_insert_keyed_many, {"specs": batch.keyed_json()})
+            keyed = await job_insert_keyed_many.execute_async(conn, q,
+                                                              specs=batch.keyed_json())
         _draft_inserted(batch, jobs)
     for part, cur in sent:
-        row = await cur.fetchone()
-        assert row is not None
-        _finish_inserted(part, row, jobs)
+        _finish_inserted(part, await job_insert_many.fetch_async(cur), jobs)
     if keyed is not None:
-        _assemble_keyed(batch, await keyed.fetchall(), jobs)
+        _assemble_keyed(batch, await job_insert_keyed_many.fetch_async(keyed), jobs)
     return [j for j in jobs if j is not None]
 
 

@@ -30,10 +30,23 @@ from typing import Any
 
 import psycopg
 import psycopg.errors
-from psycopg.rows import dict_row
 
 from skivi.config import MIGRATION_LOCK_TIMEOUT_DEFAULT
 from skivi.db import queries
+from skivi.db.queries import (
+    LockHolderRow,
+    SchemaStateRow,
+    limits_get,
+    limits_set,
+    migration_applied,
+    migration_bootstrap,
+    migration_lock,
+    migration_lock_holder,
+    migration_record,
+    migration_schema_state,
+    migration_table_exists,
+    migration_unlock,
+)
 from skivi.errors import MigrationError, SchemaTooNew, shown
 
 __all__ = ["Migration", "known_migrations", "migrate", "pending_migrations"]
@@ -60,11 +73,9 @@ def known_migrations() -> list[Migration]:
 
 
 def _applied(conn: psycopg.Connection[Any], q: queries.Queries) -> dict[int, str]:
-    exists = conn.execute(q.migration_table_exists, {"schema": q.schema}).fetchone()
-    if not exists or not exists[0]:
+    if not migration_table_exists.run(conn, q, schema=q.schema):
         return {}
-    rows: list[tuple[Any, ...]] = conn.execute(q.migration_applied).fetchall()
-    return {int(r[0]): str(r[1]) for r in rows}
+    return {int(r.id): str(r.name) for r in migration_applied.run(conn, q)}
 
 
 def _check_not_newer(applied: dict[int, str], schema: str) -> None:
@@ -86,7 +97,7 @@ def _check_name(schema: str) -> None:
             "database.schema_name (default: skivi)")
 
 
-def _check_schema_is_ours(schema: str, state: tuple[Any, ...]) -> None:
+def _check_schema_is_ours(schema: str, state: SchemaStateRow) -> None:
     exists, has_migration_table, object_count, some_objects = state
     if exists and not has_migration_table and object_count:
         names = ", ".join(some_objects)
@@ -107,16 +118,16 @@ def pending_migrations(conn: psycopg.Connection[Any], schema: str) -> list[Migra
     return [m for m in known_migrations() if m.version not in applied]
 
 
-def _describe_holder(holder: dict[str, Any]) -> str:
-    client = f", client {holder['client']}" if holder["client"] else ", local socket"
-    text = (f"backend pid {holder['pid']} (application {holder['application_name']!r}"
-            f"{client}, connected since {holder['backend_start']:%Y-%m-%d %H:%M:%S%z}), "
-            f"{holder['state'] or 'state unknown'} for {holder['state_age'] or 0:.0f}s")
-    if holder["state"] == "idle" and (holder["state_age"] or 0) >= IDLE_HOLDER_SECONDS:
+def _describe_holder(holder: LockHolderRow) -> str:
+    client = f", client {holder.client}" if holder.client else ", local socket"
+    text = (f"backend pid {holder.pid} (application {holder.application_name!r}"
+            f"{client}, connected since {holder.backend_start:%Y-%m-%d %H:%M:%S%z}), "
+            f"{holder.state or 'state unknown'} for {holder.state_age or 0:.0f}s")
+    if holder.state == "idle" and (holder.state_age or 0) >= IDLE_HOLDER_SECONDS:
         text += (f": an idle session is not migrating; probably a migrator that was killed "
-                 f"while its backend lives on (last statement: {holder['query']!r}). If no "
+                 f"while its backend lives on (last statement: {holder.query!r}). If no "
                  f"migration is running, end it with select pg_terminate_backend"
-                 f"({holder['pid']})")
+                 f"({holder.pid})")
     return text
 
 
@@ -124,21 +135,18 @@ def _lock(conn: psycopg.Connection[Any], q: queries.Queries, schema: str,
           timeout: float) -> None:
     """Take the migration lock of ``schema``, waiting at most ``timeout`` seconds, saying who
     holds it meanwhile; MigrationError when it stays taken."""
-    params = {"schema": schema}
     started = time.monotonic()
     deadline = started + timeout
     next_report = started
     waited = False
     while True:
-        row = conn.execute(q.migration_lock, params).fetchone()
-        if row is not None and row[0]:
+        if migration_lock.run(conn, q, schema=schema):
             if waited:
                 logger.info("took the migration lock of schema %s after %.1fs", schema,
                             time.monotonic() - started,
                             extra={"action": "migration_lock_taken"})
             return
-        found = conn.cursor(row_factory=dict_row).execute(
-            q.migration_lock_holder, params).fetchone()
+        found = migration_lock_holder.run(conn, q, schema=schema)
         waited = True
         now = time.monotonic()
         who = _describe_holder(found) if found else "a session that has just let it go"
@@ -151,7 +159,7 @@ def _lock(conn: psycopg.Connection[Any], q: queries.Queries, schema: str,
                 "waiting for the migration lock of schema %s (%.0fs so far, giving up after "
                 "%gs): held by %s", schema, now - started, timeout, who,
                 extra={"action": "migration_lock_wait",
-                       "holder_pid": found["pid"] if found else None})
+                       "holder_pid": found.pid if found else None})
             next_report = now + LOCK_REPORT_INTERVAL
         time.sleep(max(0.0, min(LOCK_POLL_INTERVAL, deadline - now)))
 
@@ -172,18 +180,16 @@ def migrate(conn: psycopg.Connection[Any], schema: str, *,
     if not pending_migrations(conn, schema):
         return []
     q = queries.for_schema(schema)
-    params = {"schema": schema}
     _lock(conn, q, schema, lock_timeout)
     try:
         with conn.transaction():
-            state = conn.execute(q.migration_schema_state, params).fetchone()
-            assert state is not None
+            state = migration_schema_state.run(conn, q, schema=schema)
             applied = _applied(conn, q)
         _check_schema_is_ours(schema, state)
         _check_not_newer(applied, schema)
         # Fresh: the schema and migration table are created with the first migration, in
         # its transaction, so its failure rolls them back too (nothing is left behind).
-        bootstrap = not state[1]
+        bootstrap = not state.has_migration_table
         done = []
         for m in known_migrations():
             if m.version in applied:
@@ -192,8 +198,8 @@ def migrate(conn: psycopg.Connection[Any], schema: str, *,
             try:
                 with conn.transaction():
                     if bootstrap:
-                        conn.execute(q.migration_bootstrap)
-                    conn.execute(q.migration_record, {"id": m.version, "name": m.name})
+                        migration_bootstrap.run(conn, q)
+                    migration_record.run(conn, q, id=m.version, name=m.name)
                     conn.execute(queries.compose(text, schema))
             except psycopg.errors.InsufficientPrivilege as exc:
                 # A role without CREATE (a worker or producer role): a refusal of this
@@ -214,7 +220,7 @@ def migrate(conn: psycopg.Connection[Any], schema: str, *,
             done.append(m)
         return done
     finally:
-        conn.execute(q.migration_unlock, params)
+        migration_unlock.execute(conn, q, schema=schema)
 
 
 def set_limits(conn: psycopg.Connection[Any], q: queries.Queries,
@@ -222,15 +228,15 @@ def set_limits(conn: psycopg.Connection[Any], q: queries.Queries,
     """Give the database's limits (what the SQL enqueue functions enforce) the values of the
     configuration that migrates. A role that may not write them (the worker role) is told,
     in a warning, what the database enforces instead; that is not an error."""
-    row = conn.execute(q.limits_get).fetchone()
-    if row is None or row[0] == max_payload_bytes:
+    current = limits_get.run(conn, q)
+    if current is None or current == max_payload_bytes:
         return
     try:
-        conn.execute(q.limits_set, {"max_payload_bytes": max_payload_bytes})
+        limits_set.run(conn, q, max_payload_bytes=max_payload_bytes)
     except psycopg.errors.InsufficientPrivilege:
         logger.warning(
             "validation.max_payload_bytes is %d but the database's limits.max_payload_bytes "
             "is %d, and this role may not change it: the SQL enqueue functions refuse "
             "payloads over %d bytes (an owner can set it: skivi migrate with this "
-            "configuration)", max_payload_bytes, row[0], row[0],
+            "configuration)", max_payload_bytes, current, current,
             extra={"action": "limits_unchanged"})

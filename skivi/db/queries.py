@@ -1,23 +1,86 @@
-"""Named queries: one statement per file in ``skivi/sql/queries``.
+# The declarations below are never called (``@statement`` reads their signatures), so
+# their bodies are only docstrings.
+# mypy: disable-error-code="empty-body"
+"""Named queries: one statement per file in ``skivi/sql/queries``, one typed call per file.
 
-Each file is read once, composed with the instance's schema through
-``psycopg.sql.Identifier`` (never string pasting) and rendered once to bytes, so the text
-sent for a query is identical on every call, psycopg's prepared-statement cache works for
-the hot ones, and no call pays for composing (measured: ~25 us per execute otherwise).
-``Queries`` declares one attribute per file, and loading fails if a file has no attribute
-or an attribute has no file: dead SQL cannot accumulate.
+Text. Each file is read once, composed with the instance's schema through
+``psycopg.sql.Identifier`` (never string pasting) and rendered once to bytes (``Queries``,
+one per schema), so the text sent for a query is identical on every call, psycopg's
+prepared-statement cache works for the hot ones, and no call pays for composing (measured:
+~25 us per execute otherwise).
+
+Calls. Each file is declared once, below, as a function with the file's name: its
+keyword-only parameters are the file's ``%(name)s`` placeholders, its return annotation is
+what a run returns (River's sqlc-generated ``JobGetAvailable(ctx, params) -> []*RiverJob``,
+without generating code). ``@statement`` makes the declaration a ``Statement``; the body is
+never run::
+
+    @statement
+    def engine_heartbeat(*, engine: int, in_flight: int, stopping: bool,
+                         running: list[int]) -> int | None:
+        '''Refresh this engine's heartbeat; its id, or None if it was declared dead.'''
+
+    alive = await engine_heartbeat.run_async(conn, q, engine=engine_id, in_flight=3,
+                                             stopping=False, running=[])
+
+``run`` / ``run_async`` execute and read the answer; ``execute`` / ``execute_async`` only
+send (the cursor comes back unread: pipelines, answers nobody needs) and ``fetch`` /
+``fetch_async`` read such a cursor later. The return annotation says how the answer is read:
+
+    ``list[Row]``    every row
+    ``Row | None``   the first row, or None when there is none
+    ``Row``          the one row (a statement that answers none raises RuntimeError)
+    ``None``         nothing is read
+
+and the row type how each row is built:
+
+    ``tuple[...]``   psycopg's own tuples, as they come: nothing is built per row. The hot
+                     statements' rows, read by the index constants declared beside them.
+    a NamedTuple     one per row, from its values (``_make``): operator and cold statements
+    anything else    the first column (psycopg's ``scalar_row``): ``int``, ``bool``, ...
+
+Checks. ``Queries`` refuses to load when a file has no declaration, a declaration no file,
+or a declaration's parameters are not exactly its file's placeholders (as psycopg finds
+them: comments included), so neither dead SQL nor a drifted parameter can accumulate.
+Mypy checks each call's keywords and their types against the declaration; at run time a
+call with other keywords raises TypeError before anything is sent (one set comparison).
+``tests/db/test_queries.py`` checks each declared row type against the columns the server
+says the statement returns.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
+import inspect
+import re
+import types
+import typing
+from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
+from typing import Any, Final, Generic, NamedTuple, ParamSpec, TypeVar, cast, overload
 
+import psycopg
 from psycopg import sql
+from psycopg.rows import scalar_row
+from psycopg.types.json import Jsonb
 
-__all__ = ["Queries", "channel_name", "for_schema", "load_text", "migration_files"]
+__all__ = [
+    "CLAIM_CUT", "CLAIM_ID", "CLAIM_LEASE", "CLAIM_MESSAGE", "CLAIM_TASK", "COMPLETED_ID",
+    "COMPLETED_LEASE", "FAILED_ATTEMPTS", "FAILED_ID", "FAILED_LEASE", "FAILED_MAX_ATTEMPTS",
+    "FAILED_OUTCOME", "FAILED_REASON", "FAILED_RUN_AT", "STATEMENTS", "BigintArray",
+    "ChangeRow", "ClaimRow", "CompletedRow", "CronFireRow", "CronKnownRow", "CronListRow",
+    "EngineListRow", "FailedRow", "HistoryPruneRow", "HistoryRetryRow", "InsertedRow",
+    "JobCountRow", "JobHistoryRow", "JobListRow", "JobRescueRow", "JobStatsRow",
+    "KeyedInsertRow", "LockHolderRow", "MigrationRow", "Queries", "SchemaStateRow",
+    "Statement", "channel_name", "check_statements", "declare", "for_schema", "load_text",
+    "migration_files", "placeholders", "statement",
+]
 
 SQL_PACKAGE = "skivi.sql"
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def channel_name(schema: str) -> str:
@@ -46,8 +109,276 @@ def migration_files() -> list[tuple[int, str]]:
     return found
 
 
+def _query_files() -> set[str]:
+    folder = resources.files(SQL_PACKAGE) / "queries"
+    return {e.name[:-4] for e in folder.iterdir() if e.name.endswith(".sql")}
+
+
+# -- statements ----------------------------------------------------------------------------
+
+# A placeholder as psycopg's query parser reads one (psycopg/_queries.py): "%" then a name in
+# parentheses and a format, or any one character ("%%" is a literal percent sign).
+_PLACEHOLDER = re.compile(r"%(?:\(([^)]+)\)(.)|(.))", re.DOTALL)
+
+
+def placeholders(text: str) -> frozenset[str]:
+    """The ``%(name)s`` parameter names of a query text, comments included: psycopg reads
+    those too, so a name mentioned in a header comment must be passed as well.
+
+    Raises:
+        ValueError: on a positional placeholder (``%s``) or an unknown format.
+    """
+    names: set[str] = set()
+    for m in _PLACEHOLDER.finditer(text):
+        name, fmt, other = m.groups()
+        if name is not None and fmt in "sbt":
+            names.add(name)
+        elif other != "%":
+            raise ValueError(f"not a named placeholder: {m.group(0)!r} (write %% for %)")
+    return frozenset(names)
+
+
+class Statement(Generic[P, R]):
+    """One named query: the call its declaration describes (see the module docstring).
+
+    ``P`` is the declaration's parameters and ``R`` what a run returns, so mypy checks every
+    call as if it called the declaration. The subclass (one per way of reading the answer)
+    is chosen by ``declare`` from the declaration's return annotation.
+    """
+
+    __slots__ = ("defaults", "name", "params", "prepare", "returns", "row", "row_factory")
+
+    def __init__(self, name: str, params: frozenset[str], defaults: Mapping[str, Any], *,
+                 returns: Any, row: Any, row_factory: Any, prepare: bool | None) -> None:
+        self.name = name
+        """The file's name (without .sql): also the ``Queries`` attribute holding its text."""
+        self.params = params
+        """The parameter names, which must be the file's placeholders."""
+        self.defaults = dict(defaults)
+        """Values of the parameters a caller may leave out."""
+        self.returns = returns
+        """The declaration's return annotation, resolved."""
+        self.row = row
+        """The type of one row (or of the one column, for scalar rows); None if no answer."""
+        self.row_factory = row_factory
+        """The psycopg row factory, or None for the connection's own (tuples)."""
+        self.prepare = prepare
+        """psycopg's ``prepare``: True prepares on first use, None after a few uses."""
+
+    def __repr__(self) -> str:
+        return f"<Statement {self.name}({', '.join(sorted(self.params))})>"
+
+    def _params(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        if args or kwargs.keys() != self.params:
+            if args or not self.defaults:
+                raise self._misuse(args, kwargs)
+            kwargs = {**self.defaults, **kwargs}
+            if kwargs.keys() != self.params:
+                raise self._misuse(args, kwargs)
+        # No parameters: the text goes as it is (simple protocol, "%%" untouched), as
+        # psycopg sends a query given no parameters.
+        return kwargs or None
+
+    def _misuse(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TypeError:
+        if args:
+            return TypeError(f"{self.name}: parameters go by name, got {len(args)} "
+                             "positional")
+        missing = sorted(self.params - kwargs.keys())
+        unknown = sorted(kwargs.keys() - self.params)
+        return TypeError(f"{self.name}: missing parameters {missing}, unknown parameters "
+                         f"{unknown} (declared: {sorted(self.params)})")
+
+    def execute(self, conn: psycopg.Connection[Any], q: Queries, /,
+                *args: P.args, **kwargs: P.kwargs) -> psycopg.Cursor[Any]:
+        """Send the statement; its answer is left unread on the cursor (see ``fetch``)."""
+        params = self._params(args, kwargs)
+        # A connection's execute() is its cursor()'s: the same path as a plain
+        # conn.execute() when the rows are psycopg's tuples.
+        on: Any = conn if self.row_factory is None else conn.cursor(
+            row_factory=self.row_factory)
+        cur: psycopg.Cursor[Any] = on.execute(getattr(q, self.name), params,
+                                              prepare=self.prepare)
+        return cur
+
+    async def execute_async(self, conn: psycopg.AsyncConnection[Any], q: Queries, /,
+                            *args: P.args, **kwargs: P.kwargs) -> psycopg.AsyncCursor[Any]:
+        """The async twin of ``execute``."""
+        params = self._params(args, kwargs)
+        on: Any = conn if self.row_factory is None else conn.cursor(
+            row_factory=self.row_factory)
+        cur: psycopg.AsyncCursor[Any] = await on.execute(getattr(q, self.name), params,
+                                                         prepare=self.prepare)
+        return cur
+
+    def fetch(self, cur: psycopg.Cursor[Any]) -> R:
+        """The answer of a cursor ``execute`` returned, read as declared."""
+        raise NotImplementedError
+
+    def fetch_async(self, cur: psycopg.AsyncCursor[Any]) -> Awaitable[R]:
+        """The async twin of ``fetch``."""
+        raise NotImplementedError
+
+    def run(self, conn: psycopg.Connection[Any], q: Queries, /,
+            *args: P.args, **kwargs: P.kwargs) -> R:
+        """Execute the statement and read its answer as declared."""
+        return self.fetch(self.execute(conn, q, *args, **kwargs))
+
+    async def run_async(self, conn: psycopg.AsyncConnection[Any], q: Queries, /,
+                        *args: P.args, **kwargs: P.kwargs) -> R:
+        """The async twin of ``run``."""
+        # Written out rather than through execute_async: one coroutine less on the hot path.
+        params = self._params(args, kwargs)
+        on: Any = conn if self.row_factory is None else conn.cursor(
+            row_factory=self.row_factory)
+        return await self.fetch_async(await on.execute(getattr(q, self.name), params,
+                                                       prepare=self.prepare))
+
+
+class _Rows(Statement[P, R]):
+    __slots__ = ()
+
+    def fetch(self, cur: psycopg.Cursor[Any]) -> R:
+        return cast(R, cur.fetchall())
+
+    def fetch_async(self, cur: psycopg.AsyncCursor[Any]) -> Awaitable[R]:
+        return cast(Awaitable[R], cur.fetchall())
+
+
+class _FirstRow(Statement[P, R]):
+    __slots__ = ()
+
+    def fetch(self, cur: psycopg.Cursor[Any]) -> R:
+        return cast(R, cur.fetchone())
+
+    def fetch_async(self, cur: psycopg.AsyncCursor[Any]) -> Awaitable[R]:
+        return cast(Awaitable[R], cur.fetchone())
+
+
+class _OneRow(Statement[P, R]):
+    __slots__ = ()
+
+    def fetch(self, cur: psycopg.Cursor[Any]) -> R:
+        row = cur.fetchone()
+        if row is None:
+            raise RuntimeError(f"{self.name} answered no row")
+        return cast(R, row)
+
+    async def fetch_async(self, cur: psycopg.AsyncCursor[Any]) -> R:
+        row = await cur.fetchone()
+        if row is None:
+            raise RuntimeError(f"{self.name} answered no row")
+        return cast(R, row)
+
+
+class _NoAnswer(Statement[P, R]):
+    __slots__ = ()
+
+    def fetch(self, cur: psycopg.Cursor[Any]) -> R:
+        return cast(R, None)
+
+    async def fetch_async(self, cur: psycopg.AsyncCursor[Any]) -> R:
+        return cast(R, None)
+
+
+def _row_factory(row: Any) -> Any:
+    """How psycopg builds one row of type ``row`` (see the module docstring)."""
+    if typing.get_origin(row) is tuple:
+        return None
+    if isinstance(row, type) and issubclass(row, tuple) and hasattr(row, "_fields"):
+        make = cast(Any, row)._make
+        return lambda cursor: make
+    if isinstance(row, type):
+        return scalar_row
+    raise TypeError(f"not a row type: {row!r} (a tuple[...], a NamedTuple or a column type)")
+
+
+def declare(fn: Callable[P, R], *, prepare: bool | None = None) -> Statement[P, R]:
+    """The ``Statement`` a declaration describes, not registered (``statement`` is)."""
+    name = fn.__name__
+    params = inspect.signature(fn).parameters.values()
+    positional = [p.name for p in params if p.kind is not inspect.Parameter.KEYWORD_ONLY]
+    if positional:
+        raise TypeError(f"{name}: declare parameters keyword-only (after *), not {positional}")
+    defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    returns = typing.get_type_hints(fn)["return"]
+    kind: type[Statement[P, R]]
+    if returns is type(None):
+        kind, row = _NoAnswer, None
+    elif typing.get_origin(returns) is list:
+        kind, row = _Rows, typing.get_args(returns)[0]
+    elif typing.get_origin(returns) in (typing.Union, types.UnionType):
+        others = [a for a in typing.get_args(returns) if a is not type(None)]
+        if len(others) != 1 or len(typing.get_args(returns)) != 2:
+            raise TypeError(f"{name}: return one row type or one row type | None")
+        kind, row = _FirstRow, others[0]
+    else:
+        kind, row = _OneRow, returns
+    return kind(name, frozenset(p.name for p in params), defaults, returns=returns, row=row,
+                row_factory=None if row is None else _row_factory(row), prepare=prepare)
+
+
+STATEMENTS: dict[str, Statement[..., Any]] = {}
+"""Every declared statement, by name."""
+
+
+@overload
+def statement(fn: Callable[P, R], /) -> Statement[P, R]: ...
+
+
+@overload
+def statement(*, prepare: bool | None = None
+              ) -> Callable[[Callable[P, R]], Statement[P, R]]: ...
+
+
+def statement(fn: Callable[P, R] | None = None, /, *, prepare: bool | None = None) -> Any:
+    """Declare the named query of the file with the function's name (see the module
+    docstring). ``prepare=True``: prepared on first use, for the hot statements."""
+    def register(fn: Callable[P, R]) -> Statement[P, R]:
+        made = declare(fn, prepare=prepare)
+        if made.name in STATEMENTS:
+            raise TypeError(f"{made.name} is declared twice")
+        STATEMENTS[made.name] = made
+        return made
+
+    return register if fn is None else register(fn)
+
+
+def check_statements(declared: Mapping[str, Statement[..., Any]],
+                     texts: Mapping[str, str]) -> None:
+    """Refuse declarations out of step with the files' texts (by name).
+
+    Raises:
+        RuntimeError: naming every file without a declaration, declaration without a file,
+            and declaration whose parameters are not its file's placeholders.
+    """
+    problems = []
+    missing = sorted(declared.keys() - texts.keys())
+    undeclared = sorted(texts.keys() - declared.keys())
+    if missing or undeclared:
+        problems.append(f"missing files {missing}, undeclared files {undeclared}")
+    for name in sorted(declared.keys() & texts.keys()):
+        try:
+            found = placeholders(texts[name])
+        except ValueError as exc:
+            problems.append(f"{name}.sql: {exc}")
+            continue
+        params = declared[name].params
+        if found != params:
+            problems.append(
+                f"{name}: declared parameters not in {name}.sql {sorted(params - found)}, "
+                f"placeholders not declared {sorted(found - params)}")
+    if problems:
+        raise RuntimeError("named queries out of step with skivi/sql/queries: "
+                           + "; ".join(problems))
+
+
 class Queries:
-    """The rendered named queries of one schema. Attribute name = file name without .sql."""
+    """The rendered named queries of one schema: attribute = file name without .sql, whose
+    value is the text a ``Statement`` of that name sends.
+
+    The attributes are declared so that code still executing a text itself (cli.py, until
+    it calls the statements) is type-checked; loading checks them against the files too.
+    """
 
     cron_fire: bytes
     cron_known: bytes
@@ -89,20 +420,412 @@ class Queries:
 
     def __init__(self, schema: str) -> None:
         self.schema = schema
-        declared = set(self.__annotations__) - {"schema"}
-        folder = resources.files(SQL_PACKAGE) / "queries"
-        present = {e.name[:-4] for e in folder.iterdir() if e.name.endswith(".sql")}
-        if declared != present:
+        attributes = set(self.__annotations__) - {"schema"}
+        if attributes != STATEMENTS.keys():
             raise RuntimeError(
-                "named queries out of step with skivi/sql/queries: "
-                f"missing files {sorted(declared - present)}, "
-                f"undeclared files {sorted(present - declared)}"
-            )
-        for name in sorted(declared):
-            composed = compose(load_text("queries", name + ".sql"), schema)
-            setattr(self, name, composed.as_bytes(None))
+                "Queries out of step with the statements declared in skivi.db.queries: "
+                f"attributes without a statement {sorted(attributes - STATEMENTS.keys())}, "
+                f"statements without an attribute {sorted(STATEMENTS.keys() - attributes)}")
+        texts = {name: load_text("queries", name + ".sql") for name in _query_files()}
+        check_statements(STATEMENTS, texts)
+        for name in sorted(attributes):
+            setattr(self, name, compose(texts[name], schema).as_bytes(None))
 
 
 @functools.cache
 def for_schema(schema: str) -> Queries:
     return Queries(schema)
+
+
+# -- the named queries, by file name -------------------------------------------------------
+#
+# Parameter and column types are what psycopg adapts and loads: text[] and bigint[] are
+# lists (psycopg sends no tuple as an array), timestamptz is an aware datetime.
+
+BigintArray = list[int] | str
+"""A bigint[] parameter: a list, or a literal such as '{1,2,3}', far cheaper to build than
+adapting a list element by element (the statement casts it)."""
+
+
+class CronFireRow(NamedTuple):
+    identifier: str
+    ts: dt.datetime
+    claimed: bool
+    outcome: str | None
+    job_id: int | None
+
+
+@statement
+def cron_fire(*, ticks: str | Jsonb) -> list[CronFireRow]:
+    """Claim and enqueue cron ticks (``ticks``: a JSON array); one row per tick."""
+
+
+class CronKnownRow(NamedTuple):
+    identifier: str
+    known_since: dt.datetime
+    last_execution: dt.datetime | None
+    created: bool
+
+
+@statement
+def cron_known(*, identifiers: list[str], now: dt.datetime) -> list[CronKnownRow]:
+    """Register cron entries; where each known one stands."""
+
+
+class CronListRow(NamedTuple):
+    identifier: str
+    known_since: dt.datetime
+    last_execution: dt.datetime | None
+
+
+@statement
+def cron_list(*, identifiers: list[str]) -> list[CronListRow]:
+    """Where the given cron entries stand (read-only)."""
+
+
+@statement
+def engine_deregister(*, engine: int) -> None:
+    """Remove a cleanly stopped engine's row."""
+
+
+@statement
+def engine_heartbeat(*, engine: int, in_flight: int, stopping: bool,
+                     running: list[int]) -> int | None:
+    """Refresh an engine's heartbeat; its id, or None if it was declared dead."""
+
+
+class EngineListRow(NamedTuple):
+    id: int
+    hostname: str
+    pid: int
+    version: str
+    started_at: dt.datetime
+    heartbeat_age: float
+    lease_timeout: float
+    processes: int
+    concurrency: int
+    in_flight: int
+    stopping: bool
+    lock_held: bool
+
+
+@statement
+def engine_list(*, schema: str) -> list[EngineListRow]:
+    """The engines registered in ``schema``, by id."""
+
+
+@statement
+def engine_register(*, schema: str, hostname: str, pid: int, version: str,
+                    lease_timeout: float, processes: int, concurrency: int) -> int:
+    """A new engine identity, its liveness lock held by this session; its id."""
+
+
+@statement
+def engine_relock(*, schema: str, engine: int) -> bool | None:
+    """Take an engine's liveness lock back: whether it was taken, None if its row is gone."""
+
+
+ClaimRow = tuple[int, int, str, str, bool]
+"""job_claim's row, read by the CLAIM_* indices: id, lease, message (the job as JSON text,
+see skivi.engine.wire), task_identifier, cut (jobs were left for the byte limit)."""
+CLAIM_ID: Final = 0
+CLAIM_LEASE: Final = 1
+CLAIM_MESSAGE: Final = 2
+CLAIM_TASK: Final = 3
+CLAIM_CUT: Final = 4
+
+
+@statement(prepare=True)
+def job_claim(*, engine: int, limit: int, serial_limit: int, max_bytes: int,
+              tasks: list[str] | None = None, forbidden: list[str] | None = None,
+              queues: list[str] | None = None) -> list[ClaimRow]:
+    """Claim up to ``limit`` runnable jobs for ``engine``, in claim order (None: no filter)."""
+
+
+CompletedRow = tuple[int, int]
+"""job_complete_many's row, read by the COMPLETED_* indices: id, lease."""
+COMPLETED_ID: Final = 0
+COMPLETED_LEASE: Final = 1
+
+
+@statement(prepare=True)
+def job_complete_many(*, engine: int, ids: BigintArray, leases: BigintArray,
+                      history: bool) -> list[CompletedRow]:
+    """Finish successful claims (pairwise ``ids``, ``leases``); those actually completed."""
+
+
+class JobCountRow(NamedTuple):
+    queue_name: str | None
+    task_identifier: str
+    waiting: int
+    scheduled: int
+    running: int
+    claimed: int
+    oldest_runnable_age: float | None
+    truncated: bool
+
+
+@statement
+def job_count_by_queue(*, scan_limit: int) -> list[JobCountRow]:
+    """Queue depth per queue and task, for an operator."""
+
+
+FailedRow = tuple[int, str, int, int, int, dt.datetime | None, str | None]
+"""job_fail_many's row, read by the FAILED_* indices: id, outcome ('failed' or 'exhausted'),
+lease, attempts, max_attempts, run_at (None when exhausted), reason (None when failed)."""
+FAILED_ID: Final = 0
+FAILED_OUTCOME: Final = 1
+FAILED_LEASE: Final = 2
+FAILED_ATTEMPTS: Final = 3
+FAILED_MAX_ATTEMPTS: Final = 4
+FAILED_RUN_AT: Final = 5
+FAILED_REASON: Final = 6
+
+
+@statement
+def job_fail_many(*, engine: int, ids: list[int], leases: list[int], errors: list[str | None],
+                  delays: list[float], finals: list[str | None], payloads: list[str | None],
+                  attempts: list[int | None], tracebacks: list[str | None]
+                  ) -> list[FailedRow]:
+    """Record failed attempts (pairwise arrays); the claims actually recorded."""
+
+
+class JobHistoryRow(NamedTuple):
+    id: int
+    task_identifier: str
+    queue_name: str | None
+    outcome: str
+    reason: str | None
+    attempts: int
+    max_attempts: int
+    last_error: str | None
+    key: str | None
+    flags: list[str] | None
+    priority: int
+    run_at: dt.datetime
+    created_at: dt.datetime
+    finished_at: dt.datetime
+    payload: Any
+    last_error_traceback: str | None
+
+
+@statement
+def job_history_list(*, limit: int, payload: bool = False, task: str | None = None,
+                     outcome: str | None = None, id: int | None = None
+                     ) -> list[JobHistoryRow]:
+    """Finished jobs, most recently finished first (None: no filter)."""
+
+
+class HistoryPruneRow(NamedTuple):
+    held: bool
+    deleted: int
+
+
+@statement
+def job_history_prune(*, lock_class: int, schema: str, retention: float,
+                      batch: int) -> HistoryPruneRow:
+    """One round of history pruning, if this session gets the lock."""
+
+
+class HistoryRetryRow(NamedTuple):
+    id: int
+    result: str
+
+
+@statement
+def job_history_retry_many(*, ids: list[int]) -> list[HistoryRetryRow]:
+    """Put exhausted jobs back in the queue; what happened to each id, in order."""
+
+
+@statement
+def job_history_retry_matching(*, task: str | None, reason: str | None
+                               ) -> list[HistoryRetryRow]:
+    """Put every exhausted job of a task and/or reason back in the queue, by id."""
+
+
+KeyedInsertRow = tuple[int, str, int, str, str | None, Any, int, dt.datetime, int, int,
+                       str | None, str | None, list[str] | None, int | None,
+                       dt.datetime | None, int, dt.datetime, dt.datetime]
+"""job_insert_keyed_many's row: ord (0-based position in specs), outcome, then the job's
+columns in the table's order (id ... updated_at)."""
+
+
+@statement
+def job_insert_keyed_many(*, specs: Jsonb) -> list[KeyedInsertRow]:
+    """Enqueue jobs with a job key; one row per spec, in spec order."""
+
+
+InsertedRow = tuple[str, dt.datetime]
+"""job_insert_many's one row: ids (a bigint[] literal, in spec order), inserted_at."""
+
+
+@statement
+def job_insert_many(*, specs: Jsonb) -> InsertedRow:
+    """Enqueue jobs without a job key."""
+
+
+class JobListRow(NamedTuple):
+    id: int
+    task_identifier: str
+    queue_name: str | None
+    state: str
+    priority: int
+    run_at: dt.datetime
+    attempts: int
+    max_attempts: int
+    last_error: str | None
+    key: str | None
+    flags: list[str] | None
+    locked_by: int | None
+    locked_at: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    payload: Any
+    last_error_traceback: str | None
+
+
+@statement
+def job_list(*, limit: int, payload: bool = False, task: str | None = None,
+             queue: str | None = None, state: str | None = None, id: int | None = None
+             ) -> list[JobListRow]:
+    """Live jobs, oldest id first (None: no filter)."""
+
+
+class ChangeRow(NamedTuple):
+    """What one of the operator's changes did to one id."""
+
+    id: int
+    result: str
+    locked_by: int | None
+
+
+@statement
+def job_permanently_fail_many(*, ids: list[int], reason: str | None = None
+                              ) -> list[ChangeRow]:
+    """Give up on pending jobs; what happened to each id, in order."""
+
+
+@statement
+def job_queue_prune(*, batch: int) -> int:
+    """Remove up to ``batch`` rows of serial queues without jobs; how many."""
+
+
+@statement
+def job_release_many(*, engine: int, ids: BigintArray, leases: BigintArray) -> list[int]:
+    """Give back unstarted claims (pairwise ``ids``, ``leases``); the ids released."""
+
+
+@statement
+def job_remove_many(*, ids: list[int]) -> list[ChangeRow]:
+    """Delete pending jobs; what happened to each id, in order."""
+
+
+@statement
+def job_reschedule_many(*, ids: list[int], run_at: dt.datetime | None = None,
+                        priority: int | None = None, attempts: int | None = None,
+                        max_attempts: int | None = None) -> list[ChangeRow]:
+    """Change pending jobs (None: keep); what happened to each id, in order."""
+
+
+class JobRescueRow(NamedTuple):
+    engines: list[int]
+    retried: int
+    exhausted: int
+
+
+@statement
+def job_rescue(*, engine: int, schema: str, restart_grace: float) -> JobRescueRow:
+    """Make the jobs of dead engines runnable again; the engines and the counts."""
+
+
+@statement
+def job_retry_many(*, ids: list[int]) -> list[ChangeRow]:
+    """Make pending jobs runnable now; what happened to each id, in order."""
+
+
+class JobStatsRow(NamedTuple):
+    queue_name: str
+    waiting: int
+    scheduled: int
+    running: int
+    claimed: int
+    oldest_runnable_age: float | None
+    estimated: bool
+
+
+@statement
+def job_stats(*, engine: int, cap: int, max_groups: int) -> list[JobStatsRow]:
+    """Queue depth by state, for the leader engine only (no rows for the others)."""
+
+
+@statement
+def limits_get() -> int | None:
+    """The database's max_payload_bytes."""
+
+
+@statement
+def limits_set(*, max_payload_bytes: int) -> None:
+    """Set the database's max_payload_bytes (writes only a change)."""
+
+
+class MigrationRow(NamedTuple):
+    id: int
+    name: str
+
+
+@statement
+def migration_applied() -> list[MigrationRow]:
+    """The migrations recorded, oldest first."""
+
+
+@statement
+def migration_bootstrap() -> None:
+    """Create the schema and its migration table if missing."""
+
+
+@statement
+def migration_lock(*, schema: str) -> bool:
+    """Try to take the migration lock of ``schema``: whether this session holds it now."""
+
+
+class LockHolderRow(NamedTuple):
+    pid: int
+    application_name: str
+    client: str | None
+    backend_start: dt.datetime
+    state: str | None
+    state_change: dt.datetime | None
+    state_age: float | None
+    query: str
+
+
+@statement
+def migration_lock_holder(*, schema: str) -> LockHolderRow | None:
+    """Who holds the migration lock of ``schema``, if anyone still does."""
+
+
+@statement
+def migration_record(*, id: int, name: str) -> None:
+    """Record a migration as applied."""
+
+
+class SchemaStateRow(NamedTuple):
+    schema_exists: bool
+    has_migration_table: bool
+    object_count: int
+    some_objects: list[str]
+
+
+@statement
+def migration_schema_state(*, schema: str) -> SchemaStateRow:
+    """What ``schema`` holds before a migration creates anything in it."""
+
+
+@statement
+def migration_table_exists(*, schema: str) -> bool:
+    """Whether ``schema`` has a migration table yet."""
+
+
+@statement
+def migration_unlock(*, schema: str) -> bool:
+    """Release the migration lock: whether it was held."""

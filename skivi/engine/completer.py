@@ -28,7 +28,21 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
-from skivi.db.queries import Queries
+from skivi.db.queries import (
+    COMPLETED_ID,
+    COMPLETED_LEASE,
+    FAILED_ATTEMPTS,
+    FAILED_ID,
+    FAILED_LEASE,
+    FAILED_MAX_ATTEMPTS,
+    FAILED_OUTCOME,
+    FAILED_REASON,
+    FAILED_RUN_AT,
+    Queries,
+    job_complete_many,
+    job_fail_many,
+    job_release_many,
+)
 from skivi.db.retry import JITTER_AROUND, RetryBackoff
 from skivi.engine.connection import Reconnecting
 from skivi.engine.service import cancel_and_wait
@@ -59,18 +73,6 @@ RECORDED_MAX_ATTEMPTS: Final = 1
 RECORDED_RUN_AT: Final = 2  # when it runs again; None for an exhausted job
 RECORDED_REASON: Final = 3  # the exhaustion's reason as job_history has it; None for a failed job
 
-# job_complete_many.sql's answer rows: "Returns (id, lease)".
-_COMPLETE_ID: Final = 0
-_COMPLETE_LEASE: Final = 1
-# job_fail_many.sql's answer rows: "Returns (id, outcome, lease, attempts, max_attempts,
-# run_at, reason)".
-_FAIL_ID: Final = 0
-_FAIL_OUTCOME: Final = 1
-_FAIL_LEASE: Final = 2
-_FAIL_ATTEMPTS: Final = 3
-_FAIL_MAX_ATTEMPTS: Final = 4
-_FAIL_RUN_AT: Final = 5
-_FAIL_REASON: Final = 6
 # A failed flush is retried after these many seconds, doubling, each wait jittered by
 # uniform(0.5, 1.5) (skivi.db.retry).
 FLUSH_RETRY_DELAY_INITIAL = 0.05
@@ -227,32 +229,30 @@ class Completer:
         outcomes: dict[Claim, str] = {}
         recorded: dict[Claim, Recorded] = {}
         if completed:
-            cur = await conn.execute(self.q.job_complete_many, {
-                "engine": engine, "ids": _int_array(r[RESULT_ID] for r in completed),
-                "leases": _int_array(r[RESULT_LEASE] for r in completed),
-                "history": self.history}, prepare=True)
-            done_ids = {(row[_COMPLETE_ID], row[_COMPLETE_LEASE])
-                        for row in await cur.fetchall()}
+            rows = await job_complete_many.run_async(
+                conn, self.q, engine=engine, ids=_int_array(r[RESULT_ID] for r in completed),
+                leases=_int_array(r[RESULT_LEASE] for r in completed), history=self.history)
+            done_ids = {(row[COMPLETED_ID], row[COMPLETED_LEASE]) for row in rows}
         if failed:
-            cur = await conn.execute(self.q.job_fail_many, {
-                "engine": engine,
-                "ids": [r[RESULT_ID] for r in failed],
-                "leases": [r[RESULT_LEASE] for r in failed],
-                "errors": [r[RESULT_ERROR] for r in failed],
-                "delays": [float(r[RESULT_DELAY]) for r in failed],
-                "finals": [r[RESULT_FINAL] for r in failed],
-                "payloads": [r[RESULT_PAYLOAD] for r in failed],
-                "attempts": [r[RESULT_ATTEMPT] for r in failed],
-                "tracebacks": [r[RESULT_TRACEBACK] for r in failed]})
-            for row in await cur.fetchall():
-                claim = (row[_FAIL_ID], row[_FAIL_LEASE])
-                outcomes[claim] = row[_FAIL_OUTCOME]
-                recorded[claim] = (row[_FAIL_ATTEMPTS], row[_FAIL_MAX_ATTEMPTS],
-                                   row[_FAIL_RUN_AT], row[_FAIL_REASON])
+            for row in await job_fail_many.run_async(
+                    conn, self.q, engine=engine,
+                    ids=[r[RESULT_ID] for r in failed],
+                    leases=[r[RESULT_LEASE] for r in failed],
+                    errors=[r[RESULT_ERROR] for r in failed],
+                    delays=[float(r[RESULT_DELAY]) for r in failed],
+                    finals=[r[RESULT_FINAL] for r in failed],
+                    payloads=[r[RESULT_PAYLOAD] for r in failed],
+                    attempts=[r[RESULT_ATTEMPT] for r in failed],
+                    tracebacks=[r[RESULT_TRACEBACK] for r in failed]):
+                claim = (row[FAILED_ID], row[FAILED_LEASE])
+                outcomes[claim] = row[FAILED_OUTCOME]
+                recorded[claim] = (row[FAILED_ATTEMPTS], row[FAILED_MAX_ATTEMPTS],
+                                   row[FAILED_RUN_AT], row[FAILED_REASON])
         if released:
-            await conn.execute(self.q.job_release_many, {
-                "engine": engine, "ids": _int_array(job_id for job_id, _ in released),
-                "leases": _int_array(lease for _, lease in released)})
+            # Its answer (the ids released) is not needed, so it is left unread.
+            await job_release_many.execute_async(
+                conn, self.q, engine=engine, ids=_int_array(job_id for job_id, _ in released),
+                leases=_int_array(lease for _, lease in released))
         return done_ids, outcomes, recorded
 
     async def drain(self, timeout: float) -> bool:

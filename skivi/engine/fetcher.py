@@ -34,12 +34,21 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 import psycopg
 from psycopg import sql
 
-from skivi.db.queries import Queries, channel_name
+from skivi.db.queries import (
+    CLAIM_CUT,
+    CLAIM_ID,
+    CLAIM_LEASE,
+    CLAIM_MESSAGE,
+    CLAIM_TASK,
+    Queries,
+    channel_name,
+    job_claim,
+)
 from skivi.db.retry import RetryBackoff
 from skivi.engine.connection import Reconnecting
 from skivi.engine.service import cancel_and_wait
@@ -57,12 +66,6 @@ CLAIMED_LEASE: Final = 1
 CLAIMED_MESSAGE: Final = 2  # the job message (see wire), as UTF-8 JSON text: never parsed here
 CLAIMED_TASK: Final = 3  # task identifier, to pick the lane without parsing the message
 
-# job_claim.sql's answer rows: "Returns (id, lease, message, task_identifier, cut)".
-_CLAIM_ID: Final = 0
-_CLAIM_LEASE: Final = 1
-_CLAIM_MESSAGE: Final = 2
-_CLAIM_TASK: Final = 3
-_CLAIM_CUT: Final = 4
 CLAIM_FINISH_TIMEOUT = 5.0
 # A failed claim is retried after these many seconds, doubling, not jittered
 # (skivi.db.retry); reconnecting, if the connection broke, has its own jittered backoff.
@@ -103,8 +106,9 @@ class Fetcher:
         # The completer's flush count when the last claim started: a short claim proves
         # "nothing runnable" only if no flush (which may free a serial queue) came after.
         self.claimed_after_flush = -1
-        self.filters: dict[str, Any] = {"tasks": tasks, "forbidden": forbidden_flags,
-                                        "queues": queues}
+        self.task_filter = tasks
+        self.forbidden_flags = forbidden_flags
+        self.queue_filter = queues
         self.sync_tasks = sync_tasks
         self.sync_only = sync_only  # no task of the registry is async
         self.startable = startable
@@ -224,20 +228,23 @@ class Fetcher:
         conn = await self.db.get()
         serial = limit if self.startable is None else min(limit, self.startable())
         self.serial_limit_used = serial
-        params = {"engine": self.engine_id(), "limit": limit, "serial_limit": serial,
-                  # What the buffers hold counts against the byte limit too, so the parent
-                  # never holds much more than worker.batch_max_bytes of unstarted payload.
-                  "max_bytes": max(1, self.batch_max_bytes - self.buffered_bytes),
-                  **self.filters}
-        cur = await conn.execute(self.q.job_claim, params, prepare=True)
-        rows = await cur.fetchall()
-        self.cut = bool(rows) and bool(rows[0][_CLAIM_CUT])
+        rows = await job_claim.run_async(
+            conn, self.q, engine=self.engine_id(), limit=limit, serial_limit=serial,
+            # What the buffers hold counts against the byte limit too, so the parent never
+            # holds much more than worker.batch_max_bytes of unstarted payload.
+            max_bytes=max(1, self.batch_max_bytes - self.buffered_bytes),
+            tasks=self.task_filter, forbidden=self.forbidden_flags, queues=self.queue_filter)
+        self.cut = bool(rows) and rows[0][CLAIM_CUT]
         self.claims += 1
         if self.claims == 1:
             logger.debug("first claim: %d jobs", len(rows), extra={"action": "claim"})
         if rows:
             self.claimed += len(rows)
-            i, lease, message, task = _CLAIM_ID, _CLAIM_LEASE, _CLAIM_MESSAGE, _CLAIM_TASK
+            # Locals, read once per row; Final keeps their literal values for the types.
+            i: Final = CLAIM_ID
+            lease: Final = CLAIM_LEASE
+            message: Final = CLAIM_MESSAGE
+            task: Final = CLAIM_TASK
             jobs: list[ClaimedJob] = [(r[i], r[lease], r[message].encode(), r[task])
                                       for r in rows]
             self.buffered_bytes += sum(len(j[CLAIMED_MESSAGE]) for j in jobs)

@@ -34,7 +34,16 @@ from typing import Any
 
 import psycopg
 
-from skivi.db.queries import Queries
+from skivi.db.queries import (
+    Queries,
+    engine_deregister,
+    engine_heartbeat,
+    engine_register,
+    engine_relock,
+    job_history_prune,
+    job_queue_prune,
+    job_rescue,
+)
 from skivi.db.retry import JITTER_AROUND, RetryBackoff, retrying
 from skivi.engine.connection import Reconnecting
 from skivi.engine.service import cancel_and_wait, every
@@ -82,13 +91,10 @@ class Liveness:
 
     async def register(self) -> int:
         conn = await self.db.get()
-        cur = await conn.execute(self.q.engine_register, {
-            "schema": self.q.schema, "hostname": socket.gethostname(), "pid": os.getpid(),
-            "version": self.version, "lease_timeout": self.lease_timeout,
-            "processes": self.processes, "concurrency": self.concurrency})
-        row = await cur.fetchone()
-        assert row is not None
-        self.engine_id = int(row[0])
+        self.engine_id = await engine_register.run_async(
+            conn, self.q, schema=self.q.schema, hostname=socket.gethostname(), pid=os.getpid(),
+            version=self.version, lease_timeout=self.lease_timeout, processes=self.processes,
+            concurrency=self.concurrency)
         self._lock_conn = conn
         logger.info("engine %d registered", self.engine_id,
                     extra={"action": "register_engine", "engine": self.engine_id})
@@ -142,7 +148,7 @@ class Liveness:
 
     async def _deregister(self) -> None:
         conn = await self.db.get()
-        await conn.execute(self.q.engine_deregister, {"engine": self.engine_id})
+        await engine_deregister.run_async(conn, self.q, engine=self.engine_id)
 
     async def _connection(self) -> Any:
         """This component's connection, holding this engine's liveness lock. On a new
@@ -152,10 +158,9 @@ class Liveness:
         included, so an engine never judges others before it is itself visibly alive."""
         conn = await self.db.get()
         if conn is not self._lock_conn:
-            cur = await conn.execute(self.q.engine_relock, {
-                "schema": self.q.schema, "engine": self.engine_id})
-            row = await cur.fetchone()
-            if row is None or not row[0]:
+            relocked = await engine_relock.run_async(conn, self.q, schema=self.q.schema,
+                                                     engine=self.engine_id)
+            if not relocked:
                 self._lock_conn = None
                 await self._new_identity("lost its identity (declared dead)")
             else:
@@ -172,20 +177,18 @@ class Liveness:
 
     async def heartbeat(self) -> None:
         conn = await self._connection()
-        cur = await conn.execute(self.q.engine_heartbeat, {
-            "engine": self.engine_id, "in_flight": self.in_flight(),
-            "stopping": self.stopping, "running": self.running()})
-        if await cur.fetchone() is None:
+        alive = await engine_heartbeat.run_async(
+            conn, self.q, engine=self.engine_id, in_flight=self.in_flight(),
+            stopping=self.stopping, running=self.running())
+        if alive is None:
             await self._new_identity("was declared dead")
 
     async def rescue(self) -> tuple[list[int], int, int]:
         conn = await self._connection()
-        cur = await conn.execute(self.q.job_rescue, {
-            "engine": self.engine_id, "schema": self.q.schema,
-            "restart_grace": self.restart_grace})
-        row = await cur.fetchone()
-        assert row is not None
-        engines, retried, exhausted = list(row[0]), int(row[1]), int(row[2])
+        row = await job_rescue.run_async(conn, self.q, engine=self.engine_id,
+                                         schema=self.q.schema,
+                                         restart_grace=self.restart_grace)
+        engines, retried, exhausted = list(row.engines), int(row.retried), int(row.exhausted)
         if engines:
             logger.warning("rescued the jobs of dead engines %s: %d back to waiting, %d "
                            "exhausted", engines, retried, exhausted,
@@ -266,12 +269,10 @@ class HistoryPruner:
     async def prune(self) -> tuple[bool, int]:
         """One round: (whether this pruner held the lock, rows deleted)."""
         conn = await self.db.get()
-        cur = await conn.execute(self.q.job_history_prune, {
-            "lock_class": self.LOCK_CLASS, "schema": self.q.schema,
-            "retention": self.retention, "batch": self.batch_size})
-        row = await cur.fetchone()
-        assert row is not None
-        held, deleted = bool(row[0]), int(row[1])
+        row = await job_history_prune.run_async(
+            conn, self.q, lock_class=self.LOCK_CLASS, schema=self.q.schema,
+            retention=self.retention, batch=self.batch_size)
+        held, deleted = bool(row.held), int(row.deleted)
         self.rounds += 1
         self.deleted += deleted
         if deleted:
@@ -289,10 +290,7 @@ class HistoryPruner:
         One small batch per round, never repeated at once: claims do not read these rows,
         so removing them is hygiene that must not compete with the engine's real work."""
         conn = await self.db.get()
-        cur = await conn.execute(self.q.job_queue_prune, {"batch": self.QUEUE_BATCH})
-        row = await cur.fetchone()
-        assert row is not None
-        removed = int(row[0])
+        removed = int(await job_queue_prune.run_async(conn, self.q, batch=self.QUEUE_BATCH))
         self.queues_removed += removed
         if removed:
             logger.debug("removed %d empty serial-queue rows", removed,

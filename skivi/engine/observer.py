@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
+from skivi.db.queries import job_stats
 from skivi.engine import wire
 from skivi.engine.completer import (
     RECORDED_ATTEMPTS,
@@ -488,15 +489,15 @@ class QueueStatsPoller:
     async def poll(self) -> bool:
         """One poll; True if this engine is the leader (and exported the figures)."""
         conn = await self.db.get()
-        cur = await conn.execute(self.q.job_stats, {
-            "engine": self.engine_id(), "cap": self.cap, "max_groups": self.max_groups})
-        rows = await cur.fetchall()
+        rows = await job_stats.run_async(conn, self.q, engine=self.engine_id(), cap=self.cap,
+                                         max_groups=self.max_groups)
         self.polls += 1
         if not rows:
             self.metrics.queue_stats(None)
             return False
-        self.metrics.queue_stats([(r[0], int(r[1]), int(r[2]), int(r[3]), int(r[4]), r[5])
-                                  for r in rows])
+        self.metrics.queue_stats([
+            (r.queue_name, int(r.waiting), int(r.scheduled), int(r.running), int(r.claimed),
+             r.oldest_runnable_age) for r in rows])
         return True
 
     async def _run(self) -> None:

@@ -70,6 +70,7 @@ import psycopg
 
 from skivi.cron import CronEntry, due_between, ensure_unique, next_tick
 from skivi.db import pool as dbpool
+from skivi.db.queries import cron_fire, cron_known
 from skivi.db.retry import JITTER_BELOW, RetryBackoff
 from skivi.errors import ConfigError, PayloadError
 
@@ -203,26 +204,26 @@ class Scheduler:
             now = self.clock()
             try:
                 conn = await self._connection()
-                cur = await conn.execute(self.queries.cron_known,
-                                         {"identifiers": identifiers, "now": now})
-                rows = await cur.fetchall()
+                rows = await cron_known.run_async(conn, self.queries, identifiers=identifiers,
+                                                  now=now)
             except psycopg.Error as exc:
                 await self._failed(exc, "register_cron")
                 if not await self._backoff():
                     return None
                 continue
             self._retry.reset()
-            known = {r[0]: r for r in rows}
+            known = {r.identifier: r for r in rows}
             cursors: dict[str, dt.datetime] = {}
             created = 0
             for e in self.entries:
                 row = known.get(e.identifier)
-                if row is None or row[3]:
+                if row is None or row.created:
                     # New: its history starts now; nothing before is ever fired.
                     created += 1
-                    cursors[e.identifier] = row[1] if row is not None else now
+                    cursors[e.identifier] = row.known_since if row is not None else now
                 else:
-                    cursors[e.identifier] = row[2] if row[2] is not None else row[1]
+                    cursors[e.identifier] = (row.last_execution if row.last_execution
+                                             is not None else row.known_since)
             logger.info("cron scheduler started: %d entries, %d new", len(self.entries),
                         created, extra={"action": "start_scheduler"})
             return cursors
@@ -262,18 +263,18 @@ class Scheduler:
                 return True
             batch = sorted((ticks[i] for ticks in plan.values() if len(ticks) > i),
                            key=lambda t: t.entry.identifier)
-            params = {"ticks": orjson.dumps([t.wire() for t in batch]).decode()}
+            ticks = orjson.dumps([t.wire() for t in batch]).decode()
             try:
                 conn = await self._connection()
-                cur = await conn.execute(self.queries.cron_fire, params)
-                rows = {r[0]: r for r in await cur.fetchall()}
+                rows = {r.identifier: r
+                        for r in await cron_fire.run_async(conn, self.queries, ticks=ticks)}
             except psycopg.Error as exc:
                 await self._failed(exc, "fire_cron")
                 return False
             for tick in batch:
-                _, _, claimed, outcome, job_id = rows[tick.entry.identifier]
+                fired = rows[tick.entry.identifier]
                 cursors[tick.entry.identifier] = tick.ts
-                self._emit(tick, claimed, outcome, job_id)
+                self._emit(tick, fired.claimed, fired.outcome, fired.job_id)
         return True
 
     def _emit(self, tick: _Tick, claimed: bool, outcome: str | None, job_id: int | None

@@ -26,7 +26,7 @@ from psycopg.conninfo import make_conninfo
 import skivi
 from skivi.cli import main
 from skivi.db.migrate import known_migrations
-from skivi.db.queries import for_schema
+from skivi.db.queries import CLAIM_ID, for_schema, job_claim
 from tests.support.db import SCHEMA, MakeDatabase, connect, login_role
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,10 +92,10 @@ def history_row(url: str, job_id: int) -> dict[str, Any] | None:
 
 def claim_all(url: str, engine: int = 7) -> list[int]:
     """Claim every runnable job as engine ``engine`` would (job_claim.sql): they are running."""
-    params = {"engine": engine, "limit": 1000, "tasks": None, "forbidden": None,
-              "queues": None, "serial_limit": 1000, "max_bytes": 1 << 40}
     with connect(url) as c:
-        return [r[0] for r in c.execute(for_schema(SCHEMA).job_claim, params).fetchall()]
+        return [r[CLAIM_ID] for r in job_claim.run(c, for_schema(SCHEMA), engine=engine,
+                                                   limit=1000, serial_limit=1000,
+                                                   max_bytes=1 << 40)]
 
 
 def make_failed(url: str, job_id: int, attempts: int = 2) -> None:

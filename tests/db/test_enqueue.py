@@ -17,7 +17,14 @@ from psycopg.conninfo import make_conninfo
 
 import skivi
 from skivi.db import pool as dbpool
-from skivi.db.queries import channel_name
+from skivi.db.queries import (
+    CLAIM_CUT,
+    CLAIM_ID,
+    ClaimRow,
+    channel_name,
+    job_claim,
+    job_complete_many,
+)
 from tests.support.db import connect
 
 UTC = dt.UTC
@@ -33,10 +40,10 @@ def count_jobs(url: str, where: str = "true") -> int:
 def claim(url: str, limit: int = 100, engine: int = 1, **filters: Any) -> list[int]:
     """Claim like an engine does (job_claim.sql); returns the claimed ids in claim order."""
     q = skivi.create_system({"database": {"connection_string": url}}).queries
-    params = {"engine": engine, "limit": limit, "tasks": None, "forbidden": None,
-              "queues": None, "serial_limit": limit, "max_bytes": 1 << 40, **filters}
     with connect(url) as c:
-        return [r[0] for r in c.execute(q.job_claim, params).fetchall()]
+        return [r[CLAIM_ID] for r in job_claim.run(c, q, engine=engine, limit=limit,
+                                                   serial_limit=limit, max_bytes=1 << 40,
+                                                   **filters)]
 
 
 def test_add_job_returns_the_stored_job_when_called_without_start(system: skivi.System,
@@ -235,9 +242,9 @@ def test_claim_takes_one_job_per_serial_queue_when_prefetching(system: skivi.Sys
     with connect(database) as c:
         lease = c.execute("select lease from skivi.job where id = %s", (q1[0].id,)).fetchone()
         assert lease is not None
-        done = c.execute(q.job_complete_many, {"engine": 1, "ids": [q1[0].id],
-                                               "leases": [lease[0]], "history": False})
-        assert [r[0] for r in done.fetchall()] == [q1[0].id]
+        done = job_complete_many.run(c, q, engine=1, ids=[q1[0].id], leases=[lease[0]],
+                                     history=False)
+        assert [r[0] for r in done] == [q1[0].id]
     assert claim(database, limit=500, engine=2) == [q1[1].id]
 
 
@@ -475,16 +482,18 @@ def test_a_claim_is_bounded_by_payload_bytes_and_says_when_it_left_jobs(
     ids = [j.id for j in skivi.add_jobs(system, [{"task": "t", "payload": {"b": big}}
                                                  for _ in range(10)])]
     q = system.queries
-    params = {"engine": 1, "limit": 100, "tasks": None, "forbidden": None, "queues": None,
-              "serial_limit": 100, "max_bytes": 250_000}
     with connect(database) as c:
-        rows = c.execute(q.job_claim, params).fetchall()
+        def claim(max_bytes: int) -> list[ClaimRow]:
+            return job_claim.run(c, q, engine=1, limit=100, serial_limit=100,
+                                 max_bytes=max_bytes)
+
+        rows = claim(250_000)
         # 0, 100 kB and 200 kB before them are under the limit; the fourth is not.
-        assert [r[0] for r in rows] == ids[:3] and all(r[4] for r in rows)
-        one = c.execute(q.job_claim, {**params, "max_bytes": 1}).fetchall()
-        assert [r[0] for r in one] == [ids[3]]  # at least one job, however large
-        rest = c.execute(q.job_claim, {**params, "max_bytes": 1 << 40}).fetchall()
-        assert [r[0] for r in rest] == ids[4:] and not any(r[4] for r in rest)
+        assert [r[CLAIM_ID] for r in rows] == ids[:3] and all(r[CLAIM_CUT] for r in rows)
+        one = claim(1)
+        assert [r[CLAIM_ID] for r in one] == [ids[3]]  # at least one job, however large
+        rest = claim(1 << 40)
+        assert [r[CLAIM_ID] for r in rest] == ids[4:] and not any(r[CLAIM_CUT] for r in rest)
 
 
 # --- an unusable database: a clear error within database.connect_timeout --------------------

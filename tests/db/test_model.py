@@ -29,6 +29,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from skivi.db import queries
 from skivi.db.queries import Queries, for_schema
 from tests.support.db import connect
 from tests.support.wait import wait_for
@@ -117,11 +118,10 @@ class JobLifeCycle(RuleBasedStateMachine):
         free = [i for i, s in enumerate(self.slots) if s is None or not s.alive]
         i = data.draw(st.sampled_from(free))
         conn = connect(self.url)
-        row = conn.execute(self.q.engine_register, {
-            "schema": SCHEMA, "hostname": "model", "pid": 0, "version": "test",
-            "lease_timeout": 30.0, "processes": 1, "concurrency": 1}).fetchone()
-        assert row is not None
-        self.slots[i] = EngineSlot(int(row[0]), conn, [])
+        engine = queries.engine_register.run(
+            conn, self.q, schema=SCHEMA, hostname="model", pid=0, version="test",
+            lease_timeout=30.0, processes=1, concurrency=1)
+        self.slots[i] = EngineSlot(engine, conn, [])
 
     @precondition(lambda self: bool(self._alive()))
     @rule(data=st.data(), limit=st.integers(1, 5))
@@ -142,10 +142,9 @@ class JobLifeCycle(RuleBasedStateMachine):
                 heads[queue] = job
                 candidates.append(job)
         expected = candidates[:limit]
-        rows = self.db.execute(self.q.job_claim, {
-            "engine": slot.id, "limit": limit, "tasks": None, "forbidden": None,
-            "queues": None, "serial_limit": limit, "max_bytes": 1 << 40}).fetchall()
-        got = [(int(r[0]), int(r[1])) for r in rows]
+        rows = queries.job_claim.run(self.db, self.q, engine=slot.id, limit=limit,
+                                     serial_limit=limit, max_bytes=1 << 40)
+        got = [(r[queries.CLAIM_ID], r[queries.CLAIM_LEASE]) for r in rows]
         assert sorted(j for j, _ in got) == sorted(expected), (got, expected, waiting)
         for job, lease in got:
             m = self.jobs[job]
@@ -163,10 +162,10 @@ class JobLifeCycle(RuleBasedStateMachine):
 
     def _complete(self, engine: int, pairs: list[tuple[int, int]]) -> None:
         expected = self._valid(engine, pairs)
-        rows = self.db.execute(self.q.job_complete_many, {
-            "engine": engine, "ids": [p[0] for p in pairs], "leases": [p[1] for p in pairs],
-            "history": False}).fetchall()
-        assert sorted(r[0] for r in rows) == sorted(expected)
+        rows = queries.job_complete_many.run(
+            self.db, self.q, engine=engine, ids=[p[0] for p in pairs],
+            leases=[p[1] for p in pairs], history=False)
+        assert sorted(r[queries.COMPLETED_ID] for r in rows) == sorted(expected)
         for job in expected:
             self._finish(job, "done")
 
@@ -186,12 +185,12 @@ class JobLifeCycle(RuleBasedStateMachine):
             expected[job] = "failed" if final is None and m.attempts < m.max_attempts \
                 else "exhausted"
         n = len(pairs)
-        rows = self.db.execute(self.q.job_fail_many, {
-            "engine": engine, "ids": [p[0] for p in pairs], "leases": [p[1] for p in pairs],
-            "errors": ["boom"] * n, "delays": [0.0] * n, "finals": [final] * n,
-            "payloads": [None] * n, "attempts": [None] * n,
-            "tracebacks": [None] * n}).fetchall()
-        assert {r[0]: r[1] for r in rows} == expected
+        rows = queries.job_fail_many.run(
+            self.db, self.q, engine=engine, ids=[p[0] for p in pairs],
+            leases=[p[1] for p in pairs], errors=["boom"] * n, delays=[0.0] * n,
+            finals=[final] * n, payloads=[None] * n, attempts=[None] * n,
+            tracebacks=[None] * n)
+        assert {r[queries.FAILED_ID]: r[queries.FAILED_OUTCOME] for r in rows} == expected
         for job, outcome in expected.items():
             self._finish(job, "waiting" if outcome == "failed" else "exhausted")
 
@@ -204,10 +203,10 @@ class JobLifeCycle(RuleBasedStateMachine):
 
     def _release(self, engine: int, pairs: list[tuple[int, int]]) -> None:
         expected = self._valid(engine, pairs)
-        rows = self.db.execute(self.q.job_release_many, {
-            "engine": engine, "ids": [p[0] for p in pairs],
-            "leases": [p[1] for p in pairs]}).fetchall()
-        assert sorted(r[0] for r in rows) == sorted(expected)
+        released = queries.job_release_many.run(self.db, self.q, engine=engine,
+                                                ids=[p[0] for p in pairs],
+                                                leases=[p[1] for p in pairs])
+        assert sorted(released) == sorted(expected)
         for job in expected:
             m = self.jobs[job]
             self._finish(job, "waiting")
@@ -221,7 +220,7 @@ class JobLifeCycle(RuleBasedStateMachine):
         slot = self.slots[i]
         assert slot is not None and slot.conn is not None
         self._release(slot.id, sorted(set(slot.hand)))
-        slot.conn.execute(self.q.engine_deregister, {"engine": slot.id})
+        queries.engine_deregister.run(slot.conn, self.q, engine=slot.id)
         slot.conn.close()
         slot.conn = None
         self.retired.append(slot)
@@ -260,10 +259,10 @@ class JobLifeCycle(RuleBasedStateMachine):
                 else:
                     self._finish(m.id, "exhausted")
                     exhausted += 1
-        row = self.db.execute(self.q.job_rescue, {"engine": slot.id, "restart_grace": 10.0,
-                                                  "schema": SCHEMA}).fetchone()
-        assert row is not None
-        assert (sorted(row[0]), row[1], row[2]) == (sorted(dead), retried, exhausted)
+        row = queries.job_rescue.run(self.db, self.q, engine=slot.id, restart_grace=10.0,
+                                     schema=SCHEMA)
+        assert (sorted(row.engines), row.retried, row.exhausted) == (sorted(dead), retried,
+                                                                     exhausted)
         self.unrescued.clear()
 
     @precondition(lambda self: bool(self.retired))

@@ -27,6 +27,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 
 import skivi
+from skivi.db import queries
 from skivi.db.migrate import migrate
 from skivi.db.queries import Queries, channel_name, for_schema
 from tests.support.db import SCHEMA, MakeDatabase, connect
@@ -207,57 +208,48 @@ def test_worker_runs_every_engine_statement_when_granted_the_worker_role(roles: 
     with roles.connect("worker") as c:
         c.execute(sql.SQL("listen {}").format(sql.Identifier(channel_name(SCHEMA))))
         # enqueue, as handlers (ctx.add_job) and the cron process do
-        ids = c.execute(q.job_insert_many, {"specs": Jsonb(
-            [{"task": "t"}, {"task": "t"}, {"task": "t"}, {"task": "t", "queue_name": "q"}])}
-        ).fetchone()
-        assert ids is not None
-        keyed = c.execute(q.job_insert_keyed_many, {"specs": Jsonb(
-            [{"ord": 1, "task": "t", "job_key": "k", "job_key_mode": "replace"}])}).fetchall()
+        assert queries.job_insert_many.run(c, q, specs=Jsonb(
+            [{"task": "t"}, {"task": "t"}, {"task": "t"}, {"task": "t", "queue_name": "q"}]))
+        keyed = queries.job_insert_keyed_many.run(c, q, specs=Jsonb(
+            [{"ord": 1, "task": "t", "job_key": "k", "job_key_mode": "replace"}]))
         assert [r[1] for r in keyed] == ["inserted"]
-        register = c.execute(q.engine_register, {
-            "schema": SCHEMA, "hostname": "h", "pid": os.getpid(), "version": "test",
-            "lease_timeout": 30.0, "processes": 1, "concurrency": 4}).fetchone()
-        assert register is not None
-        engine = register[0]
-        claimed = c.execute(q.job_claim, {"engine": engine, "limit": 10, "tasks": None,
-                                          "forbidden": None, "queues": None,
-                                          "serial_limit": 10, "max_bytes": 1 << 40}).fetchall()
+        engine = queries.engine_register.run(
+            c, q, schema=SCHEMA, hostname="h", pid=os.getpid(), version="test",
+            lease_timeout=30.0, processes=1, concurrency=4)
+        claimed = queries.job_claim.run(c, q, engine=engine, limit=10, serial_limit=10,
+                                        max_bytes=1 << 40)
         assert len(claimed) == 5
         (a, la), (b, lb), (r1, lr1) = [(row[0], row[1]) for row in claimed[:3]]
-        done = c.execute(q.job_complete_many, {"engine": engine, "ids": [a], "leases": [la],
-                                               "history": True}).fetchall()
+        done = queries.job_complete_many.run(c, q, engine=engine, ids=[a], leases=[la],
+                                             history=True)
         assert done == [(a, la)]
-        failed = c.execute(q.job_fail_many, {
-            "engine": engine, "ids": [b], "leases": [lb], "errors": ["boom"],
-            "delays": [0.0], "finals": ["no_handler"], "payloads": [None],
-            "attempts": [None], "tracebacks": [None]}).fetchall()
+        failed = queries.job_fail_many.run(
+            c, q, engine=engine, ids=[b], leases=[lb], errors=["boom"], delays=[0.0],
+            finals=["no_handler"], payloads=[None], attempts=[None], tracebacks=[None])
         assert [r[:5] for r in failed] == [(b, "exhausted", lb, 1, 25)]
-        released = c.execute(q.job_release_many, {"engine": engine, "ids": [r1],
-                                                  "leases": [lr1]}).fetchall()
-        assert released == [(r1,)]
-        assert c.execute(q.engine_heartbeat, {"engine": engine, "in_flight": 2,
-                                              "stopping": False, "running": []}
-                         ).fetchone() == (engine,)
-        assert c.execute(q.job_stats, {"engine": engine, "cap": 10000,
-                                       "max_groups": 100}).fetchall()
-        assert c.execute(q.job_rescue, {"engine": engine, "schema": SCHEMA,
-                                        "restart_grace": 10.0}).fetchone()
-        assert c.execute(q.engine_relock, {"schema": SCHEMA, "engine": engine}).fetchone()
-        pruned = c.execute(q.job_history_prune, {"lock_class": 1, "schema": SCHEMA,
-                                                 "retention": 0.0, "batch": 100}).fetchone()
+        released = queries.job_release_many.run(c, q, engine=engine, ids=[r1], leases=[lr1])
+        assert released == [r1]
+        assert queries.engine_heartbeat.run(c, q, engine=engine, in_flight=2, stopping=False,
+                                            running=[]) == engine
+        assert queries.job_stats.run(c, q, engine=engine, cap=10000, max_groups=100)
+        assert queries.job_rescue.run(c, q, engine=engine, schema=SCHEMA, restart_grace=10.0)
+        assert queries.engine_relock.run(c, q, schema=SCHEMA, engine=engine)
+        pruned = queries.job_history_prune.run(c, q, lock_class=1, schema=SCHEMA,
+                                               retention=0.0, batch=100)
         assert pruned == (True, 2)
-        known = c.execute(q.cron_known, {"identifiers": ["nightly"], "now": now}).fetchall()
-        assert [r[0] for r in known] == ["nightly"]
-        fired = c.execute(q.cron_fire, {"ticks": Jsonb([{
+        known = queries.cron_known.run(c, q, identifiers=["nightly"], now=now)
+        assert [r.identifier for r in known] == ["nightly"]
+        fired = queries.cron_fire.run(c, q, ticks=Jsonb([{
             "identifier": "nightly", "ts": (now + dt.timedelta(minutes=1)).isoformat(),
-            "task": "t", "payload": {}, "job_key": "cron:nightly"}])}).fetchall()
-        assert [(r[0], r[2], r[3]) for r in fired] == [("nightly", True, "inserted")]
+            "task": "t", "payload": {}, "job_key": "cron:nightly"}]))
+        assert [(r.identifier, r.claimed, r.outcome) for r in fired] == [
+            ("nightly", True, "inserted")]
         # the administration functions, and the applied migrations (read only)
         c.execute(qualified("select {schema}.reschedule_jobs(array[%s]::bigint[], now())"),
                   [r1])
         c.execute(qualified("select {schema}.complete_jobs(array[%s]::bigint[])"), [r1])
-        assert c.execute(q.migration_applied).fetchall()
-        c.execute(q.engine_deregister, {"engine": engine})
+        assert queries.migration_applied.run(c, q)
+        queries.engine_deregister.run(c, q, engine=engine)
         # the KEDA scaler's query (deploy/k8s/keda.yaml) runs as the worker role
         row = c.execute(keda_query().encode()).fetchone()
         assert row is not None and row[0] >= 0
@@ -390,9 +382,8 @@ def test_producer_is_refused_everything_but_enqueueing_when_it_tries(roles: Role
             "select {schema}.retry_jobs(array[1]::bigint[])",
         ]]) == []
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            c.execute(q.job_claim, {"engine": 1, "limit": 10, "tasks": None,
-                                    "forbidden": None, "queues": None, "serial_limit": 10,
-                                    "max_bytes": 1 << 40})
+            queries.job_claim.run(c, q, engine=1, limit=10, serial_limit=10,
+                                  max_bytes=1 << 40)
 
 
 def test_a_role_without_grants_cannot_use_the_schema_when_it_tries(roles: Roles) -> None:
@@ -545,13 +536,11 @@ def test_a_producer_cannot_make_another_roles_running_job_unretryable(roles: Rol
                          ).fetchone()
     assert theirs is not None and mine is not None
     with roles.connect("worker") as c:
-        engine = c.execute(q.engine_register, {
-            "schema": SCHEMA, "hostname": "h", "pid": 1, "version": "v", "lease_timeout": 30.0,
-            "processes": 1, "concurrency": 1}).fetchone()
-        assert engine is not None
-        claimed = c.execute(q.job_claim, {"engine": engine[0], "limit": 10, "tasks": None,
-                                          "forbidden": None, "queues": None,
-                                          "serial_limit": 10, "max_bytes": 1 << 40}).fetchall()
+        engine = queries.engine_register.run(
+            c, q, schema=SCHEMA, hostname="h", pid=1, version="v", lease_timeout=30.0,
+            processes=1, concurrency=1)
+        claimed = queries.job_claim.run(c, q, engine=engine, limit=10, serial_limit=10,
+                                        max_bytes=1 << 40)
         assert sorted(r[0] for r in claimed) == sorted([theirs[0], mine[0]])
     with roles.connect("producer") as c:
         for key in ("k1", "k2"):

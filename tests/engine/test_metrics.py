@@ -178,7 +178,7 @@ def harness_main(argv: list[str]) -> None:
 
 
 async def _harness(url: str, out: Path) -> None:
-    from skivi.db.queries import for_schema
+    from skivi.db.queries import engine_register, for_schema
     from skivi.engine.connection import Reconnecting
     from skivi.engine.observer import QueueStatsPoller
     from tests.support.db import connect
@@ -189,11 +189,9 @@ async def _harness(url: str, out: Path) -> None:
     server = start_exporter("127.0.0.1", 0, m.registry)
     q = for_schema("skivi")
     with connect(url) as conn:  # holds the engine's liveness lock while the harness runs
-        row = conn.execute(q.engine_register, {
-            "schema": "skivi", "hostname": "harness", "pid": os.getpid(), "version": "0",
-            "lease_timeout": 30.0, "processes": 2, "concurrency": 4}).fetchone()
-        assert row is not None
-        engine_id = int(row[0])
+        engine_id = engine_register.run(
+            conn, q, schema="skivi", hostname="harness", pid=os.getpid(), version="0",
+            lease_timeout=30.0, processes=2, concurrency=4)
         db = Reconnecting(url, "skivi-stats")
         poller = QueueStatsPoller(db, q, m, lambda: engine_id, interval=0.2)
         await poller.start()

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from skivi.db.queries import for_schema
+from skivi.db.queries import for_schema, migration_lock
 from tests.support.db import SCHEMA, MakeDatabase, connect, login_role
 from tests.support.engines import EngineProcs, Ledger, log_of
 from tests.support.wait import wait_for
@@ -29,7 +29,7 @@ def test_engine_logs_the_holder_and_exits_3_when_the_migration_lock_stays_taken(
     procs = EngineProcs(url, Ledger(tmp_path / "ledger.txt"))
     # The holder stays idle with the lock, as a killed migrator's backend does.
     with connect(url) as holder:
-        holder.execute(for_schema(SCHEMA).migration_lock, {"schema": SCHEMA})
+        assert migration_lock.run(holder, for_schema(SCHEMA), schema=SCHEMA)
         pid = holder.info.backend_pid
         try:
             started = time.monotonic()

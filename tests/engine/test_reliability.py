@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from skivi.db import queries
 from skivi.db.queries import Queries, for_schema
 from skivi.engine.children import SYNC_LANE_MIN
 from skivi.engine.process import children_of
@@ -47,39 +48,37 @@ class FakeEngine:
     def __init__(self, url: str, q: Queries) -> None:
         self.q = q
         self.conn = connect(url)
-        self.id = int(self.conn.execute(q.engine_register, {
-            "schema": SCHEMA, "hostname": "test", "pid": 0, "version": "test",
-            "lease_timeout": 30.0, "processes": 1, "concurrency": 1}).fetchone()[0])  # type: ignore[index]
+        self.id = queries.engine_register.run(
+            self.conn, q, schema=SCHEMA, hostname="test", pid=0, version="test",
+            lease_timeout=30.0, processes=1, concurrency=1)
 
     def claim(self, limit: int = 10) -> list[tuple[int, int]]:
-        rows = self.conn.execute(self.q.job_claim, {
-            "engine": self.id, "limit": limit, "tasks": None, "forbidden": None,
-            "queues": None, "serial_limit": limit, "max_bytes": 1 << 40}).fetchall()
-        return [(int(r[0]), int(r[1])) for r in rows]
+        rows = queries.job_claim.run(self.conn, self.q, engine=self.id, limit=limit,
+                                     serial_limit=limit, max_bytes=1 << 40)
+        return [(r[queries.CLAIM_ID], r[queries.CLAIM_LEASE]) for r in rows]
 
     def complete(self, pairs: list[tuple[int, int]]) -> list[int]:
-        return [r[0] for r in self.conn.execute(self.q.job_complete_many, {
-            "engine": self.id, "ids": [p[0] for p in pairs], "leases": [p[1] for p in pairs],
-            "history": False}).fetchall()]
+        return [r[queries.COMPLETED_ID] for r in queries.job_complete_many.run(
+            self.conn, self.q, engine=self.id, ids=[p[0] for p in pairs],
+            leases=[p[1] for p in pairs], history=False)]
 
     def fail(self, pairs: list[tuple[int, int]], final: str | None = None) -> list[int]:
         n = len(pairs)
-        return [r[0] for r in self.conn.execute(self.q.job_fail_many, {
-            "engine": self.id, "ids": [p[0] for p in pairs], "leases": [p[1] for p in pairs],
-            "errors": ["late"] * n, "delays": [0.0] * n, "finals": [final] * n,
-            "payloads": [None] * n, "attempts": [None] * n,
-            "tracebacks": [None] * n}).fetchall()]
+        return [r[queries.FAILED_ID] for r in queries.job_fail_many.run(
+            self.conn, self.q, engine=self.id, ids=[p[0] for p in pairs],
+            leases=[p[1] for p in pairs], errors=["late"] * n, delays=[0.0] * n,
+            finals=[final] * n, payloads=[None] * n, attempts=[None] * n,
+            tracebacks=[None] * n)]
 
     def release(self, pairs: list[tuple[int, int]]) -> list[int]:
-        return [r[0] for r in self.conn.execute(self.q.job_release_many, {
-            "engine": self.id, "ids": [p[0] for p in pairs],
-            "leases": [p[1] for p in pairs]}).fetchall()]
+        return queries.job_release_many.run(self.conn, self.q, engine=self.id,
+                                            ids=[p[0] for p in pairs],
+                                            leases=[p[1] for p in pairs])
 
     def rescue(self) -> tuple[list[int], int, int]:
-        row = self.conn.execute(self.q.job_rescue, {"engine": self.id, "restart_grace": 10.0,
-                                                    "schema": SCHEMA}).fetchone()
-        assert row is not None
-        return list(row[0]), int(row[1]), int(row[2])
+        row = queries.job_rescue.run(self.conn, self.q, engine=self.id, restart_grace=10.0,
+                                     schema=SCHEMA)
+        return list(row.engines), row.retried, row.exhausted
 
 
 def _connection_closed(a: FakeEngine, admin: psycopg.Connection[Any]) -> None:
@@ -161,18 +160,16 @@ def test_a_batch_holding_two_claims_of_one_job_reports_only_the_current_one(
         assert a.claim() == [(job, 2)]
         pairs = [(job, 1), (job, 2)]
         if write == "complete":
-            rows = a.conn.execute(a.q.job_complete_many, {
-                "engine": a.id, "ids": [p[0] for p in pairs], "leases": [p[1] for p in pairs],
-                "history": False}).fetchall()
-            assert rows == [(job, 2)]
+            done = queries.job_complete_many.run(
+                a.conn, a.q, engine=a.id, ids=[p[0] for p in pairs],
+                leases=[p[1] for p in pairs], history=False)
+            assert done == [(job, 2)]
         else:
-            rows = a.conn.execute(a.q.job_fail_many, {
-                "engine": a.id, "ids": [job, job], "leases": [1, 2], "errors": ["x", "y"],
-                "delays": [0.0, 0.0], "finals": [None, None], "payloads": [None, None],
-                "attempts": [None, None],
-                "tracebacks": [None, None]}
-                ).fetchall()
-            assert [r[:5] for r in rows] == [(job, "failed", 2, 2, 25)]
+            failed = queries.job_fail_many.run(
+                a.conn, a.q, engine=a.id, ids=[job, job], leases=[1, 2], errors=["x", "y"],
+                delays=[0.0, 0.0], finals=[None, None], payloads=[None, None],
+                attempts=[None, None], tracebacks=[None, None])
+            assert [r[:5] for r in failed] == [(job, "failed", 2, 2, 25)]
 
 
 # -- graceful stop in the middle of a prefetched batch --------------------------------------------
@@ -410,8 +407,8 @@ def test_jobs_run_complete_and_are_rescued_when_ids_are_past_2_pow_31(
     assert f"rescued the jobs of dead engines [{victim_id}]" in log_of(survivor)
     assert set(engines.ledger.runs_per_job()) == set(quick) | set(slow)
     with connect(database) as c:
-        workers = c.execute(for_schema(SCHEMA).engine_list, {"schema": SCHEMA}).fetchall()
-    assert [(w[0], w[-1]) for w in workers] == [(survivor_id, True)], workers
+        workers = queries.engine_list.run(c, for_schema(SCHEMA), schema=SCHEMA)
+    assert [(w.id, w.lock_held) for w in workers] == [(survivor_id, True)], workers
     assert survivor.poll() is None, log_of(survivor)
 
 

@@ -90,6 +90,7 @@ def test_catalogue_lists_only_declared_kinds_when_read() -> None:
 
 
 def test_every_sql_file_is_a_named_query_when_loaded() -> None:
-    # Queries refuses to load when a file has no attribute or an attribute no file.
+    # Queries refuses to load when a file has no declaration or a declaration no file, or
+    # when a declaration's parameters are not its file's placeholders.
     queries = Queries("skivi")
     assert queries.job_stats

@@ -78,6 +78,6 @@ with alive_locks as (
 ), gone as (
     delete from {schema}.engine e using dead where e.id = dead.id
 )
-select array(select id from dead order by id),
-       (select count(*) from retried),
-       (select count(*) from exhausted);
+select array(select id from dead order by id) as engines,
+       (select count(*) from retried) as retried,
+       (select count(*) from exhausted) as exhausted;
