@@ -311,7 +311,7 @@ class ChildPool:
         budget = SYNC_BATCH_BUDGET * threads
         estimate = self.run_estimate
         live = [c for c in self.children if not c.exited and not c.stopping]
-        frames: dict[ChildHandle, tuple[list[int], list[bytes]]] = {}
+        frames: dict[ChildHandle, tuple[list[int], list[str]]] = {}
         single_task = self.fetcher.sync_only and len(self.sync_tasks) == 1
         handed = 0
         while buffer:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import time
 from collections import deque
 from collections.abc import Callable
@@ -45,6 +46,7 @@ from skivi.db.queries import (
     CLAIM_LEASE,
     CLAIM_MESSAGE,
     CLAIM_TASK,
+    ClaimRow,
     Queries,
     channel_name,
     job_claim,
@@ -58,13 +60,15 @@ __all__ = ["CLAIMED_ID", "CLAIMED_LEASE", "CLAIMED_MESSAGE", "CLAIMED_TASK", "Cl
 
 logger = logging.getLogger(__name__)
 
-# A job in hand: a plain tuple (one is built per claimed job), read by these indices; built
-# only in Fetcher._claim.
-ClaimedJob = tuple[int, int, bytes, str]
-CLAIMED_ID: Final = 0
-CLAIMED_LEASE: Final = 1
-CLAIMED_MESSAGE: Final = 2  # the job message (see wire), as UTF-8 JSON text: never parsed here
-CLAIMED_TASK: Final = 3  # task identifier, to pick the lane without parsing the message
+# A job in hand: the claim's own row as psycopg returns it (nothing is built per job),
+# read by these indices.
+ClaimedJob = ClaimRow
+CLAIMED_ID: Final = CLAIM_ID
+CLAIMED_LEASE: Final = CLAIM_LEASE
+CLAIMED_MESSAGE: Final = CLAIM_MESSAGE  # the job message (see wire), JSON text: never parsed here
+CLAIMED_TASK: Final = CLAIM_TASK  # task identifier, to pick the lane without parsing the message
+
+_message = operator.itemgetter(CLAIMED_MESSAGE)
 
 CLAIM_FINISH_TIMEOUT = 5.0
 # A failed claim is retried after these many seconds, doubling, not jittered
@@ -240,14 +244,9 @@ class Fetcher:
             logger.debug("first claim: %d jobs", len(rows), extra={"action": "claim"})
         if rows:
             self.claimed += len(rows)
-            # Locals, read once per row; Final keeps their literal values for the types.
-            i: Final = CLAIM_ID
-            lease: Final = CLAIM_LEASE
-            message: Final = CLAIM_MESSAGE
-            task: Final = CLAIM_TASK
-            jobs: list[ClaimedJob] = [(r[i], r[lease], r[message].encode(), r[task])
-                                      for r in rows]
-            self.buffered_bytes += sum(len(j[CLAIMED_MESSAGE]) for j in jobs)
+            jobs = rows
+            # Characters of message text: bytes for ASCII, and near enough for a bound.
+            self.buffered_bytes += sum(map(len, map(_message, jobs)))
             sync_tasks = self.sync_tasks
             if not sync_tasks:
                 self.async_buffer.extend(jobs)

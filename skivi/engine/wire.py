@@ -183,8 +183,10 @@ SLOT_HANDED = 0
 SLOT_STARTED = 1
 SLOT_DONE = 2
 
-def encode_jobs(slots: Sequence[int], messages: Sequence[bytes]) -> bytes:
-    return encode_frame(JOBS, b"[" + orjson.dumps(slots) + b",[" + b",".join(messages) + b"]]")
+def encode_jobs(slots: Sequence[int], messages: Sequence[str]) -> bytes:
+    # Joined as text and encoded once per frame, not once per job.
+    return encode_frame(JOBS, b"[" + orjson.dumps(slots) + b",["
+                        + ",".join(messages).encode() + b"]]")
 
 
 def encode_results(results: Sequence[Sequence[Any]]) -> bytes:
