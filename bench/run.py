@@ -14,7 +14,8 @@ Every scenario works in a schema of its own (--schema, default skivi_bench), cre
 and dropped at the end (--keep keeps it). The engine always runs in a subprocess
 (``python bench/run.py _engine ...``), never forked from this process, which has threads
 and open connections; the subprocess reports progress, timings and memory as JSON lines on
-its stdout.
+its stdout. It is started and stopped by the engine-subprocess harness the tests use too,
+tests/support/engines.py (part of the checkout, and free of test dependencies).
 
 Output: the settings first, a live line every second, then a summary table; --json PATH
 writes the same for machines. The exit code is non-zero when a verification fails.
@@ -25,7 +26,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Benchmark the checkout this file lives in (the engine subprocess does the same).
+# Benchmark the checkout this file lives in (the engine subprocess does the same); this also
+# makes tests.support.engines, the engine-subprocess harness, importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
@@ -38,10 +40,8 @@ import json
 import math
 import os
 import platform
-import queue
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import tempfile
@@ -49,7 +49,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
@@ -58,6 +58,9 @@ import skivi
 from skivi.config import load_config
 from skivi.engine.supervisor import Engine
 from skivi.system import System, create_system
+
+if TYPE_CHECKING:
+    from tests.support.engines import EngineProcess
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("drain", "steady", "enqueue", "backlog", "cpu", "queues")
@@ -254,17 +257,18 @@ def engine_main(argv: Sequence[str]) -> int:
 
 
 @dataclass
-class EngineProcess:
-    """An engine subprocess and the JSON events it prints, read by a thread."""
+class EngineRun:
+    """An engine subprocess (``python bench/run.py _engine``, started through the tests'
+    engine harness) and the JSON events it prints on its stdout. Its log (stderr) goes to
+    this process's stderr."""
 
-    proc: subprocess.Popen[str]
-    events: queue.Queue[dict[str, Any]] = field(default_factory=queue.Queue)
+    proc: EngineProcess
     report: dict[str, Any] | None = None
     ended: bool = False
 
     @classmethod
     def start(cls, opts: Options, *, once: bool, expect: int,
-              latency_file: str | None = None) -> EngineProcess:
+              latency_file: str | None = None) -> EngineRun:
         cmd = [sys.executable, str(Path(__file__).resolve()), "_engine",
                "--database-url", opts.url, "--schema", opts.schema, "--task", opts.task,
                "--processes", str(opts.processes or 0), "--concurrency", str(opts.concurrency),
@@ -275,37 +279,33 @@ class EngineProcess:
             cmd.append("--once")
         if latency_file:
             cmd += ["--latency-file", latency_file]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
-        ep = cls(proc)
-        threading.Thread(target=ep._read, daemon=True, name="engine-events").start()
-        return ep
+        # Imported here, not at the top: the engine subprocess runs this file too, and the
+        # harness would only add to the memory it reports.
+        from tests.support.engines import EngineProcess
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                sys.stderr.write(f"engine stdout: {line}")
-                continue
-            if isinstance(event, dict) and "event" in event:
-                self.events.put(event)
-        self.events.put({"event": "end"})
+        return cls(EngineProcess(cmd, read_stdout=True))
 
     def next(self, timeout: float) -> dict[str, Any]:
         """The next event; {"event": "end"} once stdout closed, {"event": "timeout"} if none
         came within timeout."""
-        if self.ended:
-            return {"event": "end"}
-        try:
-            event = self.events.get(timeout=max(timeout, 0.0))
-        except queue.Empty:
-            return {"event": "timeout"}
-        if event["event"] == "report":
-            self.report = event
-        elif event["event"] == "end":
-            self.ended = True
-        return event
+        deadline = time.monotonic() + timeout
+        while not self.ended:
+            line = self.proc.read_line(deadline - time.monotonic())
+            if line is None:
+                return {"event": "timeout"}
+            if line == b"":
+                self.ended = True
+                break
+            try:
+                event = json.loads(line)
+            except ValueError:
+                sys.stderr.write(f"engine stdout: {line.decode(errors='replace')}")
+                continue
+            if isinstance(event, dict) and "event" in event:
+                if event["event"] == "report":
+                    self.report = event
+                return event
+        return {"event": "end"}
 
     def wait_for(self, name: str, timeout: float) -> dict[str, Any] | None:
         deadline = time.monotonic() + timeout
@@ -319,13 +319,7 @@ class EngineProcess:
 
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM (graceful), then SIGKILL after timeout; returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        return self.proc.stop(timeout)
 
     def finish(self, timeout: float) -> int:
         """Read events until the report, then reap the process."""
@@ -764,7 +758,7 @@ def floor_claim_delete(system: System, conn: psycopg.Connection[Any], opts: Opti
 
 def engine_drain(opts: Options, n: int, label: str, latency_file: str | None = None) -> Result:
     """Run an engine with --once over n runnable jobs; live line every second."""
-    ep = EngineProcess.start(opts, once=True, expect=n, latency_file=latency_file)
+    ep = EngineRun.start(opts, once=True, expect=n, latency_file=latency_file)
     spawned = time.time()
     last_t, last_done = spawned, 0
     deadline = time.monotonic() + opts.timeout
@@ -1073,7 +1067,7 @@ def steady_run(opts: Options, system: System, conn: psycopg.Connection[Any], run
         """Jobs enqueued and not yet completed (the backlog jobs of --backlog aside)."""
         return int(scalar(conn, q.job_count_except_backlog, BACKLOG_PARAMS))
 
-    ep = EngineProcess.start(opts, once=False, expect=total + 1, latency_file=latency_file)
+    ep = EngineRun.start(opts, once=False, expect=total + 1, latency_file=latency_file)
     problems: list[str] = []
     samples: list[dict[str, float]] = []
     done_event: dict[str, Any] | None = None

@@ -10,9 +10,13 @@ How tests get a database:
 - a session fixture creates ``skivi_tpl_<pid>`` (the pid keeps two sessions on one server
   apart), migrates it, closes every connection to it, and drops it at the end;
 - ``database`` clones it per test (``CREATE DATABASE ... TEMPLATE``) and yields the clone's
-  URL: for anything needing commits, LISTEN/NOTIFY or several processes;
-- ``conn`` is a connection to such a clone, in a transaction rolled back at the end;
-- ``system`` is ``skivi.create_system`` on a clone, stopped at the end;
+  URL: for anything needing commits, LISTEN/NOTIFY, several connections or processes;
+- ``conn`` is a connection to one more clone, ``skivi_shared_<pid>``, made once and shared
+  by the whole session, in a transaction rolled back at the end (and failing the test if it
+  committed): for tests with a single connection that commit nothing, listen to nothing
+  and hold no lock another session must see. No clone per test: the cheapest database;
+- ``system`` is ``skivi.create_system`` on a clone, stopped at the end; ``conn_system``
+  one for ``conn`` tests, whose own connections go nowhere;
 - ``make_database`` creates more (an empty one with ``template=None``).
 
 The ``SKIVI_*`` and ``DATABASE_URL`` variables of the calling shell are removed for the session
@@ -36,6 +40,7 @@ from skivi.db.migrate import migrate
 from tests.support.db import (
     DATABASE_PREFIX,
     SCHEMA,
+    SHARED_NAME,
     TEMPLATE_NAME,
     MakeDatabase,
     connect,
@@ -45,12 +50,14 @@ from tests.support.db import (
     idle_within,
     is_local,
     redacted,
+    rolled_back,
     url_for,
 )
 
 REPO = Path(__file__).resolve().parent.parent
 EMBEDDED_DIR = REPO / ".pgdata" / "test"
 EMBEDDED_IDLE_WAIT = 3.0
+NOWHERE = "postgresql://skivi-test@127.0.0.1:1/nowhere"  # port 1: refused at once
 DSN_ENV_VARS = ("SKIVI_TEST_DSN", "SKIVI_DATABASE_URL", "DATABASE_URL")
 # Variables the test-suite itself reads; every other SKIVI_* is hidden from the tests.
 TEST_ENV_VARS = ("SKIVI_CHAOS_SOAK", "SKIVI_REQUIRE_PROMETHEUS", "SKIVI_TEST_DSN",
@@ -164,18 +171,36 @@ def database(make_database: MakeDatabase) -> str:
     return make_database()
 
 
-@pytest.fixture
-def conn(database: str) -> Iterator[psycopg.Connection[Any]]:
-    """A connection to a fresh migrated database, in a transaction rolled back at the end."""
-    c = connect(database, autocommit=False)
+@pytest.fixture(scope="session")
+def shared_database(server_dsn: str, admin: psycopg.Connection[Any],
+                    template_database: str) -> Iterator[str]:
+    """URL of a migrated database shared by the session's ``conn`` tests, which never commit
+    to it: it stays as migrated, with no row in it."""
+    create_database(admin, SHARED_NAME, template_database)
     try:
-        yield c
+        yield url_for(server_dsn, SHARED_NAME)
     finally:
-        try:
-            if not c.closed:
-                c.rollback()
-        finally:
-            c.close()
+        drop_database(admin, SHARED_NAME)
+
+
+@pytest.fixture
+def conn(shared_database: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection to the session's shared migrated database, in a transaction rolled back
+    at the end; the test fails if it committed it."""
+    with rolled_back(shared_database) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def conn_system() -> Iterator[skivi.System]:
+    """A Skivi system for ``conn`` tests, which pass ``conn=conn`` to every call. Its own
+    connections would go to a port nothing listens on: a call without ``conn`` fails at
+    once instead of committing to the shared database."""
+    s = skivi.create_system({"database": {"connection_string": NOWHERE, "connect_timeout": 1}})
+    try:
+        yield s
+    finally:
+        s.stop()
 
 
 @pytest.fixture

@@ -34,11 +34,9 @@ import contextlib
 import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,11 +46,18 @@ import pytest
 
 import skivi
 from skivi.engine.process import children_of
+from tests.support.engines import (
+    EngineGroup,
+    EngineProcess,
+    child_env,
+    engine_argv,
+    log_of,
+    wait_registered,
+)
 from tests.support.servers import PrivateServer
 from tests.support.soak import soak_mode
 from tests.support.wait import wait_for
 
-REPO = Path(__file__).resolve().parents[2]
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 SEED = 20_260_808
 
@@ -106,50 +111,37 @@ FAULT_PATTERN = [
 
 @dataclass(eq=False)
 class Engine:
-    proc: subprocess.Popen[bytes]
-    log: Path
-    started: float
-    stopping: bool = False
-    ended: float | None = None
+    """An engine of the fleet, and what the injector did to it."""
+
+    proc: EngineProcess
+    stopping: bool = False  # SIGTERMed by the injector
+    ended: float | None = None  # when the injector saw it exit
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
 
-class Fleet:
+class Fleet(EngineGroup):
+    """The chaos engines (tests/chaos/tasks), each logging to a file in ``log_dir``; leaving
+    the ``with`` block SIGKILLs any still running."""
+
     def __init__(self, url: str, log_dir: Path, settings: Settings) -> None:
+        super().__init__(log_dir)
         self.url = url
-        self.log_dir = log_dir
         self.settings = settings
         self.engines: list[Engine] = []
 
     def start(self) -> Engine:
         s = self.settings
-        cmd = [sys.executable, "-m", "skivi.engine", "--database-url", self.url,
-               "--tasks", str(TASKS_DIR), "--processes", str(s.processes),
-               "--concurrency", str(s.concurrency), "--shutdown-timeout", "20",
-               "--log-level", "INFO"]
-        env = {**os.environ, "CHAOS_LEDGER_URL": self.url, "PYTHONPATH": str(REPO)}
-        log = self.log_dir / f"engine-{len(self.engines)}.log"
-        with open(log, "wb") as err:
-            proc = subprocess.Popen(cmd, env=env, cwd=REPO, stderr=err)
-        engine = Engine(proc, log, time.time())
+        argv = engine_argv(self.url, TASKS_DIR, "--shutdown-timeout", "20",
+                           processes=s.processes, concurrency=s.concurrency)
+        engine = Engine(self.spawn(argv, child_env({"CHAOS_LEDGER_URL": self.url})))
         self.engines.append(engine)
         return engine
 
     def running(self) -> list[Engine]:
         return [e for e in self.engines if e.proc.poll() is None and not e.stopping]
-
-    def kill_all(self) -> None:
-        for e in self.engines:
-            if e.proc.poll() is None:
-                e.proc.kill()
-        for e in self.engines:
-            e.proc.wait()
-
-    def logs(self) -> str:
-        return "".join(e.log.read_text(errors="replace") for e in self.engines if e.log.exists())
 
 
 # -- faults -----------------------------------------------------------------------------------
@@ -640,31 +632,24 @@ def stuck_state(url: str) -> str:
     return "\n".join(out)
 
 
-def stop_logs(fleet: Fleet, exits: dict[int, int | None]) -> str:
+def stop_logs(fleet: Fleet, exits: Mapping[int, int | None]) -> str:
     """What the engines that did not stop cleanly logged from the stop request on (and
     every traceback), so a failure in CI says why without the files."""
     out = []
     for engine in fleet.engines:
-        if exits.get(engine.pid, 0) == 0 or not engine.log.exists():
+        log = log_of(engine.proc)
+        if exits.get(engine.pid, 0) == 0 or not log:
             continue
-        lines = engine.log.read_text(errors="replace").splitlines()
+        lines = log.splitlines()
         at = next((i for i, line in enumerate(lines) if "received SIG" in line),
                   max(0, len(lines) - 40))
         tracebacks = [i for i, line in enumerate(lines[:at]) if line.startswith("Traceback")]
         keep = sorted({*range(at, len(lines)),
                        *(j for i in tracebacks for j in range(i - 2, min(i + 30, at)))})
-        out.append(f"--- engine {engine.pid} (exit {exits[engine.pid]}), {engine.log.name}:")
+        out.append(f"--- engine {engine.pid} (exit {exits[engine.pid]}), "
+                   f"{engine.proc.log_path}:")
         out += [lines[j] for j in keep[:200] if j >= 0]
     return "\n".join(out)
-
-
-@contextlib.contextmanager
-def fleet_of(url: str, log_dir: Path, settings: Settings) -> Iterator[Fleet]:
-    fleet = Fleet(url, log_dir, settings)
-    try:
-        yield fleet
-    finally:
-        fleet.kill_all()
 
 
 @pytest.mark.slow
@@ -675,11 +660,10 @@ def test_every_job_reaches_one_final_state_and_repeats_are_explained_when_faults
     url = chaos_server.url
     rng = random.Random(SEED)
     began = time.monotonic()
-    with fleet_of(url, tmp_path, settings) as fleet:
+    with Fleet(url, tmp_path, settings) as fleet:
         for _ in range(settings.engines):
             fleet.start()
-        wait_for(lambda: len(_query(url, "select id from skivi.engine")) == settings.engines,
-                 timeout=30, what="every engine to register")
+        wait_registered(url, [e.pid for e in fleet.engines], timeout=30)
         stop = threading.Event()
         stats = [ProducerStats() for _ in range(settings.producers)]
         share = settings.jobs // settings.producers
@@ -718,9 +702,7 @@ def test_every_job_reaches_one_final_state_and_repeats_are_explained_when_faults
         live = fleet.running()
         wait_for(lambda: len(_query(url, "select id from skivi.engine")) == len(live),
                  timeout=30, what="the rows of dead engines to be removed by a rescuer")
-        for engine in live:
-            engine.proc.send_signal(signal.SIGTERM)
-        exits = {e.pid: e.proc.wait(timeout=60) for e in live}
+        exits = fleet.stop([e.proc for e in live], timeout=60)
         # Engines that ended on their own: neither SIGKILLed nor SIGTERMed by the injector.
         died = {e.pid: e.proc.returncode for e in fleet.engines
                 if e not in live and not e.stopping and e.ended is None}

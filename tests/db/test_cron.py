@@ -26,14 +26,16 @@ from psycopg import sql
 
 import skivi
 from skivi.cron import CronEntry, parse_crontabs
-from skivi.db.queries import channel_name
+from skivi.db.queries import channel_name, for_schema
 from skivi.engine.scheduler import run_scheduler, scheduler_main
-from tests.support.db import connect, url_for
+from tests.support.db import SCHEMA, connect, url_for
+from tests.support.rows import Database, fetch
 from tests.support.wait import wait_for
 
 UTC = dt.UTC
 T0 = dt.datetime(2024, 1, 1, tzinfo=UTC)
 MINUTE = dt.timedelta(minutes=1)
+Q = for_schema(SCHEMA)
 
 Event = dict[str, Any]
 
@@ -110,12 +112,10 @@ def run(system: skivi.System, entries: Sequence[CronEntry], clock: FakeClock, *,
     return events
 
 
-def cron_jobs(url: str) -> list[dict[str, Any]]:
+def cron_jobs(db: Database) -> list[dict[str, Any]]:
     """Every job, in id order, with its tick and backfill flag taken from the payload."""
-    with connect(url) as c:
-        rows = c.execute(
-            "select id, task_identifier, payload, queue_name, priority, max_attempts, run_at,"
-            " key from skivi.job order by id").fetchall()
+    rows = fetch(db, "select id, task_identifier, payload, queue_name, priority, max_attempts,"
+                     " run_at, key from skivi.job order by id")
     return [{"id": r[0], "task": r[1], "payload": r[2], "queue_name": r[3], "priority": r[4],
              "max_attempts": r[5], "run_at": r[6], "key": r[7],
              "ts": dt.datetime.fromisoformat(r[2]["_cron"]["ts"]),
@@ -126,20 +126,16 @@ def minutes(first: int, last: int, base: dt.datetime = T0) -> list[dt.datetime]:
     return [base + n * MINUTE for n in range(first, last + 1)]
 
 
-def last_execution(url: str, identifier: str) -> dt.datetime | None:
-    with connect(url) as c:
-        row = c.execute("select last_execution from skivi.cron where identifier = %s",
-                        [identifier]).fetchone()
-    return None if row is None else row[0]
+def last_execution(db: Database, identifier: str) -> dt.datetime | None:
+    rows = fetch(db, "select last_execution from skivi.cron where identifier = %s", identifier)
+    return rows[0][0] if rows else None
 
 
 # --- the statements on their own ----------------------------------------------------------------
 
 
-def fire(url: str, system: skivi.System, *ticks: dict[str, Any]) -> list[tuple[Any, ...]]:
-    with connect(url) as c:
-        return c.execute(system.queries.cron_fire,
-                         {"ticks": orjson.dumps(list(ticks)).decode()}).fetchall()
+def fire(conn: psycopg.Connection[Any], *ticks: dict[str, Any]) -> list[tuple[Any, ...]]:
+    return conn.execute(Q.cron_fire, {"ticks": orjson.dumps(list(ticks)).decode()}).fetchall()
 
 
 def tick(identifier: str, ts: dt.datetime, **extra: Any) -> dict[str, Any]:
@@ -148,53 +144,47 @@ def tick(identifier: str, ts: dt.datetime, **extra: Any) -> dict[str, Any]:
             "job_key": f"cron:{identifier}", **extra}
 
 
-def test_cron_fire_claims_a_tick_once_when_sent_again_or_older(system: skivi.System,
-                                                               database: str) -> None:
-    with connect(database) as c:
-        c.execute(system.queries.cron_known, {"identifiers": ["a"], "now": T0})
-    first = fire(database, system, tick("a", T0 + MINUTE, job_key=None))
+def test_cron_fire_claims_a_tick_once_when_sent_again_or_older(
+        conn: psycopg.Connection[Any]) -> None:
+    conn.execute(Q.cron_known, {"identifiers": ["a"], "now": T0})
+    first = fire(conn, tick("a", T0 + MINUTE, job_key=None))
     assert [r[:4] for r in first] == [("a", T0 + MINUTE, True, "inserted")]
-    assert fire(database, system, tick("a", T0 + MINUTE, job_key=None))[0][2:] == (
-        False, None, None)
-    assert fire(database, system, tick("a", T0 + 30 * dt.timedelta(seconds=1)))[0][2] is False
-    assert last_execution(database, "a") == T0 + MINUTE
-    assert len(cron_jobs(database)) == 1
+    assert fire(conn, tick("a", T0 + MINUTE, job_key=None))[0][2:] == (False, None, None)
+    assert fire(conn, tick("a", T0 + 30 * dt.timedelta(seconds=1)))[0][2] is False
+    assert last_execution(conn, "a") == T0 + MINUTE
+    assert len(cron_jobs(conn)) == 1
 
 
-def test_cron_fire_reports_the_holder_when_the_job_key_is_taken(system: skivi.System,
-                                                                database: str) -> None:
-    inserted = fire(database, system, tick("a", T0 + MINUTE))
-    held = fire(database, system, tick("a", T0 + 2 * MINUTE))
+def test_cron_fire_reports_the_holder_when_the_job_key_is_taken(
+        conn: psycopg.Connection[Any]) -> None:
+    inserted = fire(conn, tick("a", T0 + MINUTE))
+    held = fire(conn, tick("a", T0 + 2 * MINUTE))
     assert inserted[0][2:4] == (True, "inserted")
     assert held[0][2:] == (True, "deduplicated", inserted[0][4])
-    assert last_execution(database, "a") == T0 + 2 * MINUTE  # the tick is used up
+    assert last_execution(conn, "a") == T0 + 2 * MINUTE  # the tick is used up
 
 
 def test_cron_fire_refuses_ticks_up_to_known_since_when_entry_is_new(
-        system: skivi.System, database: str) -> None:
-    with connect(database) as c:
-        rows = c.execute(system.queries.cron_known, {"identifiers": ["new"], "now": T0}
-                         ).fetchall()
-        assert rows == [("new", T0, None, True)]
-        again = c.execute(system.queries.cron_known,
-                          {"identifiers": ["new"], "now": T0 + MINUTE}).fetchall()
-        assert again == [("new", T0, None, False)]
-    assert fire(database, system, tick("new", T0 - MINUTE))[0][2] is False
-    assert fire(database, system, tick("new", T0))[0][2] is False
-    assert fire(database, system, tick("new", T0 + MINUTE))[0][2] is True
+        conn: psycopg.Connection[Any]) -> None:
+    rows = conn.execute(Q.cron_known, {"identifiers": ["new"], "now": T0}).fetchall()
+    assert rows == [("new", T0, None, True)]
+    again = conn.execute(Q.cron_known,
+                         {"identifiers": ["new"], "now": T0 + MINUTE}).fetchall()
+    assert again == [("new", T0, None, False)]
+    assert fire(conn, tick("new", T0 - MINUTE))[0][2] is False
+    assert fire(conn, tick("new", T0))[0][2] is False
+    assert fire(conn, tick("new", T0 + MINUTE))[0][2] is True
 
 
 def test_cron_fire_answers_each_identifier_when_batch_mixes_outcomes(
-        system: skivi.System, database: str) -> None:
-    with connect(database) as c:
-        c.execute(system.queries.cron_known, {"identifiers": ["a", "b", "c"], "now": T0})
-    fire(database, system, tick("b", T0 + 2 * MINUTE))
-    rows = fire(database, system, tick("c", T0 + MINUTE, queue_name="serial"),
-                tick("b", T0 + MINUTE), tick("a", T0 + MINUTE))
+        conn: psycopg.Connection[Any]) -> None:
+    conn.execute(Q.cron_known, {"identifiers": ["a", "b", "c"], "now": T0})
+    fire(conn, tick("b", T0 + 2 * MINUTE))
+    rows = fire(conn, tick("c", T0 + MINUTE, queue_name="serial"), tick("b", T0 + MINUTE),
+                tick("a", T0 + MINUTE))
     assert [(r[0], r[2], r[3]) for r in rows] == [
         ("a", True, "inserted"), ("b", False, None), ("c", True, "inserted")]
-    with connect(database) as c:
-        assert c.execute("select queue_name from skivi.job_queue").fetchall() == [("serial",)]
+    assert conn.execute("select queue_name from skivi.job_queue").fetchall() == [("serial",)]
 
 
 # --- the scheduler ------------------------------------------------------------------------------

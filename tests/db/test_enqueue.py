@@ -22,28 +22,26 @@ from skivi.db.queries import (
     CLAIM_ID,
     ClaimRow,
     channel_name,
+    for_schema,
     job_claim,
     job_complete_many,
 )
-from tests.support.db import connect
+from tests.support.db import SCHEMA, connect
+from tests.support.rows import Database, fetch, reading
 
 UTC = dt.UTC
 
 
-def count_jobs(url: str, where: str = "true") -> int:
-    with connect(url) as c:
-        row = c.execute(f"select count(*) from skivi.job where {where}").fetchone()
-        assert row is not None
-        return int(row[0])
+def count_jobs(db: Database, where: str = "true") -> int:
+    return int(fetch(db, f"select count(*) from skivi.job where {where}")[0][0])
 
 
-def claim(url: str, limit: int = 100, engine: int = 1, **filters: Any) -> list[int]:
+def claim(db: Database, limit: int = 100, engine: int = 1, **filters: Any) -> list[int]:
     """Claim like an engine does (job_claim.sql); returns the claimed ids in claim order."""
-    q = skivi.create_system({"database": {"connection_string": url}}).queries
-    with connect(url) as c:
-        return [r[CLAIM_ID] for r in job_claim.run(c, q, engine=engine, limit=limit,
-                                                   serial_limit=limit, max_bytes=1 << 40,
-                                                   **filters)]
+    with reading(db) as c:
+        return [r[CLAIM_ID] for r in job_claim.run(c, for_schema(SCHEMA), engine=engine,
+                                                   limit=limit, serial_limit=limit,
+                                                   max_bytes=1 << 40, **filters)]
 
 
 def test_add_job_returns_the_stored_job_when_called_without_start(system: skivi.System,
@@ -218,42 +216,41 @@ def test_job_key_leaves_exactly_one_job_when_producers_race_and_some_roll_back(
     assert count_jobs(database) == 1
 
 
-def test_claim_follows_priority_then_run_at_when_jobs_wait(system: skivi.System,
-                                                           database: str) -> None:
+def test_claim_follows_priority_then_run_at_when_jobs_wait(
+        conn_system: skivi.System, conn: psycopg.Connection[Any]) -> None:
     past = dt.datetime(2000, 1, 1, tzinfo=UTC)
-    low = skivi.add_job(system, "t", priority=10, run_at=past)
-    early = skivi.add_job(system, "t", priority=0, run_at=past)
-    late = skivi.add_job(system, "t", priority=0)
-    future = skivi.add_job(system, "t", priority=-5,
-                           run_at=dt.datetime(2100, 1, 1, tzinfo=UTC))
-    assert claim(database) == [early.id, late.id, low.id]
-    assert future.id not in claim(database)
+    low = skivi.add_job(conn_system, "t", priority=10, run_at=past, conn=conn)
+    early = skivi.add_job(conn_system, "t", priority=0, run_at=past, conn=conn)
+    late = skivi.add_job(conn_system, "t", priority=0, conn=conn)
+    future = skivi.add_job(conn_system, "t", priority=-5,
+                           run_at=dt.datetime(2100, 1, 1, tzinfo=UTC), conn=conn)
+    assert claim(conn) == [early.id, late.id, low.id]
+    assert future.id not in claim(conn)
 
 
-def test_claim_takes_one_job_per_serial_queue_when_prefetching(system: skivi.System,
-                                                               database: str) -> None:
-    q1 = [skivi.add_job(system, "t", {"i": i}, queue_name="q1") for i in range(3)]
-    q2 = skivi.add_job(system, "t", queue_name="q2")
-    free = skivi.add_job(system, "t")
-    assert sorted(claim(database, limit=500)) == sorted([q1[0].id, q2.id, free.id])
+def test_claim_takes_one_job_per_serial_queue_when_prefetching(
+        conn_system: skivi.System, conn: psycopg.Connection[Any]) -> None:
+    q1 = [skivi.add_job(conn_system, "t", {"i": i}, queue_name="q1", conn=conn)
+          for i in range(3)]
+    q2 = skivi.add_job(conn_system, "t", queue_name="q2", conn=conn)
+    free = skivi.add_job(conn_system, "t", conn=conn)
+    assert sorted(claim(conn, limit=500)) == sorted([q1[0].id, q2.id, free.id])
     # q1's head is in flight: nothing more from q1, even for another engine.
-    assert claim(database, limit=500, engine=2) == []
-    q = system.queries
-    with connect(database) as c:
-        lease = c.execute("select lease from skivi.job where id = %s", (q1[0].id,)).fetchone()
-        assert lease is not None
-        done = job_complete_many.run(c, q, engine=1, ids=[q1[0].id], leases=[lease[0]],
-                                     history=False)
-        assert [r[0] for r in done] == [q1[0].id]
-    assert claim(database, limit=500, engine=2) == [q1[1].id]
+    assert claim(conn, limit=500, engine=2) == []
+    lease = conn.execute("select lease from skivi.job where id = %s", (q1[0].id,)).fetchone()
+    assert lease is not None
+    done = job_complete_many.run(conn, conn_system.queries, engine=1, ids=[q1[0].id],
+                                 leases=[lease[0]], history=False)
+    assert [r[0] for r in done] == [q1[0].id]
+    assert claim(conn, limit=500, engine=2) == [q1[1].id]
 
 
-def test_claim_skips_jobs_with_forbidden_flags_when_asked(system: skivi.System,
-                                                          database: str) -> None:
-    flagged = skivi.add_job(system, "t", flags=["gpu"])
-    plain = skivi.add_job(system, "t")
-    assert claim(database, forbidden=["gpu"]) == [plain.id]
-    assert claim(database) == [flagged.id]
+def test_claim_skips_jobs_with_forbidden_flags_when_asked(
+        conn_system: skivi.System, conn: psycopg.Connection[Any]) -> None:
+    flagged = skivi.add_job(conn_system, "t", flags=["gpu"], conn=conn)
+    plain = skivi.add_job(conn_system, "t", conn=conn)
+    assert claim(conn, forbidden=["gpu"]) == [plain.id]
+    assert claim(conn) == [flagged.id]
 
 
 def test_insert_notifies_listeners_only_when_committed(system: skivi.System,
@@ -273,41 +270,38 @@ def test_insert_notifies_listeners_only_when_committed(system: skivi.System,
         assert float(notes[0].payload) == dt.datetime(2100, 1, 1, tzinfo=UTC).timestamp()
 
 
-def test_sql_add_job_enqueues_when_called_from_plain_sql(database: str) -> None:
-    with connect(database) as c:
-        row = c.execute("select outcome, id, payload from skivi.add_job("
-                        "'send-email', '{\"to\": \"a@example.com\"}'::jsonb)").fetchone()
-        assert row is not None and row[0] == "inserted"
-        again = c.execute("select outcome, id from skivi.add_job('x', job_key => 'k')"
-                          ).fetchone()
-        dedup = c.execute("select outcome, id from skivi.add_job('x', job_key => 'k', "
-                          "job_key_mode => 'unsafe_dedupe')").fetchone()
-        assert again is not None and dedup == ("deduplicated", again[1])
-        with pytest.raises(psycopg.errors.InvalidParameterValue, match="job_key_mode"):
-            c.execute("select * from skivi.add_job('x', job_key => 'k', "
-                      "job_key_mode => 'bogus')")
+def test_sql_add_job_enqueues_when_called_from_plain_sql(conn: psycopg.Connection[Any]) -> None:
+    row = conn.execute("select outcome, id, payload from skivi.add_job("
+                       "'send-email', '{\"to\": \"a@example.com\"}'::jsonb)").fetchone()
+    assert row is not None and row[0] == "inserted"
+    again = conn.execute("select outcome, id from skivi.add_job('x', job_key => 'k')").fetchone()
+    dedup = conn.execute("select outcome, id from skivi.add_job('x', job_key => 'k', "
+                         "job_key_mode => 'unsafe_dedupe')").fetchone()
+    assert again is not None and dedup == ("deduplicated", again[1])
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="job_key_mode"):
+        conn.execute("select * from skivi.add_job('x', job_key => 'k', job_key_mode => 'bogus')")
 
 
-def test_sql_admin_functions_change_pending_jobs_when_called(database: str) -> None:
-    with connect(database) as c:
-        ids = [c.execute("select id from skivi.add_job('t')").fetchone()[0]  # type: ignore[index]
-               for _ in range(4)]
-        c.execute("select skivi.complete_jobs(%s)", ([ids[0]],))
-        c.execute("select skivi.permanently_fail_jobs(%s, 'bad data')", ([ids[1]],))
-        c.execute("select skivi.reschedule_jobs(%s, run_at => '2100-01-01', priority => 3)",
-                  ([ids[2]],))
-        c.execute("select skivi.add_job('t', job_key => 'rm')")
-        removed = c.execute("select id from skivi.remove_job('rm')").fetchall()
-        assert len(removed) == 1
-        left = c.execute("select id, priority from skivi.job order by id").fetchall()
-        assert left == [(ids[2], 3), (ids[3], 0)]
-        hist = c.execute("select id, outcome, reason, last_error, attempts, max_attempts "
-                         "from skivi.job_history").fetchall()
-        # Never attempted, but exhausted: its record says it has no attempt left (Graphile).
-        assert hist == [(ids[1], "exhausted", "permanently_failed", "bad data", 25, 25)]
-        back = c.execute("select id, attempts from skivi.retry_jobs(%s)", ([ids[1]],)).fetchall()
-        assert back == [(ids[1], 0)]
-        assert c.execute("select count(*) from skivi.job_history").fetchone() == (0,)
+def test_sql_admin_functions_change_pending_jobs_when_called(
+        conn: psycopg.Connection[Any]) -> None:
+    ids = [conn.execute("select id from skivi.add_job('t')").fetchone()[0]  # type: ignore[index]
+           for _ in range(4)]
+    conn.execute("select skivi.complete_jobs(%s)", ([ids[0]],))
+    conn.execute("select skivi.permanently_fail_jobs(%s, 'bad data')", ([ids[1]],))
+    conn.execute("select skivi.reschedule_jobs(%s, run_at => '2100-01-01', priority => 3)",
+                 ([ids[2]],))
+    conn.execute("select skivi.add_job('t', job_key => 'rm')")
+    removed = conn.execute("select id from skivi.remove_job('rm')").fetchall()
+    assert len(removed) == 1
+    left = conn.execute("select id, priority from skivi.job order by id").fetchall()
+    assert left == [(ids[2], 3), (ids[3], 0)]
+    hist = conn.execute("select id, outcome, reason, last_error, attempts, max_attempts "
+                        "from skivi.job_history").fetchall()
+    # Never attempted, but exhausted: its record says it has no attempt left (Graphile).
+    assert hist == [(ids[1], "exhausted", "permanently_failed", "bad data", 25, 25)]
+    back = conn.execute("select id, attempts from skivi.retry_jobs(%s)", ([ids[1]],)).fetchall()
+    assert back == [(ids[1], 0)]
+    assert conn.execute("select count(*) from skivi.job_history").fetchone() == (0,)
 
 
 @pytest.mark.parametrize(("options", "match"), [
@@ -330,12 +324,13 @@ def test_sql_admin_functions_change_pending_jobs_when_called(database: str) -> N
     ({"unknown_option": 1}, "unknown_option"),
 ])
 def test_bad_options_are_refused_and_nothing_written_when_enqueueing(
-        system: skivi.System, database: str, options: dict[str, Any], match: str) -> None:
+        conn_system: skivi.System, conn: psycopg.Connection[Any], options: dict[str, Any],
+        match: str) -> None:
     with pytest.raises(skivi.JobSpecError, match=match):
-        skivi.add_job(system, "t", {"ok": True}, **options)
+        skivi.add_job(conn_system, "t", {"ok": True}, conn=conn, **options)
     with pytest.raises(skivi.JobSpecError, match=match):
-        skivi.add_jobs(system, [{"task": "fine"}, {"task": "t", **options}])
-    assert count_jobs(database) == 0
+        skivi.add_jobs(conn_system, [{"task": "fine"}, {"task": "t", **options}], conn=conn)
+    assert count_jobs(conn) == 0
 
 
 @pytest.mark.parametrize(("payload", "match"), [
@@ -347,11 +342,13 @@ def test_bad_options_are_refused_and_nothing_written_when_enqueueing(
     ({"big": "x" * (1024 * 1024 + 1)}, "bytes|size|limit"),
 ])
 def test_bad_payloads_are_refused_and_nothing_written_when_enqueueing(
-        system: skivi.System, database: str, payload: Any, match: str) -> None:
+        conn_system: skivi.System, conn: psycopg.Connection[Any], payload: Any,
+        match: str) -> None:
     with pytest.raises(skivi.PayloadError, match=match) as info:
-        skivi.add_jobs(system, [{"task": "fine"}, {"task": "t", "payload": payload}])
+        skivi.add_jobs(conn_system, [{"task": "fine"}, {"task": "t", "payload": payload}],
+                       conn=conn)
     assert "'t'" in str(info.value)
-    assert count_jobs(database) == 0
+    assert count_jobs(conn) == 0
 
 
 def test_payload_schema_names_the_field_and_writes_nothing_when_invalid(
@@ -373,9 +370,10 @@ def test_payload_schema_names_the_field_and_writes_nothing_when_invalid(
         system.stop()
 
 
-def test_bad_schema_name_is_refused_when_creating_a_system(database: str) -> None:
+def test_bad_schema_name_is_refused_when_creating_a_system() -> None:
+    # Refused before anything connects: no database needed.
     with pytest.raises(skivi.ConfigError, match="schema_name"):
-        skivi.create_system({"database": {"connection_string": database,
+        skivi.create_system({"database": {"connection_string": "postgresql://unused/x",
                                           "schema_name": 'a"; drop table x; --'}})
 
 
@@ -477,23 +475,23 @@ def test_internal_async_pool_never_prepares_when_configured_not_to(database: str
 
 
 def test_a_claim_is_bounded_by_payload_bytes_and_says_when_it_left_jobs(
-        system: skivi.System, database: str) -> None:
+        conn_system: skivi.System, conn: psycopg.Connection[Any]) -> None:
     big = "x" * 100_000  # compressible: the claim measures its text, not its stored size
-    ids = [j.id for j in skivi.add_jobs(system, [{"task": "t", "payload": {"b": big}}
-                                                 for _ in range(10)])]
-    q = system.queries
-    with connect(database) as c:
-        def claim(max_bytes: int) -> list[ClaimRow]:
-            return job_claim.run(c, q, engine=1, limit=100, serial_limit=100,
-                                 max_bytes=max_bytes)
+    ids = [j.id for j in skivi.add_jobs(conn_system, [{"task": "t", "payload": {"b": big}}
+                                                      for _ in range(10)], conn=conn)]
+    q = conn_system.queries
 
-        rows = claim(250_000)
-        # 0, 100 kB and 200 kB before them are under the limit; the fourth is not.
-        assert [r[CLAIM_ID] for r in rows] == ids[:3] and all(r[CLAIM_CUT] for r in rows)
-        one = claim(1)
-        assert [r[CLAIM_ID] for r in one] == [ids[3]]  # at least one job, however large
-        rest = claim(1 << 40)
-        assert [r[CLAIM_ID] for r in rest] == ids[4:] and not any(r[CLAIM_CUT] for r in rest)
+    def claim(max_bytes: int) -> list[ClaimRow]:
+        return job_claim.run(conn, q, engine=1, limit=100, serial_limit=100,
+                             max_bytes=max_bytes)
+
+    rows = claim(250_000)
+    # 0, 100 kB and 200 kB before them are under the limit; the fourth is not.
+    assert [r[CLAIM_ID] for r in rows] == ids[:3] and all(r[CLAIM_CUT] for r in rows)
+    one = claim(1)
+    assert [r[CLAIM_ID] for r in one] == [ids[3]]  # at least one job, however large
+    rest = claim(1 << 40)
+    assert [r[CLAIM_ID] for r in rest] == ids[4:] and not any(r[CLAIM_CUT] for r in rest)
 
 
 # --- an unusable database: a clear error within database.connect_timeout --------------------
@@ -546,19 +544,20 @@ def test_enqueue_raises_database_unavailable_naming_the_host_when_nothing_listen
 
 @pytest.mark.parametrize("how", ["add_job", "add_jobs", "add_job_async"])
 def test_enqueue_raises_database_unavailable_with_the_cause_when_the_login_is_refused(
-        database: str, how: str) -> None:
+        server_dsn: str, how: str) -> None:
     """The test server trusts every login on 127.0.0.1, so no password can be wrong; the
     refusal that authentication gives here is an unknown role (SQLSTATE 28000,
-    invalid_authorization_specification), the same path as a wrong password."""
+    invalid_authorization_specification), the same path as a wrong password. (The login
+    is refused before any database is opened: the server's URL will do.)"""
     role = f"skivi_no_such_role_{os.getpid()}"
-    system = unusable_system(make_conninfo(database, user=role))
+    system = unusable_system(make_conninfo(server_dsn, user=role))
     try:
         error, took = enqueue_fails(system, how)
     finally:
         system.stop()
     assert took < CONNECT_TIMEOUT + 1.0, f"took {took:.1f}s"
     assert error.refused
-    assert dbpool.describe_server(database) in str(error)
+    assert dbpool.describe_server(server_dsn) in str(error)
     assert f'role "{role}" does not exist' in str(error), str(error)
 
 

@@ -203,13 +203,13 @@ def test_a_failed_first_migration_leaves_nothing_behind(make_database: MakeDatab
 HOSTILE_SCHEMA = 'a"; drop table x; --'
 
 
-def test_hostile_schema_name_is_refused_by_the_configuration(database: str) -> None:
-    with connect(database) as c:
-        c.execute("create table public.x ()")
-        with pytest.raises(skivi.ConfigError, match="schema_name"):
-            skivi.create_system(
-                {"database": {"connection_string": database, "schema_name": HOSTILE_SCHEMA}})
-        assert c.execute("select to_regclass('public.x') is not null").fetchone() == (True,)
+def test_hostile_schema_name_is_refused_by_the_configuration(
+        shared_database: str, conn: psycopg.Connection[Any]) -> None:
+    conn.execute("create table public.x ()")
+    with pytest.raises(skivi.ConfigError, match="schema_name"):
+        skivi.create_system(
+            {"database": {"connection_string": shared_database, "schema_name": HOSTILE_SCHEMA}})
+    assert conn.execute("select to_regclass('public.x') is not null").fetchone() == (True,)
 
 
 def test_hostile_schema_name_is_only_ever_an_identifier(database: str) -> None:

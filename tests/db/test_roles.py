@@ -32,6 +32,7 @@ from skivi.db.migrate import migrate
 from skivi.db.queries import Queries, channel_name, for_schema
 from tests.support.db import SCHEMA, MakeDatabase, connect
 from tests.support.deploy import keda_query
+from tests.support.engines import child_env, engine_argv, run_engine
 
 REPO = Path(__file__).resolve().parents[2]
 ROLES_SQL = REPO / "skivi" / "sql" / "roles.sql"
@@ -288,17 +289,13 @@ def test_engine_runs_jobs_as_the_worker_role_when_started_with_no_migrate(
             {"task": "bad", "max_attempts": 1}])
     finally:
         producer.stop()
-    base = [sys.executable, "-m", "skivi.engine", "--database-url", roles.url("worker"),
-            "--tasks", str(tasks), "--processes", "1", "--concurrency", "4",
-            "--log-level", "WARNING"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    base = engine_argv(roles.url("worker"), tasks, processes=1, concurrency=4,
+                       log_level="WARNING")
     # Once the owner has migrated, the worker role starts even without --no-migrate:
     # migrate() looks read-only first and needs no DDL right when nothing is pending.
-    first = subprocess.run([*base, "--once"], env=env, cwd=REPO, capture_output=True,
-                           text=True, timeout=120, check=False)
+    first = run_engine([*base, "--once"])
     assert first.returncode == 0, first.stderr
-    run = subprocess.run([*base, "--once", "--no-migrate"], env=env, cwd=REPO,
-                         capture_output=True, text=True, timeout=120, check=False)
+    run = run_engine([*base, "--once", "--no-migrate"])
     assert run.returncode == 0, run.stderr
     with roles.connect("owner") as c:
         assert c.execute(qualified("select count(*) from {schema}.job")).fetchone() == (0,)
@@ -308,7 +305,7 @@ def test_engine_runs_jobs_as_the_worker_role_when_started_with_no_migrate(
     # `skivi migrate --check` (the Kubernetes init container, systemd's ExecStartPre) works
     # as the worker role: it only reads the migration table.
     check = subprocess.run([sys.executable, "-m", "skivi", "migrate", "--check",
-                            "--database-url", roles.url("worker")], env=env, cwd=REPO,
+                            "--database-url", roles.url("worker")], env=child_env(), cwd=REPO,
                            capture_output=True, text=True, timeout=120, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
 

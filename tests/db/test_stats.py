@@ -3,27 +3,30 @@
 from __future__ import annotations
 
 import math
+from typing import Any
+
+import psycopg
 
 from skivi.db.queries import for_schema
-from tests.support.db import SCHEMA, connect
+from tests.support.db import SCHEMA
 
 
 def test_job_stats_reports_an_infinite_age_when_a_runnable_job_has_run_at_minus_infinity(
-        database: str) -> None:
+        conn: psycopg.Connection[Any]) -> None:
     # now() - '-infinity' is an error in PostgreSQL: one such row failed every poll, and the
     # depth metrics went stale.
     q = for_schema(SCHEMA)
-    with connect(database) as c:
-        row = c.execute(q.engine_register, {
-            "schema": SCHEMA, "hostname": "host", "pid": 1, "version": "test",
-            "lease_timeout": 30.0, "processes": 1, "concurrency": 1}).fetchone()
-        assert row is not None
-        c.execute("insert into skivi.job (task_identifier, run_at) values "
-                  "('t', '-infinity'), ('t', 'infinity'), ('t', now())")
-        c.execute("insert into skivi.job (task_identifier, queue_name, run_at) values "
-                  "('t', 'q', '-infinity')")
-        rows = c.execute(q.job_stats, {"engine": row[0], "cap": 10000,
-                                       "max_groups": 100}).fetchall()
+    # The engine's liveness lock is a session lock: released when conn closes.
+    row = conn.execute(q.engine_register, {
+        "schema": SCHEMA, "hostname": "host", "pid": 1, "version": "test",
+        "lease_timeout": 30.0, "processes": 1, "concurrency": 1}).fetchone()
+    assert row is not None
+    conn.execute("insert into skivi.job (task_identifier, run_at) values "
+                 "('t', '-infinity'), ('t', 'infinity'), ('t', now())")
+    conn.execute("insert into skivi.job (task_identifier, queue_name, run_at) values "
+                 "('t', 'q', '-infinity')")
+    rows = conn.execute(q.job_stats, {"engine": row[0], "cap": 10000,
+                                      "max_groups": 100}).fetchall()
     by_queue = {r[0]: r for r in rows}
     assert by_queue[""][1:3] == (2, 1)  # waiting, scheduled
     assert by_queue[""][5] == math.inf

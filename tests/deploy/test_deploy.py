@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import psycopg
 import pytest
 
 import skivi
@@ -718,44 +719,43 @@ def test_keda_target_is_one_pods_job_slots_when_compared() -> None:
     assert min(caps) >= scaled["maxReplicaCount"] * target, "a cap must never limit scaling"
 
 
-def run_scalar(url: str, query: str) -> int:
-    with connect(url) as c:
-        row = c.execute(query.encode()).fetchone()
-        assert row is not None
-        return int(row[0])
+def run_scalar(conn: psycopg.Connection[Any], query: str) -> int:
+    row = conn.execute(query.encode()).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
-def test_keda_query_returns_the_demand_in_job_slots_when_run(database: str) -> None:
-    with connect(database) as c:
-        c.execute("""select skivi.add_jobs(jsonb_build_array(
-            '{"task": "a"}'::jsonb, '{"task": "a"}'::jsonb, '{"task": "a"}'::jsonb,
-            jsonb_build_object('task', 'later', 'run_at', now() + interval '1 hour'),
-            '{"task": "s", "queue_name": "free"}'::jsonb,
-            '{"task": "s", "queue_name": "free"}'::jsonb,
-            '{"task": "s", "queue_name": "free"}'::jsonb,
-            '{"task": "s", "queue_name": "busy"}'::jsonb,
-            '{"task": "s", "queue_name": "busy"}'::jsonb))""")
-        # queue "busy" has a running job; a live engine runs 7 jobs, a stopping one and a
-        # dead one (stale heartbeat) are not counted.
-        engines = c.execute("""
-            insert into skivi.engine (hostname, pid, version, lease_timeout, processes,
-                                      concurrency, in_flight, stopping, heartbeat_at)
-            values ('live', 1, 'v', 30, 2, 16, 7, false, now()),
-                   ('stopping', 2, 'v', 30, 2, 16, 100, true, now()),
-                   ('dead', 3, 'v', 30, 2, 16, 1000, false, now() - interval '1 hour')
-            returning id""").fetchall()
-        live = engines[0][0]
-        c.execute("""
-            with j as (
-                update skivi.job set locked_by = %(e)s, locked_at = now()
-                where id = (select min(id) from skivi.job where queue_name = 'busy')
-                returning id)
-            update skivi.job_queue set job_id = j.id, locked_by = %(e)s, locked_at = now()
-            from j where queue_name = 'busy'""", {"e": live})
+def test_keda_query_returns_the_demand_in_job_slots_when_run(
+        conn: psycopg.Connection[Any]) -> None:
+    conn.execute("""select skivi.add_jobs(jsonb_build_array(
+        '{"task": "a"}'::jsonb, '{"task": "a"}'::jsonb, '{"task": "a"}'::jsonb,
+        jsonb_build_object('task', 'later', 'run_at', now() + interval '1 hour'),
+        '{"task": "s", "queue_name": "free"}'::jsonb,
+        '{"task": "s", "queue_name": "free"}'::jsonb,
+        '{"task": "s", "queue_name": "free"}'::jsonb,
+        '{"task": "s", "queue_name": "busy"}'::jsonb,
+        '{"task": "s", "queue_name": "busy"}'::jsonb))""")
+    # queue "busy" has a running job; a live engine runs 7 jobs, a stopping one and a dead
+    # one (stale heartbeat) are not counted.
+    engines = conn.execute("""
+        insert into skivi.engine (hostname, pid, version, lease_timeout, processes,
+                                  concurrency, in_flight, stopping, heartbeat_at)
+        values ('live', 1, 'v', 30, 2, 16, 7, false, now()),
+               ('stopping', 2, 'v', 30, 2, 16, 100, true, now()),
+               ('dead', 3, 'v', 30, 2, 16, 1000, false, now() - interval '1 hour')
+        returning id""").fetchall()
+    live = engines[0][0]
+    conn.execute("""
+        with j as (
+            update skivi.job set locked_by = %(e)s, locked_at = now()
+            where id = (select min(id) from skivi.job where queue_name = 'busy')
+            returning id)
+        update skivi.job_queue set job_id = j.id, locked_by = %(e)s, locked_at = now()
+        from j where queue_name = 'busy'""", {"e": live})
     # 3 runnable without a queue + 1 free serial queue + 7 running on the live engine
-    assert run_scalar(database, keda_query()) == 3 + 1 + 7
+    assert run_scalar(conn, keda_query()) == 3 + 1 + 7
     capped = keda_query().replace("limit 5000", "limit 2").replace("5000)", "5)")
-    assert run_scalar(database, capped) == 5
+    assert run_scalar(conn, capped) == 5
 
 
 # -- the migration commands -------------------------------------------------------------------

@@ -19,7 +19,7 @@ def engines(database: str, tmp_path: Path) -> Iterator[EngineProcs]:
     try:
         yield procs
     finally:
-        procs.stop_all()
+        procs.kill_all()
 
 
 @pytest.fixture
@@ -35,4 +35,4 @@ def private_engines(private_server: PrivateServer, tmp_path: Path) -> Iterator[E
     try:
         yield procs
     finally:
-        procs.stop_all()
+        procs.kill_all()

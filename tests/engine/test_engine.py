@@ -398,7 +398,7 @@ def test_engine_exits_3_when_no_migrate_and_migrations_are_pending(
         assert proc.wait(timeout=60) == 3
         assert "pending migrations" in log_of(proc)
     finally:
-        procs.stop_all()
+        procs.kill_all()
 
 
 def test_engine_exits_2_naming_the_directory_when_it_holds_no_tasks(

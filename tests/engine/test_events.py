@@ -4,8 +4,6 @@ no application in front) run in the parent, and one that raises never stops the 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -13,7 +11,7 @@ from pathlib import Path
 import skivi
 from skivi import monitoring
 from tests.support.db import connect
-from tests.support.engines import REPO, TASKS_DIR
+from tests.support.engines import TASKS_DIR, run_engine
 from tests.support.wait import wait_for
 
 SCRIPT = textwrap.dedent("""
@@ -43,9 +41,7 @@ def test_raising_handler_never_stops_the_engine_when_registered_in_its_process(
         skivi.add_jobs(system, [{"task": "noop"} for _ in range(200)])
     finally:
         system.stop()
-    out = subprocess.run([sys.executable, "-c", SCRIPT, database, str(TASKS_DIR)],
-                         capture_output=True, text=True, timeout=120, cwd=REPO,
-                         env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
+    out = run_engine([sys.executable, "-c", SCRIPT, database, str(TASKS_DIR)], timeout=120)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["code"] == 0

@@ -16,7 +16,6 @@ import math
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ import skivi
 from skivi.registry import task
 from skivi.retry import Backoff
 from tests.support.db import DATABASE_PREFIX, drop_database, url_for
-from tests.support.engines import REPO, EngineProcs, Ledger, enqueue, log_of
+from tests.support.engines import EngineProcs, Ledger, enqueue, log_of, run_engine
 from tests.support.rows import fetch
 from tests.support.wait import wait_for
 
@@ -209,7 +208,7 @@ def hostile_run(admin: psycopg.Connection[Any], server_dsn: str, template_databa
                          dict(procs.ledger.runs_per_job()), procs.ledger.starts(), history,
                          left, alive, code, log_of(engine))
     finally:
-        procs.stop_all()
+        procs.kill_all()
         drop_database(admin, name)
 
 
@@ -347,10 +346,9 @@ def test_engine_exits_2_naming_the_key_when_the_configuration_is_bad(
         tmp_path: Path, toml: str, key: str) -> None:
     config = tmp_path / "skivi.toml"
     config.write_text(toml)
-    result = subprocess.run(
+    result = run_engine(
         [sys.executable, "-m", "skivi.engine", "--config", str(config), "--database-url",
          "postgresql://nobody@127.0.0.1:1/none", "--tasks", str(hostile_task_dir(tmp_path))],
-        env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, capture_output=True, text=True,
         timeout=60)
     assert result.returncode == 2, result.stderr
     assert key in result.stderr, result.stderr

@@ -37,7 +37,7 @@ from skivi.engine.children import SYNC_LANE_MIN
 from skivi.engine.observer import EngineObserver
 from skivi.events import Emitter
 from skivi.metrics import OTHER, EngineMetrics, start_exporter, stop_exporter
-from tests.support.engines import REPO, EngineProcs, log_of
+from tests.support.engines import REPO, EngineProcs, child_env, log_of
 from tests.support.grafana import ALERT_RULES, dashboard_expressions, rule_expressions
 from tests.support.wait import wait_for
 
@@ -270,7 +270,7 @@ def harness(database: str, tmp_path: Path) -> Iterator[Harness]:
     with open(out / "harness.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-c", code, database, str(out)], cwd=REPO,
                                 stdin=subprocess.PIPE, stderr=log, stdout=log,
-                                env={**os.environ, "PYTHONPATH": str(REPO)})
+                                env=child_env())
     try:
         port_file = out / "port"
         wait_for(lambda: (port_file.exists() and port_file.read_text()) or proc.poll() is not None,

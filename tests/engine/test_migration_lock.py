@@ -39,7 +39,7 @@ def test_engine_logs_the_holder_and_exits_3_when_the_migration_lock_stays_taken(
             code = engine.wait(timeout=LOCK_TIMEOUT + 30)
             took = time.monotonic() - started
         finally:
-            procs.stop_all()
+            procs.kill_all()
         log = log_of(engine)
     assert code == 3, log
     assert took >= LOCK_TIMEOUT, f"gave up after {took:.1f}s, before the bound"
@@ -63,7 +63,7 @@ def test_engine_exits_3_naming_the_role_when_the_role_may_not_migrate(
             engine = procs.start()
             code = engine.wait(timeout=60)
         finally:
-            procs.stop_all()
+            procs.kill_all()
     log = log_of(engine)
     assert code == 3, log
     assert f"role {role!r} may not migrate schema 'skivi'" in log, log

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -21,12 +20,20 @@ import pytest
 import skivi
 from skivi.errors import SchemaNotMigrated
 from tests.support.db import connect
-from tests.support.engines import REPO, TASKS_DIR, EngineProcs, Ledger, enqueue, log_of
+from tests.support.engines import (
+    TASKS_DIR,
+    EngineProcess,
+    EngineProcs,
+    Ledger,
+    enqueue,
+    log_of,
+    run_engine,
+)
 from tests.support.rows import fetch, live_jobs
 from tests.support.wait import wait_for
 
 
-def start_engine(procs: EngineProcs, *args: str, **kwargs: Any) -> subprocess.Popen[bytes]:
+def start_engine(procs: EngineProcs, *args: str, **kwargs: Any) -> EngineProcess:
     """An engine that keeps completed jobs in history, where these tests look."""
     return procs.start(*args, env={"SKIVI_HISTORY": "true"}, **kwargs)
 
@@ -43,9 +50,8 @@ def wait_finished(url: str, ids: list[int], timeout: float = 30) -> dict[int, An
                     timeout=timeout, what=f"jobs {ids} to reach history")
 
 
-def stop(engine: subprocess.Popen[bytes], timeout: float = 30) -> int:
-    engine.send_signal(signal.SIGTERM)
-    return engine.wait(timeout=timeout)
+def stop(engine: EngineProcess, timeout: float = 30) -> int:
+    return engine.stop(timeout=timeout)
 
 
 # -- 1. a job that returned is completed, whatever happens next to its child ----------------
@@ -445,14 +451,12 @@ def test_log_lines_of_several_children_never_interleave(
 
 # -- 11. bad engine arguments get a clear error ---------------------------------------------
 
-def run_engine(database: str, *args: str, env: dict[str, str] | None = None,
-               timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_bad_engine(database: str, *args: str, env: dict[str, str] | None = None,
+                   timeout: float = 60) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "skivi.engine", "--tasks", str(TASKS_DIR), *args]
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     if "--database-url" not in args:
         cmd += ["--database-url", database]
-    return subprocess.run(cmd, env=full_env, cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+    return run_engine(cmd, env=env, timeout=timeout)
 
 
 @pytest.mark.parametrize(("args", "env"), [
@@ -467,7 +471,7 @@ def run_engine(database: str, *args: str, env: dict[str, str] | None = None,
 ])
 def test_bad_engine_arguments_exit_2_with_one_clear_line(
         database: str, args: list[str], env: dict[str, str]) -> None:
-    done = run_engine(database, *args, "--once", env=env)
+    done = run_bad_engine(database, *args, "--once", env=env)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert done.stderr.strip(), "no error message"
@@ -478,7 +482,7 @@ def test_an_authentication_failure_is_not_retried(database: str) -> None:
     if bad == database:
         bad = database.replace("://", "://nobody_skivi_test@", 1)
     t0 = time.monotonic()
-    done = run_engine(database, "--database-url", bad, "--once")
+    done = run_bad_engine(database, "--database-url", bad, "--once")
     assert done.returncode == 3, done.stderr
     assert time.monotonic() - t0 < 15
     assert "nobody_skivi_test" in done.stderr
@@ -512,9 +516,7 @@ def test_a_fork_failure_at_start_is_one_clear_line_and_exit_1(database: str) -> 
 
         cmd = [sys.executable, "-m", "skivi.engine", "--tasks", str(TASKS_DIR),
                "--database-url", database, "--processes", "2", "--no-migrate"]
-        done = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO,
-                              capture_output=True, text=True, timeout=60,
-                              preexec_fn=in_the_group)
+        done = run_engine(cmd, timeout=60, preexec_fn=in_the_group)
     finally:
         group.rmdir()
     assert done.returncode == 1, done.stderr

@@ -1,6 +1,8 @@
 """Databases for the tests: connections opened the way Skivi opens them, a login-only role,
-and the naming, creating and dropping of the databases the fixtures of tests/conftest.py make
-(a template ``skivi_tpl_<pid>`` migrated once per session, clones ``skivi_t_<pid>_<n>``)."""
+the naming, creating and dropping of the databases the fixtures of tests/conftest.py make (a
+template ``skivi_tpl_<pid>`` migrated once per session, clones ``skivi_t_<pid>_<n>``, and the
+session's shared ``skivi_shared_<pid>``), and ``rolled_back``, the ``conn`` fixture's
+transaction."""
 
 from __future__ import annotations
 
@@ -18,17 +20,18 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from skivi.db import pool as dbpool
 from tests.support.wait import wait_for
 
-__all__ = ["APPLICATION_NAME", "DATABASE_PREFIX", "SCHEMA", "TEMPLATE_NAME", "MakeDatabase",
-           "connect", "create_database", "drop_database", "drop_leftovers", "idle_within",
-           "is_local", "login_role", "redacted", "url_for"]
+__all__ = ["APPLICATION_NAME", "DATABASE_PREFIX", "SCHEMA", "SHARED_NAME", "TEMPLATE_NAME",
+           "MakeDatabase", "connect", "create_database", "drop_database", "drop_leftovers",
+           "idle_within", "is_local", "login_role", "redacted", "rolled_back", "url_for"]
 
 SCHEMA = "skivi"
 APPLICATION_NAME = "skivi-test"
 
 PID = os.getpid()
 TEMPLATE_NAME = f"skivi_tpl_{PID}"
+SHARED_NAME = f"skivi_shared_{PID}"
 DATABASE_PREFIX = f"skivi_t_{PID}_"
-_OURS = re.compile(r"skivi_(?:tpl|t)_(\d+)(?:_\d+)?")
+_OURS = re.compile(r"skivi_(?:tpl|shared|t)_(\d+)(?:_\d+)?")
 
 MakeDatabase = Callable[..., str]
 """The ``make_database`` fixture: ``make_database(template=...) -> url``."""
@@ -42,6 +45,29 @@ def url_for(base: str, dbname: str) -> str:
 def connect(url: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
     """A connection the way Skivi opens them (``skivi.db.pool.connect``), named for tests."""
     return dbpool.connect(url, autocommit=autocommit, application_name=APPLICATION_NAME)
+
+
+@contextlib.contextmanager
+def rolled_back(url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection to ``url`` inside a transaction that is rolled back at the end, whatever
+    the body did; an ``AssertionError`` then if the body committed it (``conn.commit()``)."""
+    c = connect(url, autocommit=False)
+    try:
+        # Begun now, not at the body's first statement: on an idle connection psycopg's
+        # conn.transaction() begins and COMMITS; inside a transaction it is a savepoint.
+        # The transaction's id says at the end whether it was committed.
+        row = c.execute("select pg_current_xact_id()::text").fetchone()
+        assert row is not None
+        yield c
+        if c.closed:
+            return
+        c.rollback()
+        status = c.execute("select pg_xact_status(%s::xid8)", [row[0]]).fetchone()
+        assert status == ("aborted",), (
+            f"the test committed its transaction on a rolled-back connection ({status}): "
+            "what it wrote stays for the tests after it; use the database fixture")
+    finally:
+        c.close()
 
 
 def redacted(dsn: str) -> str:

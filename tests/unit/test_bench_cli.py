@@ -9,14 +9,19 @@ bench/README.md), not here.
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import importlib.util
+import re
+import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "run.py"
+REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO / "bench" / "run.py"
 BENCH_SQL = BENCH.parent / "sql"
 URL = ["--database-url", "postgresql://u:secret@db.invalid:5432/x"]
 
@@ -160,3 +165,39 @@ def test_run_py_executes_only_bench_sql_statements_when_parsed() -> None:
             continue  # scalar() runs the query its caller passed (checked at that call)
         problems.append(f"{where}: {called}() of {ast.unparse(query)}, not a bench/sql query")
     assert not problems, "\n".join(sorted(problems, key=lambda p: int(p.split(":")[1])))
+
+
+# ------------------------------------------------------------------------------------------------
+# bench/run.py runs without the test dependencies
+
+
+def modules_only_the_tests_need() -> set[str]:
+    """The top-level modules of the packages only the test extra installs (the optional
+    runtime extras, such as the embedded server, may be there when the bench runs)."""
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+
+    def names(requirements: list[str]) -> set[str]:
+        return {re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9._-]+", r)[0]).lower()  # type: ignore[index]
+                for r in requirements}
+
+    runtime_extras = set().union(*(names(v) for k, v in extras.items() if k != "test"))
+    test_only = names(extras["test"]) - runtime_extras
+    return {module for module, dists in importlib.metadata.packages_distributions().items()
+            if any(re.sub(r"[-_.]+", "-", d).lower() in test_only for d in dists)}
+
+
+def test_run_py_starts_when_no_test_dependency_is_importable() -> None:
+    """Users run the bench from a checkout with only Skivi installed, and it imports the
+    engine harness from tests/support: neither may need pytest or any other test package."""
+    blocked = sorted(modules_only_the_tests_need())
+    assert "pytest" in blocked and "hypothesis" in blocked
+    code = (f"import runpy, sys\n"
+            f"for name in {blocked!r}:\n"
+            f"    sys.modules[name] = None  # import name: ImportError\n"
+            f"sys.argv = [{str(BENCH)!r}, '--help']\n"
+            f"runpy.run_path({str(BENCH)!r}, run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "usage: python bench/run.py" in done.stdout

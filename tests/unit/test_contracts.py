@@ -1,10 +1,12 @@
 """Contracts between files (STYLE.md §8.5): the dashboard and the alert rules use only
 metrics that skivi/metrics.py declares and exports; every event type is catalogued; every
-SQL file is a named query."""
+SQL file is a named query; test modules import from tests/support, never from each other."""
 
 from __future__ import annotations
 
+import ast
 import re
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +96,22 @@ def test_every_sql_file_is_a_named_query_when_loaded() -> None:
     # when a declaration's parameters are not its file's placeholders.
     queries = Queries("skivi")
     assert queries.job_stats
+
+
+def test_test_modules_import_no_other_test_module_when_parsed() -> None:
+    """What tests share lives in tests/support (fixtures in conftest.py files): a test that
+    imports another drags in its fixtures and module-level set-up, and couples the two."""
+    tests = Path(__file__).resolve().parents[1]
+    problems = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            problems += [f"{path.relative_to(tests.parent)}:{node.lineno}: imports {name}"
+                         for name in names
+                         if name.startswith("tests.") and not name.startswith("tests.support")]
+    assert problems == []
