@@ -233,10 +233,14 @@ class JobLifeCycle(RuleBasedStateMachine):
         assert slot is not None and slot.conn is not None
         slot.conn.close()
         slot.conn = None
-        # The lock is freed when the backend has exited, a moment after the close.
+        # The lock is freed when the backend has exited, a moment after the close. Only this
+        # database's: engine ids start at 1 in every database, and the engines of other
+        # tests (or other test sessions on the same server) hold locks with the same objid.
         wait_for(lambda: not self.db.execute(
             "select 1 from pg_locks where locktype = 'advisory' and objsubid = 2 "
-            "and objid = (%s %% 2147483647)::bigint::oid", [slot.id]).fetchall(),
+            "and objid = (%s %% 2147483647)::bigint::oid "
+            "and database = (select oid from pg_database where datname = current_database())",
+            [slot.id]).fetchall(),
             what="the killed engine's liveness lock to be freed")
         self.unrescued.add(slot.id)
         self.retired.append(slot)
