@@ -48,28 +48,24 @@ class Reconnecting:
     def connection(self) -> psycopg.AsyncConnection[Any] | None:
         return self._conn
 
-    async def get(self) -> psycopg.AsyncConnection[Any]:
+    async def get(self, *, retry: bool = True) -> psycopg.AsyncConnection[Any]:
+        """The connection, made (again) if there is none. With ``retry`` a failed connect
+        is retried with backoff until it works or this is closed; without, its error is
+        raised (for a caller whose own loop paces retries and must stay stoppable: the
+        cron scheduler)."""
         conn = self._conn
         if conn is not None and not conn.closed:
             return conn
+        if not retry:
+            async with self._lock:
+                return await self._connect()
         async with self._lock:
             backoff = RetryBackoff(0.05, self.max_delay, jitter=JITTER_AROUND)
             while self._conn is None or self._conn.closed:
                 if self.closed:
                     raise psycopg.OperationalError(f"{self.name}: connection closed")
                 try:
-                    conn = await dbpool.connect_async(
-                        self.url, application_name=self.name,
-                        connect_timeout=self.connect_timeout)
-                    if self.on_connect is not None:
-                        await self.on_connect(conn)
-                    self._conn = conn
-                    if self.on_connected is not None:
-                        self.on_connected(self.name)
-                    if self.reconnects:
-                        logger.info("%s: reconnected", self.name,
-                                    extra={"action": "reconnect"})
-                    self.reconnects += 1
+                    await self._connect()
                 except psycopg.Error as exc:
                     if self.on_lost is not None:
                         self.on_lost(self.name, exc)
@@ -78,6 +74,23 @@ class Reconnecting:
                                    exc, wait, extra={"action": "reconnect_failed"})
                     await asyncio.sleep(wait)
             return self._conn
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        if self.closed:
+            raise psycopg.OperationalError(f"{self.name}: connection closed")
+        conn = await dbpool.connect_async(self.url, application_name=self.name,
+                                          connect_timeout=self.connect_timeout)
+        if self.on_connect is not None:
+            await self.on_connect(conn)
+        self._conn = conn
+        if self.on_connected is not None:
+            self.on_connected(self.name)
+        if self.reconnects:
+            logger.info("%s: reconnected", self.name, extra={"action": "reconnect"})
+        self.reconnects += 1
+        return conn
 
     def broken(self) -> None:
         """The last statement failed: drop the connection if it is no longer usable."""

@@ -69,9 +69,9 @@ import orjson
 import psycopg
 
 from skivi.cron import CronEntry, due_between, ensure_unique, next_tick
-from skivi.db import pool as dbpool
 from skivi.db.queries import cron_fire, cron_known
 from skivi.db.retry import JITTER_BELOW, RetryBackoff
+from skivi.engine.connection import Reconnecting
 from skivi.errors import ConfigError, PayloadError
 
 if TYPE_CHECKING:
@@ -146,7 +146,10 @@ class Scheduler:
         self.stop = stop if stop is not None else asyncio.Event()
         self.grace = dt.timedelta(seconds=grace)
         self.queries = instance.queries
-        self._conn: psycopg.AsyncConnection[Any] | None = None
+        # Connected on first use, one attempt at a time: this loop paces the retries (and
+        # stays stoppable while the database is away).
+        self.db = Reconnecting(instance.database_url, APPLICATION_NAME,
+                               connect_timeout=instance.config.database.connect_timeout)
         self._retry = RetryBackoff(RETRY_DELAY_INITIAL, RETRY_DELAY_MAX, jitter=JITTER_BELOW)
 
     def check(self) -> None:
@@ -308,18 +311,14 @@ class Scheduler:
     # --- database and time ----------------------------------------------------------------------
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = await dbpool.connect_async(
-                self.instance.database_url, application_name=APPLICATION_NAME,
-                connect_timeout=self.instance.config.database.connect_timeout)
-        return self._conn
+        return await self.db.get(retry=False)
 
     async def _failed(self, exc: psycopg.Error, action: str) -> None:
-        # Any error drops the connection: after a failover or a terminated backend it is
-        # useless, and a fresh one costs little at cron's pace.
+        # A connection left unusable (a failover, a terminated backend) is dropped; the
+        # next statement connects again.
         logger.warning("cron scheduler: database error (%s: %s); retrying",
                        type(exc).__name__, str(exc).strip(), extra={"action": action})
-        await self._close()
+        self.db.broken()
 
     async def _backoff(self) -> bool:
         """Wait before retrying (RETRY_DELAY_INITIAL doubling up to RETRY_DELAY_MAX, each
@@ -343,14 +342,7 @@ class Scheduler:
         return not self.stop.is_set()
 
     async def _close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await self._close_quietly(conn)
-
-    @staticmethod
-    async def _close_quietly(conn: psycopg.AsyncConnection[Any]) -> None:
-        with contextlib.suppress(Exception):
-            await conn.close()
+        await self.db.close()
 
 
 async def run_scheduler(instance: Instance, entries: Sequence[CronEntry], *,
