@@ -123,7 +123,8 @@ class Completer:
 
     def add(self, results: Sequence[list[Any]]) -> None:
         """Take a batch of result rows (see ``wire``)."""
-        if not self.pending:
+        was_empty = not self.pending
+        if was_empty:
             self._first_at = time.monotonic()
         for r in results:
             code = r[RESULT_CODE]
@@ -134,17 +135,25 @@ class Completer:
             else:
                 self.released.append((r[RESULT_ID], r[RESULT_LEASE]))
         self._idle.clear()
-        self._wake.set()
+        self._nudge(was_empty)
 
     def release(self, pairs: Sequence[tuple[int, int]]) -> None:
         """Give back claimed jobs that never started."""
         if not pairs:
             return
-        if not self.pending:
+        was_empty = not self.pending
+        if was_empty:
             self._first_at = time.monotonic()
         self.released.extend(pairs)
         self._idle.clear()
-        self._wake.set()
+        self._nudge(was_empty)
+
+    def _nudge(self, was_empty: bool) -> None:
+        # Only what changes the writer's plan wakes it: the first result (its interval
+        # starts) and a full batch. Between the two it sleeps out the interval, instead of
+        # waking for every frame a child sends only to wait again.
+        if was_empty or len(self.completed) + len(self.failed) >= self.batch_size:
+            self._wake.set()
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="completer")
@@ -165,7 +174,8 @@ class Completer:
                 if wait > 0:
                     self._wake.clear()
                     try:
-                        await asyncio.wait_for(self._wake.wait(), wait)
+                        async with asyncio.timeout(wait):  # no task per wait, as wait_for has
+                            await self._wake.wait()
                     except TimeoutError:
                         pass
                     if len(self.completed) + len(self.failed) < self.batch_size and \
