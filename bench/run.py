@@ -149,87 +149,89 @@ def read_memory(pid: int) -> dict[str, int] | None:
 
 # CPU time from /proc (Linux). The fields of /proc/<pid>/stat after the command name, counted
 # from 0 (man 5 proc numbers them from 1, the pid and the name being 1 and 2).
-STAT_PPID, STAT_UTIME, STAT_STIME, STAT_CUTIME, STAT_CSTIME = 1, 11, 12, 13, 14
+STAT_PPID, STAT_UTIME, STAT_STIME, STAT_CUTIME, STAT_CSTIME, STAT_THREADS = 1, 11, 12, 13, 14, 17
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 HAVE_SCHEDSTAT = os.path.exists("/proc/self/schedstat")  # CONFIG_SCHED_INFO
 HAVE_CHILDREN_FILES = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
 
 
+def read_proc(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 def proc_stat(pid: int) -> list[str] | None:
     """The fields of /proc/<pid>/stat from the state on (None: no such process)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+    text = read_proc(f"/proc/{pid}/stat")
+    if text is None:
         return None
     return text[text.rindex(")") + 2:].split()  # the name may hold spaces and parentheses
 
 
 def proc_comm(pid: int) -> str | None:
+    text = read_proc(f"/proc/{pid}/comm")
+    return None if text is None else text.strip()
+
+
+def proc_tasks(pid: int, fields: list[str]) -> list[str]:
+    """The thread ids of a process (just its own for a single-threaded one, as PostgreSQL's
+    processes are: no directory to list)."""
+    if int(fields[STAT_THREADS]) == 1:
+        return [str(pid)]
     try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
+        return os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return None
+        return []
 
 
-def own_cpu(pid: int) -> float:
+def own_cpu(pid: int, fields: list[str] | None = None) -> float:
     """CPU seconds (user + system) a process has used in its live threads: the sum of their
     run times in /proc/<pid>/task/<tid>/schedstat (nanoseconds), else utime + stime from
     /proc/<pid>/stat (clock ticks of 10 ms, coarse for a drain of a second). 0.0 once the
-    process is gone."""
-    if not HAVE_SCHEDSTAT:
-        fields = proc_stat(pid)
-        if fields is None:
-            return 0.0
-        return (int(fields[STAT_UTIME]) + int(fields[STAT_STIME])) / CLK_TCK
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
+    process is gone. ``fields``: its proc_stat, when already read."""
+    fields = fields or proc_stat(pid)
+    if fields is None:
         return 0.0
+    if not HAVE_SCHEDSTAT:
+        return (int(fields[STAT_UTIME]) + int(fields[STAT_STIME])) / CLK_TCK
     total = 0
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue  # the thread ended meanwhile
+    for tid in proc_tasks(pid, fields):
+        text = read_proc(f"/proc/{pid}/task/{tid}/schedstat")
+        if text:  # else the thread ended meanwhile
+            total += int(text.split()[0])
     return total / 1e9
 
 
-def reaped_cpu(pid: int) -> float:
-    """CPU seconds of the children of a process that ended and were waited for (its cutime
-    + cstime): where the time of a process that ends during a window goes."""
-    fields = proc_stat(pid)
-    if fields is None:
-        return 0.0
-    return (int(fields[STAT_CUTIME]) + int(fields[STAT_CSTIME])) / CLK_TCK
-
-
-def child_pids(pid: int) -> list[int]:
+def child_pids(pid: int, fields: list[str] | None = None) -> list[int]:
     """The live children of a process: /proc/<pid>/task/<tid>/children of each of its
     threads, else (a kernel without them) every process in /proc whose parent it is."""
     if not HAVE_CHILDREN_FILES:
         return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()
-                and (fields := proc_stat(int(entry))) is not None
-                and int(fields[STAT_PPID]) == pid]
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
+                and (f := proc_stat(int(entry))) is not None and int(f[STAT_PPID]) == pid]
+    fields = fields or proc_stat(pid)
+    if fields is None:
         return []
     pids: list[int] = []
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                pids.extend(map(int, f.read().split()))
-        except OSError:
-            continue
+    for tid in proc_tasks(pid, fields):
+        text = read_proc(f"/proc/{pid}/task/{tid}/children")
+        if text:
+            pids.extend(map(int, text.split()))
     return pids
 
 
 def tree_cpu(pid: int) -> float:
     """CPU seconds of a process and all its descendants, the live ones and the ended ones
-    it (or they) waited for. It only grows: a process that ends moves its time from the
-    live sum to its parent's reaped time."""
-    return own_cpu(pid) + reaped_cpu(pid) + sum(tree_cpu(c) for c in child_pids(pid))
+    it (or they) waited for (cutime + cstime, in clock ticks). It only grows: a process
+    that ends moves its time from the live sum to its parent's reaped time."""
+    fields = proc_stat(pid)
+    if fields is None:
+        return 0.0
+    reaped = (int(fields[STAT_CUTIME]) + int(fields[STAT_CSTIME])) / CLK_TCK
+    return (own_cpu(pid, fields) + reaped
+            + sum(tree_cpu(c) for c in child_pids(pid, fields)))
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -240,18 +242,37 @@ class BenchEngine(Engine):
     """The engine, plus what the bench measures: a memory sample taken when a stop is
     requested (children alive), and CPU samples at the start and the end of the window.
 
-    The CPU window opens just before the first claim (every database connection of the
-    engine is opened first, so that no connection start-up falls inside it) and closes when
-    the last job's completion is written (``--expect`` reached), or when the engine decides
-    to stop, if that comes first (with several engines, none reaches ``--expect`` alone).
-    With ``server_pid`` (the postmaster of a server on this machine) the samples also hold
-    the CPU of every server process and of each of this engine's own backends."""
+    The CPU window opens when the fetcher starts, just before the first claim, and closes
+    when the last job's completion is written (``--expect`` reached), or when the engine
+    decides to stop, if that comes first (with several engines, none reaches ``--expect``
+    alone). With ``server_pid`` (the postmaster of a server on this machine) the samples
+    also hold the CPU of every server process and of each of this engine's own backends.
+    The connections the engine opens lazily (the claim's, the completer's...) open inside
+    the window: each backend's CPU when its connection is ready (its start-up) is noted in
+    ``backends_started``, to be left out of both server figures."""
 
     memory: dict[str, Any] | None = None
     server_pid = 0
     cpu_go: dict[str, Any] | None = None
     cpu_end: dict[str, Any] | None = None
+    backends_started: dict[str, float]
     last_completion_at: float | None = None
+
+    def watch_connections(self) -> None:
+        """Note each backend's CPU when its connection opens inside the window."""
+        self.backends_started = {}
+        for db in self.databases():
+            db.on_connected = functools.partial(self._connected, db, db.on_connected)
+
+    def _connected(self, db: Reconnecting, inner: Callable[[str], None] | None,
+                   name: str) -> None:
+        if inner is not None:
+            inner(name)
+        conn = db.connection
+        if (self.server_pid and self.cpu_go is not None and self.cpu_end is None
+                and conn is not None):
+            pid = conn.info.backend_pid
+            self.backends_started[str(pid)] = own_cpu(pid)
 
     def sample_memory(self, when: str) -> None:
         """Sample once: at the last completion, or at the stop request if that came first
@@ -303,15 +324,16 @@ class BenchEngine(Engine):
             sample["t"] = time.time()
         return sample
 
-    async def open_cpu_window(self) -> None:
-        for db in self.databases():
-            await db.get()
+    def open_cpu_window(self) -> None:
+        t0 = time.perf_counter()
         self.cpu_go = self.sample_cpu(parent_first=False)
+        self.cpu_go["sample_s"] = time.perf_counter() - t0  # what it added to the drain
         emit("window", edge="go", cpu=self.cpu_go)
 
     def end_cpu_window(self, when: str) -> None:
         if self.cpu_go is not None and self.cpu_end is None:
-            self.cpu_end = {**self.sample_cpu(parent_first=True), "when": when}
+            self.cpu_end = {**self.sample_cpu(parent_first=True), "when": when,
+                            "backends_started_s": self.backends_started}
             emit("window", edge="end", cpu=self.cpu_end)
 
 
@@ -352,7 +374,7 @@ def _open_cpu_window_first(engine: BenchEngine) -> None:
     start = engine.fetcher.start
 
     async def started() -> None:
-        await engine.open_cpu_window()
+        engine.open_cpu_window()
         await start()
 
     engine.fetcher.start = started  # type: ignore[method-assign]
@@ -381,6 +403,7 @@ async def _engine_async(system: System, args: argparse.Namespace) -> int:
     state: dict[str, Any] = {}
     _observe_done(engine, args.expect, state)
     _open_cpu_window_first(engine)
+    engine.watch_connections()
     started_at = time.time()
     watcher = asyncio.get_running_loop().create_task(_progress(engine))
     error = None
@@ -1119,8 +1142,10 @@ def engine_cpu(window: dict[str, Any]) -> dict[str, Any] | None:
                            "parent_s": end["parent_s"] - go["parent_s"],
                            "children_s": end["children_s"] - go["children_s"]}
     if "backends_s" in end:
-        out["backends_s"] = sum(v - go.get("backends_s", {}).get(pid, 0.0)
-                                for pid, v in end["backends_s"].items())
+        # A backend whose connection opened in the window counts from when it was ready.
+        before = {**end.get("backends_started_s", {}), **go.get("backends_s", {})}
+        out["backends_s"] = sum(v - before.get(pid, 0.0) for pid, v in end["backends_s"].items())
+        out["backends_start_up_s"] = sum(end.get("backends_started_s", {}).values())
     return {**out, "go": go, "end": end}
 
 
@@ -1157,7 +1182,8 @@ def cpu_figures(reports: Sequence[dict[str, Any]], n: int, server: ServerCpu,
     out.update(cpu_window_s=last["t"] - first["t"], parent_cpu_us_per_job=parent,
                children_cpu_us_per_job=children, worker_cpu_us_per_job=parent + children)
     if server.pid and "server_s" in first and "server_s" in last:
-        out["pg_cpu_us_per_job"] = per_job(last["server_s"] - first["server_s"])
+        start_up = sum(w.get("backends_start_up_s", 0.0) for w in ws)
+        out["pg_cpu_us_per_job"] = per_job(last["server_s"] - first["server_s"] - start_up)
         out["pg_cpu_us_per_job_engine_backends"] = per_job(
             sum(w.get("backends_s", 0.0) for w in ws))
     elif "go" in statements and "end" in statements:

@@ -239,11 +239,14 @@ def test_tree_cpu_keeps_the_time_of_a_child_that_ended_when_reaped(bench: Module
 
 
 def sample(t: float, parent: float, children: float, server: float | None = None,
-           backends: dict[str, float] | None = None) -> dict[str, object]:
+           backends: dict[str, float] | None = None,
+           started: dict[str, float] | None = None) -> dict[str, object]:
     out: dict[str, object] = {"t": t, "parent_s": parent, "children_s": children}
     if server is not None:
         out["server_s"] = server
         out["backends_s"] = backends or {}
+    if started is not None:
+        out["backends_started_s"] = started
     return out
 
 
@@ -259,7 +262,8 @@ def test_cpu_figures_sum_the_engines_and_span_the_server_when_two_ran(
     local = bench.ServerCpu(pid=1, statements=False, how="local")
     reports = [
         report(sample(10.0, 1.0, 0.5, server=100.0, backends={"7": 1.0}),
-               sample(11.0, 1.5, 0.7, server=101.5, backends={"7": 1.4, "8": 0.1}),
+               sample(11.0, 1.5, 0.7, server=101.5, backends={"7": 1.4, "8": 0.1},
+                      started={"8": 0.02}),
                started=9.9, completed=600, last=10.9),
         report(sample(10.2, 2.0, 0.1, server=100.1, backends={"9": 0.0}),
                sample(11.5, 2.3, 0.2, server=102.0, backends={"9": 0.5}),
@@ -272,11 +276,12 @@ def test_cpu_figures_sum_the_engines_and_span_the_server_when_two_ran(
     assert drain["parent_cpu_us_per_job"] == pytest.approx((0.5 + 0.3) / 1000 * 1e6)
     assert drain["children_cpu_us_per_job"] == pytest.approx((0.2 + 0.1) / 1000 * 1e6)
     assert drain["worker_cpu_us_per_job"] == pytest.approx(1100.0)
-    # The server: one counter, from the first go (100.0) to the last end (102.0).
-    assert drain["pg_cpu_us_per_job"] == pytest.approx(2.0 / 1000 * 1e6)
-    # Own backends: each engine's in its own window; one opened meanwhile counts from 0.
+    # The server: one counter, from the first go (100.0) to the last end (102.0), less the
+    # start-up of the backend whose connection opened in the window ("8": 0.02 s).
+    assert drain["pg_cpu_us_per_job"] == pytest.approx((2.0 - 0.02) / 1000 * 1e6)
+    # Own backends: each engine's in its own window; "8" from when its connection was ready.
     assert drain["pg_cpu_us_per_job_engine_backends"] == pytest.approx(
-        (0.4 + 0.1 + 0.5) / 1000 * 1e6)
+        (0.4 + 0.08 + 0.5) / 1000 * 1e6)
     assert [e["stats"]["completed"] for e in drain["engines"]] == [600, 400]
 
 
