@@ -766,6 +766,9 @@ def git_ref() -> str | None:
         if not head.startswith("ref: "):
             return head[:12]
         ref = head[5:]
+        # A worktree's gitdir holds its HEAD; the refs are in the main repository's.
+        if (git / "commondir").is_file():
+            git = (git / (git / "commondir").read_text().strip()).resolve()
         path = git / ref
         if path.is_file():
             sha = path.read_text().strip()
