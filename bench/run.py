@@ -1293,6 +1293,9 @@ def print_drain_summary(title: str, runs: Sequence[Result]) -> dict[str, float |
     print("  CPU per job (user + system, us) from the first claim to the last job done: PG = "
           "every PostgreSQL server process,\n  own backends = only the engine's connections' "
           "server processes, worker = the engine's parent + its children")
+    if len(runs) > 1:
+        print("  (in the median row each figure is its own median: the parent's and the "
+              "children's need not add up to the worker's)")
     if source == "pg_stat_statements":
         print("  * the server is not on this machine: PG is pg_stat_statements' execution time "
               "of this database's statements, not CPU")
