@@ -18,7 +18,11 @@ its stdout. It is started and stopped by the engine-subprocess harness the tests
 tests/support/engines.py (part of the checkout, and free of test dependencies).
 
 Output: the settings first, a live line every second, then a summary table; --json PATH
-writes the same for machines. The exit code is non-zero when a verification fails.
+writes the same for machines. The exit code is non-zero when a verification fails. Every
+drain also reports CPU per job: the engine's parent and children (getrusage, /proc), and the
+PostgreSQL server's processes, all of them and the engine's own backends (/proc, when the
+server runs on this machine; else pg_stat_statements' execution time, if it answers).
+--engines N runs N engines at once over the same jobs.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import math
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -56,6 +61,7 @@ from psycopg import sql
 
 import skivi
 from skivi.config import load_config
+from skivi.engine.connection import Reconnecting
 from skivi.engine.supervisor import Engine
 from skivi.system import System, create_system
 
@@ -141,14 +147,132 @@ def read_memory(pid: int) -> dict[str, int] | None:
     return out
 
 
+# CPU time from /proc (Linux). The fields of /proc/<pid>/stat after the command name, counted
+# from 0 (man 5 proc numbers them from 1, the pid and the name being 1 and 2).
+STAT_PPID, STAT_UTIME, STAT_STIME, STAT_CUTIME, STAT_CSTIME, STAT_THREADS = 1, 11, 12, 13, 14, 17
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+HAVE_SCHEDSTAT = os.path.exists("/proc/self/schedstat")  # CONFIG_SCHED_INFO
+HAVE_CHILDREN_FILES = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+
+
+def read_proc(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat from the state on (None: no such process)."""
+    text = read_proc(f"/proc/{pid}/stat")
+    if text is None:
+        return None
+    return text[text.rindex(")") + 2:].split()  # the name may hold spaces and parentheses
+
+
+def proc_comm(pid: int) -> str | None:
+    text = read_proc(f"/proc/{pid}/comm")
+    return None if text is None else text.strip()
+
+
+def proc_tasks(pid: int, fields: list[str]) -> list[str]:
+    """The thread ids of a process (just its own for a single-threaded one, as PostgreSQL's
+    processes are: no directory to list)."""
+    if int(fields[STAT_THREADS]) == 1:
+        return [str(pid)]
+    try:
+        return os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+
+
+def own_cpu(pid: int, fields: list[str] | None = None) -> float:
+    """CPU seconds (user + system) a process has used in its live threads: the sum of their
+    run times in /proc/<pid>/task/<tid>/schedstat (nanoseconds), else utime + stime from
+    /proc/<pid>/stat (clock ticks of 10 ms, coarse for a drain of a second). 0.0 once the
+    process is gone. ``fields``: its proc_stat, when already read."""
+    fields = fields or proc_stat(pid)
+    if fields is None:
+        return 0.0
+    if not HAVE_SCHEDSTAT:
+        return (int(fields[STAT_UTIME]) + int(fields[STAT_STIME])) / CLK_TCK
+    total = 0
+    for tid in proc_tasks(pid, fields):
+        text = read_proc(f"/proc/{pid}/task/{tid}/schedstat")
+        if text:  # else the thread ended meanwhile
+            total += int(text.split()[0])
+    return total / 1e9
+
+
+def child_pids(pid: int, fields: list[str] | None = None) -> list[int]:
+    """The live children of a process: /proc/<pid>/task/<tid>/children of each of its
+    threads, else (a kernel without them) every process in /proc whose parent it is."""
+    if not HAVE_CHILDREN_FILES:
+        return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()
+                and (f := proc_stat(int(entry))) is not None and int(f[STAT_PPID]) == pid]
+    fields = fields or proc_stat(pid)
+    if fields is None:
+        return []
+    pids: list[int] = []
+    for tid in proc_tasks(pid, fields):
+        text = read_proc(f"/proc/{pid}/task/{tid}/children")
+        if text:
+            pids.extend(map(int, text.split()))
+    return pids
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and all its descendants, the live ones and the ended ones
+    it (or they) waited for (cutime + cstime, in clock ticks). It only grows: a process
+    that ends moves its time from the live sum to its parent's reaped time."""
+    fields = proc_stat(pid)
+    if fields is None:
+        return 0.0
+    reaped = (int(fields[STAT_CUTIME]) + int(fields[STAT_CSTIME])) / CLK_TCK
+    return (own_cpu(pid, fields) + reaped
+            + sum(tree_cpu(c) for c in child_pids(pid, fields)))
+
+
 def emit(event: str, **fields: Any) -> None:
     print(json.dumps({"event": event, "t": time.time(), **fields}), flush=True)
 
 
 class BenchEngine(Engine):
-    """The engine, plus a memory sample taken when a stop is requested (children alive)."""
+    """The engine, plus what the bench measures: a memory sample taken when a stop is
+    requested (children alive), and CPU samples at the start and the end of the window.
+
+    The CPU window opens when the fetcher starts, just before the first claim, and closes
+    when the last job's completion is written (``--expect`` reached), or when the engine
+    decides to stop, if that comes first (with several engines, none reaches ``--expect``
+    alone). With ``server_pid`` (the postmaster of a server on this machine) the samples
+    also hold the CPU of every server process and of each of this engine's own backends.
+    The connections the engine opens lazily (the claim's, the completer's...) open inside
+    the window: each backend's CPU when its connection is ready (its start-up) is noted in
+    ``backends_started``, to be left out of both server figures."""
 
     memory: dict[str, Any] | None = None
+    server_pid = 0
+    cpu_go: dict[str, Any] | None = None
+    cpu_end: dict[str, Any] | None = None
+    backends_started: dict[str, float]
+    last_completion_at: float | None = None
+
+    def watch_connections(self) -> None:
+        """Note each backend's CPU when its connection opens inside the window."""
+        self.backends_started = {}
+        for db in self.databases():
+            db.on_connected = functools.partial(self._connected, db, db.on_connected)
+
+    def _connected(self, db: Reconnecting, inner: Callable[[str], None] | None,
+                   name: str) -> None:
+        if inner is not None:
+            inner(name)
+        conn = db.connection
+        if (self.server_pid and self.cpu_go is not None and self.cpu_end is None
+                and conn is not None):
+            pid = conn.info.backend_pid
+            self.backends_started[str(pid)] = own_cpu(pid)
 
     def sample_memory(self, when: str) -> None:
         """Sample once: at the last completion, or at the stop request if that came first
@@ -160,7 +284,57 @@ class BenchEngine(Engine):
 
     def request_stop(self, fast: bool = False) -> None:
         self.sample_memory("stop requested")
+        self.end_cpu_window("stop requested")
         super().request_stop(fast)
+
+    def databases(self) -> list[Reconnecting]:
+        return [db for db in (self.claim_db, self.complete_db, self.listen_db, self.live_db,
+                              self.prune_db, self.stats_db) if db is not None]
+
+    def backend_pids(self) -> list[int]:
+        """The server processes of this engine's connections (the parent's: its children
+        have none), read from libpq, no statement sent."""
+        return [conn.info.backend_pid for db in self.databases()
+                if (conn := db.connection) is not None and not conn.closed]
+
+    def sample_cpu(self, *, parent_first: bool) -> dict[str, Any]:
+        """CPU seconds so far: the engine parent (getrusage, all its threads), its children
+        (the live ones from /proc, the ended ones from getrusage), and with server_pid every
+        server process and each of this engine's backends. The parent is read first or
+        last so that the sampling itself stays outside the window."""
+        def parent() -> float:
+            ru = resource.getrusage(resource.RUSAGE_SELF)
+            return ru.ru_utime + ru.ru_stime
+
+        sample: dict[str, Any] = {"t": time.time()}
+        if parent_first:
+            sample["parent_s"] = parent()
+        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+        children = child_pids(os.getpid())
+        sample["children_s"] = (reaped.ru_utime + reaped.ru_stime
+                                + sum(tree_cpu(pid) for pid in children))
+        sample["children"] = len(children)
+        if self.server_pid:
+            sample["server_s"] = tree_cpu(self.server_pid)
+            sample["backends_s"] = {str(pid): own_cpu(pid) for pid in self.backend_pids()
+                                    if (f := proc_stat(pid)) is not None
+                                    and int(f[STAT_PPID]) == self.server_pid}
+        if not parent_first:
+            sample["parent_s"] = parent()
+            sample["t"] = time.time()
+        return sample
+
+    def open_cpu_window(self) -> None:
+        t0 = time.perf_counter()
+        self.cpu_go = self.sample_cpu(parent_first=False)
+        self.cpu_go["sample_s"] = time.perf_counter() - t0  # what it added to the drain
+        emit("window", edge="go", cpu=self.cpu_go)
+
+    def end_cpu_window(self, when: str) -> None:
+        if self.cpu_go is not None and self.cpu_end is None:
+            self.cpu_end = {**self.sample_cpu(parent_first=True), "when": when,
+                            "backends_started_s": self.backends_started}
+            emit("window", edge="end", cpu=self.cpu_end)
 
 
 def _stats(engine: Engine) -> dict[str, int]:
@@ -171,19 +345,39 @@ def _stats(engine: Engine) -> dict[str, int]:
 
 
 def _observe_done(engine: BenchEngine, expect: int, state: dict[str, Any]) -> None:
-    """Note the moment the expect-th completion is written (with a memory sample, children
-    still alive), from the completer's flush hook: exact, no polling."""
+    """Note the moment the expect-th completion is written (with memory and CPU samples,
+    children still alive), and the time of every flush that completed jobs (with several
+    engines, the last one's is when this engine's share was done), from the completer's
+    flush hook: exact, no polling."""
     inner = engine.completer.on_flushed
 
+    completed = 0
+
     def observed(*args: Any) -> None:
+        nonlocal completed
         if inner is not None:
             inner(*args)
-        if "done_at" not in state and expect and engine.stats.completed >= expect:
-            state["done_at"] = time.time()
+        if engine.stats.completed > completed:
+            completed = engine.stats.completed
+            engine.last_completion_at = time.time()
+        if "done_at" not in state and expect and completed >= expect:
+            state["done_at"] = engine.last_completion_at
+            engine.end_cpu_window("last job completed")
             engine.sample_memory("last job completed")
-            emit("done", completed=engine.stats.completed)
+            emit("done", completed=completed)
 
     engine.completer.on_flushed = observed
+
+
+def _open_cpu_window_first(engine: BenchEngine) -> None:
+    """Open the CPU window when the fetcher starts, before its first claim."""
+    start = engine.fetcher.start
+
+    async def started() -> None:
+        engine.open_cpu_window()
+        await start()
+
+    engine.fetcher.start = started  # type: ignore[method-assign]
 
 
 async def _progress(engine: BenchEngine) -> None:
@@ -205,8 +399,11 @@ async def _engine_async(system: System, args: argparse.Namespace) -> int:
 
     engine = BenchEngine(system.instance, system.registry(), system.emitter, once=args.once,
                          on_child_start=on_child_start)
+    engine.server_pid = args.server_pid
     state: dict[str, Any] = {}
     _observe_done(engine, args.expect, state)
+    _open_cpu_window_first(engine)
+    engine.watch_connections()
     started_at = time.time()
     watcher = asyncio.get_running_loop().create_task(_progress(engine))
     error = None
@@ -218,8 +415,10 @@ async def _engine_async(system: System, args: argparse.Namespace) -> int:
     finally:
         watcher.cancel()
     emit("report", code=code, error=error, started_at=started_at,
-         done_at=state.get("done_at"), exited_at=time.time(), stats=_stats(engine),
-         memory=engine.memory, processes=engine.processes, concurrency=engine.concurrency)
+         done_at=state.get("done_at"), last_completion_at=engine.last_completion_at,
+         exited_at=time.time(), stats=_stats(engine), memory=engine.memory,
+         cpu={"go": engine.cpu_go, "end": engine.cpu_end}, processes=engine.processes,
+         concurrency=engine.concurrency)
     return code
 
 
@@ -241,6 +440,7 @@ def engine_main(argv: Sequence[str]) -> int:
     p.add_argument("--latency-file")
     p.add_argument("--log-level", default="WARNING")
     p.add_argument("--metrics-port", type=int, default=0)
+    p.add_argument("--server-pid", type=int, default=0)
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="engine: %(relativeCreated)8.1f ms %(levelname)s %(name)s: "
@@ -268,13 +468,13 @@ class EngineRun:
 
     @classmethod
     def start(cls, opts: Options, *, once: bool, expect: int,
-              latency_file: str | None = None) -> EngineRun:
+              latency_file: str | None = None, server_pid: int | None = None) -> EngineRun:
         cmd = [sys.executable, str(Path(__file__).resolve()), "_engine",
                "--database-url", opts.url, "--schema", opts.schema, "--task", opts.task,
                "--processes", str(opts.processes or 0), "--concurrency", str(opts.concurrency),
                "--batch-size", str(opts.batch_size), "--sync-threads", str(opts.sync_threads),
                "--expect", str(expect), "--log-level", opts.engine_log_level,
-               "--metrics-port", str(opts.metrics_port)]
+               "--metrics-port", str(opts.metrics_port), "--server-pid", str(server_pid or 0)]
         if once:
             cmd.append("--once")
         if latency_file:
@@ -364,6 +564,7 @@ class Options:
     engine_log_level: str
     vacuum: bool
     metrics_port: int
+    engines: int = 1
 
     @property
     def task_kind(self) -> str:
@@ -396,7 +597,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="steady: how long to enqueue (10); enqueue: time the single add_job "
                         "calls instead of counting them")
     p.add_argument("--processes", type=int, metavar="N",
-                   help="engine child processes (default: CPU count)")
+                   help="engine child processes (default: CPU count), in each engine")
+    p.add_argument("--engines", type=int, default=1, metavar="N",
+                   help="drain, backlog, queues, cpu: run N engines at once over the same "
+                        "jobs; each has --processes children, so without it N x the CPU "
+                        "count in all")
     p.add_argument("--concurrency", type=int, default=16, help="jobs at once per child")
     p.add_argument("--batch-size", type=int, default=500,
                    help="engine claim batch, and the batch of the raw SQL floor")
@@ -447,7 +652,7 @@ def parse_options(argv: Sequence[str]) -> Options:
     except ValueError as exc:
         p.error(str(exc))
     for name in ("rate", "concurrency", "batch_size", "sync_threads", "repeat", "chunk", "bulk",
-                 "timeout"):
+                 "timeout", "engines"):
         if getattr(a, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive")
     for name in ("jobs", "duration", "processes"):
@@ -455,6 +660,8 @@ def parse_options(argv: Sequence[str]) -> Options:
             p.error(f"--{name} must be positive")
     if a.payload_bytes < 0 or a.backlog < 0:
         p.error("--payload-bytes and --backlog must not be negative")
+    if a.engines > 1 and a.scenario in ("steady", "enqueue"):
+        p.error(f"--engines is for the scenarios that drain, not {a.scenario}")
     if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", a.schema):
         p.error("--schema must be a lower-case SQL identifier")
     if a.scenario == "cpu":
@@ -487,7 +694,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         chunk=a.chunk, bulk=a.bulk,
         floor=a.floor, timeout=a.timeout, engine_log_level=a.engine_log_level,
         metrics_port=a.metrics_port,
-        vacuum=a.vacuum)
+        vacuum=a.vacuum, engines=a.engines)
 
 
 def connect(opts: Options) -> psycopg.Connection[Any]:
@@ -522,6 +729,7 @@ class Queries:
     schema_create: sql.Composed
     schema_drop: sql.Composed
     server_settings: sql.Composed
+    server_statements_exec_time: sql.Composed
 
     def __init__(self, schema: str) -> None:
         declared = set(Queries.__annotations__)
@@ -558,6 +766,9 @@ def git_ref() -> str | None:
         if not head.startswith("ref: "):
             return head[:12]
         ref = head[5:]
+        # A worktree's gitdir holds its HEAD; the refs are in the main repository's.
+        if (git / "commondir").is_file():
+            git = (git / (git / "commondir").read_text().strip()).resolve()
         path = git / ref
         if path.is_file():
             sha = path.read_text().strip()
@@ -584,6 +795,54 @@ def environment(conn: psycopg.Connection[Any], opts: Options) -> dict[str, Any]:
         "loadavg": Path("/proc/loadavg").read_text().split()[:3],
         "server": server,
     }
+
+
+LOCAL_HOSTS = ("", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class ServerCpu:
+    """How the bench measures what the server spends on a drain.
+
+    ``pid``: the postmaster's, when the server runs on this machine: the engines then read
+    the CPU of its processes from /proc. Else ``statements``: pg_stat_statements answers,
+    and the bench reads its execution time instead. Else neither, and ``how`` says so.
+    """
+
+    pid: int | None
+    statements: bool
+    how: str
+
+
+def local_postmaster(conn: psycopg.Connection[Any]) -> int | None:
+    """The pid of the postmaster behind ``conn`` when it runs on this machine: the host is
+    a Unix socket or a loopback address, and the connection's backend (libpq knows its pid;
+    no statement is sent) is a ``postgres`` process here whose parent is one too. A server in
+    a container has pids of its own namespace, which this check refuses."""
+    info = conn.info
+    hosts = {info.host}
+    with contextlib.suppress(psycopg.Error):
+        hosts.add(info.hostaddr)
+    if not all(h in LOCAL_HOSTS or h.startswith(("/", "127.")) for h in hosts):
+        return None
+    backend = proc_stat(info.backend_pid)
+    if backend is None or proc_comm(info.backend_pid) != "postgres":
+        return None
+    postmaster = int(backend[STAT_PPID])
+    return postmaster if proc_comm(postmaster) == "postgres" else None
+
+
+def probe_server_cpu(conn: psycopg.Connection[Any], opts: Options) -> ServerCpu:
+    pid = local_postmaster(conn)
+    if pid is not None:
+        return ServerCpu(pid, False, f"CPU of every server process from /proc (postmaster "
+                                     f"pid {pid}, on this machine)")
+    try:
+        scalar(conn, queries(opts.schema).server_statements_exec_time)
+    except psycopg.Error:
+        return ServerCpu(None, False, "n/a (server not local, no pg_stat_statements)")
+    return ServerCpu(None, True, "server not local: pg_stat_statements execution time, "
+                                 "not CPU")
 
 
 @contextlib.contextmanager
@@ -696,10 +955,14 @@ def print_settings(opts: Options, env: dict[str, Any]) -> None:
           + ("vacuum analyze of the job table before each timed drain" if opts.vacuum
              else "no vacuum analyze (--no-vacuum)"))
     if opts.scenario != "enqueue":
-        print(f"  engine {procs} processes{'' if opts.processes else ' (CPU count)'} x "
+        print(f"  {f'{opts.engines} engines at once, each ' if opts.engines > 1 else 'engine '}"
+              f"{procs} processes{'' if opts.processes else ' (CPU count)'} x "
               f"{opts.concurrency} concurrency, claim batch {opts.batch_size}, sync threads "
               f"{opts.sync_threads}, in a subprocess; Prometheus exporter "
               + (f"on port {opts.metrics_port}" if opts.metrics_port else "off"))
+    if opts.scenario in ("drain", "backlog", "cpu", "queues"):
+        print(f"  CPU per job: worker from getrusage and /proc; PostgreSQL: "
+              f"{env['server_cpu']['how']}")
     print(f"  task {opts.task}, payload padding {opts.payload_bytes} B, repeat {opts.repeat}")
     if opts.scenario in ("drain", "backlog", "cpu"):
         print(f"  jobs {opts.jobs:,}, enqueued with add_jobs in chunks of {opts.chunk:,}"
@@ -756,45 +1019,179 @@ def floor_claim_delete(system: System, conn: psycopg.Connection[Any], opts: Opti
             "batch": opts.batch_size, "ok": deleted == n and left == 0}
 
 
-def engine_drain(opts: Options, n: int, label: str, latency_file: str | None = None) -> Result:
-    """Run an engine with --once over n runnable jobs; live line every second."""
-    ep = EngineRun.start(opts, once=True, expect=n, latency_file=latency_file)
-    spawned = time.time()
-    last_t, last_done = spawned, 0
-    deadline = time.monotonic() + opts.timeout
-    timed_out = False
+def engine_drain(opts: Options, n: int, label: str, conn: psycopg.Connection[Any],
+                 server: ServerCpu, latency_file: str | None = None) -> Result:
+    """Run --engines engines at once, each with --once, over n runnable jobs; a live line
+    every second (once every engine still running has reported since the last one)."""
+    eps: list[EngineRun] = []
+    statements: dict[str, float] = {}
+
+    def statements_at(edge: str) -> None:
+        if server.statements and edge not in statements:
+            statements[edge] = float(scalar(conn, queries(opts.schema).server_statements_exec_time))
+
     try:
-        while True:
-            event = ep.next(deadline - time.monotonic())
-            if event["event"] == "timeout":
+        for _ in range(opts.engines):
+            eps.append(EngineRun.start(opts, once=True, expect=n, latency_file=latency_file,
+                                       server_pid=server.pid))
+        spawned = time.time()
+        last_t, last_done, lines = spawned, 0, 0
+        started: list[float] = []
+        completed = [0] * len(eps)
+        running = set(range(len(eps)))  # no report yet, stdout open
+        fresh: set[int] = set()  # progress reported since the last live line
+        edges = {"go": 0, "end": 0}
+        deadline = time.monotonic() + opts.timeout
+        timed_out = False
+        while running:
+            if time.monotonic() >= deadline:
                 timed_out = True
-                print(f"  {label}: no end after {opts.timeout:g} s: stopping the engine")
+                print(f"  {label}: no end after {opts.timeout:g} s: stopping the engine"
+                      + ("s" if len(eps) > 1 else ""))
                 break
-            if event["event"] in ("report", "end"):
-                break
-            if event["event"] == "started":
-                last_t = event["t"]
-            elif event["event"] == "progress":
-                t, done = event["t"], event["completed"]
+            got = False
+            for i in sorted(running):
+                event = eps[i].next(0.05 if len(running) == 1 else 0.0)
+                kind = event["event"]
+                if kind == "timeout":
+                    continue
+                got = True
+                if kind in ("report", "end"):
+                    running.discard(i)
+                elif kind == "started" and not lines:
+                    started.append(event["t"])
+                    last_t = min(started)  # the first line's rate counts from there
+                elif kind == "progress":
+                    completed[i] = event["completed"]
+                    fresh.add(i)
+                elif kind == "done":
+                    completed[i] = event["completed"]
+                elif kind == "window":
+                    edges[event["edge"]] += 1
+                    if event["edge"] == "go":
+                        statements_at("go")
+                    elif edges["end"] == len(eps):
+                        statements_at("end")
+            if running and fresh >= running:
+                t, done = time.time(), sum(completed)
                 rate = (done - last_done) / max(t - last_t, 1e-9)
+                each = ("" if len(eps) == 1 else
+                        "  (" + " + ".join(f"{c:,}" for c in completed) + ")")
                 print(f"  {label} {t - spawned:6.1f} s  done {done:>10,} / {n:,}  "
-                      f"{rate:>10,.0f} jobs/s", flush=True)
+                      f"{rate:>10,.0f} jobs/s{each}", flush=True)
                 last_t, last_done = t, done
+                lines += 1
+                fresh.clear()
+            if not got and len(running) > 1:
+                time.sleep(0.005)
     except BaseException:
-        ep.stop()
+        for ep in eps:
+            ep.stop()
         raise
-    code = ep.stop() if timed_out else ep.finish(60.0)
-    if ep.report is None:
-        ep.wait_for("report", 5.0)
-    rep = ep.report or {}
-    start, done_at = rep.get("started_at"), rep.get("done_at")
-    seconds = (done_at - start) if start and done_at else None
+    codes = [ep.stop() if timed_out else ep.finish(60.0) for ep in eps]
+    for ep in eps:
+        if ep.report is None:
+            ep.wait_for("report", 5.0)
+    if "go" in statements:
+        statements_at("end")  # late if an engine never closed its window
+    reports = [ep.report or {} for ep in eps]
+    return drain_result(reports, codes, n, spawned, timed_out, server, statements)
+
+
+STATS_KEYS = ("claimed", "completed", "failed", "exhausted", "stale", "child_crashes",
+              "rescued")
+
+
+def drain_result(reports: Sequence[dict[str, Any]], codes: Sequence[int], n: int,
+                 spawned: float, timed_out: bool, server: ServerCpu,
+                 statements: dict[str, float]) -> Result:
+    """One drain's figures from its engines' reports: jobs/s from the first engine's start
+    to the last job done, the stats summed, the CPU per job (cpu_figures), and each
+    engine's own report under "engines"."""
+    stats = ({k: sum((r.get("stats") or {}).get(k, 0) for r in reports) for k in STATS_KEYS}
+             if any(r.get("stats") for r in reports) else None)
+    starts = [r["started_at"] for r in reports if r.get("started_at")]
+    ends = [e for r in reports if (e := r.get("done_at") or r.get("last_completion_at"))]
+    seconds = (max(ends) - min(starts) if starts and ends and stats
+               and stats["completed"] == n else None)
+    errors = [f"engine {i + 1}: {r['error']}" if len(reports) > 1 else r["error"]
+              for i, r in enumerate(reports) if r.get("error")]
+    engines = [{"exit_code": code, "error": r.get("error"), "stats": r.get("stats"),
+                "memory": r.get("memory"), "processes": r.get("processes"),
+                "concurrency": r.get("concurrency"), "started_at": r.get("started_at"),
+                "done_at": r.get("done_at"), "last_completion_at": r.get("last_completion_at"),
+                "cpu": engine_cpu(r.get("cpu") or {})}
+               for r, code in zip(reports, codes, strict=True)]
     return {
         "jobs": n, "seconds": seconds, "jobs_per_s": n / seconds if seconds else None,
-        "engine_wall_s": time.time() - spawned, "exit_code": code, "timed_out": timed_out,
-        "error": rep.get("error"), "stats": rep.get("stats"), "memory": rep.get("memory"),
-        "processes": rep.get("processes"), "concurrency": rep.get("concurrency"),
+        "engine_wall_s": time.time() - spawned,
+        "exit_code": next((c for c in codes if c != 0), 0), "timed_out": timed_out,
+        "error": "; ".join(errors) or None, "stats": stats,
+        "memory": reports[0].get("memory") if len(reports) == 1 else None,
+        "processes": sum(r.get("processes") or 0 for r in reports) or None,
+        "concurrency": reports[0].get("concurrency"), "engine_count": len(reports),
+        **cpu_figures(reports, n, server, statements),
+        "engines": engines,
     }
+
+
+def engine_cpu(window: dict[str, Any]) -> dict[str, Any] | None:
+    """One engine's CPU window in seconds: its length, the parent's and the children's
+    CPU, its backends' (with a local server), and the two samples themselves."""
+    go, end = window.get("go"), window.get("end")
+    if not go or not end:
+        return None
+    out: dict[str, Any] = {"window_s": end["t"] - go["t"], "ended": end.get("when"),
+                           "parent_s": end["parent_s"] - go["parent_s"],
+                           "children_s": end["children_s"] - go["children_s"]}
+    if "backends_s" in end:
+        # A backend whose connection opened in the window counts from when it was ready.
+        before = {**end.get("backends_started_s", {}), **go.get("backends_s", {})}
+        out["backends_s"] = sum(v - before.get(pid, 0.0) for pid, v in end["backends_s"].items())
+        out["backends_start_up_s"] = sum(end.get("backends_started_s", {}).values())
+    return {**out, "go": go, "end": end}
+
+
+def cpu_figures(reports: Sequence[dict[str, Any]], n: int, server: ServerCpu,
+                statements: dict[str, float]) -> Result:
+    """CPU per job over the window, from each engine's first claim (its "go" sample) to
+    its end ("end": the last job's completion written, or its decision to stop).
+
+    Worker: the sum over the engines of their parents' and children's CPU in their own
+    windows. PostgreSQL (server on this machine): every server process's CPU from the
+    first engine's "go" to the last engine's "end" (one counter for the whole server, read
+    by whichever engine sampled), and the sum of each engine's own backends' CPU in its
+    window. Not local: pg_stat_statements execution time between the bench's reads at the
+    first "go" and the last "end", if it answers."""
+    out: Result = {"cpu_window_s": None, "parent_cpu_us_per_job": None,
+                   "children_cpu_us_per_job": None, "worker_cpu_us_per_job": None,
+                   "pg_cpu_us_per_job": None, "pg_cpu_us_per_job_engine_backends": None,
+                   "pg_exec_us_per_job": None,
+                   "pg_cpu_source": ("proc" if server.pid else
+                                     "pg_stat_statements" if server.statements else None)}
+    windows = [engine_cpu(r.get("cpu") or {}) for r in reports]
+    if not n or not all(windows):
+        out["cpu_note"] = "no CPU window: an engine never claimed, or never ended its window"
+        return out
+    ws = [w for w in windows if w]
+    first = min((w["go"] for w in ws), key=lambda s: s["t"])
+    last = max((w["end"] for w in ws), key=lambda s: s["t"])
+
+    def per_job(seconds: float) -> float:
+        return seconds / n * 1e6
+
+    parent = per_job(sum(w["parent_s"] for w in ws))
+    children = per_job(sum(w["children_s"] for w in ws))
+    out.update(cpu_window_s=last["t"] - first["t"], parent_cpu_us_per_job=parent,
+               children_cpu_us_per_job=children, worker_cpu_us_per_job=parent + children)
+    if server.pid and "server_s" in first and "server_s" in last:
+        start_up = sum(w.get("backends_start_up_s", 0.0) for w in ws)
+        out["pg_cpu_us_per_job"] = per_job(last["server_s"] - first["server_s"] - start_up)
+        out["pg_cpu_us_per_job_engine_backends"] = per_job(
+            sum(w.get("backends_s", 0.0) for w in ws))
+    elif "go" in statements and "end" in statements:
+        out["pg_exec_us_per_job"] = (statements["end"] - statements["go"]) * 1000 / n
+    return out
 
 
 def verify_drain(conn: psycopg.Connection[Any], opts: Options, n: int, drain: Result,
@@ -819,15 +1216,15 @@ def verify_drain(conn: psycopg.Connection[Any], opts: Options, n: int, drain: Re
     return problems
 
 
-def drain_cycle(system: System, conn: psycopg.Connection[Any], opts: Options, run: int,
-                backlog: int, label: str) -> Result:
+def drain_cycle(system: System, conn: psycopg.Connection[Any], opts: Options,
+                server: ServerCpu, run: int, backlog: int, label: str) -> Result:
     """One repeat of drain/backlog: enqueue, drain with the engine, verify, floor."""
     n = opts.jobs
     enq = enqueue_bulk(system, opts, n)
     print(f"  {label} run {run}: enqueued {n:,} jobs in {enq['seconds']:.2f} s "
           f"({fmt_rate(enq['jobs_per_s'])})", flush=True)
     vacuum(conn, opts)
-    drain = engine_drain(opts, n, label)
+    drain = engine_drain(opts, n, label, conn, server)
     problems = verify_drain(conn, opts, n, drain, backlog)
     result: Result = {"run": run, "backlog": backlog, "enqueue": enq, "drain": drain}
     if problems:
@@ -855,51 +1252,89 @@ def drain_cycle(system: System, conn: psycopg.Connection[Any], opts: Options, ru
 
 
 DRAIN_MEDIANS = ("enqueue.jobs_per_s", "drain.seconds", "drain.jobs_per_s", "floor.jobs_per_s",
-                 "floor_ratio")
+                 "floor_ratio", "drain.pg_cpu_us_per_job",
+                 "drain.pg_cpu_us_per_job_engine_backends", "drain.pg_exec_us_per_job",
+                 "drain.worker_cpu_us_per_job", "drain.parent_cpu_us_per_job",
+                 "drain.children_cpu_us_per_job")
+
+
+def fmt_us(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def drain_row(first: str, get: Callable[[str], Any], source: str | None,
+              verified: str) -> list[str]:
+    """A summary row: `get` reads a path of DRAIN_MEDIANS from a run or from the medians."""
+    seconds = get("drain.seconds")
+    if source == "pg_stat_statements":
+        pg = "-" if (ms := get("drain.pg_exec_us_per_job")) is None else f"{ms:.1f}*"
+    else:
+        pg = fmt_us(get("drain.pg_cpu_us_per_job")) if source else "n/a"
+    worker, parent, children = (get(f"drain.{k}_cpu_us_per_job")
+                                for k in ("worker", "parent", "children"))
+    return [first, fmt_rate(get("enqueue.jobs_per_s")),
+            "-" if seconds is None else f"{seconds:.2f}", fmt_rate(get("drain.jobs_per_s")),
+            fmt_rate(get("floor.jobs_per_s")), fmt_pct(get("floor_ratio")), pg,
+            fmt_us(get("drain.pg_cpu_us_per_job_engine_backends")) if source == "proc" else "n/a",
+            "-" if None in (worker, parent, children)
+            else f"{worker:.1f} ({parent:.1f} + {children:.1f})", verified]
 
 
 def print_drain_summary(title: str, runs: Sequence[Result]) -> dict[str, float | None]:
     print(title)
-    rows = [[str(r["run"]), fmt_rate(get_path(r, "enqueue.jobs_per_s")),
-             "-" if get_path(r, "drain.seconds") is None else f"{r['drain']['seconds']:.2f}",
-             fmt_rate(get_path(r, "drain.jobs_per_s")), fmt_rate(get_path(r, "floor.jobs_per_s")),
-             fmt_pct(r.get("floor_ratio")), "yes" if r["verified"] else "NO"] for r in runs]
+    source = get_path(runs[0], "drain.pg_cpu_source") if runs else None
+    rows = [drain_row(str(r["run"]), functools.partial(get_path, r), source,
+                      "yes" if r["verified"] else "NO") for r in runs]
     med = medians(runs, DRAIN_MEDIANS)
     if len(runs) > 1:
-        rows.append(["median", fmt_rate(med["enqueue.jobs_per_s"]),
-                     "-" if med["drain.seconds"] is None else f"{med['drain.seconds']:.2f}",
-                     fmt_rate(med["drain.jobs_per_s"]), fmt_rate(med["floor.jobs_per_s"]),
-                     fmt_pct(med["floor_ratio"]), ""])
-    print_table(["run", "enqueue", "drain s", "drain", "SQL floor", "of floor", "verified"],
-                rows)
+        rows.append(drain_row("median", med.get, source, ""))
+    print_table(["run", "enqueue", "drain s", "drain", "SQL floor", "of floor", "PG us/job",
+                 "own backends", "worker us/job (parent + children)", "verified"], rows)
+    print("  CPU per job (user + system, us) from the first claim to the last job done: PG = "
+          "every PostgreSQL server process,\n  own backends = only the engine's connections' "
+          "server processes, worker = the engine's parent + its children")
+    if len(runs) > 1:
+        print("  (in the median row each figure is its own median: the parent's and the "
+              "children's need not add up to the worker's)")
+    if source == "pg_stat_statements":
+        print("  * the server is not on this machine: PG is pg_stat_statements' execution time "
+              "of this database's statements, not CPU")
+    elif source is None:
+        print("  n/a: the server is not on this machine and pg_stat_statements does not answer")
     print("  memory at the end of the drain (VmRSS; peak VmHWM in brackets), sampled when the "
           "last job completed or the engine was asked to stop:")
     for r in runs:
-        mem = get_path(r, "drain.memory")
-        if not mem:
-            print(f"    run {r['run']}: not sampled")
-            continue
-        parent = mem.get("parent") or {}
-        children = ", ".join(f"{fmt_mib(c.get('rss_kib'))} ({fmt_mib(c.get('hwm_kib'))})"
-                             for c in mem.get("children") or [])
-        print(f"    run {r['run']}: engine parent {fmt_mib(parent.get('rss_kib'))} "
-              f"({fmt_mib(parent.get('hwm_kib'))}); children {children or '-'}")
+        engines = get_path(r, "drain.engines") or [{}]
+        for i, engine in enumerate(engines):
+            which = f"run {r['run']}" + (f" engine {i + 1}" if len(engines) > 1 else "")
+            mem = engine.get("memory")
+            if not mem:
+                print(f"    {which}: not sampled")
+                continue
+            parent = mem.get("parent") or {}
+            children = ", ".join(f"{fmt_mib(c.get('rss_kib'))} ({fmt_mib(c.get('hwm_kib'))})"
+                                 for c in mem.get("children") or [])
+            print(f"    {which}: engine parent {fmt_mib(parent.get('rss_kib'))} "
+                  f"({fmt_mib(parent.get('hwm_kib'))}); children {children or '-'}")
     print()
     return med
 
 
 # ------------------------------------------------------------------------------------------------
 
-def scenario_drain(opts: Options, system: System, conn: psycopg.Connection[Any]) -> Result:
-    runs = [drain_cycle(system, conn, opts, i + 1, 0, "drain") for i in range(opts.repeat)]
+def scenario_drain(opts: Options, system: System, conn: psycopg.Connection[Any],
+                   server: ServerCpu) -> Result:
+    runs = [drain_cycle(system, conn, opts, server, i + 1, 0, "drain")
+            for i in range(opts.repeat)]
     med = print_drain_summary(f"summary: drain of {opts.jobs:,} {opts.task} jobs", runs)
     return {"runs": runs, "median": med, "verified": all(r["verified"] for r in runs)}
 
 
-def scenario_backlog(opts: Options, system: System, conn: psycopg.Connection[Any]) -> Result:
+def scenario_backlog(opts: Options, system: System, conn: psycopg.Connection[Any],
+                     server: ServerCpu) -> Result:
     out: Result = {}
     if opts.compare:
-        plain = [drain_cycle(system, conn, opts, i + 1, 0, "no backlog")
+        plain = [drain_cycle(system, conn, opts, server, i + 1, 0, "no backlog")
                  for i in range(opts.repeat)]
         out["without_backlog"] = {"runs": plain}
     t0 = time.perf_counter()
@@ -911,7 +1346,7 @@ def scenario_backlog(opts: Options, system: System, conn: psycopg.Connection[Any
           f"{seconds:.2f} s (one insert ... select generate_series), then vacuum analyze\n")
     out["backlog_insert"] = {"jobs": opts.backlog, "seconds": seconds,
                              "jobs_per_s": opts.backlog / seconds if seconds else None}
-    runs = [drain_cycle(system, conn, opts, i + 1, opts.backlog, "backlog")
+    runs = [drain_cycle(system, conn, opts, server, i + 1, opts.backlog, "backlog")
             for i in range(opts.repeat)]
     out["with_backlog"] = {"runs": runs}
     if opts.compare:
@@ -931,20 +1366,21 @@ def scenario_backlog(opts: Options, system: System, conn: psycopg.Connection[Any
     return out
 
 
-def scenario_queues(opts: Options, system: System, conn: psycopg.Connection[Any]) -> Result:
+def scenario_queues(opts: Options, system: System, conn: psycopg.Connection[Any],
+                    server: ServerCpu) -> Result:
     """Drain plain (unqueued) jobs without, then with, --past-queues empty job_queue rows,
     alternating within each repeat; the figure is the ratio of the medians. The engine
     prunes empty queue rows as it runs, so the second drain also pays for that."""
     q = queries(opts.schema)
     plain, crowded = [], []
     for i in range(opts.repeat):
-        plain.append(drain_cycle(system, conn, opts, i + 1, 0, "no past queues"))
+        plain.append(drain_cycle(system, conn, opts, server, i + 1, 0, "no past queues"))
         t0 = time.perf_counter()
         conn.execute(q.job_queue_insert_past, {"count": opts.past_queues})
         vacuum(conn, opts)
         print(f"  inserted {opts.past_queues:,} empty serial-queue rows in "
               f"{time.perf_counter() - t0:.2f} s\n")
-        crowded.append(drain_cycle(system, conn, opts, i + 1, 0, "past queues"))
+        crowded.append(drain_cycle(system, conn, opts, server, i + 1, 0, "past queues"))
         left = scalar(conn, q.job_queue_count)
         print(f"  past queues: {left:,} of {opts.past_queues:,} rows left after the drain "
               "(the engine prunes empty ones)\n")
@@ -1029,7 +1465,8 @@ def read_latencies(path: str) -> list[float]:
     return out
 
 
-def scenario_steady(opts: Options, system: System, conn: psycopg.Connection[Any]) -> Result:
+def scenario_steady(opts: Options, system: System, conn: psycopg.Connection[Any],
+                    server: ServerCpu) -> Result:
     runs = []
     for run in range(1, opts.repeat + 1):
         runs.append(steady_run(opts, system, conn, run))
@@ -1168,7 +1605,8 @@ def steady_run(opts: Options, system: System, conn: psycopg.Connection[Any], run
 
 # ------------------------------------------------------------------------------------------------
 
-def scenario_enqueue(opts: Options, system: System, conn: psycopg.Connection[Any]) -> Result:
+def scenario_enqueue(opts: Options, system: System, conn: psycopg.Connection[Any],
+                     server: ServerCpu) -> Result:
     q = queries(opts.schema)
     conn.execute(q.floor_test_create)
     runs = []
@@ -1261,14 +1699,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def cpu_cycle(system: System, conn: psycopg.Connection[Any], opts: Options, run: int) -> Result:
+def cpu_cycle(system: System, conn: psycopg.Connection[Any], opts: Options, server: ServerCpu,
+              run: int) -> Result:
     """One repeat of cpu: enqueue, drain with --once while each job writes its span."""
     n = opts.jobs
     enqueue_bulk(system, opts, n)
     vacuum(conn, opts)
     with tempfile.TemporaryDirectory(prefix="skivi-bench-cpu-") as tmp:
         spans_path = os.path.join(tmp, "spans")
-        drain = engine_drain(opts, n, "cpu", latency_file=spans_path)
+        drain = engine_drain(opts, n, "cpu", conn, server, latency_file=spans_path)
         spans = [tuple(map(float, line.split()[1:3]))
                  for line in Path(spans_path).read_text().splitlines()
                  if line.startswith("span ")] if os.path.exists(spans_path) else []
@@ -1290,8 +1729,9 @@ def cpu_cycle(system: System, conn: psycopg.Connection[Any], opts: Options, run:
             "drain": drain, "verified": not problems, "problems": problems}
 
 
-def scenario_cpu(opts: Options, system: System, conn: psycopg.Connection[Any]) -> Result:
-    runs = [cpu_cycle(system, conn, opts, i + 1) for i in range(opts.repeat)]
+def scenario_cpu(opts: Options, system: System, conn: psycopg.Connection[Any],
+                 server: ServerCpu) -> Result:
+    runs = [cpu_cycle(system, conn, opts, server, i + 1) for i in range(opts.repeat)]
     med = medians(runs, ("efficiency", "measured_s"))
     print()
     print_table(["run", "first start to last end", "ideal", "efficiency"],
@@ -1306,6 +1746,9 @@ def scenario_cpu(opts: Options, system: System, conn: psycopg.Connection[Any]) -
 def run_scenario(opts: Options) -> int:
     with connect(opts) as conn:
         env = environment(conn, opts)
+        server = probe_server_cpu(conn, opts)
+    env["server_cpu"] = {"postmaster_pid": server.pid, "pg_stat_statements": server.statements,
+                         "how": server.how}
     print_settings(opts, env)
     started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     results: Result = {}
@@ -1317,7 +1760,7 @@ def run_scenario(opts: Options) -> int:
         try:
             system.migrate()
             with connect(opts) as conn:
-                results = scenario(opts, system, conn)
+                results = scenario(opts, system, conn, server)
         finally:
             system.close()
     verified = bool(results.get("verified"))

@@ -3,7 +3,7 @@ the contract between run.py and bench/sql (every statement it runs is a file the
 file there is run).
 
 The scenarios themselves need a database and minutes of CPU; they are run by hand (see
-bench/README.md), not here.
+bench/README.md), apart from one short drain in tests/engine/test_bench.py.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -75,6 +76,19 @@ def test_options_hide_the_password_in_the_url_shown(bench: ModuleType) -> None:
 def test_options_reject_bad_values(bench: ModuleType, argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         bench.parse_options(["drain", *URL, *argv])
+
+
+def test_options_take_engines_when_the_scenario_drains(bench: ModuleType) -> None:
+    assert bench.parse_options(["drain", *URL]).engines == 1
+    assert bench.parse_options(["drain", *URL, "--engines", "3"]).engines == 3
+    assert bench.parse_options(["backlog", *URL, "--engines", "2"]).engines == 2
+
+
+@pytest.mark.parametrize("argv", [["drain", "--engines", "0"], ["steady", "--engines", "2"],
+                                  ["enqueue", "--engines", "2"]])
+def test_options_reject_engines_when_out_of_place(bench: ModuleType, argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        bench.parse_options([*argv, *URL])
 
 
 def test_percentile_is_nearest_rank(bench: ModuleType) -> None:
@@ -201,3 +215,108 @@ def test_run_py_starts_when_no_test_dependency_is_importable() -> None:
                           text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert "usage: python bench/run.py" in done.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# CPU per job: the /proc readers and the figures made from the engines' samples
+
+
+def test_tree_cpu_keeps_the_time_of_a_child_that_ended_when_reaped(bench: ModuleType) -> None:
+    before = bench.tree_cpu(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import time\nend = time.process_time() + 0.2\n"
+                              "while time.process_time() < end: pass\ninput()"],
+                             stdin=subprocess.PIPE)
+    try:
+        assert child.pid in bench.child_pids(os.getpid())
+    finally:
+        child.communicate(b"\n", timeout=30)
+    assert child.pid not in bench.child_pids(os.getpid())
+    # Its CPU (0.2 s and its start-up) moved to this process's reaped time.
+    assert bench.tree_cpu(os.getpid()) - before >= 0.2
+    assert bench.own_cpu(os.getpid()) > 0
+    assert bench.own_cpu(2**22 + 1) == 0.0  # above the kernel's pid_max: no such process
+
+
+def sample(t: float, parent: float, children: float, server: float | None = None,
+           backends: dict[str, float] | None = None,
+           started: dict[str, float] | None = None) -> dict[str, object]:
+    out: dict[str, object] = {"t": t, "parent_s": parent, "children_s": children}
+    if server is not None:
+        out["server_s"] = server
+        out["backends_s"] = backends or {}
+    if started is not None:
+        out["backends_started_s"] = started
+    return out
+
+
+def report(go: dict[str, object] | None, end: dict[str, object] | None, *, started: float,
+           completed: int, last: float) -> dict[str, object]:
+    return {"started_at": started, "done_at": None, "last_completion_at": last,
+            "stats": {"completed": completed, "claimed": completed}, "processes": 2,
+            "concurrency": 16, "cpu": {"go": go, "end": end}}
+
+
+def test_cpu_figures_sum_the_engines_and_span_the_server_when_two_ran(
+        bench: ModuleType) -> None:
+    local = bench.ServerCpu(pid=1, statements=False, how="local")
+    reports = [
+        report(sample(10.0, 1.0, 0.5, server=100.0, backends={"7": 1.0}),
+               sample(11.0, 1.5, 0.7, server=101.5, backends={"7": 1.4, "8": 0.1},
+                      started={"8": 0.02}),
+               started=9.9, completed=600, last=10.9),
+        report(sample(10.2, 2.0, 0.1, server=100.1, backends={"9": 0.0}),
+               sample(11.5, 2.3, 0.2, server=102.0, backends={"9": 0.5}),
+               started=9.8, completed=400, last=11.4),
+    ]
+    drain = bench.drain_result(reports, [0, 0], 1000, 9.0, False, local, {})
+    assert drain["seconds"] == pytest.approx(11.4 - 9.8)  # first start to last job done
+    assert drain["stats"]["completed"] == 1000 and drain["processes"] == 4
+    assert drain["cpu_window_s"] == pytest.approx(1.5)  # first go to last end
+    assert drain["parent_cpu_us_per_job"] == pytest.approx((0.5 + 0.3) / 1000 * 1e6)
+    assert drain["children_cpu_us_per_job"] == pytest.approx((0.2 + 0.1) / 1000 * 1e6)
+    assert drain["worker_cpu_us_per_job"] == pytest.approx(1100.0)
+    # The server: one counter, from the first go (100.0) to the last end (102.0), less the
+    # start-up of the backend whose connection opened in the window ("8": 0.02 s).
+    assert drain["pg_cpu_us_per_job"] == pytest.approx((2.0 - 0.02) / 1000 * 1e6)
+    # Own backends: each engine's in its own window; "8" from when its connection was ready.
+    assert drain["pg_cpu_us_per_job_engine_backends"] == pytest.approx(
+        (0.4 + 0.08 + 0.5) / 1000 * 1e6)
+    assert [e["stats"]["completed"] for e in drain["engines"]] == [600, 400]
+
+
+def test_cpu_figures_use_statements_when_the_server_is_not_local(bench: ModuleType) -> None:
+    remote = bench.ServerCpu(pid=None, statements=True, how="remote")
+    reports = [report(sample(10.0, 1.0, 0.5), sample(11.0, 1.5, 0.7), started=9.9,
+                      completed=1000, last=10.9)]
+    drain = bench.drain_result(reports, [0], 1000, 9.0, False, remote,
+                               {"go": 500.0, "end": 530.0})
+    assert drain["pg_cpu_source"] == "pg_stat_statements"
+    assert drain["pg_cpu_us_per_job"] is None
+    assert drain["pg_exec_us_per_job"] == pytest.approx(30.0)  # 30 ms over 1000 jobs
+
+
+def test_cpu_figures_are_missing_when_an_engine_never_opened_its_window(
+        bench: ModuleType) -> None:
+    local = bench.ServerCpu(pid=1, statements=False, how="local")
+    reports = [report(sample(10.0, 1.0, 0.5, server=1.0), sample(11.0, 1.5, 0.7, server=2.0),
+                      started=9.9, completed=1000, last=10.9),
+               report(None, None, started=9.9, completed=0, last=0.0)]
+    drain = bench.drain_result(reports, [0, 1], 1000, 9.0, False, local, {})
+    assert drain["exit_code"] == 1
+    assert drain["worker_cpu_us_per_job"] is None and drain["pg_cpu_us_per_job"] is None
+    assert "cpu_note" in drain
+
+
+def test_drain_summary_shows_the_cpu_columns_when_printed(
+        bench: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    drain = {"seconds": 1.0, "jobs_per_s": 1000.0, "pg_cpu_source": "proc",
+             "pg_cpu_us_per_job": 25.04, "pg_cpu_us_per_job_engine_backends": 24.0,
+             "worker_cpu_us_per_job": 16.0, "parent_cpu_us_per_job": 10.0,
+             "children_cpu_us_per_job": 6.0, "engines": [{}]}
+    runs = [{"run": 1, "verified": True, "enqueue": {"jobs_per_s": 5.0}, "drain": drain}]
+    med = bench.print_drain_summary("summary", runs)
+    out = capsys.readouterr().out
+    assert "PG us/job" in out and "own backends" in out
+    assert "25.0" in out and "24.0" in out and "16.0 (10.0 + 6.0)" in out
+    assert med["drain.pg_cpu_us_per_job"] == 25.04
