@@ -109,11 +109,15 @@ with recursive unqueued as (
     where j.ctid = any(array(select chosen.tid from chosen)) and j.locked_by is null
     returning j.id, j.lease, j.task_identifier, j.payload, j.queue_name, j.priority, j.run_at,
               j.attempts, j.max_attempts, j.key, j.flags, j.created_at
+), claimed_queued as materialized (
+    -- Narrow: an UPDATE joining a CTE carries each joined row whole for its recheck, and
+    -- claimed's rows hold the payloads.
+    select claimed.id, claimed.queue_name from claimed where claimed.queue_name is not null
 ), queue_locks as (
     update {schema}.job_queue q
-    set job_id = claimed.id, locked_by = %(engine)s, locked_at = now()
-    from claimed
-    where q.queue_name = claimed.queue_name
+    set job_id = c.id, locked_by = %(engine)s, locked_at = now()
+    from claimed_queued c
+    where q.queue_name = c.queue_name
 )
 select c.id, c.lease,
        json_build_array(c.id, c.lease, c.task_identifier, c.payload, c.queue_name, c.priority,

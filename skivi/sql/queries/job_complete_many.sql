@@ -11,7 +11,11 @@
 -- Returns (id, lease) of the rows actually completed (a missing pair was stale: rescued or
 -- already finished). The lease tells apart two claims of one job in the same batch.
 --
--- Plan shape: each (id, lease) pair is looked up by primary key. The engine test is written
+-- Plan shape: each (id, lease) pair is looked up by primary key. The statements on `done`
+-- read it through narrow forms (the queued ones' ids and queues; an array of ids): a
+-- data-modifying statement that joins a CTE carries each joined CTE row whole (payload and
+-- all) for its recheck, which for `using done` was a full row built per completed job.
+-- The engine test is written
 -- "is not distinct from" so that no index on running jobs can serve it: after an ANALYZE
 -- that saw no running job, the planner would otherwise drive the batch from such an index
 -- and compare every running job of the table with every id of the batch.
@@ -21,13 +25,15 @@ with done as (
     where j.id = u.id and j.lease = u.lease
       and j.locked_by is not distinct from %(engine)s
     returning j.*
+), queued as materialized (
+    select done.id, done.queue_name from done where done.queue_name is not null
 ), freed as (
     update {schema}.job_queue q
     set job_id = null, locked_by = null, locked_at = null
-    from done
-    where done.queue_name is not null and q.queue_name = done.queue_name and q.job_id = done.id
+    from queued
+    where q.queue_name = queued.queue_name and q.job_id = queued.id
 ), traced as (
-    delete from {schema}.job_traceback t using done where t.id = done.id
+    delete from {schema}.job_traceback t where t.id = any(array(select done.id from done))
     returning t.id, t.traceback
 ), recorded as (
     insert into {schema}.job_history (id, task_identifier, queue_name, payload, priority,
