@@ -85,7 +85,7 @@ class Fetcher:
                  engine_id: Callable[[], int], batch_size: int, poll_interval: float,
                  batch_max_bytes: int = 1 << 40,
                  capacity: Callable[[], int], in_flight: Callable[[], int],
-                 paused: Callable[[], bool], on_claimed: Callable[[], None],
+                 paused: Callable[[], bool], on_claimed: Callable[[int], None],
                  flushes: Callable[[], int],
                  tasks: list[str] | None, forbidden_flags: list[str] | None,
                  queues: list[str] | None, sync_tasks: frozenset[str] = frozenset(),
@@ -259,7 +259,7 @@ class Fetcher:
                 for job in jobs:
                     (sync_buffer if job[CLAIMED_TASK] in sync_tasks
                      else async_buffer).append(job)
-            self.on_claimed()
+            self.on_claimed(len(rows))
         return len(rows)
 
     async def _sleep(self, timeout: float) -> None:

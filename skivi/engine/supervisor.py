@@ -89,7 +89,6 @@ class Engine:
                 _version(), emitter, tasks=registry.identifiers(),
                 queues=w.queues or (), max_queue_labels=cfg.metrics.max_queue_labels)
         self.observer = EngineObserver(emitter, self.metrics)
-        self._claimed_seen = 0
         self._cut_short = asyncio.Event()  # set: stop waiting for running jobs
         self.pool = ChildPool(instance, registry, self.observer, on_crash=self._on_crash,
                               cut_short=self._cut_short, on_child_start=on_child_start)
@@ -364,11 +363,10 @@ class Engine:
         s.stale += len(failed) - len(outcomes)
         self.observer.flushed(completed, failed, done_ids, outcomes, recorded)
 
-    def _on_claimed(self) -> None:
-        claimed = self.fetcher.claimed
-        self.observer.claimed(claimed - self._claimed_seen)
-        self._claimed_seen = claimed
-        self.stats.claimed = claimed
+    def _on_claimed(self, n: int) -> None:
+        """A claim returned ``n`` (> 0) jobs."""
+        self.observer.claimed(n)
+        self.stats.claimed += n
         self.pool.dispatch()
 
     def _on_crash(self) -> None:
