@@ -82,11 +82,6 @@ SYNC_SHORT_SECONDS = 0.0005
 """A sync task whose recent runs average below this may be handed several jobs at a time."""
 SYNC_BATCH_BUDGET = 0.002
 """Most seconds of expected work of short sync jobs queued per sync thread of a child."""
-SYNC_LANE_MIN = 64
-"""Fewest slots of a child's sync lane. Only short jobs ever fill it (long ones go one per
-free thread): the depth that lets a no-op task's jobs travel 64 to a frame, where each
-frame costs the parent a pipe write that wakes a child (measured: a lane of 16 cost the
-parent a quarter more CPU per job in a drain)."""
 EWMA_WEIGHT = 0.2  # of the latest run, in a sync task's running average
 RESPAWN_RETRY = 1.0  # seconds between attempts to replace a child when fork fails
 
@@ -143,7 +138,7 @@ class ChildPool:
         self.sync_threads = w.sync_threads
         # Lanes (see the module docstring): slots [0, concurrency) for async jobs, then the
         # sync lane. Capacity counts the lanes this registry's tasks use.
-        self.sync_depth = max(w.sync_threads, w.concurrency, SYNC_LANE_MIN)
+        self.sync_depth = max(w.sync_threads, w.concurrency)
         self.sync_tasks = frozenset(t.identifier for t in registry if not t.is_async)
         self.has_async = len(self.sync_tasks) < len(registry)
         self.child_capacity = ((self.concurrency if self.has_async or not self.sync_tasks

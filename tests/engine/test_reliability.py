@@ -15,7 +15,6 @@ import pytest
 
 from skivi.db import queries
 from skivi.db.queries import Queries, for_schema
-from skivi.engine.children import SYNC_LANE_MIN
 from skivi.engine.process import children_of
 from tests.support.db import connect
 from tests.support.engines import EngineProcs, engine_id, enqueue, log_of, runs_a_job_then_stops
@@ -254,9 +253,8 @@ def test_claiming_pauses_when_the_result_buffer_is_full(
         capsys: pytest.CaptureFixture[str]) -> None:
     concurrency, batch, buffer = 2, 10, 20
     # The test registry has sync and async tasks, so a child has both lanes: `concurrency`
-    # async slots and max(sync_threads, concurrency, SYNC_LANE_MIN) sync slots
-    # (sync_threads is 1 here).
-    capacity = concurrency + max(1, concurrency, SYNC_LANE_MIN)
+    # async slots and max(sync_threads, concurrency) sync slots (sync_threads is 1 here).
+    capacity = concurrency + max(1, concurrency)
     config = write_config(tmp_path / "skivi.toml", max_result_buffer=buffer, batch_size=batch,
                           poll_interval=0.1)
     engine = engines.start("--config", config, processes=1, concurrency=concurrency)
