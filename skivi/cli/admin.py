@@ -789,7 +789,9 @@ def _cmd_queues(ctx: _Context) -> int:
     with ctx.connect() as conn:
         rows = conn.cursor(row_factory=dict_row).execute(
             ctx.queries.job_count_by_queue, {"scan_limit": args.scan_limit}).fetchall()
-    truncated = any(r.pop("truncated") for r in rows)
+    # A list, not a generator: any() stops at the first true, and every row must lose the
+    # column (it is the scan's, said once).
+    truncated = any([r.pop("truncated") for r in rows])
     for r in rows:
         age = r["oldest_runnable_age"]
         if age is not None and math.isinf(age):

@@ -705,12 +705,18 @@ def test_queues_counts_jobs_by_state_per_queue_and_task_when_jobs_exist(
 def test_queues_says_the_figures_are_lower_bounds_when_the_scan_limit_is_reached(
         system: skivi.System, database: str, capsys: pytest.CaptureFixture[str]) -> None:
     skivi.add_jobs(system, [{"task": "t"} for _ in range(5)])
+    skivi.add_jobs(system, [{"task": "u", "queue_name": "q"} for _ in range(2)])
     assert cli(database, "queues", "--scan-limit", "3") == 0
     captured = capsys.readouterr()
     assert captured.out.splitlines()[1].split() == ["-", "t", "3", "0", "0", "0", "0s"]
     assert "lower bounds" in captured.err
-    assert cli_json(database, capsys, "queues", "--scan-limit", "5")["truncated"] is True
-    assert cli_json(database, capsys, "queues", "--scan-limit", "6")["truncated"] is False
+    truncated = cli_json(database, capsys, "queues", "--scan-limit", "6")
+    assert truncated["truncated"] is True
+    # Said once, for the whole scan: no row carries it (every row, not only the first).
+    assert len(truncated["queues"]) == 2
+    assert all("truncated" not in q for q in truncated["queues"]), truncated
+    assert cli_json(database, capsys, "queues", "--scan-limit", "7")["truncated"] is True
+    assert cli_json(database, capsys, "queues", "--scan-limit", "8")["truncated"] is False
 
 
 def test_schema_without_tables_exits_3_and_says_to_migrate_when_not_migrated(
