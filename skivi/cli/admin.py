@@ -58,7 +58,6 @@ import orjson
 import psycopg
 from psycopg.abc import AdaptContext, Buffer
 from psycopg.adapt import Loader
-from psycopg.rows import dict_row
 from psycopg.types.datetime import TimestamptzLoader
 
 from skivi.cli import worker
@@ -75,7 +74,28 @@ from skivi.cron import (
 )
 from skivi.db import pool as dbpool
 from skivi.db.migrate import migrate, pending_migrations, set_limits
-from skivi.db.queries import Queries, for_schema, load_text
+from skivi.db.queries import (
+    ChangeRow,
+    CronListRow,
+    EngineListRow,
+    HistoryRetryRow,
+    JobHistoryRow,
+    JobListRow,
+    Queries,
+    cron_list,
+    engine_list,
+    for_schema,
+    job_count_by_queue,
+    job_history_list,
+    job_history_retry_many,
+    job_history_retry_matching,
+    job_list,
+    job_permanently_fail_many,
+    job_remove_many,
+    job_reschedule_many,
+    job_retry_many,
+    load_text,
+)
 from skivi.engine.exits import (
     EXIT_CONFIG,
     EXIT_DATABASE,
@@ -579,15 +599,10 @@ def _cmd_add_job(ctx: _Context) -> int:
 def _cmd_jobs_list(ctx: _Context) -> int:
     args = ctx.args
     with ctx.connect() as conn:
-        rows = conn.cursor(row_factory=dict_row).execute(ctx.queries.job_list, {
-            "task": args.task, "queue": args.queue, "state": args.state,
-            "limit": args.limit, "payload": args.payload, "id": None}).fetchall()
+        rows = job_list.run(conn, ctx.queries, task=args.task, queue=args.queue,
+                            state=args.state, limit=args.limit, payload=args.payload)
     if args.json:
-        for r in rows:
-            r["flags"] = list(r["flags"] or [])
-            if not args.payload:
-                del r["payload"]
-        _emit_json({"jobs": rows})
+        _emit_json({"jobs": [_record(r, args.payload) for r in rows]})
         return EXIT_OK
     if not rows:
         _emit("no jobs")
@@ -598,12 +613,11 @@ def _cmd_jobs_list(ctx: _Context) -> int:
         headers.append("payload")
     table = []
     for r in rows:
-        line = [str(r["id"]), r["task_identifier"], _text(r["queue_name"]), r["state"],
-                str(r["priority"]), f"{r['attempts']}/{r['max_attempts']}",
-                _when_text(r["run_at"]), _text(r["locked_by"]), _text(r["key"]),
-                _error_text(r["last_error"])]
+        line = [str(r.id), r.task_identifier, _text(r.queue_name), r.state, str(r.priority),
+                f"{r.attempts}/{r.max_attempts}", _when_text(r.run_at), _text(r.locked_by),
+                _text(r.key), _error_text(r.last_error)]
         if args.payload:
-            line.append(_payload_text(r["payload"]))
+            line.append(_payload_text(r.payload))
         table.append(line)
     _emit(_table(headers, table))
     return EXIT_OK
@@ -612,15 +626,10 @@ def _cmd_jobs_list(ctx: _Context) -> int:
 def _cmd_history_list(ctx: _Context) -> int:
     args = ctx.args
     with ctx.connect() as conn:
-        rows = conn.cursor(row_factory=dict_row).execute(ctx.queries.job_history_list, {
-            "task": args.task, "outcome": args.outcome, "limit": args.limit,
-            "payload": args.payload, "id": None}).fetchall()
+        rows = job_history_list.run(conn, ctx.queries, task=args.task, outcome=args.outcome,
+                                    limit=args.limit, payload=args.payload)
     if args.json:
-        for r in rows:
-            r["flags"] = list(r["flags"] or [])
-            if not args.payload:
-                del r["payload"]
-        _emit_json({"history": rows})
+        _emit_json({"history": [_record(r, args.payload) for r in rows]})
         return EXIT_OK
     if not rows:
         _emit("no finished jobs")
@@ -631,11 +640,11 @@ def _cmd_history_list(ctx: _Context) -> int:
         headers.append("payload")
     table = []
     for r in rows:
-        line = [str(r["id"]), r["task_identifier"], _text(r["queue_name"]), r["outcome"],
-                _text(r["reason"]), f"{r['attempts']}/{r['max_attempts']}",
-                _when_text(r["finished_at"]), _error_text(r["last_error"])]
+        line = [str(r.id), r.task_identifier, _text(r.queue_name), r.outcome, _text(r.reason),
+                f"{r.attempts}/{r.max_attempts}", _when_text(r.finished_at),
+                _error_text(r.last_error)]
         if args.payload:
-            line.append(_payload_text(r["payload"]))
+            line.append(_payload_text(r.payload))
         table.append(line)
     _emit(_table(headers, table))
     return EXIT_OK
@@ -643,27 +652,33 @@ def _cmd_history_list(ctx: _Context) -> int:
 
 def _cmd_jobs_show(ctx: _Context) -> int:
     with ctx.connect() as conn:
-        rows = conn.cursor(row_factory=dict_row).execute(ctx.queries.job_list, {
-            "task": None, "queue": None, "state": None, "limit": 1, "payload": True,
-            "id": ctx.args.id}).fetchall()
+        rows = job_list.run(conn, ctx.queries, id=ctx.args.id, limit=1, payload=True)
     return _show(ctx, rows, "job", f"no live job {ctx.args.id} (see skivi history show)")
 
 
 def _cmd_history_show(ctx: _Context) -> int:
     with ctx.connect() as conn:
-        rows = conn.cursor(row_factory=dict_row).execute(ctx.queries.job_history_list, {
-            "task": None, "outcome": None, "limit": 1, "payload": True,
-            "id": ctx.args.id}).fetchall()
+        rows = job_history_list.run(conn, ctx.queries, id=ctx.args.id, limit=1, payload=True)
     return _show(ctx, rows, "job", f"no job {ctx.args.id} in history (see skivi jobs show)")
 
 
-def _show(ctx: _Context, rows: Sequence[dict[str, Any]], key: str, missing: str) -> int:
+def _record(row: JobListRow | JobHistoryRow, payload: bool) -> dict[str, Any]:
+    """A listed job as its JSON object: the columns by name, the flags always a list, the
+    payload only when asked for (the statement reads it only then)."""
+    record = row._asdict()
+    record["flags"] = list(row.flags or [])
+    if not payload:
+        del record["payload"]
+    return record
+
+
+def _show(ctx: _Context, rows: Sequence[JobListRow | JobHistoryRow], key: str,
+          missing: str) -> int:
     """One job, every field: ``name: value`` lines, then the payload, the last error and
     its traceback in full (they may span lines)."""
     if not rows:
         return _fail(EXIT_ERROR, missing)
-    row = dict(rows[0])
-    row["flags"] = list(row["flags"] or [])
+    row = _record(rows[0], payload=True)
     if ctx.args.json:
         _emit_json({key: row})
         return EXIT_OK
@@ -704,30 +719,28 @@ _REASONS = {
 }
 
 
-def _change(ctx: _Context, query: bytes, params: dict[str, Any], done: str,
+def _report(ctx: _Context, rows: Sequence[ChangeRow] | Sequence[HistoryRetryRow], done: str,
             none: str | None = None) -> int:
-    """Run one of the statements that report each id's result, and print it; ``none`` is
+    """Print what one of the statements that answer each id's result did; ``none`` is
     what to say when a selection by filter matched no job."""
-    with ctx.connect() as conn:
-        rows: list[tuple[Any, ...]] = conn.execute(query, params).fetchall()
     if not rows and none is not None and not ctx.args.json:
         _emit(none)
         return EXIT_OK
-    changed = [int(r[0]) for r in rows if r[1] == "changed"]
+    changed = [r.id for r in rows if r.result == "changed"]
     unchanged: list[dict[str, Any]] = []
     lines: list[tuple[str, str]] = []
     for r in rows:
-        if r[1] == "changed":
-            lines.append((str(r[0]), done))
+        if r.result == "changed":
+            lines.append((str(r.id), done))
             continue
-        item: dict[str, Any] = {"id": int(r[0]), "reason": r[1]}
-        why = _REASONS.get(r[1], r[1])
-        if r[1] == "running":
-            item["engine"] = r[2]
-            if r[2] is not None:
-                why += f" by engine {r[2]}"
+        item: dict[str, Any] = {"id": r.id, "reason": r.result}
+        why = _REASONS.get(r.result, r.result)
+        if isinstance(r, ChangeRow) and r.result == "running":
+            item["engine"] = r.locked_by
+            if r.locked_by is not None:
+                why += f" by engine {r.locked_by}"
         unchanged.append(item)
-        lines.append((str(r[0]), f"not changed: {why}"))
+        lines.append((str(r.id), f"not changed: {why}"))
     if ctx.args.json:
         _emit_json({"changed": changed, "unchanged": unchanged})
     else:
@@ -741,29 +754,37 @@ def _change(ctx: _Context, query: bytes, params: dict[str, Any], done: str,
 
 def _cmd_jobs_retry(ctx: _Context) -> int:
     ids = _ids(ctx)
-    return _change(ctx, ctx.queries.job_retry_many, {"ids": ids}, "retried (runnable now)")
+    with ctx.connect() as conn:
+        rows = job_retry_many.run(conn, ctx.queries, ids=ids)
+    return _report(ctx, rows, "retried (runnable now)")
 
 
 def _cmd_jobs_remove(ctx: _Context) -> int:
     ids = _ids(ctx)
-    return _change(ctx, ctx.queries.job_remove_many, {"ids": ids}, "removed")
+    with ctx.connect() as conn:
+        rows = job_remove_many.run(conn, ctx.queries, ids=ids)
+    return _report(ctx, rows, "removed")
 
 
 def _cmd_jobs_fail(ctx: _Context) -> int:
     ids = _ids(ctx)
-    return _change(ctx, ctx.queries.job_permanently_fail_many,
-                   {"ids": ids, "reason": ctx.args.reason}, "failed permanently")
+    with ctx.connect() as conn:
+        rows = job_permanently_fail_many.run(conn, ctx.queries, ids=ids,
+                                             reason=ctx.args.reason)
+    return _report(ctx, rows, "failed permanently")
 
 
 def _cmd_jobs_reschedule(ctx: _Context) -> int:
     args = ctx.args
     ids = _ids(ctx)
-    params = {"ids": ids, "run_at": args.run_at, "priority": args.priority,
-              "attempts": args.attempts, "max_attempts": args.max_attempts}
-    if all(params[k] is None for k in ("run_at", "priority", "attempts", "max_attempts")):
+    if all(v is None for v in (args.run_at, args.priority, args.attempts, args.max_attempts)):
         raise _Refused("nothing to change: give at least one of --run-at, --priority, "
                        "--attempts, --max-attempts")
-    return _change(ctx, ctx.queries.job_reschedule_many, params, "rescheduled")
+    with ctx.connect() as conn:
+        rows = job_reschedule_many.run(conn, ctx.queries, ids=ids, run_at=args.run_at,
+                                       priority=args.priority, attempts=args.attempts,
+                                       max_attempts=args.max_attempts)
+    return _report(ctx, rows, "rescheduled")
 
 
 def _cmd_history_retry(ctx: _Context) -> int:
@@ -774,29 +795,33 @@ def _cmd_history_retry(ctx: _Context) -> int:
         if not given:
             raise _Refused("nothing to retry: give job IDS, or --task and/or --reason to "
                            "retry every exhausted job that matches")
-        return _change(ctx, ctx.queries.job_history_retry_many, {"ids": _ids(ctx)}, done)
+        ids = _ids(ctx)
+        with ctx.connect() as conn:
+            retried = job_history_retry_many.run(conn, ctx.queries, ids=ids)
+        return _report(ctx, retried, done)
     if given:
         raise _Refused("give either job IDS or --task/--reason, not both")
     if args.task is not None and not args.task:
         raise _Refused("--task: an empty task identifier matches no job")
-    return _change(ctx, ctx.queries.job_history_retry_matching,
-                   {"task": args.task, "reason": args.reason}, done,
-                   none="no exhausted jobs match")
+    with ctx.connect() as conn:
+        retried = job_history_retry_matching.run(conn, ctx.queries, task=args.task,
+                                                 reason=args.reason)
+    return _report(ctx, retried, done, none="no exhausted jobs match")
 
 
 def _cmd_queues(ctx: _Context) -> int:
     args = ctx.args
     with ctx.connect() as conn:
-        rows = conn.cursor(row_factory=dict_row).execute(
-            ctx.queries.job_count_by_queue, {"scan_limit": args.scan_limit}).fetchall()
-    # A list, not a generator: any() stops at the first true, and every row must lose the
-    # column (it is the scan's, said once).
-    truncated = any([r.pop("truncated") for r in rows])
-    for r in rows:
-        age = r["oldest_runnable_age"]
-        if age is not None and math.isinf(age):
+        counts = job_count_by_queue.run(conn, ctx.queries, scan_limit=args.scan_limit)
+    truncated = any(c.truncated for c in counts)
+    rows: list[dict[str, Any]] = []
+    for c in counts:
+        r = c._asdict()
+        del r["truncated"]  # one flag for the whole scan, not per row
+        if c.oldest_runnable_age is not None and math.isinf(c.oldest_runnable_age):
             # orjson would write null, which means "nothing runnable".
             r["oldest_runnable_age"] = "infinity"
+        rows.append(r)
     if args.json:
         _emit_json({"queues": rows, "truncated": truncated})
     elif not rows:
@@ -813,20 +838,18 @@ def _cmd_queues(ctx: _Context) -> int:
     return EXIT_OK
 
 
-def _engine_status(row: dict[str, Any]) -> str:
-    if not row["lock_held"]:
+def _engine_status(engine: EngineListRow) -> str:
+    if not engine.lock_held:
         return "dead (lock free; awaiting rescue)"
-    if row["heartbeat_age"] > row["lease_timeout"]:
+    if engine.heartbeat_age > engine.lease_timeout:
         return "stale (heartbeat older than its lease)"
-    return "stopping" if row["stopping"] else "alive"
+    return "stopping" if engine.stopping else "alive"
 
 
 def _cmd_workers(ctx: _Context) -> int:
     with ctx.connect() as conn:
-        rows = conn.cursor(row_factory=dict_row).execute(
-            ctx.queries.engine_list, {"schema": ctx.schema}).fetchall()
-    for r in rows:
-        r["status"] = _engine_status(r)
+        engines = engine_list.run(conn, ctx.queries, schema=ctx.schema)
+    rows = [{**e._asdict(), "status": _engine_status(e)} for e in engines]
     if ctx.args.json:
         _emit_json({"workers": rows})
     elif not rows:
@@ -860,21 +883,22 @@ def _cron_entries(ctx: _Context) -> list[CronEntry]:
 
 def _cmd_cron_list(ctx: _Context) -> int:
     entries = _cron_entries(ctx)
-    known: dict[str, dict[str, Any]] = {}
+    known: dict[str, CronListRow] = {}
     if entries:
         with ctx.connect() as conn:
-            rows = conn.cursor(row_factory=dict_row).execute(ctx.queries.cron_list, {
-                "identifiers": [e.identifier for e in entries]}).fetchall()
-        known = {r["identifier"]: r for r in rows}
+            rows = cron_list.run(conn, ctx.queries,
+                                 identifiers=[e.identifier for e in entries])
+        known = {r.identifier: r for r in rows}
     now = dt.datetime.now(dt.UTC)
     listed: list[dict[str, Any]] = []
     for e in entries:
-        row = known.get(e.identifier, {})
+        row = known.get(e.identifier)
         listed.append({
             "identifier": e.identifier, "schedule": e.schedule, "task": e.task,
             "timezone": e.timezone, "backfill": e.backfill,
             "job_key": e.job_key, "job_key_mode": e.job_key_mode,
-            "known_since": row.get("known_since"), "last_execution": row.get("last_execution"),
+            "known_since": None if row is None else row.known_since,
+            "last_execution": None if row is None else row.last_execution,
             "next_tick": next_tick(e, now),
         })
     if ctx.args.json:
