@@ -26,7 +26,7 @@ from psycopg import sql
 
 import skivi
 from skivi.cron import CronEntry, parse_crontabs
-from skivi.db.queries import channel_name
+from skivi.db.queries import CronFireRow, channel_name, cron_fire, cron_known
 from skivi.engine.scheduler import run_scheduler, scheduler_main
 from tests.support.db import connect, url_for
 from tests.support.wait import wait_for
@@ -136,10 +136,9 @@ def last_execution(url: str, identifier: str) -> dt.datetime | None:
 # --- the statements on their own ----------------------------------------------------------------
 
 
-def fire(url: str, system: skivi.System, *ticks: dict[str, Any]) -> list[tuple[Any, ...]]:
+def fire(url: str, system: skivi.System, *ticks: dict[str, Any]) -> list[CronFireRow]:
     with connect(url) as c:
-        return c.execute(system.queries.cron_fire,
-                         {"ticks": orjson.dumps(list(ticks)).decode()}).fetchall()
+        return cron_fire.run(c, system.queries, ticks=orjson.dumps(list(ticks)).decode())
 
 
 def tick(identifier: str, ts: dt.datetime, **extra: Any) -> dict[str, Any]:
@@ -151,7 +150,7 @@ def tick(identifier: str, ts: dt.datetime, **extra: Any) -> dict[str, Any]:
 def test_cron_fire_claims_a_tick_once_when_sent_again_or_older(system: skivi.System,
                                                                database: str) -> None:
     with connect(database) as c:
-        c.execute(system.queries.cron_known, {"identifiers": ["a"], "now": T0})
+        cron_known.run(c, system.queries, identifiers=["a"], now=T0)
     first = fire(database, system, tick("a", T0 + MINUTE, job_key=None))
     assert [r[:4] for r in first] == [("a", T0 + MINUTE, True, "inserted")]
     assert fire(database, system, tick("a", T0 + MINUTE, job_key=None))[0][2:] == (
@@ -173,11 +172,9 @@ def test_cron_fire_reports_the_holder_when_the_job_key_is_taken(system: skivi.Sy
 def test_cron_fire_refuses_ticks_up_to_known_since_when_entry_is_new(
         system: skivi.System, database: str) -> None:
     with connect(database) as c:
-        rows = c.execute(system.queries.cron_known, {"identifiers": ["new"], "now": T0}
-                         ).fetchall()
+        rows = cron_known.run(c, system.queries, identifiers=["new"], now=T0)
         assert rows == [("new", T0, None, True)]
-        again = c.execute(system.queries.cron_known,
-                          {"identifiers": ["new"], "now": T0 + MINUTE}).fetchall()
+        again = cron_known.run(c, system.queries, identifiers=["new"], now=T0 + MINUTE)
         assert again == [("new", T0, None, False)]
     assert fire(database, system, tick("new", T0 - MINUTE))[0][2] is False
     assert fire(database, system, tick("new", T0))[0][2] is False
@@ -187,7 +184,7 @@ def test_cron_fire_refuses_ticks_up_to_known_since_when_entry_is_new(
 def test_cron_fire_answers_each_identifier_when_batch_mixes_outcomes(
         system: skivi.System, database: str) -> None:
     with connect(database) as c:
-        c.execute(system.queries.cron_known, {"identifiers": ["a", "b", "c"], "now": T0})
+        cron_known.run(c, system.queries, identifiers=["a", "b", "c"], now=T0)
     fire(database, system, tick("b", T0 + 2 * MINUTE))
     rows = fire(database, system, tick("c", T0 + MINUTE, queue_name="serial"),
                 tick("b", T0 + MINUTE), tick("a", T0 + MINUTE))
