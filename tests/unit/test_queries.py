@@ -25,7 +25,10 @@ def _texts() -> dict[str, str]:
 
 def test_every_declaration_has_its_files_placeholders_when_loaded() -> None:
     check_statements(STATEMENTS, _texts())
-    assert Queries("skivi").job_claim == queries.for_schema("skivi").job_claim
+    loaded = Queries("skivi")
+    assert loaded.texts.keys() == STATEMENTS.keys()
+    assert loaded.texts == queries.for_schema("skivi").texts
+    assert b'"skivi".job' in loaded.texts["job_claim"]
 
 
 def test_load_fails_when_a_file_has_a_placeholder_the_declaration_lacks() -> None:
