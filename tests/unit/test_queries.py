@@ -138,3 +138,18 @@ def test_every_call_passes_its_statements_parameters_when_read() -> None:
             problems.append(f"{where}:{line}: {name}({sorted(keywords)}), declared "
                             f"{sorted(s.params)}")
     assert not problems
+
+
+def test_only_the_statements_take_a_rendered_text_when_parsed() -> None:
+    # A caller sending Queries.texts[name] itself would be back to building its own parameter
+    # dict and reading rows by position, unchecked: every call goes through a Statement.
+    # tests/db/test_queries.py only has the server describe each text.
+    allowed = {ROOT / "skivi" / "db" / "queries.py", ROOT / "tests" / "db" / "test_queries.py",
+               Path(__file__).resolve()}
+    readers = [f"{p.relative_to(ROOT)}:{node.lineno}"
+               for folder in ("skivi", "tests", "bench")
+               for p in sorted((ROOT / folder).rglob("*.py")) if p not in allowed
+               for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+               if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute)
+               and node.value.attr == "texts"]
+    assert not readers, f"Queries.texts[...] taken outside the statements: {readers}"
