@@ -4,8 +4,18 @@ engine never imports the cli (tests/unit/test_imports.py).
 
 Modules, one job each:
 
-- ``admin``: the ``skivi`` command: its parser and every command of it; ``worker`` hands
+- ``admin``: the ``skivi`` command: its parser (every command's arguments and help) and its
+  dispatch to the commands below, mapping each failure to its exit code; ``worker`` hands
   what follows it to ``skivi.cli.worker``.
+- ``schema``: ``skivi migrate`` and ``skivi roles``.
+- ``jobs``: ``skivi add-job`` and ``skivi jobs ...`` (live jobs); how one job, and what a
+  change did to each id, are printed.
+- ``history``: ``skivi history ...`` (finished jobs), printed as ``jobs`` prints.
+- ``status``: ``skivi queues``, ``skivi workers`` and ``skivi cron list``, read-only.
+- ``context``: what every ``skivi`` command is handed (arguments, configuration, named
+  queries, a connection) and ``Refused``, its way of refusing a command line.
+- ``output``: how the ``skivi`` commands print: JSON or aligned tables, and the cell texts
+  (times, ages, errors, payloads) they share.
 - ``worker``: the worker's command line: flags -> configuration -> migrations ->
   ``skivi.engine.run``.
 - ``options``: what both share: the SKIVI_* environment lookups, the options naming the
@@ -25,7 +35,7 @@ __all__ = ["build_parser", "main"]
 
 
 # Deferred, so that ``python -m skivi.engine`` (which imports skivi.cli.worker, and so this
-# package) does not load the admin command's ~1,000 lines into every engine parent.
+# package) does not load the admin command's modules into every engine parent.
 def main(argv: Sequence[str] | None = None) -> int:
     from skivi.cli.admin import main as admin_main
 

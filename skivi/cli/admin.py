@@ -2,7 +2,10 @@
 
 The command line only: every statement is a named query (``skivi/sql/queries``), enqueueing
 goes through ``skivi.add_job``, migrations through ``skivi.db.migrate``, cron maths through
-``skivi.cron``. Commands::
+``skivi.cron``. This module is its shape: the parser (every command's arguments and help)
+and ``main`` (dispatch, and the exit code of each failure). The commands are those of
+``skivi.cli.schema``, ``jobs``, ``history`` and ``status``, each handed a
+``skivi.cli.context.Context``, printing through ``skivi.cli.output``. Commands::
 
     skivi migrate [--check]                       apply (or list) pending migrations
     skivi add-job TASK PAYLOAD [options]          enqueue one job (PAYLOAD: JSON, - = stdin)
@@ -46,61 +49,31 @@ migrated.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
-import math
 import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import orjson
 import psycopg
-from psycopg.abc import AdaptContext, Buffer
-from psycopg.adapt import Loader
-from psycopg.rows import dict_row
-from psycopg.types.datetime import TimestamptzLoader
 
-from skivi.cli import worker
+from skivi.cli import history, jobs, schema, status, worker
+from skivi.cli.context import Context, Handler, Refused
 from skivi.cli.options import add_crontab_option, add_instance_options, load
-from skivi.client import add_job
-from skivi.config import Config
-from skivi.cron import (
-    CronEntry,
-    ensure_unique,
-    load_crontab_file,
-    next_tick,
-    parse_crontabs,
-    parse_window,
-)
-from skivi.db import pool as dbpool
-from skivi.db.migrate import migrate, pending_migrations, set_limits
-from skivi.db.queries import Queries, for_schema, load_text
-from skivi.engine.exits import (
-    EXIT_CONFIG,
-    EXIT_DATABASE,
-    EXIT_ERROR,
-    EXIT_OK,
-    EXIT_UNCHANGED,
-)
-from skivi.errors import ConfigError, JobSpecError, MigrationError, PayloadError
-from skivi.job import INT4_MAX, PRIORITY_MAX, PRIORITY_MIN, JobKeyMode, JobSpec
-from skivi.system import create_system
+from skivi.cli.output import PROG, warn
+from skivi.cron import parse_window
+from skivi.engine.exits import EXIT_CONFIG, EXIT_DATABASE, EXIT_ERROR
+from skivi.errors import ConfigError, MigrationError
+from skivi.job import INT4_MAX, PRIORITY_MAX, PRIORITY_MIN, JobKeyMode
 
 __all__ = ["build_parser", "main"]
 
-PROG = "skivi"
 WORKER_COMMAND = "worker"
 """``skivi worker ...``: ``python -m skivi.engine ...`` (skivi.cli.worker) under this name."""
 
-APPLICATION_NAME = "skivi-cli"
-ROLES_FILE = "roles.sql"
-"""The roles script, in the skivi.sql package (``skivi roles --print``)."""
 BIGINT_MAX = 2**63 - 1
 LIST_LIMIT_DEFAULT = 100
 SCAN_LIMIT_DEFAULT = 1_000_000
-CELL_MAX = 60
-"""Longest error text shown in a table cell (JSON output has it whole)."""
 JOB_STATES = ("waiting", "scheduled", "running", "claimed", "failed")
 HISTORY_OUTCOMES = ("completed", "exhausted")
 HISTORY_REASONS = ("max_attempts", "no_handler", "permanently_failed", "superseded")
@@ -125,56 +98,6 @@ exit codes:
 """
 
 IDS_HELP = "job ids, separated by spaces or commas (e.g. 12 13,14)"
-
-
-class _Refused(Exception):
-    """A command refused before touching the database: exit 2 with this message."""
-
-
-@dataclasses.dataclass(slots=True)
-class _Context:
-    args: argparse.Namespace
-    config: Config
-
-    @property
-    def schema(self) -> str:
-        return self.config.database.schema_name
-
-    @property
-    def queries(self) -> Queries:
-        return for_schema(self.schema)
-
-    def connect(self) -> psycopg.Connection[Any]:
-        url = self.config.database.connection_string
-        if not url:
-            raise ConfigError(
-                "database.connection_string: no database configured; give --database-url, "
-                "set SKIVI_DATABASE_URL or DATABASE_URL, or set it in skivi.toml")
-        conn = dbpool.connect(url, application_name=APPLICATION_NAME,
-                              connect_timeout=self.config.database.connect_timeout)
-        conn.adapters.register_loader("timestamptz", _TimestamptzOrText)
-        return conn
-
-
-class _TimestamptzOrText(Loader):
-    """A timestamptz as a datetime, or as PostgreSQL's own text when Python cannot hold it.
-
-    psycopg raises DataError on 'infinity', '-infinity' and years outside 1..9999, which
-    would make a whole listing fail on one row written from SQL. Text rather than clamping
-    to datetime.max/min: an operator must see that the row says infinity, not year 9999."""
-
-    def __init__(self, oid: int, context: AdaptContext | None = None) -> None:
-        super().__init__(oid, context)
-        self._datetime = TimestamptzLoader(oid, context)
-
-    def load(self, data: Buffer) -> dt.datetime | str:
-        try:
-            return self._datetime.load(data)
-        except psycopg.DataError:
-            return bytes(data).decode()
-
-
-Handler = Callable[[_Context], int]
 
 
 # --- argument types (each raises ArgumentTypeError naming the bad value) ------------------------
@@ -292,13 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
                                 description=help_text, formatter_class=formatter)
         return p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-    p = leaf(commands, "migrate", _cmd_migrate, "apply pending migrations",
+    p = leaf(commands, "migrate", schema.cmd_migrate, "apply pending migrations",
              "Apply the pending migrations of the schema (creating it if needed), under the "
              "migration lock. With --check, only report them.")
     p.add_argument("--check", action="store_true",
                    help="report pending migrations without applying them; exit 1 if any")
 
-    p = leaf(commands, "add-job", _cmd_add_job, "enqueue one job",
+    p = leaf(commands, "add-job", jobs.cmd_add_job, "enqueue one job",
              "Enqueue one job with skivi.add_job: the payload is validated (size, JSON "
              "limits, the task's schema in [validation.tasks]) before anything is written.")
     p.add_argument("task", metavar="TASK", help="task identifier")
@@ -318,8 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flag", metavar="FLAG", action="append", dest="flags",
                    help="a flag (repeatable); engines may refuse jobs carrying some flags")
 
-    jobs = branch("jobs", "list and change live jobs")
-    p = leaf(jobs, "list", _cmd_jobs_list, "list live jobs (oldest id first)",
+    jobs_actions = branch("jobs", "list and change live jobs")
+    p = leaf(jobs_actions, "list", jobs.cmd_list, "list live jobs (oldest id first)",
              "List live jobs, oldest id first. States: waiting (runnable now), scheduled "
              "(run_at in the future), running (its engine reported it started, with its "
              "heartbeat), claimed (taken by an engine, not reported started: in its buffer or "
@@ -329,22 +252,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue", metavar="NAME", help="only jobs of this serial queue")
     p.add_argument("--state", choices=JOB_STATES, help="only jobs in this state")
 
-    p = leaf(jobs, "show", _cmd_jobs_show, "one live job, in full",
+    p = leaf(jobs_actions, "show", jobs.cmd_show, "one live job, in full",
              "One live job with every field: its payload, its last error (the exception's "
              "message) and that error's traceback.")
     p.add_argument("id", metavar="ID", type=_job_id, help="the job's id")
 
-    p = leaf(jobs, "retry", _cmd_jobs_retry, "run pending jobs now (attempts kept)",
+    p = leaf(jobs_actions, "retry", jobs.cmd_retry, "run pending jobs now (attempts kept)",
              "Make pending jobs runnable now (run_at = now), keeping their attempts. Running "
              "jobs are not changed; each id not changed is reported.")
     p.add_argument("ids", metavar="IDS", nargs="+", type=_job_ids, help=IDS_HELP)
 
-    p = leaf(jobs, "remove", _cmd_jobs_remove, "delete pending jobs",
+    p = leaf(jobs_actions, "remove", jobs.cmd_remove, "delete pending jobs",
              "Delete pending jobs (nothing is kept in history). Running jobs are refused; "
              "each id not removed is reported.")
     p.add_argument("ids", metavar="IDS", nargs="+", type=_job_ids, help=IDS_HELP)
 
-    p = leaf(jobs, "fail", _cmd_jobs_fail, "permanently fail pending jobs",
+    p = leaf(jobs_actions, "fail", jobs.cmd_fail, "permanently fail pending jobs",
              "Give up on pending jobs: they leave the queue and are recorded in history as "
              "exhausted (reason permanently_failed, attempts = max_attempts). Running jobs "
              "are not changed; each id not changed is reported.")
@@ -353,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recorded as the jobs' last error (default: 'permanently failed by an "
                         "operator')")
 
-    p = leaf(jobs, "reschedule", _cmd_jobs_reschedule, "change when and how pending jobs run",
+    p = leaf(jobs_actions, "reschedule", jobs.cmd_reschedule,
+             "change when and how pending jobs run",
              "Change when and how pending jobs run; options not given are left as they are. "
              "Running jobs are not changed; each id not changed is reported.")
     p.add_argument("ids", metavar="IDS", nargs="+", type=_job_ids, help=IDS_HELP)
@@ -365,19 +289,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="new attempt count")
     p.add_argument("--max-attempts", metavar="N", type=_positive, help="new max attempts")
 
-    history = branch("history", "list finished jobs, retry exhausted ones")
-    p = leaf(history, "list", _cmd_history_list, "list finished jobs (newest first)",
+    history_actions = branch("history", "list finished jobs, retry exhausted ones")
+    p = leaf(history_actions, "list", history.cmd_list, "list finished jobs (newest first)",
              "List finished jobs, most recently finished first: exhausted ones, and completed "
              "ones when worker.history is on.")
     _list_options(p)
     p.add_argument("--outcome", choices=HISTORY_OUTCOMES, help="only this outcome")
 
-    p = leaf(history, "show", _cmd_history_show, "one finished job, in full",
+    p = leaf(history_actions, "show", history.cmd_show, "one finished job, in full",
              "One finished job with every field: its payload, outcome and reason, its last "
              "error (the exception's message) and that error's traceback.")
     p.add_argument("id", metavar="ID", type=_job_id, help="the job's id")
 
-    p = leaf(history, "retry", _cmd_history_retry, "put exhausted jobs back in the queue",
+    p = leaf(history_actions, "retry", history.cmd_retry, "put exhausted jobs back in the queue",
              "Put exhausted jobs back in the queue, runnable now, with their attempts reset: "
              "those given by id, or every exhausted job of a task and/or a reason "
              "(--task T --reason no_handler: the jobs of a task that had no handler). "
@@ -388,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", choices=HISTORY_REASONS,
                    help="every exhausted job with this reason (instead of IDS)")
 
-    p = leaf(commands, "queues", _cmd_queues, "queue depth per queue and task",
+    p = leaf(commands, "queues", status.cmd_queues, "queue depth per queue and task",
              "Jobs waiting (runnable now), scheduled, running and claimed (see jobs list), "
              "and the age of the oldest "
              "runnable job, per queue and task. Reads every pending job once (a sequential "
@@ -397,20 +321,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"read at most N jobs (default: {SCAN_LIMIT_DEFAULT}); past it the "
                         "figures are lower bounds and say so")
 
-    leaf(commands, "workers", _cmd_workers, "live engines",
+    leaf(commands, "workers", status.cmd_workers, "live engines",
          "The engines registered in the schema: identity, heartbeat age, capacity, load, and "
          "whether each one's liveness lock is held (an engine whose lock is free is dead: "
          "its jobs are rescued by the others).")
 
-    p = leaf(commands, "roles", _cmd_roles, "print the database roles script (roles.sql)",
+    p = leaf(commands, "roles", schema.cmd_roles, "print the database roles script (roles.sql)",
              "Print skivi/sql/roles.sql, the grants of the owner, worker and producer roles "
              "(docs/operations.md, Database roles), as installed with this Skivi, to run "
              "with psql as the schema's owner after every migration. Touches no database.")
     p.add_argument("--print", action="store_true", dest="print_script", required=True,
                    help="write the script to stdout")
 
-    cron = branch("cron", "cron entries")
-    p = leaf(cron, "list", _cmd_cron_list, "cron entries, last execution and next tick",
+    cron_actions = branch("cron", "cron entries")
+    p = leaf(cron_actions, "list", status.cmd_cron_list,
+             "cron entries, last execution and next tick",
              "The configuration's cron entries ([[cron]] in the configuration and the "
              "--crontab file), each with its last execution and its next tick.")
     add_crontab_option(p)
@@ -423,477 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# --- output -------------------------------------------------------------------------------------
-
-
-def _emit(text: str) -> None:
-    sys.stdout.write(text + "\n")
-
-
-def _emit_json(document: Any) -> None:
-    _emit(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """Aligned columns; control characters (a newline in a key, say) are shown escaped, so a
-    row stays one line."""
-    lines = [list(headers), *[[_CONTROL.sub(_escape, cell) for cell in r] for r in rows]]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True))
-                     .rstrip() for line in lines)
-
-
-def _escape(match: re.Match[str]) -> str:
-    return repr(match.group())[1:-1]
-
-
-def _when_text(value: dt.datetime | str | None) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, str):  # a time Python cannot hold (_TimestamptzOrText)
-        return value
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def _age_text(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if math.isinf(seconds):  # the oldest runnable job has run_at = '-infinity'
-        return "infinity"
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
-def _seconds(value: float | str | None) -> float | None:
-    return math.inf if value == "infinity" else None if value is None else float(value)
-
-
-def _text(value: object) -> str:
-    return "-" if value is None or value == "" else str(value)
-
-
-def _error_text(error: str | None) -> str:
-    """The first non-empty line of an error (its message; `jobs show` gives it all), or
-    the exception line of a traceback (as engines before migration 0005 stored), shortened."""
-    if not error:
-        return "-"
-    lines = [line.strip() for line in error.splitlines() if line.strip()]
-    last = (lines[-1] if lines[0].startswith("Traceback") else lines[0]) if lines \
-        else error.strip()
-    return last if len(last) <= CELL_MAX else last[:CELL_MAX - 3] + "..."
-
-
-def _payload_text(payload: Any) -> str:
-    return orjson.dumps(payload).decode()
-
-
-# --- commands -----------------------------------------------------------------------------------
-
-
-def _cmd_migrate(ctx: _Context) -> int:
-    as_json = ctx.args.json
-    with ctx.connect() as conn:
-        if ctx.args.check:
-            pending = pending_migrations(conn, ctx.schema)
-            if as_json:
-                _emit_json({"schema": ctx.schema, "pending": [m.name for m in pending]})
-            elif pending:
-                _emit(f"schema {ctx.schema!r}: {len(pending)} pending migration(s):")
-                for m in pending:
-                    _emit(f"  {m.name}")
-            else:
-                _emit(f"schema {ctx.schema!r} is up to date")
-            return EXIT_UNCHANGED if pending else EXIT_OK
-        applied = migrate(conn, ctx.schema,
-                          lock_timeout=ctx.config.database.migration_lock_timeout)
-        set_limits(conn, ctx.queries, ctx.config.validation.max_payload_bytes)
-    if as_json:
-        _emit_json({"schema": ctx.schema, "applied": [m.name for m in applied]})
-    elif applied:
-        for m in applied:
-            _emit(f"applied {m.name}")
-        _emit(f"schema {ctx.schema!r} is up to date")
-    else:
-        _emit(f"schema {ctx.schema!r} is up to date; nothing to apply")
-    return EXIT_OK
-
-
-def _read_payload(text: str) -> Any:
-    where = "PAYLOAD"
-    if text == "-":
-        text = sys.stdin.read()
-        where = "PAYLOAD (stdin)"
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise _Refused(f"{where} is not valid JSON: {exc}") from None
-
-
-def _cmd_add_job(ctx: _Context) -> int:
-    args = ctx.args
-    payload = _read_payload(args.payload)
-    options = {
-        key: value for key, value in {
-            "queue_name": args.queue, "run_at": args.run_at,
-            "max_attempts": args.max_attempts, "priority": args.priority,
-            "job_key": args.job_key, "job_key_mode": args.job_key_mode, "flags": args.flags,
-        }.items() if value is not None
-    }
-    # Everything add_job would refuse is refused here, before connecting: the options, and
-    # the payload against the task's schema and the size limit.
-    system = create_system(ctx.config)
-    try:
-        JobSpec.coerce({"task": args.task, "payload": payload, **options}).check()
-        system.payload_gate.check(args.task, payload)
-    except (JobSpecError, PayloadError) as exc:
-        raise _Refused(str(exc)) from None
-    with ctx.connect() as conn:
-        job = add_job(system, args.task, payload, conn=conn, **options)
-    # The fields of `jobs list --json`, under the same names; never the payload.
-    record = {
-        "id": job.id, "outcome": str(job.outcome), "task_identifier": job.task_identifier,
-        "queue_name": job.queue_name, "priority": job.priority, "run_at": job.run_at,
-        "attempts": job.attempts, "max_attempts": job.max_attempts, "key": job.key,
-        "flags": list(job.flags), "created_at": job.created_at,
-    }
-    if args.json:
-        _emit_json({"job": record})
-    else:
-        _emit(_table(("id", "outcome", "task", "queue", "run_at", "priority", "max_attempts",
-                      "key"),
-                     [(str(job.id), str(job.outcome), job.task_identifier,
-                       _text(job.queue_name), _when_text(job.run_at), str(job.priority),
-                       str(job.max_attempts), _text(job.key))]))
-    return EXIT_OK
-
-
-def _cmd_jobs_list(ctx: _Context) -> int:
-    args = ctx.args
-    with ctx.connect() as conn:
-        rows = conn.cursor(row_factory=dict_row).execute(ctx.queries.job_list, {
-            "task": args.task, "queue": args.queue, "state": args.state,
-            "limit": args.limit, "payload": args.payload, "id": None}).fetchall()
-    if args.json:
-        for r in rows:
-            r["flags"] = list(r["flags"] or [])
-            if not args.payload:
-                del r["payload"]
-        _emit_json({"jobs": rows})
-        return EXIT_OK
-    if not rows:
-        _emit("no jobs")
-        return EXIT_OK
-    headers = ["id", "task", "queue", "state", "priority", "attempts", "run_at", "engine",
-               "key", "last_error"]
-    if args.payload:
-        headers.append("payload")
-    table = []
-    for r in rows:
-        line = [str(r["id"]), r["task_identifier"], _text(r["queue_name"]), r["state"],
-                str(r["priority"]), f"{r['attempts']}/{r['max_attempts']}",
-                _when_text(r["run_at"]), _text(r["locked_by"]), _text(r["key"]),
-                _error_text(r["last_error"])]
-        if args.payload:
-            line.append(_payload_text(r["payload"]))
-        table.append(line)
-    _emit(_table(headers, table))
-    return EXIT_OK
-
-
-def _cmd_history_list(ctx: _Context) -> int:
-    args = ctx.args
-    with ctx.connect() as conn:
-        rows = conn.cursor(row_factory=dict_row).execute(ctx.queries.job_history_list, {
-            "task": args.task, "outcome": args.outcome, "limit": args.limit,
-            "payload": args.payload, "id": None}).fetchall()
-    if args.json:
-        for r in rows:
-            r["flags"] = list(r["flags"] or [])
-            if not args.payload:
-                del r["payload"]
-        _emit_json({"history": rows})
-        return EXIT_OK
-    if not rows:
-        _emit("no finished jobs")
-        return EXIT_OK
-    headers = ["id", "task", "queue", "outcome", "reason", "attempts", "finished_at",
-               "last_error"]
-    if args.payload:
-        headers.append("payload")
-    table = []
-    for r in rows:
-        line = [str(r["id"]), r["task_identifier"], _text(r["queue_name"]), r["outcome"],
-                _text(r["reason"]), f"{r['attempts']}/{r['max_attempts']}",
-                _when_text(r["finished_at"]), _error_text(r["last_error"])]
-        if args.payload:
-            line.append(_payload_text(r["payload"]))
-        table.append(line)
-    _emit(_table(headers, table))
-    return EXIT_OK
-
-
-def _cmd_jobs_show(ctx: _Context) -> int:
-    with ctx.connect() as conn:
-        rows = conn.cursor(row_factory=dict_row).execute(ctx.queries.job_list, {
-            "task": None, "queue": None, "state": None, "limit": 1, "payload": True,
-            "id": ctx.args.id}).fetchall()
-    return _show(ctx, rows, "job", f"no live job {ctx.args.id} (see skivi history show)")
-
-
-def _cmd_history_show(ctx: _Context) -> int:
-    with ctx.connect() as conn:
-        rows = conn.cursor(row_factory=dict_row).execute(ctx.queries.job_history_list, {
-            "task": None, "outcome": None, "limit": 1, "payload": True,
-            "id": ctx.args.id}).fetchall()
-    return _show(ctx, rows, "job", f"no job {ctx.args.id} in history (see skivi jobs show)")
-
-
-def _show(ctx: _Context, rows: Sequence[dict[str, Any]], key: str, missing: str) -> int:
-    """One job, every field: ``name: value`` lines, then the payload, the last error and
-    its traceback in full (they may span lines)."""
-    if not rows:
-        return _fail(EXIT_ERROR, missing)
-    row = dict(rows[0])
-    row["flags"] = list(row["flags"] or [])
-    if ctx.args.json:
-        _emit_json({key: row})
-        return EXIT_OK
-    long = ("payload", "last_error", "last_error_traceback")
-    lines = []
-    for name, value in row.items():
-        if name in long:
-            continue
-        shown = (_when_text(value) if isinstance(value, dt.datetime)
-                 else ",".join(value) or "-" if isinstance(value, list) else _text(value))
-        lines.append(f"{name}: {_CONTROL.sub(_escape, shown)}")
-    lines.append(f"payload: {_payload_text(row['payload'])}")
-    lines.append("last_error:" + (f"\n{_indent(row['last_error'])}" if row["last_error"]
-                                  else " -"))
-    traceback = row["last_error_traceback"]
-    lines.append("last_error_traceback:" + (f"\n{_indent(traceback)}" if traceback else " -"))
-    _emit("\n".join(lines))
-    return EXIT_OK
-
-
-def _indent(text: str) -> str:
-    return "\n".join("  " + line for line in text.rstrip("\n").splitlines())
-
-
-def _ids(ctx: _Context) -> list[int]:
-    """The IDS arguments, flattened, each once, in the order given."""
-    ids = list(dict.fromkeys(i for group in ctx.args.ids for i in group))
-    if not ids:
-        raise _Refused("IDS: no job id given")
-    return ids
-
-
-_REASONS = {
-    "completed": "completed jobs cannot be retried (only exhausted ones)",
-    "not_found": "not found",
-    # Locked by an engine: running, or claimed and about to run (the statements cannot tell).
-    "running": "claimed",
-}
-
-
-def _change(ctx: _Context, query: bytes, params: dict[str, Any], done: str,
-            none: str | None = None) -> int:
-    """Run one of the statements that report each id's result, and print it; ``none`` is
-    what to say when a selection by filter matched no job."""
-    with ctx.connect() as conn:
-        rows: list[tuple[Any, ...]] = conn.execute(query, params).fetchall()
-    if not rows and none is not None and not ctx.args.json:
-        _emit(none)
-        return EXIT_OK
-    changed = [int(r[0]) for r in rows if r[1] == "changed"]
-    unchanged: list[dict[str, Any]] = []
-    lines: list[tuple[str, str]] = []
-    for r in rows:
-        if r[1] == "changed":
-            lines.append((str(r[0]), done))
-            continue
-        item: dict[str, Any] = {"id": int(r[0]), "reason": r[1]}
-        why = _REASONS.get(r[1], r[1])
-        if r[1] == "running":
-            item["engine"] = r[2]
-            if r[2] is not None:
-                why += f" by engine {r[2]}"
-        unchanged.append(item)
-        lines.append((str(r[0]), f"not changed: {why}"))
-    if ctx.args.json:
-        _emit_json({"changed": changed, "unchanged": unchanged})
-    else:
-        _emit(_table(("id", "result"), lines))
-    if unchanged:
-        print(f"{PROG}: {len(unchanged)} of {len(rows)} job(s) not changed",
-              file=sys.stderr)
-        return EXIT_UNCHANGED
-    return EXIT_OK
-
-
-def _cmd_jobs_retry(ctx: _Context) -> int:
-    ids = _ids(ctx)
-    return _change(ctx, ctx.queries.job_retry_many, {"ids": ids}, "retried (runnable now)")
-
-
-def _cmd_jobs_remove(ctx: _Context) -> int:
-    ids = _ids(ctx)
-    return _change(ctx, ctx.queries.job_remove_many, {"ids": ids}, "removed")
-
-
-def _cmd_jobs_fail(ctx: _Context) -> int:
-    ids = _ids(ctx)
-    return _change(ctx, ctx.queries.job_permanently_fail_many,
-                   {"ids": ids, "reason": ctx.args.reason}, "failed permanently")
-
-
-def _cmd_jobs_reschedule(ctx: _Context) -> int:
-    args = ctx.args
-    ids = _ids(ctx)
-    params = {"ids": ids, "run_at": args.run_at, "priority": args.priority,
-              "attempts": args.attempts, "max_attempts": args.max_attempts}
-    if all(params[k] is None for k in ("run_at", "priority", "attempts", "max_attempts")):
-        raise _Refused("nothing to change: give at least one of --run-at, --priority, "
-                       "--attempts, --max-attempts")
-    return _change(ctx, ctx.queries.job_reschedule_many, params, "rescheduled")
-
-
-def _cmd_history_retry(ctx: _Context) -> int:
-    args = ctx.args
-    done = "back in the queue (runnable now)"
-    given = any(args.ids)
-    if args.task is None and args.reason is None:
-        if not given:
-            raise _Refused("nothing to retry: give job IDS, or --task and/or --reason to "
-                           "retry every exhausted job that matches")
-        return _change(ctx, ctx.queries.job_history_retry_many, {"ids": _ids(ctx)}, done)
-    if given:
-        raise _Refused("give either job IDS or --task/--reason, not both")
-    if args.task is not None and not args.task:
-        raise _Refused("--task: an empty task identifier matches no job")
-    return _change(ctx, ctx.queries.job_history_retry_matching,
-                   {"task": args.task, "reason": args.reason}, done,
-                   none="no exhausted jobs match")
-
-
-def _cmd_queues(ctx: _Context) -> int:
-    args = ctx.args
-    with ctx.connect() as conn:
-        rows = conn.cursor(row_factory=dict_row).execute(
-            ctx.queries.job_count_by_queue, {"scan_limit": args.scan_limit}).fetchall()
-    truncated = any(r.pop("truncated") for r in rows)
-    for r in rows:
-        age = r["oldest_runnable_age"]
-        if age is not None and math.isinf(age):
-            # orjson would write null, which means "nothing runnable".
-            r["oldest_runnable_age"] = "infinity"
-    if args.json:
-        _emit_json({"queues": rows, "truncated": truncated})
-    elif not rows:
-        _emit("no jobs")
-    else:
-        _emit(_table(("queue", "task", "waiting", "scheduled", "running", "claimed",
-                      "oldest_runnable"),
-                     [(_text(r["queue_name"]), r["task_identifier"], str(r["waiting"]),
-                       str(r["scheduled"]), str(r["running"]), str(r["claimed"]),
-                       _age_text(_seconds(r["oldest_runnable_age"]))) for r in rows]))
-    if truncated:
-        print(f"{PROG}: the scan stopped after {args.scan_limit} jobs: the figures are lower "
-              "bounds (raise --scan-limit to read more)", file=sys.stderr)
-    return EXIT_OK
-
-
-def _engine_status(row: dict[str, Any]) -> str:
-    if not row["lock_held"]:
-        return "dead (lock free; awaiting rescue)"
-    if row["heartbeat_age"] > row["lease_timeout"]:
-        return "stale (heartbeat older than its lease)"
-    return "stopping" if row["stopping"] else "alive"
-
-
-def _cmd_workers(ctx: _Context) -> int:
-    with ctx.connect() as conn:
-        rows = conn.cursor(row_factory=dict_row).execute(
-            ctx.queries.engine_list, {"schema": ctx.schema}).fetchall()
-    for r in rows:
-        r["status"] = _engine_status(r)
-    if ctx.args.json:
-        _emit_json({"workers": rows})
-    elif not rows:
-        _emit("no engines registered")
-    else:
-        _emit(_table(
-            ("id", "hostname", "pid", "version", "started_at", "heartbeat", "processes",
-             "concurrency", "in_flight", "stopping", "lock", "status"),
-            [(str(r["id"]), r["hostname"], str(r["pid"]), r["version"],
-              _when_text(r["started_at"]), _age_text(r["heartbeat_age"]) + " ago",
-              str(r["processes"]), str(r["concurrency"]), str(r["in_flight"]),
-              "yes" if r["stopping"] else "no", "held" if r["lock_held"] else "free",
-              r["status"]) for r in rows]))
-    return EXIT_OK
-
-
-def _cmd_roles(ctx: _Context) -> int:
-    # From the installed package (hatch ships every file under skivi/), so it matches the
-    # migrations of this version whatever the working directory.
-    sys.stdout.write(load_text("", ROLES_FILE))
-    return EXIT_OK
-
-
-def _cron_entries(ctx: _Context) -> list[CronEntry]:
-    entries = parse_crontabs(ctx.config.cron)
-    if ctx.args.crontab:
-        entries = [*entries, *load_crontab_file(ctx.args.crontab)]
-    ensure_unique(entries)
-    return entries
-
-
-def _cmd_cron_list(ctx: _Context) -> int:
-    entries = _cron_entries(ctx)
-    known: dict[str, dict[str, Any]] = {}
-    if entries:
-        with ctx.connect() as conn:
-            rows = conn.cursor(row_factory=dict_row).execute(ctx.queries.cron_list, {
-                "identifiers": [e.identifier for e in entries]}).fetchall()
-        known = {r["identifier"]: r for r in rows}
-    now = dt.datetime.now(dt.UTC)
-    listed: list[dict[str, Any]] = []
-    for e in entries:
-        row = known.get(e.identifier, {})
-        listed.append({
-            "identifier": e.identifier, "schedule": e.schedule, "task": e.task,
-            "timezone": e.timezone, "backfill": e.backfill,
-            "job_key": e.job_key, "job_key_mode": e.job_key_mode,
-            "known_since": row.get("known_since"), "last_execution": row.get("last_execution"),
-            "next_tick": next_tick(e, now),
-        })
-    if ctx.args.json:
-        _emit_json({"cron": listed})
-    elif not listed:
-        _emit("no cron entries configured")
-    else:
-        _emit(_table(("identifier", "schedule", "timezone", "task", "job_key",
-                      "last_execution", "next_tick"),
-                     [(c["identifier"], c["schedule"], c["timezone"], c["task"],
-                       f"{c['job_key']} ({c['job_key_mode']})" if c["job_key"] else "-",
-                       _when_text(c["last_execution"]), _when_text(c["next_tick"]))
-                      for c in listed]))
-    return EXIT_OK
-
-
 # --- main ---------------------------------------------------------------------------------------
 
 
 def _fail(code: int, message: str) -> int:
-    print(f"{PROG}: {message}", file=sys.stderr)
+    warn(message)
     return code
 
 
@@ -918,8 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         return _fail(EXIT_CONFIG, str(exc))
     try:
-        return handler(_Context(args, config))
-    except _Refused as exc:  # as argparse reports a usage error
+        return handler(Context(args, config))
+    except Refused as exc:  # as argparse reports a usage error
         command.print_usage(sys.stderr)
         print(f"{command.prog}: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -151,7 +151,7 @@ class Statement(Generic[P, R]):
     def __init__(self, name: str, params: frozenset[str], defaults: Mapping[str, Any], *,
                  returns: Any, row: Any, row_factory: Any, prepare: bool | None) -> None:
         self.name = name
-        """The file's name (without .sql): also the ``Queries`` attribute holding its text."""
+        """The file's name (without .sql), by which ``Queries.texts`` holds its text."""
         self.params = params
         """The parameter names, which must be the file's placeholders."""
         self.defaults = dict(defaults)
@@ -196,7 +196,7 @@ class Statement(Generic[P, R]):
         # conn.execute() when the rows are psycopg's tuples.
         on: Any = conn if self.row_factory is None else conn.cursor(
             row_factory=self.row_factory)
-        cur: psycopg.Cursor[Any] = on.execute(getattr(q, self.name), params,
+        cur: psycopg.Cursor[Any] = on.execute(q.texts[self.name], params,
                                               prepare=self.prepare)
         return cur
 
@@ -206,7 +206,7 @@ class Statement(Generic[P, R]):
         params = self._params(args, kwargs)
         on: Any = conn if self.row_factory is None else conn.cursor(
             row_factory=self.row_factory)
-        cur: psycopg.AsyncCursor[Any] = await on.execute(getattr(q, self.name), params,
+        cur: psycopg.AsyncCursor[Any] = await on.execute(q.texts[self.name], params,
                                                          prepare=self.prepare)
         return cur
 
@@ -230,7 +230,7 @@ class Statement(Generic[P, R]):
         params = self._params(args, kwargs)
         on: Any = conn if self.row_factory is None else conn.cursor(
             row_factory=self.row_factory)
-        return await self.fetch_async(await on.execute(getattr(q, self.name), params,
+        return await self.fetch_async(await on.execute(q.texts[self.name], params,
                                                        prepare=self.prepare))
 
 
@@ -373,63 +373,22 @@ def check_statements(declared: Mapping[str, Statement[..., Any]],
 
 
 class Queries:
-    """The rendered named queries of one schema: attribute = file name without .sql, whose
-    value is the text a ``Statement`` of that name sends.
+    """The named queries of one schema, rendered: what each ``Statement`` sends for it.
 
-    The attributes are declared so that code still executing a text itself (cli.py, until
-    it calls the statements) is type-checked; loading checks them against the files too.
+    Callers pass it to a statement's call, which looks its own text up in ``texts``;
+    nothing else sends a text (tests/db/test_queries.py only has the server describe each).
     """
 
-    cron_fire: bytes
-    cron_known: bytes
-    cron_list: bytes
-    engine_deregister: bytes
-    engine_heartbeat: bytes
-    engine_list: bytes
-    engine_register: bytes
-    engine_relock: bytes
-    job_claim: bytes
-    job_complete_many: bytes
-    job_count_by_queue: bytes
-    job_fail_many: bytes
-    job_history_list: bytes
-    job_history_prune: bytes
-    job_history_retry_many: bytes
-    job_history_retry_matching: bytes
-    job_insert_keyed_many: bytes
-    job_insert_many: bytes
-    job_list: bytes
-    job_permanently_fail_many: bytes
-    job_queue_prune: bytes
-    job_release_many: bytes
-    job_remove_many: bytes
-    job_reschedule_many: bytes
-    job_rescue: bytes
-    job_retry_many: bytes
-    job_stats: bytes
-    limits_get: bytes
-    limits_set: bytes
-    migration_applied: bytes
-    migration_bootstrap: bytes
-    migration_lock: bytes
-    migration_lock_holder: bytes
-    migration_record: bytes
-    migration_schema_state: bytes
-    migration_table_exists: bytes
-    migration_unlock: bytes
+    __slots__ = ("schema", "texts")
 
     def __init__(self, schema: str) -> None:
         self.schema = schema
-        attributes = set(self.__annotations__) - {"schema"}
-        if attributes != STATEMENTS.keys():
-            raise RuntimeError(
-                "Queries out of step with the statements declared in skivi.db.queries: "
-                f"attributes without a statement {sorted(attributes - STATEMENTS.keys())}, "
-                f"statements without an attribute {sorted(STATEMENTS.keys() - attributes)}")
+        """The schema every text names (through ``{schema}``)."""
         texts = {name: load_text("queries", name + ".sql") for name in _query_files()}
         check_statements(STATEMENTS, texts)
-        for name in sorted(attributes):
-            setattr(self, name, compose(texts[name], schema).as_bytes(None))
+        self.texts: Mapping[str, bytes] = {
+            name: compose(texts[name], schema).as_bytes(None) for name in sorted(STATEMENTS)}
+        """Statement name -> the text it sends: one per declared statement."""
 
 
 @functools.cache

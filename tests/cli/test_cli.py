@@ -26,7 +26,7 @@ from psycopg.conninfo import make_conninfo
 import skivi
 from skivi.cli import main
 from skivi.db.migrate import known_migrations
-from skivi.db.queries import CLAIM_ID, for_schema, job_claim
+from skivi.db.queries import CLAIM_ID, engine_register, for_schema, job_claim, migration_lock
 from tests.support.db import SCHEMA, MakeDatabase, connect, login_role
 
 REPO = Path(__file__).resolve().parents[2]
@@ -146,13 +146,10 @@ def jobs(system: skivi.System, database: str) -> dict[str, int]:
 @pytest.fixture
 def held_engine(database: str) -> Iterator[int]:
     """A registered engine whose liveness lock is held (its connection stays open)."""
-    q = for_schema(SCHEMA)
     with connect(database) as c:
-        row = c.execute(q.engine_register, {
-            "schema": SCHEMA, "hostname": "host-a", "pid": 4242, "version": "9.9.9",
-            "lease_timeout": 30.0, "processes": 2, "concurrency": 16}).fetchone()
-        assert row is not None
-        yield int(row[0])
+        yield engine_register.run(c, for_schema(SCHEMA), schema=SCHEMA, hostname="host-a",
+                                  pid=4242, version="9.9.9", lease_timeout=30.0, processes=2,
+                                  concurrency=16)
 
 
 # --- tests ----------------------------------------------------------------------------------
@@ -668,7 +665,7 @@ def test_migrate_exits_3_naming_the_holder_when_the_migration_lock_stays_taken(
     (working_directory / "skivi.toml").write_text(
         "[database]\nmigration_lock_timeout = 1.0\n")
     with connect(empty) as holder:
-        holder.execute(for_schema(SCHEMA).migration_lock, {"schema": SCHEMA})
+        assert migration_lock.run(holder, for_schema(SCHEMA), schema=SCHEMA)
         assert cli(empty, "migrate") == 3
         err = capsys.readouterr().err
         assert f"backend pid {holder.info.backend_pid}" in err, err
@@ -705,12 +702,18 @@ def test_queues_counts_jobs_by_state_per_queue_and_task_when_jobs_exist(
 def test_queues_says_the_figures_are_lower_bounds_when_the_scan_limit_is_reached(
         system: skivi.System, database: str, capsys: pytest.CaptureFixture[str]) -> None:
     skivi.add_jobs(system, [{"task": "t"} for _ in range(5)])
+    skivi.add_jobs(system, [{"task": "u", "queue_name": "q"} for _ in range(2)])
     assert cli(database, "queues", "--scan-limit", "3") == 0
     captured = capsys.readouterr()
     assert captured.out.splitlines()[1].split() == ["-", "t", "3", "0", "0", "0", "0s"]
     assert "lower bounds" in captured.err
-    assert cli_json(database, capsys, "queues", "--scan-limit", "5")["truncated"] is True
-    assert cli_json(database, capsys, "queues", "--scan-limit", "6")["truncated"] is False
+    truncated = cli_json(database, capsys, "queues", "--scan-limit", "6")
+    assert truncated["truncated"] is True
+    # Said once, for the whole scan: no row carries it (every row, not only the first).
+    assert len(truncated["queues"]) == 2
+    assert all("truncated" not in q for q in truncated["queues"]), truncated
+    assert cli_json(database, capsys, "queues", "--scan-limit", "7")["truncated"] is True
+    assert cli_json(database, capsys, "queues", "--scan-limit", "8")["truncated"] is False
 
 
 def test_schema_without_tables_exits_3_and_says_to_migrate_when_not_migrated(
@@ -733,13 +736,10 @@ def test_workers_and_queues_report_nothing_when_the_instance_is_idle(
 
 def test_workers_shows_whether_each_liveness_lock_is_held_when_engines_are_registered(
         held_engine: int, database: str, capsys: pytest.CaptureFixture[str]) -> None:
-    q = for_schema(SCHEMA)
     with connect(database) as gone:  # registers, then its connection (and lock) goes away
-        row = gone.execute(q.engine_register, {
-            "schema": SCHEMA, "hostname": "host-b", "pid": 1, "version": "9.9.9",
-            "lease_timeout": 30.0, "processes": 1, "concurrency": 4}).fetchone()
-        assert row is not None
-        dead = int(row[0])
+        dead = engine_register.run(gone, for_schema(SCHEMA), schema=SCHEMA, hostname="host-b",
+                                   pid=1, version="9.9.9", lease_timeout=30.0, processes=1,
+                                   concurrency=4)
     with connect(database) as c:
         c.execute("update skivi.engine set in_flight = 3 where id = %s", [held_engine])
     workers = cli_json(database, capsys, "workers")["workers"]

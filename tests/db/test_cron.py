@@ -26,7 +26,7 @@ from psycopg import sql
 
 import skivi
 from skivi.cron import CronEntry, parse_crontabs
-from skivi.db.queries import channel_name, for_schema
+from skivi.db.queries import CronFireRow, channel_name, cron_fire, cron_known, for_schema
 from skivi.engine.scheduler import run_scheduler, scheduler_main
 from tests.support.db import SCHEMA, connect, url_for
 from tests.support.rows import Database, fetch
@@ -134,8 +134,8 @@ def last_execution(db: Database, identifier: str) -> dt.datetime | None:
 # --- the statements on their own ----------------------------------------------------------------
 
 
-def fire(conn: psycopg.Connection[Any], *ticks: dict[str, Any]) -> list[tuple[Any, ...]]:
-    return conn.execute(Q.cron_fire, {"ticks": orjson.dumps(list(ticks)).decode()}).fetchall()
+def fire(conn: psycopg.Connection[Any], *ticks: dict[str, Any]) -> list[CronFireRow]:
+    return cron_fire.run(conn, Q, ticks=orjson.dumps(list(ticks)).decode())
 
 
 def tick(identifier: str, ts: dt.datetime, **extra: Any) -> dict[str, Any]:
@@ -146,7 +146,7 @@ def tick(identifier: str, ts: dt.datetime, **extra: Any) -> dict[str, Any]:
 
 def test_cron_fire_claims_a_tick_once_when_sent_again_or_older(
         conn: psycopg.Connection[Any]) -> None:
-    conn.execute(Q.cron_known, {"identifiers": ["a"], "now": T0})
+    cron_known.run(conn, Q, identifiers=["a"], now=T0)
     first = fire(conn, tick("a", T0 + MINUTE, job_key=None))
     assert [r[:4] for r in first] == [("a", T0 + MINUTE, True, "inserted")]
     assert fire(conn, tick("a", T0 + MINUTE, job_key=None))[0][2:] == (False, None, None)
@@ -166,10 +166,9 @@ def test_cron_fire_reports_the_holder_when_the_job_key_is_taken(
 
 def test_cron_fire_refuses_ticks_up_to_known_since_when_entry_is_new(
         conn: psycopg.Connection[Any]) -> None:
-    rows = conn.execute(Q.cron_known, {"identifiers": ["new"], "now": T0}).fetchall()
+    rows = cron_known.run(conn, Q, identifiers=["new"], now=T0)
     assert rows == [("new", T0, None, True)]
-    again = conn.execute(Q.cron_known,
-                         {"identifiers": ["new"], "now": T0 + MINUTE}).fetchall()
+    again = cron_known.run(conn, Q, identifiers=["new"], now=T0 + MINUTE)
     assert again == [("new", T0, None, False)]
     assert fire(conn, tick("new", T0 - MINUTE))[0][2] is False
     assert fire(conn, tick("new", T0))[0][2] is False
@@ -178,7 +177,7 @@ def test_cron_fire_refuses_ticks_up_to_known_since_when_entry_is_new(
 
 def test_cron_fire_answers_each_identifier_when_batch_mixes_outcomes(
         conn: psycopg.Connection[Any]) -> None:
-    conn.execute(Q.cron_known, {"identifiers": ["a", "b", "c"], "now": T0})
+    cron_known.run(conn, Q, identifiers=["a", "b", "c"], now=T0)
     fire(conn, tick("b", T0 + 2 * MINUTE))
     rows = fire(conn, tick("c", T0 + MINUTE, queue_name="serial"), tick("b", T0 + MINUTE),
                 tick("a", T0 + MINUTE))

@@ -25,6 +25,7 @@ from skivi.db.queries import (
     for_schema,
     job_claim,
     job_complete_many,
+    job_queue_prune,
 )
 from tests.support.db import SCHEMA, connect
 from tests.support.rows import Database, fetch, reading
@@ -567,9 +568,7 @@ def test_enqueue_raises_database_unavailable_with_the_cause_when_the_login_is_re
 def prune_queues(url: str, batch: int = 1000) -> int:
     q = skivi.create_system({"database": {"connection_string": url}}).queries
     with connect(url) as c:
-        row = c.execute(q.job_queue_prune, {"batch": batch}).fetchone()
-    assert row is not None
-    return int(row[0])
+        return job_queue_prune.run(c, q, batch=batch)
 
 
 def queue_rows(url: str) -> list[str]:
@@ -615,9 +614,8 @@ def test_an_enqueue_after_a_prune_took_the_row_inserts_it_again(
         c.execute("delete from skivi.job")
     pruner = connect(database, autocommit=False)
     try:
-        q = system.queries
-        row = pruner.execute(q.job_queue_prune, {"batch": 10}).fetchone()
-        assert row == (1,)  # deleted, not committed: an enqueue now has to wait for it
+        # Deleted, not committed: an enqueue now has to wait for it.
+        assert job_queue_prune.run(pruner, system.queries, batch=10) == 1
         done: list[int] = []
         thread = threading.Thread(
             target=lambda: done.append(skivi.add_job(system, "t", queue_name="q").id))

@@ -14,7 +14,13 @@ from typing import Any, TypeVar
 
 import pytest
 
-from skivi.db.queries import for_schema
+from skivi.db.queries import (
+    engine_register,
+    for_schema,
+    job_history_prune,
+    migration_lock,
+    migration_unlock,
+)
 from skivi.engine.connection import Reconnecting
 from skivi.engine.maintenance import HistoryPruner
 from tests.support.db import SCHEMA, connect
@@ -66,13 +72,12 @@ def run(database: str, body: Callable[[Callable[[], HistoryPruner]], Awaitable[T
 def test_prune_deletes_nothing_when_another_session_holds_the_lock(database: str) -> None:
     add_history(database, 20, 2 * DAY)
     q = for_schema(SCHEMA)
-    params = {"lock_class": HistoryPruner.LOCK_CLASS, "schema": SCHEMA,
-              "retention": 1000 * DAY, "batch": 1}
 
     with connect(database, autocommit=False) as holder:
         # A round of "another engine", its transaction still open: it holds the lock.
-        row = holder.execute(q.job_history_prune, params).fetchone()
-        assert row == (True, 0)
+        row = job_history_prune.run(holder, q, lock_class=HistoryPruner.LOCK_CLASS,
+                                    schema=SCHEMA, retention=1000 * DAY, batch=1)
+        assert (row.held, row.deleted) == (True, 0)
 
         async def blocked(make: Callable[..., HistoryPruner]) -> tuple[bool, int]:
             return await make().prune()
@@ -107,16 +112,15 @@ def test_prune_lock_is_not_the_migration_or_liveness_lock_when_those_are_held(
     add_history(database, 3, 2 * DAY)
     q = for_schema(SCHEMA)
     with connect(database) as migrator, connect(database) as engine:
-        migrator.execute(q.migration_lock, {"schema": SCHEMA})
-        engine.execute(q.engine_register, {
-            "schema": SCHEMA, "hostname": "h", "pid": 1, "version": "v",
-            "lease_timeout": 30.0, "processes": 1, "concurrency": 1})
+        assert migration_lock.run(migrator, q, schema=SCHEMA)
+        engine_register.run(engine, q, schema=SCHEMA, hostname="h", pid=1, version="v",
+                            lease_timeout=30.0, processes=1, concurrency=1)
 
         async def body(make: Callable[..., HistoryPruner]) -> tuple[bool, int]:
             return await make().prune()
 
         assert run(database, body) == (True, 3)
-        migrator.execute(q.migration_unlock, {"schema": SCHEMA})
+        assert migration_unlock.run(migrator, q, schema=SCHEMA)
 
 
 def test_pruner_refuses_impossible_settings_when_built() -> None:

@@ -25,7 +25,10 @@ def _texts() -> dict[str, str]:
 
 def test_every_declaration_has_its_files_placeholders_when_loaded() -> None:
     check_statements(STATEMENTS, _texts())
-    assert Queries("skivi").job_claim == queries.for_schema("skivi").job_claim
+    loaded = Queries("skivi")
+    assert loaded.texts.keys() == STATEMENTS.keys()
+    assert loaded.texts == queries.for_schema("skivi").texts
+    assert b'"skivi".job' in loaded.texts["job_claim"]
 
 
 def test_load_fails_when_a_file_has_a_placeholder_the_declaration_lacks() -> None:
@@ -135,3 +138,18 @@ def test_every_call_passes_its_statements_parameters_when_read() -> None:
             problems.append(f"{where}:{line}: {name}({sorted(keywords)}), declared "
                             f"{sorted(s.params)}")
     assert not problems
+
+
+def test_only_the_statements_take_a_rendered_text_when_parsed() -> None:
+    # A caller sending Queries.texts[name] itself would be back to building its own parameter
+    # dict and reading rows by position, unchecked: every call goes through a Statement.
+    # tests/db/test_queries.py only has the server describe each text.
+    allowed = {ROOT / "skivi" / "db" / "queries.py", ROOT / "tests" / "db" / "test_queries.py",
+               Path(__file__).resolve()}
+    readers = [f"{p.relative_to(ROOT)}:{node.lineno}"
+               for folder in ("skivi", "tests", "bench")
+               for p in sorted((ROOT / folder).rglob("*.py")) if p not in allowed
+               for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+               if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute)
+               and node.value.attr == "texts"]
+    assert not readers, f"Queries.texts[...] taken outside the statements: {readers}"
