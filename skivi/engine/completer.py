@@ -26,6 +26,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 from skivi.db.queries import (
@@ -61,7 +62,7 @@ from skivi.engine.wire import (
 )
 
 __all__ = ["RECORDED_ATTEMPTS", "RECORDED_MAX_ATTEMPTS", "RECORDED_REASON", "RECORDED_RUN_AT",
-           "Completer"]
+           "Completer", "Flushed"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +78,20 @@ RECORDED_REASON: Final = 3  # the exhaustion's reason as job_history has it; Non
 # uniform(0.5, 1.5) (skivi.db.retry).
 FLUSH_RETRY_DELAY_INITIAL = 0.05
 FLUSH_RETRY_DELAY_MAX = 5.0
-# (completed rows, failed rows, the claims completed, the outcome of each failed claim,
-# what was recorded for each failed claim)
-FlushHook = Callable[[list[list[Any]], list[list[Any]], set[Claim], dict[Claim, str],
-                      dict[Claim, Recorded]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Flushed:
+    """What one completion flush wrote: one record per flush, handed to the observer."""
+
+    completed: list[list[Any]]  # the completed result rows sent (see wire)
+    failed: list[list[Any]]  # the failed result rows sent
+    done: set[Claim]  # the completed claims the database accepted (the rest were stale)
+    outcomes: dict[Claim, str]  # each accepted failed claim: "failed" or "exhausted"
+    recorded: dict[Claim, Recorded]  # what the database recorded for each failed claim
+
+
+FlushHook = Callable[[Flushed], None]
 
 
 class Completer:
@@ -226,7 +237,7 @@ class Completer:
         self.flushes += 1
         if self.on_flushed is not None:
             try:
-                self.on_flushed(completed, failed, done_ids, outcomes, recorded)
+                self.on_flushed(Flushed(completed, failed, done_ids, outcomes, recorded))
             except Exception:
                 logger.exception("completion observer failed", extra={"action": "observe"})
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from skivi.engine import process
 from skivi.engine.children import ChildHandle, ChildPool
-from skivi.engine.completer import Claim, Completer, Recorded
+from skivi.engine.completer import Completer, Flushed
 from skivi.engine.connection import Reconnecting
 from skivi.engine.cron_process import CronProcess
 from skivi.engine.exits import EXIT_CONFIG, EXIT_DATABASE
@@ -347,21 +347,19 @@ class Engine:
         self._done.set()
 
     # -- observers -------------------------------------------------------------------
-    def _on_flushed(self, completed: list[list[Any]], failed: list[list[Any]],
-                    done_ids: set[Claim], outcomes: dict[Claim, str],
-                    recorded: dict[Claim, Recorded]) -> None:
+    def _on_flushed(self, f: Flushed) -> None:
         # A finished job may have freed a serial queue: look again now, not at the next poll.
         self.fetcher.wake()
         s = self.stats
-        s.completed += len(done_ids)
-        s.stale += len(completed) - len(done_ids)
-        for outcome in outcomes.values():
+        s.completed += len(f.done)
+        s.stale += len(f.completed) - len(f.done)
+        for outcome in f.outcomes.values():
             if outcome == "exhausted":
                 s.exhausted += 1
             else:
                 s.failed += 1
-        s.stale += len(failed) - len(outcomes)
-        self.observer.flushed(completed, failed, done_ids, outcomes, recorded)
+        s.stale += len(f.failed) - len(f.outcomes)
+        self.observer.flushed(f.completed, f.failed, f.done, f.outcomes, f.recorded)
 
     def _on_claimed(self, n: int) -> None:
         """A claim returned ``n`` (> 0) jobs."""
