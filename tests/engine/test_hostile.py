@@ -186,10 +186,13 @@ def hostile_run(admin: psycopg.Connection[Any], server_dsn: str, template_databa
     procs = EngineProcs(url, Ledger(tmp / "ledger.txt"))
     try:
         hostile = [t for t in HOSTILE_TASKS if t not in ("noop", "fail_quietly")]
-        ids = enqueue(url, [{"task": t, "max_attempts": 2} for t in hostile])
+        # One serial queue: one hostile job at a time in the whole engine, retries included,
+        # so what each does shows in its own row. A child holds an async and a sync job at
+        # once (its two lanes), and a child that dies fails every job it was running (see
+        # the sibling test below, which runs ordinary jobs beside the killers).
+        ids = enqueue(url, [{"task": t, "max_attempts": 2, "queue_name": "hostile"}
+                            for t in hostile])
         ordinary = enqueue(url, [{"task": "noop"} for _ in range(50)])
-        # One job per child at a time, so what each hostile job does shows in its own row
-        # (a child that dies fails every job it holds; see the sibling test below).
         engine = procs.start("--tasks", str(hostile_task_dir(tmp)), processes=2,
                              concurrency=1)
         wait_for(lambda: fetch(url, "select count(*) from skivi.job")[0][0] == 0, timeout=60,
