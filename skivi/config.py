@@ -118,6 +118,7 @@ PROCESSES_DEFAULT = 0
 QUEUES_DEFAULT: tuple[str, ...] | None = None
 RESCUE_INTERVAL_DEFAULT = 2.0
 SHUTDOWN_TIMEOUT_DEFAULT = 30.0
+SYNC_PREFETCH_DEFAULT = 64
 SYNC_THREADS_DEFAULT = 1
 TASK_DIRECTORY_DEFAULT: str | None = None
 UNKNOWN_TASKS_DEFAULT: Literal["exhaust", "skip"] = "exhaust"
@@ -412,6 +413,13 @@ class WorkerConfig:
 
     shutdown_timeout: float = _setting(SHUTDOWN_TIMEOUT_DEFAULT, _at_least(0))
     """Seconds a graceful shutdown waits for running jobs before giving them up. Default: 30.0."""
+
+    sync_prefetch: int = _setting(SYNC_PREFETCH_DEFAULT, _at_least(1))
+    """Most sync jobs of short tasks (measured under 0.5 ms a run) a child is handed at once,
+    waiting there behind the one running, up to 2 ms of their expected work per sync thread:
+    a run of tiny jobs then costs the parent one hand-over per this many. Jobs of longer (or
+    not yet measured) tasks are handed one per free sync thread whatever this is, and a
+    job handed but not started goes back untouched if its child dies. Default: 64."""
 
     sync_threads: int = _setting(SYNC_THREADS_DEFAULT, _at_least(1))
     """Threads per child that run synchronous handlers. Default: 1."""

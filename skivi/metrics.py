@@ -62,7 +62,8 @@ skivi_jobs_in_flight                                          jobs handed to chi
 skivi_jobs_capacity                                           job slots of the live children:
                                                               per child, concurrency async
                                                               slots and max(sync_threads,
-                                                              concurrency) sync ones, for the
+                                                              concurrency, sync_prefetch)
+                                                              sync ones, for the
                                                               lanes its tasks use
 skivi_child_processes                                         child processes alive
 skivi_db_connection_up              connection                1 while that parent connection

@@ -138,7 +138,8 @@ class ChildPool:
         self.sync_threads = w.sync_threads
         # Lanes (see the module docstring): slots [0, concurrency) for async jobs, then the
         # sync lane. Capacity counts the lanes this registry's tasks use.
-        self.sync_depth = max(w.sync_threads, w.concurrency)
+        # The sync lane: room for the short jobs a child may be handed at once.
+        self.sync_depth = max(w.sync_threads, w.concurrency, w.sync_prefetch)
         self.sync_tasks = frozenset(t.identifier for t in registry if not t.is_async)
         self.has_async = len(self.sync_tasks) < len(registry)
         self.child_capacity = ((self.concurrency if self.has_async or not self.sync_tasks

@@ -32,6 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import skivi
 from skivi import monitoring
+from skivi.config import SYNC_PREFETCH_DEFAULT
 from skivi.engine import wire
 from skivi.engine.observer import EngineObserver
 from skivi.events import Emitter
@@ -522,8 +523,9 @@ def test_engine_exports_the_jobs_it_processed_when_run_with_a_metrics_port(
     assert len(engines.ledger.starts()) == n
     samples = _samples(_get(url))
     assert samples[("skivi_child_processes", ())] == 2
-    # The test tasks are sync and async: each child has 4 async slots and 4 sync ones.
-    assert samples[("skivi_jobs_capacity", ())] == 16
+    # The test tasks are sync and async: each child has 4 async slots and a sync lane of
+    # worker.sync_prefetch (more than the concurrency of 4).
+    assert samples[("skivi_jobs_capacity", ())] == 2 * (4 + SYNC_PREFETCH_DEFAULT)
     assert samples[("skivi_queue_stats_leader", ())] == 1
 
     prom: Prometheus = prometheus_factory([f"127.0.0.1:{port}"])

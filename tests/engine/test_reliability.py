@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from skivi.config import SYNC_PREFETCH_DEFAULT
 from skivi.db import queries
 from skivi.db.queries import Queries, for_schema
 from skivi.engine.process import children_of
@@ -253,8 +254,9 @@ def test_claiming_pauses_when_the_result_buffer_is_full(
         capsys: pytest.CaptureFixture[str]) -> None:
     concurrency, batch, buffer = 2, 10, 20
     # The test registry has sync and async tasks, so a child has both lanes: `concurrency`
-    # async slots and max(sync_threads, concurrency) sync slots (sync_threads is 1 here).
-    capacity = concurrency + max(1, concurrency)
+    # async slots and max(sync_threads, concurrency, sync_prefetch) sync slots
+    # (sync_threads is 1 here).
+    capacity = concurrency + max(1, concurrency, SYNC_PREFETCH_DEFAULT)
     config = write_config(tmp_path / "skivi.toml", max_result_buffer=buffer, batch_size=batch,
                           poll_interval=0.1)
     engine = engines.start("--config", config, processes=1, concurrency=concurrency)

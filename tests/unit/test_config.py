@@ -117,6 +117,12 @@ def test_concurrency_rejected_when_zero() -> None:
     ]
 
 
+def test_sync_prefetch_rejected_when_zero() -> None:
+    assert problems_of({"worker": {"sync_prefetch": 0}}) == [
+        "worker.sync_prefetch: must be at least 1, got 0"
+    ]
+
+
 def test_config_source_keeps_its_values_over_env_but_not_overrides_when_passed_a_config(
 ) -> None:
     base = load_config({"worker": {"processes": 3, "concurrency": 5}}, env={})

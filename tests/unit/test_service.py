@@ -27,3 +27,4 @@ def test_each_part_starts_and_stops_the_same_way(part: type) -> None:
                   if p.name != "self" and p.default is inspect.Parameter.empty]
         assert not params, f"{part.__name__}.{name} takes {params}: set them at construction"
     assert set(Service.__dict__) >= {"start", "stop"}
+
