@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from skivi.cli import output
 from skivi.cli.context import Context, Refused
-from skivi.cli.jobs import record, report, requested_ids, show
+from skivi.cli.jobs import listing, report, requested_ids, show
 from skivi.db.queries import job_history_list, job_history_retry_many, job_history_retry_matching
-from skivi.engine.exits import EXIT_OK
 
 __all__ = ["cmd_list", "cmd_retry", "cmd_show"]
 
@@ -18,26 +17,13 @@ def cmd_list(ctx: Context) -> int:
     with ctx.connect() as conn:
         rows = job_history_list.run(conn, ctx.queries, task=args.task, outcome=args.outcome,
                                     limit=args.limit, payload=args.payload)
-    if args.json:
-        output.emit_json({"history": [record(r, args.payload) for r in rows]})
-        return EXIT_OK
-    if not rows:
-        output.emit("no finished jobs")
-        return EXIT_OK
-    headers = ["id", "task", "queue", "outcome", "reason", "attempts", "finished_at",
-               "last_error"]
-    if args.payload:
-        headers.append("payload")
-    table = []
-    for r in rows:
-        line = [str(r.id), r.task_identifier, output.text(r.queue_name), r.outcome,
-                output.text(r.reason), f"{r.attempts}/{r.max_attempts}",
-                output.when_text(r.finished_at), output.error_text(r.last_error)]
-        if args.payload:
-            line.append(output.payload_text(r.payload))
-        table.append(line)
-    output.emit(output.table(headers, table))
-    return EXIT_OK
+    return listing(ctx, rows, "history", "no finished jobs",
+                   ["id", "task", "queue", "outcome", "reason", "attempts", "finished_at",
+                    "last_error"],
+                   lambda r: [str(r.id), r.task_identifier, output.text(r.queue_name),
+                              r.outcome, output.text(r.reason),
+                              f"{r.attempts}/{r.max_attempts}",
+                              output.when_text(r.finished_at), output.error_text(r.last_error)])
 
 
 def cmd_show(ctx: Context) -> int:

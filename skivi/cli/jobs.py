@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import orjson
 
@@ -33,7 +33,10 @@ from skivi.job import JobSpec
 from skivi.system import create_system
 
 __all__ = ["cmd_add_job", "cmd_fail", "cmd_list", "cmd_remove", "cmd_reschedule", "cmd_retry",
-           "cmd_show", "record", "report", "requested_ids", "show"]
+           "cmd_show", "listing", "record", "report", "requested_ids", "show"]
+
+
+Row = TypeVar("Row", JobListRow, JobHistoryRow)
 
 
 def _read_payload(text: str) -> Any:
@@ -90,25 +93,28 @@ def cmd_list(ctx: Context) -> int:
     with ctx.connect() as conn:
         rows = job_list.run(conn, ctx.queries, task=args.task, queue=args.queue,
                             state=args.state, limit=args.limit, payload=args.payload)
-    if args.json:
-        output.emit_json({"jobs": [record(r, args.payload) for r in rows]})
+    return listing(ctx, rows, "jobs", "no jobs",
+                   ["id", "task", "queue", "state", "priority", "attempts", "run_at",
+                    "engine", "key", "last_error"],
+                   lambda r: [str(r.id), r.task_identifier, output.text(r.queue_name), r.state,
+                              str(r.priority), f"{r.attempts}/{r.max_attempts}",
+                              output.when_text(r.run_at), output.text(r.locked_by),
+                              output.text(r.key), output.error_text(r.last_error)])
+
+
+def listing(ctx: Context, rows: Sequence[Row], key: str, empty: str, headers: list[str],
+            cells: Callable[[Row], list[str]]) -> int:
+    """Print listed jobs (live or finished): a JSON object holding them under ``key``, or a
+    table of ``headers`` with ``cells`` of each row, and the payload column when asked."""
+    payload = ctx.args.payload
+    if ctx.args.json:
+        output.emit_json({key: [record(r, payload) for r in rows]})
         return EXIT_OK
     if not rows:
-        output.emit("no jobs")
+        output.emit(empty)
         return EXIT_OK
-    headers = ["id", "task", "queue", "state", "priority", "attempts", "run_at", "engine",
-               "key", "last_error"]
-    if args.payload:
-        headers.append("payload")
-    table = []
-    for r in rows:
-        line = [str(r.id), r.task_identifier, output.text(r.queue_name), r.state,
-                str(r.priority), f"{r.attempts}/{r.max_attempts}", output.when_text(r.run_at),
-                output.text(r.locked_by), output.text(r.key), output.error_text(r.last_error)]
-        if args.payload:
-            line.append(output.payload_text(r.payload))
-        table.append(line)
-    output.emit(output.table(headers, table))
+    table = [cells(r) + ([output.payload_text(r.payload)] if payload else []) for r in rows]
+    output.emit(output.table(headers + (["payload"] if payload else []), table))
     return EXIT_OK
 
 
