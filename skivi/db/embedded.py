@@ -22,7 +22,7 @@ from typing import Any
 
 from skivi.errors import EmbeddedDatabaseError
 
-__all__ = ["embedded_running", "start_embedded", "stop_embedded"]
+__all__ = ["embedded_running", "pid_alive", "start_embedded", "stop_embedded"]
 
 INSTALL_HINT = (
     "pip install 'skivi[embedded]' to let Skivi start an embedded PostgreSQL, "
@@ -77,7 +77,8 @@ def _postmaster_pid(path: Path) -> int | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """A process with this id exists (one of another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -90,7 +91,7 @@ def _alive(pid: int) -> bool:
 def embedded_running(data_dir: str | Path) -> bool:
     """Whether an embedded PostgreSQL is running from ``data_dir``."""
     pid = _postmaster_pid(Path(data_dir).expanduser().resolve())
-    return pid is not None and _alive(pid)
+    return pid is not None and pid_alive(pid)
 
 
 def stop_embedded(data_dir: str | Path, timeout: float = STOP_TIMEOUT) -> bool:
@@ -98,7 +99,7 @@ def stop_embedded(data_dir: str | Path, timeout: float = STOP_TIMEOUT) -> bool:
     are disconnected, the data is kept). Returns False if none was running."""
     path = Path(data_dir).expanduser().resolve()
     pid = _postmaster_pid(path)
-    if pid is None or not _alive(pid):
+    if pid is None or not pid_alive(pid):
         return False
     try:
         os.kill(pid, signal.SIGINT)  # SIGINT is PostgreSQL's "fast" shutdown
@@ -106,7 +107,7 @@ def stop_embedded(data_dir: str | Path, timeout: float = STOP_TIMEOUT) -> bool:
         return False
     deadline = time.monotonic() + timeout
     # PostgreSQL removes postmaster.pid as it exits; the pid check covers a crash on the way.
-    while _postmaster_pid(path) == pid and _alive(pid):
+    while _postmaster_pid(path) == pid and pid_alive(pid):
         if time.monotonic() > deadline:
             raise EmbeddedDatabaseError(
                 f"the embedded PostgreSQL in {path} (pid {pid}) did not stop within {timeout:g}s"

@@ -18,6 +18,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from skivi.db import pool as dbpool
+from skivi.db.embedded import pid_alive
 from tests.support.wait import wait_for
 
 __all__ = ["APPLICATION_NAME", "DATABASE_PREFIX", "SCHEMA", "SHARED_NAME", "TEMPLATE_NAME",
@@ -123,18 +124,8 @@ def drop_leftovers(admin: psycopg.Connection[Any], local: bool) -> None:
         if match is None:
             continue
         pid = int(match.group(1))
-        if pid == PID or (local and not _pid_alive(pid)):
+        if pid == PID or (local and not pid_alive(pid)):
             drop_database(admin, name)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def idle_within(url: str, timeout: float) -> bool:
