@@ -288,8 +288,7 @@ class BenchEngine(Engine):
         super().request_stop(fast)
 
     def databases(self) -> list[Reconnecting]:
-        return [db for db in (self.claim_db, self.complete_db, self.listen_db, self.live_db,
-                              self.prune_db, self.stats_db) if db is not None]
+        return [db for db in (self.db, self.listen_db) if db is not None]
 
     def backend_pids(self) -> list[int]:
         """The server processes of this engine's connections (the parent's: its children
@@ -441,13 +440,17 @@ def engine_main(argv: Sequence[str]) -> int:
     p.add_argument("--log-level", default="WARNING")
     p.add_argument("--metrics-port", type=int, default=0)
     p.add_argument("--server-pid", type=int, default=0)
+    p.add_argument("--listen-url", default=None)
+    p.add_argument("--no-prepare", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="engine: %(relativeCreated)8.1f ms %(levelname)s %(name)s: "
                                "%(message)s")
     kind, ms = parse_task(args.task)
     config = load_config({
-        "database": {"connection_string": args.database_url, "schema_name": args.schema},
+        "database": {"connection_string": args.database_url, "schema_name": args.schema,
+                     "listen_url": args.listen_url,
+                     "prepared_statements": not args.no_prepare},
         "worker": {"processes": args.processes, "concurrency": args.concurrency,
                    "batch_size": args.batch_size, "sync_threads": args.sync_threads},
         "metrics": {"port": args.metrics_port},
@@ -470,13 +473,16 @@ class EngineRun:
     def start(cls, opts: Options, *, once: bool, expect: int,
               latency_file: str | None = None, server_pid: int | None = None) -> EngineRun:
         cmd = [sys.executable, str(Path(__file__).resolve()), "_engine",
-               "--database-url", opts.url, "--schema", opts.schema, "--task", opts.task,
+               "--database-url", opts.engine_url or opts.url, "--schema", opts.schema,
+               "--task", opts.task,
                "--processes", str(opts.processes or 0), "--concurrency", str(opts.concurrency),
                "--batch-size", str(opts.batch_size), "--sync-threads", str(opts.sync_threads),
                "--expect", str(expect), "--log-level", opts.engine_log_level,
                "--metrics-port", str(opts.metrics_port), "--server-pid", str(server_pid or 0)]
         if once:
             cmd.append("--once")
+        if opts.engine_url and opts.engine_url != opts.url:
+            cmd += ["--listen-url", opts.url, "--no-prepare"]
         if latency_file:
             cmd += ["--latency-file", latency_file]
         # Imported here, not at the top: the engine subprocess runs this file too, and the
@@ -565,6 +571,8 @@ class Options:
     vacuum: bool
     metrics_port: int
     engines: int = 1
+    pgbouncer: int = 0
+    engine_url: str = ""  # where engines connect: url, or a PgBouncer in front of it
 
     @property
     def task_kind(self) -> str:
@@ -638,6 +646,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
                    help="run the engine with its Prometheus exporter on PORT (0: off), to "
                         "measure what metrics cost")
+    p.add_argument("--pgbouncer", type=int, default=0, metavar="POOL",
+                   help="run the engines through a PgBouncer (Debian's package) in "
+                        "transaction mode with this default_pool_size, started in front of "
+                        "the server for the run; engines then send no prepared statements "
+                        "and LISTEN on the direct URL (database.listen_url); 0: direct")
     p.add_argument("--engine-log-level", default="WARNING", type=str.upper,
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="log level of the engine subprocess (its log goes to stderr)")
@@ -694,7 +707,7 @@ def parse_options(argv: Sequence[str]) -> Options:
         chunk=a.chunk, bulk=a.bulk,
         floor=a.floor, timeout=a.timeout, engine_log_level=a.engine_log_level,
         metrics_port=a.metrics_port,
-        vacuum=a.vacuum, engines=a.engines)
+        vacuum=a.vacuum, engines=a.engines, pgbouncer=a.pgbouncer, engine_url=url)
 
 
 def connect(opts: Options) -> psycopg.Connection[Any]:
@@ -1692,7 +1705,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["_engine"]:
         return engine_main(argv[1:])
     try:
-        return run_scenario(parse_options(argv))
+        opts = parse_options(argv)
+        if not opts.pgbouncer:
+            return run_scenario(opts)
+        from tests.support.pgbouncer import PgBouncer
+
+        with PgBouncer(opts.url, pool_size=opts.pgbouncer) as bouncer:
+            opts.engine_url = bouncer.url(opts.url)
+            print(f"  engines through PgBouncer (transaction mode, pool {opts.pgbouncer}) "
+                  f"on port {bouncer.port}")
+            return run_scenario(opts)
     except KeyboardInterrupt:
         print("\ninterrupted: engine stopped, scratch schema dropped (unless --keep)",
               file=sys.stderr)

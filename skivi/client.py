@@ -57,8 +57,11 @@ class Client:
     """Enqueueing for one instance: a small pool of autocommit connections for calls made
     without a connection, made on first use, and one async pool per event loop."""
 
-    def __init__(self, instance: Instance) -> None:
+    def __init__(self, instance: Instance, *, max_size: int | None = None) -> None:
         self.instance = instance
+        # A child's client (ctx.add_job) is sized by database.child_pool_size instead.
+        self.max_size = instance.config.database.pool_max_size if max_size is None \
+            else max_size
         self._lock = threading.Lock()
         self._pool: ConnectionPool[Any] | None = None
         self._async_pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool[Any]] = {}
@@ -80,7 +83,7 @@ class Client:
                 dbpool.check_reachable(url, application_name=APPLICATION_NAME,
                                        connect_timeout=db.connect_timeout)
                 self._pool = dbpool.make_pool(
-                    url, max_size=db.pool_max_size, application_name=APPLICATION_NAME,
+                    url, max_size=self.max_size, application_name=APPLICATION_NAME,
                     connect_timeout=db.connect_timeout,
                     prepared_statements=db.prepared_statements)
             return self._pool
@@ -113,7 +116,7 @@ class Client:
             await dbpool.check_reachable_async(url, application_name=APPLICATION_NAME,
                                                connect_timeout=db.connect_timeout)
             pool = dbpool.make_async_pool(
-                url, max_size=db.pool_max_size, application_name=APPLICATION_NAME,
+                url, max_size=self.max_size, application_name=APPLICATION_NAME,
                 connect_timeout=db.connect_timeout, prepared_statements=db.prepared_statements)
             self._async_pools[loop] = pool
             await pool.open()

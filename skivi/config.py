@@ -29,8 +29,8 @@ Example ``skivi.toml`` (every section shown; every key is optional)::
     concurrency = 16
     batch_size = 500
     queues = ["default", "mail"]
-    heartbeat_interval = 5.0
-    lease_timeout = 30.0
+    heartbeat_interval = 0.5
+    lease_timeout = 3.0
     job_timeout = 300.0
     unknown_tasks = "skip"
     history = true
@@ -96,7 +96,10 @@ CONNECT_TIMEOUT_DEFAULT = 10.0
 CONNECTION_STRING_DEFAULT: str | None = None
 MIGRATION_LOCK_TIMEOUT_DEFAULT = 300.0
 POOL_MAX_SIZE_DEFAULT = 4
+CHILD_POOL_SIZE_DEFAULT = 1
 PREPARED_STATEMENTS_DEFAULT = True
+LISTEN_DEFAULT = True
+LISTEN_URL_DEFAULT: str | None = None
 SCHEMA_NAME_DEFAULT = "skivi"
 
 # worker
@@ -107,16 +110,16 @@ COMPLETION_INTERVAL_DEFAULT = 0.005
 CONCURRENCY_DEFAULT = 16
 FILE_EXTENSIONS_DEFAULT: tuple[str, ...] = (".py",)
 FORBIDDEN_FLAGS_DEFAULT: tuple[str, ...] = ()
-HEARTBEAT_INTERVAL_DEFAULT = 5.0
+HEARTBEAT_INTERVAL_DEFAULT = 0.5
 HISTORY_DEFAULT = False
 HISTORY_RETENTION_DEFAULT = 7 * 86400.0
 JOB_TIMEOUT_DEFAULT: float | None = None
-LEASE_TIMEOUT_DEFAULT = 30.0
+LEASE_TIMEOUT_DEFAULT = 3.0
 MAX_RESULT_BUFFER_DEFAULT = 10000
 POLL_INTERVAL_DEFAULT = 1.0
 PROCESSES_DEFAULT = 0
 QUEUES_DEFAULT: tuple[str, ...] | None = None
-RESCUE_INTERVAL_DEFAULT = 2.0
+RESCUE_INTERVAL_DEFAULT = 0.5
 SHUTDOWN_TIMEOUT_DEFAULT = 30.0
 SYNC_PREFETCH_DEFAULT = 64
 SYNC_THREADS_DEFAULT = 1
@@ -275,6 +278,12 @@ class _Rule(NamedTuple):
 class DatabaseConfig:
     """``[database]``: where Skivi's tables live and how the parent connects to them."""
 
+    child_pool_size: int = _setting(CHILD_POOL_SIZE_DEFAULT, _at_least(1))
+    """Most connections each engine child opens for ``ctx.add_job`` (one pool per kind of
+    handler that enqueues: sync, async), made on first use. An engine's budget is then 1
+    (the parent) + 1 (LISTEN, if on) + 1 (cron, if it has entries) + processes x this (x2
+    if both sync and async handlers enqueue). Default: 1."""
+
     connect_timeout: float = _setting(CONNECT_TIMEOUT_DEFAULT, _greater_than(0))
     """Seconds to wait for a new connection. Default: 10.0."""
 
@@ -282,6 +291,18 @@ class DatabaseConfig:
     """libpq connection string or URL. SKIVI_DATABASE_URL, then DATABASE_URL, override it. None
     after :func:`load_config` means none was given anywhere, and the caller decides what to do
     (the CLI starts an embedded PostgreSQL). Default: None."""
+
+    listen: bool = _setting(LISTEN_DEFAULT)
+    """Whether an engine LISTENs for wake-ups (a new job, a freed serial queue) on a second
+    connection. False: it polls every worker.poll_interval, and a job waits up to that long
+    when the engine is idle (a busy engine claims again as soon as it has room either
+    way). Behind a transaction-mode pooler, LISTEN must go straight to the server or
+    through a session-mode pool: give ``listen_url``, or set this false. Default: true."""
+
+    listen_url: str | None = _setting(LISTEN_URL_DEFAULT, _non_empty)
+    """Where the LISTEN connection goes; None: ``connection_string``. A direct (or
+    session-mode pooler) URL of the same database, for engines whose ``connection_string``
+    is a transaction-mode pooler. Default: None."""
 
     migration_lock_timeout: float = _setting(MIGRATION_LOCK_TIMEOUT_DEFAULT, _greater_than(0))
     """Seconds a migrator (``skivi migrate``, an engine or ``start()`` with pending
@@ -294,11 +315,11 @@ class DatabaseConfig:
     """Most connections in the parent's pool. Default: 4."""
 
     prepared_statements: bool = _setting(PREPARED_STATEMENTS_DEFAULT)
-    """Whether the connections of Skivi's own enqueue pool may prepare statements (psycopg
-    prepares one after 5 runs on a connection). Set false for producers behind a
-    transaction-mode pooler that cannot keep prepared statements (PgBouncer before 1.21, or
-    without max_prepared_statements). Engines must not sit behind such a pooler anyway
-    (docs/operations.md). Default: true."""
+    """Whether Skivi's connections (the enqueue pools, the engine's, the cron process's) may
+    prepare statements (psycopg prepares one after 5 runs on a connection; the claim and
+    completion at once). Set false behind a transaction-mode pooler that cannot keep
+    prepared statements (PgBouncer before 1.21, or without max_prepared_statements): every
+    statement is then sent whole. Default: true."""
 
     schema_name: str = _setting(SCHEMA_NAME_DEFAULT, _check_schema_name)
     """Schema holding Skivi's tables: a plain lowercase identifier of at most 57 characters, so the
@@ -376,7 +397,8 @@ class WorkerConfig:
     """Jobs carrying any of these flags are not claimed. Default: ()."""
 
     heartbeat_interval: float = _setting(HEARTBEAT_INTERVAL_DEFAULT, _greater_than(0))
-    """Seconds between the parent's liveness heartbeats. Default: 5.0."""
+    """Seconds between the parent's liveness heartbeats (one tiny UPDATE each, on the
+    database's clock). Default: 0.5."""
 
     history: bool = _setting(HISTORY_DEFAULT)
     """Keep completed jobs in the history table instead of only deleting them. Default: False."""
@@ -389,8 +411,12 @@ class WorkerConfig:
     ``lease_timeout``: the parent keeps heartbeating while its jobs run. Default: None."""
 
     lease_timeout: float = _setting(LEASE_TIMEOUT_DEFAULT, _greater_than(0))
-    """Seconds without a heartbeat after which other engines rescue this engine's running jobs;
-    must exceed ``heartbeat_interval``. Default: 30.0."""
+    """Seconds without a heartbeat after which other engines rescue this engine's running jobs
+    (the engine is then dead: its lease expired); must exceed ``heartbeat_interval``. With
+    the defaults a killed engine's jobs run again within 4 s (lease plus one rescue
+    interval). A parent whose event loop or host stalls longer than this is declared dead
+    and its jobs run again elsewhere (its own late results are refused): raise it on hosts
+    that stall. Default: 3.0."""
 
     max_result_buffer: int = _setting(MAX_RESULT_BUFFER_DEFAULT, _at_least(1))
     """Most finished-job results held waiting for the completer before the parent stops handing
@@ -409,7 +435,8 @@ class WorkerConfig:
     """Claim only jobs in these queues; None claims from every queue. Default: None."""
 
     rescue_interval: float = _setting(RESCUE_INTERVAL_DEFAULT, _greater_than(0))
-    """Seconds between scans for running jobs of dead engines. Default: 2.0."""
+    """Seconds between scans for running jobs of dead engines (the engine table; jobs held
+    by an engine without a row are probed every tenth round). Default: 0.5."""
 
     shutdown_timeout: float = _setting(SHUTDOWN_TIMEOUT_DEFAULT, _at_least(0))
     """Seconds a graceful shutdown waits for running jobs before giving them up. Default: 30.0."""

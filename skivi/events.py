@@ -29,7 +29,7 @@ type                        when, and its data fields
                             (the job enqueued, or the previous run's; None if already_fired)
 ``db/connection-lost``      one of the engine parent's database connections broke or
                             cannot be opened. ``connection`` (its name, e.g.
-                            "skivi-claim"), ``error`` (the error text)
+                            "skivi-engine"), ``error`` (the error text)
 ``db/connection-regained``  that connection works again. ``connection``,
                             ``down_seconds`` (since it was lost)
 ``job/completed``           a successful attempt was written. ``job_id``, ``task``,

@@ -48,16 +48,14 @@ def cmd_queues(ctx: Context) -> int:
 
 
 def _engine_status(engine: EngineListRow) -> str:
-    if not engine.lock_held:
-        return "dead (lock free; awaiting rescue)"
-    if engine.heartbeat_age > engine.lease_timeout:
-        return "stale (heartbeat older than its lease)"
+    if not engine.alive:
+        return "dead (heartbeat older than its lease; awaiting rescue)"
     return "stopping" if engine.stopping else "alive"
 
 
 def cmd_workers(ctx: Context) -> int:
     with ctx.connect() as conn:
-        engines = engine_list.run(conn, ctx.queries, schema=ctx.schema)
+        engines = engine_list.run(conn, ctx.queries)
     if ctx.args.json:
         output.emit_json({"workers": [{**e._asdict(), "status": _engine_status(e)}
                                       for e in engines]})
@@ -66,11 +64,11 @@ def cmd_workers(ctx: Context) -> int:
     else:
         output.emit(output.table(
             ("id", "hostname", "pid", "version", "started_at", "heartbeat", "processes",
-             "concurrency", "in_flight", "stopping", "lock", "status"),
+             "concurrency", "in_flight", "stopping", "lease", "status"),
             [(str(e.id), e.hostname, str(e.pid), e.version, output.when_text(e.started_at),
               output.age_text(e.heartbeat_age) + " ago", str(e.processes),
               str(e.concurrency), str(e.in_flight), "yes" if e.stopping else "no",
-              "held" if e.lock_held else "free", _engine_status(e)) for e in engines]))
+              f"{e.lease_timeout:g}s", _engine_status(e)) for e in engines]))
     return EXIT_OK
 
 

@@ -1,17 +1,19 @@
 """The migration runner.
 
 Migrations are forward-only, numbered SQL files in ``skivi/sql/migrations``
-(``NNNN_slug.sql``), composed with the instance's schema. ``migrate`` takes a session-level
-advisory lock for the schema, so any number of processes starting at once migrate exactly
-once: the first applies what is pending, the others wait, then find nothing to do. A
+(``NNNN_slug.sql``), composed with the instance's schema. Each migration is one transaction
+that first takes a transaction-level advisory lock for the schema, so any number of
+processes starting at once migrate exactly once: the first applies what is pending, the
+others wait, then find nothing to do. Nothing is held by the session, so migrating works
+through a transaction-mode pooler, and a killed migrator's lock ends with its transaction. A
 migrator never waits silently or for ever: while another session holds the lock it logs
 which backend holds it, what that session is doing and since when (action
 ``migration_lock_wait``), and after ``lock_timeout`` seconds (``database.
 migration_lock_timeout``, 300 by default) it gives up with a MigrationError naming the
-holder. A holder whose session is idle is called out: a migrator that died while its
-backend lives on (a connection the server has not noticed is gone) holds the lock until
-that backend is ended with ``pg_terminate_backend``. Each
-migration runs in its own transaction and records itself first. A database that has
+holder. A holder whose session is idle in its transaction is called out: a migrator that
+died while its backend lives on (a connection the server has not noticed is gone) holds the
+lock until that backend is ended with ``pg_terminate_backend``. Each migration records
+itself first. A database that has
 migrations this code does not know was migrated by a newer Skivi and is refused.
 
 The schema must be Skivi's (it has Skivi's migration table), or empty, or not exist yet:
@@ -45,7 +47,6 @@ from skivi.db.queries import (
     migration_record,
     migration_schema_state,
     migration_table_exists,
-    migration_unlock,
 )
 from skivi.errors import MigrationError, SchemaTooNew, shown
 
@@ -58,8 +59,8 @@ LOCK_POLL_INTERVAL = 0.5
 LOCK_REPORT_INTERVAL = 10.0
 """Seconds between two log lines about a lock still held by someone else."""
 IDLE_HOLDER_SECONDS = 5.0
-"""A lock holder idle (no statement, no transaction) this long is not migrating: a live
-migrator is idle only for the moment between two of its migrations' transactions."""
+"""A lock holder idle in its transaction this long is not migrating: a live migrator runs
+statements back to back while it holds the lock."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,54 +124,65 @@ def _describe_holder(holder: LockHolderRow) -> str:
     text = (f"backend pid {holder.pid} (application {holder.application_name!r}"
             f"{client}, connected since {holder.backend_start:%Y-%m-%d %H:%M:%S%z}), "
             f"{holder.state or 'state unknown'} for {holder.state_age or 0:.0f}s")
-    if holder.state == "idle" and (holder.state_age or 0) >= IDLE_HOLDER_SECONDS:
-        text += (f": an idle session is not migrating; probably a migrator that was killed "
-                 f"while its backend lives on (last statement: {holder.query!r}). If no "
+    if (holder.state or "").startswith("idle") and (
+            holder.state_age or 0) >= IDLE_HOLDER_SECONDS:
+        text += (f": a session idle this long is not migrating; probably a migrator that "
+                 f"was killed while its backend lives on (last statement: {holder.query!r}). If no "
                  f"migration is running, end it with select pg_terminate_backend"
                  f"({holder.pid})")
     return text
 
 
-def _lock(conn: psycopg.Connection[Any], q: queries.Queries, schema: str,
-          timeout: float) -> None:
-    """Take the migration lock of ``schema``, waiting at most ``timeout`` seconds, saying who
-    holds it meanwhile; MigrationError when it stays taken."""
-    started = time.monotonic()
-    deadline = started + timeout
-    next_report = started
-    waited = False
-    while True:
-        if migration_lock.run(conn, q, schema=schema):
-            if waited:
-                logger.info("took the migration lock of schema %s after %.1fs", schema,
-                            time.monotonic() - started,
-                            extra={"action": "migration_lock_taken"})
-            return
-        found = migration_lock_holder.run(conn, q, schema=schema)
-        waited = True
+@dataclass(slots=True)
+class _Wait:
+    """A migrator waiting for the lock: says who holds it every LOCK_REPORT_INTERVAL and
+    gives up at ``deadline`` (monotonic) with a MigrationError naming the holder."""
+
+    schema: str
+    started: float
+    deadline: float
+    next_report: float = 0.0
+    waited: bool = False
+
+    def taken(self) -> None:
+        if self.waited:
+            logger.info("took the migration lock of schema %s after %.1fs", self.schema,
+                        time.monotonic() - self.started,
+                        extra={"action": "migration_lock_taken"})
+            self.waited = False
+
+    def missed(self, conn: psycopg.Connection[Any], q: queries.Queries) -> None:
+        """The lock was held elsewhere: report, give up, or sleep before the next try.
+        Called outside any transaction, so the holder's state and age are read fresh."""
+        found = migration_lock_holder.run(conn, q, schema=self.schema)
+        self.waited = True
         now = time.monotonic()
         who = _describe_holder(found) if found else "a session that has just let it go"
-        if now >= deadline:
+        timeout = self.deadline - self.started
+        if now >= self.deadline:
             raise MigrationError(
-                f"gave up waiting for the migration lock of schema {schema!r} after "
+                f"gave up waiting for the migration lock of schema {self.schema!r} after "
                 f"{timeout:g}s (database.migration_lock_timeout): it is held by {who}")
-        if now >= next_report:
+        if now >= self.next_report:
             logger.warning(
                 "waiting for the migration lock of schema %s (%.0fs so far, giving up after "
-                "%gs): held by %s", schema, now - started, timeout, who,
+                "%gs): held by %s", self.schema, now - self.started, timeout, who,
                 extra={"action": "migration_lock_wait",
                        "holder_pid": found.pid if found else None})
-            next_report = now + LOCK_REPORT_INTERVAL
-        time.sleep(max(0.0, min(LOCK_POLL_INTERVAL, deadline - now)))
+            self.next_report = now + LOCK_REPORT_INTERVAL
+        time.sleep(max(0.0, min(LOCK_POLL_INTERVAL, self.deadline - now)))
 
 
 def migrate(conn: psycopg.Connection[Any], schema: str, *,
             lock_timeout: float = MIGRATION_LOCK_TIMEOUT_DEFAULT) -> list[Migration]:
     """Apply every pending migration to ``schema``; returns those applied.
 
-    ``conn`` must be in autocommit mode, outside any transaction: each migration commits on
-    its own and the lock is held by the session. The lock is waited for at most
-    ``lock_timeout`` seconds (MigrationError after that, naming who holds it).
+    ``conn`` must be in autocommit mode, outside any transaction: each migration is its
+    own transaction, which takes the migration lock (a transaction-level advisory lock, so
+    this works through a transaction-mode pooler and a killed migrator's lock goes with its
+    transaction), reads what is applied, and applies the next pending one. The lock is
+    waited for at most ``lock_timeout`` seconds in all (MigrationError after that, naming
+    who holds it).
     """
     if not conn.autocommit:
         raise MigrationError("migrate() needs a connection in autocommit mode")
@@ -180,47 +192,64 @@ def migrate(conn: psycopg.Connection[Any], schema: str, *,
     if not pending_migrations(conn, schema):
         return []
     q = queries.for_schema(schema)
-    _lock(conn, q, schema, lock_timeout)
+    started = time.monotonic()
+    wait = _Wait(schema, started, started + lock_timeout)
+    done: list[Migration] = []
+    while True:
+        m = _apply_next(conn, q, schema, wait)
+        if m is None:
+            return done
+        done.append(m)
+
+
+def _apply_next(conn: psycopg.Connection[Any], q: queries.Queries, schema: str,
+                wait: _Wait) -> Migration | None:
+    """One transaction: the lock, then the first pending migration; None if none is."""
+    while True:
+        with conn.transaction():
+            if migration_lock.run(conn, q, schema=schema):
+                wait.taken()
+                return _apply_first_pending(conn, q, schema)
+        wait.missed(conn, q)
+
+
+def _apply_first_pending(conn: psycopg.Connection[Any], q: queries.Queries,
+                         schema: str) -> Migration | None:
+    """In the locked transaction: apply the first pending migration; None if none is."""
+    state = migration_schema_state.run(conn, q, schema=schema)
+    _check_schema_is_ours(schema, state)
+    applied = _applied(conn, q) if state.has_migration_table else {}
+    _check_not_newer(applied, schema)
+    pending = [m for m in known_migrations() if m.version not in applied]
+    if not pending:
+        return None
+    m = pending[0]
+    # Fresh: the schema and migration table are created with the first migration, in
+    # its transaction, so its failure rolls them back too (nothing is left behind).
+    bootstrap = not state.has_migration_table
+    text = queries.load_text("migrations", m.name)
     try:
         with conn.transaction():
-            state = migration_schema_state.run(conn, q, schema=schema)
-            applied = _applied(conn, q)
-        _check_schema_is_ours(schema, state)
-        _check_not_newer(applied, schema)
-        # Fresh: the schema and migration table are created with the first migration, in
-        # its transaction, so its failure rolls them back too (nothing is left behind).
-        bootstrap = not state.has_migration_table
-        done = []
-        for m in known_migrations():
-            if m.version in applied:
-                continue
-            text = queries.load_text("migrations", m.name)
-            try:
-                with conn.transaction():
-                    if bootstrap:
-                        migration_bootstrap.run(conn, q)
-                    migration_record.run(conn, q, id=m.version, name=m.name)
-                    conn.execute(queries.compose(text, schema))
-            except psycopg.errors.InsufficientPrivilege as exc:
-                # A role without CREATE (a worker or producer role): a refusal of this
-                # deployment's design, not a database error, so it is reported as one.
-                raise MigrationError(
-                    f"role {conn.info.user!r} may not migrate schema {shown(schema)} "
-                    f"({str(exc).strip().splitlines()[0]}); run `skivi migrate` as the role "
-                    "that owns the schema (docs/operations.md, Database roles), and start "
-                    "engines connected as other roles with --no-migrate") from exc
-            except psycopg.Error as exc:
-                left = "; nothing was left behind" if bootstrap else ""
-                raise MigrationError(
-                    f"migration {m.name} failed on schema {shown(schema)}: {exc}{left}"
-                ) from exc
-            bootstrap = False
-            logger.info("applied migration %s to schema %s", m.name, schema,
-                        extra={"action": "apply_migration", "migration": m.name})
-            done.append(m)
-        return done
-    finally:
-        migration_unlock.execute(conn, q, schema=schema)
+            if bootstrap:
+                migration_bootstrap.run(conn, q)
+            migration_record.run(conn, q, id=m.version, name=m.name)
+            conn.execute(queries.compose(text, schema))
+    except psycopg.errors.InsufficientPrivilege as exc:
+        # A role without CREATE (a worker or producer role): a refusal of this
+        # deployment's design, not a database error, so it is reported as one.
+        raise MigrationError(
+            f"role {conn.info.user!r} may not migrate schema {shown(schema)} "
+            f"({str(exc).strip().splitlines()[0]}); run `skivi migrate` as the role "
+            "that owns the schema (docs/operations.md, Database roles), and start "
+            "engines connected as other roles with --no-migrate") from exc
+    except psycopg.Error as exc:
+        left = "; nothing was left behind" if bootstrap else ""
+        raise MigrationError(
+            f"migration {m.name} failed on schema {shown(schema)}: {exc}{left}"
+        ) from exc
+    logger.info("applied migration %s to schema %s", m.name, schema,
+                extra={"action": "apply_migration", "migration": m.name})
+    return m
 
 
 def set_limits(conn: psycopg.Connection[Any], q: queries.Queries,

@@ -96,24 +96,27 @@ def _kwargs(application_name: str, connect_timeout: float) -> dict[str, Any]:
 
 
 def connect(url: str, *, autocommit: bool = True, application_name: str = "skivi",
-            connect_timeout: float = 10.0) -> psycopg.Connection[Any]:
-    conn = psycopg.connect(url, autocommit=autocommit,
-                           **_kwargs(application_name, connect_timeout))
+            connect_timeout: float = 10.0,
+            prepared_statements: bool = True) -> psycopg.Connection[Any]:
+    conn = psycopg.connect(url, **_pool_kwargs(application_name, connect_timeout,
+                                               prepared_statements, autocommit))
     configure(conn)
     return conn
 
 
 async def connect_async(url: str, *, autocommit: bool = True, application_name: str = "skivi",
-                        connect_timeout: float = 10.0) -> psycopg.AsyncConnection[Any]:
+                        connect_timeout: float = 10.0,
+                        prepared_statements: bool = True) -> psycopg.AsyncConnection[Any]:
     conn = await psycopg.AsyncConnection.connect(
-        url, autocommit=autocommit, **_kwargs(application_name, connect_timeout))
+        url, **_pool_kwargs(application_name, connect_timeout, prepared_statements,
+                            autocommit))
     configure(conn)
     return conn
 
 
 def _pool_kwargs(application_name: str, connect_timeout: float,
-                 prepared_statements: bool) -> dict[str, Any]:
-    kwargs = {**_kwargs(application_name, connect_timeout), "autocommit": True}
+                 prepared_statements: bool, autocommit: bool = True) -> dict[str, Any]:
+    kwargs = {**_kwargs(application_name, connect_timeout), "autocommit": autocommit}
     if not prepared_statements:
         kwargs["prepare_threshold"] = None
     return kwargs

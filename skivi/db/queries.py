@@ -197,7 +197,7 @@ class Statement(Generic[P, R]):
         on: Any = conn if self.row_factory is None else conn.cursor(
             row_factory=self.row_factory)
         cur: psycopg.Cursor[Any] = on.execute(q.texts[self.name], params,
-                                              prepare=self.prepare)
+                                              prepare=_prepare(self, conn))
         return cur
 
     async def execute_async(self, conn: psycopg.AsyncConnection[Any], q: Queries, /,
@@ -207,7 +207,7 @@ class Statement(Generic[P, R]):
         on: Any = conn if self.row_factory is None else conn.cursor(
             row_factory=self.row_factory)
         cur: psycopg.AsyncCursor[Any] = await on.execute(q.texts[self.name], params,
-                                                         prepare=self.prepare)
+                                                         prepare=_prepare(self, conn))
         return cur
 
     def fetch(self, cur: psycopg.Cursor[Any]) -> R:
@@ -231,7 +231,18 @@ class Statement(Generic[P, R]):
         on: Any = conn if self.row_factory is None else conn.cursor(
             row_factory=self.row_factory)
         return await self.fetch_async(await on.execute(q.texts[self.name], params,
-                                                       prepare=self.prepare))
+                                                       prepare=_prepare(self, conn)))
+
+
+def _prepare(st: Statement[Any, Any],
+             conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool | None:
+    """The statement's ``prepare``, unless its connection may not prepare at all: a
+    connection made with prepare_threshold None (database.prepared_statements false, for a
+    transaction-mode pooler that cannot keep prepared statements) never prepares, and an
+    explicit prepare=True would prepare anyway."""
+    if conn.prepare_threshold is None:
+        return False
+    return st.prepare
 
 
 class _Rows(Statement[P, R]):
@@ -465,23 +476,18 @@ class EngineListRow(NamedTuple):
     concurrency: int
     in_flight: int
     stopping: bool
-    lock_held: bool
+    alive: bool
 
 
 @statement
-def engine_list(*, schema: str) -> list[EngineListRow]:
-    """The engines registered in ``schema``, by id."""
+def engine_list() -> list[EngineListRow]:
+    """The engines registered in the schema, by id."""
 
 
 @statement
-def engine_register(*, schema: str, hostname: str, pid: int, version: str,
+def engine_register(*, hostname: str, pid: int, version: str,
                     lease_timeout: float, processes: int, concurrency: int) -> int:
-    """A new engine identity, its liveness lock held by this session; its id."""
-
-
-@statement
-def engine_relock(*, schema: str, engine: int) -> bool | None:
-    """Take an engine's liveness lock back: whether it was taken, None if its row is gone."""
+    """A new engine identity (its lease row, heartbeat now); its id."""
 
 
 ClaimRow = tuple[int, int, str, str, bool]
@@ -693,7 +699,7 @@ class JobRescueRow(NamedTuple):
 
 
 @statement
-def job_rescue(*, engine: int, schema: str, restart_grace: float) -> JobRescueRow:
+def job_rescue(*, engine: int, restart_grace: float, orphans: bool) -> JobRescueRow:
     """Make the jobs of dead engines runnable again; the engines and the counts."""
 
 
@@ -733,6 +739,11 @@ class MigrationRow(NamedTuple):
 
 
 @statement
+def lock_timeout_local(*, ms: str) -> str:
+    """Bound the current transaction's lock waits to ``ms`` milliseconds."""
+
+
+@statement
 def migration_applied() -> list[MigrationRow]:
     """The migrations recorded, oldest first."""
 
@@ -744,7 +755,7 @@ def migration_bootstrap() -> None:
 
 @statement
 def migration_lock(*, schema: str) -> bool:
-    """Try to take the migration lock of ``schema``: whether this session holds it now."""
+    """Try to take the migration lock of ``schema`` in this transaction: whether it holds it."""
 
 
 class LockHolderRow(NamedTuple):
@@ -785,6 +796,3 @@ def migration_table_exists(*, schema: str) -> bool:
     """Whether ``schema`` has a migration table yet."""
 
 
-@statement
-def migration_unlock(*, schema: str) -> bool:
-    """Release the migration lock: whether it was held."""

@@ -569,7 +569,8 @@ async def _serve(registry: TaskRegistry, instance: Instance, job_fd: int, result
                  sync_threads: int, started: mmap.mmap) -> None:
     from skivi.client import Client
 
-    runner = _Runner(registry, Client(instance), result_fd, sync_threads, started,
+    client = Client(instance, max_size=instance.config.database.child_pool_size)
+    runner = _Runner(registry, client, result_fd, sync_threads, started,
                      instance.config.worker.job_timeout)
     loop = asyncio.get_running_loop()
     transport, _ = await loop.connect_read_pipe(lambda: _JobPipe(runner),

@@ -43,6 +43,7 @@ from skivi.db.queries import (
     job_complete_many,
     job_fail_many,
     job_release_many,
+    lock_timeout_local,
 )
 from skivi.db.retry import JITTER_AROUND, RetryBackoff
 from skivi.engine.connection import Reconnecting
@@ -97,8 +98,9 @@ FlushHook = Callable[[Flushed], None]
 class Completer:
     def __init__(self, db: Reconnecting, queries: Queries, *, engine_id: Callable[[], int],
                  batch_size: int, interval: float, max_buffer: int, history: bool,
-                 on_flushed: FlushHook | None = None) -> None:
+                 on_flushed: FlushHook | None = None, lock_timeout: float = 1.5) -> None:
         self.db = db
+        self._lock_timeout_ms = str(max(1, round(lock_timeout * 1000)))
         self.q = queries
         self.engine_id = engine_id
         self.batch_size = batch_size
@@ -215,14 +217,11 @@ class Completer:
         outcomes: dict[Claim, str] = {}
         recorded: dict[Claim, Recorded] = {}
         try:
-            conn = await self.db.get()
-            kinds = bool(completed) + bool(failed) + bool(released)
-            if kinds > 1:
-                # All or nothing, so a retried flush reports exactly what it did.
-                async with conn.transaction():
-                    done_ids, outcomes, recorded = await self._write(
-                        conn, engine, completed, failed, released)
-            else:
+            async with self.db.session() as conn, conn.transaction():
+                # All or nothing, so a retried flush reports exactly what it did; and never
+                # stuck behind another session's lock for long, since the heartbeat waits
+                # for this connection (a timed-out flush is retried, nothing lost).
+                await lock_timeout_local.run_async(conn, self.q, ms=self._lock_timeout_ms)
                 done_ids, outcomes, recorded = await self._write(conn, engine, completed,
                                                                  failed, released)
         except BaseException:

@@ -1,5 +1,11 @@
 """One database connection of the parent that rebuilds itself after it breaks.
 
+Shared: the parent's parts (fetcher, completer, liveness, rescue, pruning, queue stats) do
+their work on one connection, so an engine costs the server one connection (plus LISTEN's,
+when used) however it is configured. Each unit of work holds it through ``session()``:
+statements are autocommit, but the completer's multi-statement flush is a transaction, and
+another part's claim must never land inside it.
+
 PostgreSQL restarting, a dropped connection or ``pg_terminate_backend`` must not crash the
 engine: a component asks ``get()`` for its connection, and reports ``broken()`` when a
 statement on it failed in a way that leaves it unusable; the next ``get()`` reconnects,
@@ -12,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -27,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 class Reconnecting:
     def __init__(self, url: str, name: str, *, connect_timeout: float = 10.0,
-                 max_delay: float = 2.0,
+                 max_delay: float = 2.0, prepared_statements: bool = True,
                  on_connect: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]]
                  | None = None,
                  on_lost: Callable[[str, BaseException | str], None] | None = None,
@@ -35,12 +41,14 @@ class Reconnecting:
         self.url = url
         self.name = name
         self.connect_timeout = connect_timeout
+        self.prepared_statements = prepared_statements
         self.max_delay = max_delay
         self.on_connect = on_connect
         self.on_lost = on_lost
         self.on_connected = on_connected
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._lock = asyncio.Lock()
+        self._use = asyncio.Lock()
         self.reconnects = 0
         self.closed = False
 
@@ -81,7 +89,8 @@ class Reconnecting:
         if self.closed:
             raise psycopg.OperationalError(f"{self.name}: connection closed")
         conn = await dbpool.connect_async(self.url, application_name=self.name,
-                                          connect_timeout=self.connect_timeout)
+                                          connect_timeout=self.connect_timeout,
+                                          prepared_statements=self.prepared_statements)
         if self.on_connect is not None:
             await self.on_connect(conn)
         self._conn = conn
@@ -92,8 +101,34 @@ class Reconnecting:
         self.reconnects += 1
         return conn
 
+    @contextlib.asynccontextmanager
+    async def session(self, *, retry: bool = True
+                      ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """The connection, for this caller alone until the block ends (FIFO among callers).
+        A block that raises (cancellation included) is judged here, while nobody else can
+        be using the connection: left mid-statement or in a transaction, it is dropped."""
+        async with self._use:
+            conn = await self.get(retry=retry)
+            try:
+                yield conn
+            except BaseException:
+                self._judge()
+                raise
+
     def broken(self) -> None:
-        """The last statement failed: drop the connection if it is no longer usable."""
+        """The last statement failed: drop the connection if it is no longer usable. While
+        another caller holds a session, only a closed or broken connection is dropped: its
+        transaction state is that caller's, not a sign of trouble."""
+        conn = self._conn
+        if conn is None:
+            return
+        if self._use.locked():
+            if conn.closed or conn.broken:
+                self._judge()
+            return
+        self._judge()
+
+    def _judge(self) -> None:
         conn = self._conn
         if conn is None:
             return

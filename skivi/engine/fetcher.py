@@ -229,15 +229,16 @@ class Fetcher:
         self.claimed_after_flush = self.flushes()
         # Not drained while this claim runs: it may find jobs (--once must not stop now).
         self.drained = False
-        conn = await self.db.get()
-        serial = limit if self.startable is None else min(limit, self.startable())
-        self.serial_limit_used = serial
-        rows = await job_claim.run_async(
-            conn, self.q, engine=self.engine_id(), limit=limit, serial_limit=serial,
-            # What the buffers hold counts against the byte limit too, so the parent never
-            # holds much more than worker.batch_max_bytes of unstarted payload.
-            max_bytes=max(1, self.batch_max_bytes - self.buffered_bytes),
-            tasks=self.task_filter, forbidden=self.forbidden_flags, queues=self.queue_filter)
+        async with self.db.session() as conn:
+            serial = limit if self.startable is None else min(limit, self.startable())
+            self.serial_limit_used = serial
+            rows = await job_claim.run_async(
+                conn, self.q, engine=self.engine_id(), limit=limit, serial_limit=serial,
+                # What the buffers hold counts against the byte limit too, so the parent
+                # never holds much more than worker.batch_max_bytes of unstarted payload.
+                max_bytes=max(1, self.batch_max_bytes - self.buffered_bytes),
+                tasks=self.task_filter, forbidden=self.forbidden_flags,
+                queues=self.queue_filter)
         self.cut = bool(rows) and rows[0][CLAIM_CUT]
         self.claims += 1
         if self.claims == 1:

@@ -1,20 +1,24 @@
-"""Liveness and rescue: the engine's identity, its heartbeat, and the rescuer of jobs held by
+"""Liveness and rescue: the engine's identity, its lease, and the rescuer of jobs held by
 engines that died.
 
-Identity. ``register()`` inserts a row in the engine table and takes a session advisory
-lock keyed by (schema, engine id) on this component's own connection, in one statement.
-While the engine lives, the lock is held; when the process dies (SIGKILL, OOM, host loss)
-its connection closes and the lock is free.
+Identity and lease. ``register()`` inserts a row in the engine table: the engine's lease.
+Every worker.heartbeat_interval its heartbeat_at is set to the database's now() (with the
+number of jobs in flight and the ids of those started); an engine whose heartbeat is older
+than its lease_timeout, on the database's clock, is dead. Nothing depends on the session
+(no advisory lock, no LISTEN), so an engine works through a transaction-mode pooler: every
+statement here is its own transaction. If the row is gone when the engine heartbeats
+(another engine declared it dead and rescued its jobs), it takes a new identity: results
+for the old claims are then refused by the guards, which is right, since those jobs run
+again elsewhere.
 
-Heartbeat. Every worker.heartbeat_interval the row's heartbeat_at is refreshed (with the
-number of jobs in flight). If the connection was lost (a PostgreSQL restart), the engine
-tries to take its lock back and keep its identity; if its row is gone (another engine
-declared it dead and rescued its jobs), it takes a new identity: results for the old claims
-are then refused by the guards, which is right, since those jobs run again elsewhere.
-
-Rescue. Every worker.rescue_interval, job_rescue.sql makes the jobs of dead engines (lock
-free, heartbeat older than their lease, or no engine row at all) runnable again. Any engine
-may run it; SKIP LOCKED on the dead engines' rows makes concurrent rescuers safe.
+Rescue. Every worker.rescue_interval, job_rescue.sql makes the jobs of dead engines
+(heartbeat older than their lease; every ``ORPHAN_ROUNDS`` rounds also jobs held by an
+engine that has no row at all) runnable again. Any engine may run it; SKIP LOCKED on the
+dead engines' rows makes concurrent rescuers safe. An engine rescues others only once it
+has itself been connected for a whole lease without a failed statement: after an outage
+that cut everybody off (a network fault, a failover), every live engine's heartbeat is
+stale, and the first one back must give the others a lease to heartbeat again before it
+judges them. The database itself does the same after a restart (restart_grace).
 
 History pruning. ``HistoryPruner`` deletes job_history rows (completed and exhausted jobs)
 older than worker.history_retention, in bounded batches, on one engine at a time: each round
@@ -29,6 +33,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -39,7 +44,6 @@ from skivi.db.queries import (
     engine_deregister,
     engine_heartbeat,
     engine_register,
-    engine_relock,
     job_history_prune,
     job_queue_prune,
     job_rescue,
@@ -59,6 +63,10 @@ NOT_MIGRATED = (psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedColumn
 
 
 RESTART_GRACE_MIN = 10.0
+ORPHAN_ROUNDS = 10
+"""The orphan probe (jobs held by an engine without a row: a row deleted by hand, or by a
+deregister that raced a claim) reads every claimed job, so it runs one rescue round in this
+many."""
 
 
 class Liveness:
@@ -80,22 +88,31 @@ class Liveness:
         self.running = running
         self.on_rescued = on_rescued
         self.on_new_identity = on_new_identity
-        # Long enough for live engines to notice a server restart and take their locks back:
-        # their next rescue round (every rescue_interval) relocks first, after reconnecting
-        # with a backoff of at most 2 s.
-        self.restart_grace = max(RESTART_GRACE_MIN, 3 * rescue_interval)
+        # Long enough for live engines to notice a server restart and heartbeat again: they
+        # reconnect with a backoff of at most 2 s, then heartbeat within an interval.
+        self.restart_grace = max(RESTART_GRACE_MIN, 3 * rescue_interval,
+                                 2 * heartbeat_interval)
         self.engine_id = 0
         self.stopping = False
-        self._lock_conn: Any = None
+        self._rounds = 0
+        self._conn: Any = None  # the connection the last statement ran on
+        self._settled_at = 0.0  # monotonic time from which this engine may judge others
+        self._cut_off = False  # registering after failures, or again after being declared dead
         self._tasks: list[asyncio.Task[None]] = []
 
     async def register(self) -> int:
-        conn = await self.db.get()
-        self.engine_id = await engine_register.run_async(
-            conn, self.q, schema=self.q.schema, hostname=socket.gethostname(), pid=os.getpid(),
-            version=self.version, lease_timeout=self.lease_timeout, processes=self.processes,
-            concurrency=self.concurrency)
-        self._lock_conn = conn
+        async with self.db.session() as conn:
+            self.engine_id = await engine_register.run_async(
+                conn, self.q, hostname=socket.gethostname(), pid=os.getpid(),
+                version=self.version, lease_timeout=self.lease_timeout,
+                processes=self.processes, concurrency=self.concurrency)
+        # A fresh engine may rescue at once (the database was there when it started; a
+        # restart is covered by restart_grace): it frees the jobs of the engine it replaces.
+        # One that could not reach the database at first, or was declared dead, waits.
+        self._conn = conn
+        if self._cut_off:
+            self._settled_at = time.monotonic() + self.lease_timeout
+            self._cut_off = False
         logger.info("engine %d registered", self.engine_id,
                     extra={"action": "register_engine", "engine": self.engine_id})
         return self.engine_id
@@ -106,6 +123,7 @@ class Liveness:
         Any database error but an unmigrated schema is retried, 0.1 s at first, doubling up
         to ``max_delay``, jittered (``skivi.db.retry``)."""
         def failed(exc: BaseException, wait: float) -> None:
+            self._cut_off = True
             logger.warning("cannot register the engine (%s); retrying in %.1fs", exc, wait,
                            extra={"action": "register_failed"})
 
@@ -147,28 +165,24 @@ class Liveness:
                            extra={"action": "deregister_failed"})
 
     async def _deregister(self) -> None:
-        conn = await self.db.get()
-        await engine_deregister.run_async(conn, self.q, engine=self.engine_id)
+        async with self.db.session() as conn:
+            await engine_deregister.run_async(conn, self.q, engine=self.engine_id)
 
-    async def _connection(self) -> Any:
-        """This component's connection, holding this engine's liveness lock. On a new
-        connection (the old one broke: a PostgreSQL restart, a terminated backend) the lock
-        went with the old one: take it back if our row is still there (nobody rescued us),
-        otherwise start over as a new engine. Done before ANY statement, the rescue
-        included, so an engine never judges others before it is itself visibly alive."""
-        conn = await self.db.get()
-        if conn is not self._lock_conn:
-            relocked = await engine_relock.run_async(conn, self.q, schema=self.q.schema,
-                                                     engine=self.engine_id)
-            if not relocked:
-                self._lock_conn = None
-                await self._new_identity("lost its identity (declared dead)")
-            else:
-                self._lock_conn = conn
-        return conn
+    def _seen(self, conn: Any) -> None:
+        """A statement ran on ``conn``: a new connection (the old one broke) means this
+        engine was cut off for a while, and so perhaps was everybody: it waits a lease
+        before judging anyone."""
+        if conn is not self._conn:
+            self._conn = conn
+            self._settled_at = time.monotonic() + self.lease_timeout
+
+    def unsettle(self) -> None:
+        """A statement failed: the same wait as after a reconnection."""
+        self._conn = None
 
     async def _new_identity(self, why: str) -> None:
         old = self.engine_id
+        self._cut_off = True
         await self.register()
         logger.error("engine %d %s; now engine %d", old, why, self.engine_id,
                      extra={"action": "new_identity"})
@@ -176,18 +190,33 @@ class Liveness:
             self.on_new_identity(self.engine_id)
 
     async def heartbeat(self) -> None:
-        conn = await self._connection()
-        alive = await engine_heartbeat.run_async(
-            conn, self.q, engine=self.engine_id, in_flight=self.in_flight(),
-            stopping=self.stopping, running=self.running())
+        try:
+            async with self.db.session() as conn:
+                self._seen(conn)
+                alive = await engine_heartbeat.run_async(
+                    conn, self.q, engine=self.engine_id, in_flight=self.in_flight(),
+                    stopping=self.stopping, running=self.running())
+        except BaseException:
+            self.unsettle()
+            raise
         if alive is None:
             await self._new_identity("was declared dead")
 
     async def rescue(self) -> tuple[list[int], int, int]:
-        conn = await self._connection()
-        row = await job_rescue.run_async(conn, self.q, engine=self.engine_id,
-                                         schema=self.q.schema,
-                                         restart_grace=self.restart_grace)
+        if time.monotonic() < self._settled_at:
+            return [], 0, 0
+        self._rounds += 1
+        try:
+            async with self.db.session() as conn:
+                self._seen(conn)
+                if time.monotonic() < self._settled_at:
+                    return [], 0, 0
+                row = await job_rescue.run_async(
+                    conn, self.q, engine=self.engine_id, restart_grace=self.restart_grace,
+                    orphans=self._rounds % ORPHAN_ROUNDS == 1)
+        except BaseException:
+            self.unsettle()
+            raise
         engines, retried, exhausted = list(row.engines), int(row.retried), int(row.exhausted)
         if engines:
             logger.warning("rescued the jobs of dead engines %s: %d back to waiting, %d "
@@ -232,7 +261,9 @@ class HistoryPruner:
     """The advisory-lock class of history pruning ('skvp'), in the high 32 bits of the
     single-bigint key (see job_history_prune.sql)."""
 
-    BATCH_SIZE_DEFAULT = 10000
+    BATCH_SIZE_DEFAULT = 2000
+    """Small: the pruner shares the parent's one connection with claims and completions,
+    and a full batch runs the next at once, so a backlog still goes quickly."""
     QUEUE_BATCH = 1000
 
     def __init__(self, db: Reconnecting, queries: Queries, retention: float,
@@ -268,10 +299,10 @@ class HistoryPruner:
 
     async def prune(self) -> tuple[bool, int]:
         """One round: (whether this pruner held the lock, rows deleted)."""
-        conn = await self.db.get()
-        row = await job_history_prune.run_async(
-            conn, self.q, lock_class=self.LOCK_CLASS, schema=self.q.schema,
-            retention=self.retention, batch=self.batch_size)
+        async with self.db.session() as conn:
+            row = await job_history_prune.run_async(
+                conn, self.q, lock_class=self.LOCK_CLASS, schema=self.q.schema,
+                retention=self.retention, batch=self.batch_size)
         held, deleted = bool(row.held), int(row.deleted)
         self.rounds += 1
         self.deleted += deleted
@@ -289,8 +320,9 @@ class HistoryPruner:
         (job_queue_prune.sql: safe beside enqueues and claims, on every engine at once).
         One small batch per round, never repeated at once: claims do not read these rows,
         so removing them is hygiene that must not compete with the engine's real work."""
-        conn = await self.db.get()
-        removed = int(await job_queue_prune.run_async(conn, self.q, batch=self.QUEUE_BATCH))
+        async with self.db.session() as conn:
+            removed = int(await job_queue_prune.run_async(conn, self.q,
+                                                          batch=self.QUEUE_BATCH))
         self.queues_removed += removed
         if removed:
             logger.debug("removed %d empty serial-queue rows", removed,

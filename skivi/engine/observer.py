@@ -488,9 +488,9 @@ class QueueStatsPoller:
 
     async def poll(self) -> bool:
         """One poll; True if this engine is the leader (and exported the figures)."""
-        conn = await self.db.get()
-        rows = await job_stats.run_async(conn, self.q, engine=self.engine_id(), cap=self.cap,
-                                         max_groups=self.max_groups)
+        async with self.db.session() as conn:
+            rows = await job_stats.run_async(conn, self.q, engine=self.engine_id(),
+                                             cap=self.cap, max_groups=self.max_groups)
         self.polls += 1
         if not rows:
             self.metrics.queue_stats(None)

@@ -148,8 +148,10 @@ class Scheduler:
         self.queries = instance.queries
         # Connected on first use, one attempt at a time: this loop paces the retries (and
         # stays stoppable while the database is away).
-        self.db = Reconnecting(instance.database_url, APPLICATION_NAME,
-                               connect_timeout=instance.config.database.connect_timeout)
+        self.db = Reconnecting(
+            instance.database_url, APPLICATION_NAME,
+            connect_timeout=instance.config.database.connect_timeout,
+            prepared_statements=instance.config.database.prepared_statements)
         self._retry = RetryBackoff(RETRY_DELAY_INITIAL, RETRY_DELAY_MAX, jitter=JITTER_BELOW)
 
     def check(self) -> None:

@@ -102,40 +102,44 @@ class Engine:
         self._stop_requested = asyncio.Event()
         self._serving = False  # registered and every part started
         url = instance.database_url
-        timeout = cfg.database.connect_timeout
+        db = cfg.database
 
-        def connection(name: str) -> Reconnecting:
-            return Reconnecting(url, name, connect_timeout=timeout,
+        def connection(name: str, where: str = url) -> Reconnecting:
+            return Reconnecting(where, name, connect_timeout=db.connect_timeout,
+                                prepared_statements=db.prepared_statements,
                                 on_lost=self.observer.connection_lost,
                                 on_connected=self.observer.connection_regained)
 
-        self.claim_db = connection("skivi-claim")
-        self.complete_db = connection("skivi-complete")
-        self.listen_db = connection("skivi-listen")
-        self.live_db = connection("skivi-liveness")
-        # Its own connection: a failed prune round must never break the liveness lock's.
-        self.prune_db = connection("skivi-prune")
+        # The parent's whole budget: one connection for claims, completions, liveness,
+        # rescue, pruning and queue stats (each part holds it for one unit of work), and one
+        # for LISTEN when wake-ups are wanted (database.listen). Nothing relies on session
+        # state, so the first may go through a transaction-mode pooler; LISTEN may not,
+        # hence database.listen_url.
+        self.db = connection("skivi-engine")
+        self.listen_db: Reconnecting | None = None
+        if db.listen:
+            self.listen_db = connection("skivi-listen", db.listen_url or url)
         q = instance.queries
-        self.stats_db: Reconnecting | None = None
         self.stats_poller: QueueStatsPoller | None = None
         if self.metrics is not None:
-            self.stats_db = connection("skivi-stats")
-            self.stats_poller = QueueStatsPoller(self.stats_db, q, self.metrics,
+            self.stats_poller = QueueStatsPoller(self.db, q, self.metrics,
                                                  lambda: self.liveness.engine_id)
         self.liveness = Liveness(
-            self.live_db, q, version=_version(), heartbeat_interval=w.heartbeat_interval,
+            self.db, q, version=_version(), heartbeat_interval=w.heartbeat_interval,
             lease_timeout=w.lease_timeout, rescue_interval=w.rescue_interval,
             processes=self.processes, concurrency=self.concurrency,
             in_flight=self.pool.in_flight, running=self.pool.started_jobs,
             on_rescued=self._on_rescued)
-        self.pruner = HistoryPruner(self.prune_db, q, retention=w.history_retention)
+        self.pruner = HistoryPruner(self.db, q, retention=w.history_retention)
         self.completer = Completer(
-            self.complete_db, q, engine_id=lambda: self.liveness.engine_id,
+            self.db, q, engine_id=lambda: self.liveness.engine_id,
             batch_size=w.completion_batch_size, interval=w.completion_interval,
-            max_buffer=w.max_result_buffer, history=w.history, on_flushed=self._on_flushed)
+            max_buffer=w.max_result_buffer, history=w.history, on_flushed=self._on_flushed,
+            # Half what a heartbeat may be late before the lease runs out.
+            lock_timeout=max(0.1, (w.lease_timeout - w.heartbeat_interval) / 2))
         tasks = list(registry.identifiers()) if w.unknown_tasks == "skip" else None
         self.fetcher = Fetcher(
-            self.claim_db, self.listen_db, q, engine_id=lambda: self.liveness.engine_id,
+            self.db, self.listen_db, q, engine_id=lambda: self.liveness.engine_id,
             batch_size=w.batch_size, batch_max_bytes=w.batch_max_bytes,
             poll_interval=w.poll_interval,
             capacity=self.pool.capacity, in_flight=self.pool.in_flight,
@@ -340,8 +344,7 @@ class Engine:
     async def _close(self) -> None:
         for t in self._aux:
             t.cancel()
-        for db in (self.claim_db, self.complete_db, self.listen_db, self.live_db,
-                   self.prune_db, self.stats_db):
+        for db in (self.db, self.listen_db):
             if db is not None:
                 await db.close()
         self._done.set()

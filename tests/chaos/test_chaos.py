@@ -63,7 +63,7 @@ SEED = 20_260_808
 
 # An engine's children may be replaced; an engine's identity may change after it was declared
 # dead. How long after a connection fault an execution may still start on a claim taken before
-# it (the engine notices at its next heartbeat, worker.heartbeat_interval = 5 s, then its buffer
+# it (the engine notices at its next heartbeat, worker.heartbeat_interval = 1 s, then its buffer
 # of claimed jobs drains) and how long before it one may still have been running or have its
 # result waiting to be written.
 FAULT_AFTER = 15.0

@@ -145,9 +145,9 @@ def jobs(system: skivi.System, database: str) -> dict[str, int]:
 
 @pytest.fixture
 def held_engine(database: str) -> Iterator[int]:
-    """A registered engine whose liveness lock is held (its connection stays open)."""
+    """A registered engine with a fresh heartbeat."""
     with connect(database) as c:
-        yield engine_register.run(c, for_schema(SCHEMA), schema=SCHEMA, hostname="host-a",
+        yield engine_register.run(c, for_schema(SCHEMA), hostname="host-a",
                                   pid=4242, version="9.9.9", lease_timeout=30.0, processes=2,
                                   concurrency=16)
 
@@ -664,7 +664,7 @@ def test_migrate_exits_3_naming_the_holder_when_the_migration_lock_stays_taken(
     empty = make_database(template=None)
     (working_directory / "skivi.toml").write_text(
         "[database]\nmigration_lock_timeout = 1.0\n")
-    with connect(empty) as holder:
+    with connect(empty) as holder, holder.transaction():
         assert migration_lock.run(holder, for_schema(SCHEMA), schema=SCHEMA)
         assert cli(empty, "migrate") == 3
         err = capsys.readouterr().err
@@ -734,25 +734,27 @@ def test_workers_and_queues_report_nothing_when_the_instance_is_idle(
     assert capsys.readouterr().out == "no cron entries configured\n"
 
 
-def test_workers_shows_whether_each_liveness_lock_is_held_when_engines_are_registered(
+def test_workers_shows_whether_each_engine_is_alive_when_engines_are_registered(
         held_engine: int, database: str, capsys: pytest.CaptureFixture[str]) -> None:
-    with connect(database) as gone:  # registers, then its connection (and lock) goes away
-        dead = engine_register.run(gone, for_schema(SCHEMA), schema=SCHEMA, hostname="host-b",
+    with connect(database) as gone:  # registers, then stops heartbeating
+        dead = engine_register.run(gone, for_schema(SCHEMA), hostname="host-b",
                                    pid=1, version="9.9.9", lease_timeout=30.0, processes=1,
                                    concurrency=4)
     with connect(database) as c:
         c.execute("update skivi.engine set in_flight = 3 where id = %s", [held_engine])
+        c.execute("update skivi.engine set heartbeat_at = now() - interval '31 seconds' "
+                  "where id = %s", [dead])
     workers = cli_json(database, capsys, "workers")["workers"]
-    assert [(w["id"], w["hostname"], w["lock_held"], w["status"]) for w in workers] == [
+    assert [(w["id"], w["hostname"], w["alive"], w["status"]) for w in workers] == [
         (held_engine, "host-a", True, "alive"),
-        (dead, "host-b", False, "dead (lock free; awaiting rescue)")]
+        (dead, "host-b", False, "dead (heartbeat older than its lease; awaiting rescue)")]
     alive = workers[0]
     assert (alive["pid"], alive["version"], alive["processes"], alive["concurrency"],
             alive["in_flight"], alive["stopping"]) == (4242, "9.9.9", 2, 16, 3, False)
     assert 0 <= alive["heartbeat_age"] < 60
     assert cli(database, "workers") == 0
     table = capsys.readouterr().out
-    assert "host-a" in table and "held" in table and "free" in table
+    assert "host-a" in table and "alive" in table and "dead" in table
 
 
 def test_roles_print_writes_the_installed_roles_script_when_asked(tmp_path: Path) -> None:

@@ -19,7 +19,6 @@ from skivi.db.queries import (
     for_schema,
     job_history_prune,
     migration_lock,
-    migration_unlock,
 )
 from skivi.engine.connection import Reconnecting
 from skivi.engine.maintenance import HistoryPruner
@@ -107,20 +106,18 @@ def test_prune_deletes_old_rows_in_batches_and_keeps_recent_ones_when_the_lock_i
     assert old
 
 
-def test_prune_lock_is_not_the_migration_or_liveness_lock_when_those_are_held(
-        database: str) -> None:
+def test_prune_lock_is_not_the_migration_lock_when_that_is_held(database: str) -> None:
     add_history(database, 3, 2 * DAY)
     q = for_schema(SCHEMA)
-    with connect(database) as migrator, connect(database) as engine:
+    with connect(database) as migrator, migrator.transaction(), connect(database) as engine:
         assert migration_lock.run(migrator, q, schema=SCHEMA)
-        engine_register.run(engine, q, schema=SCHEMA, hostname="h", pid=1, version="v",
+        engine_register.run(engine, q, hostname="h", pid=1, version="v",
                             lease_timeout=30.0, processes=1, concurrency=1)
 
         async def body(make: Callable[..., HistoryPruner]) -> tuple[bool, int]:
             return await make().prune()
 
         assert run(database, body) == (True, 3)
-        assert migration_unlock.run(migrator, q, schema=SCHEMA)
 
 
 def test_pruner_refuses_impossible_settings_when_built() -> None:

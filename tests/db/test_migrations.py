@@ -89,8 +89,10 @@ def test_concurrent_starters_migrate_exactly_once(make_database: MakeDatabase) -
                 p.kill()
     assert [err for _, _, err in outcomes if err] == []
     assert [p.exitcode for p in procs] == [0] * CONCURRENT_MIGRATORS
-    applied = [names for _, names, _ in outcomes if names]
-    assert applied == [ALL], f"expected exactly one migrator to apply {ALL}: {outcomes}"
+    # Each migration is its own transaction holding the lock, so several migrators may
+    # share the work; every migration is applied by exactly one of them.
+    applied = sorted(name for _, names, _ in outcomes for name in names or [])
+    assert applied == ALL, f"expected every one of {ALL} applied exactly once: {outcomes}"
     with connect(url) as c:
         assert migration_rows(c) == all_rows()
 

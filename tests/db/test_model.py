@@ -32,7 +32,6 @@ from hypothesis.stateful import (
 from skivi.db import queries
 from skivi.db.queries import Queries, for_schema
 from tests.support.db import connect
-from tests.support.wait import wait_for
 
 SCHEMA = "skivi"
 SLOTS = 3
@@ -119,7 +118,7 @@ class JobLifeCycle(RuleBasedStateMachine):
         i = data.draw(st.sampled_from(free))
         conn = connect(self.url)
         engine = queries.engine_register.run(
-            conn, self.q, schema=SCHEMA, hostname="model", pid=0, version="test",
+            conn, self.q, hostname="model", pid=0, version="test",
             lease_timeout=30.0, processes=1, concurrency=1)
         self.slots[i] = EngineSlot(engine, conn, [])
 
@@ -233,15 +232,9 @@ class JobLifeCycle(RuleBasedStateMachine):
         assert slot is not None and slot.conn is not None
         slot.conn.close()
         slot.conn = None
-        # The lock is freed when the backend has exited, a moment after the close. Only this
-        # database's: engine ids start at 1 in every database, and the engines of other
-        # tests (or other test sessions on the same server) hold locks with the same objid.
-        wait_for(lambda: not self.db.execute(
-            "select 1 from pg_locks where locktype = 'advisory' and objsubid = 2 "
-            "and objid = (%s %% 2147483647)::bigint::oid "
-            "and database = (select oid from pg_database where datname = current_database())",
-            [slot.id]).fetchall(),
-            what="the killed engine's liveness lock to be freed")
+        # Dead is a lease run out: no heartbeat for longer than lease_timeout.
+        self.db.execute("update skivi.engine set heartbeat_at = now() - interval '1 hour' "
+                        "where id = %s", [slot.id])
         self.unrescued.add(slot.id)
         self.retired.append(slot)
 
@@ -263,8 +256,8 @@ class JobLifeCycle(RuleBasedStateMachine):
                 else:
                     self._finish(m.id, "exhausted")
                     exhausted += 1
-        row = queries.job_rescue.run(self.db, self.q, engine=slot.id, restart_grace=10.0,
-                                     schema=SCHEMA)
+        row = queries.job_rescue.run(self.db, self.q, engine=slot.id, restart_grace=0.0,
+                                     orphans=True)
         assert (sorted(row.engines), row.retried, row.exhausted) == (sorted(dead), retried,
                                                                      exhausted)
         self.unrescued.clear()

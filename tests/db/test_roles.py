@@ -215,7 +215,7 @@ def test_worker_runs_every_engine_statement_when_granted_the_worker_role(roles: 
             [{"ord": 1, "task": "t", "job_key": "k", "job_key_mode": "replace"}]))
         assert [r[1] for r in keyed] == ["inserted"]
         engine = queries.engine_register.run(
-            c, q, schema=SCHEMA, hostname="h", pid=os.getpid(), version="test",
+            c, q, hostname="h", pid=os.getpid(), version="test",
             lease_timeout=30.0, processes=1, concurrency=4)
         claimed = queries.job_claim.run(c, q, engine=engine, limit=10, serial_limit=10,
                                         max_bytes=1 << 40)
@@ -233,8 +233,7 @@ def test_worker_runs_every_engine_statement_when_granted_the_worker_role(roles: 
         assert queries.engine_heartbeat.run(c, q, engine=engine, in_flight=2, stopping=False,
                                             running=[]) == engine
         assert queries.job_stats.run(c, q, engine=engine, cap=10000, max_groups=100)
-        assert queries.job_rescue.run(c, q, engine=engine, schema=SCHEMA, restart_grace=10.0)
-        assert queries.engine_relock.run(c, q, schema=SCHEMA, engine=engine)
+        assert queries.job_rescue.run(c, q, engine=engine, restart_grace=0.0, orphans=True)
         pruned = queries.job_history_prune.run(c, q, lock_class=1, schema=SCHEMA,
                                                retention=0.0, batch=100)
         assert pruned == (True, 2)
@@ -534,7 +533,7 @@ def test_a_producer_cannot_make_another_roles_running_job_unretryable(roles: Rol
     assert theirs is not None and mine is not None
     with roles.connect("worker") as c:
         engine = queries.engine_register.run(
-            c, q, schema=SCHEMA, hostname="h", pid=1, version="v", lease_timeout=30.0,
+            c, q, hostname="h", pid=1, version="v", lease_timeout=30.0,
             processes=1, concurrency=1)
         claimed = queries.job_claim.run(c, q, engine=engine, limit=10, serial_limit=10,
                                         max_bytes=1 << 40)

@@ -17,7 +17,7 @@ def test_job_stats_reports_an_infinite_age_when_a_runnable_job_has_run_at_minus_
     # depth metrics went stale.
     q = for_schema(SCHEMA)
     # The engine's liveness lock is a session lock: released when conn closes.
-    engine = engine_register.run(conn, q, schema=SCHEMA, hostname="host", pid=1,
+    engine = engine_register.run(conn, q, hostname="host", pid=1,
                                  version="test", lease_timeout=30.0, processes=1,
                                  concurrency=1)
     conn.execute("insert into skivi.job (task_identifier, run_at) values "

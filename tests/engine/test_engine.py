@@ -348,9 +348,10 @@ def test_cron_process_fires_each_tick_once_and_is_restarted_when_killed(
 
 def test_engines_keep_their_identity_and_jobs_run_once_when_postgres_restarts(
         private_server: Any, private_engines: EngineProcs) -> None:
-    """A restart frees every engine's liveness lock at once. The first engine back must not
-    declare the others dead (they take their locks back within the restart grace): no
-    identity lost, no job run twice, although every job was running at the restart."""
+    """A restart leaves every engine's heartbeat stale at once. The first engine back must
+    not declare the others dead (they heartbeat again within the restart grace, and it
+    waits a lease after reconnecting): no identity lost, no job run twice, although every
+    job was running at the restart."""
     url = private_server.url
     procs = private_engines
     ids = enqueue(url, [{"task": "async_sleep", "payload": {"s": 6.0}} for _ in range(8)])
@@ -384,7 +385,7 @@ def test_an_engine_killed_during_the_restart_grace_is_rescued_when_the_grace_end
     wait_for(lambda: procs.ledger.runs_per_job() == {job: 2 for job in ids}, timeout=40,
              what="the victim's jobs to run again elsewhere")
     took = max(r[4] for r in procs.ledger.starts()) - killed_at
-    # The grace (10 s) plus a rescue round, well before the 30 s heartbeat lease.
+    # The grace (10 s) plus a rescue round.
     assert took < 20, f"rescued {took:.1f} s after the kill"
     assert "rescued the jobs of dead engines" in log_of(survivor)
 

@@ -190,7 +190,7 @@ async def _harness(url: str, out: Path) -> None:
     q = for_schema("skivi")
     with connect(url) as conn:  # holds the engine's liveness lock while the harness runs
         engine_id = engine_register.run(
-            conn, q, schema="skivi", hostname="harness", pid=os.getpid(), version="0",
+            conn, q, hostname="harness", pid=os.getpid(), version="0",
             lease_timeout=30.0, processes=2, concurrency=4)
         db = Reconnecting(url, "skivi-stats")
         poller = QueueStatsPoller(db, q, m, lambda: engine_id, interval=0.2)

@@ -27,8 +27,9 @@ def test_engine_logs_the_holder_and_exits_3_when_the_migration_lock_stays_taken(
     config = tmp_path / "skivi.toml"
     config.write_text(f"[database]\nmigration_lock_timeout = {LOCK_TIMEOUT}\n")
     procs = EngineProcs(url, Ledger(tmp_path / "ledger.txt"))
-    # The holder stays idle with the lock, as a killed migrator's backend does.
-    with connect(url) as holder:
+    # The holder stays idle in its transaction with the lock, as a killed migrator's
+    # backend does.
+    with connect(url) as holder, holder.transaction():
         assert migration_lock.run(holder, for_schema(SCHEMA), schema=SCHEMA)
         pid = holder.info.backend_pid
         try:

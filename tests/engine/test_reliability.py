@@ -42,14 +42,14 @@ def write_config(path: Path, **worker: Any) -> str:
 
 
 class FakeEngine:
-    """An engine identity as job_claim.sql and friends see it: a row in skivi.engine and its
-    liveness lock, held by this object's own connection."""
+    """An engine identity as job_claim.sql and friends see it: a row in skivi.engine (its
+    lease), and a connection of its own."""
 
     def __init__(self, url: str, q: Queries) -> None:
         self.q = q
         self.conn = connect(url)
         self.id = queries.engine_register.run(
-            self.conn, q, schema=SCHEMA, hostname="test", pid=0, version="test",
+            self.conn, q, hostname="test", pid=0, version="test",
             lease_timeout=30.0, processes=1, concurrency=1)
 
     def claim(self, limit: int = 10) -> list[tuple[int, int]]:
@@ -76,13 +76,16 @@ class FakeEngine:
                                             leases=[p[1] for p in pairs])
 
     def rescue(self) -> tuple[list[int], int, int]:
-        row = queries.job_rescue.run(self.conn, self.q, engine=self.id, restart_grace=10.0,
-                                     schema=SCHEMA)
+        row = queries.job_rescue.run(self.conn, self.q, engine=self.id, restart_grace=0.0,
+                                     orphans=True)
         return list(row.engines), row.retried, row.exhausted
 
 
 def _connection_closed(a: FakeEngine, admin: psycopg.Connection[Any]) -> None:
+    # A closed connection alone is no death (nothing is held by the session): the engine
+    # stops heartbeating, and its lease runs out.
     a.conn.close()
+    _heartbeat_stale(a, admin)
 
 
 def _heartbeat_stale(a: FakeEngine, admin: psycopg.Connection[Any]) -> None:
@@ -132,7 +135,6 @@ def test_late_write_changes_nothing_when_the_job_was_rescued_and_claimed_again(
         [(claimed, lease_a)] = a.claim()
         assert (claimed, lease_a) == (job, 1)
         LOSSES[loss](a, admin)
-        # A closed connection frees its lock once its backend has exited: soon, not at once.
         rescued = wait_for(lambda: [r for r in [b.rescue()] if r[0]], what="A to be rescued")
         assert rescued == [([a.id], 1, 0)]
         assert b.claim() == [(job, 2)]
@@ -202,14 +204,14 @@ def test_results_are_retried_and_land_when_the_completion_connection_is_killed_r
     wait_for(lambda: engines.ledger.starts(), what="the first job to start")
     kills = 0
 
-    def kill_completer_then_check() -> bool:
+    def kill_engine_connection_then_check() -> bool:
         nonlocal kills
         kills += len(fetch(database, "select pg_terminate_backend(pid) from pg_stat_activity "
-                                     "where application_name = 'skivi-complete'"))
+                                     "where application_name = 'skivi-engine'"))
         return live_jobs(database) == 0
 
-    wait_for(kill_completer_then_check, timeout=90, what="every job to finish")
-    assert kills >= 5, f"only {kills} completion connections were killed"
+    wait_for(kill_engine_connection_then_check, timeout=90, what="every job to finish")
+    assert kills >= 5, f"the engine's connection was killed only {kills} times"
     assert "completion flush failed" in log_of(engine)
     runs = engines.ledger.runs_per_job()
     assert set(runs) == set(ids), "a job never ran"
@@ -407,8 +409,8 @@ def test_jobs_run_complete_and_are_rescued_when_ids_are_past_2_pow_31(
     assert f"rescued the jobs of dead engines [{victim_id}]" in log_of(survivor)
     assert set(engines.ledger.runs_per_job()) == set(quick) | set(slow)
     with connect(database) as c:
-        workers = queries.engine_list.run(c, for_schema(SCHEMA), schema=SCHEMA)
-    assert [(w.id, w.lock_held) for w in workers] == [(survivor_id, True)], workers
+        workers = queries.engine_list.run(c, for_schema(SCHEMA))
+    assert [(w.id, w.alive) for w in workers] == [(survivor_id, True)], workers
     assert survivor.poll() is None, log_of(survivor)
 
 
@@ -418,7 +420,7 @@ def test_jobs_run_complete_and_are_rescued_when_ids_are_past_2_pow_31(
 def registering(url: str) -> list[int]:
     """Backends of engines waiting to register (blocked on the engine table's lock)."""
     return [r[0] for r in fetch(
-        url, "select pid from pg_stat_activity where application_name = 'skivi-liveness' "
+        url, "select pid from pg_stat_activity where application_name = 'skivi-engine' "
              "and wait_event_type = 'Lock'")]
 
 

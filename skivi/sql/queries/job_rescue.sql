@@ -1,47 +1,40 @@
 -- job_rescue: make the jobs of dead engines runnable again.
 --
--- An engine is dead when its liveness lock (engine_register.sql) is free, when its heartbeat
--- is older than its lease_timeout, or when it holds jobs but has no engine row at all. Its
--- claimed jobs go back to waiting at once, their attempt counted (it was counted at claim),
--- with an error saying what happened; those on their last attempt are exhausted. Serial
--- queues it held are freed and its row is deleted. Dead engines are locked FOR UPDATE SKIP
--- LOCKED so two rescuers never handle the same engine; the updates re-check locked_by, so a
--- job finished meanwhile is left alone (River #1302).
+-- An engine is dead when its heartbeat is older than its lease_timeout, both on the
+-- database's clock (a lease, not a session lock: this works per transaction, through a
+-- transaction-mode pooler), or, with %(orphans)s, when it holds jobs but has no engine row
+-- at all. Its claimed jobs go back to waiting at once, their attempt counted (it was counted
+-- at claim), with an error saying what happened; those on their last attempt are exhausted.
+-- Serial queues it held are freed and its row is deleted. Dead engines are locked FOR UPDATE
+-- SKIP LOCKED so two rescuers never handle the same engine; the updates re-check locked_by,
+-- so a job finished meanwhile is left alone (River #1302).
 --
--- A server restart frees every engine's lock at once, live engines' included: they take it
--- back on their next liveness statement (engine_relock.sql). So a free lock does not count
--- for an engine registered before the server (re)started while the restart is less than
--- %(restart_grace)s seconds old; the heartbeat rule still applies to it. Without this grace
--- the first engine back would declare all the others dead and their running jobs would run
--- twice.
+-- A server that has just (re)started has seen no heartbeat from anyone for as long as it was
+-- down, live engines included: nobody is declared dead while its start is less than
+-- %(restart_grace)s seconds old, which gives live engines time to reconnect and heartbeat.
+-- (The rescuer also waits a lease after it reconnects itself: skivi/engine/maintenance.py.)
 --
--- Parameters: %(engine)s (the rescuer, never rescued by itself), %(schema)s,
--- %(restart_grace)s (seconds).
+-- The orphan probe reads every claimed job (job_locked_idx), so it runs on some rounds only
+-- (%(orphans)s false skips it); the dead-row rule reads only the engine table.
+--
+-- Parameters: %(engine)s (the rescuer, never rescued by itself), %(restart_grace)s (seconds),
+-- %(orphans)s (bool).
 -- Returns (engines, retried, exhausted): the rescued engine ids and the counts.
-with alive_locks as (
-    select l.objid
-    from pg_locks l
-    where l.locktype = 'advisory'
-      and l.granted
-      and l.objsubid = 2
-      and l.database = (select d.oid from pg_database d where d.datname = current_database())
-      and l.classid = (hashtext(%(schema)s::text)::bigint & 4294967295)::oid
-), dead_rows as (
+with dead_rows as (
     select e.id
     from {schema}.engine e
     where e.id <> %(engine)s
-      and (e.heartbeat_at < now() - make_interval(secs => e.lease_timeout)
-           or (((e.id %% 2147483647)::bigint)::oid not in (select objid from alive_locks)
-               and not (e.started_at < pg_postmaster_start_time()
-                        and pg_postmaster_start_time()
-                            > now() - make_interval(secs => %(restart_grace)s::float8))))
+      and e.heartbeat_at < now() - make_interval(secs => e.lease_timeout)
+      and pg_postmaster_start_time()
+          < now() - make_interval(secs => %(restart_grace)s::float8)
     for update skip locked
 ), dead as (
     select id from dead_rows
     union
     select distinct j.locked_by
     from {schema}.job j
-    where j.locked_by is not null
+    where %(orphans)s
+      and j.locked_by is not null
       and j.locked_by <> %(engine)s
       and not exists (select 1 from {schema}.engine e where e.id = j.locked_by)
 ), retried as (

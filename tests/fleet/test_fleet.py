@@ -1,0 +1,256 @@
+"""A fleet of engines through a real PgBouncer in transaction mode.
+
+Short mode (the default, in ./run-tests): 20 engines x 1 child, 20,000 jobs from 2 producers
+through the pooler while the engines run, 2 engines SIGKILLed mid-run, cron on every engine.
+Long mode (``SKIVI_FLEET_LONG=1``): 100 engines, 100,000 jobs. What must hold either way:
+every job runs, none is recorded finished twice, the killed engines' jobs run again within
+10 s, cron fires each tick once across the fleet, every survivor exits 0 on SIGTERM, and
+PostgreSQL never sees more connections for the database than the pooler's pool.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from skivi.engine.process import children_of
+from tests.support.db import MakeDatabase, connect
+from tests.support.engines import (
+    REPO,
+    EngineProcs,
+    Ledger,
+    child_env,
+    enqueue,
+    log_of,
+    wait_registered,
+)
+from tests.support.pgbouncer import PgBouncer, free_port, pgbouncer_binary
+from tests.support.rows import fetch, live_jobs
+from tests.support.wait import wait_for
+
+LONG = os.environ.get("SKIVI_FLEET_LONG") == "1"
+ENGINES = 100 if LONG else 20
+JOBS = 100_000 if LONG else 20_000
+PRODUCERS = 2
+POOL = 10
+KILLED = 2
+RESCUE_BOUND = 10.0
+SLOW_EVERY = 50  # one job in this many sleeps, so that jobs are in flight at the kill
+OBSERVER = "fleet-observer"
+
+pytestmark = pytest.mark.slow
+
+PRODUCER = """
+import sys, skivi
+url, first, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+system = skivi.create_system({"database": {"connection_string": url,
+                                           "prepared_statements": False}})
+every = int(sys.argv[4])
+ids = []
+for start in range(first, first + count, 500):
+    specs = [{"task": "async_sleep", "payload": {"s": 1.0, "n": n}} if n % every == 0
+             else {"task": "noop", "payload": {"n": n}}
+             for n in range(start, min(start + 500, first + count))]
+    ids += [j.id for j in skivi.add_jobs(system, specs)]
+system.stop()
+print(len(ids))
+"""
+
+
+@pytest.fixture
+def bouncer(server_dsn: str) -> Iterator[PgBouncer]:
+    if pgbouncer_binary() is None:
+        if os.environ.get("SKIVI_REQUIRE_PGBOUNCER") == "1":
+            pytest.fail("pgbouncer is not installed but SKIVI_REQUIRE_PGBOUNCER=1")
+        pytest.skip("Debian's pgbouncer package is not installed: apt-get install pgbouncer")
+    if (conninfo_to_dict(server_dsn).get("host") or "/").startswith("/"):
+        pytest.skip("the test server is reached by a Unix socket (the embedded PostgreSQL): "
+                    "PgBouncer, running as nobody, needs it on TCP (set SKIVI_TEST_DSN)")
+    with PgBouncer(server_dsn, pool_size=POOL) as b:
+        yield b
+
+
+class Sampler:
+    """The most server connections the database had at once, sampled every 0.1 s from a
+    direct connection (itself not counted)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.most = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="sampler")
+
+    def _run(self) -> None:
+        with connect(self.url) as c:
+            c.execute("select set_config('application_name', %s, false)", [OBSERVER])
+            while not self._stop.is_set():
+                n = c.execute(
+                    "select count(*) from pg_stat_activity where datname = current_database()"
+                    " and pid <> pg_backend_pid() and backend_type = 'client backend'"
+                    " and application_name not like 'skivi-test%%'").fetchone()
+                self.most = max(self.most, int(n[0]) if n else 0)
+                self.samples += 1
+                time.sleep(0.1)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def test_a_fleet_runs_every_job_once_through_pgbouncer_in_transaction_mode(
+        make_database: MakeDatabase, bouncer: PgBouncer, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    direct = make_database()
+    pooled = bouncer.url(direct)
+    config = tmp_path / "skivi.toml"
+    # A small batch, as docs/operations.md advises for many engines: a rescued job waits
+    # for an engine with room, and a batch of 500 no-ops prefetched by each of 20 engines
+    # sharing 2 cores would hold it back for seconds.
+    config.write_text("[database]\nprepared_statements = false\nlisten = false\n"
+                      "[worker]\nhistory = true\nbatch_size = 50\n")
+    crontab = tmp_path / "crontab.toml"
+    crontab.write_text('[[cron]]\nidentifier = "every-second"\nschedule = "* * * * * *"\n'
+                       'task = "cron_tick"\n')
+    ledger = Ledger(tmp_path / "ledger.txt")
+    procs = EngineProcs(pooled, ledger)
+    started = time.monotonic()
+    with procs, Sampler(direct) as sampler:
+        engines = [procs.start("--config", str(config), "--crontab", str(crontab),
+                               processes=1, concurrency=4) for _ in range(ENGINES)]
+        try:
+            ids_of = wait_registered(direct, [e.pid for e in engines],
+                                     timeout=60 + 3 * ENGINES)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{log_of(engines[0])}\n{bouncer.log()[-3000:]}"
+                                 ) from None
+        up = time.monotonic() - started
+        share = JOBS // PRODUCERS
+        producers = [subprocess.Popen(
+            [sys.executable, "-c", PRODUCER, pooled, str(i * share), str(share),
+             str(SLOW_EVERY)],
+            env=child_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for i in range(PRODUCERS)]
+        # Kill two engines while jobs are still coming in and some are running.
+        wait_for(lambda: len(ledger.starts()) >= JOBS // 4, timeout=120,
+                 what="a quarter of the jobs to start")
+        victims = engines[:KILLED]
+        victim_pids = {v.pid for v in victims}
+        for v in victims:
+            victim_pids.update(children_of(v.pid))
+        for v in victims:
+            v.send_signal(signal.SIGKILL)
+        killed_at = time.time()
+        for v in victims:
+            v.wait(timeout=10)
+        for p in producers:
+            out, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err.decode()
+            assert int(out.split()[-1]) == share
+        wait_for(lambda: live_jobs(direct) == 0, timeout=300, what="every job to finish")
+        drained = time.monotonic() - started
+        survivors = engines[KILLED:]
+        codes = procs.stop(survivors, timeout=60)
+        most = sampler.most
+    logs = "".join(log_of(e) for e in survivors)
+    assert set(codes.values()) == {0}, (codes, logs[-5000:])
+
+    starts = ledger.starts()
+    runs: dict[int, list[tuple[int, float]]] = {}
+    for job, pid, _attempt, _event, at in starts:
+        runs.setdefault(job, []).append((pid, at))
+    enqueued = {int(r[0]) for r in fetch(direct, "select id from skivi.job_history "
+                                                 "where task_identifier <> 'cron_tick'")}
+    job_runs = {j: r for j, r in runs.items() if j in enqueued}
+    assert len(enqueued) == JOBS, "jobs missing from history"
+    assert set(job_runs) == enqueued, "a job never ran"
+    # Recorded finished once: history's primary key is the job id, and the engines' guards
+    # accept one result per claim; every job is in history exactly once and none is left.
+    [(rows, distinct)] = fetch(direct, "select count(*), count(distinct id) "
+                                       "from skivi.job_history")
+    assert rows == distinct
+    # What the victims were running when they died runs again elsewhere, soon: the slow
+    # jobs (they record their end; a no-op's run is over as soon as it is recorded).
+    ends = {(j, pid) for j, pid, _a, e, _t in ledger.rows() if e == "end"}
+    slow = {int(r[0]) for r in fetch(direct, "select id from skivi.job_history "
+                                             "where task_identifier = 'async_sleep'")}
+    cut = [j for j, r in job_runs.items()
+           if j in slow and any(pid in victim_pids and (j, pid) not in ends
+                                and at <= killed_at for pid, at in r)]
+    assert cut, "no job was in flight on the killed engines"
+    late = {}
+    for j in cut:
+        again = [at for pid, at in job_runs[j] if pid not in victim_pids]
+        assert again, f"job {j} of a killed engine never ran again"
+        late[j] = min(again) - killed_at
+    assert max(late.values()) <= RESCUE_BOUND, f"rescued too late: {sorted(late.values())}"
+    # A job runs twice only if a killed engine had it.
+    twice = [j for j, r in job_runs.items() if len(r) > 1]
+    assert all(any(pid in victim_pids for pid, _ in job_runs[j]) for j in twice), twice
+    # Cron: every tick fired once across the fleet.
+    ticks = [e for _j, _p, _a, e, _t in ledger.rows() if e.startswith("tick:")]
+    assert ticks and len(ticks) == len(set(ticks)), "a cron tick fired twice"
+    rescued = [line for line in logs.splitlines() if "rescued the jobs of dead engines" in line]
+    dead_ids = {ids_of[v.pid] for v in victims}
+    for line in rescued:  # only the killed engines were ever declared dead
+        named = {int(x) for x in line.split("[", 1)[1].split("]", 1)[0].split(",")}
+        assert named <= dead_ids, line
+    assert "declared dead" not in logs, "a live engine lost its identity"
+    assert most <= POOL, f"PostgreSQL saw {most} connections through a pool of {POOL}"
+    with capsys.disabled():
+        print(f"\n  fleet: {ENGINES} engines up in {up:.1f}s, {JOBS} jobs drained "
+              f"{drained:.1f}s after start; {len(cut)} jobs cut by the kill ran again "
+              f"{min(late.values()):.1f}-{max(late.values()):.1f}s after it; "
+              f"{len(ticks)} cron ticks, none twice; at most {most} server connections "
+              f"({sampler.samples} samples, pool {POOL})")
+
+
+def _connections(url: str) -> dict[str, int]:
+    rows = fetch(url, "select application_name, count(*) from pg_stat_activity "
+                      "where datname = current_database() and pid <> pg_backend_pid() "
+                      "and backend_type = 'client backend' group by 1")
+    return {str(name): int(n) for name, n in rows if not str(name).startswith("skivi-test")}
+
+
+def test_an_engine_stays_within_its_connection_budget_idle_and_busy(
+        make_database: MakeDatabase, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    url = make_database()
+    ledger = Ledger(tmp_path / "ledger.txt")
+    procs = EngineProcs(url, ledger)
+    with procs:
+        engine = procs.start("--metrics-port", str(free_port()), processes=2, concurrency=4)
+        wait_registered(url, [engine.pid])
+        time.sleep(3)  # a few heartbeats, rescue rounds and polls
+        idle = _connections(url)
+        # Busy: handlers that enqueue a follow-up each (ctx.add_job).
+        enqueue(url, [{"task": "spawn"} for _ in range(400)])
+        seen: dict[str, int] = {}
+
+        def busy_and_sampled() -> bool:
+            for name, n in _connections(url).items():
+                seen[name] = max(seen.get(name, 0), n)
+            return live_jobs(url) == 0 and len(ledger.starts()) >= 800
+
+        wait_for(busy_and_sampled, timeout=60, what="the spawned jobs to run")
+        assert engine.stop(timeout=30) == 0, log_of(engine)
+    with capsys.disabled():
+        print(f"\n  connections: idle {idle}; busy (most at once) {seen}")
+    assert idle == {"skivi-engine": 1, "skivi-listen": 1}, idle
+    assert seen.get("skivi-engine") == 1 and seen.get("skivi-listen") == 1, seen
+    # The children's ctx.add_job: database.child_pool_size (1) connection per child.
+    assert set(seen) <= {"skivi-engine", "skivi-listen", "skivi-client"}, seen
+    assert seen.get("skivi-client", 0) <= 2, seen
