@@ -128,11 +128,13 @@ class Engine:
             processes=self.processes, concurrency=self.concurrency,
             in_flight=self.pool.in_flight, running=self.pool.started_jobs,
             on_rescued=self._on_rescued)
-        self.pruner = HistoryPruner(self.prune_db, q, retention=w.history_retention)
+        self.pruner = HistoryPruner(self.prune_db, q, retention=w.history_retention,
+                                    result_retention=w.result_retention)
         self.completer = Completer(
             self.complete_db, q, engine_id=lambda: self.liveness.engine_id,
             batch_size=w.completion_batch_size, interval=w.completion_interval,
-            max_buffer=w.max_result_buffer, history=w.history, on_flushed=self._on_flushed)
+            max_buffer=w.max_result_buffer, history=w.history, on_flushed=self._on_flushed,
+            keeping_results=registry.keeping_results(w.store_results))
         tasks = list(registry.identifiers()) if w.unknown_tasks == "skip" else None
         self.fetcher = Fetcher(
             self.claim_db, self.listen_db, q, engine_id=lambda: self.liveness.engine_id,
