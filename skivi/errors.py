@@ -32,6 +32,8 @@ code (see ``skivi.engine``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 
 SHOWN_MAX = 80
@@ -153,8 +155,8 @@ class DatabaseUnavailable(SkiviError, psycopg.OperationalError):
 class ResultTimeout(SkiviError, TimeoutError):
     """A job did not finish in the time given to wait for it."""
 
-    def __init__(self, message: str, last: object) -> None:
-        self.last = last
+    def __init__(self, message: str, last: Any) -> None:
+        self.last: Any = last
         """The job's ``skivi.JobResult`` as last seen (waiting, running or failed)."""
         super().__init__(message)
 

@@ -167,7 +167,7 @@ def test_wait_for_polls_alone_when_not_listening(
         asyncio.run(skivi.wait_for(system, job.id, timeout=0.5, poll_interval=0.1,
                                    listen=False))
     assert isinstance(info.value, TimeoutError) and str(job.id) in str(info.value)
-    assert info.value.last.state is skivi.ResultState.WAITING  # type: ignore[attr-defined]
+    assert info.value.last.state is skivi.ResultState.WAITING
     engine = start(group, database)
     result = asyncio.run(skivi.wait_for(system, job.id, timeout=60, poll_interval=0.2,
                                         listen=False))
