@@ -11,6 +11,9 @@ What a task's author uses, besides ``create_system`` and ``add_job``:
 - ``task``: per-task options on a handler, as a wrapper (``task(fn, timeout=30)``) or a
   decorator (``@task(backoff=...)``, or bare ``@task``), in a tasks mapping or a task file's
   ``TASKS``.
+- ``get_result`` / ``get_result_async`` / ``wait_for`` / ``wait_for_sync``: what became of a
+  job (``JobResult``: its ``ResultState``, value or last error); values are kept for tasks
+  with ``store_result=True`` or with ``worker.store_results`` (see ``skivi.results``).
 - ``Backoff``: a task's retry schedule (``task(fn, backoff=Backoff(factor=0.5,
   max_delay=600))``); the default is Graphile Worker's ``exp(min(attempts, 10))`` seconds.
 """
@@ -26,6 +29,7 @@ from skivi.errors import (
     MigrationError,
     PayloadError,
     RegistryError,
+    ResultTimeout,
     SchemaNotMigrated,
     SchemaTooNew,
     SkiviError,
@@ -34,6 +38,14 @@ from skivi.errors import (
 from skivi.events import EventKind
 from skivi.job import EnqueueOutcome, Job, JobKeyMode, JobSpec
 from skivi.registry import task
+from skivi.results import (
+    JobResult,
+    ResultState,
+    get_result,
+    get_result_async,
+    wait_for,
+    wait_for_sync,
+)
 from skivi.retry import Backoff
 from skivi.system import System, create_system
 
@@ -50,11 +62,14 @@ __all__ = [
     "Job",
     "JobContext",
     "JobKeyMode",
+    "JobResult",
     "JobSpec",
     "JobSpecError",
     "MigrationError",
     "PayloadError",
     "RegistryError",
+    "ResultState",
+    "ResultTimeout",
     "SchemaNotMigrated",
     "SchemaTooNew",
     "SkiviError",
@@ -66,6 +81,10 @@ __all__ = [
     "add_jobs",
     "add_jobs_async",
     "create_system",
+    "get_result",
+    "get_result_async",
     "load_config",
     "task",
+    "wait_for",
+    "wait_for_sync",
 ]

@@ -13,7 +13,8 @@ Every call runs in three steps:
    jobs each) and one for those with a key (``job_insert_keyed_many.sql``), on the caller's
    connection when one is given, so the jobs commit or roll back with the caller's
    transaction; otherwise on a pooled autocommit connection (a single statement is its own
-   transaction: one round trip; several are pipelined in one transaction);
+   transaction: one round trip; several are pipelined in one transaction). The caller's
+   connection may be a SQLAlchemy session or connection (``skivi.db.connections``);
 3. the answers become ``Job`` objects in spec order, each with its ``outcome``.
 
 The client never relies on ``search_path``: every query is schema-qualified.
@@ -35,6 +36,12 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from skivi.db import pool as dbpool
+from skivi.db.connections import (
+    AsyncConnectionLike,
+    ConnectionLike,
+    async_connection,
+    sync_connection,
+)
 from skivi.db.queries import (
     InsertedRow,
     KeyedInsertRow,
@@ -312,13 +319,25 @@ def _assemble_keyed(batch: _Batch, rows: Sequence[KeyedInsertRow],
                          EnqueueOutcome(r[1]))
 
 
+def _atomic(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether several statements need a transaction block of their own to be atomic.
+
+    Not on a connection that is not autocommit and idle (a SQLAlchemy session's, before its
+    first statement): there psycopg's ``transaction()`` would BEGIN and COMMIT, committing
+    the caller's transaction on their behalf. Its first statement starts the transaction
+    the caller commits or rolls back, which makes them atomic already. Elsewhere a block is
+    a transaction (autocommit) or a savepoint (in a transaction)."""
+    return conn.autocommit or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+
+
 def _run(conn: psycopg.Connection[Any], q: Queries, batch: _Batch) -> list[Job]:
     jobs: list[Job | None] = [None] * len(batch.specs)
     sent: list[tuple[list[int], psycopg.Cursor[Any]]] = []
     keyed: psycopg.Cursor[Any] | None = None
     with contextlib.ExitStack() as stack:
         if batch.statements > 1:
-            stack.enter_context(conn.transaction())
+            if _atomic(conn):
+                stack.enter_context(conn.transaction())
             stack.enter_context(conn.pipeline())
         # Sent now, read after the pipeline: see CHUNK_SIZE.
         for part, wire in batch.unkeyed_chunks():
@@ -340,7 +359,8 @@ async def _run_async(conn: psycopg.AsyncConnection[Any], q: Queries,
     keyed: psycopg.AsyncCursor[Any] | None = None
     async with contextlib.AsyncExitStack() as stack:
         if batch.statements > 1:
-            await stack.enter_async_context(conn.transaction())
+            if _atomic(conn):
+                await stack.enter_async_context(conn.transaction())
             await stack.enter_async_context(conn.pipeline())
         # Sent now, read after the pipeline: see CHUNK_SIZE.
         for part, wire in batch.unkeyed_chunks():
@@ -357,13 +377,14 @@ async def _run_async(conn: psycopg.AsyncConnection[Any], q: Queries,
 
 
 def add_jobs(target: HasClient, specs: Iterable[SpecLike], *,
-             conn: psycopg.Connection[Any] | None = None) -> list[Job]:
+             conn: ConnectionLike | None = None) -> list[Job]:
     """Enqueue many jobs; returns them as stored, in the order given.
 
-    Each spec is a ``JobSpec`` or a mapping with the same fields. With ``conn``, the jobs
-    are written in that connection's current transaction (they exist if and only if it
-    commits); without, they commit before this returns. Every spec is checked before any
-    SQL runs; the jobs are written all together or not at all.
+    Each spec is a ``JobSpec`` or a mapping with the same fields. With ``conn`` (a psycopg
+    connection, or a SQLAlchemy ``Session`` or ``Connection`` on the psycopg driver), the
+    jobs are written in its current transaction (they exist if and only if it commits;
+    nothing is committed here); without, they commit before this returns. Every spec is
+    checked before any SQL runs; the jobs are written all together or not at all.
     """
     client = target.client
     batch = _check(client, specs)
@@ -371,27 +392,28 @@ def add_jobs(target: HasClient, specs: Iterable[SpecLike], *,
         return []
     q = client.instance.queries
     if conn is not None:
-        return _run(conn, q, batch)
+        return _run(sync_connection(conn), q, batch)
     with client.pooled_connection() as pooled:
         return _run(pooled, q, batch)
 
 
 async def add_jobs_async(target: HasClient, specs: Iterable[SpecLike], *,
-                         conn: psycopg.AsyncConnection[Any] | None = None) -> list[Job]:
-    """The async twin of ``add_jobs``."""
+                         conn: AsyncConnectionLike | None = None) -> list[Job]:
+    """The async twin of ``add_jobs``; ``conn`` is a psycopg ``AsyncConnection``, or a
+    SQLAlchemy ``AsyncSession`` or ``AsyncConnection`` on the psycopg driver."""
     client = target.client
     batch = _check(client, specs)
     if not batch.specs:
         return []
     q = client.instance.queries
     if conn is not None:
-        return await _run_async(conn, q, batch)
+        return await _run_async(await async_connection(conn), q, batch)
     async with client.async_pooled_connection() as pooled:
         return await _run_async(pooled, q, batch)
 
 
 def add_job(target: HasClient, task: str, payload: Any = None, *,
-            conn: psycopg.Connection[Any] | None = None, **options: Any) -> Job:
+            conn: ConnectionLike | None = None, **options: Any) -> Job:
     """Enqueue one job; returns it as stored.
 
     Options (all optional): ``queue_name``, ``run_at``, ``max_attempts``, ``priority``,
@@ -404,7 +426,7 @@ def add_job(target: HasClient, task: str, payload: Any = None, *,
 
 
 async def add_job_async(target: HasClient, task: str, payload: Any = None, *,
-                        conn: psycopg.AsyncConnection[Any] | None = None,
+                        conn: AsyncConnectionLike | None = None,
                         **options: Any) -> Job:
     """The async twin of ``add_job``."""
     spec = JobSpec.coerce({"task": task, "payload": payload, **options})

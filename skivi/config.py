@@ -34,6 +34,8 @@ Example ``skivi.toml`` (every section shown; every key is optional)::
     job_timeout = 300.0
     unknown_tasks = "skip"
     history = true
+    store_results = false          # a task's store_result wins
+    result_retention = 86400.0
 
     [validation]
     max_payload_bytes = 65536
@@ -120,7 +122,9 @@ POLL_INTERVAL_DEFAULT = 1.0
 PROCESSES_DEFAULT = 0
 QUEUES_DEFAULT: tuple[str, ...] | None = None
 RESCUE_INTERVAL_DEFAULT = 0.5
+RESULT_RETENTION_DEFAULT = 86400.0
 SHUTDOWN_TIMEOUT_DEFAULT = 30.0
+STORE_RESULTS_DEFAULT = False
 SYNC_PREFETCH_DEFAULT = 64
 SYNC_THREADS_DEFAULT = 1
 TASK_DIRECTORY_DEFAULT: str | None = None
@@ -438,8 +442,19 @@ class WorkerConfig:
     """Seconds between scans for running jobs of dead engines (the engine table; jobs held
     by an engine without a row are probed every tenth round). Default: 0.5."""
 
+    result_retention: float = _setting(RESULT_RETENTION_DEFAULT, _greater_than(0))
+    """Seconds a kept result (``store_results``, a task's ``store_result``) is kept after its
+    job finished, then pruned (by the history pruner, every minute, or every half of this
+    when it is shorter than two minutes). Default: 86400.0 (1 day)."""
+
     shutdown_timeout: float = _setting(SHUTDOWN_TIMEOUT_DEFAULT, _at_least(0))
     """Seconds a graceful shutdown waits for running jobs before giving them up. Default: 30.0."""
+
+    store_results: bool = _setting(STORE_RESULTS_DEFAULT)
+    """Keep the return value of every task's jobs (JSON), or the last error of those
+    exhausted, for ``skivi.get_result`` and ``skivi.wait_for``, ``result_retention``
+    seconds; a task's own ``store_result`` wins. Without it, finishing a job writes exactly
+    what it did before results existed. Default: False."""
 
     sync_prefetch: int = _setting(SYNC_PREFETCH_DEFAULT, _at_least(1))
     """Most sync jobs of short tasks (measured under 0.5 ms a run) a child is handed at once,

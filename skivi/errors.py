@@ -13,6 +13,8 @@ The whole tree (the docstring of each class is its default message)::
     │   └── TaskFileError      a task file failed to load; names the file and line
     ├── DatabaseUnavailable    the database could not be reached or refused the login;
     │                          names the host and the cause (also a psycopg.OperationalError)
+    ├── ResultTimeout          wait_for gave up before the job finished; names the job and
+    │                          its last state (also a TimeoutError)
     └── EmbeddedDatabaseError  the embedded PostgreSQL could not be started
 
 Database errors stay psycopg's own (``psycopg.OperationalError`` and friends): callers
@@ -30,6 +32,8 @@ code (see ``skivi.engine``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 
 SHOWN_MAX = 80
@@ -43,6 +47,7 @@ __all__ = [
     "MigrationError",
     "PayloadError",
     "RegistryError",
+    "ResultTimeout",
     "SchemaNotMigrated",
     "SchemaTooNew",
     "SkiviError",
@@ -101,6 +106,8 @@ class PayloadError(SkiviError):
     def __init__(self, task: str, message: str, field: str | None = None) -> None:
         self.task = task
         self.field = field
+        self.reason = message
+        """What was wrong, without the task and the field."""
         where = f" (field {shown(field)})" if field else ""
         super().__init__(f"payload for task {shown(task)} refused{where}: {message}")
 
@@ -145,6 +152,15 @@ class DatabaseUnavailable(SkiviError, psycopg.OperationalError):
                          f"(database.connection_string): {cause}")
 
 
+class ResultTimeout(SkiviError, TimeoutError):
+    """A job did not finish in the time given to wait for it."""
+
+    def __init__(self, message: str, last: Any) -> None:
+        self.last: Any = last
+        """The job's ``skivi.JobResult`` as last seen (waiting, running or failed)."""
+        super().__init__(message)
+
+
 class EmbeddedDatabaseError(SkiviError):
     """The embedded PostgreSQL could not be started."""
 
@@ -152,5 +168,6 @@ class EmbeddedDatabaseError(SkiviError):
 for _cls in (
     SkiviError, ConfigError, DatabaseUnavailable, PayloadError, JobSpecError,
     MigrationError, SchemaTooNew, RegistryError, TaskFileError, EmbeddedDatabaseError,
+    ResultTimeout,
 ):
     _cls.__module__ = "skivi"

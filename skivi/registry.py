@@ -110,6 +110,9 @@ class TaskDef:
     """Retry schedule for this task. Default: None (:data:`skivi.retry.DEFAULT_BACKOFF`)."""
     timeout: float | None = None
     """Seconds one attempt may run before it fails as a timeout. Default: None (no limit)."""
+    store_result: bool | None = None
+    """Keep the handler's return value (JSON) for ``skivi.get_result`` and ``wait_for``,
+    ``worker.result_retention`` seconds. Default: None (``worker.store_results``)."""
 
     def __post_init__(self) -> None:
         if not callable(self.handler):
@@ -120,6 +123,9 @@ class TaskDef:
             raise ValueError(
                 f"timeout must be a finite number of seconds > 0, got {shown(self.timeout)}"
             )
+        if self.store_result is not None and not isinstance(self.store_result, bool):
+            raise TypeError(f"store_result must be a bool or None, got "
+                            f"{type(self.store_result).__name__}")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.handler(*args, **kwargs)
@@ -127,13 +133,15 @@ class TaskDef:
 
 @overload
 def task(
-    handler: Handler, *, backoff: Backoff | None = None, timeout: float | None = None
+    handler: Handler, *, backoff: Backoff | None = None, timeout: float | None = None,
+    store_result: bool | None = None,
 ) -> TaskDef: ...
 
 
 @overload
 def task(
-    handler: None = None, *, backoff: Backoff | None = None, timeout: float | None = None
+    handler: None = None, *, backoff: Backoff | None = None, timeout: float | None = None,
+    store_result: bool | None = None,
 ) -> Callable[[Handler], TaskDef]: ...
 
 
@@ -142,18 +150,20 @@ def task(
     *,
     backoff: Backoff | None = None,
     timeout: float | None = None,
+    store_result: bool | None = None,
 ) -> TaskDef | Callable[[Handler], TaskDef]:
     """Attach per-task options to a handler.
 
     Use it as a wrapper, ``TASKS = {"x": task(fn, timeout=5)}``, or as a decorator,
     ``@task(backoff=Backoff(factor=0.1))`` (or bare ``@task``). Options are checked at once, so a
-    bad value fails where it is written.
+    bad value fails where it is written. ``store_result=True`` keeps the return value (see
+    ``skivi.get_result``); None follows ``worker.store_results``.
     """
     if handler is not None:
-        return TaskDef(handler, backoff, timeout)
+        return TaskDef(handler, backoff, timeout, store_result)
 
     def wrap(fn: Handler) -> TaskDef:
-        return TaskDef(fn, backoff, timeout)
+        return TaskDef(fn, backoff, timeout, store_result)
 
     return wrap
 
@@ -169,6 +179,13 @@ class Task:
     timeout: float | None = None
     source: str = SOURCE_CODE
     """``"code"``, or the path of the task file the task came from."""
+    store_result: bool | None = None
+    """Whether its jobs keep their return value; None: as ``worker.store_results`` says."""
+
+    def keeps_result(self, default: bool) -> bool:
+        """Whether its jobs keep their return value, ``default`` being
+        ``worker.store_results``."""
+        return default if self.store_result is None else self.store_result
 
     @classmethod
     def of(
@@ -182,8 +199,10 @@ class Task:
         _check_identifier(identifier)
         backoff: Backoff | None = None
         timeout: float | None = None
+        store_result: bool | None = None
         if isinstance(handler, TaskDef):
             backoff, timeout = handler.backoff, handler.timeout
+            store_result = handler.store_result
             fn: object = handler.handler
         else:
             fn = handler
@@ -200,6 +219,11 @@ class Task:
                 f"task {shown(identifier)}: timeout must be a finite number of seconds > 0, "
                 f"got {shown(timeout)}"
             )
+        if store_result is not None and not isinstance(store_result, bool):
+            raise RegistryError(
+                f"task {shown(identifier)}: store_result must be a bool or None, got "
+                f"{type(store_result).__name__}"
+            )
         return cls(
             identifier=identifier,
             handler=fn,
@@ -207,6 +231,7 @@ class Task:
             backoff=backoff if backoff is not None else DEFAULT_BACKOFF,
             timeout=None if timeout is None else float(timeout),
             source=source,
+            store_result=store_result,
         )
 
 
@@ -295,6 +320,11 @@ class TaskRegistry:
     def identifiers(self) -> tuple[str, ...]:
         """All identifiers, sorted."""
         return tuple(self._tasks)
+
+    def keeping_results(self, default: bool) -> frozenset[str]:
+        """The identifiers of the tasks whose jobs keep their return value, ``default``
+        being ``worker.store_results``."""
+        return frozenset(t.identifier for t in self._tasks.values() if t.keeps_result(default))
 
     def as_dict(self) -> dict[str, Task]:
         """A fresh ``dict`` of identifier -> task (sorted); changing it changes nothing here."""

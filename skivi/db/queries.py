@@ -71,10 +71,11 @@ __all__ = [
     "FAILED_OUTCOME", "FAILED_REASON", "FAILED_RUN_AT", "STATEMENTS", "BigintArray",
     "ChangeRow", "ClaimRow", "CompletedRow", "CronFireRow", "CronKnownRow", "CronListRow",
     "EngineListRow", "FailedRow", "HistoryPruneRow", "HistoryRetryRow", "InsertedRow",
-    "JobCountRow", "JobHistoryRow", "JobListRow", "JobRescueRow", "JobStatsRow",
-    "KeyedInsertRow", "LockHolderRow", "MigrationRow", "Queries", "SchemaStateRow",
-    "Statement", "channel_name", "check_statements", "declare", "for_schema", "load_text",
-    "migration_files", "placeholders", "statement",
+    "JobCountRow", "JobHistoryRow", "JobListRow", "JobRescueRow", "JobResultRow",
+    "JobStatsRow", "KeyedInsertRow", "LockHolderRow", "MigrationRow", "Queries",
+    "ResultPruneRow", "SchemaStateRow", "Statement", "channel_name", "check_statements",
+    "declare", "done_channel_name", "for_schema", "load_text", "migration_files",
+    "placeholders", "statement",
 ]
 
 SQL_PACKAGE = "skivi.sql"
@@ -88,13 +89,20 @@ def channel_name(schema: str) -> str:
     return f"{schema}:jobs"
 
 
+def done_channel_name(schema: str) -> str:
+    """The NOTIFY channel on which the ids of finished jobs that keep results are sent
+    (skivi.wait_for). Short: a schema name of 57 characters still fits the 63 of a name."""
+    return f"{schema}:done"
+
+
 def load_text(folder: str, name: str) -> str:
     return (resources.files(SQL_PACKAGE) / folder / name).read_text(encoding="utf-8")
 
 
 def compose(text: str, schema: str) -> sql.Composed:
     return sql.SQL(text).format(
-        schema=sql.Identifier(schema), channel=sql.Literal(channel_name(schema))
+        schema=sql.Identifier(schema), channel=sql.Literal(channel_name(schema)),
+        done_channel=sql.Literal(done_channel_name(schema)),
     )
 
 
@@ -701,6 +709,39 @@ class JobRescueRow(NamedTuple):
 @statement
 def job_rescue(*, engine: int, restart_grace: float, orphans: bool) -> JobRescueRow:
     """Make the jobs of dead engines runnable again; the engines and the counts."""
+
+
+class JobResultRow(NamedTuple):
+    state: str
+    task_identifier: str
+    value: Any
+    error: str | None
+    attempts: int | None
+    max_attempts: int | None
+    finished_at: dt.datetime | None
+
+
+@statement
+def job_result_get(*, id: int) -> JobResultRow | None:
+    """Where one job stands (live, kept result, history); None: nowhere."""
+
+
+class ResultPruneRow(NamedTuple):
+    held: bool
+    deleted: int
+
+
+@statement
+def job_result_prune(*, lock_class: int, schema: str, retention: float,
+                     batch: int) -> ResultPruneRow:
+    """One round of result pruning, if this session gets the lock."""
+
+
+@statement
+def job_result_store_many(*, ids: list[int], tasks: list[str], outcomes: list[str],
+                          vals: list[str | None], errors: list[str | None],
+                          notice: str) -> None:
+    """Keep the results of finished jobs (pairwise arrays) and notify their waiters."""
 
 
 @statement

@@ -15,6 +15,13 @@ uvloop event loop, says READY and then:
 Results are batched: they are flushed when no job is running or waiting, or every
 RESULT_FLUSH_SIZE results, so a busy child sends one frame per handful of jobs.
 
+Return values. A job of a task that keeps results (its ``store_result``, or
+``worker.store_results``) has its return value encoded here, by the rules of payloads
+(``skivi.payload.encode``: JSON, no NaN, no U+0000, at most validation.max_payload_bytes), and
+sent in a VALUES frame just before the RESULTS frame with its row. A value that cannot be
+encoded does not fail the job: it completes, and its result records why the value was not
+kept. Jobs of other tasks send nothing more, and their rows are unchanged.
+
 What a handler's outcome becomes:
     return                      completed
     raise (any BaseException)   failed, retried after the task's backoff; sys.exit and
@@ -63,11 +70,14 @@ from skivi.engine.wire import (
     RESULT_CODE,
     RESULT_COMPLETED,
     RESULT_SLOT,
+    VALUE_JSON,
     completed_row,
     failed_row,
     released_row,
 )
+from skivi.errors import PayloadError
 from skivi.job import Job
+from skivi.payload import encode as encode_json
 
 if TYPE_CHECKING:
     from skivi.client import Client
@@ -291,8 +301,14 @@ class _Runner:
 
     def __init__(self, registry: TaskRegistry, client: Client, result_fd: int,
                  sync_threads: int, started: mmap.mmap,
-                 default_timeout: float | None = None) -> None:
+                 default_timeout: float | None = None, *,
+                 keeping_results: frozenset[str] = frozenset(),
+                 max_value_bytes: int = 1024 * 1024) -> None:
         self.started = started  # slot states shared with the parent (see wire)
+        self.keeping_results = keeping_results
+        self.max_value_bytes = max_value_bytes
+        # Values waiting for the next flush; appended from sync threads too (deque: atomic).
+        self.values: deque[list[Any]] = deque()
         self.default_timeout = default_timeout
         self.registry = registry
         self.client = client  # this child's own: ctx.add_job's pools
@@ -330,6 +346,11 @@ class _Runner:
 
     def flush(self) -> None:
         self.flush_scheduled = False
+        if self.values:
+            # Before the rows: the parent must hold a job's value when its row is written.
+            values = self.values
+            batch_values = [values.popleft() for _ in range(len(values))]
+            self._write(wire.encode_values(batch_values))
         if self.results:
             batch, self.results = self.results, []
             self._write(wire.encode_results(batch))
@@ -541,9 +562,24 @@ class _Runner:
                     wait_seconds=wait, slot=m[JOB_SLOT], attempt=attempt,
                     traceback=_safe_text(tracebacks))
             return self._failure(task, m, failed[0][2], took, wait)
+        if self.keeping_results and task.identifier in self.keeping_results:
+            self.values.append(self._value(m, outcome))
         return completed_row(job_id=m[JOB_ID], lease=m[JOB_LEASE], task=m[JOB_TASK],
                              queue_name=m[JOB_QUEUE_NAME], run_seconds=took,
                              wait_seconds=wait, slot=m[JOB_SLOT])
+
+    def _value(self, m: list[Any], outcome: object) -> list[Any]:
+        """The VALUES entry of a job's return value (see wire): its JSON text, or why it
+        could not be kept."""
+        entry: list[Any] = [m[JOB_ID], m[JOB_LEASE], m[JOB_TASK], None, None]
+        try:
+            entry[VALUE_JSON] = encode_json(m[JOB_TASK], outcome,
+                                            self.max_value_bytes).decode()
+        except PayloadError as exc:
+            where = f" (field {exc.field})" if exc.field else ""
+            entry[wire.VALUE_ERROR] = _safe_text(f"the return value was not kept{where}: "
+                                                 f"{exc.reason}")
+        return entry
 
 
 class _JobPipe(asyncio.Protocol):
@@ -569,9 +605,11 @@ async def _serve(registry: TaskRegistry, instance: Instance, job_fd: int, result
                  sync_threads: int, started: mmap.mmap) -> None:
     from skivi.client import Client
 
+    w = instance.config.worker
     client = Client(instance, max_size=instance.config.database.child_pool_size)
     runner = _Runner(registry, client, result_fd, sync_threads, started,
-                     instance.config.worker.job_timeout)
+                     w.job_timeout, keeping_results=registry.keeping_results(w.store_results),
+                     max_value_bytes=instance.config.validation.max_payload_bytes)
     loop = asyncio.get_running_loop()
     transport, _ = await loop.connect_read_pipe(lambda: _JobPipe(runner),
                                                 os.fdopen(job_fd, "rb", buffering=0))

@@ -420,6 +420,8 @@ class ChildPool:
                     self.run_estimate[task] = (run if known is None
                                                else known + EWMA_WEIGHT * (run - known))
                 self.completer.add(results)
+            elif kind == wire.VALUES:
+                self.completer.keep(orjson.loads(body))
             elif kind == wire.STARTED:
                 job_id, lease, slot, timeout = orjson.loads(body)
                 job = in_flight.get(slot)
@@ -552,6 +554,11 @@ class ChildPool:
                 results.append(completed_row(
                     job_id=job_id, lease=lease, task=task_id, queue_name=queue_name,
                     run_seconds=0.0, wait_seconds=None, slot=None))
+                if task_id in self.completer.keeping_results:
+                    # Its value, if it was sent, came first and is kept (keep never replaces).
+                    self.completer.keep([[job_id, lease, task_id, None,
+                                          f"the return value was lost: its process (pid "
+                                          f"{child.pid}) died before sending it"]])
             else:
                 results.append(failed_row(
                     job_id=job_id, lease=lease, task=task_id, queue_name=queue_name,

@@ -18,6 +18,15 @@ States:
 
 Every statement is guarded by (engine, id, lease) in SQL, so a flush retried after an
 ambiguous failure, or a result for a job that was rescued meanwhile, changes nothing.
+
+Kept results (a task's ``store_result``, ``worker.store_results``). The return values of
+jobs of tasks that keep them arrive apart from their rows (``keep``, from the children's
+VALUES frames) and wait in ``values`` by claim. A flush whose batch holds a completed claim
+with a value, or a failed row of a keeping task (its exhaustion keeps its last error), runs
+one more statement, ``job_result_store_many``, in the same transaction, for the claims the
+finishing statements accepted. A batch of other jobs, which is every batch when no task keeps
+results, sends exactly the statements it sent before results existed: ``values`` is empty
+and ``keeping_results`` too, and both are only tested for emptiness once per flush.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ from skivi.db.queries import (
     job_complete_many,
     job_fail_many,
     job_release_many,
+    job_result_store_many,
     lock_timeout_local,
 )
 from skivi.db.retry import JITTER_AROUND, RetryBackoff
@@ -59,7 +69,13 @@ from skivi.engine.wire import (
     RESULT_ID,
     RESULT_LEASE,
     RESULT_PAYLOAD,
+    RESULT_TASK,
     RESULT_TRACEBACK,
+    VALUE_ERROR,
+    VALUE_ID,
+    VALUE_JSON,
+    VALUE_LEASE,
+    VALUE_TASK,
 )
 
 __all__ = ["RECORDED_ATTEMPTS", "RECORDED_MAX_ATTEMPTS", "RECORDED_REASON", "RECORDED_RUN_AT",
@@ -80,6 +96,10 @@ RECORDED_REASON: Final = 3  # the exhaustion's reason as job_history has it; Non
 FLUSH_RETRY_DELAY_INITIAL = 0.05
 FLUSH_RETRY_DELAY_MAX = 5.0
 
+# The most a NOTIFY payload holds is 8000 bytes; past this the ids are left out (see
+# job_result_store_many.sql).
+NOTICE_MAX = 7900
+
 
 @dataclass(frozen=True, slots=True)
 class Flushed:
@@ -98,7 +118,9 @@ FlushHook = Callable[[Flushed], None]
 class Completer:
     def __init__(self, db: Reconnecting, queries: Queries, *, engine_id: Callable[[], int],
                  batch_size: int, interval: float, max_buffer: int, history: bool,
-                 on_flushed: FlushHook | None = None, lock_timeout: float = 1.5) -> None:
+                 on_flushed: FlushHook | None = None,
+                 keeping_results: frozenset[str] = frozenset(),
+                 lock_timeout: float = 1.5) -> None:
         self.db = db
         self._lock_timeout_ms = str(max(1, round(lock_timeout * 1000)))
         self.q = queries
@@ -108,6 +130,11 @@ class Completer:
         self.max_buffer = max_buffer
         self.history = history
         self.on_flushed = on_flushed
+        self.keeping_results = keeping_results
+        """The tasks whose jobs keep their results (exhausted ones: their last error)."""
+        self.values: dict[Claim, tuple[str, str | None, str | None]] = {}
+        """Claim -> (task, value JSON, error) of completed jobs whose values came first."""
+        self.results_stored = 0
         self.completed: list[list[Any]] = []
         self.failed: list[list[Any]] = []
         self.released: list[tuple[int, int]] = []
@@ -149,6 +176,14 @@ class Completer:
                 self.released.append((r[RESULT_ID], r[RESULT_LEASE]))
         self._idle.clear()
         self._nudge(was_empty)
+
+    def keep(self, values: Sequence[Sequence[Any]]) -> None:
+        """Take the return values of jobs whose rows come next (a VALUES frame, see
+        ``wire``). A claim that already has one keeps it (the parent settling a dead child
+        says a value was lost only when none came)."""
+        for v in values:
+            self.values.setdefault((v[VALUE_ID], v[VALUE_LEASE]),
+                                   (v[VALUE_TASK], v[VALUE_JSON], v[VALUE_ERROR]))
 
     def release(self, pairs: Sequence[tuple[int, int]]) -> None:
         """Give back claimed jobs that never started."""
@@ -216,6 +251,8 @@ class Completer:
         done_ids: set[Claim] = set()
         outcomes: dict[Claim, str] = {}
         recorded: dict[Claim, Recorded] = {}
+        # Only when results are kept at all: may this flush keep some?
+        keeping = bool((completed and self.values) or (failed and self.keeping_results))
         try:
             async with self.db.session() as conn, conn.transaction():
                 # All or nothing, so a retried flush reports exactly what it did; and never
@@ -233,6 +270,11 @@ class Completer:
             raise
         finally:
             self._in_flush = 0
+        if keeping and self.values:
+            # Written (or stale): either way done with. Dropped only now, so a failed flush
+            # keeps them for its retry.
+            for r in completed:
+                self.values.pop((r[RESULT_ID], r[RESULT_LEASE]), None)
         self.flushes += 1
         if self.on_flushed is not None:
             try:
@@ -268,12 +310,51 @@ class Completer:
                 outcomes[claim] = row[FAILED_OUTCOME]
                 recorded[claim] = (row[FAILED_ATTEMPTS], row[FAILED_MAX_ATTEMPTS],
                                    row[FAILED_RUN_AT], row[FAILED_REASON])
+        if (completed and self.values) or (failed and self.keeping_results):
+            await self._store_results(conn, completed, failed, done_ids, outcomes)
         if released:
             # Its answer (the ids released) is not needed, so it is left unread.
             await job_release_many.execute_async(
                 conn, self.q, engine=engine, ids=_int_array(job_id for job_id, _ in released),
                 leases=_int_array(lease for _, lease in released))
         return done_ids, outcomes, recorded
+
+    async def _store_results(self, conn: Any, completed: list[list[Any]],
+                             failed: list[list[Any]], done_ids: set[Claim],
+                             outcomes: dict[Claim, str]) -> None:
+        """Keep the results of this batch's jobs of keeping tasks that the statements before
+        accepted: completed ones with their values, exhausted ones with their last error."""
+        ids: list[int] = []
+        tasks: list[str] = []
+        kinds: list[str] = []
+        vals: list[str | None] = []
+        errors: list[str | None] = []
+        values = self.values
+        for r in completed:
+            claim = (r[RESULT_ID], r[RESULT_LEASE])
+            kept = values.get(claim)
+            if kept is not None and claim in done_ids:
+                ids.append(claim[0])
+                tasks.append(kept[0])
+                kinds.append("completed")
+                vals.append(kept[1])
+                errors.append(kept[2])
+        keeping = self.keeping_results
+        for r in failed:
+            claim = (r[RESULT_ID], r[RESULT_LEASE])
+            if r[RESULT_TASK] in keeping and outcomes.get(claim) == "exhausted":
+                ids.append(claim[0])
+                tasks.append(r[RESULT_TASK])
+                kinds.append("exhausted")
+                vals.append(None)
+                errors.append(r[RESULT_ERROR])
+        if not ids:
+            return
+        notice = ",".join(map(str, ids))
+        await job_result_store_many.run_async(
+            conn, self.q, ids=ids, tasks=tasks, outcomes=kinds, vals=vals, errors=errors,
+            notice=notice if len(notice) <= NOTICE_MAX else "")
+        self.results_stored += len(ids)
 
     async def drain(self, timeout: float) -> bool:
         """Flush until nothing is pending; False if the deadline passed first."""

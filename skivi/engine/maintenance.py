@@ -21,10 +21,11 @@ stale, and the first one back must give the others a lease to heartbeat again be
 judges them. The database itself does the same after a restart (restart_grace).
 
 History pruning. ``HistoryPruner`` deletes job_history rows (completed and exhausted jobs)
-older than worker.history_retention, in bounded batches, on one engine at a time: each round
-is one statement (job_history_prune.sql) that deletes only if it gets a transaction-level
-advisory lock, so the engines that lose the race that round read nothing and wait for the
-next.
+older than worker.history_retention, and kept results (job_result) older than
+worker.result_retention, in bounded batches, on one engine at a time: each round is one
+statement per table (job_history_prune.sql, job_result_prune.sql) that deletes only if it
+gets a transaction-level advisory lock, so the engines that lose the race that round read
+nothing and wait for the next.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from skivi.db.queries import (
     job_history_prune,
     job_queue_prune,
     job_rescue,
+    job_result_prune,
 )
 from skivi.db.retry import JITTER_AROUND, RetryBackoff, retrying
 from skivi.engine.connection import Reconnecting
@@ -261,15 +263,30 @@ class HistoryPruner:
     """The advisory-lock class of history pruning ('skvp'), in the high 32 bits of the
     single-bigint key (see job_history_prune.sql)."""
 
+    RESULT_LOCK_CLASS = 0x736B7672
+    """The advisory-lock class of result pruning ('skvr'), see job_result_prune.sql."""
+
+    INTERVAL_MAX = 60.0
+    INTERVAL_MIN = 0.5
+
     BATCH_SIZE_DEFAULT = 2000
     """Small: the pruner shares the parent's one connection with claims and completions,
     and a full batch runs the next at once, so a backlog still goes quickly."""
     QUEUE_BATCH = 1000
 
     def __init__(self, db: Reconnecting, queries: Queries, retention: float,
-                 interval: float = 60.0, *, batch_size: int = BATCH_SIZE_DEFAULT) -> None:
+                 interval: float | None = None, *, batch_size: int = BATCH_SIZE_DEFAULT,
+                 result_retention: float | None = None) -> None:
         if retention <= 0:
             raise ValueError(f"retention must be positive seconds, got {retention!r}")
+        if result_retention is not None and result_retention <= 0:
+            raise ValueError(
+                f"result_retention must be positive seconds, got {result_retention!r}")
+        if interval is None:
+            # A minute, unless a retention is shorter than two: a result kept 10 s must not
+            # linger for a minute.
+            shortest = min(retention, result_retention or retention)
+            interval = min(self.INTERVAL_MAX, max(self.INTERVAL_MIN, shortest / 2))
         if interval <= 0:
             raise ValueError(f"interval must be positive seconds, got {interval!r}")
         if batch_size < 1:
@@ -277,12 +294,16 @@ class HistoryPruner:
         self.db = db
         self.q = queries
         self.retention = retention
+        self.result_retention = result_retention
+        """Seconds a kept result lives; None: results are not pruned (tests only)."""
         self.interval = interval
         self.batch_size = batch_size
         self.rounds = 0
         """Rounds run, whether or not they got the lock."""
         self.deleted = 0
         """History rows deleted by this pruner since it was built."""
+        self.results_deleted = 0
+        """Kept results (job_result) deleted by this pruner since it was built."""
         self.queues_removed = 0
         """Empty serial-queue rows (job_queue) removed by this pruner since it was built."""
         self._task: asyncio.Task[None] | None = None
@@ -329,8 +350,25 @@ class HistoryPruner:
                          extra={"action": "prune_queues", "deleted": removed})
         return removed
 
+    async def prune_results(self) -> tuple[bool, int]:
+        """One round of result pruning: (whether this pruner held the lock, rows deleted)."""
+        if self.result_retention is None:
+            return False, 0
+        async with self.db.session() as conn:
+            row = await job_result_prune.run_async(
+                conn, self.q, lock_class=self.RESULT_LOCK_CLASS, schema=self.q.schema,
+                retention=self.result_retention, batch=self.batch_size)
+        held, deleted = bool(row.held), int(row.deleted)
+        self.results_deleted += deleted
+        if deleted:
+            logger.info("pruned %d kept results older than %.0fs", deleted,
+                        self.result_retention,
+                        extra={"action": "prune_results", "deleted": deleted})
+        return held, deleted
+
     async def _round(self) -> bool:
         """One round; True when a batch came back full (more rows wait)."""
         _, deleted = await self.prune()
+        _, results = await self.prune_results()
         await self.prune_queues()
-        return deleted >= self.batch_size
+        return deleted >= self.batch_size or results >= self.batch_size

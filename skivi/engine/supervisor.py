@@ -130,11 +130,13 @@ class Engine:
             processes=self.processes, concurrency=self.concurrency,
             in_flight=self.pool.in_flight, running=self.pool.started_jobs,
             on_rescued=self._on_rescued)
-        self.pruner = HistoryPruner(self.db, q, retention=w.history_retention)
+        self.pruner = HistoryPruner(self.db, q, retention=w.history_retention,
+                                    result_retention=w.result_retention)
         self.completer = Completer(
             self.db, q, engine_id=lambda: self.liveness.engine_id,
             batch_size=w.completion_batch_size, interval=w.completion_interval,
             max_buffer=w.max_result_buffer, history=w.history, on_flushed=self._on_flushed,
+            keeping_results=registry.keeping_results(w.store_results),
             # Half what a heartbeat may be late before the lease runs out.
             lock_timeout=max(0.1, (w.lease_timeout - w.heartbeat_interval) / 2))
         tasks = list(registry.identifiers()) if w.unknown_tasks == "skip" else None

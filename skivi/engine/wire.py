@@ -12,6 +12,13 @@ pipe carries frames (``skivi.framing``: a 4-byte length, one kind byte, an orjso
                       STARTED  [id, lease, slot, timeout] of a job with a timeout that
                                just started: the parent's watchdog kills the child if it
                                overruns (the child alone decides a job's timeout)
+                      VALUES   [[id, lease, task, value, error], ...]: the return values of
+                               jobs of tasks that keep them (store_result), the JSON text of
+                               each (or null and the reason it could not be kept), always
+                               written just before the RESULTS frame holding their rows. Only
+                               those tasks' jobs send one: the rows of the others are the
+                               same as without results, and the parent reads the frame
+                               only when one comes (see skivi.engine.completer)
 
 Per-child channels (rather than one shared queue) let the parent know exactly which jobs
 each child holds, so a child that dies settles precisely its own jobs. What became of each
@@ -125,12 +132,19 @@ __all__ = [
     "SLOT_STARTED",
     "STARTED",
     "STOP",
+    "VALUES",
+    "VALUE_ERROR",
+    "VALUE_ID",
+    "VALUE_JSON",
+    "VALUE_LEASE",
+    "VALUE_TASK",
     "FrameReader",
     "completed_row",
     "encode_frame",
     "encode_jobs",
     "encode_results",
     "encode_started",
+    "encode_values",
     "failed_row",
     "released_row",
 ]
@@ -141,6 +155,7 @@ RESULTS = b"R"
 READY = b"Y"
 EVENT = b"E"  # cron process -> parent: one event dict (cron/fired)
 STARTED = b"T"
+VALUES = b"V"
 
 # Job message fields (the order of job_claim.sql's json_build_array), then the slot.
 JOB_ID: Final = 0
@@ -179,6 +194,13 @@ RESULT_ATTEMPT: Final = 12
 RESULT_TRACEBACK: Final = 13
 RESULT_LENGTH: Final = 14
 
+# Fields of one entry of a VALUES frame.
+VALUE_ID: Final = 0
+VALUE_LEASE: Final = 1
+VALUE_TASK: Final = 2
+VALUE_JSON: Final = 3  # the JSON text of the value, or null when it could not be kept
+VALUE_ERROR: Final = 4  # why it could not be kept (or null)
+
 SLOT_HANDED = 0
 SLOT_STARTED = 1
 SLOT_DONE = 2
@@ -191,6 +213,10 @@ def encode_jobs(slots: Sequence[int], messages: Sequence[str]) -> bytes:
 
 def encode_results(results: Sequence[Sequence[Any]]) -> bytes:
     return encode_frame(RESULTS, orjson.dumps(results))
+
+
+def encode_values(values: Sequence[Sequence[Any]]) -> bytes:
+    return encode_frame(VALUES, orjson.dumps(values))
 
 
 def encode_started(job_id: int, lease: int, slot: int, timeout: float) -> bytes:

@@ -91,6 +91,17 @@ create table skivi.job_queue (
     constraint job_queue_pkey PRIMARY KEY (queue_name)
 ) with (autovacuum_vacuum_scale_factor=0.01, fillfactor=50);
 
+create table skivi.job_result (
+    id bigint not null,
+    task_identifier text not null,
+    outcome text not null,
+    value jsonb,
+    error text,
+    finished_at timestamp with time zone not null default now(),
+    constraint job_result_outcome_check CHECK ((outcome = ANY (ARRAY['completed'::text, 'exhausted'::text]))),
+    constraint job_result_pkey PRIMARY KEY (id)
+);
+
 create table skivi.job_traceback (
     id bigint not null,
     traceback text not null,
@@ -123,6 +134,8 @@ CREATE INDEX job_queue_claim_idx ON skivi.job USING btree (queue_name, priority,
 CREATE INDEX job_history_finished_at_idx ON skivi.job_history USING btree (finished_at);
 CREATE UNIQUE INDEX job_history_pkey ON skivi.job_history USING btree (id);
 CREATE UNIQUE INDEX job_queue_pkey ON skivi.job_queue USING btree (queue_name);
+CREATE INDEX job_result_finished_at_idx ON skivi.job_result USING btree (finished_at);
+CREATE UNIQUE INDEX job_result_pkey ON skivi.job_result USING btree (id);
 CREATE UNIQUE INDEX job_traceback_pkey ON skivi.job_traceback USING btree (id);
 CREATE UNIQUE INDEX limits_pkey ON skivi.limits USING btree (only_row);
 CREATE UNIQUE INDEX migration_pkey ON skivi.migration USING btree (id);

@@ -23,7 +23,8 @@ from tests.support.wait import wait_for
 
 __all__ = ["APPLICATION_NAME", "DATABASE_PREFIX", "SCHEMA", "SHARED_NAME", "TEMPLATE_NAME",
            "MakeDatabase", "connect", "create_database", "drop_database", "drop_leftovers",
-           "idle_within", "is_local", "login_role", "redacted", "rolled_back", "url_for"]
+           "idle_within", "is_local", "login_role", "redacted", "rolled_back",
+           "sqlalchemy_url", "url_for"]
 
 SCHEMA = "skivi"
 APPLICATION_NAME = "skivi-test"
@@ -41,6 +42,24 @@ MakeDatabase = Callable[..., str]
 def url_for(base: str, dbname: str) -> str:
     """``base`` pointed at database ``dbname`` (conninfo-aware: works for socket URIs too)."""
     return make_conninfo(base, dbname=dbname)
+
+
+def sqlalchemy_url(conninfo: str, driver: str = "psycopg") -> str:
+    """The database of ``conninfo`` (a URL or key=value conninfo) as a SQLAlchemy URL,
+    ``postgresql+<driver>://user:password@host:port/dbname``."""
+    from urllib.parse import quote
+
+    params = conninfo_to_dict(conninfo)
+    user = quote(str(params.get("user", "")), safe="")
+    password = params.get("password")
+    login = f"{user}:{quote(str(password), safe='')}@" if password else (
+        f"{user}@" if user else "")
+    host = str(params.get("host", ""))
+    if host.startswith("/"):  # a socket directory: SQLAlchemy takes it as a query parameter
+        return (f"postgresql+{driver}://{login}/{params.get('dbname', '')}"
+                f"?host={quote(host, safe='')}&port={params.get('port', 5432)}")
+    port = f":{params['port']}" if params.get("port") else ""
+    return f"postgresql+{driver}://{login}{host}{port}/{params.get('dbname', '')}"
 
 
 def connect(url: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:

@@ -463,3 +463,12 @@ def test_wrong_type_rejected_when_value_has_other_type(
 ) -> None:
     [problem] = problems_of({section: {key: value}})
     assert problem.startswith(f"{section}.{key}: {expected}")
+
+
+def test_result_settings_default_to_keeping_nothing_for_a_day_when_not_given() -> None:
+    worker = load_config({}, env={}).worker
+    assert (worker.store_results, worker.result_retention) == (False, 86400.0)
+    assert problems_of({"worker": {"result_retention": 0}}) == [
+        "worker.result_retention: must be greater than 0, got 0.0"
+    ]
+    assert load_config({"worker": {"store_results": True}}, env={}).worker.store_results

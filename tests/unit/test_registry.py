@@ -546,3 +546,15 @@ def test_task_raises_when_backoff_not_a_backoff() -> None:
 def test_task_raises_when_timeout_invalid(timeout: Any) -> None:
     with pytest.raises(ValueError, match="timeout"):
         task(_sync_fn, timeout=timeout)
+
+
+def test_store_result_reaches_the_task_and_follows_the_default_when_left_out() -> None:
+    registry = TaskRegistry.from_mapping({
+        "kept": task(lambda ctx: 1, store_result=True),
+        "never": task(store_result=False)(lambda ctx: 1),
+        "default": lambda ctx: 1,
+    })
+    assert registry.keeping_results(False) == frozenset({"kept"})
+    assert registry.keeping_results(True) == frozenset({"kept", "default"})
+    with pytest.raises(TypeError, match="store_result must be a bool"):
+        task(lambda ctx: 1, store_result="yes")  # type: ignore[arg-type]
