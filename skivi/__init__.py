@@ -11,6 +11,9 @@ What a task's author uses, besides ``create_system`` and ``add_job``:
 - ``task``: per-task options on a handler, as a wrapper (``task(fn, timeout=30)``) or a
   decorator (``@task(backoff=...)``, or bare ``@task``), in a tasks mapping or a task file's
   ``TASKS``.
+- ``Tasks`` and ``System.task``: typed tasks, functions taking their own arguments and
+  enqueued by calling ``defer`` (``send_email.defer(to=...)``); see ``skivi.tasks``.
+  ``TypedTask`` is their type, for annotations.
 - ``Backoff``: a task's retry schedule (``task(fn, backoff=Backoff(factor=0.5,
   max_delay=600))``); the default is Graphile Worker's ``exp(min(attempts, 10))`` seconds.
 """
@@ -36,6 +39,7 @@ from skivi.job import EnqueueOutcome, Job, JobKeyMode, JobSpec
 from skivi.registry import task
 from skivi.retry import Backoff
 from skivi.system import System, create_system
+from skivi.tasks import Tasks, TypedTask
 
 __version__ = "0.1.0"
 
@@ -60,6 +64,8 @@ __all__ = [
     "SkiviError",
     "System",
     "TaskFileError",
+    "Tasks",
+    "TypedTask",
     "__version__",
     "add_job",
     "add_job_async",

@@ -13,6 +13,8 @@ The whole tree (the docstring of each class is its default message)::
     │   └── TaskFileError      a task file failed to load; names the file and line
     ├── DatabaseUnavailable    the database could not be reached or refused the login;
     │                          names the host and the cause (also a psycopg.OperationalError)
+    ├── DrainLimitReached      skivi.testing.drain ran its max_jobs and jobs were still
+    │                          runnable (a task that enqueues itself forever, say)
     └── EmbeddedDatabaseError  the embedded PostgreSQL could not be started
 
 Database errors stay psycopg's own (``psycopg.OperationalError`` and friends): callers
@@ -30,6 +32,8 @@ code (see ``skivi.engine``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 
 SHOWN_MAX = 80
@@ -38,6 +42,7 @@ SHOWN_MAX = 80
 __all__ = [
     "ConfigError",
     "DatabaseUnavailable",
+    "DrainLimitReached",
     "EmbeddedDatabaseError",
     "JobSpecError",
     "MigrationError",
@@ -145,12 +150,22 @@ class DatabaseUnavailable(SkiviError, psycopg.OperationalError):
                          f"(database.connection_string): {cause}")
 
 
+class DrainLimitReached(SkiviError):
+    """A test drain ran its limit of jobs and jobs were still runnable."""
+
+    def __init__(self, message: str, runs: list[Any]) -> None:
+        self.runs = runs
+        """What the drain ran before it stopped (``skivi.testing.JobRun``, in order)."""
+        super().__init__(message)
+
+
 class EmbeddedDatabaseError(SkiviError):
     """The embedded PostgreSQL could not be started."""
 
 
 for _cls in (
-    SkiviError, ConfigError, DatabaseUnavailable, PayloadError, JobSpecError,
+    SkiviError, ConfigError, DatabaseUnavailable, DrainLimitReached, PayloadError,
+    JobSpecError,
     MigrationError, SchemaTooNew, RegistryError, TaskFileError, EmbeddedDatabaseError,
 ):
     _cls.__module__ = "skivi"

@@ -484,6 +484,16 @@ def engine_relock(*, schema: str, engine: int) -> bool | None:
     """Take an engine's liveness lock back: whether it was taken, None if its row is gone."""
 
 
+@statement
+def engine_unlock(*, schema: str, engine: int) -> bool:
+    """Free an engine's liveness lock held by this session; whether it was held."""
+
+
+@statement
+def job_advance(*, tasks: list[str] | None = None, queues: list[str] | None = None) -> int:
+    """Make the scheduled jobs (of these tasks, queues) runnable now; how many."""
+
+
 ClaimRow = tuple[int, int, str, str, bool]
 """job_claim's row, read by the CLAIM_* indices: id, lease, message (the job as JSON text,
 see skivi.engine.wire), task_identifier, cut (jobs were left for the byte limit)."""
