@@ -65,7 +65,7 @@ class Instance:
     def with_tasks(self, tasks: Mapping[str, Handler | TaskSource]) -> Instance:
         """This instance with these programmatic tasks instead (``@system.task``); its
         registry is built again on first use."""
-        return dataclasses.replace(self, tasks=MappingProxyType(dict(tasks)))
+        return dataclasses.replace(self, tasks=MappingProxyType(dict(tasks)), _built=_Built())
 
     def with_crontab_file(self, path: str) -> Instance:
         """This instance with the ``[[cron]]`` entries of a TOML file added (``--crontab``)."""

@@ -178,7 +178,10 @@ class _Signature:
     @classmethod
     def of(cls, identifier: str, fn: Callable[..., Any]) -> tuple[_Signature, bool]:
         try:
-            signature = inspect.signature(fn)
+            try:
+                signature = inspect.signature(fn, eval_str=True)
+            except Exception:  # noqa: BLE001 - unresolvable annotations: shown as written
+                signature = inspect.signature(fn)
         except (TypeError, ValueError) as exc:
             raise RegistryError(f"task {shown(identifier)}: cannot read the signature of "
                                 f"{_name_of(fn)}: {exc}") from None
@@ -196,7 +199,8 @@ class _Signature:
                       if (c := _converter(hints.get(p.name))) is not None}
         return cls(
             identifier=identifier,
-            signature=signature.replace(parameters=params),
+            signature=signature.replace(parameters=params,
+                                        return_annotation=inspect.Signature.empty),
             positional_only=tuple(p.name for p in params
                                   if p.kind is inspect.Parameter.POSITIONAL_ONLY),
             var_keyword=next((p.name for p in params
