@@ -235,8 +235,10 @@ def test_system_task_runs_in_the_engine_started_by_the_system_when_forked(
     with connect(database) as c:
         c.execute("create table skivi_test_log (value int)")
     try:
-        system.start()
+        # Deferred before start(), so the application's pool exists when the engine forks:
+        # a follow-up inside the job must use the child's connections, not that pool.
         double.defer(n=1)
+        system.start()
         wait_for(lambda: len(fetch(database, "select * from skivi_test_log")) == 3,
                  timeout=30)
     finally:
