@@ -24,6 +24,7 @@ from skivi.engine.child import JobContext
 from skivi.errors import (
     ConfigError,
     DatabaseUnavailable,
+    DrainLimitReached,
     EmbeddedDatabaseError,
     JobSpecError,
     MigrationError,
@@ -48,6 +49,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DatabaseUnavailable",
+    "DrainLimitReached",
     "EmbeddedDatabaseError",
     "EnqueueOutcome",
     "EventKind",

@@ -44,7 +44,10 @@ EVENTS_DRAIN_TIMEOUT = 5.0
 
 class System:
     """A Skivi system: an ``Instance`` (configuration, tasks, cron entries, queries, payload
-    gate), the ``Client`` that enqueues with it, and the launcher of its engine."""
+    gate), the ``Client`` that enqueues with it, and the launcher of its engine.
+
+    ``system.task`` declares typed tasks into it (``@system.task``, ``@system.task(...)``:
+    see ``skivi.tasks``); it is the bound ``task`` method of the system's own ``Tasks``."""
 
     def __init__(self, config: Config,
                  tasks: Mapping[str, Handler | TaskSource] | None = None,

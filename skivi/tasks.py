@@ -72,6 +72,7 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import inspect
+import logging
 import typing
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -86,6 +87,8 @@ from skivi.registry import TaskDef, TaskSource, _check_identifier, is_async_call
 from skivi.retry import Backoff
 
 __all__ = ["ContextTask", "Deferral", "FunctionTask", "Tasks", "TypedTask", "current_job"]
+
+logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -221,6 +221,9 @@ class _Drain:
                     await self._release(m)
                     raise
                 runs.append(run)
+                logger.debug("drain: job %d (%s) %s", run.job_id, run.task, run.outcome,
+                             extra={"action": "drain_job", "job_id": run.job_id,
+                                    "task": run.task, "outcome": run.outcome})
         finally:
             await self.db.run(engine_deregister, engine=self.engine)
             if self.conn_given:

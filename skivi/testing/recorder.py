@@ -16,6 +16,7 @@ import contextlib
 import datetime as dt
 import inspect
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Iterator, Sequence
@@ -32,6 +33,8 @@ from skivi.payload import encode
 from skivi.testing.drainer import JobRun
 
 __all__ = ["IMMEDIATE_DEPTH_MAX", "CapturedJob", "CapturedJobs", "capture", "immediate"]
+
+logger = logging.getLogger(__name__)
 
 IMMEDIATE_DEPTH_MAX = 100
 """How deep ``immediate`` follows tasks that enqueue tasks before it refuses (a loop)."""

@@ -44,6 +44,8 @@ keyed.defer(n=3)
 spec: skivi.JobSpec = send_email.spec(to="a")
 jobs: list[skivi.Job] = send_email.defer_many([{"to": "a"}, send_email.spec(to="b")])
 ran: None = send_email("direct")
+other: skivi.System = skivi.create_system({}, TASKS)
+mixed = skivi.create_system({}, {"send_email": send_email, "plain": lambda ctx: None})
 
 
 async def main() -> int:
