@@ -583,8 +583,10 @@ class Tasks(Mapping[str, TypedTask[..., Any]]):
         Options: ``identifier`` (default: the function's ``__name__``); the job defaults
         ``queue_name``, ``priority``, ``max_attempts``, ``job_key`` (a string, or a callable
         taking the call's arguments and returning the key), ``job_key_mode``, ``flags``
-        (each call may change them with ``configure``); the task options ``timeout`` and
-        ``backoff``, as for ``skivi.task``. A bad value raises here, naming it.
+        (each call may change them with ``configure``; a job enqueued by name, with
+        ``skivi.add_job`` or from SQL, carries its own); the task options ``timeout`` and
+        ``backoff``, as for ``skivi.task``, for every job of the task. A bad value raises
+        here, naming it.
         """
         kwargs: dict[str, Any] = {
             "identifier": identifier, "queue_name": queue_name, "priority": priority,

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import sys
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -13,6 +15,7 @@ import pytest
 
 import skivi
 from skivi.testing import DrainLimitReached, drain, drain_async
+from tests.support.engines import run_engine
 from tests.support.rows import fetch, live_jobs
 
 
@@ -263,3 +266,66 @@ def test_drain_async_writes_follow_ups_on_the_callers_connection_when_given_conn
         assert live_jobs(database) == 0  # all of it in the rolled-back transaction
     finally:
         system.stop()
+
+
+ENGINE_TASKS = '''
+import skivi
+
+typed = skivi.Tasks()
+
+
+@typed.task
+def broken(n: int) -> None:
+    raise ValueError(f"broken {n}")
+
+
+@typed.task
+def fine(n: int) -> int:
+    return n
+
+
+def batch(ctx):
+    return [ValueError(f"bad {x}") if x % 2 else None for x in ctx.job.payload]
+
+
+TASKS = {**typed, "batch": batch}
+'''
+
+
+def test_drain_leaves_what_the_engine_leaves_when_both_run_the_same_jobs(
+        make_database: Any, tmp_path: Path) -> None:
+    """The same task file and jobs, run by ``python -m skivi.engine --once`` on one
+    database and by ``drain`` on another: the same rows left in job and job_history."""
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "mixed.py").write_text(ENGINE_TASKS)
+    states = []
+    for runner in ("engine", "drain"):
+        url = make_database()
+        system = skivi.create_system({"database": {"connection_string": url},
+                                      "worker": {"task_directory": str(tmp_path / "tasks"),
+                                                 "history": True}})
+        try:
+            # By name: the typed task's max_attempts is a default of its defer() only.
+            skivi.add_jobs(system, [{"task": "broken", "payload": {"n": 1}, "max_attempts": 1},
+                                    {"task": "fine", "payload": {"n": 2}},
+                                    {"task": "batch", "payload": [1, 2, 3, 4]},
+                                    {"task": "ghost", "payload": {}}])
+            if runner == "engine":
+                done = run_engine([sys.executable, "-m", "skivi.engine", "--database-url",
+                                   url, "--tasks", str(tmp_path / "tasks"), "--processes",
+                                   "1", "--once"], env={"SKIVI_HISTORY": "true"})
+                assert done.returncode == 0, done.stderr
+            else:
+                assert len(drain(system)) == 4
+        finally:
+            system.stop()
+        states.append((
+            fetch(url, "select task_identifier, payload, attempts, last_error "
+                       "from skivi.job order by task_identifier"),
+            fetch(url, "select task_identifier, payload, outcome, reason, last_error, "
+                       "attempts from skivi.job_history order by task_identifier")))
+    engine, drained = states
+    assert drained == engine
+    assert [row[0] for row in engine[1]] == ["broken", "fine", "ghost"]  # and not empty
+    assert engine[0] == [("batch", [1, 3], 1, "partial success: 2 of 4 items failed\n"
+                                              "item 0: bad 1\nitem 2: bad 3")]
