@@ -14,6 +14,9 @@ What a task's author uses, besides ``create_system`` and ``add_job``:
 - ``get_result`` / ``get_result_async`` / ``wait_for`` / ``wait_for_sync``: what became of a
   job (``JobResult``: its ``ResultState``, value or last error); values are kept for tasks
   with ``store_result=True`` or with ``worker.store_results`` (see ``skivi.results``).
+- ``Tasks`` and ``System.task``: typed tasks, functions taking their own arguments and
+  enqueued by calling ``defer`` (``send_email.defer(to=...)``); see ``skivi.tasks``.
+  ``TypedTask`` is their type, for annotations.
 - ``Backoff``: a task's retry schedule (``task(fn, backoff=Backoff(factor=0.5,
   max_delay=600))``); the default is Graphile Worker's ``exp(min(attempts, 10))`` seconds.
 """
@@ -24,6 +27,7 @@ from skivi.engine.child import JobContext
 from skivi.errors import (
     ConfigError,
     DatabaseUnavailable,
+    DrainLimitReached,
     EmbeddedDatabaseError,
     JobSpecError,
     MigrationError,
@@ -48,6 +52,7 @@ from skivi.results import (
 )
 from skivi.retry import Backoff
 from skivi.system import System, create_system
+from skivi.tasks import Tasks, TypedTask
 
 __version__ = "0.1.0"
 
@@ -56,6 +61,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DatabaseUnavailable",
+    "DrainLimitReached",
     "EmbeddedDatabaseError",
     "EnqueueOutcome",
     "EventKind",
@@ -75,6 +81,8 @@ __all__ = [
     "SkiviError",
     "System",
     "TaskFileError",
+    "Tasks",
+    "TypedTask",
     "__version__",
     "add_job",
     "add_job_async",

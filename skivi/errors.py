@@ -15,6 +15,8 @@ The whole tree (the docstring of each class is its default message)::
     │                          names the host and the cause (also a psycopg.OperationalError)
     ├── ResultTimeout          wait_for gave up before the job finished; names the job and
     │                          its last state (also a TimeoutError)
+    ├── DrainLimitReached      skivi.testing.drain ran its max_jobs and jobs were still
+    │                          runnable (a task that enqueues itself forever, say)
     └── EmbeddedDatabaseError  the embedded PostgreSQL could not be started
 
 Database errors stay psycopg's own (``psycopg.OperationalError`` and friends): callers
@@ -42,6 +44,7 @@ SHOWN_MAX = 80
 __all__ = [
     "ConfigError",
     "DatabaseUnavailable",
+    "DrainLimitReached",
     "EmbeddedDatabaseError",
     "JobSpecError",
     "MigrationError",
@@ -161,12 +164,22 @@ class ResultTimeout(SkiviError, TimeoutError):
         super().__init__(message)
 
 
+class DrainLimitReached(SkiviError):
+    """A test drain ran its limit of jobs and jobs were still runnable."""
+
+    def __init__(self, message: str, runs: list[Any]) -> None:
+        self.runs = runs
+        """What the drain ran before it stopped (``skivi.testing.JobRun``, in order)."""
+        super().__init__(message)
+
+
 class EmbeddedDatabaseError(SkiviError):
     """The embedded PostgreSQL could not be started."""
 
 
 for _cls in (
-    SkiviError, ConfigError, DatabaseUnavailable, PayloadError, JobSpecError,
+    SkiviError, ConfigError, DatabaseUnavailable, DrainLimitReached, PayloadError,
+    JobSpecError,
     MigrationError, SchemaTooNew, RegistryError, TaskFileError, EmbeddedDatabaseError,
     ResultTimeout,
 ):

@@ -22,7 +22,7 @@ from skivi.cron import CronEntry, ensure_unique, load_crontab_file, parse_cronta
 from skivi.db import queries
 from skivi.errors import ConfigError
 from skivi.payload import PayloadGate
-from skivi.registry import TaskRegistry
+from skivi.registry import TaskRegistry, TaskSource
 
 __all__ = ["Handler", "Instance"]
 
@@ -41,7 +41,7 @@ class _Built:
 @dataclass(frozen=True, slots=True)
 class Instance:
     config: Config
-    tasks: Mapping[str, Handler]
+    tasks: Mapping[str, Handler | TaskSource]
     cron_entries: tuple[CronEntry, ...]
     schema: str
     queries: queries.Queries
@@ -49,7 +49,7 @@ class Instance:
     _built: _Built = field(default_factory=_Built, repr=False, compare=False)
 
     @classmethod
-    def build(cls, config: Config, tasks: Mapping[str, Handler] | None = None,
+    def build(cls, config: Config, tasks: Mapping[str, Handler | TaskSource] | None = None,
               crontabs: Sequence[Mapping[str, Any]] | None = None) -> Instance:
         """Validate and assemble; a bad cron entry or payload schema raises here, naming it."""
         schema = config.database.schema_name
@@ -61,6 +61,11 @@ class Instance:
             queries=queries.for_schema(schema),
             payload_gate=PayloadGate(config.validation.max_payload_bytes,
                                      config.validation.tasks))
+
+    def with_tasks(self, tasks: Mapping[str, Handler | TaskSource]) -> Instance:
+        """This instance with these programmatic tasks instead (``@system.task``); its
+        registry is built again on first use."""
+        return dataclasses.replace(self, tasks=MappingProxyType(dict(tasks)), _built=_Built())
 
     def with_crontab_file(self, path: str) -> Instance:
         """This instance with the ``[[cron]]`` entries of a TOML file added (``--crontab``)."""

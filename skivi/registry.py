@@ -8,7 +8,9 @@ once, at start-up, from up to two sources, and is immutable afterwards:
   declare per-task options: ``{"resize": task(resize, timeout=30, backoff=Backoff(factor=0.1))}``.
 - **a directory of task files** (:meth:`TaskRegistry.from_directory`), as in Graphile Worker's
   ``getTasks.ts``: every regular file with an accepted extension directly inside the directory
-  (not recursive) is imported, and must define a module-level ``TASKS`` dict of the same shape.
+  (not recursive) is imported, and must define a module-level ``TASKS``: a dict of the same
+  shape, or a ``skivi.Tasks`` collection of typed tasks (``@TASKS.task``; see skivi.tasks),
+  each registered under its own identifier.
 
 Rules, and why:
 
@@ -79,6 +81,7 @@ __all__ = [
     "Task",
     "TaskDef",
     "TaskRegistry",
+    "TaskSource",
     "is_async_callable",
     "task",
 ]
@@ -168,6 +171,18 @@ def task(
     return wrap
 
 
+class TaskSource:
+    """What carries its own identifier and :class:`TaskDef`: a typed task
+    (``skivi.tasks.TypedTask``). A registry takes the definition, under that identifier
+    only: a typed task enqueues under its own identifier, so registering it under another
+    would leave its jobs without a handler."""
+
+    __slots__ = ()
+
+    identifier: str
+    definition: TaskDef
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Task:
     """One registered task. Build it with :meth:`Task.of`, which validates and detects async."""
@@ -189,14 +204,22 @@ class Task:
 
     @classmethod
     def of(
-        cls, identifier: str, handler: Handler | TaskDef, *, source: str = SOURCE_CODE
+        cls, identifier: str, handler: Handler | TaskDef | TaskSource, *,
+        source: str = SOURCE_CODE,
     ) -> Task:
-        """Build a task from a plain callable or a :class:`TaskDef`.
+        """Build a task from a plain callable, a :class:`TaskDef` or a :class:`TaskSource`.
 
         Raises :class:`~skivi.errors.RegistryError` naming the identifier when the identifier is
-        invalid, the handler is not callable or the timeout is not a positive number of seconds.
+        invalid, the handler is not callable or the timeout is not a positive number of seconds,
+        or a typed task is given under an identifier that is not its own.
         """
         _check_identifier(identifier)
+        if isinstance(handler, TaskSource):
+            if handler.identifier != identifier:
+                raise RegistryError(
+                    f"task {shown(identifier)}: the typed task {shown(handler.identifier)} "
+                    "is registered under its own identifier only")
+            handler = handler.definition
         backoff: Backoff | None = None
         timeout: float | None = None
         store_result: bool | None = None
@@ -266,7 +289,7 @@ class TaskRegistry:
     # -- construction -------------------------------------------------------------------------
 
     @classmethod
-    def from_mapping(cls, mapping: Mapping[str, Handler | TaskDef]) -> TaskRegistry:
+    def from_mapping(cls, mapping: Mapping[str, Handler | TaskDef | TaskSource]) -> TaskRegistry:
         """A registry of the tasks in ``mapping`` (identifier -> callable or :class:`TaskDef`)."""
         if not isinstance(mapping, Mapping):
             raise RegistryError(f"tasks must be a mapping, got {type(mapping).__name__}")
@@ -285,7 +308,7 @@ class TaskRegistry:
     @classmethod
     def build(
         cls,
-        programmatic: Mapping[str, Handler | TaskDef] | None = None,
+        programmatic: Mapping[str, Handler | TaskDef | TaskSource] | None = None,
         directory: str | Path | None = None,
         extensions: Sequence[str] = EXTENSIONS_DEFAULT,
     ) -> TaskRegistry:
@@ -540,10 +563,12 @@ def _load_file(root: Path, shown: Path, resolved: Path) -> dict[str, Task]:
 
     tasks = getattr(module, "TASKS", None)
     if tasks is None:
-        raise TaskFileError(f"task file {source} defines no module-level TASKS dict")
-    if not isinstance(tasks, dict):
         raise TaskFileError(
-            f"task file {source}: TASKS must be a dict, got {type(tasks).__name__}"
+            f"task file {source} defines no module-level TASKS (a dict or a skivi.Tasks)")
+    if not isinstance(tasks, Mapping):
+        raise TaskFileError(
+            f"task file {source}: TASKS must be a dict or a skivi.Tasks, "
+            f"got {type(tasks).__name__}"
         )
     loaded: dict[str, Task] = {}
     for identifier, handler in tasks.items():

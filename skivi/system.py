@@ -27,11 +27,12 @@ from skivi.cron import CronEntry
 from skivi.db import pool as dbpool
 from skivi.db import queries
 from skivi.db.migrate import Migration, migrate, pending_migrations, set_limits
-from skivi.errors import SchemaNotMigrated
+from skivi.errors import RegistryError, SchemaNotMigrated, SkiviError
 from skivi.events import Emitter, EventForwarder, EventReceiver
 from skivi.instance import Handler, Instance
 from skivi.payload import PayloadGate
-from skivi.registry import TaskRegistry
+from skivi.registry import TaskRegistry, TaskSource
+from skivi.tasks import Tasks, TypedTask, bind_collections
 
 __all__ = ["System", "create_system"]
 
@@ -43,13 +44,24 @@ EVENTS_DRAIN_TIMEOUT = 5.0
 
 class System:
     """A Skivi system: an ``Instance`` (configuration, tasks, cron entries, queries, payload
-    gate), the ``Client`` that enqueues with it, and the launcher of its engine."""
+    gate), the ``Client`` that enqueues with it, and the launcher of its engine.
 
-    def __init__(self, config: Config, tasks: Mapping[str, Handler] | None = None,
+    ``system.task`` declares typed tasks into it (``@system.task``, ``@system.task(...)``:
+    see ``skivi.tasks``); it is the bound ``task`` method of the system's own ``Tasks``."""
+
+    def __init__(self, config: Config,
+                 tasks: Mapping[str, Handler | TaskSource] | None = None,
                  crontabs: Sequence[Mapping[str, Any]] | None = None) -> None:
         # Validated here, so a bad cron entry stops create_system with an error naming it.
         self.instance = Instance.build(config, tasks, crontabs)
         self.client = Client(self.instance)
+        if tasks is not None:
+            bind_collections(tasks, self)
+        self._own_tasks = Tasks(self, on_declare=self._declared)
+        self.task = self._own_tasks.task
+        """``@system.task`` / ``@system.task(queue_name=..., ...)``: declare a typed task
+        in this system's registry, bound to it (``skivi.tasks``; options as
+        ``Tasks.task``). Declare before ``start()``."""
         self._engine_pid: int | None = None
         self.started = False
         self.emitter = Emitter(config.events.buffer_size)
@@ -75,7 +87,7 @@ class System:
         return self.instance.payload_gate
 
     @property
-    def tasks(self) -> Mapping[str, Handler]:
+    def tasks(self) -> Mapping[str, Handler | TaskSource]:
         return self.instance.tasks
 
     @property
@@ -93,6 +105,19 @@ class System:
     def registry(self) -> TaskRegistry:
         """The task registry (see ``Instance.registry``)."""
         return self.instance.registry()
+
+    def _declared(self, typed: TypedTask[..., Any]) -> None:
+        """A typed task declared with ``@system.task``: into the instance's tasks (the
+        registry is built again on next use)."""
+        if self._engine_pid is not None:
+            raise SkiviError(f"task {typed.identifier!r}: this system's engine runs already; "
+                             "declare tasks before start()")
+        if typed.identifier in self.instance.tasks:
+            raise RegistryError(f"task {typed.identifier!r} is registered in this system "
+                                "already (create_system's tasks, or another @system.task)")
+        self.instance = self.instance.with_tasks({**self.instance.tasks,
+                                                  typed.identifier: typed})
+        self.client.instance = self.instance
 
     def add_crontab_file(self, path: str) -> None:
         """Add the ``[[cron]]`` entries of a TOML file (``--crontab PATH``)."""
@@ -246,9 +271,10 @@ class System:
 
 
 def create_system(config: Config | Mapping[str, Any] | str | None = None,
-                  tasks: Mapping[str, Handler] | None = None,
+                  tasks: Mapping[str, Handler | TaskSource] | None = None,
                   crontabs: Sequence[Mapping[str, Any]] | None = None) -> System:
     """Build a system from configuration (a ``Config``, a dict shaped like skivi.toml, or a
-    path to a TOML file), a task registry (identifier -> handler) and cron entries."""
+    path to a TOML file), a task registry (identifier -> handler, or a ``skivi.Tasks``
+    collection, which this binds to the system) and cron entries."""
     cfg = config if isinstance(config, Config) else load_config(config)
     return System(cfg, tasks, crontabs)

@@ -22,6 +22,7 @@ from sqlalchemy import String
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from tasks.notes import index_note
 
 import skivi
 
@@ -78,8 +79,9 @@ async def create_note(note_in: NoteIn, request: Request) -> dict[str, int]:
         note = Note(text=note_in.text)
         session.add(note)
         await session.flush()  # the note's id, in this transaction
-        job = await skivi.add_job_async(system, "index-note", {"note_id": note.id},
-                                        conn=session)
+        # The typed task, enqueued in this session's transaction.
+        job = await index_note.configure(system=system, conn=session).defer_async(
+            note_id=note.id)
         if "forbidden" in note_in.text:
             # Raised inside session.begin(): the transaction rolls back, note and job both.
             raise HTTPException(status_code=400, detail="forbidden word")

@@ -498,6 +498,11 @@ def engine_register(*, hostname: str, pid: int, version: str,
     """A new engine identity (its lease row, heartbeat now); its id."""
 
 
+@statement
+def job_advance(*, tasks: list[str] | None = None, queues: list[str] | None = None) -> int:
+    """Make the scheduled jobs (of these tasks, queues) runnable now; how many."""
+
+
 ClaimRow = tuple[int, int, str, str, bool]
 """job_claim's row, read by the CLAIM_* indices: id, lease, message (the job as JSON text,
 see skivi.engine.wire), task_identifier, cut (jobs were left for the byte limit)."""

@@ -47,7 +47,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -76,7 +76,7 @@ from skivi.engine.wire import (
     released_row,
 )
 from skivi.errors import PayloadError
-from skivi.job import Job
+from skivi.job import Job, JobSpec
 from skivi.payload import encode as encode_json
 
 if TYPE_CHECKING:
@@ -84,7 +84,8 @@ if TYPE_CHECKING:
     from skivi.instance import Instance
     from skivi.registry import Task, TaskRegistry
 
-__all__ = ["JobContext", "JobInfo", "child_main"]
+__all__ = ["JobContext", "JobInfo", "child_main", "error_message", "error_traceback",
+           "failure_row", "no_handler_row", "outcome_row", "queue_wait", "timeout_text"]
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +204,19 @@ class JobContext:
 
         return await add_job_async(self._client, task, payload, **options)
 
+    def add_jobs(self, specs: Iterable[JobSpec | Mapping[str, Any]]) -> list[Job]:
+        """Enqueue follow-up jobs in one statement (their own transaction), as
+        ``skivi.add_jobs`` does."""
+        from skivi.client import add_jobs
+
+        return add_jobs(self._client, specs)
+
+    async def add_jobs_async(self, specs: Iterable[JobSpec | Mapping[str, Any]]) -> list[Job]:
+        """The async twin of ``add_jobs``."""
+        from skivi.client import add_jobs_async
+
+        return await add_jobs_async(self._client, specs)
+
 
 # What a handler sees for a time Python cannot hold: a row written from SQL may have
 # run_at = '-infinity' (runnable before anything else) or 'infinity', or a year outside
@@ -225,7 +239,7 @@ def _parse_time(value: str) -> dt.datetime:
         raise
 
 
-def _wait(m: Sequence[Any]) -> float:
+def queue_wait(m: Sequence[Any]) -> float:
     """Seconds from the job's run_at to now: its queue wait, for metrics. 0 when run_at is
     not a time Python holds (a -infinity run_at would count as 2,000 years of waiting).
     Never raises: it runs outside the handler's guard, where an exception would leave the
@@ -290,6 +304,67 @@ def _released(m: Sequence[Any]) -> list[Any]:
     """The row of a job handed back unstarted (the child is stopping)."""
     return released_row(job_id=m[JOB_ID], lease=m[JOB_LEASE], task=m[JOB_TASK],
                         queue_name=m[JOB_QUEUE_NAME], slot=m[JOB_SLOT])
+
+
+def failure_row(task: Task, m: list[Any], exc: BaseException, took: float, wait: float,
+                text: str | None = None) -> list[Any]:
+    """The result row of a failed attempt of job message ``m`` (its slot appended): retried
+    after the task's backoff, or exhausted by the database when its attempts ran out. A
+    timeout's ``text`` replaces the message; the traceback says where the job was."""
+    attempt = m[JOB_ATTEMPTS]
+    return failed_row(job_id=m[JOB_ID], lease=m[JOB_LEASE], task=m[JOB_TASK],
+                      queue_name=m[JOB_QUEUE_NAME], run_seconds=took,
+                      error=text or error_message(exc),
+                      delay=task.backoff.delay(attempt), wait_seconds=wait,
+                      slot=m[JOB_SLOT], attempt=attempt, traceback=error_traceback(exc))
+
+
+def outcome_row(task: Task, m: list[Any], outcome: object, took: float,
+                wait: float) -> list[Any]:
+    """The result row of a handler that returned ``outcome``: completed, or for a list
+    payload and a list result holding exceptions, a partial success (or a failure when
+    every item failed). Shared with ``skivi.testing``, so its drain decides as the engine."""
+    payload = m[JOB_PAYLOAD]
+    if (isinstance(payload, list) and isinstance(outcome, list)
+            and len(outcome) == len(payload)
+            and any(isinstance(x, BaseException) for x in outcome)):
+        # Each failed item keeps its position in the payload the handler was given, so
+        # the error names the items the operator can see there.
+        failed = [(i, item, exc)
+                  for i, (item, exc) in enumerate(zip(payload, outcome, strict=True))
+                  if isinstance(exc, BaseException)]
+        if len(failed) < len(payload):
+            shown = failed[:10]
+            errors = "\n".join(f"item {i}: {error_message(e)}" for i, _, e in shown)
+            tracebacks = "\n".join(f"item {i}: {error_traceback(e)}" for i, _, e in shown)
+            remaining = orjson.dumps([item for _, item, _ in failed]).decode()
+            attempt = m[JOB_ATTEMPTS]
+            return failed_row(
+                job_id=m[JOB_ID], lease=m[JOB_LEASE], task=m[JOB_TASK],
+                queue_name=m[JOB_QUEUE_NAME], run_seconds=took,
+                error=f"partial success: {len(failed)} of {len(payload)} items failed\n"
+                + errors, delay=task.backoff.delay(attempt), payload=remaining,
+                wait_seconds=wait, slot=m[JOB_SLOT], attempt=attempt,
+                traceback=_safe_text(tracebacks))
+        return failure_row(task, m, failed[0][2], took, wait)
+    return completed_row(job_id=m[JOB_ID], lease=m[JOB_LEASE], task=m[JOB_TASK],
+                         queue_name=m[JOB_QUEUE_NAME], run_seconds=took,
+                         wait_seconds=wait, slot=m[JOB_SLOT])
+
+
+def no_handler_row(m: list[Any]) -> list[Any]:
+    """The result row of a job whose task this engine has no handler for: exhausted at once
+    (a configuration error, not a transient failure)."""
+    return failed_row(job_id=m[JOB_ID], lease=m[JOB_LEASE], task=m[JOB_TASK],
+                      queue_name=m[JOB_QUEUE_NAME], run_seconds=0.0,
+                      error=f"no handler for task {m[JOB_TASK]!r} in this engine", delay=0.0,
+                      final="no_handler", wait_seconds=queue_wait(m), slot=m[JOB_SLOT],
+                      attempt=m[JOB_ATTEMPTS])
+
+
+def timeout_text(timeout: float | None) -> str:
+    """The error of an attempt that overran its timeout."""
+    return f"timeout: the job ran longer than {timeout} s"
 
 
 class _Runner:
@@ -387,12 +462,7 @@ class _Runner:
             if self.stopping:
                 self._report(_released(m))
             elif task is None:
-                self._report(failed_row(
-                    job_id=m[JOB_ID], lease=m[JOB_LEASE], task=m[JOB_TASK],
-                    queue_name=m[JOB_QUEUE_NAME], run_seconds=0.0,
-                    error=f"no handler for task {m[JOB_TASK]!r} in this engine", delay=0.0,
-                    final="no_handler", wait_seconds=_wait(m), slot=slot,
-                    attempt=m[JOB_ATTEMPTS]))
+                self._report(no_handler_row(m))
             elif task.is_async:
                 self.running += 1
                 self.loop.create_task(self._run_async(task, m))
@@ -463,13 +533,13 @@ class _Runner:
         timeout = self._timeout(task)
         if timeout is not None:
             self._announce(m, timeout)
-        wait = _wait(m)
+        wait = queue_wait(m)
         started = time.perf_counter()
         try:
             outcome = task.handler(JobContext(JobInfo(m), self.client))
         except BaseException as exc:  # noqa: BLE001 - every handler failure is data
             self._still_ours()
-            row = self._failure(task, m, exc, time.perf_counter() - started, wait)
+            row = failure_row(task, m, exc, time.perf_counter() - started, wait)
         else:
             self._still_ours()
             if outcome is not None and inspect.isawaitable(outcome):
@@ -480,7 +550,7 @@ class _Runner:
                 self.running += 1
                 self.loop.create_task(self._report_when_settled(settle))
                 return None
-            row = self._outcome(task, m, outcome, time.perf_counter() - started, wait)
+            row = self._returned(task, m, outcome, time.perf_counter() - started, wait)
         return self._done(row)
 
     async def _report_when_settled(self, settle: Coroutine[Any, Any, list[Any]]) -> None:
@@ -493,12 +563,12 @@ class _Runner:
         timeout = self._timeout(task)
         if timeout is not None:
             self._announce(m, timeout)
-        wait = _wait(m)
+        wait = queue_wait(m)
         started = time.perf_counter()
         try:
             coro = task.handler(JobContext(JobInfo(m), self.client))
         except BaseException as exc:  # noqa: BLE001 - every handler failure is data
-            row = self._failure(task, m, exc, time.perf_counter() - started, wait)
+            row = failure_row(task, m, exc, time.perf_counter() - started, wait)
         else:
             row = await self._settle(task, m, coro, started, wait, timeout)
         self.running -= 1
@@ -517,56 +587,24 @@ class _Runner:
                 outcome = await awaitable
         except TimeoutError as exc:
             self._still_ours()
-            row = self._failure(task, m, exc, time.perf_counter() - started, wait,
-                                text=f"timeout: the job ran longer than {timeout} s")
+            row = failure_row(task, m, exc, time.perf_counter() - started, wait,
+                              text=timeout_text(timeout))
         except BaseException as exc:  # noqa: BLE001 - every handler failure is data
             self._still_ours()
-            row = self._failure(task, m, exc, time.perf_counter() - started, wait)
+            row = failure_row(task, m, exc, time.perf_counter() - started, wait)
         else:
             self._still_ours()
-            row = self._outcome(task, m, outcome, time.perf_counter() - started, wait)
+            row = self._returned(task, m, outcome, time.perf_counter() - started, wait)
         return self._done(row)
 
-    def _failure(self, task: Task, m: list[Any], exc: BaseException, took: float,
-                 wait: float, text: str | None = None) -> list[Any]:
-        # A timeout's text replaces the message; the traceback says where the job was.
-        attempt = m[JOB_ATTEMPTS]
-        return failed_row(job_id=m[JOB_ID], lease=m[JOB_LEASE], task=m[JOB_TASK],
-                          queue_name=m[JOB_QUEUE_NAME], run_seconds=took,
-                          error=text or error_message(exc),
-                          delay=task.backoff.delay(attempt), wait_seconds=wait,
-                          slot=m[JOB_SLOT], attempt=attempt, traceback=error_traceback(exc))
-
-    def _outcome(self, task: Task, m: list[Any], outcome: object, took: float,
-                 wait: float) -> list[Any]:
-        payload = m[JOB_PAYLOAD]
-        if (isinstance(payload, list) and isinstance(outcome, list)
-                and len(outcome) == len(payload)
-                and any(isinstance(x, BaseException) for x in outcome)):
-            # Each failed item keeps its position in the payload the handler was given, so
-            # the error names the items the operator can see there.
-            failed = [(i, item, exc)
-                      for i, (item, exc) in enumerate(zip(payload, outcome, strict=True))
-                      if isinstance(exc, BaseException)]
-            if len(failed) < len(payload):
-                shown = failed[:10]
-                errors = "\n".join(f"item {i}: {error_message(e)}" for i, _, e in shown)
-                tracebacks = "\n".join(f"item {i}: {error_traceback(e)}" for i, _, e in shown)
-                remaining = orjson.dumps([item for _, item, _ in failed]).decode()
-                attempt = m[JOB_ATTEMPTS]
-                return failed_row(
-                    job_id=m[JOB_ID], lease=m[JOB_LEASE], task=m[JOB_TASK],
-                    queue_name=m[JOB_QUEUE_NAME], run_seconds=took,
-                    error=f"partial success: {len(failed)} of {len(payload)} items failed\n"
-                    + errors, delay=task.backoff.delay(attempt), payload=remaining,
-                    wait_seconds=wait, slot=m[JOB_SLOT], attempt=attempt,
-                    traceback=_safe_text(tracebacks))
-            return self._failure(task, m, failed[0][2], took, wait)
-        if self.keeping_results and task.identifier in self.keeping_results:
+    def _returned(self, task: Task, m: list[Any], outcome: object, took: float,
+                  wait: float) -> list[Any]:
+        """``outcome_row``, and the job's value kept when its task keeps results."""
+        row = outcome_row(task, m, outcome, took, wait)
+        if (self.keeping_results and task.identifier in self.keeping_results
+                and row[RESULT_CODE] == RESULT_COMPLETED):
             self.values.append(self._value(m, outcome))
-        return completed_row(job_id=m[JOB_ID], lease=m[JOB_LEASE], task=m[JOB_TASK],
-                             queue_name=m[JOB_QUEUE_NAME], run_seconds=took,
-                             wait_seconds=wait, slot=m[JOB_SLOT])
+        return row
 
     def _value(self, m: list[Any], outcome: object) -> list[Any]:
         """The VALUES entry of a job's return value (see wire): its JSON text, or why it

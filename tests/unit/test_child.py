@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from skivi.engine.child import TIME_MAX, TIME_MIN, JobInfo, _parse_time, _wait
+from skivi.engine.child import TIME_MAX, TIME_MIN, JobInfo, _parse_time, queue_wait
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -27,12 +27,12 @@ def test_parse_time_clamps_what_python_cannot_hold_when_decoding_a_claim(
 def test_wait_is_zero_and_never_raises_when_run_at_is_not_an_ordinary_time(
         run_at: str) -> None:
     message = [1, 1, "t", {}, None, 0, run_at]
-    assert _wait(message) == 0.0
+    assert queue_wait(message) == 0.0
 
 
 def test_wait_counts_from_run_at_when_it_is_an_ordinary_time() -> None:
     an_hour_ago = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat()
-    assert 3590 < _wait([1, 1, "t", {}, None, 0, an_hour_ago]) < 3700
+    assert 3590 < queue_wait([1, 1, "t", {}, None, 0, an_hour_ago]) < 3700
 
 
 def _message(**fields: object) -> list[object]:

@@ -293,7 +293,8 @@ def test_from_directory_raises_task_file_error_when_tasks_missing(tmp_path: Path
 
 def test_from_directory_raises_task_file_error_when_tasks_not_dict(tmp_path: Path) -> None:
     _write(tmp_path, "a.py", "TASKS = [lambda ctx: 1]\n")
-    with pytest.raises(TaskFileError, match="TASKS must be a dict, got list") as info:
+    with pytest.raises(TaskFileError,
+                       match=r"TASKS must be a dict or a skivi\.Tasks, got list") as info:
         TaskRegistry.from_directory(tmp_path)
     assert str(tmp_path / "a.py") in str(info.value)
 

@@ -12,10 +12,14 @@ import psycopg
 
 import skivi
 
+# A typed task collection: the engine loads this file's TASKS; the application imports
+# index_note and calls index_note.defer_async(note_id=...).
+TASKS = skivi.Tasks()
 
-async def index_note(ctx: skivi.JobContext) -> dict[str, Any]:
+
+@TASKS.task(identifier="index-note", store_result=True)
+async def index_note(ctx: skivi.JobContext, note_id: int) -> dict[str, Any]:
     """Count a note's words; the count is the job's result (store_result=True)."""
-    note_id = ctx.job.payload["note_id"]
     url = os.environ.get("SKIVI_DATABASE_URL") or os.environ["DATABASE_URL"]
     async with await psycopg.AsyncConnection.connect(url) as conn:
         row = await (await conn.execute("select text from note where id = %s",
@@ -25,5 +29,3 @@ async def index_note(ctx: skivi.JobContext) -> dict[str, Any]:
     ctx.logger.info("indexed note %s", note_id)
     return {"note_id": note_id, "words": len(row[0].split())}
 
-
-TASKS = {"index-note": skivi.task(index_note, store_result=True)}
