@@ -111,6 +111,7 @@ class Sampler:
         self._thread.join(timeout=10)
 
 
+@pytest.mark.timeout(1800 if LONG else 300)
 def test_a_fleet_runs_every_job_once_through_pgbouncer_in_transaction_mode(
         make_database: MakeDatabase, bouncer: PgBouncer, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -157,10 +158,11 @@ def test_a_fleet_runs_every_job_once_through_pgbouncer_in_transaction_mode(
         for v in victims:
             v.wait(timeout=10)
         for p in producers:
-            out, err = p.communicate(timeout=300)
+            out, err = p.communicate(timeout=1200 if LONG else 300)
             assert p.returncode == 0, err.decode()
             assert int(out.split()[-1]) == share
-        wait_for(lambda: live_jobs(direct) == 0, timeout=300, what="every job to finish")
+        wait_for(lambda: live_jobs(direct) == 0, timeout=1200 if LONG else 300,
+                 what="every job to finish")
         drained = time.monotonic() - started
         survivors = engines[KILLED:]
         codes = procs.stop(survivors, timeout=60)
