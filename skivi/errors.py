@@ -15,6 +15,8 @@ The whole tree (the docstring of each class is its default message)::
     │                          names the host and the cause (also a psycopg.OperationalError)
     ├── ResultTimeout          wait_for gave up before the job finished; names the job and
     │                          its last state (also a TimeoutError)
+    ├── EnqueueTimeout         a handler's ctx.add_job, relayed through its engine, was not
+    │                          answered in time (also a TimeoutError)
     └── EmbeddedDatabaseError  the embedded PostgreSQL could not be started
 
 Database errors stay psycopg's own (``psycopg.OperationalError`` and friends): callers
@@ -43,6 +45,7 @@ __all__ = [
     "ConfigError",
     "DatabaseUnavailable",
     "EmbeddedDatabaseError",
+    "EnqueueTimeout",
     "JobSpecError",
     "MigrationError",
     "PayloadError",
@@ -161,6 +164,10 @@ class ResultTimeout(SkiviError, TimeoutError):
         super().__init__(message)
 
 
+class EnqueueTimeout(SkiviError, TimeoutError):
+    """An enqueue relayed through the engine's parent was not answered in time."""
+
+
 class EmbeddedDatabaseError(SkiviError):
     """The embedded PostgreSQL could not be started."""
 
@@ -168,6 +175,6 @@ class EmbeddedDatabaseError(SkiviError):
 for _cls in (
     SkiviError, ConfigError, DatabaseUnavailable, PayloadError, JobSpecError,
     MigrationError, SchemaTooNew, RegistryError, TaskFileError, EmbeddedDatabaseError,
-    ResultTimeout,
+    ResultTimeout, EnqueueTimeout,
 ):
     _cls.__module__ = "skivi"
