@@ -518,21 +518,22 @@ class _Runner:
     async def _settle(self, task: Task, m: list[Any], awaitable: Awaitable[Any],
                       started: float, wait: float, timeout: float | None) -> list[Any]:
         """Await what a handler returned (within its timeout); its result row."""
+        bound = asyncio.timeout(timeout) if timeout is not None else None
         try:
-            if timeout is not None:
+            if bound is not None:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for runs the coroutine in a
                 # task of its own, which lets SystemExit/KeyboardInterrupt out of the loop.
-                async with asyncio.timeout(timeout):
+                async with bound:
                     outcome = await awaitable
             else:
                 outcome = await awaitable
-        except TimeoutError as exc:
-            self._still_ours()
-            row = self._failure(task, m, exc, time.perf_counter() - started, wait,
-                                text=f"timeout: the job ran longer than {timeout} s")
         except BaseException as exc:  # noqa: BLE001 - every handler failure is data
             self._still_ours()
-            row = self._failure(task, m, exc, time.perf_counter() - started, wait)
+            # Only the job's own timeout is reported as one: a TimeoutError the handler
+            # raised (a socket's, an EnqueueTimeout) is its failure like any other.
+            text = (f"timeout: the job ran longer than {timeout} s"
+                    if bound is not None and bound.expired() else None)
+            row = self._failure(task, m, exc, time.perf_counter() - started, wait, text=text)
         else:
             self._still_ours()
             row = self._outcome(task, m, outcome, time.perf_counter() - started, wait)
