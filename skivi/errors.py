@@ -26,6 +26,12 @@ pool only says "timed out" and logs the cause elsewhere, so the error says what 
 and where. It subclasses ``psycopg.OperationalError``, so code catching that still does; the
 libpq error is its ``__cause__``.
 
+A handler's ``ctx.add_job`` relayed through its engine's parent (``skivi.engine.relay``)
+cannot carry psycopg's exception across processes: what the database refused arrives as a
+``JobSpecError`` quoting its message and SQLSTATE, a lost or unreachable connection as
+``DatabaseUnavailable``, and an enqueue the engine could not run within its bounds as
+``EnqueueTimeout``.
+
 What is not an exception: a job whose task has no handler, or whose handler fails, times out
 or crashes its process. That is the job's outcome, recorded on the job (``job_history.reason``,
 ``last_error``), not something the engine raises; and the engine's own failures are its exit
