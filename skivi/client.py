@@ -14,7 +14,10 @@ Every call runs in three steps:
    connection when one is given, so the jobs commit or roll back with the caller's
    transaction; otherwise on a pooled autocommit connection (a single statement is its own
    transaction: one round trip; several are pipelined in one transaction). The caller's
-   connection may be a SQLAlchemy session or connection (``skivi.db.connections``);
+   connection may be a SQLAlchemy session or connection (``skivi.db.connections``). A
+   client with a ``relay`` (an engine child's, see ``skivi.engine.relay``) has no pool: the
+   checked batch goes to its engine's parent, which runs these statements on its own
+   connection;
 3. the answers become ``Job`` objects in spec order, each with its ``outcome``.
 
 The client never relies on ``search_path``: every query is schema-qualified.
@@ -62,13 +65,25 @@ SpecLike = JobSpec | Mapping[str, Any]
 APPLICATION_NAME = "skivi-client"
 
 
+class Relay(Protocol):
+    """Where a client without pools sends its checked batches, for someone else to run
+    (an engine child's client: its parent, see ``skivi.engine.relay``)."""
+
+    def run(self, batch: _Batch) -> list[Job]: ...
+
+    async def run_async(self, batch: _Batch) -> list[Job]: ...
+
+
 class Client:
     """Enqueueing for one instance: a small pool of autocommit connections for calls made
-    without a connection, made on first use, and one async pool per event loop."""
+    without a connection, made on first use, and one async pool per event loop; or, given
+    a ``relay``, no pool at all: calls made without a connection go through it."""
 
-    def __init__(self, instance: Instance, *, max_size: int | None = None) -> None:
+    def __init__(self, instance: Instance, *, max_size: int | None = None,
+                 relay: Relay | None = None) -> None:
         self.instance = instance
-        # A child's client (ctx.add_job) is sized by database.child_pool_size instead.
+        self.relay = relay
+        # A child's pooled client (ctx.add_job) is sized by database.child_pool_size instead.
         self.max_size = instance.config.database.pool_max_size if max_size is None \
             else max_size
         self._lock = threading.Lock()
@@ -441,6 +456,8 @@ def add_jobs(target: HasClient, specs: Iterable[SpecLike], *,
     q = client.instance.queries
     if conn is not None:
         return _run(sync_connection(conn), q, batch)
+    if client.relay is not None:
+        return client.relay.run(batch)
     with client.pooled_connection() as pooled:
         return _run(pooled, q, batch)
 
@@ -458,6 +475,8 @@ async def add_jobs_async(target: HasClient, specs: Iterable[SpecLike], *,
     q = client.instance.queries
     if conn is not None:
         return await _run_async(await async_connection(conn), q, batch)
+    if client.relay is not None:
+        return await client.relay.run_async(batch)
     async with client.async_pooled_connection() as pooled:
         return await _run_async(pooled, q, batch)
 

@@ -22,6 +22,7 @@ Example ``skivi.toml`` (every section shown; every key is optional)::
     connection_string = "postgresql://skivi@localhost/app"  # SKIVI_DATABASE_URL wins over this
     schema_name = "skivi"
     pool_max_size = 4
+    child_enqueue = "parent"       # handlers' ctx.add_job through the engine's connection
 
     [worker]
     task_directory = "tasks"
@@ -98,6 +99,7 @@ CONNECT_TIMEOUT_DEFAULT = 10.0
 CONNECTION_STRING_DEFAULT: str | None = None
 MIGRATION_LOCK_TIMEOUT_DEFAULT = 300.0
 POOL_MAX_SIZE_DEFAULT = 4
+CHILD_ENQUEUE_DEFAULT: Literal["parent", "pool"] = "parent"
 CHILD_POOL_SIZE_DEFAULT = 1
 PREPARED_STATEMENTS_DEFAULT = True
 LISTEN_DEFAULT = True
@@ -282,11 +284,23 @@ class _Rule(NamedTuple):
 class DatabaseConfig:
     """``[database]``: where Skivi's tables live and how the parent connects to them."""
 
+    child_enqueue: Literal["parent", "pool"] = _setting(CHILD_ENQUEUE_DEFAULT)
+    """How a handler's ``ctx.add_job`` / ``ctx.add_job_async`` without ``conn=`` reaches the
+    database. "parent": the child sends the checked jobs to its engine's parent, which
+    inserts them on its one shared connection (``skivi.engine.relay``), so the children
+    cost the server no connection at all; each such enqueue must finish within half what a
+    heartbeat may be late, (worker.lease_timeout - worker.heartbeat_interval) / 2, or it
+    fails with nothing stored (the heartbeat waits for that connection). "pool": each
+    child opens its own pool of ``child_pool_size`` connections on first use, for handlers
+    that enqueue many jobs per call, or so often that their enqueues should not wait behind
+    the engine's claims and completions. A ``conn=`` call always uses the handler's own
+    connection. Default: "parent"."""
+
     child_pool_size: int = _setting(CHILD_POOL_SIZE_DEFAULT, _at_least(1))
-    """Most connections each engine child opens for ``ctx.add_job`` (one pool per kind of
-    handler that enqueues: sync, async), made on first use. An engine's budget is then 1
-    (the parent) + 1 (LISTEN, if on) + 1 (cron, if it has entries) + processes x this (x2
-    if both sync and async handlers enqueue). Default: 1."""
+    """With ``child_enqueue = "pool"``: most connections each engine child opens for
+    ``ctx.add_job`` (one pool per kind of handler that enqueues: sync, async), made on first
+    use; the engine then costs processes x this (x2 if both kinds enqueue) more. Unused
+    with "parent". Default: 1."""
 
     connect_timeout: float = _setting(CONNECT_TIMEOUT_DEFAULT, _greater_than(0))
     """Seconds to wait for a new connection. Default: 10.0."""

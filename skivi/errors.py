@@ -17,6 +17,8 @@ The whole tree (the docstring of each class is its default message)::
     │                          its last state (also a TimeoutError)
     ├── DrainLimitReached      skivi.testing.drain ran its max_jobs and jobs were still
     │                          runnable (a task that enqueues itself forever, say)
+    ├── EnqueueTimeout         a handler's ctx.add_job, relayed through its engine, was not
+    │                          answered in time (also a TimeoutError)
     └── EmbeddedDatabaseError  the embedded PostgreSQL could not be started
 
 Database errors stay psycopg's own (``psycopg.OperationalError`` and friends): callers
@@ -25,6 +27,12 @@ already know how to catch them, and wrapping would hide the SQLSTATE. The one ex
 pool only says "timed out" and logs the cause elsewhere, so the error says what libpq said
 and where. It subclasses ``psycopg.OperationalError``, so code catching that still does; the
 libpq error is its ``__cause__``.
+
+A handler's ``ctx.add_job`` relayed through its engine's parent (``skivi.engine.relay``)
+cannot carry psycopg's exception across processes: what the database refused arrives as a
+``JobSpecError`` quoting its message and SQLSTATE, a lost or unreachable connection as
+``DatabaseUnavailable``, and an enqueue the engine could not run within its bounds as
+``EnqueueTimeout``.
 
 What is not an exception: a job whose task has no handler, or whose handler fails, times out
 or crashes its process. That is the job's outcome, recorded on the job (``job_history.reason``,
@@ -46,6 +54,7 @@ __all__ = [
     "DatabaseUnavailable",
     "DrainLimitReached",
     "EmbeddedDatabaseError",
+    "EnqueueTimeout",
     "JobSpecError",
     "MigrationError",
     "PayloadError",
@@ -173,6 +182,10 @@ class DrainLimitReached(SkiviError):
         super().__init__(message)
 
 
+class EnqueueTimeout(SkiviError, TimeoutError):
+    """An enqueue relayed through the engine's parent was not answered in time."""
+
+
 class EmbeddedDatabaseError(SkiviError):
     """The embedded PostgreSQL could not be started."""
 
@@ -181,6 +194,6 @@ for _cls in (
     SkiviError, ConfigError, DatabaseUnavailable, DrainLimitReached, PayloadError,
     JobSpecError,
     MigrationError, SchemaTooNew, RegistryError, TaskFileError, EmbeddedDatabaseError,
-    ResultTimeout,
+    ResultTimeout, EnqueueTimeout,
 ):
     _cls.__module__ = "skivi"

@@ -790,6 +790,12 @@ def lock_timeout_local(*, ms: str) -> str:
 
 
 @statement
+def relay_bounds_local(*, ms: str) -> str:
+    """Bound the current transaction's lock waits and each of its statements to ``ms``
+    milliseconds."""
+
+
+@statement
 def migration_applied() -> list[MigrationRow]:
     """The migrations recorded, oldest first."""
 

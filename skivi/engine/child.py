@@ -42,6 +42,7 @@ import inspect
 import logging
 import mmap
 import os
+import select
 import signal
 import threading
 import time
@@ -81,6 +82,7 @@ from skivi.payload import encode as encode_json
 
 if TYPE_CHECKING:
     from skivi.client import Client
+    from skivi.engine.relay import ChildRelay
     from skivi.instance import Instance
     from skivi.registry import Task, TaskRegistry
 
@@ -90,6 +92,7 @@ __all__ = ["JobContext", "JobInfo", "child_main", "error_message", "error_traceb
 logger = logging.getLogger(__name__)
 
 RESULT_FLUSH_SIZE = 256
+READ_SIZE = 1 << 20  # of the job pipe, when a blocked loop's handler reads it (see _JobPipe)
 ERROR_TEXT_MAX = 64 * 1024
 
 
@@ -193,7 +196,9 @@ class JobContext:
         return self._logger
 
     def add_job(self, task: str, payload: Any = None, **options: Any) -> Job:
-        """Enqueue a follow-up job (its own transaction)."""
+        """Enqueue a follow-up job (its own transaction; in the handler's transaction with
+        ``conn=``). Without ``conn=`` it goes through the engine's parent by default
+        (database.child_enqueue, ``skivi.engine.relay``)."""
         from skivi.client import add_job
 
         return add_job(self._client, task, payload, **options)
@@ -386,10 +391,11 @@ class _Runner:
         self.values: deque[list[Any]] = deque()
         self.default_timeout = default_timeout
         self.registry = registry
-        self.client = client  # this child's own: ctx.add_job's pools
+        self.client = client  # this child's own: ctx.add_job's relay, or its pools
         self.result_fd = result_fd
         self.pid = os.getpid()
         self.loop = asyncio.get_running_loop()
+        self.loop_thread = threading.get_ident()
         self.results: list[list[Any]] = []
         self.sync_queue: deque[tuple[Task, list[Any]]] = deque()
         self.running = 0
@@ -418,6 +424,11 @@ class _Runner:
                     self.loop.call_soon_threadsafe(self.done.set)
                     return
                 view = view[written:]
+
+    def write_on_loop(self, frame: bytes) -> None:
+        """A relay request (``skivi.engine.relay``): written on the loop's thread only."""
+        assert threading.get_ident() == self.loop_thread
+        self._write(frame)
 
     def flush(self) -> None:
         self.flush_scheduled = False
@@ -577,21 +588,22 @@ class _Runner:
     async def _settle(self, task: Task, m: list[Any], awaitable: Awaitable[Any],
                       started: float, wait: float, timeout: float | None) -> list[Any]:
         """Await what a handler returned (within its timeout); its result row."""
+        bound = asyncio.timeout(timeout) if timeout is not None else None
         try:
-            if timeout is not None:
+            if bound is not None:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for runs the coroutine in a
                 # task of its own, which lets SystemExit/KeyboardInterrupt out of the loop.
-                async with asyncio.timeout(timeout):
+                async with bound:
                     outcome = await awaitable
             else:
                 outcome = await awaitable
-        except TimeoutError as exc:
-            self._still_ours()
-            row = failure_row(task, m, exc, time.perf_counter() - started, wait,
-                              text=timeout_text(timeout))
         except BaseException as exc:  # noqa: BLE001 - every handler failure is data
             self._still_ours()
-            row = failure_row(task, m, exc, time.perf_counter() - started, wait)
+            # Only the job's own timeout is reported as one: a TimeoutError the handler
+            # raised (a socket's, an EnqueueTimeout) is its failure like any other.
+            text = (timeout_text(timeout)
+                    if bound is not None and bound.expired() else None)
+            row = failure_row(task, m, exc, time.perf_counter() - started, wait, text=text)
         else:
             self._still_ours()
             row = self._returned(task, m, outcome, time.perf_counter() - started, wait)
@@ -621,8 +633,10 @@ class _Runner:
 
 
 class _JobPipe(asyncio.Protocol):
-    def __init__(self, runner: _Runner) -> None:
+    def __init__(self, runner: _Runner, relay: ChildRelay | None, fd: int) -> None:
         self.runner = runner
+        self.relay = relay
+        self.fd = fd
         self.reader = wire.FrameReader()
 
     def data_received(self, data: bytes) -> None:
@@ -630,6 +644,8 @@ class _JobPipe(asyncio.Protocol):
             if kind == wire.JOBS:
                 slots, messages = orjson.loads(body)
                 self.runner.accept(slots, messages)
+            elif kind == wire.ENQUEUED and self.relay is not None:
+                self.relay.answer(body)
             elif kind == wire.STOP:
                 self.runner.stop()
 
@@ -637,20 +653,46 @@ class _JobPipe(asyncio.Protocol):
         # The parent closed our pipe or died: nobody can take results any more.
         self.runner.stopping = True
         self.runner.done.set()
+        if self.relay is not None:
+            self.relay.lost()
+
+    def pump(self, timeout: float) -> None:
+        """Read the pipe from the loop's own thread while a sync handler blocks the loop
+        (its ctx.add_job waits for the answer): what comes is dispatched as the loop would
+        (nobody else reads meanwhile, the loop being blocked). Waits at most ``timeout``."""
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        if not poller.poll(max(1, int(timeout * 1000))):
+            return
+        try:
+            data = os.read(self.fd, READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        if data:
+            self.data_received(data)
+        else:
+            self.connection_lost(None)
 
 
 async def _serve(registry: TaskRegistry, instance: Instance, job_fd: int, result_fd: int,
                  sync_threads: int, started: mmap.mmap) -> None:
     from skivi.client import Client
+    from skivi.engine.relay import ChildRelay
 
-    w = instance.config.worker
-    client = Client(instance, max_size=instance.config.database.child_pool_size)
+    cfg = instance.config
+    w = cfg.worker
+    loop = asyncio.get_running_loop()
+    # ctx.add_job: through the parent's connection, or a pool of this child's own.
+    relay = ChildRelay(loop, cfg) if cfg.database.child_enqueue == "parent" else None
+    client = (Client(instance, relay=relay) if relay is not None
+              else Client(instance, max_size=cfg.database.child_pool_size))
     runner = _Runner(registry, client, result_fd, sync_threads, started,
                      w.job_timeout, keeping_results=registry.keeping_results(w.store_results),
-                     max_value_bytes=instance.config.validation.max_payload_bytes)
-    loop = asyncio.get_running_loop()
-    transport, _ = await loop.connect_read_pipe(lambda: _JobPipe(runner),
-                                                os.fdopen(job_fd, "rb", buffering=0))
+                     max_value_bytes=cfg.validation.max_payload_bytes)
+    transport, pipe = await loop.connect_read_pipe(lambda: _JobPipe(runner, relay, job_fd),
+                                                   os.fdopen(job_fd, "rb", buffering=0))
+    if relay is not None:
+        relay.connect(runner.write_on_loop, pipe.pump)
     runner._write(wire.encode_frame(wire.READY))
     await runner.done.wait()
     runner.flush()

@@ -26,7 +26,9 @@ never stop. A child killed because one job overran its timeout (the watchdog) fa
 job as a timeout; its other jobs did nothing wrong and go back without losing an attempt.
 
 Wiring: the engine builds the pool, then the fetcher and completer, and ``connect``s them:
-the pool takes jobs from the fetcher's buffers and gives results to the completer.
+the pool takes jobs from the fetcher's buffers and gives results to the completer, and the
+children's enqueue requests to the relay (``relay``), whose answers it sends back down the
+child's job pipe (dropped if that child has died meanwhile).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import mmap
 import os
@@ -70,6 +73,7 @@ if TYPE_CHECKING:
     from skivi.engine.completer import Completer
     from skivi.engine.fetcher import Fetcher
     from skivi.engine.observer import EngineObserver
+    from skivi.engine.relay import EnqueueRelay
     from skivi.instance import Instance
     from skivi.registry import TaskRegistry
 
@@ -153,14 +157,18 @@ class ChildPool:
         self.fetcher: Fetcher
         self.completer: Completer
         self.other_pids: Callable[[], list[int]] = list
+        self.relay: EnqueueRelay | None = None
 
     def connect(self, fetcher: Fetcher, completer: Completer,
-                other_pids: Callable[[], list[int]]) -> None:
-        """Where jobs come from, where results go, and the engine's other children (the cron
-        process), which the reaper of a dead child's orphans must spare."""
+                other_pids: Callable[[], list[int]],
+                relay: EnqueueRelay | None = None) -> None:
+        """Where jobs come from, where results go, the engine's other children (the cron
+        process), which the reaper of a dead child's orphans must spare, and who runs the
+        children's enqueues (None: they have pools of their own)."""
         self.fetcher = fetcher
         self.completer = completer
         self.other_pids = other_pids
+        self.relay = relay
 
     async def start(self) -> None:
         """Fork every child; OSError if one cannot be forked (a process or memory limit)."""
@@ -422,6 +430,8 @@ class ChildPool:
                 self.completer.add(results)
             elif kind == wire.VALUES:
                 self.completer.keep(orjson.loads(body))
+            elif kind == wire.ENQUEUE and self.relay is not None:
+                self.relay.submit(body, functools.partial(self._send, child))
             elif kind == wire.STARTED:
                 job_id, lease, slot, timeout = orjson.loads(body)
                 job = in_flight.get(slot)

@@ -4,7 +4,8 @@ The parts it wires, one job each (data flows one way): the fetcher claims jobs
 (``fetcher``), the child pool hands them to the children and takes their results
 (``children``), the completer writes the results (``completer``), the observer turns what
 happened into logs, events and metrics (``observer``); liveness, rescue and pruning run
-beside them (``maintenance``), and cron in its own process (``cron_process``).
+beside them (``maintenance``), the relay runs the children's enqueues (``relay``), and cron
+in its own process (``cron_process``).
 
 Shutdown (SIGTERM, SIGINT, ``stop()``; see ``Engine.shutdown``), in this order, every step
 running even if an earlier one failed:
@@ -41,6 +42,7 @@ from skivi.engine.fetcher import (
 )
 from skivi.engine.maintenance import HistoryPruner, Liveness
 from skivi.engine.observer import EngineObserver, QueueStatsPoller
+from skivi.engine.relay import EnqueueRelay
 from skivi.engine.service import cancel_and_wait
 from skivi.errors import SchemaNotMigrated
 
@@ -111,10 +113,10 @@ class Engine:
                                 on_connected=self.observer.connection_regained)
 
         # The parent's whole budget: one connection for claims, completions, liveness,
-        # rescue, pruning and queue stats (each part holds it for one unit of work), and one
-        # for LISTEN when wake-ups are wanted (database.listen). Nothing relies on session
-        # state, so the first may go through a transaction-mode pooler; LISTEN may not,
-        # hence database.listen_url.
+        # rescue, pruning, queue stats and the children's enqueues (each part holds it for
+        # one unit of work), and one for LISTEN when wake-ups are wanted (database.listen).
+        # Nothing relies on session state, so the first may go through a transaction-mode
+        # pooler; LISTEN may not, hence database.listen_url.
         self.db = connection("skivi-engine")
         self.listen_db: Reconnecting | None = None
         if db.listen:
@@ -151,8 +153,12 @@ class Engine:
             startable=self.pool.startable,
             forbidden_flags=list(w.forbidden_flags) or None,
             queues=list(w.queues) if w.queues is not None else None)
+        # The children's ctx.add_job, on this same connection (database.child_enqueue).
+        self.relay = (EnqueueRelay(self.db, instance) if db.child_enqueue == "parent"
+                      else None)
         self.pool.connect(self.fetcher, self.completer,
-                          lambda: [] if self.cron.pid is None else [self.cron.pid])
+                          lambda: [] if self.cron.pid is None else [self.cron.pid],
+                          self.relay)
 
     @property
     def children(self) -> list[ChildHandle]:
@@ -346,6 +352,8 @@ class Engine:
     async def _close(self) -> None:
         for t in self._aux:
             t.cancel()
+        if self.relay is not None:
+            await self.relay.stop()
         for db in (self.db, self.listen_db):
             if db is not None:
                 await db.close()

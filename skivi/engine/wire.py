@@ -7,6 +7,8 @@ pipe carries frames (``skivi.framing``: a 4-byte length, one kind byte, an orjso
                                built them (the parent never parses a payload: it joins the
                                texts), and for each its slot (below)
                       STOP     stop taking jobs; send back the ones not started; finish
+                      ENQUEUED [request, jobs, failure]: the answer to an ENQUEUE, the
+                               stored Jobs or why not (see ``skivi.engine.relay``)
     child  -> parent  RESULTS  a JSON array of result rows (below)
                       READY    the child has loaded its tasks and waits for jobs
                       STARTED  [id, lease, slot, timeout] of a job with a timeout that
@@ -19,6 +21,14 @@ pipe carries frames (``skivi.framing``: a 4-byte length, one kind byte, an orjso
                                those tasks' jobs send one: the rows of the others are the
                                same as without results, and the parent reads the frame
                                only when one comes (see skivi.engine.completer)
+                      ENQUEUE  [request, start_by, batch]: a handler's ctx.add_job, checked
+                               (``skivi.client._check``), for the parent to run on its
+                               connection; start_by (time.monotonic, one clock for every
+                               process of the host) is when it is too late to begin
+
+ENQUEUE and ENQUEUED bodies are pickles, not JSON: they carry what the enqueue functions
+build and return (specs with datetimes, Jobs), the two ends are the same code forked from
+one process, and the child is trusted as much as the parent (it runs the handlers).
 
 Per-child channels (rather than one shared queue) let the parent know exactly which jobs
 each child holds, so a child that dies settles precisely its own jobs. What became of each
@@ -84,6 +94,7 @@ and each run must give back its own slot.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -92,6 +103,8 @@ import orjson
 from skivi.framing import FrameReader, encode_frame
 
 __all__ = [
+    "ENQUEUE",
+    "ENQUEUED",
     "EVENT",
     "JOBS",
     "JOB_ATTEMPTS",
@@ -140,6 +153,10 @@ __all__ = [
     "VALUE_TASK",
     "FrameReader",
     "completed_row",
+    "decode_enqueue",
+    "decode_enqueued",
+    "encode_enqueue",
+    "encode_enqueued",
     "encode_frame",
     "encode_jobs",
     "encode_results",
@@ -156,6 +173,8 @@ READY = b"Y"
 EVENT = b"E"  # cron process -> parent: one event dict (cron/fired)
 STARTED = b"T"
 VALUES = b"V"
+ENQUEUE = b"Q"  # child -> parent: a handler's enqueue (see skivi.engine.relay)
+ENQUEUED = b"A"  # parent -> child: its answer
 
 # Job message fields (the order of job_claim.sql's json_build_array), then the slot.
 JOB_ID: Final = 0
@@ -222,6 +241,31 @@ def encode_values(values: Sequence[Sequence[Any]]) -> bytes:
 def encode_started(job_id: int, lease: int, slot: int, timeout: float) -> bytes:
     """The STARTED frame: [id, lease, slot, timeout], read back by unpacking in that order."""
     return encode_frame(STARTED, orjson.dumps([job_id, lease, slot, timeout]))
+
+
+def encode_enqueue(request: int, start_by: float, batch: Any) -> bytes:
+    """The ENQUEUE frame: a request number (the child's own), when it is too late to start
+    it, and the checked batch."""
+    return encode_frame(ENQUEUE, pickle.dumps((request, start_by, batch),
+                                              pickle.HIGHEST_PROTOCOL))
+
+
+def decode_enqueue(body: bytes) -> tuple[int, float, Any]:
+    request, start_by, batch = pickle.loads(body)  # our own child (see above)
+    return request, start_by, batch
+
+
+def encode_enqueued(request: int, jobs: Sequence[Any] | None = None,
+                    failure: tuple[str, ...] | None = None) -> bytes:
+    """The ENQUEUED frame: the stored Jobs, or ``failure``, a kind and its fields (built
+    into an exception by the child, see ``skivi.engine.relay``)."""
+    return encode_frame(ENQUEUED, pickle.dumps((request, jobs, failure),
+                                               pickle.HIGHEST_PROTOCOL))
+
+
+def decode_enqueued(body: bytes) -> tuple[int, list[Any] | None, tuple[str, ...] | None]:
+    request, jobs, failure = pickle.loads(body)  # our own parent
+    return request, jobs, failure
 
 
 # The one place each kind of result row is built. Keyword-only, so no call site depends on

@@ -227,19 +227,23 @@ def _connections(url: str) -> dict[str, int]:
     return {str(name): int(n) for name, n in rows if not str(name).startswith("skivi-test")}
 
 
+@pytest.mark.parametrize("child_enqueue", ["parent", "pool"])
 def test_an_engine_stays_within_its_connection_budget_idle_and_busy(
-        make_database: MakeDatabase, tmp_path: Path,
+        make_database: MakeDatabase, tmp_path: Path, child_enqueue: str,
         capsys: pytest.CaptureFixture[str]) -> None:
     url = make_database()
     ledger = Ledger(tmp_path / "ledger.txt")
+    config = tmp_path / "skivi.toml"
+    config.write_text(f'[database]\nchild_enqueue = "{child_enqueue}"\n')
     procs = EngineProcs(url, ledger)
     with procs:
-        engine = procs.start("--metrics-port", str(free_port()), processes=2, concurrency=4)
+        engine = procs.start("--metrics-port", str(free_port()), "--config", str(config),
+                             processes=2, concurrency=4)
         wait_registered(url, [engine.pid])
         time.sleep(3)  # a few heartbeats, rescue rounds and polls
         idle = _connections(url)
         # Busy: handlers that enqueue a follow-up each (ctx.add_job).
-        enqueue(url, [{"task": "spawn"} for _ in range(400)])
+        parents = enqueue(url, [{"task": "spawn"} for _ in range(400)])
         seen: dict[str, int] = {}
 
         def busy_and_sampled() -> bool:
@@ -250,9 +254,16 @@ def test_an_engine_stays_within_its_connection_budget_idle_and_busy(
         wait_for(busy_and_sampled, timeout=60, what="the spawned jobs to run")
         assert engine.stop(timeout=30) == 0, log_of(engine)
     with capsys.disabled():
-        print(f"\n  connections: idle {idle}; busy (most at once) {seen}")
+        print(f"\n  connections ({child_enqueue}): idle {idle}; busy (most at once) {seen}")
+    # Every follow-up was enqueued (once) and ran.
+    ran = set(ledger.runs_per_job())
+    assert set(parents) <= ran and len(ran) == 800, len(ran)
     assert idle == {"skivi-engine": 1, "skivi-listen": 1}, idle
     assert seen.get("skivi-engine") == 1 and seen.get("skivi-listen") == 1, seen
-    # The children's ctx.add_job: database.child_pool_size (1) connection per child.
-    assert set(seen) <= {"skivi-engine", "skivi-listen", "skivi-client"}, seen
-    assert seen.get("skivi-client", 0) <= 2, seen
+    if child_enqueue == "parent":
+        # The children's ctx.add_job goes through the parent's connection: nothing more.
+        assert set(seen) == {"skivi-engine", "skivi-listen"}, seen
+    else:
+        # A pool of database.child_pool_size (1) per child, opened by its first enqueue.
+        assert set(seen) == {"skivi-engine", "skivi-listen", "skivi-client"}, seen
+        assert seen["skivi-client"] <= 2, seen

@@ -64,3 +64,33 @@ def test_started_frame_reads_back_in_order_when_encoded() -> None:
     assert kind == wire.STARTED
     job_id, lease, slot, timeout = orjson.loads(body)
     assert (job_id, lease, slot, timeout) == (1, 2, 3, 4.5)
+
+
+def test_enqueue_frames_carry_the_batch_and_the_stored_jobs_or_the_failure() -> None:
+    import datetime as dt
+
+    import skivi
+    from skivi.client import _Batch
+    from skivi.engine import relay
+    from skivi.job import EnqueueOutcome, Job
+
+    when = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    batch = _Batch([skivi.JobSpec(task="t", run_at=when, job_key="k"), "u"],
+                   [b'{"a":1}', b"{}"], [1], [0])
+    reader = wire.FrameReader()
+    [(kind, body)] = list(reader.feed(wire.encode_enqueue(7, 12.5, batch)))
+    assert kind == wire.ENQUEUE
+    assert wire.decode_enqueue(body) == (7, 12.5, batch)
+    job = Job(1, "t", {"a": 1}, None, 0, when, 0, 25, None, "k", (), None, None, 0, when, when,
+              EnqueueOutcome.INSERTED)
+    [(kind, body)] = list(reader.feed(wire.encode_enqueued(7, jobs=[job])))
+    assert kind == wire.ENQUEUED and wire.decode_enqueued(body) == (7, [job], None)
+    failure = (relay.UNAVAILABLE, "db:5432", "server closed the connection", "")
+    [(_, body)] = list(reader.feed(wire.encode_enqueued(8, failure=failure)))
+    assert wire.decode_enqueued(body) == (8, None, failure)
+    errors = [relay.error_of(f) for f in (failure, (relay.TIMEOUT, "slow"),
+                                           (relay.REFUSED, "refused"), (relay.FAILED, "bug"))]
+    assert [type(e) for e in errors] == [skivi.DatabaseUnavailable, skivi.EnqueueTimeout,
+                                         skivi.JobSpecError, skivi.SkiviError]
+    assert "db:5432" in str(errors[0]) and "server closed the connection" in str(errors[0])
+    assert isinstance(errors[1], TimeoutError) and str(errors[1]) == "slow"

@@ -8,10 +8,14 @@ short and written with one O_APPEND write, so concurrent writers never interleav
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime as dt
 import json
 import os
 import time
 from typing import Any
+
+import orjson
 
 from skivi.registry import task
 from skivi.retry import Backoff
@@ -74,7 +78,44 @@ def spawn(ctx: Any) -> None:
     ctx.add_job("noop", {"parent": ctx.job.id})
 
 
+def _specs(ctx: Any) -> list[dict[str, Any]]:
+    """The follow-ups payload["specs"] asks for (run_at as ISO text), once the file named by
+    payload["wait_for"] (if any) exists (at most 60 s)."""
+    wait = ctx.job.payload.get("wait_for")
+    deadline = time.monotonic() + 60
+    while wait and not os.path.exists(wait) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    specs = [dict(s) for s in ctx.job.payload["specs"]]
+    for s in specs:
+        if "run_at" in s:
+            s["run_at"] = dt.datetime.fromisoformat(s["run_at"])
+    return specs
+
+
+def _keep(ctx: Any, jobs: list[Any]) -> None:
+    """The Jobs ctx.add_job returned, as JSON, in the file named by payload["out"]."""
+    path = ctx.job.payload["out"]
+    with open(path + ".tmp", "wb") as f:
+        f.write(orjson.dumps([dataclasses.asdict(j) for j in jobs]))
+    os.replace(path + ".tmp", path)
+
+
+def add_as_told(ctx: Any) -> None:
+    """Enqueues the follow-ups of payload["specs"] with ctx.add_job; keeps what it returns."""
+    record(ctx)
+    _keep(ctx, [ctx.add_job(**s) for s in _specs(ctx)])
+
+
+async def add_as_told_async(ctx: Any) -> None:
+    """The twin of add_as_told, with ctx.add_job_async (the specs read in a thread: they may
+    wait for a file)."""
+    record(ctx)
+    _keep(ctx, [await ctx.add_job_async(**s) for s in await asyncio.to_thread(_specs, ctx)])
+
+
 TASKS = {
+    "add_as_told": add_as_told,
+    "add_as_told_async": add_as_told_async,
     "async_sleep": async_sleep,
     "batch": task(batch, backoff=FAST),
     "fail": task(fail, backoff=FAST),
