@@ -57,10 +57,14 @@ async def overview(site: Site, request: Request, form: FormData | None) -> Respo
     async def read(conn: psycopg.AsyncConnection[Any]) -> dict[str, Any]:
         rate = await store.rate(conn)
         finished = rate.completed + rate.exhausted
+        # A capped count is a lower bound, so the rate is one too, or an upper one.
+        bound = {(False, False): "", (True, False): "≤", (False, True): "≥"}.get(
+            (rate.completed >= COUNT_CAP, rate.exhausted >= COUNT_CAP))
         return {
             "counts": await store.counts(conn), "rate": rate, "cap": COUNT_CAP,
-            "window": RATE_WINDOW,
-            "failure_rate": None if finished == 0 else rate.exhausted / finished,
+            "window": RATE_WINDOW, "rate_bound": bound,
+            "failure_rate": (None if finished == 0 or bound is None
+                             else rate.exhausted / finished),
             "queues": await store.queues(conn), "queue_cap": QUEUE_CAP,
             "engines": await store.engines(conn),
             "history_kept": store.instance.config.worker.history,

@@ -71,7 +71,7 @@ POOL_MAX_SIZE = 4
 """Connections of the dashboard's pool: pages are a few short statements each."""
 PAGE_SIZE = 50
 """Rows per page of the jobs and history lists."""
-SCAN_MAX = 50_000
+SCAN_MAX = 20_000
 """Most rows one page of a list reads (see dashboard_job_list_newest.sql)."""
 COUNT_CAP = 50_000
 """Above this many pending jobs the overview shows the planner's estimates (as Oban Web)."""

@@ -565,7 +565,9 @@ class DashboardQueueRow(NamedTuple):
     running: int
     claimed: int
     oldest_runnable_age: float | None
-    saturated: bool
+    waiting_capped: bool
+    scheduled_capped: bool
+    running_capped: bool
     lock_job: int | None
     lock_engine: int | None
     lock_age: float | None

@@ -16,7 +16,8 @@
 -- Returns one row per queue with jobs or a lock (queue_name null = jobs without a queue,
 -- first; then by name): queue_name, waiting, scheduled, running, claimed,
 -- oldest_runnable_age (float8 seconds, Infinity for a run_at of -infinity, null when nothing
--- is runnable), saturated (a count reached the cap: it is a lower bound), lock_job (the job
+-- is runnable), waiting_capped, scheduled_capped, running_capped (that count reached the
+-- cap in some group: it is a lower bound), lock_job (the job
 -- holding a serial queue's lock, or null), lock_engine, lock_age (float8 seconds).
 with recursive pool_group (priority, n) as (
     (select j.priority, 1
@@ -55,7 +56,7 @@ with recursive pool_group (priority, n) as (
     where g.n < %(max_groups)s
 ), pool_counts as (
     select null::text as queue_name, w.n as waiting, s.n as scheduled, o.run_at as oldest,
-           (w.n >= %(cap)s or s.n >= %(cap)s) as saturated
+           w.n >= %(cap)s as waiting_capped, s.n >= %(cap)s as scheduled_capped
     from pool_group g
     cross join lateral (
         select count(*) as n from (
@@ -80,7 +81,7 @@ with recursive pool_group (priority, n) as (
     ) o on true
 ), queue_counts as (
     select g.queue_name, w.n as waiting, s.n as scheduled, o.run_at as oldest,
-           (w.n >= %(cap)s or s.n >= %(cap)s) as saturated
+           w.n >= %(cap)s as waiting_capped, s.n >= %(cap)s as scheduled_capped
     from queue_group g
     cross join lateral (
         select count(*) as n from (
@@ -118,15 +119,16 @@ with recursive pool_group (priority, n) as (
     group by 1
 ), parts as (
     select p.queue_name, p.waiting, p.scheduled, 0::bigint as running, 0::bigint as claimed,
-           p.oldest, p.saturated
+           p.oldest, p.waiting_capped, p.scheduled_capped, false as running_capped
     from pool_counts p
     union all
-    select q.queue_name, q.waiting, q.scheduled, 0, 0, q.oldest, q.saturated
+    select q.queue_name, q.waiting, q.scheduled, 0, 0, q.oldest, q.waiting_capped,
+           q.scheduled_capped, false
     from queue_counts q
     union all
-    select r.queue_name, 0, 0, r.n, r.c, null, r.saturated from running r
+    select r.queue_name, 0, 0, r.n, r.c, null, false, false, r.saturated from running r
     union all
-    select q.queue_name, 0, 0, 0, 0, null, false
+    select q.queue_name, 0, 0, 0, 0, null, false, false, false
     from {schema}.job_queue q
     where q.job_id is not null
 )
@@ -138,7 +140,9 @@ select p.queue_name,
        -- Epochs subtracted, not timestamps: now() - '-infinity' is an error.
        (extract(epoch from now()) - extract(epoch from min(p.oldest)))::float8
            as oldest_runnable_age,
-       bool_or(p.saturated) as saturated,
+       bool_or(p.waiting_capped) as waiting_capped,
+       bool_or(p.scheduled_capped) as scheduled_capped,
+       bool_or(p.running_capped) as running_capped,
        q.job_id as lock_job,
        q.locked_by as lock_engine,
        extract(epoch from now() - q.locked_at)::float8 as lock_age
