@@ -68,8 +68,10 @@ class Site:
 
     def root(self, request: Request) -> str:
         """The dashboard's URL path, without a trailing slash ("" at the server's root)."""
+        # Where it is mounted (Starlette's Mount, or create_app's own for ``prefix``: either
+        # way the scope's root_path).
         root_path: str = request.scope.get("root_path", "")
-        return (root_path + self.prefix).rstrip("/")
+        return root_path.rstrip("/")
 
     def render(self, request: Request, template: str, status: int = 200, *,
                refresh: bool = False, **values: Any) -> HTMLResponse:
