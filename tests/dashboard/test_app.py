@@ -172,3 +172,41 @@ def test_pages_run_in_read_only_transactions_when_served(system: skivi.System,
             return await store.read(work)
 
         assert client.portal.call(probe) == "on"  # type: ignore[union-attr]
+
+
+def test_history_bulk_retry_moves_every_exhausted_match_when_confirmed(
+        system: skivi.System, dash_url: str, seeded: Seeded) -> None:
+    with _client(create_app(system)) as client:
+        token = _csrf(client, "/history")
+        confirm = client.get("/history/bulk?task=sync_crm").text
+        assert "2 exhausted jobs match." in confirm
+        assert not _in_queue(dash_url, seeded.exhausted)
+        response = client.post("/history/bulk", data={"task": "sync_crm", "csrf": token})
+        assert response.status_code == 200
+        assert "2 of 2 jobs changed" in response.text
+        assert _in_queue(dash_url, seeded.exhausted)
+        assert _in_queue(dash_url, seeded.exhausted_other)
+        # Nothing left to retry: the confirmation says so and offers no button.
+        again = client.get("/history/bulk?task=sync_crm").text
+        assert "No exhausted job matches this filter" in again
+        assert 'id="confirm"' not in again
+
+
+def test_selected_jobs_are_rescheduled_and_the_rest_untouched_when_ticked(
+        system: skivi.System, dash_url: str, seeded: Seeded) -> None:
+    ticked = seeded.waiting[:2]
+    with _client(create_app(system)) as client:
+        token = _csrf(client)
+        response = client.post("/jobs/selected", data={
+            "csrf": token, "action": "reschedule", "run_at": "2099-05-01T10:00:00",
+            "id": [str(i) for i in ticked]})
+        assert response.status_code == 200, response.text[-500:]
+        assert "2 of 2 jobs changed" in response.text
+        nothing = client.post("/jobs/selected", data={"csrf": token, "action": "remove"})
+        assert nothing.status_code == 400
+        assert "no job selected" in nothing.text
+    with psycopg.connect(dash_url, autocommit=True) as conn:
+        rows = dict(conn.execute(
+            "select id, run_at = '2099-05-01T10:00:00Z' from skivi.job where id = any(%s)",
+            [seeded.waiting]).fetchall())
+    assert rows == {ticked[0]: True, ticked[1]: True, seeded.waiting[2]: False}

@@ -114,6 +114,18 @@ def test_every_page_loads_with_what_it_shows_when_browsed(
             assert "test-host" in body and "dead" in body  # no liveness lock held
         elif name == "cron":
             assert "nightly-report" in body and "0 2 * * *" in body and "2h00m" in body
+    # A narrow window: the page does not overflow it (wide tables scroll in their box).
+    driver.set_window_size(420, 900)
+    try:
+        for path in ("/", f"/jobs/{seeded.failed}", "/jobs"):
+            _open(driver, dashboard, path)
+            overflow = driver.execute_script(
+                "return document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 1, f"{path} overflows a 420 px window by {overflow} px"
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / "jobs-narrow.png"))
+    finally:
+        driver.set_window_size(1280, 900)
     for name, path in shots.items():
         assert path.stat().st_size > 10_000, f"{name}: screenshot too small"
     if UPDATE_SCREENSHOTS:
