@@ -16,6 +16,9 @@ the same token in a hidden field, and a POST whose field does not equal its cook
 refused (403) before anything else runs. Another site can make a browser send the cookie
 (SameSite aside) but can neither read it nor write the field.
 
+Every page also says (HTTP headers, skivi.dashboard.site) that only the dashboard's own
+scripts and styles run, that it may not be framed, and that it is not to be cached.
+
 Read-only mode: the pages show no action, and every POST is refused (403) here, server-side,
 whatever the form.
 """

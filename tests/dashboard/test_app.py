@@ -57,6 +57,9 @@ def test_every_page_answers_200_when_the_schema_has_jobs(system: skivi.System) -
             response = client.get(path)
             assert response.status_code == 200, (path, response.text[:500])
             assert response.headers["content-type"].startswith("text/html")
+            assert "script-src" not in response.headers["content-security-policy"]
+            assert "default-src 'self'" in response.headers["content-security-policy"]
+            assert response.headers["x-frame-options"] == "DENY"
 
 
 def test_bad_parameters_answer_400_naming_them_when_given(system: skivi.System) -> None:

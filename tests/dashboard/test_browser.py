@@ -44,8 +44,28 @@ def _open(driver: Any, dashboard: DashboardProc, path: str) -> None:
 
 
 def _text(driver: Any, css: str) -> str:
-    text: str = driver.find_element(_by().CSS_SELECTOR, css).text
-    return text
+    """The element's text; found again if the live refresh swapped it meanwhile."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for _ in range(5):
+        try:
+            text: str = driver.find_element(_by().CSS_SELECTOR, css).text
+            return text
+        except StaleElementReferenceException:
+            continue
+    raise AssertionError(f"{css} kept being replaced")
+
+
+def _click(driver: Any, css: str) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for _ in range(5):
+        try:
+            driver.find_element(_by().CSS_SELECTOR, css).click()
+            return
+        except StaleElementReferenceException:
+            continue
+    raise AssertionError(f"{css} kept being replaced")
 
 
 def _shoot(driver: Any, name: str) -> Path:
@@ -214,7 +234,6 @@ def test_html_in_task_payload_and_error_stays_text_when_shown(
 
 def test_refresh_updates_counts_and_pauses_while_selecting_when_live(
         driver: Any, dashboard: DashboardProc, dash_url: str) -> None:
-    by = _by()
     _open(driver, dashboard, "/")
     before = int(_text(driver, "#count-waiting .n"))
     with psycopg.connect(dash_url, autocommit=True) as conn:
@@ -222,7 +241,7 @@ def test_refresh_updates_counts_and_pauses_while_selecting_when_live(
     wait_for(lambda: _text(driver, "#count-waiting .n") == str(before + 1), timeout=15,
              what="the overview's waiting count to refresh")
     _open(driver, dashboard, "/jobs")
-    driver.find_element(by.CSS_SELECTOR, "tr[data-job] input[type=checkbox]").click()
+    _click(driver, "tr[data-job] input[type=checkbox]")
     wait_for(lambda: "paused" in _text(driver, "#live-status"), timeout=15,
              what="the refresh to pause while a job is ticked")
 
