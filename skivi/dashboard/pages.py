@@ -104,7 +104,14 @@ async def job(site: Site, request: Request, form: FormData | None) -> Response:
                        status_of=engine_status, **found)
 
 
+def _read_only(site: Site, request: Request) -> Response:
+    return site.render(request, "error.html", 403,
+                       message="This dashboard is read-only: it changes nothing.")
+
+
 async def jobs_bulk(site: Site, request: Request, form: FormData | None) -> Response:
+    if site.read_only:  # a confirmation of a change: there is none to confirm
+        return _read_only(site, request)
     query = request.query_params
     f = params.job_filter(query)
     action = params.action(query)
@@ -132,6 +139,8 @@ async def history(site: Site, request: Request, form: FormData | None) -> Respon
 
 
 async def history_bulk(site: Site, request: Request, form: FormData | None) -> Response:
+    if site.read_only:
+        return _read_only(site, request)
     f = params.history_filter(request.query_params)
     matched = await site.store.read(
         lambda conn: site.store.match_history(conn, f, BULK_MAX + 1))

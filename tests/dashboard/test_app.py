@@ -105,6 +105,8 @@ def test_read_only_app_refuses_every_post_when_created_read_only(
     with _client(create_app(system, read_only=True)) as client:
         token = _csrf(client)
         assert "<form method=\"post\"" not in client.get(f"/jobs/{seeded.waiting[2]}").text
+        for path in ("/jobs/bulk?action=remove", "/history/bulk"):
+            assert client.get(path).status_code == 403, path
         for path in (f"/jobs/{seeded.waiting[2]}/action", "/jobs/selected", "/jobs/bulk",
                      "/history/selected", "/history/bulk",
                      f"/history/{seeded.exhausted_other}/retry"):
