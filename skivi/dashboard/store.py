@@ -182,7 +182,8 @@ class Store:
 
     def __init__(self, instance: Instance) -> None:
         self.instance = instance
-        self._pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool[Any]] = {}
+        self._pools: dict[asyncio.AbstractEventLoop,
+                          asyncio.Task[AsyncConnectionPool[Any]]] = {}
 
     @property
     def q(self) -> Queries:
@@ -190,24 +191,34 @@ class Store:
 
     async def _pool(self) -> AsyncConnectionPool[Any]:
         loop = asyncio.get_running_loop()
-        pool = self._pools.get(loop)
-        if pool is None:
-            url = self.instance.database_url
-            timeout = self.instance.config.database.connect_timeout
-            await dbpool.check_reachable_async(url, application_name=APPLICATION_NAME,
-                                               connect_timeout=timeout)
-            pool = dbpool.make_async_pool(url, max_size=POOL_MAX_SIZE,
-                                          application_name=APPLICATION_NAME,
-                                          connect_timeout=timeout,
-                                          prepared_statements=False)
-            self._pools[loop] = pool
-            await pool.open()
+        opening = self._pools.get(loop)
+        if opening is None:
+            # One task per loop opens the pool; requests arriving meanwhile await the same
+            # task rather than open a second pool (or use this one before it is open).
+            opening = self._pools[loop] = loop.create_task(self._open_pool())
+        try:
+            return await asyncio.shield(opening)
+        except BaseException:
+            if opening.done() and self._pools.get(loop) is opening:
+                del self._pools[loop]  # the next request tries again
+            raise
+
+    async def _open_pool(self) -> AsyncConnectionPool[Any]:
+        url = self.instance.database_url
+        timeout = self.instance.config.database.connect_timeout
+        await dbpool.check_reachable_async(url, application_name=APPLICATION_NAME,
+                                           connect_timeout=timeout)
+        pool = dbpool.make_async_pool(url, max_size=POOL_MAX_SIZE,
+                                      application_name=APPLICATION_NAME,
+                                      connect_timeout=timeout, prepared_statements=False)
+        await pool.open()
         return pool
 
     async def close(self) -> None:
-        pools, self._pools = list(self._pools.values()), {}
-        for pool in pools:
-            await pool.close()
+        openings, self._pools = list(self._pools.values()), {}
+        for opening in openings:
+            if opening.done() and not opening.cancelled() and opening.exception() is None:
+                await opening.result().close()
 
     async def _run(self, read_only: bool,
                    work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:

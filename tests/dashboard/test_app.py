@@ -148,12 +148,15 @@ def test_auth_hook_decides_and_names_the_user_when_given(system: skivi.System,
 
 
 def test_mounted_under_a_path_links_stay_under_it_when_mounted(system: skivi.System) -> None:
-    parent = Starlette(routes=[Mount("/ops/queue", app=create_app(system))])
+    mounted = create_app(system)
+    parent = Starlette(routes=[Mount("/ops/queue", app=mounted)])
     with _client(parent) as client:
         page = client.get("/ops/queue/jobs").text
         assert 'href="/ops/queue/static/dashboard.css"' in page
         assert 'href="/ops/queue/history"' in page
         assert client.get("/ops/queue/static/live.js").status_code == 200
+        # A mounted app gets no lifespan of its own: the application closes it.
+        client.portal.call(mounted.state.store.close)  # type: ignore[union-attr]
     # Handed full paths (a Django ASGI router): the prefix says where it lives.
     with _client(create_app(system, prefix="/skivi/")) as client:
         page = client.get("/skivi/jobs").text
@@ -215,3 +218,23 @@ def test_selected_jobs_are_rescheduled_and_the_rest_untouched_when_ticked(
             "select id, run_at = '2099-05-01T10:00:00Z' from skivi.job where id = any(%s)",
             [seeded.waiting]).fetchall())
     assert rows == {ticked[0]: True, ticked[1]: True, seeded.waiting[2]: False}
+
+
+def test_concurrent_first_requests_share_one_pool_when_served(system: skivi.System) -> None:
+    app = create_app(system)
+    store = app.state.store
+
+    async def burst() -> list[Any]:
+        import asyncio
+
+        async def one(conn: psycopg.AsyncConnection[Any]) -> Any:
+            cur = await conn.execute("select pg_sleep(0.2), pg_backend_pid()")
+            return (await cur.fetchone())[1]
+
+        return list(await asyncio.gather(*(store.read(one) for _ in range(8))))
+
+    with _client(app) as client:
+        pids = client.portal.call(burst)  # type: ignore[union-attr]
+    assert len(pids) == 8
+    # One pool of at most 4 connections served all eight (two pools would use up to 8).
+    assert len(set(pids)) <= 4
