@@ -12,6 +12,8 @@ Modules, one job each:
   change did to each id, are printed.
 - ``history``: ``skivi history ...`` (finished jobs), printed as ``jobs`` prints.
 - ``status``: ``skivi queues``, ``skivi workers`` and ``skivi cron list``, read-only.
+- ``dashboard``: ``skivi dashboard``, the web dashboard (skivi.dashboard) served with
+  uvicorn; its dependencies (the ``dashboard`` extra) are imported only when it runs.
 - ``context``: what every ``skivi`` command is handed (arguments, configuration, named
   queries, a connection) and ``Refused``, its way of refusing a command line.
 - ``output``: how the ``skivi`` commands print: JSON or aligned tables, and the cell texts

@@ -21,6 +21,7 @@ and ``main`` (dispatch, and the exit code of each failure). The commands are tho
     skivi queues [--scan-limit N]                 depth and oldest runnable job per queue/task
     skivi workers                                 live engines and their liveness locks
     skivi cron list [--crontab PATH]              cron entries, last execution, next tick
+    skivi dashboard [--host --port --read-only]   serve the web dashboard (skivi[dashboard])
     skivi roles --print                           the database roles script (roles.sql)
     skivi worker [flags]                          run a worker engine: python -m skivi.engine
 
@@ -57,7 +58,7 @@ from typing import Any
 
 import psycopg
 
-from skivi.cli import history, jobs, schema, status, worker
+from skivi.cli import dashboard, history, jobs, schema, status, worker
 from skivi.cli.context import Context, Handler, Refused
 from skivi.cli.options import add_crontab_option, add_instance_options, load
 from skivi.cli.output import PROG, warn
@@ -338,6 +339,27 @@ def build_parser() -> argparse.ArgumentParser:
              "cron entries, last execution and next tick",
              "The configuration's cron entries ([[cron]] in the configuration and the "
              "--crontab file), each with its last execution and its next tick.")
+    add_crontab_option(p)
+
+    p = commands.add_parser(
+        "dashboard", parents=[common], formatter_class=formatter, epilog=EPILOG,
+        help="serve the web dashboard",
+        description="Serve the web dashboard of the schema (needs the dashboard extra: pip "
+                    "install 'skivi[dashboard]'): jobs, history, queues, engines and cron, "
+                    "with actions (retry, run now, reschedule, fail, remove) unless "
+                    "--read-only. It has no login of its own: bind it to a private address, "
+                    "or mount skivi.dashboard.create_app in an application with an auth "
+                    "hook (docs/dashboard.md).")
+    p.set_defaults(handler=dashboard.cmd_dashboard, parser=p)
+    p.add_argument("--host", default=dashboard.HOST_DEFAULT,
+                   help=f"the address to bind (default: {dashboard.HOST_DEFAULT})")
+    p.add_argument("--port", type=_int_in(1, 65535), default=dashboard.PORT_DEFAULT,
+                   help=f"the port to listen on (default: {dashboard.PORT_DEFAULT})")
+    p.add_argument("--read-only", action="store_true",
+                   help="show no action and refuse every change (403)")
+    p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                   default="INFO", help="log level of the dashboard's log on stderr "
+                                        "(default: INFO: every action, with its user)")
     add_crontab_option(p)
 
     # No options of its own here: what follows the command is the worker's command line,

@@ -21,7 +21,7 @@ from skivi.db import pool as dbpool
 from skivi.db.queries import Queries, for_schema
 from skivi.errors import ConfigError
 
-__all__ = ["APPLICATION_NAME", "Context", "Handler", "Refused"]
+__all__ = ["APPLICATION_NAME", "Context", "Handler", "Refused", "TimestamptzOrText"]
 
 APPLICATION_NAME = "skivi-cli"
 
@@ -51,11 +51,11 @@ class Context:
                 "set SKIVI_DATABASE_URL or DATABASE_URL, or set it in skivi.toml")
         conn = dbpool.connect(url, application_name=APPLICATION_NAME,
                               connect_timeout=self.config.database.connect_timeout)
-        conn.adapters.register_loader("timestamptz", _TimestamptzOrText)
+        conn.adapters.register_loader("timestamptz", TimestamptzOrText)
         return conn
 
 
-class _TimestamptzOrText(Loader):
+class TimestamptzOrText(Loader):
     """A timestamptz as a datetime, or as PostgreSQL's own text when Python cannot hold it.
 
     psycopg raises DataError on 'infinity', '-infinity' and years outside 1..9999, which

@@ -70,6 +70,8 @@ __all__ = [
     "COMPLETED_LEASE", "FAILED_ATTEMPTS", "FAILED_ID", "FAILED_LEASE", "FAILED_MAX_ATTEMPTS",
     "FAILED_OUTCOME", "FAILED_REASON", "FAILED_RUN_AT", "STATEMENTS", "BigintArray",
     "ChangeRow", "ClaimRow", "CompletedRow", "CronFireRow", "CronKnownRow", "CronListRow",
+    "DashboardHistoryListRow", "DashboardHistoryRateRow", "DashboardJobCountsRow",
+    "DashboardJobListRow", "DashboardQueueRow",
     "EngineListRow", "FailedRow", "HistoryPruneRow", "HistoryRetryRow", "InsertedRow",
     "JobCountRow", "JobHistoryRow", "JobListRow", "JobRescueRow", "JobResultRow",
     "JobStatsRow", "KeyedInsertRow", "LockHolderRow", "MigrationRow", "Queries",
@@ -459,6 +461,140 @@ class CronListRow(NamedTuple):
 @statement
 def cron_list(*, identifiers: list[str]) -> list[CronListRow]:
     """Where the given cron entries stand (read-only)."""
+
+
+# The dashboard's statements (skivi.dashboard) are sent unprepared: their filters are
+# "is null or" tests that the planner folds away only when it sees the parameters.
+
+
+@statement(prepare=False)
+def dashboard_cron_list(*, limit: int) -> list[CronListRow]:
+    """Every registered cron entry, by identifier (read-only)."""
+
+
+class DashboardHistoryListRow(NamedTuple):
+    id: int
+    task_identifier: str
+    queue_name: str | None
+    outcome: str
+    reason: str | None
+    attempts: int
+    max_attempts: int
+    last_error: str | None
+    key: str | None
+    run_at: dt.datetime
+    created_at: dt.datetime
+    finished_at: dt.datetime
+    payload_preview: str
+    matched: bool
+    boundary: bool
+
+
+@statement(prepare=False)
+def dashboard_history_list(*, before_at: dt.datetime | None, before_id: int | None,
+                           task: str | None, outcome: str | None, reason: str | None,
+                           search: str | None, scan: int, limit: int
+                           ) -> list[DashboardHistoryListRow]:
+    """A page of finished jobs, newest first, from a keyset cursor, scanning at most
+    ``scan`` rows (the last one scanned flagged ``boundary``)."""
+
+
+@statement(prepare=False)
+def dashboard_history_match(*, task: str | None, reason: str | None, search: str | None,
+                            limit: int) -> list[int]:
+    """The ids of exhausted jobs matching a history filter, by id, at most ``limit``."""
+
+
+class DashboardHistoryRateRow(NamedTuple):
+    completed: int
+    exhausted: int
+    history_estimate: int
+
+
+@statement(prepare=False)
+def dashboard_history_rate(*, window: float, cap: int) -> DashboardHistoryRateRow:
+    """Jobs finished in the last ``window`` seconds, by outcome, each up to ``cap``."""
+
+
+class DashboardJobCountsRow(NamedTuple):
+    waiting: int
+    scheduled: int
+    failed: int
+    running: int
+    claimed: int
+    truncated: bool
+    total_estimate: int
+
+
+@statement(prepare=False)
+def dashboard_job_counts(*, cap: int) -> DashboardJobCountsRow:
+    """Live jobs by state, reading at most ``cap`` rows of pending and of claimed jobs."""
+
+
+@statement(prepare=False)
+def dashboard_job_estimate() -> Any:
+    """The planner's plan (JSON) estimating the pending jobs of each state."""
+
+
+class DashboardJobListRow(NamedTuple):
+    id: int
+    task_identifier: str
+    queue_name: str | None
+    state: str
+    priority: int
+    run_at: dt.datetime
+    attempts: int
+    max_attempts: int
+    last_error: str | None
+    key: str | None
+    locked_by: int | None
+    created_at: dt.datetime
+    payload_preview: str
+    matched: bool
+    boundary: bool
+
+
+@statement(prepare=False)
+def dashboard_job_list_newest(*, before: int | None, task: str | None, queue: str | None,
+                              key: str | None, search: str | None, state: str | None,
+                              locked: bool | None, scan: int, limit: int
+                              ) -> list[DashboardJobListRow]:
+    """A page of live jobs, highest id first, below ``before``, scanning at most ``scan``
+    rows (the last one scanned flagged ``boundary``)."""
+
+
+@statement(prepare=False)
+def dashboard_job_list_oldest(*, after: int | None, task: str | None, queue: str | None,
+                              key: str | None, search: str | None, state: str | None,
+                              locked: bool | None, scan: int, limit: int
+                              ) -> list[DashboardJobListRow]:
+    """A page of live jobs, lowest id first, above ``after`` (as the newest-first one)."""
+
+
+@statement(prepare=False)
+def dashboard_job_match(*, task: str | None, queue: str | None, key: str | None,
+                        search: str | None, state: str | None, limit: int) -> list[int]:
+    """The ids of live jobs matching a jobs filter, by id, at most ``limit``."""
+
+
+class DashboardQueueRow(NamedTuple):
+    queue_name: str | None
+    waiting: int
+    scheduled: int
+    running: int
+    claimed: int
+    oldest_runnable_age: float | None
+    waiting_capped: bool
+    scheduled_capped: bool
+    running_capped: bool
+    lock_job: int | None
+    lock_engine: int | None
+    lock_age: float | None
+
+
+@statement(prepare=False)
+def dashboard_queue_list(*, cap: int, max_groups: int) -> list[DashboardQueueRow]:
+    """Every queue's depth, latency and serial lock holder, without scanning the table."""
 
 
 @statement

@@ -114,3 +114,19 @@ def test_test_modules_import_no_other_test_module_when_parsed() -> None:
                          for name in names
                          if name.startswith("tests.") and not name.startswith("tests.support")]
     assert problems == []
+
+
+def test_dashboard_marks_no_data_safe_when_its_templates_are_read() -> None:
+    """Every value the dashboard shows is escaped by Jinja2's autoescape: no template turns
+    it off or marks a value safe, and no module builds Markup."""
+    package = Path(__file__).resolve().parents[2] / "skivi" / "dashboard"
+    templates = sorted((package / "templates").glob("*.html"))
+    assert templates
+    for path in templates:
+        text = re.sub(r"\s+", "", path.read_text(encoding="utf-8"))
+        assert "|safe" not in text, path.name
+        assert "autoescapefalse" not in text, path.name
+    for path in sorted(package.glob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        assert "Markup" not in source, path.name
+        assert "autoescape=False" not in source, path.name
