@@ -288,7 +288,7 @@ class BenchEngine(Engine):
         super().request_stop(fast)
 
     def databases(self) -> list[Reconnecting]:
-        return [db for db in (self.db, self.listen_db) if db is not None]
+        return [db for db in (self.db, self.claim_db, self.listen_db) if db is not None]
 
     def backend_pids(self) -> list[int]:
         """The server processes of this engine's connections (the parent's: its children

@@ -311,16 +311,16 @@ class DatabaseConfig:
     (the CLI starts an embedded PostgreSQL). Default: None."""
 
     listen: bool = _setting(LISTEN_DEFAULT)
-    """Whether an engine LISTENs for wake-ups (a new job, a freed serial queue) on a second
-    connection. False: it polls every worker.poll_interval, and a job waits up to that long
+    """Whether an engine LISTENs for wake-ups (a new job, a freed serial queue), on its claim
+    connection between claims (or on ``listen_url``'s connection when given). False: it polls every worker.poll_interval, and a job waits up to that long
     when the engine is idle (a busy engine claims again as soon as it has room either
     way). Behind a transaction-mode pooler, LISTEN must go straight to the server or
     through a session-mode pool: give ``listen_url``, or set this false. Default: true."""
 
     listen_url: str | None = _setting(LISTEN_URL_DEFAULT, _non_empty)
-    """Where the LISTEN connection goes; None: ``connection_string``. A direct (or
-    session-mode pooler) URL of the same database, for engines whose ``connection_string``
-    is a transaction-mode pooler. Default: None."""
+    """Where LISTEN goes, on a connection of its own; None: the claim connection LISTENs. A
+    direct (or session-mode pooler) URL of the same database, for engines whose
+    ``connection_string`` is a transaction-mode pooler. Default: None."""
 
     migration_lock_timeout: float = _setting(MIGRATION_LOCK_TIMEOUT_DEFAULT, _greater_than(0))
     """Seconds a migrator (``skivi migrate``, an engine or ``start()`` with pending

@@ -35,7 +35,7 @@ import operator
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 import psycopg
 from psycopg import sql
@@ -90,9 +90,15 @@ class Fetcher:
                  tasks: list[str] | None, forbidden_flags: list[str] | None,
                  queues: list[str] | None, sync_tasks: frozenset[str] = frozenset(),
                  sync_only: bool = False,
-                 startable: Callable[[], int] | None = None) -> None:
+                 startable: Callable[[], int] | None = None,
+                 listen_here: bool = False) -> None:
         self.db = db
         self.listen_db = listen_db
+        # LISTEN on the claim connection itself (no connection of its own): notifications
+        # are read while the fetcher sleeps, and those that arrive during a claim wait in
+        # psycopg's backlog for the next sleep.
+        self.listen_here = listen_here
+        self._listening_on: Any = None
         self.q = queries
         self.engine_id = engine_id
         self.batch_size = batch_size
@@ -264,10 +270,56 @@ class Fetcher:
         return len(rows)
 
     async def _sleep(self, timeout: float) -> None:
+        if self.listen_here and not self.stopped:
+            try:
+                await self._sleep_listening(timeout)
+                return
+            except Exception as exc:  # noqa: BLE001 - polling carries on meanwhile
+                self.listening = False
+                self._listening_on = None
+                logger.warning("LISTEN lost (%s); polling every %.1fs until it is back",
+                               exc, self.poll_interval, extra={"action": "listen_lost"})
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
         except TimeoutError:
             pass
+
+    async def _sleep_listening(self, timeout: float) -> None:
+        """Wait for a wake-up or a notification on the claim connection, at most
+        ``timeout`` seconds."""
+        if self._wake.is_set():
+            return
+        async with self.db.session() as conn:
+            if conn is not self._listening_on:
+                channel = channel_name(self.q.schema)
+                await conn.execute(sql.SQL("listen {}").format(sql.Identifier(channel)))
+                self._listening_on = conn
+                self.listening = True
+                # Something may have been enqueued while we were not listening.
+                self.wake()
+                return
+            waiter = asyncio.ensure_future(self._wake.wait())
+            notes = asyncio.ensure_future(self._next_notes(conn, timeout))
+            try:
+                await asyncio.wait({waiter, notes}, timeout=timeout,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                await cancel_and_wait([waiter, notes])
+            if notes.done() and not notes.cancelled() and notes.exception() is not None:
+                raise notes.exception()  # type: ignore[misc]
+
+    async def _next_notes(self, conn: Any, timeout: float) -> None:
+        async for note in conn.notifies(timeout=timeout, stop_after=1):
+            self._notified(note)
+
+    def _notified(self, note: Any) -> None:
+        if note.payload:
+            try:
+                self._wake_at(float(note.payload))
+            except ValueError:
+                self.wake()
+        else:
+            self.wake()
 
     def _wake_at(self, epoch: float) -> None:
         """A job becomes runnable at ``epoch``: wake then rather than at the next poll."""
@@ -296,13 +348,7 @@ class Fetcher:
                 # Something may have been enqueued while we were not listening.
                 self.wake()
                 async for note in conn.notifies():
-                    if note.payload:
-                        try:
-                            self._wake_at(float(note.payload))
-                        except ValueError:
-                            self.wake()
-                    else:
-                        self.wake()
+                    self._notified(note)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - polling carries on meanwhile

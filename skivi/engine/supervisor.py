@@ -112,15 +112,18 @@ class Engine:
                                 on_lost=self.observer.connection_lost,
                                 on_connected=self.observer.connection_regained)
 
-        # The parent's whole budget: one connection for claims, completions, liveness,
+        # The parent's whole budget is two connections. One for completions, liveness,
         # rescue, pruning, queue stats and the children's enqueues (each part holds it for
-        # one unit of work), and one for LISTEN when wake-ups are wanted (database.listen).
-        # Nothing relies on session state, so the first may go through a transaction-mode
-        # pooler; LISTEN may not, hence database.listen_url.
+        # one unit of work); one for claims, so that a claim and a completion run at once
+        # (on one connection the drain lost a quarter of its rate), which also LISTENs for
+        # wake-ups while the fetcher sleeps (database.listen). Nothing relies on session
+        # state, so both may go through a transaction-mode pooler; LISTEN may not, hence
+        # database.listen_url: LISTEN then has a connection of its own, there.
         self.db = connection("skivi-engine")
+        self.claim_db = connection("skivi-claim")
         self.listen_db: Reconnecting | None = None
-        if db.listen:
-            self.listen_db = connection("skivi-listen", db.listen_url or url)
+        if db.listen and db.listen_url:
+            self.listen_db = connection("skivi-listen", db.listen_url)
         q = instance.queries
         self.stats_poller: QueueStatsPoller | None = None
         if self.metrics is not None:
@@ -143,7 +146,7 @@ class Engine:
             lock_timeout=max(0.1, (w.lease_timeout - w.heartbeat_interval) / 2))
         tasks = list(registry.identifiers()) if w.unknown_tasks == "skip" else None
         self.fetcher = Fetcher(
-            self.db, self.listen_db, q, engine_id=lambda: self.liveness.engine_id,
+            self.claim_db, self.listen_db, q, engine_id=lambda: self.liveness.engine_id,
             batch_size=w.batch_size, batch_max_bytes=w.batch_max_bytes,
             poll_interval=w.poll_interval,
             capacity=self.pool.capacity, in_flight=self.pool.in_flight,
@@ -152,7 +155,8 @@ class Engine:
             sync_tasks=self.pool.sync_tasks, sync_only=not self.pool.has_async,
             startable=self.pool.startable,
             forbidden_flags=list(w.forbidden_flags) or None,
-            queues=list(w.queues) if w.queues is not None else None)
+            queues=list(w.queues) if w.queues is not None else None,
+            listen_here=db.listen and not db.listen_url)
         # The children's ctx.add_job, on this same connection (database.child_enqueue).
         self.relay = (EnqueueRelay(self.db, instance) if db.child_enqueue == "parent"
                       else None)
@@ -354,7 +358,7 @@ class Engine:
             t.cancel()
         if self.relay is not None:
             await self.relay.stop()
-        for db in (self.db, self.listen_db):
+        for db in (self.db, self.claim_db, self.listen_db):
             if db is not None:
                 await db.close()
         self._done.set()

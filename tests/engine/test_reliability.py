@@ -300,8 +300,8 @@ def test_claiming_pauses_when_the_result_buffer_is_full(
 
 
 def listener(url: str) -> int | None:
-    rows = fetch(url, "select pid from pg_stat_activity where application_name = 'skivi-listen' "
-                      "and query ilike 'listen %%'")
+    # The claim connection LISTENs between claims (no listen_url here).
+    rows = fetch(url, "select pid from pg_stat_activity where application_name = 'skivi-claim'")
     return int(rows[0][0]) if rows else None
 
 

@@ -266,12 +266,12 @@ def test_an_engine_stays_within_its_connection_budget_idle_and_busy(
     # Every follow-up was enqueued (once) and ran.
     ran = set(ledger.runs_per_job())
     assert set(parents) <= ran and len(ran) == 800, len(ran)
-    assert idle == {"skivi-engine": 1, "skivi-listen": 1}, idle
-    assert seen.get("skivi-engine") == 1 and seen.get("skivi-listen") == 1, seen
+    assert idle == {"skivi-engine": 1, "skivi-claim": 1}, idle
+    assert seen.get("skivi-engine") == 1 and seen.get("skivi-claim") == 1, seen
     if child_enqueue == "parent":
         # The children's ctx.add_job goes through the parent's connection: nothing more.
-        assert set(seen) == {"skivi-engine", "skivi-listen"}, seen
+        assert set(seen) == {"skivi-engine", "skivi-claim"}, seen
     else:
         # A pool of database.child_pool_size (1) per child, opened by its first enqueue.
-        assert set(seen) == {"skivi-engine", "skivi-listen", "skivi-client"}, seen
+        assert set(seen) == {"skivi-engine", "skivi-claim", "skivi-client"}, seen
         assert seen["skivi-client"] <= 2, seen
