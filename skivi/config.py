@@ -311,11 +311,12 @@ class DatabaseConfig:
     (the CLI starts an embedded PostgreSQL). Default: None."""
 
     listen: bool = _setting(LISTEN_DEFAULT)
-    """Whether an engine LISTENs for wake-ups (a new job, a freed serial queue), on its claim
-    connection between claims (or on ``listen_url``'s connection when given). False: it polls every worker.poll_interval, and a job waits up to that long
-    when the engine is idle (a busy engine claims again as soon as it has room either
-    way). Behind a transaction-mode pooler, LISTEN must go straight to the server or
-    through a session-mode pool: give ``listen_url``, or set this false. Default: true."""
+    """Whether an engine LISTENs for wake-ups (a new job, a freed serial queue): on its
+    claim connection between claims, or on ``listen_url``'s connection when given. False:
+    it polls every worker.poll_interval, and a job waits up to that long when the engine
+    is idle (a busy engine claims again as soon as it has room either way). Behind a
+    transaction-mode pooler, LISTEN must go straight to the server or through a
+    session-mode pool: give ``listen_url``, or set this false. Default: true."""
 
     listen_url: str | None = _setting(LISTEN_URL_DEFAULT, _non_empty)
     """Where LISTEN goes, on a connection of its own; None: the claim connection LISTENs. A
