@@ -224,7 +224,7 @@ class Fetcher:
             # Short because of the byte limit is not drained: more are waiting.
             self.drained = n < room and not self.cut
             if self.drained:
-                await self._sleep(self.poll_interval)
+                await self._sleep(self.poll_interval, listen=True)
 
     def idle(self) -> bool:
         """Nothing runnable was found by a claim made after the last completion flush."""
@@ -269,8 +269,11 @@ class Fetcher:
             self.on_claimed(len(rows))
         return len(rows)
 
-    async def _sleep(self, timeout: float) -> None:
-        if self.listen_here and not self.stopped:
+    async def _sleep(self, timeout: float, *, listen: bool = False) -> None:
+        """Wait for a wake-up, at most ``timeout``. With ``listen`` (the table looked
+        drained), also for a notification on the claim connection; a busy fetcher waiting
+        for room needs none (it claims once there is room), and a plain wait costs less."""
+        if listen and self.listen_here and not self.stopped:
             try:
                 await self._sleep_listening(timeout)
                 return
