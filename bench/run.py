@@ -290,11 +290,11 @@ class BenchEngine(Engine):
     def databases(self) -> list[Reconnecting]:
         return [db for db in (self.db, self.claim_db, self.listen_db) if db is not None]
 
-    def backend_pids(self) -> list[int]:
+    def backend_pids(self) -> dict[int, str]:
         """The server processes of this engine's connections (the parent's: its children
-        have none), read from libpq, no statement sent."""
-        return [conn.info.backend_pid for db in self.databases()
-                if (conn := db.connection) is not None and not conn.closed]
+        have none) and each one's connection name, read from libpq, no statement sent."""
+        return {conn.info.backend_pid: db.name for db in self.databases()
+                if (conn := db.connection) is not None and not conn.closed}
 
     def sample_cpu(self, *, parent_first: bool) -> dict[str, Any]:
         """CPU seconds so far: the engine parent (getrusage, all its threads), its children
@@ -315,9 +315,11 @@ class BenchEngine(Engine):
         sample["children"] = len(children)
         if self.server_pid:
             sample["server_s"] = tree_cpu(self.server_pid)
-            sample["backends_s"] = {str(pid): own_cpu(pid) for pid in self.backend_pids()
-                                    if (f := proc_stat(pid)) is not None
-                                    and int(f[STAT_PPID]) == self.server_pid}
+            backends = {pid: name for pid, name in self.backend_pids().items()
+                        if (f := proc_stat(pid)) is not None
+                        and int(f[STAT_PPID]) == self.server_pid}
+            sample["backends_s"] = {str(pid): own_cpu(pid) for pid in backends}
+            sample["backend_names"] = {str(pid): name for pid, name in backends.items()}
         if not parent_first:
             sample["parent_s"] = parent()
             sample["t"] = time.time()
@@ -1160,7 +1162,15 @@ def engine_cpu(window: dict[str, Any]) -> dict[str, Any] | None:
     if "backends_s" in end:
         # A backend whose connection opened in the window counts from when it was ready.
         before = {**end.get("backends_started_s", {}), **go.get("backends_s", {})}
-        out["backends_s"] = sum(v - before.get(pid, 0.0) for pid, v in end["backends_s"].items())
+        used = {pid: v - before.get(pid, 0.0) for pid, v in end["backends_s"].items()}
+        out["backends_s"] = sum(used.values())
+        # By connection (skivi-claim, skivi-engine, ...): which statements the server's
+        # work per job goes to, without pg_stat_statements.
+        names = end.get("backend_names", {})
+        by_name: dict[str, float] = {}
+        for pid, v in used.items():
+            by_name[names.get(pid, "?")] = by_name.get(names.get(pid, "?"), 0.0) + v
+        out["backends_by_name_s"] = by_name
         out["backends_start_up_s"] = sum(end.get("backends_started_s", {}).values())
     return {**out, "go": go, "end": end}
 
@@ -1202,6 +1212,12 @@ def cpu_figures(reports: Sequence[dict[str, Any]], n: int, server: ServerCpu,
         out["pg_cpu_us_per_job"] = per_job(last["server_s"] - first["server_s"] - start_up)
         out["pg_cpu_us_per_job_engine_backends"] = per_job(
             sum(w.get("backends_s", 0.0) for w in ws))
+        by_name: dict[str, float] = {}
+        for w in ws:
+            for name, v in w.get("backends_by_name_s", {}).items():
+                by_name[name] = by_name.get(name, 0.0) + v
+        out["pg_cpu_us_per_job_by_connection"] = {name: per_job(v)
+                                                  for name, v in sorted(by_name.items())}
     elif "go" in statements and "end" in statements:
         out["pg_exec_us_per_job"] = (statements["end"] - statements["go"]) * 1000 / n
     return out
@@ -1306,6 +1322,10 @@ def print_drain_summary(title: str, runs: Sequence[Result]) -> dict[str, float |
     print("  CPU per job (user + system, us) from the first claim to the last job done: PG = "
           "every PostgreSQL server process,\n  own backends = only the engine's connections' "
           "server processes, worker = the engine's parent + its children")
+    for r in runs:
+        if by := get_path(r, "drain.pg_cpu_us_per_job_by_connection"):
+            print(f"  own backends by connection, run {r['run']} (us/job): "
+                  + ", ".join(f"{name} {us:.1f}" for name, us in by.items()))
     if len(runs) > 1:
         print("  (in the median row each figure is its own median: the parent's and the "
               "children's need not add up to the worker's)")

@@ -11,18 +11,26 @@
 -- Returns (id, lease) of the rows actually completed (a missing pair was stale: rescued or
 -- already finished). The lease tells apart two claims of one job in the same batch.
 --
--- Plan shape: each (id, lease) pair is looked up by primary key. The statements on `done`
--- read it through narrow forms (the queued ones' ids and queues; an array of ids): a
--- data-modifying statement that joins a CTE carries each joined CTE row whole (payload and
--- all) for its recheck, which for `using done` was a full row built per completed job.
--- The engine test is written
--- "is not distinct from" so that no index on running jobs can serve it: after an ANALYZE
--- that saw no running job, the planner would otherwise drive the batch from such an index
--- and compare every running job of the table with every id of the batch.
+-- Plan shape: the batch is found by primary key (`id = any(ids)`, an index scan whatever
+-- the statistics say), and each row's lease is checked against the pairs through a hashed
+-- subplan (the coalesce keeps the IN from being made a join). Written as a join with
+-- unnest(ids, leases), the planner believed the engine test (after an ANALYZE that saw no
+-- running job, "no row matches") and planned a scan of the whole table joined in a nested
+-- loop with every pair: O(table + batch^2) per flush, measured at 17 us/job in a 40,000-job
+-- drain against 5 us/job for this form. The engine test is written "is not distinct from"
+-- so that no index on running jobs can serve it (driving the batch from such an index
+-- would visit every job the engine ever claimed, dead index entries included). The
+-- statements on `done` read it through narrow forms (the queued ones' ids and queues; an
+-- array of ids): a data-modifying statement that joins a CTE carries each joined CTE row
+-- whole (payload and all) for its recheck. job_traceback is probed only when it holds a
+-- row at all: most batches are jobs that never failed, and 500 probes of an empty index
+-- cost a microsecond per job.
 with done as (
     delete from {schema}.job j
-    using unnest(%(ids)s::bigint[], %(leases)s::bigint[]) as u(id, lease)
-    where j.id = u.id and j.lease = u.lease
+    where j.id = any(%(ids)s::bigint[])
+      and coalesce((j.id, j.lease) in (select u.id, u.lease
+                                       from unnest(%(ids)s::bigint[], %(leases)s::bigint[])
+                                            as u(id, lease)), false)
       and j.locked_by is not distinct from %(engine)s
     returning j.*
 ), queued as materialized (
@@ -33,7 +41,9 @@ with done as (
     from queued
     where q.queue_name = queued.queue_name and q.job_id = queued.id
 ), traced as (
-    delete from {schema}.job_traceback t where t.id = any(array(select done.id from done))
+    delete from {schema}.job_traceback t
+    where t.id = any(array(select done.id from done))
+      and exists (select from {schema}.job_traceback)
     returning t.id, t.traceback
 ), recorded as (
     insert into {schema}.job_history (id, task_identifier, queue_name, payload, priority,
