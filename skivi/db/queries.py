@@ -921,8 +921,9 @@ class MigrationRow(NamedTuple):
 
 
 @statement
-def lock_timeout_local(*, ms: str) -> str:
-    """Bound the current transaction's lock waits to ``ms`` milliseconds."""
+def transaction_settings_local(*, ms: str) -> str:
+    """Bound the current transaction's lock waits to ``ms`` milliseconds, and plan its
+    prepared statements once (generic plans)."""
 
 
 @statement

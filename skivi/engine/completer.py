@@ -53,7 +53,7 @@ from skivi.db.queries import (
     job_fail_many,
     job_release_many,
     job_result_store_many,
-    lock_timeout_local,
+    transaction_settings_local,
 )
 from skivi.db.retry import JITTER_AROUND, RetryBackoff
 from skivi.engine.connection import Reconnecting
@@ -254,11 +254,14 @@ class Completer:
         # Only when results are kept at all: may this flush keep some?
         keeping = bool((completed and self.values) or (failed and self.keeping_results))
         try:
-            async with self.db.session() as conn, conn.transaction():
+            # A pipeline: the transaction's statements go out together, and only the
+            # answers the flush reads are waited for.
+            async with self.db.session() as conn, conn.pipeline(), conn.transaction():
                 # All or nothing, so a retried flush reports exactly what it did; and never
                 # stuck behind another session's lock for long, since the heartbeat waits
                 # for this connection (a timed-out flush is retried, nothing lost).
-                await lock_timeout_local.run_async(conn, self.q, ms=self._lock_timeout_ms)
+                await transaction_settings_local.execute_async(conn, self.q,
+                                                               ms=self._lock_timeout_ms)
                 done_ids, outcomes, recorded = await self._write(conn, engine, completed,
                                                                  failed, released)
         except BaseException:

@@ -50,6 +50,7 @@ from skivi.db.queries import (
     Queries,
     channel_name,
     job_claim,
+    transaction_settings_local,
 )
 from skivi.db.retry import RetryBackoff
 from skivi.engine.connection import Reconnecting
@@ -83,7 +84,7 @@ LISTEN_RETRY_DELAY_MAX = 5.0
 class Fetcher:
     def __init__(self, db: Reconnecting, listen_db: Reconnecting | None, queries: Queries, *,
                  engine_id: Callable[[], int], batch_size: int, poll_interval: float,
-                 batch_max_bytes: int = 1 << 40,
+                 batch_max_bytes: int = 1 << 40, lock_timeout: float = 1.5,
                  capacity: Callable[[], int], in_flight: Callable[[], int],
                  paused: Callable[[], bool], on_claimed: Callable[[int], None],
                  flushes: Callable[[], int],
@@ -103,6 +104,7 @@ class Fetcher:
         self.engine_id = engine_id
         self.batch_size = batch_size
         self.batch_max_bytes = batch_max_bytes
+        self.lock_timeout_ms = str(max(1, round(lock_timeout * 1000)))
         # Payload bytes (message lengths) waiting in the buffers; the child pool takes off
         # what it hands over (``taken``).
         self.buffered_bytes = 0
@@ -235,7 +237,12 @@ class Fetcher:
         self.claimed_after_flush = self.flushes()
         # Not drained while this claim runs: it may find jobs (--once must not stop now).
         self.drained = False
-        async with self.db.session() as conn:
+        # One round trip (a pipeline): the transaction is only there to carry its settings
+        # (transaction_settings_local: a lock timeout, and generic plans, which halve the
+        # server's work for a small claim).
+        async with self.db.session() as conn, conn.pipeline(), conn.transaction():
+            await transaction_settings_local.execute_async(conn, self.q,
+                                                           ms=self.lock_timeout_ms)
             serial = limit if self.startable is None else min(limit, self.startable())
             self.serial_limit_used = serial
             rows = await job_claim.run_async(

@@ -137,18 +137,19 @@ class Engine:
             on_rescued=self._on_rescued)
         self.pruner = HistoryPruner(self.db, q, retention=w.history_retention,
                                     result_retention=w.result_retention)
+        # Half what a heartbeat may be late before the lease runs out.
+        lock_timeout = max(0.1, (w.lease_timeout - w.heartbeat_interval) / 2)
         self.completer = Completer(
             self.db, q, engine_id=lambda: self.liveness.engine_id,
             batch_size=w.completion_batch_size, interval=w.completion_interval,
             max_buffer=w.max_result_buffer, history=w.history, on_flushed=self._on_flushed,
             keeping_results=registry.keeping_results(w.store_results),
-            # Half what a heartbeat may be late before the lease runs out.
-            lock_timeout=max(0.1, (w.lease_timeout - w.heartbeat_interval) / 2))
+            lock_timeout=lock_timeout)
         tasks = list(registry.identifiers()) if w.unknown_tasks == "skip" else None
         self.fetcher = Fetcher(
             self.claim_db, self.listen_db, q, engine_id=lambda: self.liveness.engine_id,
             batch_size=w.batch_size, batch_max_bytes=w.batch_max_bytes,
-            poll_interval=w.poll_interval,
+            poll_interval=w.poll_interval, lock_timeout=lock_timeout,
             capacity=self.pool.capacity, in_flight=self.pool.in_flight,
             paused=lambda: self.completer.backpressure,
             on_claimed=self._on_claimed, flushes=lambda: self.completer.flushes, tasks=tasks,

@@ -1,0 +1,21 @@
+-- transaction_settings_local: the engine's settings for the rest of this transaction (its
+-- claims and its completion flushes). Transaction-scoped (set_config(..., true)), so nothing
+-- outlives the transaction: safe through a transaction-mode pooler.
+--
+-- lock_timeout: the engine's parts share connections, so a write stuck behind someone else's
+-- lock (a long admin transaction, DDL) would hold up the heartbeat too, and a live engine
+-- would be declared dead; a claim stuck so would stop the engine's intake.
+--
+-- plan_cache_mode = force_generic_plan: the claim and the completion are statements over
+-- five to eight relations, and planning one costs about 0.5 ms. PostgreSQL keeps planning
+-- them again for every execution (a "custom plan"), because its estimate for the generic
+-- plan, made without the parameters' values, is higher than for plans that fold the filter
+-- parameters (tasks, queues...) away; their plans are the same shape either way (index
+-- scans in claim order, primary-key lookups). Measured on the claim: 27 -> 20 us/job of
+-- server CPU in claims of 64 jobs, 17 -> 15 in claims of 300. Without prepared statements
+-- (database.prepared_statements = false) every statement is planned anyway and this does
+-- nothing.
+--
+-- Parameters: %(ms)s (the lock timeout in milliseconds, as text). Returns the lock timeout.
+select set_config('lock_timeout', %(ms)s, true),
+       set_config('plan_cache_mode', 'force_generic_plan', true);
