@@ -423,6 +423,14 @@ async def _engine_async(system: System, args: argparse.Namespace) -> int:
     return code
 
 
+def engine_setting(text: str) -> str:
+    """--set KEY=VALUE, checked for its shape here; the key itself by load_config."""
+    key, eq, _ = text.partition("=")
+    if not eq or not key or any(not part for part in key.split(".")):
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE with a dotted key, got {text!r}")
+    return text
+
+
 def engine_main(argv: Sequence[str]) -> int:
     import logging
 
@@ -444,19 +452,31 @@ def engine_main(argv: Sequence[str]) -> int:
     p.add_argument("--server-pid", type=int, default=0)
     p.add_argument("--listen-url", default=None)
     p.add_argument("--no-prepare", action="store_true")
+    p.add_argument("--set", action="append", default=[], type=engine_setting)
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="engine: %(relativeCreated)8.1f ms %(levelname)s %(name)s: "
                                "%(message)s")
     kind, ms = parse_task(args.task)
-    config = load_config({
+    raw: dict[str, Any] = {
         "database": {"connection_string": args.database_url, "schema_name": args.schema,
                      "listen_url": args.listen_url,
                      "prepared_statements": not args.no_prepare},
         "worker": {"processes": args.processes, "concurrency": args.concurrency,
                    "batch_size": args.batch_size, "sync_threads": args.sync_threads},
         "metrics": {"port": args.metrics_port},
-    }, env={})
+    }
+    for setting in args.set:
+        key, _, value = setting.partition("=")
+        *sections, name = key.split(".")
+        table = raw
+        for section in sections:
+            table = table.setdefault(section, {})
+        try:
+            table[name] = json.loads(value)
+        except ValueError:
+            table[name] = value
+    config = load_config(raw, env={})
     system = create_system(config, {kind: make_handler(kind, ms)})
     return uvloop.run(_engine_async(system, args))
 
@@ -483,6 +503,8 @@ class EngineRun:
                "--metrics-port", str(opts.metrics_port), "--server-pid", str(server_pid or 0)]
         if once:
             cmd.append("--once")
+        for setting in opts.settings:
+            cmd += ["--set", setting]
         if opts.engine_url and opts.engine_url != opts.url:
             cmd += ["--listen-url", opts.url, "--no-prepare"]
         if latency_file:
@@ -573,6 +595,8 @@ class Options:
     vacuum: bool
     metrics_port: int
     engines: int = 1
+    # --set KEY=VALUE: engine configuration keys beyond the options above.
+    settings: tuple[str, ...] = ()
     pgbouncer: int = 0
     engine_url: str = ""  # where engines connect: url, or a PgBouncer in front of it
 
@@ -653,6 +677,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "transaction mode with this default_pool_size, started in front of "
                         "the server for the run; engines then send no prepared statements "
                         "and LISTEN on the direct URL (database.listen_url); 0: direct")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   type=engine_setting,
+                   help="an engine configuration key, e.g. worker.completion_interval=0.05 "
+                        "(VALUE as JSON, else a string); repeatable")
     p.add_argument("--engine-log-level", default="WARNING", type=str.upper,
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="log level of the engine subprocess (its log goes to stderr)")
@@ -709,7 +737,8 @@ def parse_options(argv: Sequence[str]) -> Options:
         chunk=a.chunk, bulk=a.bulk,
         floor=a.floor, timeout=a.timeout, engine_log_level=a.engine_log_level,
         metrics_port=a.metrics_port,
-        vacuum=a.vacuum, engines=a.engines, pgbouncer=a.pgbouncer, engine_url=url)
+        vacuum=a.vacuum, engines=a.engines, pgbouncer=a.pgbouncer, engine_url=url,
+        settings=tuple(a.set))
 
 
 def connect(opts: Options) -> psycopg.Connection[Any]:

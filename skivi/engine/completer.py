@@ -254,14 +254,11 @@ class Completer:
         # Only when results are kept at all: may this flush keep some?
         keeping = bool((completed and self.values) or (failed and self.keeping_results))
         try:
-            # A pipeline: the transaction's statements go out together, and only the
-            # answers the flush reads are waited for.
-            async with self.db.session() as conn, conn.pipeline(), conn.transaction():
+            async with self.db.session() as conn, conn.transaction():
                 # All or nothing, so a retried flush reports exactly what it did; and never
                 # stuck behind another session's lock for long, since the heartbeat waits
                 # for this connection (a timed-out flush is retried, nothing lost).
-                await transaction_settings_local.execute_async(conn, self.q,
-                                                               ms=self._lock_timeout_ms)
+                await transaction_settings_local.run_async(conn, self.q, ms=self._lock_timeout_ms)
                 done_ids, outcomes, recorded = await self._write(conn, engine, completed,
                                                                  failed, released)
         except BaseException:
