@@ -1,0 +1,125 @@
+"""The Django tests: Django 6 (Python >= 3.12, the ``django`` extra), a real PostgreSQL.
+
+``./run-tests`` runs them in a virtualenv of their own (.venv-django); where Django cannot
+be imported (the main run, on 3.11) this directory is not collected at all, and the run
+says why. With ``SKIVI_REQUIRE_DJANGO=1`` (CI) a missing Django fails instead.
+
+One database for the session (cloned from the migrated template, so Skivi's schema is
+there; Django's migrations applied to it once), Django set up in this process on it
+(tests/django/settings.py: the example project's settings plus the probe app), and every
+table emptied before each test. Workers run as real ``manage.py skivi_worker`` processes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "django"
+SETTINGS = "tests.django.settings"
+REQUIRE = os.environ.get("SKIVI_REQUIRE_DJANGO") == "1"
+
+if importlib.util.find_spec("django") is None:
+    if REQUIRE:
+        raise pytest.UsageError("SKIVI_REQUIRE_DJANGO=1 but Django is not installed: run "
+                                "the Django tests in .venv-django (./run-tests does)")
+    collect_ignore_glob = ["*"]
+else:
+    # Set up now, so test modules may import models; the database is given once the
+    # session's is made (django_url), before any connection is opened.
+    if str(EXAMPLE) not in sys.path:
+        sys.path.insert(0, str(EXAMPLE))
+    os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS
+    import django
+
+    django.setup()
+
+TABLES = ("skivi.job", "skivi.job_result", "skivi.job_history", "skivi.job_queue",
+          "skivi.job_traceback", "notes_note", "probe_event")
+
+
+@pytest.fixture(scope="session")
+def django_url(server_dsn: str, admin: psycopg.Connection[Any],
+               template_database: str) -> Iterator[str]:
+    """The session's database, Django set up on it."""
+    from asgiref.local import Local
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.db import connections
+
+    from skivi.contrib.django import project
+    from tests.support.db import DATABASE_PREFIX, create_database, drop_database, url_for
+
+    name = f"{DATABASE_PREFIX}0"
+    create_database(admin, name, template_database)
+    url = url_for(server_dsn, name)
+    os.environ["DATABASE_URL"] = url
+    given = psycopg.conninfo.conninfo_to_dict(url)
+    settings.DATABASES["default"].update(
+        NAME=given.get("dbname", ""), USER=given.get("user", ""),
+        PASSWORD=given.get("password", ""), HOST=given.get("host", ""),
+        PORT=str(given.get("port", "")))
+    # Forget the handler's view of DATABASES, as Django's own test runner does when it
+    # points connections at a test database.
+    connections.close_all()
+    connections.__dict__.pop("settings", None)
+    connections._connections = Local(connections.thread_critical)
+    project.reset()
+    call_command("migrate", verbosity=0)
+    try:
+        yield url
+    finally:
+        project.reset()
+        connections.close_all()
+        drop_database(admin, name)
+
+
+@pytest.fixture
+def db(django_url: str) -> str:
+    """The session's database, emptied (URL)."""
+    with psycopg.connect(django_url, autocommit=True) as conn:
+        conn.execute(f"truncate {', '.join(TABLES)}")
+    return django_url
+
+
+def fetch(url: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute(query, args or None).fetchall()
+
+
+def manage_env(url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {**os.environ, "DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": SETTINGS,
+            "PYTHONPATH": os.pathsep.join([str(REPO), str(EXAMPLE)]), **(extra or {})}
+
+
+def manage(url: str, *args: str, env: dict[str, str] | None = None,
+           timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``python manage.py ARGS`` of the example project, with the tests' settings, to its
+    end; output captured."""
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=EXAMPLE,
+                          env=manage_env(url, env), capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def work(url: str, *args: str, env: dict[str, str] | None = None) -> str:
+    """A ``skivi_worker --once`` run to its end (it must exit 0); its log."""
+    done = manage(url, "skivi_worker", "--once", "--processes", "1", *args, env=env)
+    assert done.returncode == 0, done.stderr + done.stdout
+    return done.stderr
+
+
+def spawn(url: str, args: Sequence[str], log: Path,
+          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A ``manage.py`` process left running (stop it with SIGTERM), its output in ``log``."""
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "manage.py", *args], cwd=EXAMPLE,
+                                env=manage_env(url, env), stdout=out, stderr=out)
