@@ -19,3 +19,9 @@ finally:
 INSTALLED_APPS = [*INSTALLED_APPS, "tests.django.probe"]
 SKIVI = {**SKIVI, "worker": {**SKIVI["worker"], "poll_interval": 0.2,
                              "sync_threads": int(os.environ.get("PROBE_SYNC_THREADS", "1"))}}
+
+if os.environ.get("PROBE_PERSISTENT_CONNECTIONS") == "1":
+    # Connections kept across jobs (CONN_MAX_AGE None): close_old_connections keeps a
+    # healthy one, so only what the worker does at the fork keeps children off the
+    # parent's.
+    DATABASES["default"]["CONN_MAX_AGE"] = None  # noqa: F405

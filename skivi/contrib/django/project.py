@@ -46,7 +46,8 @@ from skivi.registry import TaskDef
 from skivi.system import System
 from skivi.tasks import Tasks, TypedTask
 
-__all__ = ["TASKS", "autodiscover", "build_system", "discovered", "reset", "system", "task"]
+__all__ = ["TASKS", "autodiscover", "build_system", "discovered", "install", "reset",
+           "system", "task"]
 
 TASK_MODULE = "tasks"
 
@@ -144,6 +145,17 @@ def build_system(overrides: Mapping[str, Any] | None = None) -> System:
     own, config = conf.load(overrides)
     made = System(config, discovered())
     made.client.relay = DjangoRelay(own.alias, made.queries)
+    return made
+
+
+def install(made: System) -> System:
+    """Make ``made`` the project's system (``skivi_worker`` does, with its flags' overrides,
+    so the engine runs the very system its handlers' tasks enqueue into); returns it."""
+    global _system
+    with _lock:
+        old, _system = _system, made
+    if old is not None and old is not made:
+        old.close()
     return made
 
 

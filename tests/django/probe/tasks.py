@@ -66,3 +66,18 @@ def wait_for_go() -> str:
             raise TimeoutError("no go")
         time.sleep(0.05)
     return "went"
+
+
+@django_task
+def ordered(priority: int) -> None:
+    """Records when it ran (the Event's id), to see the claim order."""
+    Event.objects.create(name="ordered", value=priority)
+
+
+@task
+def whoami(n: int) -> None:
+    """Reports the process and the database session it ran in."""
+    with connection.cursor() as cur:
+        cur.execute("select pg_backend_pid()")
+        backend = cur.fetchone()[0]
+    Event.objects.create(name="whoami", value={"pid": os.getpid(), "backend": backend, "n": n})

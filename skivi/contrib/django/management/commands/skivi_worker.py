@@ -25,7 +25,7 @@ from skivi.cli.worker import (
     run_system,
 )
 from skivi.contrib.django.jobs import child_started
-from skivi.contrib.django.project import build_system
+from skivi.contrib.django.project import build_system, install
 from skivi.engine.exits import EXIT_CONFIG
 from skivi.errors import ConfigError, RegistryError
 
@@ -47,7 +47,7 @@ class Command(BaseCommand):
         ns = argparse.Namespace(**options)
         configure_logging(ns.log_level)
         try:
-            system = build_system(engine_overrides(ns))
+            system = install(build_system(engine_overrides(ns)))
             if not len(system.registry()):
                 raise ConfigError("no tasks found: none in the installed apps' tasks modules "
                                   "nor in settings.SKIVI[\"tasks\"]")
