@@ -46,6 +46,14 @@ def test_a_rollback_leaves_no_job_and_a_commit_one_when_deferred_in_atomic(db: s
                         ("notes.tasks.summarize", {"args": [2], "kwargs": {}})]
 
 
+def test_a_result_is_read_in_the_callers_transaction_when_looked_up_in_it(db: str) -> None:
+    with pytest.raises(Rollback), transaction.atomic():
+        result = summarize.enqueue(3)
+        # Read on Django's connection: this transaction's own job, not committed yet.
+        assert summarize.get_result(result.id).status == "READY"
+        raise Rollback
+
+
 def test_a_rolled_back_savepoint_takes_only_its_own_jobs_when_nested(db: str) -> None:
     with transaction.atomic():
         index_note.defer(note_id=1)

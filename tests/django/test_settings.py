@@ -59,6 +59,13 @@ def test_a_bad_value_is_refused_with_skivis_message_when_checked(db: str) -> Non
     assert found[0][0] == "skivi.E001" and "worker.concurrency" in found[0][1]
 
 
+def test_a_bad_cron_entry_is_refused_when_checked(db: str) -> None:
+    found = messages(cron=[{"identifier": "nightly", "schedule": "not a schedule"}])
+    assert found[0][0] == "skivi.E001" and "nightly" in found[0][1], found
+    assert messages(cron=[{"identifier": "nightly", "schedule": "0 4 * * *",
+                           "task": "purge_empty_notes"}]) == []
+
+
 def test_overrides_go_over_the_settings_when_the_worker_gives_them(db: str) -> None:
     _, config = conf.load({"worker.concurrency": 7, "worker.processes": None})
     assert config.worker.concurrency == 7

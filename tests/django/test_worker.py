@@ -111,3 +111,13 @@ def test_skivi_migrate_applies_and_checks_the_schema_when_run(
     done = manage(empty, "skivi_migrate", "--check")
     assert done.returncode == 0 and "up to date" in done.stdout
     assert fetch(empty, "select count(*) > 0 from skivi.migration") == [(True,)]
+
+
+def test_djangos_migrate_applies_skivis_schema_when_a_migration_calls_skivi_migrate(
+        make_database: MakeDatabase) -> None:
+    empty = make_database(template=None)
+    done = manage(empty, "migrate", "-v", "0")
+    assert done.returncode == 0, done.stderr
+    assert fetch(empty, "select count(*) > 0 from skivi.migration") == [(True,)]
+    done = manage(empty, "skivi_migrate", "--check")
+    assert done.returncode == 0 and "up to date" in done.stdout

@@ -48,6 +48,8 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         finally:
             system.close()
+        if options["verbosity"] < 1:
+            return
         for m in applied:
             self.stdout.write(f"applied {m.name}")
         self.stdout.write(f"schema {system.schema!r} is up to date"
