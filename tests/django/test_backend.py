@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.tasks import TaskResultStatus, task_backends
@@ -42,6 +44,34 @@ def test_unknown_options_are_refused_when_checked(db: str) -> None:
             add.enqueue(1, 2)
 
 
+@pytest.mark.parametrize("task", [add, double])
+def test_an_enqueued_result_is_as_djangos_backend_tests_expect_when_enqueued(
+        db: str, task: Any, caplog: pytest.LogCaptureFixture) -> None:
+    # After Django's own tests of its backends (tests/tasks/test_dummy_backend.py).
+    with caplog.at_level(logging.DEBUG, logger="django.tasks"):
+        result = task.enqueue(1, b=3) if task is add else task.enqueue(x=1)
+    assert [r.getMessage() for r in caplog.records if "enqueued" in r.getMessage()
+            and result.id in r.getMessage()], caplog.text
+    assert result.status == TaskResultStatus.READY and result.is_finished is False
+    assert (result.started_at, result.last_attempted_at, result.finished_at) == (
+        None, None, None)
+    with pytest.raises(ValueError, match="Task has not finished yet"):
+        result.return_value  # noqa: B018
+    assert result.task == task and result.attempts == 0 and result.errors == []
+    assert task_backends["default"].get_result(result.id) == result
+    assert asyncio.run(task_backends["default"].aget_result(result.id)) == result
+    varied = task.using(priority=7, queue_name="reports", run_after=timezone.now()
+                        + dt.timedelta(hours=1))
+    later = varied.enqueue(2, b=0) if task is add else varied.enqueue(x=2)
+    back = task.get_result(later.id)
+    assert back.task == varied and back == later
+
+
+def test_aenqueue_validates_as_enqueue_does_when_awaited(db: str) -> None:
+    with pytest.raises(InvalidTask, match="Queue 'unknown_queue' is not valid"):
+        asyncio.run(add.using(queue_name="unknown_queue").aenqueue(1, 2))
+
+
 def test_a_task_is_stored_as_a_skivi_job_with_its_options_when_enqueued(db: str) -> None:
     later = timezone.now() + dt.timedelta(hours=1)
     results = [add.enqueue(1, 2), add.using(priority=100).enqueue(3, 4),
@@ -51,9 +81,12 @@ def test_a_task_is_stored_as_a_skivi_job_with_its_options_when_enqueued(db: str)
                      "max_attempts from skivi.job order by id")
     assert [str(r[0]) for r in rows] == [r.id for r in results]
     assert {r[1] for r in rows} == {"tests.django.probe.tasks.add"}
-    assert [r[2] for r in rows] == [{"args": [1, 2], "kwargs": {}}, {"args": [3, 4], "kwargs": {}},
-                                    {"args": [5], "kwargs": {"b": 6}},
-                                    {"args": [7, 8], "kwargs": {}}]
+    assert [(r[2]["args"], r[2]["kwargs"]) for r in rows] == [
+        ([1, 2], {}), ([3, 4], {}), ([5], {"b": 6}), ([7, 8], {})]
+    # What differs from the module-level task, so its results name the task as enqueued.
+    assert [r[2].get("using") for r in rows] == [
+        None, {"priority": 100}, {"priority": -100, "run_after": later.isoformat()},
+        {"queue_name": "reports"}]
     # Django's priority, higher first, is Skivi's negated (lower first).
     assert [r[3] for r in rows] == [0, -100, 100, 0]
     assert rows[2][4] == later
@@ -81,11 +114,13 @@ def test_bad_arguments_are_refused_when_enqueued(db: str) -> None:
 
 
 def test_a_result_moves_from_ready_to_successful_when_the_worker_runs_it(db: str) -> None:
-    result = add.enqueue(2, 3)
+    varied = add.using(priority=5)
+    result = varied.enqueue(2, 3)
     assert add.get_result(result.id).status == TaskResultStatus.READY
     work(db)
     done = add.get_result(result.id)
     assert done.status == TaskResultStatus.SUCCESSFUL
+    assert done.task == varied  # from the kept result: the job's row is gone
     assert done.return_value == 5
     assert (done.args, done.kwargs, done.errors) == ([2, 3], {}, [])
     assert done.enqueued_at == result.enqueued_at

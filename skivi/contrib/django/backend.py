@@ -8,7 +8,8 @@
                                      "queue_map": {"emails": "emails"}}}}
 
 ``@task`` functions' ``enqueue()`` writes a job of task ``task.module_path`` with the
-payload ``{"args": [...], "kwargs": {...}}`` through the project's system, so in the
+payload ``{"args": [...], "kwargs": {...}}`` (and ``"using"``: the ``Task.using()``
+options that differ from the module-level task's) through the project's system, so in the
 caller's transaction (``transaction.atomic()``, ``ATOMIC_REQUESTS``); ``aenqueue()`` does
 the same through ``sync_to_async``, as Django's async ORM does. ``manage.py skivi_worker``
 runs them. What the backend declares:
@@ -148,8 +149,12 @@ class SkiviBackend(BaseTaskBackend):
             raise InvalidTask(f"TASKS[{self.alias!r}]: {'; '.join(self.problems)}")
         self.validate_task(task)
         args, kwargs = normalize_json(list(args)), normalize_json(dict(kwargs))
+        payload: dict[str, Any] = {"args": args, "kwargs": kwargs}
+        using = _using(task)
+        if using:
+            payload["using"] = using
         job = add_jobs(system(), [JobSpec(
-            task=task.module_path, payload={"args": args, "kwargs": kwargs},
+            task=task.module_path, payload=payload,
             queue_name=self.skivi_queue(task.queue_name), run_at=task.run_after,
             priority=-task.priority, max_attempts=self.max_attempts)])[0]
         result = TaskResult(
@@ -210,6 +215,30 @@ def _errors(row: TaskRow) -> list[TaskError]:
                       "builtins.Exception", traceback=text)]
 
 
+USING = ("priority", "queue_name", "run_after", "backend")
+"""The options of ``Task.using()``, kept with a job (payload ``using``) where they differ
+from the module-level task's, so a result's ``task`` is the task as it was enqueued."""
+
+
+def _using(task: Task) -> dict[str, Any]:
+    base = _task_of(task.module_path)
+    out: dict[str, Any] = {}
+    for name in USING:
+        value = getattr(task, name)
+        if base is None or value != getattr(base, name):
+            out[name] = value.isoformat() if isinstance(value, dt.datetime) else value
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _as_enqueued(task: Task, using: object) -> Task:
+    if not isinstance(using, dict) or not using:
+        return task
+    options = {k: v for k, v in using.items() if k in USING}
+    if "run_after" in options:
+        options["run_after"] = _time(options["run_after"])
+    return task.using(**options)
+
+
 def _result(task: Task, alias: str, result_id: str, row: TaskRow) -> TaskResult:
     payload = orjson.loads(row.payload) if row.payload is not None else None
     value = orjson.loads(row.value) if row.value is not None else None
@@ -217,6 +246,7 @@ def _result(task: Task, alias: str, result_id: str, row: TaskRow) -> TaskResult:
     started = row.started_at or _time(kept.get("started_at"))
     if not isinstance(payload, dict):  # a kept result without history: the kept copy
         payload = kept
+    task = _as_enqueued(task, payload.get("using"))
     status = {"waiting": TaskResultStatus.READY, "failed": TaskResultStatus.READY,
               "running": TaskResultStatus.RUNNING, "completed": TaskResultStatus.SUCCESSFUL,
               "exhausted": TaskResultStatus.FAILED}[row.state]
@@ -249,7 +279,8 @@ def _handler(task: Task) -> Any:
         kwargs = dict(payload.get("kwargs", {})) if isinstance(payload, dict) else {}
         now = timezone.now()
         result = TaskResult(
-            task=task, id=str(ctx.job.id), status=TaskResultStatus.RUNNING,
+            task=_as_enqueued(task, payload.get("using") if isinstance(payload, dict)
+                              else None), id=str(ctx.job.id), status=TaskResultStatus.RUNNING,
             enqueued_at=ctx.job.created_at, started_at=now, finished_at=None,
             last_attempted_at=now, args=args, kwargs=kwargs, backend=backend.alias,
             errors=[], worker_ids=[_worker_id()] * ctx.job.attempts)
@@ -273,9 +304,12 @@ def _handler(task: Task) -> Any:
         object.__setattr__(result, "_return_value", value)
         task_finished.send(type(backend), task_result=result)
         assert result.started_at is not None and result.enqueued_at is not None
-        return {"return_value": value, "args": result.args, "kwargs": result.kwargs,
+        kept = {"return_value": value, "args": result.args, "kwargs": result.kwargs,
                 "enqueued_at": result.enqueued_at.isoformat(),
                 "started_at": result.started_at.isoformat(), "worker_id": _worker_id()}
+        if isinstance(result.task, Task) and result.task is not task:
+            kept["using"] = _using(result.task)
+        return kept
 
     if iscoroutinefunction(task.func):
         async def run_async(ctx: JobContext) -> dict[str, Any]:
