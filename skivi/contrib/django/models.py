@@ -34,23 +34,31 @@ def _table(name: str) -> str:
     return f'{_schema()}"."{name}'
 
 
-class Job(models.Model):
-    """A job still to finish (table ``job``): waiting, failed and waiting for a retry, or
-    running."""
+class _JobColumns(models.Model):
+    """The columns ``job`` and ``job_history`` share."""
 
     id = models.BigIntegerField(primary_key=True)
     task_identifier = models.TextField("task")
     queue_name = models.TextField("queue", null=True)
     payload = models.JSONField()
     priority = models.SmallIntegerField()
-    run_at = models.DateTimeField()
     attempts = models.IntegerField()
     max_attempts = models.IntegerField()
     last_error = models.TextField(null=True)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        abstract = True
+
+
+class Job(_JobColumns):
+    """A job still to finish (table ``job``): waiting, failed and waiting for a retry, or
+    running."""
+
+    run_at = models.DateTimeField()
     key = models.TextField(null=True)
     locked_by = models.BigIntegerField("engine", null=True)
     locked_at = models.DateTimeField(null=True)
-    created_at = models.DateTimeField()
 
     class Meta:
         managed = False
@@ -71,20 +79,11 @@ class Job(models.Model):
         return "waiting"
 
 
-class JobHistory(models.Model):
+class JobHistory(_JobColumns):
     """A finished job (table ``job_history``): completed (with worker.history on) or
     exhausted (always kept)."""
 
-    id = models.BigIntegerField(primary_key=True)
-    task_identifier = models.TextField("task")
-    queue_name = models.TextField("queue", null=True)
-    payload = models.JSONField()
-    priority = models.SmallIntegerField()
-    attempts = models.IntegerField()
-    max_attempts = models.IntegerField()
-    last_error = models.TextField(null=True)
     last_error_traceback = models.TextField(null=True)
-    created_at = models.DateTimeField()
     finished_at = models.DateTimeField()
     outcome = models.TextField()
     reason = models.TextField(null=True)
