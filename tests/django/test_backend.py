@@ -102,8 +102,12 @@ def test_a_task_is_stored_as_a_skivi_job_with_its_options_when_enqueued(db: str)
 def test_bad_arguments_are_refused_when_enqueued(db: str) -> None:
     with pytest.raises(TypeError, match="Unsupported type"):
         add.enqueue(dt.datetime.now(dt.UTC), 1)
+    with pytest.raises(ValueError, match="JSON round trip"):
+        add.enqueue(float("nan"), 1)  # JSON has no NaN: it would come back None
     with pytest.raises(skivi.PayloadError):
-        add.enqueue(float("nan"), 1)
+        add.enqueue("a\x00b", 1)  # Skivi's payload rules: PostgreSQL holds no U+0000
+    with pytest.raises(TypeError, match="JSON round trip"):
+        add.enqueue({1: "a key JSON makes a string"}, 1)
     with pytest.raises(InvalidTask, match="Queue 'nowhere'"):
         add.using(queue_name="nowhere").enqueue(1, 2)
     with pytest.raises(InvalidTask, match="priority"):

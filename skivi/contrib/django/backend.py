@@ -56,8 +56,9 @@ the last worker's (Skivi keeps one); ``errors`` holds the last error only;
 (TaskResultDoesNotExist), as is a finished job of a task that keeps no results without
 history. Arguments are checked as Django's own ``TaskResult`` normalises
 them (``django.utils.json.normalize_json``: a tuple becomes a list, anything JSON cannot
-hold raises TypeError), then by Skivi's payload rules (no NaN, no U+0000, at most
-validation.max_payload_bytes: ``skivi.PayloadError``).
+hold raises TypeError), must come back unchanged from JSON (a dict key that is not a
+string raises TypeError, a NaN ValueError), then pass Skivi's payload rules (no U+0000, at
+most validation.max_payload_bytes: ``skivi.PayloadError``).
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ class SkiviBackend(BaseTaskBackend):
         if self.problems:
             raise InvalidTask(f"TASKS[{self.alias!r}]: {'; '.join(self.problems)}")
         self.validate_task(task)
-        args, kwargs = normalize_json(list(args)), normalize_json(dict(kwargs))
+        args, kwargs = _json_round_trip(list(args), dict(kwargs))
         payload: dict[str, Any] = {"args": args, "kwargs": kwargs}
         using = _using(task)
         if using:
@@ -184,6 +185,23 @@ class SkiviBackend(BaseTaskBackend):
             raise TaskResultDoesNotExist(f"{result_id} (a job of task {row.task_identifier!r}, "
                                          "not a django.tasks task)")
         return _result(task, self.alias, str(job_id), row)
+
+
+def _json_round_trip(args: list[Any], kwargs: dict[str, Any]
+                     ) -> tuple[list[Any], dict[str, Any]]:
+    """The arguments as the task will get them back: normalised as Django's TaskResult
+    normalises them (a tuple is a list), and refused (TypeError, ValueError) unless JSON
+    gives them back unchanged (a dict with a key that is not a string would come back
+    with a string)."""
+    normalized = normalize_json([args, kwargs])
+    try:
+        back = orjson.loads(orjson.dumps(normalized))
+    except orjson.JSONEncodeError as exc:
+        raise TypeError(f"task arguments must survive a JSON round trip: {exc}") from None
+    if back != normalized:
+        raise ValueError("task arguments must survive a JSON round trip; these come back "
+                         f"as {back!r}")
+    return normalized[0], normalized[1]
 
 
 def conf_alias() -> str:
