@@ -9,6 +9,7 @@ import psycopg
 import pytest
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
+from django.db import connections
 from django.test import override_settings
 
 from skivi.contrib.django import conf, project, system
@@ -52,6 +53,17 @@ def test_an_alias_that_is_not_in_databases_is_refused_when_checked(db: str) -> N
     found = messages(alias="jobs")
     assert found[0][0] == "skivi.E001" and "'jobs'" in found[0][1]
     assert messages(tasks="notes.maintenance")[0][0] == "skivi.E001"  # a str, not a list
+
+
+def test_an_alias_django_cannot_connect_with_is_refused_when_checked(db: str) -> None:
+    entry = connections["default"].settings_dict  # settings.DATABASES["default"] itself
+    name, entry["NAME"] = entry["NAME"], ""
+    try:
+        found = messages()
+    finally:
+        entry["NAME"] = name
+    assert found[0][0] == "skivi.E001" and "DATABASES['default']" in found[0][1], found
+    assert "NAME" in found[0][1]
 
 
 def test_a_bad_value_is_refused_with_skivis_message_when_checked(db: str) -> None:

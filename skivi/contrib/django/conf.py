@@ -22,6 +22,7 @@ from typing import Any
 
 import psycopg
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
 from skivi.config import Config, load_config
@@ -79,7 +80,10 @@ def connection_string(alias: str) -> str:
     if wrapper.vendor != "postgresql":
         raise _fail(f"alias: settings.DATABASES[{alias!r}] is a {wrapper.vendor} database; "
                     "Skivi's jobs live in PostgreSQL")
-    params = wrapper.get_connection_params()
+    try:
+        params = wrapper.get_connection_params()
+    except ImproperlyConfigured as exc:
+        raise _fail(f"alias: settings.DATABASES[{alias!r}]: {exc}") from None
     keywords = {d.keyword.decode() for d in psycopg.pq.Conninfo.get_defaults()}
     return psycopg.conninfo.make_conninfo(
         "", **{k: v for k, v in params.items() if k in keywords and v is not None})
