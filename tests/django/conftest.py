@@ -6,26 +6,25 @@ says why. With ``SKIVI_REQUIRE_DJANGO=1`` (CI) a missing Django fails instead.
 
 One database for the session (cloned from the migrated template, so Skivi's schema is
 there; Django's migrations applied to it once), Django set up in this process on it
-(tests/django/settings.py: the example project's settings plus the probe app), and every
-table emptied before each test. Workers run as real ``manage.py skivi_worker`` processes.
+(tests/support/django_settings.py: the example project's settings plus the probe app,
+tests/support/django_probe), and every
+table emptied before each test. Workers run as real ``manage.py skivi_worker`` processes
+(tests/support/django_harness.py).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 import sys
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "django"
-SETTINGS = "tests.django.settings"
+from tests.support.django_harness import EXAMPLE, SETTINGS
+
 REQUIRE = os.environ.get("SKIVI_REQUIRE_DJANGO") == "1"
 
 if importlib.util.find_spec("django") is None:
@@ -89,37 +88,3 @@ def db(django_url: str) -> str:
     with psycopg.connect(django_url, autocommit=True) as conn:
         conn.execute(f"truncate {', '.join(TABLES)}")
     return django_url
-
-
-def fetch(url: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
-    with psycopg.connect(url, autocommit=True) as conn:
-        return conn.execute(query, args or None).fetchall()
-
-
-def manage_env(url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    return {**os.environ, "DATABASE_URL": url, "DJANGO_SETTINGS_MODULE": SETTINGS,
-            "PYTHONPATH": os.pathsep.join([str(REPO), str(EXAMPLE)]), **(extra or {})}
-
-
-def manage(url: str, *args: str, env: dict[str, str] | None = None,
-           timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """``python manage.py ARGS`` of the example project, with the tests' settings, to its
-    end; output captured."""
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=EXAMPLE,
-                          env=manage_env(url, env), capture_output=True, text=True,
-                          timeout=timeout, check=False)
-
-
-def work(url: str, *args: str, env: dict[str, str] | None = None) -> str:
-    """A ``skivi_worker --once`` run to its end (it must exit 0); its log."""
-    done = manage(url, "skivi_worker", "--once", "--processes", "1", *args, env=env)
-    assert done.returncode == 0, done.stderr + done.stdout
-    return done.stderr
-
-
-def spawn(url: str, args: Sequence[str], log: Path,
-          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """A ``manage.py`` process left running (stop it with SIGTERM), its output in ``log``."""
-    with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, "manage.py", *args], cwd=EXAMPLE,
-                                env=manage_env(url, env), stdout=out, stderr=out)

@@ -16,8 +16,8 @@ from django.test import Client
 import skivi
 from skivi.contrib.django import system
 from skivi.contrib.django.models import Job, JobHistory
-from tests.django.conftest import fetch, work
-from tests.django.probe.tasks import refuse
+from tests.support.django_harness import fetch, work
+from tests.support.django_probe.tasks import refuse
 
 SNAPSHOT = Path(__file__).resolve().parents[1] / "db" / "schema_snapshot.sql"
 

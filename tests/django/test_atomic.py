@@ -15,8 +15,8 @@ from notes.tasks import index_note, shout_note, summarize
 import skivi
 from skivi.contrib.django import system
 from skivi.errors import SkiviError
-from tests.django.conftest import fetch
-from tests.django.probe.models import Event
+from tests.support.django_harness import fetch
+from tests.support.django_probe.models import Event
 
 
 class Rollback(Exception):

@@ -19,9 +19,9 @@ from django.utils import timezone
 
 import skivi
 from skivi.contrib.django import SkiviBackend, system
-from tests.django.conftest import fetch, spawn, work
-from tests.django.probe.models import Event
-from tests.django.probe.tasks import add, double, ordered, refuse, wait_for_go, with_context
+from tests.support.django_harness import fetch, spawn, work
+from tests.support.django_probe.models import Event
+from tests.support.django_probe.tasks import add, double, ordered, refuse, wait_for_go, with_context
 from tests.support.wait import wait_for
 
 
@@ -80,7 +80,7 @@ def test_a_task_is_stored_as_a_skivi_job_with_its_options_when_enqueued(db: str)
     rows = fetch(db, "select id, task_identifier, payload, priority, run_at, queue_name, "
                      "max_attempts from skivi.job order by id")
     assert [str(r[0]) for r in rows] == [r.id for r in results]
-    assert {r[1] for r in rows} == {"tests.django.probe.tasks.add"}
+    assert {r[1] for r in rows} == {"tests.support.django_probe.tasks.add"}
     assert [(r[2]["args"], r[2]["kwargs"]) for r in rows] == [
         ([1, 2], {}), ([3, 4], {}), ([5], {"b": 6}), ([7, 8], {})]
     # What differs from the module-level task, so its results name the task as enqueued.

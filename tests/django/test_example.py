@@ -10,7 +10,7 @@ from typing import Any
 from django.test import Client
 from notes.models import Note
 
-from tests.django.conftest import fetch, work
+from tests.support.django_harness import fetch, work
 
 
 def post(client: Client, path: str, text: str) -> Any:

@@ -96,7 +96,7 @@ def test_tasks_are_found_in_apps_and_in_skivi_tasks_when_discovered(db: str) -> 
     # Typed tasks of apps' tasks.py, a TASKS dict of a SKIVI["tasks"] module, and
     # django.tasks tasks of the SkiviBackend under their module paths.
     for identifier in ("index_note", "shout_note", "purge_empty_notes", "record",
-                       "notes.tasks.summarize", "tests.django.probe.tasks.add"):
+                       "notes.tasks.summarize", "tests.support.django_probe.tasks.add"):
         assert identifier in found, sorted(found)
     assert found["index_note"].store_result is True
     assert found["notes.tasks.summarize"].store_result is True

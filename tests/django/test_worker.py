@@ -13,10 +13,10 @@ from notes.tasks import index_note
 
 import skivi
 from skivi.contrib.django import system
-from tests.django.conftest import fetch, manage, work
-from tests.django.probe.models import Event
-from tests.django.probe.tasks import break_connection, defer_inside, record, whoami
 from tests.support.db import MakeDatabase
+from tests.support.django_harness import fetch, manage, work
+from tests.support.django_probe.models import Event
+from tests.support.django_probe.tasks import break_connection, defer_inside, record, whoami
 
 
 @pytest.mark.parametrize("threads", ["1", "2"])

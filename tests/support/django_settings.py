@@ -16,7 +16,7 @@ finally:
     if _PLACEHOLDER:
         del os.environ["DATABASE_URL"]
 
-INSTALLED_APPS = [*INSTALLED_APPS, "tests.django.probe"]
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.support.django_probe"]
 SKIVI = {**SKIVI, "worker": {**SKIVI["worker"], "poll_interval": 0.2,
                              "sync_threads": int(os.environ.get("PROBE_SYNC_THREADS", "1"))}}
 

@@ -4,7 +4,7 @@ from django.apps import AppConfig
 
 
 class ProbeConfig(AppConfig):
-    name = "tests.django.probe"
+    name = "tests.support.django_probe"
     label = "probe"
 
     def ready(self) -> None:

@@ -9,7 +9,7 @@ from django.db import connection, transaction
 from django.tasks import task as django_task
 
 from skivi.contrib.django import task
-from tests.django.probe.models import Event
+from tests.support.django_probe.models import Event
 
 
 @task
