@@ -24,9 +24,11 @@ In code, every enqueue goes through Django's connection, in the caller's
         skivi.add_job(system(), "audit", {"id": user.id})   # by name
         welcome.enqueue(user.id)                     # a django.tasks @task
 
-Modules: ``conf`` (settings.SKIVI), ``connection`` (Django's connection as Skivi's),
-``project`` (the system and its tasks), ``jobs`` (handlers in the worker's children),
-``backend`` (the django.tasks backend), ``checks``, ``admin``, ``management.commands``.
+Modules: ``conf`` (settings.SKIVI), ``dbapi`` (Django's connection as Skivi's), ``relay``
+(the system's enqueues through it), ``project`` (the system and its tasks), ``jobs``
+(handlers in the worker's children), ``backend`` (the django.tasks backend), ``checks``,
+``models`` and ``admin`` (read-only), ``management.commands`` (skivi_worker,
+skivi_migrate).
 """
 
 from __future__ import annotations
