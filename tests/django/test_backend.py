@@ -121,7 +121,11 @@ def test_a_result_moves_from_ready_to_successful_when_the_worker_runs_it(db: str
     varied = add.using(priority=5)
     result = varied.enqueue(2, 3)
     assert add.get_result(result.id).status == TaskResultStatus.READY
-    work(db)
+    log = work(db)
+    # Django's task_started and task_finished, sent in the worker (Django logs them).
+    for state in ("RUNNING", "SUCCESSFUL"):
+        assert (f"Task id={result.id} path=tests.support.django_probe.tasks.add "
+                f"state={state}") in log, log
     done = add.get_result(result.id)
     assert done.status == TaskResultStatus.SUCCESSFUL
     assert done.task == varied  # from the kept result: the job's row is gone
