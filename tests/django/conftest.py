@@ -63,10 +63,10 @@ def django_url(server_dsn: str, admin: psycopg.Connection[Any],
     url = url_for(server_dsn, name)
     os.environ["DATABASE_URL"] = url
     given = psycopg.conninfo.conninfo_to_dict(url)
-    settings.DATABASES["default"].update(
-        NAME=given.get("dbname", ""), USER=given.get("user", ""),
-        PASSWORD=given.get("password", ""), HOST=given.get("host", ""),
-        PORT=str(given.get("port", "")))
+    for entry in settings.DATABASES.values():
+        entry.update(NAME=given.get("dbname", ""), USER=given.get("user", ""),
+                     PASSWORD=given.get("password", ""), HOST=given.get("host", ""),
+                     PORT=str(given.get("port", "")))
     # Forget the handler's view of DATABASES, as Django's own test runner does when it
     # points connections at a test database.
     connections.close_all()

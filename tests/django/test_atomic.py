@@ -9,6 +9,7 @@ import asyncio
 import pytest
 from django.db import IntegrityError, connection, transaction
 from django.db.transaction import TransactionManagementError
+from django.test import override_settings
 from notes.models import Note
 from notes.tasks import index_note, shout_note, summarize
 
@@ -141,3 +142,16 @@ def test_the_request_transaction_holds_the_jobs_when_atomic_requests_is_on(db: s
     assert fetch(db, "select count(*) from notes_note") == [(0,)]
     assert jobs(db) == []
     assert Event.objects.count() == 0
+
+
+def test_jobs_follow_the_alias_of_skivi_when_it_names_another(db: str) -> None:
+    with override_settings(SKIVI={"alias": "jobs", "database": {"schema_name": "skivi"}}):
+        # The jobs are in the "jobs" connection's transactions, not the default one's.
+        with pytest.raises(Rollback), transaction.atomic(using="jobs"):
+            index_note.defer(note_id=1)
+            raise Rollback
+        assert jobs(db) == []
+        with pytest.raises(Rollback), transaction.atomic():
+            index_note.defer(note_id=2)
+            raise Rollback
+        assert jobs(db) == [("index_note", {"note_id": 2})]

@@ -50,8 +50,9 @@ def test_a_connection_string_is_refused_when_given_in_skivi(db: str) -> None:
 
 
 def test_an_alias_that_is_not_in_databases_is_refused_when_checked(db: str) -> None:
-    found = messages(alias="jobs")
-    assert found[0][0] == "skivi.E001" and "'jobs'" in found[0][1]
+    found = messages(alias="elsewhere")
+    assert found[0][0] == "skivi.E001" and "'elsewhere'" in found[0][1]
+    assert messages(alias="jobs") == []  # an alias of DATABASES
     assert messages(tasks="notes.maintenance")[0][0] == "skivi.E001"  # a str, not a list
 
 

@@ -17,6 +17,9 @@ finally:
         del os.environ["DATABASE_URL"]
 
 INSTALLED_APPS = [*INSTALLED_APPS, "tests.support.django_probe"]
+# A second alias of the same database, for SKIVI["alias"] (the tests point both at the
+# session's database).
+DATABASES["jobs"] = {**DATABASES["default"], "ATOMIC_REQUESTS": False}  # noqa: F405
 SKIVI = {**SKIVI, "worker": {**SKIVI["worker"], "poll_interval": 0.2,
                              "sync_threads": int(os.environ.get("PROBE_SYNC_THREADS", "1"))}}
 
