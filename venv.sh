@@ -26,6 +26,26 @@ skivi_python() {
   return 1
 }
 
+# The first Python >= 3.12 (what Django 6 needs) among $SKIVI_DJANGO_PYTHON, python3.12,
+# python3.13, python3.14, python3 and pyenv's installed versions (found in pyenv's root
+# even when pyenv is not on PATH); nothing (status 1) if none. Each candidate is run, not
+# just looked up: a pyenv shim of a version that is not enabled exists on PATH but fails.
+skivi_django_python() {
+  local candidate root=${PYENV_ROOT:-${HOME:-/root}/.pyenv}
+  local candidates=(${SKIVI_DJANGO_PYTHON:-} python3.12 python3.13 python3.14 python3)
+  if command -v pyenv >/dev/null 2>&1; then
+    root=$(pyenv root 2>/dev/null) || true
+  fi
+  candidates+=("$root"/versions/3.1[2-9]*/bin/python3)
+  for candidate in "${candidates[@]}"; do
+    if "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; then
+      "$candidate" -c 'import sys; print(sys.executable)'
+      return 0
+    fi
+  done
+  return 1
+}
+
 # The project's requirements with psycopg[c] swapped for psycopg[binary], one per line.
 skivi_binary_requirements() {
   "$1" - "$2" <<'PY'

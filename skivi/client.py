@@ -44,6 +44,7 @@ from skivi.db.connections import (
     AsyncConnectionLike,
     ConnectionLike,
     async_connection,
+    jsonb_as_text,
     sync_connection,
 )
 from skivi.db.queries import (
@@ -66,8 +67,14 @@ APPLICATION_NAME = "skivi-client"
 
 
 class Relay(Protocol):
-    """Where a client without pools sends its checked batches, for someone else to run
-    (an engine child's client: its parent, see ``skivi.engine.relay``)."""
+    """Where a client sends its checked batches made without ``conn=``, for someone else to
+    run: an engine child's client, its parent (``skivi.engine.relay``); a Django project's
+    system, Django's connection (``skivi.contrib.django``)."""
+
+    joins_transaction: bool
+    """Whether the batches are written in the caller's own transaction (Django's
+    connection: inside ``atomic()``, the jobs commit or roll back with it), which typed
+    tasks then prefer to the running job's engine (``skivi.tasks``)."""
 
     def run(self, batch: _Batch) -> list[Job]: ...
 
@@ -368,16 +375,19 @@ def _finish_inserted(part: list[int], inserted: InsertedRow, jobs: list[Job | No
 
 
 def _assemble_keyed(batch: _Batch, rows: Sequence[KeyedInsertRow],
-                    jobs: list[Job | None]) -> None:
+                    jobs: list[Job | None], *, payload_text: bool = False) -> None:
     if len(rows) != len(batch.keyed):
         raise RuntimeError("enqueue returned a different number of rows than specs sent")
     keyed = batch.keyed
     for r in rows:
         # r[0] is the position among the keyed specs. A deduplicated job (or one whose stored
         # array payload was appended to) comes back without a payload: it is not the caller's.
-        jobs[keyed[r[0]]] = Job(r[2], r[3], r[5], r[4], r[6], r[7], r[8], r[9], r[10], r[11],
-                         tuple(r[12] or ()), r[13], r[14], r[15], r[16], r[17],
-                         EnqueueOutcome(r[1]))
+        payload = r[5]
+        if payload_text and payload is not None:
+            payload = orjson.loads(payload)
+        jobs[keyed[r[0]]] = Job(r[2], r[3], payload, r[4], r[6], r[7], r[8], r[9], r[10],
+                                r[11], tuple(r[12] or ()), r[13], r[14], r[15], r[16], r[17],
+                                EnqueueOutcome(r[1]))
 
 
 def _atomic(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
@@ -409,7 +419,8 @@ def _run(conn: psycopg.Connection[Any], q: Queries, batch: _Batch) -> list[Job]:
     for part, cur in sent:
         _finish_inserted(part, job_insert_many.fetch(cur), jobs)
     if keyed is not None:
-        _assemble_keyed(batch, job_insert_keyed_many.fetch(keyed), jobs)
+        _assemble_keyed(batch, job_insert_keyed_many.fetch(keyed), jobs,
+                        payload_text=jsonb_as_text(conn))
     return [j for j in jobs if j is not None]
 
 

@@ -54,7 +54,8 @@ the job's context there (``ctx.job``, ``ctx.logger``); it is not part of the pay
 1. ``configure(system=...)`` for that call;
 2. inside a job (the handler of a typed task is running): the job's own engine, so a
    follow-up goes where the job came from, unless the task is bound to a system of another
-   instance;
+   instance, or to one that enqueues in its caller's transaction (a Django project's
+   system, ``skivi.contrib.django``: the handler's ``atomic()`` then holds the job);
 3. the system the task is bound to: ``@system.task``, ``create_system(tasks=TASKS)`` (or a
    mapping holding typed tasks), ``TASKS.bind(system)``; binding again rebinds;
 
@@ -469,7 +470,7 @@ class Deferral(Generic[P]):
             return self.options.system, None
         bound = self.task.collection.system
         ctx = _current_job.get()
-        if ctx is not None and self.options.conn is None:
+        if ctx is not None and self.options.conn is None and not _joins_transaction(bound):
             running = ctx._client.instance
             if bound is None or bound.client.instance is running:
                 return None, ctx
@@ -482,6 +483,14 @@ class Deferral(Generic[P]):
             "know where to enqueue: declare it with @system.task, pass its Tasks to "
             "create_system(tasks=...), call TASKS.bind(system), or use "
             "task.configure(system=system).defer(...)")
+
+
+def _joins_transaction(system: HasClient | None) -> bool:
+    """Whether ``system`` enqueues in its caller's transaction when given no ``conn``
+    (``skivi.client.Relay.joins_transaction``: a Django project's system). Inside a job its
+    tasks then keep to it, so a ``defer()`` in the handler's ``atomic()`` joins that."""
+    relay = system.client.relay if system is not None else None
+    return relay is not None and relay.joins_transaction
 
 
 def _check_options(identifier: str, o: _Options) -> None:

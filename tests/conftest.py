@@ -61,7 +61,8 @@ NOWHERE = "postgresql://skivi-test@127.0.0.1:1/nowhere"  # port 1: refused at on
 DSN_ENV_VARS = ("SKIVI_TEST_DSN", "SKIVI_DATABASE_URL", "DATABASE_URL")
 # Variables the test-suite itself reads; every other SKIVI_* is hidden from the tests.
 TEST_ENV_VARS = ("SKIVI_CHAOS_SOAK", "SKIVI_CHROMEDRIVER", "SKIVI_CHROMIUM",
-                 "SKIVI_FLEET_LONG", "SKIVI_REQUIRE_BROWSER", "SKIVI_REQUIRE_PGBOUNCER",
+                 "SKIVI_FLEET_LONG", "SKIVI_REQUIRE_BROWSER", "SKIVI_REQUIRE_DJANGO",
+                 "SKIVI_REQUIRE_PGBOUNCER",
                  "SKIVI_REQUIRE_PROMETHEUS", "SKIVI_TEST_DSN", "SKIVI_UPDATE_SCREENSHOTS",
                  "SKIVI_UPDATE_SNAPSHOT")
 

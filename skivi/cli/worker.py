@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -26,9 +26,10 @@ from skivi.db.retry import RetryBackoff, is_retryable, unusable_url
 from skivi.engine import run
 from skivi.engine.exits import EXIT_CONFIG, EXIT_DATABASE
 from skivi.errors import ConfigError, MigrationError, RegistryError, SchemaNotMigrated
-from skivi.system import create_system
+from skivi.system import System, create_system
 
-__all__ = ["PROG", "build_parser", "main", "start"]
+__all__ = ["PROG", "add_engine_options", "build_parser", "configure_logging",
+           "engine_overrides", "main", "run_system", "start"]
 
 T = TypeVar("T")
 
@@ -68,6 +69,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     add_instance_options(p)
     p.add_argument("--tasks", metavar="DIR",
                    help="directory of task files, each defining a TASKS dict [SKIVI_TASKS]")
+    add_engine_options(p)
+    return p
+
+
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    """The engine's own flags (all but which instance and which tasks), on ``p``: the
+    worker's, and ``manage.py skivi_worker``'s (skivi.contrib.django)."""
     p.add_argument("--processes", metavar="N", type=int,
                    help="child processes (default: the CPUs this process may use, container "
                         "limits included) [SKIVI_PROCESSES]")
@@ -93,7 +101,6 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                    choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                    type=str.upper, help="DEBUG, INFO, WARNING or ERROR (default: INFO) "
                                         "[SKIVI_LOG_LEVEL]")
-    return p
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
@@ -103,21 +110,9 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
 def start(args: argparse.Namespace) -> int:
     """Run the engine the parsed command line ``args`` describes, until it stops; returns
     its exit code."""
-    handler = LineHandler()
-    handler.setFormatter(logging.Formatter(
-        "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"))
-    logging.basicConfig(level=args.log_level, handlers=[handler])
-    log = logging.getLogger("skivi.engine")
+    configure_logging(args.log_level)
     try:
-        overrides = {
-            "worker.task_directory": args.tasks,
-            "worker.processes": args.processes,
-            "worker.concurrency": args.concurrency,
-            "worker.queues": _queues(args.queues, os.environ.get("SKIVI_QUEUES")),
-            "worker.shutdown_timeout": args.shutdown_timeout,
-            "metrics.port": args.metrics_port,
-            "metrics.host": args.metrics_host,
-        }
+        overrides = {"worker.task_directory": args.tasks, **engine_overrides(args)}
         config = load(args, overrides)
         system = create_system(config)
         if config.worker.task_directory is None:
@@ -133,6 +128,36 @@ def start(args: argparse.Namespace) -> int:
     except (ConfigError, RegistryError) as exc:
         print(f"skivi.engine: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    return run_system(system, args)
+
+
+def configure_logging(level: str) -> None:
+    """One line per record on stderr (``LineHandler``), at ``level``."""
+    handler = LineHandler()
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+
+
+def engine_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The configuration keys the flags of ``add_engine_options`` set (None: not given).
+    Raises ConfigError for a bad --queues."""
+    return {
+        "worker.processes": args.processes,
+        "worker.concurrency": args.concurrency,
+        "worker.queues": _queues(args.queues, os.environ.get("SKIVI_QUEUES")),
+        "worker.shutdown_timeout": args.shutdown_timeout,
+        "metrics.port": args.metrics_port,
+        "metrics.host": args.metrics_host,
+    }
+
+
+def run_system(system: System, args: argparse.Namespace,
+               on_child_start: Callable[[], None] | None = None) -> int:
+    """Migrate ``system``'s schema (or, with --no-migrate, check it is migrated), then run
+    its engine until it stops; the exit code. ``on_child_start`` runs in every worker child
+    (``skivi.engine.run``)."""
+    log = logging.getLogger("skivi.engine")
     try:
         if args.no_migrate:
             # Someone else migrates (an owner role, at deploy time): still refuse to run
@@ -155,7 +180,8 @@ def start(args: argparse.Namespace) -> int:
         log.error("cannot migrate schema %s: %s", system.schema, exc,
                   extra={"action": "migrate_failed"})
         return EXIT_DATABASE
-    return run(system.instance, system.emitter, once=args.once)
+    return run(system.instance, system.emitter, once=args.once,
+               on_child_start=on_child_start)
 
 
 class LineHandler(logging.Handler):

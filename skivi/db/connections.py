@@ -22,9 +22,21 @@ written inside one goes when it is rolled back. A session or connection on anoth
 scheme to use instead; a sync one given to an async call, or the reverse, says which call
 to make.
 
-SQLAlchemy stays optional: it is never imported here. An object can only be one of
-SQLAlchemy's if SQLAlchemy is already imported (``sys.modules``), and only then are its
-classes looked at. Django (later) plugs in the same way: one more branch in ``sync_connection``.
+Django (``skivi.contrib.django``), with psycopg 3 under it:
+
+    ``django.db.connection``, ``connections[alias]``
+                           its psycopg connection (made if it is not yet), in whatever
+                           Django's transaction management has it in: inside ``atomic()``
+                           the job commits or rolls back with the block (savepoints
+                           included); outside, it commits at once (Django's autocommit).
+                           A connection whose atomic block must roll back first is refused,
+                           as Django refuses its own queries there. Django's connections are
+                           sync only: the async calls refuse them, saying to use
+                           ``sync_to_async``.
+
+SQLAlchemy and Django stay optional: neither is ever imported here. An object can only be
+one of theirs if that framework is already imported (``sys.modules``), and only then are
+its classes looked at.
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ import sys
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import psycopg
+from psycopg.types.json import JsonbLoader
 
 from skivi.errors import SkiviError
 
@@ -42,7 +55,8 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession as SAAsyncSession
     from sqlalchemy.orm import Session as SASession
 
-__all__ = ["AsyncConnectionLike", "ConnectionLike", "async_connection", "sync_connection"]
+__all__ = ["AsyncConnectionLike", "ConnectionLike", "async_connection", "jsonb_as_text",
+           "sync_connection"]
 
 ConnectionLike: TypeAlias = "psycopg.Connection[Any] | SASession | SAConnection"
 """What ``conn=`` of a sync enqueue accepts."""
@@ -82,6 +96,12 @@ def sync_connection(conn: object) -> psycopg.Connection[Any]:
             if not conn.in_transaction():
                 conn.begin()  # what its next statement would do (autobegin)
             return _dbapi(conn, "Connection")
+    if "django" in sys.modules:
+        from skivi.contrib.django.dbapi import django_wrapper, psycopg_connection
+
+        wrapper = django_wrapper(conn)
+        if wrapper is not None:
+            return psycopg_connection(wrapper)
     raise _unsupported(conn)
 
 
@@ -113,7 +133,26 @@ async def async_connection(conn: object) -> psycopg.AsyncConnection[Any]:
             if not isinstance(raw, psycopg.AsyncConnection):
                 raise _wrong_driver(what, type(raw).__module__)
             return raw
+    if "django" in sys.modules:
+        from skivi.contrib.django.dbapi import django_wrapper
+
+        if django_wrapper(conn) is not None:
+            raise SkiviError("conn is a Django database connection, which is sync only: "
+                             "use add_job / add_jobs with it (from async code through "
+                             "asgiref's sync_to_async), or the system of "
+                             "skivi.contrib.django without conn=")
     raise _unsupported(conn)
+
+
+def jsonb_as_text(conn: psycopg.Connection[Any]) -> bool:
+    """Whether ``conn`` reads jsonb as its JSON text rather than decoded: Django's
+    connections do (its JSONField decodes by itself), so what Skivi reads back from jsonb
+    on one is decoded by Skivi."""
+    info = conn.adapters.types.get("jsonb")
+    if info is None:
+        return False
+    loader = conn.adapters.get_loader(info.oid, psycopg.pq.Format.TEXT)
+    return loader is not None and not issubclass(loader, JsonbLoader)
 
 
 def _dbapi(conn: SAConnection, what: str) -> psycopg.Connection[Any]:
@@ -140,5 +179,6 @@ def _unsupported(conn: object) -> SkiviError:
     kind = type(conn)
     return SkiviError(
         f"conn is a {kind.__module__}.{kind.__qualname__}: give a psycopg (3) Connection, "
-        "or a SQLAlchemy Session / Connection (AsyncConnection / AsyncSession for the async "
-        "calls) on the postgresql+psycopg driver")
+        "a SQLAlchemy Session / Connection (AsyncConnection / AsyncSession for the async "
+        "calls) on the postgresql+psycopg driver, or a Django connection "
+        "(django.db.connection, connections[alias])")

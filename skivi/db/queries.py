@@ -75,7 +75,8 @@ __all__ = [
     "EngineListRow", "FailedRow", "HistoryPruneRow", "HistoryRetryRow", "InsertedRow",
     "JobCountRow", "JobHistoryRow", "JobListRow", "JobRescueRow", "JobResultRow",
     "JobStatsRow", "KeyedInsertRow", "LockHolderRow", "MigrationRow", "Queries",
-    "ResultPruneRow", "SchemaStateRow", "Statement", "channel_name", "check_statements",
+    "ResultPruneRow", "SchemaStateRow", "Statement", "TaskRow", "channel_name",
+    "check_statements",
     "declare", "done_channel_name", "for_schema", "load_text", "migration_files",
     "placeholders", "statement",
 ]
@@ -903,6 +904,24 @@ class JobStatsRow(NamedTuple):
 @statement
 def job_stats(*, engine: int, cap: int, max_groups: int) -> list[JobStatsRow]:
     """Queue depth by state, for the leader engine only (no rows for the others)."""
+
+
+class TaskRow(NamedTuple):
+    state: str
+    task_identifier: str
+    payload: str | None
+    value: str | None
+    error: str | None
+    traceback: str | None
+    attempts: int | None
+    created_at: dt.datetime | None
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+
+@statement
+def job_task_get(*, id: int) -> TaskRow | None:
+    """One job with its arguments and times (the Django tasks backend); None: nowhere."""
 
 
 @statement

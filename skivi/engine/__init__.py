@@ -39,6 +39,7 @@ Exit codes of ``python -m skivi.engine``:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -50,17 +51,22 @@ from skivi.engine.exits import EXIT_CONFIG, EXIT_DATABASE, EXIT_ERROR, EXIT_OK
 __all__ = ["EXIT_CONFIG", "EXIT_DATABASE", "EXIT_ERROR", "EXIT_OK", "run", "run_async"]
 
 
-async def run_async(instance: Instance, emitter: Emitter, *, once: bool = False) -> int:
+async def run_async(instance: Instance, emitter: Emitter, *, once: bool = False,
+                    on_child_start: Callable[[], None] | None = None) -> int:
     """Run the engine of ``instance`` in the current event loop until stopped, its events
-    going to ``emitter``; returns the exit code."""
+    going to ``emitter``; returns the exit code. ``on_child_start`` runs in every worker
+    child once it is forked, before its first job (a framework's per-process set-up, such
+    as ``skivi.contrib.django``'s)."""
     from skivi.engine.supervisor import Engine
 
-    engine = Engine(instance, instance.registry(), emitter, once=once)
+    engine = Engine(instance, instance.registry(), emitter, once=once,
+                    on_child_start=on_child_start)
     return await engine.run()
 
 
-def run(instance: Instance, emitter: Emitter, *, once: bool = False) -> int:
+def run(instance: Instance, emitter: Emitter, *, once: bool = False,
+        on_child_start: Callable[[], None] | None = None) -> int:
     """Run the engine on a new uvloop event loop until stopped; returns the exit code."""
     import uvloop
 
-    return uvloop.run(run_async(instance, emitter, once=once))
+    return uvloop.run(run_async(instance, emitter, once=once, on_child_start=on_child_start))

@@ -121,6 +121,10 @@ class ChildRelay:
     """A child's end: ``Client.relay`` of its handlers' ``ctx``. Made on the loop's thread;
     ``connect`` gives it the result pipe's writer and the job pipe's reader."""
 
+    # Its enqueues are transactions of the parent's, never the handler's (see
+    # skivi.client.Relay).
+    joins_transaction = False
+
     def __init__(self, loop: asyncio.AbstractEventLoop, config: Config) -> None:
         self.loop = loop
         self.loop_thread = threading.get_ident()

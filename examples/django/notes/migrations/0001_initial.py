@@ -1,0 +1,21 @@
+from typing import ClassVar
+
+from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    initial = True
+    dependencies: ClassVar[list[tuple[str, str]]] = []
+
+    operations: ClassVar[list[migrations.operations.base.Operation]] = [
+        migrations.CreateModel(
+            name="Note",
+            fields=[
+                ("id", models.BigAutoField(auto_created=True, primary_key=True,
+                                           serialize=False, verbose_name="ID")),
+                ("text", models.TextField()),
+                ("words", models.IntegerField(null=True)),
+                ("shouted", models.TextField(null=True)),
+            ],
+        ),
+    ]
