@@ -846,6 +846,7 @@ class JobRescueRow(NamedTuple):
     engines: list[int]
     retried: int
     exhausted: int
+    fleet: int
 
 
 @statement

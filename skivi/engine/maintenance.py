@@ -67,8 +67,9 @@ NOT_MIGRATED = (psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedColumn
 RESTART_GRACE_MIN = 10.0
 ORPHAN_ROUNDS = 10
 """The orphan probe (jobs held by an engine without a row: a row deleted by hand, or by a
-deregister that raced a claim) reads every claimed job, so it runs one rescue round in this
-many."""
+deregister that raced a claim) reads every claimed job, of every engine, so the fleet as a
+whole runs it about one rescue round in this many: each engine one round in this many times
+the number of engines it last saw (its first round always does)."""
 
 
 class Liveness:
@@ -97,6 +98,7 @@ class Liveness:
         self.engine_id = 0
         self.stopping = False
         self._rounds = 0
+        self._fleet = 1  # engine rows seen by the last rescue round
         self._conn: Any = None  # the connection the last statement ran on
         self._settled_at = 0.0  # monotonic time from which this engine may judge others
         self._cut_off = False  # registering after failures, or again after being declared dead
@@ -215,11 +217,12 @@ class Liveness:
                     return [], 0, 0
                 row = await job_rescue.run_async(
                     conn, self.q, engine=self.engine_id, restart_grace=self.restart_grace,
-                    orphans=self._rounds % ORPHAN_ROUNDS == 1)
+                    orphans=self._rounds % (ORPHAN_ROUNDS * self._fleet) == 1)
         except BaseException:
             self.unsettle()
             raise
         engines, retried, exhausted = list(row.engines), int(row.retried), int(row.exhausted)
+        self._fleet = max(1, int(row.fleet))
         if engines:
             logger.warning("rescued the jobs of dead engines %s: %d back to waiting, %d "
                            "exhausted", engines, retried, exhausted,

@@ -15,11 +15,17 @@
 -- (The rescuer also waits a lease after it reconnects itself: skivi/engine/maintenance.py.)
 --
 -- The orphan probe reads every claimed job (job_locked_idx), so it runs on some rounds only
--- (%(orphans)s false skips it); the dead-row rule reads only the engine table.
+-- (%(orphans)s false skips it); the dead-row rule reads only the engine table. In a round
+-- that finds no dead engine, the statements on jobs and queues are not run at all (the
+-- `exists (select from dead)` one-time filters): without them the exhausted-jobs delete read
+-- every claimed job looking for a first match before its join saw that `dead` was empty,
+-- 3 ms a round with 8,000 jobs in hand, twice a second on every engine of a fleet.
 --
 -- Parameters: %(engine)s (the rescuer, never rescued by itself), %(restart_grace)s (seconds),
 -- %(orphans)s (bool).
--- Returns (engines, retried, exhausted): the rescued engine ids and the counts.
+-- Returns (engines, retried, exhausted, fleet): the rescued engine ids, the counts, and how
+-- many engine rows there are (live engines, and dead ones not yet rescued), which spaces
+-- each engine's orphan probes so the fleet as a whole makes a few.
 with dead_rows as (
     select e.id
     from {schema}.engine e
@@ -45,11 +51,13 @@ with dead_rows as (
         updated_at = now()
     from dead
     where j.locked_by = dead.id and j.attempts < j.max_attempts
+      and exists (select from dead)
     returning j.id
 ), exhausted as (
     delete from {schema}.job j
     using dead
     where j.locked_by = dead.id and j.attempts >= j.max_attempts
+      and exists (select from dead)
     returning j.*
 ), untraced as (
     -- Their last error is now the lost engine: an earlier failure's traceback goes.
@@ -68,9 +76,11 @@ with dead_rows as (
     update {schema}.job_queue q
     set job_id = null, locked_by = null, locked_at = null
     where q.locked_by in (select id from dead)
+      and exists (select from dead)
 ), gone as (
     delete from {schema}.engine e using dead where e.id = dead.id
 )
 select array(select id from dead order by id) as engines,
        (select count(*) from retried) as retried,
-       (select count(*) from exhausted) as exhausted;
+       (select count(*) from exhausted) as exhausted,
+       (select count(*) from {schema}.engine) as fleet;
