@@ -135,6 +135,7 @@ class Fetcher:
         self.claims = 0
         self.claimed = 0
         self.listening = False
+        self._listen_backoff = RetryBackoff(LISTEN_RETRY_DELAY_INITIAL, LISTEN_RETRY_DELAY_MAX)
 
     def room(self) -> int:
         """How many jobs to claim now; 0 means wait. Claims are batched: below half a batch
@@ -282,12 +283,16 @@ class Fetcher:
         if listen and self.listen_here and not self.stopped:
             try:
                 await self._sleep_listening(timeout)
+                self._listen_backoff.reset()
                 return
             except Exception as exc:  # noqa: BLE001 - polling carries on meanwhile
                 self.listening = False
                 self._listening_on = None
-                logger.warning("LISTEN lost (%s); polling every %.1fs until it is back",
-                               exc, self.poll_interval, extra={"action": "listen_lost"})
+                # Not a whole poll interval: the next claim reconnects and LISTENs again,
+                # and until then notifications are lost (only the poll would find jobs).
+                timeout = min(timeout, self._listen_backoff.next())
+                logger.warning("LISTEN lost (%s); trying again in %.1fs, polling meanwhile",
+                               exc, timeout, extra={"action": "listen_lost"})
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
         except TimeoutError:
