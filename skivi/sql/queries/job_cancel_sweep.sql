@@ -33,8 +33,9 @@ with stray as (
     insert into {schema}.job_history (id, task_identifier, queue_name, payload, priority,
         run_at, attempts, max_attempts, last_error, key, flags, created_at, outcome, reason,
         last_error_traceback, cancelled_by, cancel_requested_at)
+    -- Only a release leaves a disarmed job waiting, and a release gives its attempt back.
     select m.id, m.task_identifier, m.queue_name, m.payload, m.priority, s.run_at,
-           s.attempts, m.max_attempts, m.last_error, m.key, m.flags, m.created_at,
+           greatest(s.attempts - 1, 0), m.max_attempts, m.last_error, m.key, m.flags, m.created_at,
            'cancelled', s.reason, (select t.traceback from untraced t where t.id = m.id),
            s.requested_by, s.requested_at
     from moved m
