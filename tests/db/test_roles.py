@@ -385,6 +385,8 @@ def test_producer_is_refused_everything_but_enqueueing_when_it_tries(roles: Role
             "alter table {schema}.job add column extra int",
             "drop table {schema}.job",
             "select {schema}.complete_jobs(array[1]::bigint[])",
+            "select * from {schema}.cancel_jobs(array[1]::bigint[])",
+            "select * from {schema}.job_cancel",
             "select {schema}.remove_job('k')",
             "select {schema}.permanently_fail_jobs(array[1]::bigint[])",
             "select {schema}.reschedule_jobs(array[1]::bigint[], now())",

@@ -222,7 +222,10 @@ def test_heartbeat_returns_the_requests_of_its_engines_claims_only_when_asked(
 def test_running_async_job_gets_cancelled_error_within_a_second_when_cancelled(
         listen: bool, engines: EngineProcs, system: skivi.System, database: str,
         tmp_path: Path) -> None:
-    config = write_config(tmp_path / "skivi.toml", listen=listen)
+    # Notified: heartbeats too rare to deliver it in time, so only the NOTIFY can. Polled:
+    # no LISTEN at all, only the heartbeat (every 0.5 s by default).
+    worker = {} if not listen else {"heartbeat_interval": 5.0, "lease_timeout": 15.0}
+    config = write_config(tmp_path / "skivi.toml", listen=listen, **worker)
     engine = engines.start("--config", config, processes=1, concurrency=4)
     [job, after] = enqueue(database, [
         {"task": "async_until_cancelled", "queue_name": "serial"},
