@@ -13,7 +13,6 @@ import signal
 import socket
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +30,6 @@ from tests.support.rows import fetch, live_jobs
 from tests.support.wait import wait_for
 
 SCHEMA = "skivi"
-
-
-@pytest.fixture
-def system(database: str) -> Iterator[skivi.System]:
-    s = skivi.create_system({"database": {"connection_string": database}})
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 def write_config(path: Path, *, listen: bool = True, **worker: Any) -> str:
