@@ -583,6 +583,8 @@ class _Runner:
     def _in_thread(self, task: Task, m: list[Any]) -> list[Any] | None:
         row = self._call_sync(task, m, in_thread=True)
         if row is not None and row[RESULT_CODE] != RESULT_COMPLETED:
+            if self.cancels.claims:
+                self.cancels.claims.discard((row[RESULT_ID], row[RESULT_LEASE]))
             # Written from this thread: a sibling thread's job could end the process
             # before the loop got to it.
             self._write(wire.encode_results([row]))

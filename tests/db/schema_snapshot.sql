@@ -68,6 +68,7 @@ create table skivi.job_cancel (
     reason text,
     run_at timestamp with time zone not null,
     attempts integer not null,
+    key text,
     constraint job_cancel_pkey PRIMARY KEY (id)
 );
 
@@ -163,7 +164,7 @@ CREATE UNIQUE INDEX migration_pkey ON skivi.migration USING btree (id);
 -- function skivi.add_keyed_job(p_task text, p_payload jsonb, p_queue_name text, p_run_at timestamp with time zone, p_max_attempts integer, p_priority smallint, p_flags text[], p_job_key text, p_job_key_mode text, OUT job skivi.job, OUT outcome text) returns record
 --     language plpgsql volatile security definer; body 97968091cf4d0b9342ff2c93f60b5693
 -- function skivi.cancel_jobs(job_ids bigint[], reason text, cancelled_by text) returns TABLE(id bigint, result text, locked_by bigint)
---     language sql volatile; body e8a45ea53f91b051a8870e01270d460d
+--     language sql volatile; body da0d4dfd8744172fd8c4232936d4957d
 -- function skivi.check_specs(specs jsonb) returns void
 --     language plpgsql stable; body a4c67871b5405bdad6114a872b0aeebc
 -- function skivi.complete_jobs(job_ids bigint[]) returns SETOF skivi.job

@@ -13,6 +13,7 @@ import signal
 import socket
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,29 @@ import skivi
 from skivi import monitoring
 from skivi.db import queries
 from skivi.db.queries import for_schema
-from tests.engine.test_reliability import FakeEngine
 from tests.support.db import connect
 from tests.support.engines import TASKS_DIR, EngineProcs, enqueue, log_of
+from tests.support.fake_engine import FakeEngine
 from tests.support.rows import fetch, live_jobs
 from tests.support.wait import wait_for
 
 SCHEMA = "skivi"
+
+
+@pytest.fixture
+def fake_engine(database: str) -> Iterator[Callable[[], FakeEngine]]:
+    """Makes engine identities of the test's own (``FakeEngine``), closed at the end."""
+    made: list[FakeEngine] = []
+
+    def make() -> FakeEngine:
+        made.append(FakeEngine(database, for_schema(SCHEMA)))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for engine in made:
+            engine.conn.close()
 
 
 def write_config(path: Path, *, listen: bool = True, **worker: Any) -> str:
@@ -156,10 +173,10 @@ def _end_by_completion(engine: FakeEngine, other: FakeEngine, pair: tuple[int, i
 ], ids=["failed", "released", "engine lost", "completed"])
 def test_claimed_job_is_never_run_again_when_its_claim_ends_before_its_engine_acts(
         end: Any, outcome: str | None, attempts: int | None, system: skivi.System,
-        database: str) -> None:
+        database: str, fake_engine: Callable[[], FakeEngine]) -> None:
     q = for_schema(SCHEMA)
     job = skivi.add_job(system, "noop", max_attempts=5).id
-    engine, other = FakeEngine(database, q), FakeEngine(database, q)
+    engine, other = fake_engine(), fake_engine()
     with connect(database) as admin:
         [pair] = engine.claim()
         [asked] = skivi.cancel_jobs(system, [job], reason="stop", cancelled_by="ops")
@@ -184,10 +201,10 @@ def test_claimed_job_is_never_run_again_when_its_claim_ends_before_its_engine_ac
 
 
 def test_heartbeat_returns_the_requests_of_its_engines_claims_only_when_asked(
-        system: skivi.System, database: str) -> None:
+        system: skivi.System, database: str, fake_engine: Callable[[], FakeEngine]) -> None:
     q = for_schema(SCHEMA)
     [a, b] = [j.id for j in skivi.add_jobs(system, [{"task": "noop"}, {"task": "noop"}])]
-    mine, theirs = FakeEngine(database, q), FakeEngine(database, q)
+    mine, theirs = fake_engine(), fake_engine()
     [pa] = mine.claim(limit=1)
     [pb] = theirs.claim(limit=1)
     skivi.cancel_jobs(system, [a, b])
@@ -203,6 +220,22 @@ def test_heartbeat_returns_the_requests_of_its_engines_claims_only_when_asked(
     assert row is not None and (row["outcome"], row["last_error"]) == (
         "cancelled", "CancelledError")
     assert live_jobs(database) == 1  # the other engine's job is its own to cancel
+
+
+def test_claimed_job_gives_up_its_key_at_once_when_its_cancel_is_requested(
+        system: skivi.System, database: str, fake_engine: Callable[[], FakeEngine]) -> None:
+    q = for_schema(SCHEMA)
+    job = skivi.add_job(system, "noop", job_key="report").id
+    engine = fake_engine()
+    [(_, lease)] = engine.claim()
+    skivi.cancel_jobs(system, [job])
+    # The key is free: a new job takes it (a deduplicating enqueue does not get the old one).
+    new = skivi.add_job(system, "noop", job_key="report", job_key_mode="unsafe_dedupe")
+    assert (new.outcome, new.id != job) == ("inserted", True)
+    queries.job_cancel_many.run(engine.conn, q, engine=engine.id, ids=[job], leases=[lease],
+                                errors=[None], tracebacks=[None])
+    row = history(database, job)
+    assert row is not None and (row["outcome"], row["key"]) == ("cancelled", "report")
 
 
 # -- running jobs, in real engines ---------------------------------------------------------------

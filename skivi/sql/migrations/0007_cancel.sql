@@ -11,8 +11,9 @@
 --     so it learns of them without LISTEN too. It stops the job (skivi.engine.children) and
 --     records it as cancelled with job_cancel_many.sql.
 -- A claimed job with a request is disarmed at once, in the same statement: its attempts are
--- raised to max_attempts (as add_keyed_job does to a superseded job) and its run_at set to
--- 'infinity', the values it had kept in its job_cancel row. Whatever ends its claim first,
+-- raised to max_attempts and its job key dropped (as remove_job does to a running job: a new
+-- job may take the key at once), and its run_at set to 'infinity'; the values it had are
+-- kept in its job_cancel row, for its history. Whatever ends its claim first,
 -- then, it can never run again: the engine's failure write (job_fail_many) exhausts it
 -- instead of retrying it, a release (job_release_many) or a rescue leaves it waiting for
 -- ever, and no statement of the engine's hot path needs to know about cancels. Those rare
@@ -36,6 +37,7 @@ create table {schema}.job_cancel (
     -- What the job had before the request disarmed it (see above), for its history row.
     run_at       timestamptz not null,
     attempts     integer     not null,
+    key          text,
     constraint job_cancel_pkey primary key (id)
 );
 
@@ -66,7 +68,7 @@ returns table (id bigint, result text, locked_by bigint)
 language sql
 as $$
     with found as materialized (
-        select j.id, j.locked_by, j.run_at, j.attempts
+        select j.id, j.locked_by, j.run_at, j.attempts, j.key
         from {schema}.job j
         where j.id = any(cancel_jobs.job_ids)
         order by j.id
@@ -93,16 +95,16 @@ as $$
         on conflict (id) do nothing
     ), requested as (
         -- Claimed: a request (a second one keeps the first's who and why) ...
-        insert into {schema}.job_cancel (id, requested_by, reason, run_at, attempts)
+        insert into {schema}.job_cancel (id, requested_by, reason, run_at, attempts, key)
         select f.id, coalesce(cancel_jobs.cancelled_by, session_user::text),
-               cancel_jobs.reason, f.run_at, f.attempts
+               cancel_jobs.reason, f.run_at, f.attempts, f.key
         from found f
         where f.locked_by is not null
         on conflict (id) do nothing
     ), disarmed as (
         -- ... and the job disarmed: whatever ends its claim, it never runs again.
         update {schema}.job j
-        set attempts = greatest(j.attempts, j.max_attempts), run_at = 'infinity',
+        set attempts = greatest(j.attempts, j.max_attempts), run_at = 'infinity', key = null,
             updated_at = now()
         from found f
         where j.id = f.id and f.locked_by is not null

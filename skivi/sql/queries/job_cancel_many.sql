@@ -3,8 +3,8 @@
 -- unchanged: only claims that had a cancel request come here).
 --
 -- Each job is deleted and recorded in job_history as 'cancelled' with its request's who,
--- why and when (job_cancel, which goes with it) and the attempts and run_at it had before
--- the request disarmed it (see 0007_cancel.sql); last_error is how its attempt ended (the
+-- why and when (job_cancel, which goes with it) and the attempts, run_at and key it had
+-- before the request disarmed it (see 0007_cancel.sql); last_error is how its attempt ended (the
 -- handler's exception, the killed process), or the error it had. Its serial queue is
 -- freed, its traceback row and any kept result of an earlier run (job_result) deleted. Only
 -- cancelled jobs touch these tables.
@@ -39,7 +39,9 @@ with u as materialized (
         last_error_traceback, cancelled_by, cancel_requested_at)
     select d.id, d.task_identifier, d.queue_name, d.payload, d.priority,
            coalesce(r.run_at, d.run_at), coalesce(r.attempts, d.attempts), d.max_attempts,
-           coalesce(d.error, d.last_error), d.key, d.flags, d.created_at, 'cancelled',
+           coalesce(d.error, d.last_error),
+           case when r.id is not null then r.key else d.key end, d.flags, d.created_at,
+           'cancelled',
            r.reason,
            case when d.error is not null then d.traceback
                 else (select t.traceback from untraced t where t.id = d.id) end,

@@ -6,10 +6,9 @@
 -- it unstarted (it waits with run_at 'infinity') or died (the rescuer exhausts it), or it
 -- completed (a handler that returned before the request reached it: it stays completed, see
 -- README "Cancel"). Here, for each such request: a job left waiting goes to history as
--- cancelled; a job gone whose history row says exhausted is relabelled
--- cancelled, with its request's who and why and the attempts and run_at it really had; and
--- the request goes. A job claimed again meanwhile keeps its request (its engine acts on
--- it).
+-- cancelled; a job gone whose history row says exhausted is relabelled cancelled, with its
+-- request's who and why and the attempts, run_at and key it really had; and the request
+-- goes. A job claimed again meanwhile keeps its request (its engine acts on it).
 -- Run by an engine whose heartbeat found such requests (engine_heartbeat.sql); requests are
 -- locked SKIP LOCKED, so engines sweeping at once share them out.
 --
@@ -35,7 +34,8 @@ with stray as (
         last_error_traceback, cancelled_by, cancel_requested_at)
     -- Only a release leaves a disarmed job waiting, and a release gives its attempt back.
     select m.id, m.task_identifier, m.queue_name, m.payload, m.priority, s.run_at,
-           greatest(s.attempts - 1, 0), m.max_attempts, m.last_error, m.key, m.flags, m.created_at,
+           greatest(s.attempts - 1, 0), m.max_attempts, m.last_error, s.key, m.flags,
+           m.created_at,
            'cancelled', s.reason, (select t.traceback from untraced t where t.id = m.id),
            s.requested_by, s.requested_at
     from moved m
@@ -47,7 +47,8 @@ with stray as (
 ), relabelled as (
     update {schema}.job_history h
     set outcome = 'cancelled', reason = g.reason, cancelled_by = g.requested_by,
-        cancel_requested_at = g.requested_at, run_at = g.run_at, attempts = g.attempts
+        cancel_requested_at = g.requested_at, run_at = g.run_at, attempts = g.attempts,
+        key = g.key
     from gone g
     where h.id = g.id and h.outcome = 'exhausted'
 ), settled as (
