@@ -514,10 +514,14 @@ class ChildPool:
                         pass
 
     def _end_cancel_grace(self, child: ChildHandle, now: float) -> None:
-        """Kill a child whose cancelled job outlived worker.cancel_grace (once)."""
+        """Kill a child whose cancelled job outlived worker.cancel_grace (once). Only a job
+        that has started: one still waiting in the child never starts (it goes back when
+        its turn comes), however long a sibling holds the child's loop meanwhile."""
         if child.cancel_killed or child.timed_out:
             return  # killed already
-        late = {s for s, (_, kill_at) in child.cancelling.items() if kill_at <= now}
+        state = child.started
+        late = {s for s, (_, kill_at) in child.cancelling.items()
+                if kill_at <= now and state[s] == wire.SLOT_STARTED}
         if not late:
             return
         child.cancel_killed = late

@@ -317,6 +317,28 @@ def test_handler_that_ignores_its_cancel_is_killed_after_cancel_grace_and_its_si
     assert engine.stop(timeout=30) == 0, log_of(engine)
 
 
+def test_job_waiting_in_its_child_is_cancelled_unstarted_and_its_busy_sibling_not_killed(
+        engines: EngineProcs, system: skivi.System, database: str, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "skivi.toml", cancel_grace=0.3)
+    engine = engines.start("--config", config, processes=1, concurrency=4)
+    # The sync job holds the child's loop for 2 s, so the async job handed to the same child
+    # meanwhile cannot start: cancelled, it must not get its busy sibling killed.
+    [busy] = enqueue(database, [{"task": "sleep", "payload": {"s": 2.0}}])
+    started(engines, busy)
+    [waiting] = enqueue(database, [{"task": "async_sleep"}])
+    with connect(database) as c:
+        wait_for(lambda: c.execute("select locked_by from skivi.job where id = %s",
+                                   [waiting]).fetchone() not in (None, (None,)),
+                 timeout=10, what=f"job {waiting} to be claimed")
+    skivi.cancel_jobs(system, [waiting])
+    row = cancelled(database, waiting)
+    assert row["outcome"] == "cancelled"
+    assert events(engines, waiting, "start") == []
+    assert len(events(engines, busy, "start")) == 1 and events(engines, busy, "end")
+    assert "kill_child_cancel" not in log_of(engine) and "killing child" not in log_of(engine)
+    assert engine.stop(timeout=30) == 0, log_of(engine)
+
+
 def test_claimed_job_never_starts_when_cancelled_in_its_engines_buffer(
         engines: EngineProcs, system: skivi.System, database: str) -> None:
     engine = engines.start(processes=1, concurrency=1)
