@@ -260,6 +260,9 @@ def test_cancel_action_cancels_a_waiting_job_and_asks_a_running_ones_engine_when
 
     with _client(create_app(system, auth=auth)) as client:
         token = _csrf(client)
+        review = client.get("/jobs/bulk?action=cancel&task=cancel_me")
+        assert review.status_code == 200
+        assert "2 jobs match" in review.text and "cancelled where they run" in review.text
         response = client.post("/jobs/selected", data={
             "csrf": token, "action": "cancel", "reason": "not needed",
             "id": [str(waiting), str(running)]})
