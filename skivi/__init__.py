@@ -17,10 +17,13 @@ What a task's author uses, besides ``create_system`` and ``add_job``:
 - ``Tasks`` and ``System.task``: typed tasks, functions taking their own arguments and
   enqueued by calling ``defer`` (``send_email.defer(to=...)``); see ``skivi.tasks``.
   ``TypedTask`` is their type, for annotations.
+- ``cancel_jobs`` / ``cancel_jobs_async``: cancel jobs, waiting ones at once, running ones
+  where they run (``CancelResult``: each job's ``CancelOutcome``); see ``skivi.cancel``.
 - ``Backoff``: a task's retry schedule (``task(fn, backoff=Backoff(factor=0.5,
   max_delay=600))``); the default is Graphile Worker's ``exp(min(attempts, 10))`` seconds.
 """
 
+from skivi.cancel import CancelOutcome, CancelResult, cancel_jobs, cancel_jobs_async
 from skivi.client import add_job, add_job_async, add_jobs, add_jobs_async
 from skivi.config import Config, load_config
 from skivi.engine.child import JobContext
@@ -59,6 +62,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Backoff",
+    "CancelOutcome",
+    "CancelResult",
     "Config",
     "ConfigError",
     "DatabaseUnavailable",
@@ -90,6 +95,8 @@ __all__ = [
     "add_job_async",
     "add_jobs",
     "add_jobs_async",
+    "cancel_jobs",
+    "cancel_jobs_async",
     "create_system",
     "get_result",
     "get_result_async",

@@ -33,6 +33,7 @@ Example ``skivi.toml`` (every section shown; every key is optional)::
     heartbeat_interval = 0.5
     lease_timeout = 3.0
     job_timeout = 300.0
+    cancel_grace = 10.0
     unknown_tasks = "skip"
     history = true
     store_results = false          # a task's store_result wins
@@ -109,6 +110,7 @@ SCHEMA_NAME_DEFAULT = "skivi"
 # worker
 BATCH_SIZE_DEFAULT = 500
 BATCH_MAX_BYTES_DEFAULT = 16 * 1024 * 1024
+CANCEL_GRACE_DEFAULT = 10.0
 COMPLETION_BATCH_SIZE_DEFAULT = 1000
 COMPLETION_INTERVAL_DEFAULT = 0.005
 CONCURRENCY_DEFAULT = 16
@@ -398,6 +400,12 @@ class WorkerConfig:
     """Most payload bytes (job messages) the engine holds claimed and not yet started: a
     claim takes at most what is left of it (and always at least one job), so the engine's
     memory stays bounded whatever payloads producers send. Default: 16777216 (16 MiB)."""
+
+    cancel_grace: float = _setting(CANCEL_GRACE_DEFAULT, _greater_than(0))
+    """Seconds a running job whose cancel was requested (``skivi.cancel_jobs``) may take to
+    end once its process knows (an async handler got CancelledError, a sync one sees
+    ``ctx.cancelled``); then its child process is killed, the job is recorded as cancelled
+    and the child's other jobs go back without losing an attempt. Default: 10.0."""
 
     completion_batch_size: int = _setting(COMPLETION_BATCH_SIZE_DEFAULT, _at_least(1))
     """Most results one completion statement writes. Default: 1000."""

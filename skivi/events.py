@@ -32,6 +32,13 @@ type                        when, and its data fields
                             "skivi-engine"), ``error`` (the error text)
 ``db/connection-regained``  that connection works again. ``connection``,
                             ``down_seconds`` (since it was lost)
+``job/cancelled``           a job whose cancel was requested while an engine held it
+                            ended and is in the history table as cancelled
+                            (``skivi.cancel_jobs``). The job/completed fields, plus
+                            ``error`` (how its attempt ended: the handler's exception,
+                            its killed process; None if it never started), ``reason`` and
+                            ``cancelled_by`` (the request's). A job cancelled while it
+                            waited never reached an engine: it has no event
 ``job/completed``           a successful attempt was written. ``job_id``, ``task``,
                             ``queue_name`` (None: no queue), ``run_seconds``,
                             ``wait_seconds`` (run_at to start; None if unknown)
@@ -52,13 +59,14 @@ type                        when, and its data fields
                             ``engine_id``, ``pid``, ``processes``, ``concurrency``
 ``pool/stop``               the engine finished its shutdown. ``engine_id``, ``pid`` and
                             its totals: ``claimed``, ``completed``, ``failed``,
-                            ``exhausted``, ``stale``, ``child_crashes``, ``rescued``
+                            ``exhausted``, ``stale``, ``child_crashes``, ``rescued``,
+                            ``cancelled``
 ==========================  ==========================================================
 
 Every finished attempt produces exactly one of job/completed, job/failed,
-job/partial-success and job/exhausted, emitted once its result is written to the database
-(in batches: one ``emit_many`` per completion flush). A result the database refused (the job
-was rescued from this engine meanwhile) produces none.
+job/partial-success, job/exhausted and job/cancelled, emitted once its result is written to
+the database (in batches: one ``emit_many`` per completion flush). A result the database
+refused (the job was rescued from this engine meanwhile) produces none.
 
 Rules (STYLE.md §8.6, habit 7):
     * emitting never blocks and never raises: no I/O, cost proportional to the number of
@@ -136,6 +144,7 @@ class EventKind(StrEnum):
     CRON_FIRED = "cron/fired"
     DB_CONNECTION_LOST = "db/connection-lost"
     DB_CONNECTION_REGAINED = "db/connection-regained"
+    JOB_CANCELLED = "job/cancelled"
     JOB_COMPLETED = "job/completed"
     JOB_EXHAUSTED = "job/exhausted"
     JOB_FAILED = "job/failed"

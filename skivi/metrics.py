@@ -20,8 +20,10 @@ name                                labels                    meaning
 skivi_jobs_total                    task, queue, outcome      finished attempts written to the
                                                               database; outcome is completed,
                                                               failed (will retry), partial
-                                                              (batch job, failed items retry)
-                                                              or exhausted (moved to history)
+                                                              (batch job, failed items retry),
+                                                              exhausted (moved to history) or
+                                                              cancelled (its cancel was
+                                                              requested while it was claimed)
 skivi_job_results_stale_total                                 results the database refused: the
                                                               job had been rescued from this
                                                               engine (its claim was lost)
@@ -353,7 +355,7 @@ class EngineMetrics:
                                 ["version"], registry=r)
         self.build_info.labels(version).set(1)
         self.jobs = Counter("skivi_jobs_total", "Finished attempts written to the database, "
-                            "by outcome (completed, failed, partial, exhausted).",
+                            "by outcome (completed, failed, partial, exhausted, cancelled).",
                             ["task", "queue", "outcome"], registry=r)
         self.stale = Counter("skivi_job_results_stale_total", "Results refused by the "
                              "database because the job had been rescued from this engine.",
@@ -403,7 +405,8 @@ class EngineMetrics:
     # -- fed by the observer ---------------------------------------------------------
     def jobs_finished(self, counts: Mapping[tuple[str, str, str], int],
                       run_seconds: Mapping[str, list[float]],
-                      wait_seconds: Mapping[str, list[float]], stale: int) -> None:
+                      wait_seconds: Mapping[str, list[float]], stale: int,
+                      batch: bool = True) -> None:
         """One completion flush: attempts per (task, queue, outcome), run and wait times
         per task, and the number of results the database refused. Tasks and queues are
         the names in the results; they are mapped to bounded label values here, once per
@@ -422,7 +425,8 @@ class EngineMetrics:
             self.wait_seconds.observe_many(label, _joined(parts))
         if stale:
             self.stale.inc(stale)
-        self.completion_batch.observe(sum(counts.values()) + stale)
+        if batch:  # not for a flush's cancelled claims: the flush was counted already
+            self.completion_batch.observe(sum(counts.values()) + stale)
 
     def queue_stats(self, rows: QueueStats | None) -> None:
         """The latest job_stats.sql figures; None when this engine is not the leader (its

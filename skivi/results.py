@@ -14,6 +14,8 @@ A job's state, looked up in one statement (``job_result_get.sql``)::
     failed      its last attempt failed and it waits for a retry: ``error`` says why
     completed   finished: ``value`` is the return value if its task keeps results
     exhausted   finished without success: ``error`` is the last error
+    cancelled   cancelled (``skivi.cancel_jobs``): ``error`` is how its attempt ended, if it
+                ran
     unknown     nowhere: no such job, or finished and nothing kept (a task without
                 store_result and worker.history off), or pruned since
 
@@ -21,9 +23,9 @@ A value that JSON cannot carry (a ``set``, an object, NaN, U+0000, over
 validation.max_payload_bytes) does not fail its job: the job completes and its result says
 ``completed`` with ``value`` None and ``error`` naming why the value was not kept.
 
-``wait_for`` returns once the state is final (completed, exhausted or unknown). It listens on
-the ``<schema>:done`` channel, notified only when results are kept, so it wakes as soon as
-the job's result is written; and it polls every ``poll_interval`` seconds whatever it hears,
+``wait_for`` returns once the state is final (completed, exhausted, cancelled or unknown). It
+listens on the ``<schema>:done`` channel, notified only when results are kept, so it wakes as
+soon as the job's result is written; and it polls every ``poll_interval`` seconds whatever it hears,
 so it works as well without notifications (a transaction-mode pooler, a lost NOTIFY,
 ``listen=False``) and for jobs whose end is kept elsewhere (history).
 
@@ -70,6 +72,7 @@ WAIT_APPLICATION_NAME = "skivi-wait"
 class ResultState(enum.StrEnum):
     """Where a job stands (see the module docstring)."""
 
+    CANCELLED = "cancelled"
     COMPLETED = "completed"
     EXHAUSTED = "exhausted"
     FAILED = "failed"
@@ -78,7 +81,8 @@ class ResultState(enum.StrEnum):
     WAITING = "waiting"
 
 
-_FINAL = frozenset({ResultState.COMPLETED, ResultState.EXHAUSTED, ResultState.UNKNOWN})
+_FINAL = frozenset({ResultState.CANCELLED, ResultState.COMPLETED, ResultState.EXHAUSTED,
+                    ResultState.UNKNOWN})
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +102,7 @@ class JobResult:
 
     @property
     def done(self) -> bool:
-        """Whether the state is final: completed, exhausted or unknown."""
+        """Whether the state is final: completed, exhausted, cancelled or unknown."""
         return self.state in _FINAL
 
 
@@ -156,7 +160,7 @@ def _mentions(payload: str, job_id: int) -> bool:
 async def wait_for(target: HasClient, job_id: int, *, timeout: float | None = None,
                    poll_interval: float = POLL_INTERVAL_DEFAULT,
                    listen: bool = True) -> JobResult:
-    """Wait until job ``job_id`` is completed, exhausted or unknown; its ``JobResult``.
+    """Wait until job ``job_id`` is completed, exhausted, cancelled or unknown; its ``JobResult``.
 
     Raises ``skivi.ResultTimeout`` (a ``TimeoutError``; ``.last`` holds the last state
     seen) after ``timeout`` seconds (None: no limit). Woken by the engine's notification

@@ -14,6 +14,7 @@ and ``main`` (dispatch, and the exit code of each failure). The commands are tho
     skivi jobs retry IDS                          run pending jobs now (attempts kept)
     skivi jobs remove IDS                         delete pending jobs
     skivi jobs fail IDS [--reason TEXT]           move pending jobs to history, exhausted
+    skivi jobs cancel IDS [--reason --by]         cancel jobs, waiting or running
     skivi jobs reschedule IDS [--run-at --priority --attempts --max-attempts]
     skivi history list [--task --outcome --limit --payload]
     skivi history show ID                         one finished job, as jobs show
@@ -76,7 +77,7 @@ BIGINT_MAX = 2**63 - 1
 LIST_LIMIT_DEFAULT = 100
 SCAN_LIMIT_DEFAULT = 1_000_000
 JOB_STATES = ("waiting", "scheduled", "running", "claimed", "failed")
-HISTORY_OUTCOMES = ("completed", "exhausted")
+HISTORY_OUTCOMES = ("cancelled", "completed", "exhausted")
 HISTORY_REASONS = ("max_attempts", "no_handler", "permanently_failed", "superseded")
 """Why a job was exhausted (job_history.reason, migration 0001)."""
 UNDEFINED_OBJECT_SQLSTATES = frozenset({
@@ -276,6 +277,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", metavar="TEXT",
                    help="recorded as the jobs' last error (default: 'permanently failed by an "
                         "operator')")
+
+    p = leaf(jobs_actions, "cancel", jobs.cmd_cancel, "cancel jobs, waiting or running",
+             "Cancel jobs. A waiting job leaves the queue at once and is recorded in history "
+             "as cancelled. A running (or claimed) job is stopped where it runs: its engine "
+             "is told at once (and by its next heartbeat without LISTEN); an async handler "
+             "gets asyncio.CancelledError, a sync one sees ctx.cancelled, and one still "
+             "running worker.cancel_grace seconds later is killed. It is never retried and "
+             "ends in history as cancelled (or completed, if its handler had returned "
+             "before its engine learned of the request). Each id's result is reported; "
+             "finished and unknown ids are not changed.")
+    p.add_argument("ids", metavar="IDS", nargs="+", type=_job_ids, help=IDS_HELP)
+    p.add_argument("--reason", metavar="TEXT", help="why, recorded in history")
+    p.add_argument("--by", metavar="WHO",
+                   help="who, recorded in history (default: the database role)")
 
     p = leaf(jobs_actions, "reschedule", jobs.cmd_reschedule,
              "change when and how pending jobs run",

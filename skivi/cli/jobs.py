@@ -1,5 +1,5 @@
 """The live jobs' commands: ``skivi add-job`` and ``skivi jobs list | show | retry | remove |
-fail | reschedule``; and what ``skivi history`` shares with them: a listed job as JSON
+fail | cancel | reschedule``; and what ``skivi history`` shares with them: a listed job as JSON
 (``record``), one job in full (``show``), the IDS arguments (``requested_ids``) and what a
 change did to each id (``report``).
 """
@@ -21,6 +21,7 @@ from skivi.db.queries import (
     HistoryRetryRow,
     JobHistoryRow,
     JobListRow,
+    job_cancel_request_many,
     job_list,
     job_permanently_fail_many,
     job_remove_many,
@@ -32,8 +33,8 @@ from skivi.errors import JobSpecError, PayloadError
 from skivi.job import JobSpec
 from skivi.system import create_system
 
-__all__ = ["cmd_add_job", "cmd_fail", "cmd_list", "cmd_remove", "cmd_reschedule", "cmd_retry",
-           "cmd_show", "listing", "record", "report", "requested_ids", "show"]
+__all__ = ["cmd_add_job", "cmd_cancel", "cmd_fail", "cmd_list", "cmd_remove", "cmd_reschedule",
+           "cmd_retry", "cmd_show", "listing", "record", "report", "requested_ids", "show"]
 
 
 Row = TypeVar("Row", JobListRow, JobHistoryRow)
@@ -232,6 +233,39 @@ def cmd_fail(ctx: Context) -> int:
         rows = job_permanently_fail_many.run(conn, ctx.queries, ids=ids,
                                              reason=ctx.args.reason)
     return report(ctx, rows, "failed permanently")
+
+
+_CANCEL_RESULTS = {
+    "cancelled": "cancelled (it was waiting)",
+    "requested": "cancel requested: engine {engine} stops it",
+    "finished": "not changed: already finished",
+    "not_found": "not changed: not found",
+}
+
+
+def cmd_cancel(ctx: Context) -> int:
+    """What ``cancel_jobs`` did to each id: a table (or JSON: ``cancelled``, ``requested``
+    with their engines, ``unchanged`` with the reason); exit 1 if any id was not changed."""
+    args = ctx.args
+    ids = requested_ids(ctx)
+    with ctx.connect() as conn:
+        rows = job_cancel_request_many.run(conn, ctx.queries, ids=ids, reason=args.reason,
+                                           cancelled_by=args.by)
+    unchanged = [{"id": r.id, "reason": r.result} for r in rows
+                 if r.result in ("finished", "not_found")]
+    if args.json:
+        output.emit_json({
+            "cancelled": [r.id for r in rows if r.result == "cancelled"],
+            "requested": [{"id": r.id, "engine": r.locked_by} for r in rows
+                          if r.result == "requested"],
+            "unchanged": unchanged})
+    else:
+        output.emit(output.table(("id", "result"), [
+            (str(r.id), _CANCEL_RESULTS[r.result].format(engine=r.locked_by)) for r in rows]))
+    if unchanged:
+        output.warn(f"{len(unchanged)} of {len(rows)} job(s) not changed")
+        return EXIT_UNCHANGED
+    return EXIT_OK
 
 
 def cmd_reschedule(ctx: Context) -> int:

@@ -1,6 +1,8 @@
 """The dashboard's actions (POST), each answered with a page of what happened to each job.
 
-    /jobs/{id}/action     run now, reschedule, permanently fail or remove one live job
+    /jobs/{id}/action     run now, reschedule, permanently fail, remove or cancel one live
+                          job (cancel is the one action that reaches a running job: its
+                          engine stops it, see skivi.cancel; the user is recorded as who)
     /jobs/selected        the same for the jobs ticked on a page
     /jobs/bulk            the same for every job matching a filter (at most BULK_MAX), after
                           the confirmation page (/jobs/bulk, GET) showed how many match
@@ -36,10 +38,13 @@ __all__ = ["history_bulk", "history_one", "history_selected", "job_one", "jobs_b
 
 logger = logging.getLogger(__name__)
 
+DONE = frozenset({"changed", "cancelled", "requested"})
+"""The results that mean the action was taken (a cancel answers cancelled or requested)."""
 IDS_LOGGED = 20
 """Most ids one log line names (the count is always there)."""
 REASONS = {
     "completed": "completed jobs cannot be retried (only exhausted ones)",
+    "finished": "already finished",
     "not_found": "not found (finished, removed or retried meanwhile)",
     "running": "claimed by an engine (running jobs are never changed)",
 }
@@ -53,14 +58,15 @@ async def _apply(site: Site, request: Request, action: str, ids: list[int], *,
                  run_at: dt.datetime | None = None, reason: str | None = None,
                  back: str, how: str) -> Response:
     rows: list[ChangeRow] | list[HistoryRetryRow] = []
+    user = request.state.user
     if ids:
         async def work(conn: psycopg.AsyncConnection[Any]
                        ) -> list[ChangeRow] | list[HistoryRetryRow]:
-            return await site.store.act(conn, action, ids, run_at=run_at, reason=reason)
+            return await site.store.act(conn, action, ids, run_at=run_at, reason=reason,
+                                        by=None if user is None else str(user))
 
         rows = await site.store.write(work)
-    changed = [r.id for r in rows if r.result == "changed"]
-    user = request.state.user
+    changed = [r.id for r in rows if r.result in DONE]
     logger.info("dashboard: %s %s: %d of %d job(s) changed (%s)%s by %s", how, action,
                 len(changed), len(rows), ", ".join(str(i) for i in ids[:IDS_LOGGED]),
                 "..." if len(ids) > IDS_LOGGED else "", user,
@@ -68,8 +74,11 @@ async def _apply(site: Site, request: Request, action: str, ids: list[int], *,
                        "changed": len(changed), "requested": len(rows)})
     results = []
     for r in rows:
-        if r.result == "changed":
-            results.append((r.id, True, params.ACTIONS[action]))
+        if r.result in DONE:
+            done = params.ACTIONS[action]
+            if isinstance(r, ChangeRow) and r.result == "requested":
+                done = f"cancel requested: engine {r.locked_by} stops it"
+            results.append((r.id, True, done))
             continue
         why = REASONS.get(r.result, r.result)
         if isinstance(r, ChangeRow) and r.locked_by is not None:

@@ -26,6 +26,7 @@ __all__ = ["ACTIONS", "BadParameter", "history_cursor", "history_filter", "histo
 TEXT_MAX = 512
 """Longest filter text accepted (task identifiers and queue names are at most 128)."""
 ACTIONS = {
+    "cancel": "cancelled",
     "run_now": "run now",
     "reschedule": "rescheduled",
     "fail": "failed permanently",
@@ -33,7 +34,7 @@ ACTIONS = {
     "retry": "back in the queue (runnable now)",
 }
 """Each action's name, and what it did to a job it changed."""
-JOB_ACTIONS = ("run_now", "reschedule", "fail", "remove")
+JOB_ACTIONS = ("run_now", "reschedule", "fail", "remove", "cancel")
 
 
 class BadParameter(ValueError):

@@ -53,6 +53,7 @@ from skivi.db.queries import (
     dashboard_job_match,
     dashboard_queue_list,
     engine_list,
+    job_cancel_request_many,
     job_history_list,
     job_history_retry_many,
     job_list,
@@ -323,10 +324,14 @@ class Store:
     # -- actions ----------------------------------------------------------------------------
 
     async def act(self, conn: psycopg.AsyncConnection[Any], action: str, ids: list[int], *,
-                  run_at: dt.datetime | None = None, reason: str | None = None
-                  ) -> list[ChangeRow] | list[HistoryRetryRow]:
-        """Apply one action to ``ids``: what happened to each, in order."""
+                  run_at: dt.datetime | None = None, reason: str | None = None,
+                  by: str | None = None) -> list[ChangeRow] | list[HistoryRetryRow]:
+        """Apply one action to ``ids``: what happened to each, in order. ``by``: who asks
+        (recorded by a cancel)."""
         q = self.q
+        if action == "cancel":
+            return await job_cancel_request_many.run_async(conn, q, ids=ids, reason=reason,
+                                                           cancelled_by=by)
         if action == "run_now":
             return await job_retry_many.run_async(conn, q, ids=ids)
         if action == "reschedule":

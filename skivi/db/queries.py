@@ -17,8 +17,8 @@ never run::
 
     @statement
     def engine_heartbeat(*, engine: int, in_flight: int, stopping: bool,
-                         running: list[int]) -> int | None:
-        '''Refresh this engine's heartbeat; its id, or None if it was declared dead.'''
+                         running: list[int]) -> HeartbeatRow | None:
+        '''Refresh this engine's heartbeat; its row, or None if it was declared dead.'''
 
     alive = await engine_heartbeat.run_async(conn, q, engine=engine_id, in_flight=3,
                                              stopping=False, running=[])
@@ -69,10 +69,12 @@ __all__ = [
     "CLAIM_CUT", "CLAIM_ID", "CLAIM_LEASE", "CLAIM_MESSAGE", "CLAIM_TASK", "COMPLETED_ID",
     "COMPLETED_LEASE", "FAILED_ATTEMPTS", "FAILED_ID", "FAILED_LEASE", "FAILED_MAX_ATTEMPTS",
     "FAILED_OUTCOME", "FAILED_REASON", "FAILED_RUN_AT", "STATEMENTS", "BigintArray",
-    "ChangeRow", "ClaimRow", "CompletedRow", "CronFireRow", "CronKnownRow", "CronListRow",
+    "CancelledRow", "ChangeRow", "ClaimRow", "CompletedRow", "CronFireRow", "CronKnownRow",
+    "CronListRow",
     "DashboardHistoryListRow", "DashboardHistoryRateRow", "DashboardJobCountsRow",
     "DashboardJobListRow", "DashboardQueueRow",
-    "EngineListRow", "FailedRow", "HistoryPruneRow", "HistoryRetryRow", "InsertedRow",
+    "EngineListRow", "FailedRow", "HeartbeatRow", "HistoryPruneRow", "HistoryRetryRow",
+    "InsertedRow",
     "JobCountRow", "JobHistoryRow", "JobListRow", "JobRescueRow", "JobResultRow",
     "JobStatsRow", "KeyedInsertRow", "LockHolderRow", "MigrationRow", "Queries",
     "ResultPruneRow", "SchemaStateRow", "Statement", "TaskRow", "channel_name",
@@ -603,10 +605,20 @@ def engine_deregister(*, engine: int) -> None:
     """Remove a cleanly stopped engine's row."""
 
 
+class HeartbeatRow(NamedTuple):
+    id: int
+    cancel_ids: list[int]
+    """This engine's claims with a cancel request (pairwise with ``cancel_leases``)."""
+    cancel_leases: list[int]
+    strays: bool
+    """Some request's job is no longer claimed: job_cancel_sweep settles it."""
+
+
 @statement
 def engine_heartbeat(*, engine: int, in_flight: int, stopping: bool,
-                     running: list[int]) -> int | None:
-    """Refresh an engine's heartbeat; its id, or None if it was declared dead."""
+                     running: list[int]) -> HeartbeatRow | None:
+    """Refresh an engine's heartbeat and read its cancel requests; None if it was declared
+    dead."""
 
 
 class EngineListRow(NamedTuple):
@@ -638,6 +650,40 @@ def engine_register(*, hostname: str, pid: int, version: str,
 @statement
 def job_advance(*, tasks: list[str] | None = None, queues: list[str] | None = None) -> int:
     """Make the scheduled jobs (of these tasks, queues) runnable now; how many."""
+
+
+class ChangeRow(NamedTuple):
+    """What one of the operator's changes did to one id."""
+
+    id: int
+    result: str
+    locked_by: int | None
+
+
+class CancelledRow(NamedTuple):
+    id: int
+    lease: int
+    reason: str | None
+    cancelled_by: str | None
+
+
+@statement
+def job_cancel_many(*, engine: int, ids: list[int], leases: list[int],
+                    errors: list[str | None], tracebacks: list[str | None]
+                    ) -> list[CancelledRow]:
+    """Record cancelled claims (pairwise arrays); those actually recorded, with their
+    requests' why and who."""
+
+
+@statement
+def job_cancel_request_many(*, ids: list[int], reason: str | None = None,
+                            cancelled_by: str | None = None) -> list[ChangeRow]:
+    """Cancel jobs (cancel_jobs): what happened to each id, in order."""
+
+
+@statement
+def job_cancel_sweep() -> int:
+    """Settle the cancel requests of jobs no longer claimed; how many."""
 
 
 ClaimRow = tuple[int, int, str, str, bool]
@@ -804,14 +850,6 @@ def job_list(*, limit: int, payload: bool = False, task: str | None = None,
              queue: str | None = None, state: str | None = None, id: int | None = None
              ) -> list[JobListRow]:
     """Live jobs, oldest id first (None: no filter)."""
-
-
-class ChangeRow(NamedTuple):
-    """What one of the operator's changes did to one id."""
-
-    id: int
-    result: str
-    locked_by: int | None
 
 
 @statement

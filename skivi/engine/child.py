@@ -12,6 +12,13 @@ uvloop event loop, says READY and then:
     stopping   on STOP: jobs not yet started go back as RESULT_RELEASED, running ones
                finish, the last results are flushed, and the child exits 0.
 
+Cancel (a CANCEL frame, in either state): a job not yet started goes back as
+RESULT_RELEASED when its turn comes; a running async handler's task is cancelled (the
+handler gets asyncio.CancelledError); a running sync handler sees ``ctx.cancelled`` become
+true (read from a sync handler that holds the loop, it reads the job pipe itself, so the
+news gets in). Whatever row the job then reports, the parent records it as cancelled; one
+that does not end within worker.cancel_grace is killed with its child by the parent.
+
 Results are batched: they are flushed when no job is running or waiting, or every
 RESULT_FLUSH_SIZE results, so a busy child sends one frame per handful of jobs.
 
@@ -70,6 +77,8 @@ from skivi.engine.wire import (
     JOB_TASK,
     RESULT_CODE,
     RESULT_COMPLETED,
+    RESULT_ID,
+    RESULT_LEASE,
     RESULT_SLOT,
     VALUE_JSON,
     completed_row,
@@ -172,8 +181,26 @@ class _JobLogger(logging.LoggerAdapter[logging.Logger]):
         return f"job {extra.get('job_id')} ({extra.get('task')}): {msg}", kwargs
 
 
+class _Cancels:
+    """The jobs of this process whose cancel came (a CANCEL frame), by claim, for
+    ``ctx.cancelled``; and how a sync handler that holds the loop reads the job pipe."""
+
+    __slots__ = ("claims", "loop_thread", "probe")
+
+    def __init__(self) -> None:
+        self.claims: set[tuple[int, int]] = set()
+        self.probe: Callable[[], None] | None = None
+        self.loop_thread = 0
+
+
+# One per process: a child runs one _Runner (outside a child, as in skivi.testing, it
+# stays empty and ctx.cancelled is False).
+_cancels = _Cancels()
+
+
 class JobContext:
-    """The argument every handler receives: ``ctx.job``, ``ctx.logger``, ``ctx.add_job``."""
+    """The argument every handler receives: ``ctx.job``, ``ctx.logger``, ``ctx.add_job``,
+    ``ctx.cancelled``."""
 
     __slots__ = ("_client", "_logger", "job")
 
@@ -194,6 +221,26 @@ class JobContext:
                 {"job_id": job.id, "task": job.task_identifier, "attempt": job.attempts},
             )
         return self._logger
+
+    @property
+    def cancelled(self) -> bool:
+        """True once this job's cancel was requested (``skivi.cancel_jobs``, ``skivi jobs
+        cancel``) and reached its process. A sync handler with a long loop should check it
+        and return (or raise): the job then ends as cancelled whatever it does, and one that
+        has not ended worker.cancel_grace seconds after the request is killed with its
+        process. An async handler gets ``asyncio.CancelledError`` instead (this is true
+        too). Cheap to read often: a set lookup, and from a sync handler that holds the
+        event loop one non-blocking look at the job pipe."""
+        m = self.job._m
+        claim = (m[JOB_ID], m[JOB_LEASE])
+        cancels = _cancels
+        if claim in cancels.claims:
+            return True
+        if (cancels.probe is not None and threading.get_ident() == cancels.loop_thread
+                and asyncio.current_task() is None):
+            # A sync handler on the loop's own thread: the loop cannot read the pipe now.
+            cancels.probe()
+        return claim in cancels.claims
 
     def add_job(self, task: str, payload: Any = None, **options: Any) -> Job:
         """Enqueue a follow-up job (its own transaction; in the handler's transaction with
@@ -398,6 +445,10 @@ class _Runner:
         self.loop_thread = threading.get_ident()
         self.results: list[list[Any]] = []
         self.sync_queue: deque[tuple[Task, list[Any]]] = deque()
+        # The running async jobs' tasks, by slot, for a CANCEL frame.
+        self.async_tasks: dict[int, asyncio.Task[None]] = {}
+        self.cancels = _cancels
+        _cancels.loop_thread = self.loop_thread
         self.running = 0
         self.stopping = False
         self.done = asyncio.Event()
@@ -444,6 +495,8 @@ class _Runner:
             self.done.set()
 
     def _report(self, result: list[Any]) -> None:
+        if self.cancels.claims:
+            self.cancels.claims.discard((result[RESULT_ID], result[RESULT_LEASE]))
         self.results.append(result)
         if result[RESULT_CODE] != RESULT_COMPLETED or len(self.results) >= RESULT_FLUSH_SIZE:
             # Only a success is remembered by its slot's state byte; anything else must be
@@ -476,12 +529,28 @@ class _Runner:
                 self._report(no_handler_row(m))
             elif task.is_async:
                 self.running += 1
-                self.loop.create_task(self._run_async(task, m))
+                self.async_tasks[slot] = self.loop.create_task(self._run_async(task, m))
             else:
                 self.sync_queue.append((task, m))
         if self.sync_queue and not self.sync_pump_scheduled:
             self.sync_pump_scheduled = True
             self.loop.call_soon(self._pump_sync)
+
+    def cancel(self, jobs: list[list[int]]) -> None:
+        """A CANCEL frame: [[id, lease, slot], ...] (see the module docstring)."""
+        for job_id, lease, slot in jobs:
+            self.cancels.claims.add((job_id, lease))
+            if self.started[slot] != wire.SLOT_STARTED:
+                # Not started: it goes back when its turn comes (see _cancelled); done:
+                # its row is on its way.
+                continue
+            task = self.async_tasks.get(slot)
+            if task is not None:
+                task.cancel()
+
+    def _cancelled(self, m: list[Any]) -> bool:
+        """Whether job ``m``, about to start, was cancelled first."""
+        return (m[JOB_ID], m[JOB_LEASE]) in self.cancels.claims
 
     def stop(self) -> None:
         self.stopping = True
@@ -514,6 +583,8 @@ class _Runner:
     def _in_thread(self, task: Task, m: list[Any]) -> list[Any] | None:
         row = self._call_sync(task, m, in_thread=True)
         if row is not None and row[RESULT_CODE] != RESULT_COMPLETED:
+            if self.cancels.claims:
+                self.cancels.claims.discard((row[RESULT_ID], row[RESULT_LEASE]))
             # Written from this thread: a sibling thread's job could end the process
             # before the loop got to it.
             self._write(wire.encode_results([row]))
@@ -540,6 +611,8 @@ class _Runner:
                    ) -> list[Any] | None:
         """Run a sync handler; its result row, or None when it returned an awaitable (then
         awaited on the loop, and reported from there)."""
+        if self.cancels.claims and self._cancelled(m):
+            return _released(m)
         self.started[m[JOB_SLOT]] = wire.SLOT_STARTED
         timeout = self._timeout(task)
         if timeout is not None:
@@ -570,6 +643,11 @@ class _Runner:
         self._report(row)
 
     async def _run_async(self, task: Task, m: list[Any]) -> None:
+        if self.cancels.claims and self._cancelled(m):
+            self.async_tasks.pop(m[JOB_SLOT], None)
+            self.running -= 1
+            self._report(_released(m))
+            return
         self.started[m[JOB_SLOT]] = wire.SLOT_STARTED
         timeout = self._timeout(task)
         if timeout is not None:
@@ -582,6 +660,7 @@ class _Runner:
             row = failure_row(task, m, exc, time.perf_counter() - started, wait)
         else:
             row = await self._settle(task, m, coro, started, wait, timeout)
+        self.async_tasks.pop(m[JOB_SLOT], None)
         self.running -= 1
         self._report(row)
 
@@ -646,6 +725,8 @@ class _JobPipe(asyncio.Protocol):
                 self.runner.accept(slots, messages)
             elif kind == wire.ENQUEUED and self.relay is not None:
                 self.relay.answer(body)
+            elif kind == wire.CANCEL:
+                self.runner.cancel(orjson.loads(body))
             elif kind == wire.STOP:
                 self.runner.stop()
 
@@ -656,13 +737,18 @@ class _JobPipe(asyncio.Protocol):
         if self.relay is not None:
             self.relay.lost()
 
+    def pump_now(self) -> None:
+        """What the pipe holds now, dispatched (a sync handler that holds the loop reads
+        ``ctx.cancelled``); returns at once when it holds nothing."""
+        self.pump(0.0)
+
     def pump(self, timeout: float) -> None:
         """Read the pipe from the loop's own thread while a sync handler blocks the loop
         (its ctx.add_job waits for the answer): what comes is dispatched as the loop would
         (nobody else reads meanwhile, the loop being blocked). Waits at most ``timeout``."""
         poller = select.poll()
         poller.register(self.fd, select.POLLIN)
-        if not poller.poll(max(1, int(timeout * 1000))):
+        if not poller.poll(0 if timeout <= 0 else max(1, int(timeout * 1000))):
             return
         try:
             data = os.read(self.fd, READ_SIZE)
@@ -693,6 +779,7 @@ async def _serve(registry: TaskRegistry, instance: Instance, job_fd: int, result
                                                    os.fdopen(job_fd, "rb", buffering=0))
     if relay is not None:
         relay.connect(runner.write_on_loop, pipe.pump)
+    _cancels.probe = pipe.pump_now
     runner._write(wire.encode_frame(wire.READY))
     await runner.done.wait()
     runner.flush()

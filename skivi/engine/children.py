@@ -25,6 +25,15 @@ their subreaper) are killed and reaped. A new child is forked in its place. Its 
 never stop. A child killed because one job overran its timeout (the watchdog) fails that
 job as a timeout; its other jobs did nothing wrong and go back without losing an attempt.
 
+Cancel (``cancel``: the engine learned of requests, see ``skivi.engine.supervisor``). A
+job in a child whose handler has not returned yet is sent a CANCEL frame (``wire``), and
+from then on whatever row it reports (returned, raised, released unstarted) is recorded as
+cancelled (RESULT_CANCELLED, written by ``job_cancel_many``): once the engine has passed the
+request on, the job ends cancelled. A job whose handler had already returned completes. A
+job still running worker.cancel_grace seconds after its CANCEL is killed with its child by
+the watchdog, as an overrun timeout is: it is recorded as cancelled, and the child's other
+jobs go back without losing an attempt.
+
 Wiring: the engine builds the pool, then the fetcher and completer, and ``connect``s them:
 the pool takes jobs from the fetcher's buffers and gives results to the completer, and the
 children's enqueue requests to the relay (``relay``), whose answers it sends back down the
@@ -61,6 +70,9 @@ from skivi.engine.fetcher import (
 from skivi.engine.wire import (
     JOB_ATTEMPTS,
     JOB_QUEUE_NAME,
+    RESULT_CODE,
+    RESULT_ID,
+    RESULT_LEASE,
     RESULT_RUN_SECONDS,
     RESULT_SLOT,
     RESULT_TASK,
@@ -119,6 +131,10 @@ class ChildHandle:
     # timeout); the slots whose job overran it.
     deadlines: dict[int, tuple[float, float]] = field(default_factory=dict)
     timed_out: dict[int, float] = field(default_factory=dict)
+    # Slots whose job was sent a CANCEL: slot -> ((id, lease), when it is killed, on the
+    # loop clock); the slots whose job outlived worker.cancel_grace.
+    cancelling: dict[int, tuple[tuple[int, int], float]] = field(default_factory=dict)
+    cancel_killed: set[int] = field(default_factory=set)
 
     @property
     def free(self) -> int:
@@ -135,6 +151,7 @@ class ChildPool:
         self.observer = observer
         self.on_crash = on_crash  # a child died with jobs in flight (not at shutdown)
         self.shutdown_timeout = w.shutdown_timeout
+        self.cancel_grace = w.cancel_grace
         self.cut_short = cut_short  # set: stop waiting for running jobs (a second signal)
         self.on_child_start = on_child_start
         self.processes = w.processes or process.available_cpus()
@@ -192,6 +209,32 @@ class ChildPool:
             ids.extend(j[CLAIMED_ID] for slot, j in c.in_flight.items()
                        if state[slot] != wire.SLOT_HANDED)
         return ids
+
+    def cancel(self, claims: set[tuple[int, int]]) -> set[tuple[int, int]]:
+        """Pass cancel requests on to the children holding these claims (see the module
+        docstring); the claims found here (handed to a child, and not already cancelling).
+        A job whose handler has returned is left to complete."""
+        found: set[tuple[int, int]] = set()
+        kill_at = time.monotonic() + self.cancel_grace
+        for child in self.children:
+            if child.exited or not child.in_flight:
+                continue
+            frame: list[list[int]] = []
+            for slot, job in child.in_flight.items():
+                claim = (job[CLAIMED_ID], job[CLAIMED_LEASE])
+                if claim not in claims:
+                    continue
+                found.add(claim)
+                if slot in child.cancelling or child.started[slot] == wire.SLOT_DONE:
+                    continue
+                child.cancelling[slot] = (claim, kill_at)
+                frame.append([claim[0], claim[1], slot])
+            if frame:
+                logger.info("cancelling job(s) %s in child %d (pid %d)",
+                            sorted(j[0] for j in frame), child.index, child.pid,
+                            extra={"action": "cancel_jobs"})
+                self._send(child, wire.encode_cancel(frame))
+        return found
 
     def startable(self) -> int:
         """Jobs the children could start right now, beyond those already in hand: the
@@ -427,6 +470,8 @@ class ChildPool:
                     known = self.run_estimate.get(task)
                     self.run_estimate[task] = (run if known is None
                                                else known + EWMA_WEIGHT * (run - known))
+                if child.cancelling:
+                    _mark_cancelled(child.cancelling, results)
                 self.completer.add(results)
             elif kind == wire.VALUES:
                 self.completer.keep(orjson.loads(body))
@@ -452,6 +497,8 @@ class ChildPool:
                                      sum(c.capacity for c in live if not c.stopping), len(live))
             now = time.monotonic()
             for child in self.children:
+                if child.cancelling and not child.exited:
+                    self._end_cancel_grace(child, now)
                 if child.exited or not child.deadlines or child.timed_out:
                     continue
                 late = {s: t for s, (d, t) in child.deadlines.items() if d <= now}
@@ -465,6 +512,27 @@ class ChildPool:
                         os.kill(child.pid, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
+
+    def _end_cancel_grace(self, child: ChildHandle, now: float) -> None:
+        """Kill a child whose cancelled job outlived worker.cancel_grace (once). Only a job
+        that has started: one still waiting in the child never starts (it goes back when
+        its turn comes), however long a sibling holds the child's loop meanwhile."""
+        if child.cancel_killed or child.timed_out:
+            return  # killed already
+        state = child.started
+        late = {s for s, (_, kill_at) in child.cancelling.items()
+                if kill_at <= now and state[s] == wire.SLOT_STARTED}
+        if not late:
+            return
+        child.cancel_killed = late
+        logger.warning("job(s) %s still running %.1f s after their cancel "
+                       "(worker.cancel_grace): killing child %d (pid %d)",
+                       sorted(child.cancelling[s][0][0] for s in late), self.cancel_grace,
+                       child.index, child.pid, extra={"action": "kill_child_cancel"})
+        try:
+            os.kill(child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def _on_child_exit(self, child: ChildHandle) -> None:
         loop = asyncio.get_running_loop()
@@ -532,15 +600,29 @@ class ChildPool:
     def _settle_in_flight(self, child: ChildHandle, why: str, retry_now: bool) -> None:
         """A dead child's jobs, by their slot state (see wire): those whose handler had
         returned are completed; those running failed as a crash (attempt counted), unless
-        the child was killed for another job's timeout, when they go back untouched like
-        the jobs that had not started. A job that overran its timeout fails as such."""
+        the child was killed for another job's timeout (or cancel grace), when they go back
+        untouched like the jobs that had not started. A job that overran its timeout fails
+        as such; a job being cancelled is cancelled."""
         results: list[list[Any]] = []
         unstarted: list[tuple[int, int]] = []
         state = child.started
-        killed_for_timeout = bool(child.timed_out)
+        killed_for_timeout = bool(child.timed_out or child.cancel_killed)
         for slot, job in child.in_flight.items():
             job_id, lease, task_id = job[CLAIMED_ID], job[CLAIMED_LEASE], job[CLAIMED_TASK]
             slot_state = state[slot]
+            cancelling = child.cancelling.get(slot)
+            if cancelling is not None and cancelling[0] == (job_id, lease):
+                if slot in child.cancel_killed:
+                    error = (f"cancelled: the job was still running {self.cancel_grace} s "
+                             f"after its cancel (worker.cancel_grace); its process (pid "
+                             f"{child.pid}) was killed")
+                else:
+                    error = f"cancelled; then {why} while this job ran"
+                results.append(wire.cancelled_row(
+                    job_id=job_id, lease=lease, task=task_id,
+                    queue_name=orjson.loads(job[CLAIMED_MESSAGE])[JOB_QUEUE_NAME],
+                    error=error, slot=None))
+                continue
             timed_out = child.timed_out.get(slot)
             if timed_out is None and (slot_state == wire.SLOT_HANDED
                                       or (slot_state == wire.SLOT_STARTED
@@ -620,3 +702,15 @@ def _describe(code: int | None) -> str:
     if code < 0:
         return f"killed by {signal.Signals(-code).name}"
     return f"exit code {code}"
+
+
+def _mark_cancelled(cancelling: dict[int, tuple[tuple[int, int], float]],
+                    results: list[list[Any]]) -> None:
+    """The rows of jobs sent a CANCEL become cancelled ones (whatever the handler did after
+    it), and those jobs stop cancelling."""
+    for r in results:
+        slot = r[RESULT_SLOT]
+        entry = cancelling.get(slot)
+        if entry is not None and entry[0] == (r[RESULT_ID], r[RESULT_LEASE]):
+            del cancelling[slot]
+            r[RESULT_CODE] = wire.RESULT_CANCELLED

@@ -2,7 +2,8 @@
 
 Results from the children arrive here one batch at a time and are written in batches: one
 ``job_complete_many`` statement for successes, one ``job_fail_many`` for failures (retries
-and exhaustions), one ``job_release_many`` for jobs handed back unstarted. A flush happens
+and exhaustions), one ``job_release_many`` for jobs handed back unstarted, and, only when
+some job's cancel was requested, one ``job_cancel_many`` for those. A flush happens
 when ``worker.completion_batch_size`` results wait, or ``worker.completion_interval``
 seconds after the first one arrived, whichever comes first (River's job completer,
 Graphile Worker's completeJobBatchDelay).
@@ -32,6 +33,7 @@ and ``keeping_results`` too, and both are only tested for emptiness once per flu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -48,7 +50,9 @@ from skivi.db.queries import (
     FAILED_OUTCOME,
     FAILED_REASON,
     FAILED_RUN_AT,
+    CancelledRow,
     Queries,
+    job_cancel_many,
     job_complete_many,
     job_fail_many,
     job_release_many,
@@ -60,6 +64,7 @@ from skivi.engine.connection import Reconnecting
 from skivi.engine.service import cancel_and_wait
 from skivi.engine.wire import (
     RESULT_ATTEMPT,
+    RESULT_CANCELLED,
     RESULT_CODE,
     RESULT_COMPLETED,
     RESULT_DELAY,
@@ -110,6 +115,10 @@ class Flushed:
     done: set[Claim]  # the completed claims the database accepted (the rest were stale)
     outcomes: dict[Claim, str]  # each accepted failed claim: "failed" or "exhausted"
     recorded: dict[Claim, Recorded]  # what the database recorded for each failed claim
+    cancelled: list[list[Any]] = dataclasses.field(default_factory=list)
+    """The cancelled result rows sent (RESULT_CANCELLED)."""
+    cancels: dict[Claim, CancelledRow] = dataclasses.field(default_factory=dict)
+    """Each accepted cancelled claim: what the database recorded (its request's why, who)."""
 
 
 FlushHook = Callable[[Flushed], None]
@@ -138,6 +147,7 @@ class Completer:
         self.completed: list[list[Any]] = []
         self.failed: list[list[Any]] = []
         self.released: list[tuple[int, int]] = []
+        self.cancelled: list[list[Any]] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -149,7 +159,8 @@ class Completer:
 
     @property
     def pending(self) -> int:
-        return len(self.completed) + len(self.failed) + len(self.released)
+        return (len(self.completed) + len(self.failed) + len(self.released)
+                + len(self.cancelled))
 
     @property
     def unwritten(self) -> int:
@@ -172,6 +183,8 @@ class Completer:
                 self.completed.append(r)
             elif code == RESULT_FAILED:
                 self.failed.append(r)
+            elif code == RESULT_CANCELLED:
+                self.cancelled.append(r)
             else:
                 self.released.append((r[RESULT_ID], r[RESULT_LEASE]))
         self._idle.clear()
@@ -245,12 +258,14 @@ class Completer:
         completed, self.completed = self.completed, []
         failed, self.failed = self.failed, []
         released, self.released = self.released, []
-        self._in_flush = len(completed) + len(failed) + len(released)
+        cancelled, self.cancelled = self.cancelled, []
+        self._in_flush = len(completed) + len(failed) + len(released) + len(cancelled)
         self._first_at = time.monotonic()
         engine = self.engine_id()
         done_ids: set[Claim] = set()
         outcomes: dict[Claim, str] = {}
         recorded: dict[Claim, Recorded] = {}
+        cancels: dict[Claim, CancelledRow] = {}
         # Only when results are kept at all: may this flush keep some?
         keeping = bool((completed and self.values) or (failed and self.keeping_results))
         try:
@@ -261,12 +276,15 @@ class Completer:
                 await transaction_settings_local.run_async(conn, self.q, ms=self._lock_timeout_ms)
                 done_ids, outcomes, recorded = await self._write(conn, engine, completed,
                                                                  failed, released)
+                if cancelled:
+                    cancels = await self._cancel(conn, engine, cancelled)
         except BaseException:
             self.db.broken()
             # Put back what was not confirmed; guarded statements make a replay harmless.
             self.completed[:0] = completed
             self.failed[:0] = failed
             self.released[:0] = released
+            self.cancelled[:0] = cancelled
             raise
         finally:
             self._in_flush = 0
@@ -275,10 +293,14 @@ class Completer:
             # keeps them for its retry.
             for r in completed:
                 self.values.pop((r[RESULT_ID], r[RESULT_LEASE]), None)
+        if cancelled and self.values:
+            for r in cancelled:  # a completed row made cancelled may have sent its value
+                self.values.pop((r[RESULT_ID], r[RESULT_LEASE]), None)
         self.flushes += 1
         if self.on_flushed is not None:
             try:
-                self.on_flushed(Flushed(completed, failed, done_ids, outcomes, recorded))
+                self.on_flushed(Flushed(completed, failed, done_ids, outcomes, recorded,
+                                        cancelled, cancels))
             except Exception:
                 logger.exception("completion observer failed", extra={"action": "observe"})
 
@@ -318,6 +340,16 @@ class Completer:
                 conn, self.q, engine=engine, ids=_int_array(job_id for job_id, _ in released),
                 leases=_int_array(lease for _, lease in released))
         return done_ids, outcomes, recorded
+
+    async def _cancel(self, conn: Any, engine: int, cancelled: list[list[Any]],
+                      ) -> dict[Claim, CancelledRow]:
+        """Record the cancelled claims (job_cancel_many); those the database accepted."""
+        rows = await job_cancel_many.run_async(
+            conn, self.q, engine=engine, ids=[r[RESULT_ID] for r in cancelled],
+            leases=[r[RESULT_LEASE] for r in cancelled],
+            errors=[r[RESULT_ERROR] for r in cancelled],
+            tracebacks=[r[RESULT_TRACEBACK] for r in cancelled])
+        return {(row.id, row.lease): row for row in rows}
 
     async def _store_results(self, conn: Any, completed: list[list[Any]],
                              failed: list[list[Any]], done_ids: set[Claim],

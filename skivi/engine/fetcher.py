@@ -20,6 +20,11 @@ State machine (Graphile Worker's localQueue, with its crash window closed by the
     stopped    no more claims. ``take_all()`` hands the unstarted jobs in hand back to the
                caller, who releases them (attempt not consumed).
 
+Notifications. The jobs channel carries enqueues' wake-ups ('' or the epoch of a future
+run_at) and cancel requests ('cancel:<engine id>', from cancel_jobs): those for this engine
+go to ``on_cancel_notice`` (the supervisor heartbeats at once, which reads the requests),
+those for another engine are ignored.
+
 Invariants: jobs in hand (buffered here + in flight in children) never exceed the
 children's total capacity + one claim batch, and the buffers hold at most
 worker.batch_max_bytes of messages (plus one job, as a claim always takes one), so parent
@@ -71,6 +76,7 @@ CLAIMED_TASK: Final = CLAIM_TASK  # task identifier, to pick the lane without pa
 
 _message = operator.itemgetter(CLAIMED_MESSAGE)
 
+CANCEL_NOTICE = "cancel:"  # then an engine id: a cancel request for its jobs (0007_cancel.sql)
 CLAIM_FINISH_TIMEOUT = 5.0
 # A failed claim is retried after these many seconds, doubling, not jittered
 # (skivi.db.retry); reconnecting, if the connection broke, has its own jittered backoff.
@@ -92,8 +98,10 @@ class Fetcher:
                  queues: list[str] | None, sync_tasks: frozenset[str] = frozenset(),
                  sync_only: bool = False,
                  startable: Callable[[], int] | None = None,
-                 listen_here: bool = False) -> None:
+                 listen_here: bool = False,
+                 on_cancel_notice: Callable[[], None] | None = None) -> None:
         self.db = db
+        self.on_cancel_notice = on_cancel_notice
         self.listen_db = listen_db
         # LISTEN on the claim connection itself (no connection of its own): notifications
         # are read while the fetcher sleeps, and those that arrive during a claim wait in
@@ -191,6 +199,20 @@ class Fetcher:
     def taken(self, nbytes: int) -> None:
         """The child pool took jobs of ``nbytes`` message bytes out of the buffers."""
         self.buffered_bytes -= nbytes
+
+    def take_claims(self, claims: set[tuple[int, int]]) -> list[ClaimedJob]:
+        """Take these claims out of the buffers (their cancel was requested); those found.
+        Rare, so a pass over the buffers is fine."""
+        taken: list[ClaimedJob] = []
+        for buffer in (self.async_buffer, self.sync_buffer):
+            if not any((j[CLAIMED_ID], j[CLAIMED_LEASE]) in claims for j in buffer):
+                continue
+            kept = [j for j in buffer if (j[CLAIMED_ID], j[CLAIMED_LEASE]) not in claims]
+            taken += [j for j in buffer if (j[CLAIMED_ID], j[CLAIMED_LEASE]) in claims]
+            buffer.clear()
+            buffer.extend(kept)
+        self.buffered_bytes -= sum(map(len, map(_message, taken)))
+        return taken
 
     def take_all(self) -> list[ClaimedJob]:
         jobs = [*self.async_buffer, *self.sync_buffer]
@@ -328,6 +350,11 @@ class Fetcher:
 
     def _notified(self, note: Any) -> None:
         if note.payload:
+            if note.payload.startswith(CANCEL_NOTICE):
+                if (self.on_cancel_notice is not None
+                        and note.payload[len(CANCEL_NOTICE):] == str(self.engine_id())):
+                    self.on_cancel_notice()
+                return
             try:
                 self._wake_at(float(note.payload))
             except ValueError:

@@ -11,6 +11,12 @@ statement here is its own transaction. If the row is gone when the engine heartb
 for the old claims are then refused by the guards, which is right, since those jobs run
 again elsewhere.
 
+Cancel requests ride on the heartbeat (engine_heartbeat.sql): each one returns the claims
+of this engine whose cancel was requested, handed to ``on_cancels`` (the supervisor stops
+those jobs), so an engine learns of a request within a heartbeat_interval with or without
+LISTEN; ``poke()`` (a 'cancel:<engine>' NOTIFY came) runs a heartbeat at once. When it also
+says that some request's job is no longer claimed, job_cancel_sweep.sql settles those.
+
 Rescue. Every worker.rescue_interval, job_rescue.sql makes the jobs of dead engines
 (heartbeat older than their lease; every ``ORPHAN_ROUNDS`` rounds also jobs held by an
 engine that has no row at all) runnable again. Any engine may run it; SKIP LOCKED on the
@@ -45,6 +51,7 @@ from skivi.db.queries import (
     engine_deregister,
     engine_heartbeat,
     engine_register,
+    job_cancel_sweep,
     job_history_prune,
     job_queue_prune,
     job_rescue,
@@ -78,8 +85,13 @@ class Liveness:
                  processes: int, concurrency: int, in_flight: Callable[[], int],
                  running: Callable[[], list[int]] = list,
                  on_rescued: Callable[[list[int], int, int], None] | None = None,
-                 on_new_identity: Callable[[int], None] | None = None) -> None:
+                 on_new_identity: Callable[[int], None] | None = None,
+                 on_cancels: Callable[[set[tuple[int, int]]], None] | None = None) -> None:
         self.db = db
+        self.on_cancels = on_cancels
+        self._poked = asyncio.Event()
+        self.swept = 0
+        """Cancel requests settled by this engine's sweeps."""
         self.q = queries
         self.version = version
         self.heartbeat_interval = heartbeat_interval
@@ -193,18 +205,32 @@ class Liveness:
         if self.on_new_identity is not None:
             self.on_new_identity(self.engine_id)
 
+    def poke(self) -> None:
+        """Heartbeat now (a cancel request for this engine was notified)."""
+        self._poked.set()
+
     async def heartbeat(self) -> None:
+        swept = 0
         try:
             async with self.db.session() as conn:
                 self._seen(conn)
                 alive = await engine_heartbeat.run_async(
                     conn, self.q, engine=self.engine_id, in_flight=self.in_flight(),
                     stopping=self.stopping, running=self.running())
+                if alive is not None and alive.strays:
+                    swept = await job_cancel_sweep.run_async(conn, self.q)
         except BaseException:
             self.unsettle()
             raise
         if alive is None:
             await self._new_identity("was declared dead")
+            return
+        if swept:
+            self.swept += swept
+            logger.info("settled %d cancel request(s) whose jobs ended otherwise", swept,
+                        extra={"action": "sweep_cancels"})
+        if alive.cancel_ids and self.on_cancels is not None:
+            self.on_cancels(set(zip(alive.cancel_ids, alive.cancel_leases, strict=True)))
 
     async def rescue(self) -> tuple[list[int], int, int]:
         if time.monotonic() < self._settled_at:
@@ -233,7 +259,8 @@ class Liveness:
 
     async def _heartbeats(self) -> None:
         await every(self.heartbeat_interval, self.heartbeat, db=self.db, what="heartbeat",
-                    action="heartbeat_failed", first_delay=self.heartbeat_interval)
+                    action="heartbeat_failed", first_delay=self.heartbeat_interval,
+                    wake=self._poked)
 
     async def _rescues(self) -> None:
         # The first round runs at once: an engine starting after a crash frees the jobs of

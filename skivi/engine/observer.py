@@ -44,7 +44,7 @@ from skivi.engine.service import cancel_and_wait, every
 from skivi.events import Emitter, EventKind
 
 if TYPE_CHECKING:
-    from skivi.db.queries import Queries
+    from skivi.db.queries import CancelledRow, Queries
     from skivi.engine.completer import Claim, Recorded
     from skivi.engine.connection import Reconnecting
     from skivi.metrics import EngineMetrics
@@ -394,6 +394,32 @@ class EngineObserver:
                     waits[task] = wait
         stale = refused + len(completed) + len(failed) - accepted
         self.metrics.jobs_finished(counts, runs, waits, stale)
+
+    def cancelled(self, rows: Sequence[Sequence[Any]],
+                  accepted: Mapping[Claim, CancelledRow]) -> None:
+        """Cancelled claims were written (job_cancel_many): ``accepted`` are those the
+        database recorded, with their request's why and who. One job/cancelled event and one
+        log line each; counted as outcome "cancelled" (the others as stale)."""
+        events: list[dict[str, Any]] = []
+        counts: dict[tuple[str, str, str], int] = {}
+        runs: dict[str, list[float]] = {}
+        for r in rows:
+            found = accepted.get((r[_ID], r[_LEASE]))
+            if found is None:
+                continue
+            events.append({"job_id": r[_ID], "task": r[_TASK], "queue_name": r[_QUEUE],
+                           "run_seconds": r[_RUN], "wait_seconds": r[_WAIT],
+                           "error": r[_ERROR], "reason": found.reason,
+                           "cancelled_by": found.cancelled_by})
+            logger.info("job %s (%s) cancelled by %s%s", r[_ID], r[_TASK], found.cancelled_by,
+                        f": {found.reason}" if found.reason else "",
+                        extra={"action": "job_cancelled", "job_id": r[_ID], "task": r[_TASK]})
+            key = (r[_TASK], r[_QUEUE] or "", "cancelled")
+            counts[key] = counts.get(key, 0) + 1
+            runs.setdefault(r[_TASK], []).append(r[_RUN])
+        self.emitter.emit_many(EventKind.JOB_CANCELLED, events)
+        if self.metrics is not None:
+            self.metrics.jobs_finished(counts, runs, {}, len(rows) - len(events), batch=False)
 
     def rescued(self, engines: list[int], retried: int, exhausted: int) -> None:
         """This engine's rescuer made the jobs of dead ``engines`` runnable again."""

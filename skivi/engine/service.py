@@ -44,13 +44,15 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
 
 
 async def every(interval: float, step: Callable[[], Awaitable[bool | None]], *,
-                db: Reconnecting, what: str, action: str, first_delay: float = 0.0) -> None:
+                db: Reconnecting, what: str, action: str, first_delay: float = 0.0,
+                wake: asyncio.Event | None = None) -> None:
     """The loop of every periodic part (heartbeat, rescuer, history pruner, queue stats):
     run ``step`` every ``interval`` seconds until cancelled. A database error is logged
     under ``action``, the connection is reported broken (the next round reconnects) and the
     loop goes on; any other error too, logged with its traceback. A step that returns True
-    has more work waiting: the next round starts at once."""
-    await asyncio.sleep(first_delay)
+    has more work waiting: the next round starts at once; so does one that ``wake`` (set
+    by someone who wants a round now) cuts the wait short of."""
+    await _wait(first_delay, wake)
     while True:
         again = False
         try:
@@ -64,4 +66,14 @@ async def every(interval: float, step: Callable[[], Awaitable[bool | None]], *,
             db.broken()
             logger.exception("%s failed", what, extra={"action": action})
         if not again:
-            await asyncio.sleep(interval)
+            await _wait(interval, wake)
+
+
+async def _wait(seconds: float, wake: asyncio.Event | None) -> None:
+    if wake is None:
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await wake.wait()
+    wake.clear()

@@ -7,6 +7,12 @@ happened into logs, events and metrics (``observer``); liveness, rescue and prun
 beside them (``maintenance``), the relay runs the children's enqueues (``relay``), and cron
 in its own process (``cron_process``).
 
+Cancel requests (``skivi.cancel_jobs``, 0007_cancel.sql) reach the engine by its heartbeat
+(``maintenance``), run at once when the fetcher hears a 'cancel:<engine>' NOTIFY: a job
+still in the fetcher's buffer is recorded as cancelled at once, one handed to a child is
+stopped there (``children``). The heartbeat runs until the last step of a shutdown, so a
+job being drained can be cancelled too.
+
 Shutdown (SIGTERM, SIGINT, ``stop()``; see ``Engine.shutdown``), in this order, every step
 running even if an earlier one failed:
     1. stop claiming; hand the unstarted jobs in the buffer back (attempt not consumed);
@@ -29,6 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from skivi.engine import process
 from skivi.engine.children import ChildHandle, ChildPool
 from skivi.engine.completer import Completer, Flushed
@@ -38,12 +46,15 @@ from skivi.engine.exits import EXIT_CONFIG, EXIT_DATABASE
 from skivi.engine.fetcher import (
     CLAIMED_ID,
     CLAIMED_LEASE,
+    CLAIMED_MESSAGE,
+    CLAIMED_TASK,
     Fetcher,
 )
 from skivi.engine.maintenance import HistoryPruner, Liveness
 from skivi.engine.observer import EngineObserver, QueueStatsPoller
 from skivi.engine.relay import EnqueueRelay
 from skivi.engine.service import cancel_and_wait
+from skivi.engine.wire import JOB_QUEUE_NAME, cancelled_row
 from skivi.errors import SchemaNotMigrated
 
 if TYPE_CHECKING:
@@ -68,6 +79,7 @@ class EngineStats:
     stale: int = 0
     child_crashes: int = 0
     rescued: int = 0
+    cancelled: int = 0
 
 
 class Engine:
@@ -134,7 +146,7 @@ class Engine:
             lease_timeout=w.lease_timeout, rescue_interval=w.rescue_interval,
             processes=self.processes, concurrency=self.concurrency,
             in_flight=self.pool.in_flight, running=self.pool.started_jobs,
-            on_rescued=self._on_rescued)
+            on_rescued=self._on_rescued, on_cancels=self._on_cancel_requests)
         self.pruner = HistoryPruner(self.db, q, retention=w.history_retention,
                                     result_retention=w.result_retention)
         # Half what a heartbeat may be late before the lease runs out.
@@ -157,7 +169,8 @@ class Engine:
             startable=self.pool.startable,
             forbidden_flags=list(w.forbidden_flags) or None,
             queues=list(w.queues) if w.queues is not None else None,
-            listen_here=db.listen and not db.listen_url)
+            listen_here=db.listen and not db.listen_url,
+            on_cancel_notice=self.liveness.poke)
         # The children's ctx.add_job, on this same connection (database.child_enqueue).
         self.relay = (EnqueueRelay(self.db, instance) if db.child_enqueue == "parent"
                       else None)
@@ -378,6 +391,25 @@ class Engine:
                 s.failed += 1
         s.stale += len(f.failed) - len(f.outcomes)
         self.observer.flushed(f.completed, f.failed, f.done, f.outcomes, f.recorded)
+        if f.cancelled:
+            s.cancelled += len(f.cancels)
+            s.stale += len(f.cancelled) - len(f.cancels)
+            self.observer.cancelled(f.cancelled, f.cancels)
+
+    def _on_cancel_requests(self, claims: set[tuple[int, int]]) -> None:
+        """The heartbeat read cancel requests for these claims of this engine (the same ones
+        until each job ends: what is already being cancelled is not found again)."""
+        taken = self.fetcher.take_claims(claims)
+        if taken:
+            logger.info("cancelled job(s) %s before they started",
+                        sorted(j[CLAIMED_ID] for j in taken), extra={"action": "cancel_jobs"})
+            self.completer.add([
+                cancelled_row(job_id=j[CLAIMED_ID], lease=j[CLAIMED_LEASE],
+                              task=j[CLAIMED_TASK],
+                              queue_name=orjson.loads(j[CLAIMED_MESSAGE])[JOB_QUEUE_NAME],
+                              error=None, slot=None)
+                for j in taken])
+        self.pool.cancel(claims)
 
     def _on_claimed(self, n: int) -> None:
         """A claim returned ``n`` (> 0) jobs."""

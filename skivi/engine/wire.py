@@ -7,6 +7,10 @@ pipe carries frames (``skivi.framing``: a 4-byte length, one kind byte, an orjso
                                built them (the parent never parses a payload: it joins the
                                texts), and for each its slot (below)
                       STOP     stop taking jobs; send back the ones not started; finish
+                      CANCEL   [[id, lease, slot], ...]: stop these jobs (their cancel was
+                               requested, see ``skivi.engine.children``): one not started
+                               goes back as released, a running async handler's task is
+                               cancelled, a sync handler's ctx.cancelled becomes true
                       ENQUEUED [request, jobs, failure]: the answer to an ENQUEUE, the
                                stored Jobs or why not (see ``skivi.engine.relay``)
     child  -> parent  RESULTS  a JSON array of result rows (below)
@@ -67,11 +71,14 @@ appends the job's slot (it is not on the wire):
     JOB_SLOT          the job's slot in its child (appended by the child)
 
 A result row is a list of RESULT_LENGTH fields, read by these indices; every row has all of
-them, and is built only by ``completed_row``, ``failed_row`` or ``released_row``:
+them, and is built only by ``completed_row``, ``failed_row``, ``released_row`` or
+``cancelled_row`` (the parent turns the row of a job whose cancel it passed on into a
+cancelled one by its code):
 
     RESULT_ID            job id
     RESULT_LEASE         lease of the claim the result settles
-    RESULT_CODE          RESULT_COMPLETED, RESULT_FAILED or RESULT_RELEASED
+    RESULT_CODE          RESULT_COMPLETED, RESULT_FAILED or RESULT_RELEASED (and, set by
+                         the parent only, RESULT_CANCELLED)
     RESULT_TASK          task identifier
     RESULT_QUEUE_NAME    serial queue or null
     RESULT_RUN_SECONDS   how long the handler ran (0.0 when it did not run, or is unknown)
@@ -103,6 +110,7 @@ import orjson
 from skivi.framing import FrameReader, encode_frame
 
 __all__ = [
+    "CANCEL",
     "ENQUEUE",
     "ENQUEUED",
     "EVENT",
@@ -123,6 +131,7 @@ __all__ = [
     "READY",
     "RESULTS",
     "RESULT_ATTEMPT",
+    "RESULT_CANCELLED",
     "RESULT_CODE",
     "RESULT_COMPLETED",
     "RESULT_DELAY",
@@ -152,9 +161,11 @@ __all__ = [
     "VALUE_LEASE",
     "VALUE_TASK",
     "FrameReader",
+    "cancelled_row",
     "completed_row",
     "decode_enqueue",
     "decode_enqueued",
+    "encode_cancel",
     "encode_enqueue",
     "encode_enqueued",
     "encode_frame",
@@ -175,6 +186,7 @@ STARTED = b"T"
 VALUES = b"V"
 ENQUEUE = b"Q"  # child -> parent: a handler's enqueue (see skivi.engine.relay)
 ENQUEUED = b"A"  # parent -> child: its answer
+CANCEL = b"C"  # parent -> child: stop these jobs
 
 # Job message fields (the order of job_claim.sql's json_build_array), then the slot.
 JOB_ID: Final = 0
@@ -195,6 +207,7 @@ JOB_SLOT: Final = 12  # appended by the child
 RESULT_COMPLETED: Final = 0
 RESULT_FAILED: Final = 1
 RESULT_RELEASED: Final = 2  # never started: goes back with its attempt not consumed
+RESULT_CANCELLED: Final = 3  # its cancel was requested: ends in history as cancelled
 
 # Result row fields (see the module docstring); the constructors below set every one.
 RESULT_ID: Final = 0
@@ -236,6 +249,11 @@ def encode_results(results: Sequence[Sequence[Any]]) -> bytes:
 
 def encode_values(values: Sequence[Sequence[Any]]) -> bytes:
     return encode_frame(VALUES, orjson.dumps(values))
+
+
+def encode_cancel(jobs: Sequence[Sequence[int]]) -> bytes:
+    """The CANCEL frame: [[id, lease, slot], ...]."""
+    return encode_frame(CANCEL, orjson.dumps(jobs))
 
 
 def encode_started(job_id: int, lease: int, slot: int, timeout: float) -> bytes:
@@ -295,3 +313,11 @@ def released_row(*, job_id: int, lease: int, task: str, queue_name: str | None,
     """A job the child never started (it was stopping): goes back, attempt not consumed."""
     return [job_id, lease, RESULT_RELEASED, task, queue_name, 0.0, None, 0.0, None, None,
             0.0, slot, None, None]
+
+
+def cancelled_row(*, job_id: int, lease: int, task: str, queue_name: str | None,
+                  error: str | None, slot: int | None) -> list[Any]:
+    """A job the parent ends as cancelled itself: taken from its buffer before it was
+    handed over (``error`` None), or whose child was killed after worker.cancel_grace."""
+    return [job_id, lease, RESULT_CANCELLED, task, queue_name, 0.0, error, 0.0, None, None,
+            None, slot, None, None]

@@ -245,6 +245,8 @@ def test_add_job_validates_the_payload_against_the_task_schema_when_configured(
     (["history", "retry", "--reason", "lost"], "argument --reason: invalid choice"),
     (["history", "retry", "--task", ""], "--task: an empty task identifier"),
     (["history", "retry", "{h},99999999999999999999"], "is not a job id"),
+    (["jobs", "cancel", "{a},abc"], "'abc' is not a job id"),
+    (["jobs", "cancel", "1.5"], "'1.5' is not a job id"),
     (["jobs", "fail", "{a},-3", "--reason", "x"], "'-3' is not a job id"),
     (["jobs", "list", "--state", "done"], "argument --state: invalid choice"),
     (["jobs", "remove", ","], "no job id given"),
@@ -447,6 +449,42 @@ def test_jobs_fail_moves_pending_jobs_to_history_when_given_a_reason(
     assert (row["outcome"], row["reason"], row["last_error"]) == (
         "exhausted", "permanently_failed", "bad data")
     assert row["attempts"] == row["max_attempts"]  # no attempt left, though it never ran
+
+
+def test_jobs_cancel_reports_each_id_when_given_waiting_running_finished_and_unknown(
+        jobs: dict[str, int], database: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(database, "jobs", "fail", str(jobs["failed"])) == 0
+    capsys.readouterr()
+    ids = [jobs["waiting"], jobs["running"], jobs["failed"], 987654321]
+    code = cli(database, "jobs", "cancel", ",".join(map(str, ids)), "--reason", "dup order",
+               "--by", "alice")
+    captured = capsys.readouterr()
+    assert code == 1  # two ids were not changed
+    lines = [" ".join(line.split()) for line in captured.out.splitlines()]
+    assert lines == [
+        "id result",
+        f"{jobs['waiting']} cancelled (it was waiting)",
+        f"{jobs['running']} cancel requested: engine 7 stops it",
+        f"{jobs['failed']} not changed: already finished",
+        "987654321 not changed: not found",
+    ]
+    assert "2 of 4 job(s) not changed" in captured.err
+    row = history_row(database, jobs["waiting"])
+    assert row is not None
+    assert (row["outcome"], row["reason"], row["cancelled_by"]) == (
+        "cancelled", "dup order", "alice")
+    assert job_row(database, jobs["running"]) is not None  # its engine ends it
+    # Again, as JSON: the running job's request is pending, the waiting one is finished now.
+    again = orjson.loads(cli_output(database, capsys, "jobs", "cancel",
+                                              *map(str, ids[:2])))
+    assert again == {"cancelled": [], "requested": [{"id": jobs["running"], "engine": 7}],
+                     "unchanged": [{"id": jobs["waiting"], "reason": "finished"}]}
+
+
+def cli_output(database: str, capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """``cli`` with --json, whatever its exit code; what it printed."""
+    cli(database, *args, "--json")
+    return capsys.readouterr().out
 
 
 def test_jobs_and_history_show_print_payload_error_and_traceback_when_given_an_id(

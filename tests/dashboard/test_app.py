@@ -238,3 +238,45 @@ def test_concurrent_first_requests_share_one_pool_when_served(system: skivi.Syst
     assert len(pids) == 8
     # One pool of at most 4 connections served all eight (two pools would use up to 8).
     assert len(set(pids)) <= 4
+
+
+def test_cancel_action_cancels_a_waiting_job_and_asks_a_running_ones_engine_when_posted(
+        system: skivi.System, dash_url: str) -> None:
+    from skivi.db.queries import engine_register, for_schema, job_claim
+
+    # Jobs of this test's own, the running one claimed first (lowest priority value).
+    running = skivi.add_job(system, "cancel_me", priority=-32768).id
+    waiting = skivi.add_job(system, "cancel_me", priority=-32768).id
+    with psycopg.connect(dash_url, autocommit=True) as conn:
+        q = for_schema("skivi")
+        engine = engine_register.run(conn, q, hostname="h", pid=1, version="t",
+                                     lease_timeout=30.0, processes=1, concurrency=1)
+        [claimed] = job_claim.run(conn, q, engine=engine, limit=1, serial_limit=1,
+                                  max_bytes=1 << 40)
+        assert claimed[0] == running
+
+    def auth(request: Request) -> str:
+        return "alice"
+
+    with _client(create_app(system, auth=auth)) as client:
+        token = _csrf(client)
+        review = client.get("/jobs/bulk?action=cancel&task=cancel_me")
+        assert review.status_code == 200
+        assert "2 jobs match" in review.text and "cancelled where they run" in review.text
+        response = client.post("/jobs/selected", data={
+            "csrf": token, "action": "cancel", "reason": "not needed",
+            "id": [str(waiting), str(running)]})
+        assert response.status_code == 200, response.text[-500:]
+        assert "2 of 2 jobs changed" in response.text
+        assert f"cancel requested: engine {engine} stops it" in response.text
+    with psycopg.connect(dash_url, autocommit=True) as conn:
+        row = conn.execute("select outcome, reason, cancelled_by from skivi.job_history "
+                           "where id = %s", [waiting]).fetchone()
+        assert row == ("cancelled", "not needed", "alice")
+        asked = conn.execute("select requested_by, reason from skivi.job_cancel "
+                             "where id = %s", [running]).fetchone()
+        assert asked == ("alice", "not needed")
+        # Leave the module's database as the other tests expect it.
+        conn.execute("delete from skivi.job where id = %s", [running])
+        conn.execute("delete from skivi.job_cancel where id = %s", [running])
+        conn.execute("delete from skivi.engine where id = %s", [engine])

@@ -61,6 +61,17 @@ create table skivi.job (
     constraint job_task_identifier_check CHECK (((length(task_identifier) >= 1) AND (length(task_identifier) <= 128)))
 ) with (autovacuum_vacuum_scale_factor=0.01, autovacuum_vacuum_threshold=1000, autovacuum_analyze_scale_factor=0.02, autovacuum_vacuum_cost_limit=2000, fillfactor=80);
 
+create table skivi.job_cancel (
+    id bigint not null,
+    requested_at timestamp with time zone not null default now(),
+    requested_by text not null,
+    reason text,
+    run_at timestamp with time zone not null,
+    attempts integer not null,
+    key text,
+    constraint job_cancel_pkey PRIMARY KEY (id)
+);
+
 create table skivi.job_history (
     id bigint not null,
     task_identifier text not null,
@@ -78,7 +89,9 @@ create table skivi.job_history (
     outcome text not null,
     reason text,
     last_error_traceback text,
-    constraint job_history_outcome_check CHECK ((outcome = ANY (ARRAY['completed'::text, 'exhausted'::text]))),
+    cancelled_by text,
+    cancel_requested_at timestamp with time zone,
+    constraint job_history_outcome_check CHECK ((outcome = ANY (ARRAY['completed'::text, 'exhausted'::text, 'cancelled'::text]))) NOT VALID,
     constraint job_history_pkey PRIMARY KEY (id)
 ) with (autovacuum_vacuum_scale_factor=0.05);
 
@@ -131,6 +144,7 @@ CREATE UNIQUE INDEX job_key_idx ON skivi.job USING btree (key) WHERE (key IS NOT
 CREATE INDEX job_locked_idx ON skivi.job USING btree (locked_at) WHERE (locked_by IS NOT NULL);
 CREATE UNIQUE INDEX job_pkey ON skivi.job USING btree (id);
 CREATE INDEX job_queue_claim_idx ON skivi.job USING btree (queue_name, priority, run_at, id) WHERE ((locked_by IS NULL) AND (queue_name IS NOT NULL));
+CREATE UNIQUE INDEX job_cancel_pkey ON skivi.job_cancel USING btree (id);
 CREATE INDEX job_history_finished_at_idx ON skivi.job_history USING btree (finished_at);
 CREATE UNIQUE INDEX job_history_pkey ON skivi.job_history USING btree (id);
 CREATE UNIQUE INDEX job_queue_pkey ON skivi.job_queue USING btree (queue_name);
@@ -149,6 +163,8 @@ CREATE UNIQUE INDEX migration_pkey ON skivi.migration USING btree (id);
 --     language plpgsql volatile security definer; body 2bbfd8b5bcfefda91dd620fef0349e87
 -- function skivi.add_keyed_job(p_task text, p_payload jsonb, p_queue_name text, p_run_at timestamp with time zone, p_max_attempts integer, p_priority smallint, p_flags text[], p_job_key text, p_job_key_mode text, OUT job skivi.job, OUT outcome text) returns record
 --     language plpgsql volatile security definer; body 97968091cf4d0b9342ff2c93f60b5693
+-- function skivi.cancel_jobs(job_ids bigint[], reason text, cancelled_by text) returns TABLE(id bigint, result text, locked_by bigint)
+--     language sql volatile; body da0d4dfd8744172fd8c4232936d4957d
 -- function skivi.check_specs(specs jsonb) returns void
 --     language plpgsql stable; body a4c67871b5405bdad6114a872b0aeebc
 -- function skivi.complete_jobs(job_ids bigint[]) returns SETOF skivi.job

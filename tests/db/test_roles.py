@@ -230,13 +230,26 @@ def test_worker_runs_every_engine_statement_when_granted_the_worker_role(roles: 
         assert [r[:5] for r in failed] == [(b, "exhausted", lb, 1, 25)]
         released = queries.job_release_many.run(c, q, engine=engine, ids=[r1], leases=[lr1])
         assert released == [r1]
-        assert queries.engine_heartbeat.run(c, q, engine=engine, in_flight=2, stopping=False,
-                                            running=[]) == engine
+        # cancel: a waiting job (r1), a claimed one, an unknown id
+        (d, ld) = claimed[3][:2]
+        asked = queries.job_cancel_request_many.run(c, q, ids=[r1, d, 2**40], reason="why",
+                                                    cancelled_by=None)
+        assert [(r.id, r.result) for r in asked] == [
+            (r1, "cancelled"), (d, "requested"), (2**40, "not_found")]
+        beat = queries.engine_heartbeat.run(c, q, engine=engine, in_flight=2, stopping=False,
+                                            running=[])
+        assert beat is not None
+        assert (beat.id, beat.cancel_ids, beat.cancel_leases, beat.strays) == (
+            engine, [d], [ld], False)
+        cancelled = queries.job_cancel_many.run(c, q, engine=engine, ids=[d], leases=[ld],
+                                                errors=[None], tracebacks=[None])
+        assert [(r.id, r.reason) for r in cancelled] == [(d, "why")]
+        assert queries.job_cancel_sweep.run(c, q) == 0
         assert queries.job_stats.run(c, q, engine=engine, cap=10000, max_groups=100)
         assert queries.job_rescue.run(c, q, engine=engine, restart_grace=0.0, orphans=True)
         pruned = queries.job_history_prune.run(c, q, lock_class=1, schema=SCHEMA,
                                                retention=0.0, batch=100)
-        assert pruned == (True, 2)
+        assert pruned == (True, 4)
         known = queries.cron_known.run(c, q, identifiers=["nightly"], now=now)
         assert [r.identifier for r in known] == ["nightly"]
         fired = queries.cron_fire.run(c, q, ticks=Jsonb([{
@@ -372,6 +385,8 @@ def test_producer_is_refused_everything_but_enqueueing_when_it_tries(roles: Role
             "alter table {schema}.job add column extra int",
             "drop table {schema}.job",
             "select {schema}.complete_jobs(array[1]::bigint[])",
+            "select * from {schema}.cancel_jobs(array[1]::bigint[])",
+            "select * from {schema}.job_cancel",
             "select {schema}.remove_job('k')",
             "select {schema}.permanently_fail_jobs(array[1]::bigint[])",
             "select {schema}.reschedule_jobs(array[1]::bigint[], now())",

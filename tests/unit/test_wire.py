@@ -32,8 +32,8 @@ def test_job_indices_follow_the_claim_statements_array_when_read_against_it() ->
 
 def test_result_rows_have_every_field_when_built_by_any_constructor() -> None:
     fields = {name: index for name, index in _indices("RESULT_").items()
-              if name not in ("RESULT_COMPLETED", "RESULT_FAILED", "RESULT_RELEASED",
-                              "RESULT_LENGTH")}
+              if name not in ("RESULT_CANCELLED", "RESULT_COMPLETED", "RESULT_FAILED",
+                              "RESULT_RELEASED", "RESULT_LENGTH")}
     assert sorted(fields.values()) == list(range(wire.RESULT_LENGTH))
     done = wire.completed_row(job_id=1, lease=2, task="t", queue_name="q",
                                  run_seconds=0.5, wait_seconds=0.25, slot=3)
@@ -42,7 +42,9 @@ def test_result_rows_have_every_field_when_built_by_any_constructor() -> None:
                                 payload="[1]", wait_seconds=None, slot=None, attempt=6,
                                 traceback="Traceback ...")
     released = wire.released_row(job_id=7, lease=8, task="t", queue_name=None, slot=9)
-    for row in (done, failed, released):
+    cancelled = wire.cancelled_row(job_id=10, lease=11, task="t", queue_name="q",
+                                   error="killed", slot=None)
+    for row in (done, failed, released, cancelled):
         assert len(row) == wire.RESULT_LENGTH
         assert orjson.loads(orjson.dumps(row)) == row  # survives the pipe as it is
     assert [done[wire.RESULT_CODE], failed[wire.RESULT_CODE],
@@ -57,6 +59,17 @@ def test_result_rows_have_every_field_when_built_by_any_constructor() -> None:
         "boom", 2.0, "no_handler", "[1]", 6, "Traceback ...")
     assert (released[wire.RESULT_ID], released[wire.RESULT_LEASE],
             released[wire.RESULT_SLOT]) == (7, 8, 9)
+    assert (cancelled[wire.RESULT_CODE], cancelled[wire.RESULT_ID],
+            cancelled[wire.RESULT_LEASE], cancelled[wire.RESULT_ERROR]) == (
+        wire.RESULT_CANCELLED, 10, 11, "killed")
+    assert len({wire.RESULT_COMPLETED, wire.RESULT_FAILED, wire.RESULT_RELEASED,
+                wire.RESULT_CANCELLED}) == 4
+
+
+def test_cancel_frame_reads_back_as_id_lease_slot_when_encoded() -> None:
+    [(kind, body)] = list(wire.FrameReader().feed(wire.encode_cancel([[1, 2, 3], [4, 5, 6]])))
+    assert kind == wire.CANCEL
+    assert orjson.loads(body) == [[1, 2, 3], [4, 5, 6]]
 
 
 def test_started_frame_reads_back_in_order_when_encoded() -> None:

@@ -209,3 +209,41 @@ TASKS.update({
     "returns_awaitable": returns_awaitable,
     "sync_hang": task(hang, timeout=1.0, backoff=FAST),
 })
+
+
+# -- cancel (tests/engine/test_cancel.py) -------------------------------------------------------
+
+async def async_until_cancelled(ctx: Any) -> None:
+    """Waits (at most payload["s"], default 60 s) and records "cancelled" when its task is
+    cancelled, then lets the CancelledError go on."""
+    record(ctx)
+    try:
+        await asyncio.sleep(float(ctx.job.payload.get("s", 60)))
+    except asyncio.CancelledError:
+        record(ctx, "cancelled")
+        raise
+    record(ctx, "end")
+
+
+def sync_until_cancelled(ctx: Any) -> None:
+    """A long loop that checks ctx.cancelled (at most payload["s"], default 60 s), records
+    "cancelled" when it sees it, and returns normally."""
+    record(ctx)
+    deadline = time.monotonic() + float(ctx.job.payload.get("s", 60))
+    while time.monotonic() < deadline:
+        if ctx.cancelled:
+            record(ctx, "cancelled")
+            return
+        time.sleep(0.01)
+    record(ctx, "end")
+
+
+def sync_ignoring_cancel(ctx: Any) -> None:
+    """Never looks at ctx.cancelled: only killing its process ends it."""
+    record(ctx)
+    time.sleep(3600)
+
+
+TASKS["async_until_cancelled"] = task(async_until_cancelled, backoff=FAST)
+TASKS["sync_until_cancelled"] = task(sync_until_cancelled, backoff=FAST)
+TASKS["sync_ignoring_cancel"] = task(sync_ignoring_cancel, backoff=FAST)
