@@ -17,12 +17,25 @@ What a task's author uses, besides ``create_system`` and ``add_job``:
 - ``Tasks`` and ``System.task``: typed tasks, functions taking their own arguments and
   enqueued by calling ``defer`` (``send_email.defer(to=...)``); see ``skivi.tasks``.
   ``TypedTask`` is their type, for annotations.
+- ``pause_queue`` / ``resume_queue`` / ``pause_task`` / ``resume_task`` / ``paused``:
+  operational pauses, honoured by every engine (``skivi.control``); ``Limit``: a
+  concurrency or rate limit by key, on a typed task (``limits=``) or as ``[[limits]]`` in
+  the configuration (``skivi.limit``).
 - ``Backoff``: a task's retry schedule (``task(fn, backoff=Backoff(factor=0.5,
   max_delay=600))``); the default is Graphile Worker's ``exp(min(attempts, 10))`` seconds.
 """
 
 from skivi.client import add_job, add_job_async, add_jobs, add_jobs_async
 from skivi.config import Config, load_config
+from skivi.control import (
+    PARALLEL_QUEUE,
+    Pause,
+    pause_queue,
+    pause_task,
+    paused,
+    resume_queue,
+    resume_task,
+)
 from skivi.engine.child import JobContext
 from skivi.errors import (
     ConfigError,
@@ -42,6 +55,7 @@ from skivi.errors import (
 )
 from skivi.events import EventKind
 from skivi.job import EnqueueOutcome, Job, JobKeyMode, JobSpec
+from skivi.limit import Limit
 from skivi.registry import task
 from skivi.results import (
     JobResult,
@@ -58,6 +72,7 @@ from skivi.tasks import Tasks, TypedTask
 __version__ = "0.1.0"
 
 __all__ = [
+    "PARALLEL_QUEUE",
     "Backoff",
     "Config",
     "ConfigError",
@@ -73,7 +88,9 @@ __all__ = [
     "JobResult",
     "JobSpec",
     "JobSpecError",
+    "Limit",
     "MigrationError",
+    "Pause",
     "PayloadError",
     "RegistryError",
     "ResultState",
@@ -94,6 +111,11 @@ __all__ = [
     "get_result",
     "get_result_async",
     "load_config",
+    "pause_queue",
+    "pause_task",
+    "paused",
+    "resume_queue",
+    "resume_task",
     "task",
     "wait_for",
     "wait_for_sync",

@@ -53,6 +53,7 @@ from skivi.db.queries import (
     job_fail_many,
     job_release_many,
     job_result_store_many,
+    limit_slot_free_many,
     lock_timeout_local,
 )
 from skivi.db.retry import JITTER_AROUND, RetryBackoff
@@ -120,7 +121,8 @@ class Completer:
                  batch_size: int, interval: float, max_buffer: int, history: bool,
                  on_flushed: FlushHook | None = None,
                  keeping_results: frozenset[str] = frozenset(),
-                 lock_timeout: float = 1.5) -> None:
+                 lock_timeout: float = 1.5,
+                 frees_slots: Callable[[], bool] = lambda: False) -> None:
         self.db = db
         self._lock_timeout_ms = str(max(1, round(lock_timeout * 1000)))
         self.q = queries
@@ -132,6 +134,9 @@ class Completer:
         self.on_flushed = on_flushed
         self.keeping_results = keeping_results
         """The tasks whose jobs keep their results (exhausted ones: their last error)."""
+        self.frees_slots = frees_slots
+        """Whether claims may hold limit slots (the engine claims under limits): each flush
+        then frees those of the claims it finishes, in its transaction."""
         self.values: dict[Claim, tuple[str, str | None, str | None]] = {}
         """Claim -> (task, value JSON, error) of completed jobs whose values came first."""
         self.results_stored = 0
@@ -317,6 +322,14 @@ class Completer:
             await job_release_many.execute_async(
                 conn, self.q, engine=engine, ids=_int_array(job_id for job_id, _ in released),
                 leases=_int_array(lease for _, lease in released))
+        if self.frees_slots():
+            # Every claim this flush finished frees its concurrency slots, whatever became
+            # of it; a stale claim's (id, lease) matches no slot. Unread, like the release.
+            claims = [*((r[RESULT_ID], r[RESULT_LEASE]) for r in completed),
+                      *((r[RESULT_ID], r[RESULT_LEASE]) for r in failed), *released]
+            await limit_slot_free_many.execute_async(
+                conn, self.q, ids=_int_array(c[0] for c in claims),
+                leases=_int_array(c[1] for c in claims))
         return done_ids, outcomes, recorded
 
     async def _store_results(self, conn: Any, completed: list[list[Any]],

@@ -15,6 +15,15 @@ State machine (Graphile Worker's localQueue, with its crash window closed by the
                byte limit) means more may be waiting, so it claims again at once; a short
                one means the queue is drained: wait. Claimed jobs are buffered by
                lane: sync handlers' jobs and the others (see the supervisor).
+    (controls) once per poll interval, and at once on a 'control' NOTIFY, a claim first
+               reads the paused queues and tasks and the tasks under a limit
+               (control_get.sql) and passes the pauses to the claims. An engine that runs
+               a task under a limit claims the parallel queue with job_claim_limited.sql
+               (the limits enforced there) and the serial queues with job_claim.sql; its
+               lookahead (how many runnable jobs the limited claim reads) is one claim's
+               room while nothing is held back, and grows x4 per claim while jobs are (up
+               to worker.limits_lookahead), a deeper claim being made at once. A held-back
+               rate-limited key sets a timer for when its window frees a slot.
     paused     the completer has more than worker.max_result_buffer results it cannot
                write (database away): claiming stops until they land.
     stopped    no more claims. ``take_all()`` hands the unstarted jobs in hand back to the
@@ -40,16 +49,22 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
+from skivi.control import PARALLEL_QUEUE
 from skivi.db.queries import (
     CLAIM_CUT,
     CLAIM_ID,
     CLAIM_LEASE,
     CLAIM_MESSAGE,
     CLAIM_TASK,
+    LIMITED_BLOCKED,
+    LIMITED_CUT,
+    LIMITED_WAKE_AT,
     ClaimRow,
     Queries,
     channel_name,
+    control_get,
     job_claim,
+    job_claim_limited,
 )
 from skivi.db.retry import RetryBackoff
 from skivi.engine.connection import Reconnecting
@@ -79,6 +94,10 @@ CLAIM_RETRY_DELAY_MAX = 2.0
 LISTEN_RETRY_DELAY_INITIAL = 0.1
 LISTEN_RETRY_DELAY_MAX = 5.0
 
+CONTROL_NOTICE: Final = "control"
+"""The NOTIFY payload of a pause or resume: read the controls again before the next claim."""
+LOOKAHEAD_GROWTH = 4
+
 
 class Fetcher:
     def __init__(self, db: Reconnecting, listen_db: Reconnecting | None, queries: Queries, *,
@@ -91,7 +110,8 @@ class Fetcher:
                  queues: list[str] | None, sync_tasks: frozenset[str] = frozenset(),
                  sync_only: bool = False,
                  startable: Callable[[], int] | None = None,
-                 listen_here: bool = False) -> None:
+                 listen_here: bool = False, own_tasks: frozenset[str] = frozenset(),
+                 limits_lookahead: int = 10_000) -> None:
         self.db = db
         self.listen_db = listen_db
         # LISTEN on the claim connection itself (no connection of its own): notifications
@@ -133,6 +153,17 @@ class Fetcher:
         self.claims = 0
         self.claimed = 0
         self.listening = False
+        # Controls (control_get.sql), read again when due or after a 'control' NOTIFY.
+        self.own_tasks = own_tasks
+        self.paused_queues: list[str] | None = None
+        self.paused_tasks: list[str] | None = None
+        self.limited = False  # a task this engine runs is under a limit
+        # Once limited, claims may hold limit slots: the completer frees them from then on.
+        self.ever_limited = False
+        self._controls_due = 0.0  # monotonic time of the next read; 0: at the next claim
+        self.limits_lookahead = limits_lookahead
+        self.lookahead = 0  # the limited claim's lookahead; 0: one claim's room
+        self.wake_at: float | None = None  # the last limited claim's wake_at, for tests
 
     def room(self) -> int:
         """How many jobs to claim now; 0 means wait. Claims are batched: below half a batch
@@ -231,21 +262,46 @@ class Fetcher:
         return (self.drained and not self.buffered()
                 and self.claimed_after_flush == self.flushes())
 
+    async def _read_controls(self, conn: Any) -> None:
+        row = await control_get.run_async(conn, self.q)
+        self.paused_queues = row.paused_queues
+        self.paused_tasks = row.paused_tasks
+        # Limits apply to jobs without a queue, which a queue filter never claims.
+        self.limited = self.queue_filter is None and bool(
+            self.own_tasks.intersection(row.limited_tasks or ()))
+        self.ever_limited = self.ever_limited or self.limited
+        self._controls_due = time.monotonic() + self.poll_interval
+
     async def _claim(self, limit: int) -> int:
         self.claimed_after_flush = self.flushes()
         # Not drained while this claim runs: it may find jobs (--once must not stop now).
         self.drained = False
         async with self.db.session() as conn:
+            if time.monotonic() >= self._controls_due:
+                await self._read_controls(conn)
             serial = limit if self.startable is None else min(limit, self.startable())
             self.serial_limit_used = serial
-            rows = await job_claim.run_async(
+            # What the buffers hold counts against the byte limit too, so the parent
+            # never holds much more than worker.batch_max_bytes of unstarted payload.
+            max_bytes = max(1, self.batch_max_bytes - self.buffered_bytes)
+            paused_queues = self.paused_queues
+            if self.limited:
+                # The parallel queue is the limited claim's: job_claim takes serial queues
+                # (first, so a steady parallel backlog never crowds them out).
+                paused_queues = [*(paused_queues or ()), PARALLEL_QUEUE]
+            rows: list[Any] = await job_claim.run_async(
                 conn, self.q, engine=self.engine_id(), limit=limit, serial_limit=serial,
-                # What the buffers hold counts against the byte limit too, so the parent
-                # never holds much more than worker.batch_max_bytes of unstarted payload.
-                max_bytes=max(1, self.batch_max_bytes - self.buffered_bytes),
-                tasks=self.task_filter, forbidden=self.forbidden_flags,
-                queues=self.queue_filter)
-        self.cut = bool(rows) and rows[0][CLAIM_CUT]
+                max_bytes=max_bytes, tasks=self.task_filter, forbidden=self.forbidden_flags,
+                queues=self.queue_filter, paused_queues=paused_queues,
+                paused_tasks=self.paused_tasks)
+            cut = bool(rows) and rows[0][CLAIM_CUT]
+            if self.limited and len(rows) < limit:
+                more, limited_cut = await self._claim_limited(
+                    conn, limit - len(rows),
+                    max(1, max_bytes - sum(map(len, map(_message, rows)))))
+                rows.extend(more)
+                cut = cut or limited_cut
+        self.cut = cut
         self.claims += 1
         if self.claims == 1:
             logger.debug("first claim: %d jobs", len(rows), extra={"action": "claim"})
@@ -268,6 +324,29 @@ class Fetcher:
                      else async_buffer).append(job)
             self.on_claimed(len(rows))
         return len(rows)
+
+    async def _claim_limited(self, conn: Any, limit: int, max_bytes: int
+                             ) -> tuple[list[Any], bool]:
+        """The parallel queue's jobs under the limits: (rows, cut), cut meaning claim again
+        at once (more runnable, or a deeper look is due)."""
+        lookahead = max(limit, min(self.lookahead, self.limits_lookahead))
+        rows = await job_claim_limited.run_async(
+            conn, self.q, engine=self.engine_id(), limit=limit, lookahead=lookahead,
+            max_bytes=max_bytes, tasks=self.task_filter, forbidden=self.forbidden_flags,
+            paused_queues=self.paused_queues, paused_tasks=self.paused_tasks)
+        status = rows.pop()
+        cut = bool(status[LIMITED_CUT])
+        self.wake_at = status[LIMITED_WAKE_AT]
+        if status[LIMITED_BLOCKED]:
+            if self.wake_at is not None:
+                self._wake_at(self.wake_at)
+            if len(rows) < limit and lookahead < self.limits_lookahead:
+                # Held back jobs filled the look: look deeper, now.
+                self.lookahead = min(lookahead * LOOKAHEAD_GROWTH, self.limits_lookahead)
+                cut = True
+        else:
+            self.lookahead = 0
+        return rows, cut
 
     async def _sleep(self, timeout: float, *, listen: bool = False) -> None:
         """Wait for a wake-up, at most ``timeout``. With ``listen`` (the table looked
@@ -316,7 +395,10 @@ class Fetcher:
             self._notified(note)
 
     def _notified(self, note: Any) -> None:
-        if note.payload:
+        if note.payload == CONTROL_NOTICE:
+            self._controls_due = 0.0
+            self.wake()
+        elif note.payload:
             try:
                 self._wake_at(float(note.payload))
             except ValueError:

@@ -18,7 +18,8 @@ dead engines' rows makes concurrent rescuers safe. An engine rescues others only
 has itself been connected for a whole lease without a failed statement: after an outage
 that cut everybody off (a network fault, a failover), every live engine's heartbeat is
 stale, and the first one back must give the others a lease to heartbeat again before it
-judges them. The database itself does the same after a restart (restart_grace).
+judges them. The database itself does the same after a restart (restart_grace). The same
+round then frees the limit slots the rescued engines held (limit_slot_sweep.sql).
 
 History pruning. ``HistoryPruner`` deletes job_history rows (completed and exhausted jobs)
 older than worker.history_retention, and kept results (job_result) older than
@@ -49,6 +50,7 @@ from skivi.db.queries import (
     job_queue_prune,
     job_rescue,
     job_result_prune,
+    limit_slot_sweep,
 )
 from skivi.db.retry import JITTER_AROUND, RetryBackoff, retrying
 from skivi.engine.connection import Reconnecting
@@ -213,9 +215,14 @@ class Liveness:
                 self._seen(conn)
                 if time.monotonic() < self._settled_at:
                     return [], 0, 0
+                orphans = self._rounds % ORPHAN_ROUNDS == 1
                 row = await job_rescue.run_async(
                     conn, self.q, engine=self.engine_id, restart_grace=self.restart_grace,
-                    orphans=self._rounds % ORPHAN_ROUNDS == 1)
+                    orphans=orphans)
+                if row.engines or orphans:
+                    # The rescued (or otherwise gone) engines' limit slots: their jobs
+                    # wait again, and run under their limits when the slots are free.
+                    await limit_slot_sweep.run_async(conn, self.q)
         except BaseException:
             self.unsettle()
             raise

@@ -1,0 +1,133 @@
+-- 0008_controls: paused queues and tasks, and concurrency and rate limits by key.
+--
+-- Why: operators stop a queue or a task without stopping engines (skivi queues pause, skivi
+-- tasks pause), and limit how many jobs of one key (a tenant, an API account: a payload
+-- field, or the task itself) run at once or start per period, across the whole fleet. Both
+-- are enforced where jobs are claimed, in the database, so they hold whatever engines run.
+--
+-- Tables
+--   pause       one row per paused queue or task. Engines read it once per poll interval
+--               (control_get.sql, and at once on the 'control' NOTIFY the functions below
+--               send) and pass what it holds to the claim as parameters, so with nothing
+--               paused the claim is the statement it was. The reserved queue name
+--               '@parallel' stands for the jobs without a queue (the parallel queue).
+--   job_limit   the declared limits: what worker configurations ([[limits]], and typed
+--               tasks' limits=) say, upserted by every engine at start
+--               (job_limit_upsert_many.sql).
+--   limit_slot  the enforcement: N rows per (limit, key), N the limit's concurrency or its
+--               rate's count, created by the first claim that meets the key. A claim takes
+--               a free slot FOR NO KEY UPDATE SKIP LOCKED for every limit a job is under,
+--               as a serial queue's job_queue row is taken (job_claim_limited.sql); the
+--               state is in the locked row itself, so the lock's recheck sees what another
+--               claim committed. Concurrency slot: held (job_id, lease, locked_by set) while
+--               its job runs, freed in the transaction that finishes or releases the job
+--               (limit_slot_free_many.sql), or by the rescue once its engine is gone
+--               (limit_slot_sweep.sql). Rate slot: free once its started_at is older than
+--               the period; N slots per key means at most N starts in any window of one
+--               period (a sliding-window log of the last N starts).
+--
+-- Functions: pause_queue, resume_queue, pause_task, resume_task.
+--
+-- Safe to apply while engines run: new tables and functions only; engines of the previous
+-- version never read them (they do not honour pauses or limits).
+
+create table {schema}.pause (
+    kind      text        not null,
+    name      text        not null,
+    paused_at timestamptz not null default now(),
+    constraint pause_pkey primary key (kind, name),
+    constraint pause_kind_check check (kind in ('queue', 'task')),
+    constraint pause_name_check check (length(name) between 1 and 128)
+);
+
+create table {schema}.job_limit (
+    name       text        not null,
+    tasks      text[]      not null,
+    -- The payload path of the key (payload #>> key_path); null: the task identifier.
+    key_path   text[],
+    -- The concurrency, or the rate's count: the slot rows per key.
+    slots      integer     not null,
+    -- The rate's period in seconds; null for a concurrency limit.
+    period     double precision,
+    updated_at timestamptz not null default now(),
+    constraint job_limit_pkey primary key (name),
+    constraint job_limit_name_check check (length(name) between 1 and 128),
+    constraint job_limit_period_check check (period is null or period > 0),
+    constraint job_limit_slots_check check (slots between 1 and 10000),
+    constraint job_limit_tasks_check check (cardinality(tasks) >= 1)
+);
+
+create table {schema}.limit_slot (
+    limit_name text        not null,
+    key        text        not null,
+    slot       integer     not null,
+    -- The running job holding a concurrency slot, its claim and engine; null while free.
+    job_id     bigint,
+    lease      bigint,
+    locked_by  bigint,
+    locked_at  timestamptz,
+    -- The last start that used the slot (what a rate slot is judged by).
+    started_at timestamptz,
+    constraint limit_slot_pkey primary key (limit_name, key, slot),
+    constraint limit_slot_limit_fkey foreign key (limit_name)
+        references {schema}.job_limit (name) on delete cascade,
+    constraint limit_slot_held_check check ((job_id is null) = (locked_by is null))
+);
+-- Freeing finds a finished job's slots by its id: a handful of held rows per key.
+create index limit_slot_job_idx on {schema}.limit_slot (job_id) where job_id is not null;
+
+-- pause_queue / resume_queue, pause_task / resume_task: persisted pauses. A paused queue or
+-- task is skipped by every claim (jobs of a serial queue whose next job is of a paused task
+-- wait behind it, in order); running jobs finish. Each returns true when it changed
+-- something (false: already paused, or not paused), and wakes the engines (NOTIFY
+-- 'control') so those that LISTEN honour it at once, the others at their next poll.
+-- '@parallel' is the queue of the jobs without a queue.
+create function {schema}.pause_queue(queue_name text)
+returns boolean
+language sql
+as $$
+    with added as (
+        insert into {schema}.pause (kind, name) values ('queue', queue_name)
+        on conflict do nothing
+        returning 1
+    )
+    select exists (select 1 from added)
+           and pg_notify({channel}, 'control') is not null;
+$$;
+
+create function {schema}.resume_queue(queue_name text)
+returns boolean
+language sql
+as $$
+    with removed as (
+        delete from {schema}.pause p where p.kind = 'queue' and p.name = queue_name
+        returning 1
+    )
+    select exists (select 1 from removed)
+           and pg_notify({channel}, 'control') is not null;
+$$;
+
+create function {schema}.pause_task(task_identifier text)
+returns boolean
+language sql
+as $$
+    with added as (
+        insert into {schema}.pause (kind, name) values ('task', task_identifier)
+        on conflict do nothing
+        returning 1
+    )
+    select exists (select 1 from added)
+           and pg_notify({channel}, 'control') is not null;
+$$;
+
+create function {schema}.resume_task(task_identifier text)
+returns boolean
+language sql
+as $$
+    with removed as (
+        delete from {schema}.pause p where p.kind = 'task' and p.name = task_identifier
+        returning 1
+    )
+    select exists (select 1 from removed)
+           and pg_notify({channel}, 'control') is not null;
+$$;

@@ -1,0 +1,36 @@
+-- job_limit_upsert_many: record the limits an engine's configuration declares ([[limits]]
+-- and typed tasks' limits=), so every engine enforces them (job_claim_limited.sql reads
+-- job_limit). Run by each engine at start, like cron_known.sql for cron entries; writes
+-- only what changed (no dead row on every start). A limit no configuration declares any
+-- more stays until removed (skivi limits remove); a changed one takes effect at once: its
+-- keys' slot rows past a smaller count are ignored by claims and deleted here, and missing
+-- ones are created by the next claim.
+-- Parameters: %(names)s text[]; %(tasks)s text[] (each limit's tasks as one JSON array
+-- text, pairwise with names); %(key_paths)s text[] (a JSON array text of the path, or null
+-- for the task identifier); %(slots)s int[]; %(periods)s float8[] (null: concurrency).
+-- Returns the names of the limits inserted or changed.
+with given as (
+    select u.name, array(select jsonb_array_elements_text(u.tasks::jsonb)) as tasks,
+           case when u.key_path is null then null
+                else array(select jsonb_array_elements_text(u.key_path::jsonb)) end
+               as key_path,
+           u.slots, u.period
+    from unnest(%(names)s::text[], %(tasks)s::text[], %(key_paths)s::text[],
+                %(slots)s::int[], %(periods)s::float8[])
+        as u(name, tasks, key_path, slots, period)
+), upserted as (
+    insert into {schema}.job_limit as l (name, tasks, key_path, slots, period)
+    select g.name, g.tasks, g.key_path, g.slots, g.period from given g
+    order by g.name
+    on conflict (name) do update set
+        tasks = excluded.tasks, key_path = excluded.key_path, slots = excluded.slots,
+        period = excluded.period, updated_at = now()
+    where (l.tasks, l.key_path, l.slots, l.period)
+          is distinct from (excluded.tasks, excluded.key_path, excluded.slots, excluded.period)
+    returning l.name, l.slots
+), trimmed as (
+    delete from {schema}.limit_slot s
+    using upserted u
+    where s.limit_name = u.name and s.slot > u.slots
+)
+select u.name from upserted u order by u.name;
