@@ -415,7 +415,10 @@ class Fetcher:
         if delay > self.poll_interval:
             return
         loop = asyncio.get_running_loop()
-        if self._timer is None or self._timer.when() > loop.time() + delay:
+        now = loop.time()
+        # A timer that already fired (its when() past) is no reason to skip a later one.
+        if (self._timer is None or self._timer.when() <= now
+                or self._timer.when() > now + delay):
             if self._timer is not None:
                 self._timer.cancel()
             self._timer = loop.call_later(delay, self.wake)
