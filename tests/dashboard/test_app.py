@@ -238,3 +238,19 @@ def test_concurrent_first_requests_share_one_pool_when_served(system: skivi.Syst
     assert len(pids) == 8
     # One pool of at most 4 connections served all eight (two pools would use up to 8).
     assert len(set(pids)) <= 4
+
+
+def test_queue_page_shows_what_is_paused_when_queues_and_tasks_are(
+        system: skivi.System) -> None:
+    with _client(create_app(system)) as client:
+        assert "Nothing is paused" in client.get("/queues").text
+        skivi.pause_queue(system, skivi.PARALLEL_QUEUE)
+        skivi.pause_task(system, "resize")
+        try:
+            page = client.get("/queues").text
+        finally:
+            skivi.resume_queue(system, skivi.PARALLEL_QUEUE)
+            skivi.resume_task(system, "resize")
+    assert "<strong>paused</strong>" in page
+    assert "@parallel (no queue: parallel)" in page
+    assert "<td>task</td><td>resize</td>" in page
