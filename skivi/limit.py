@@ -24,8 +24,10 @@ and not yet finished, failed or released). ``rate = "N/period"`` is at most N st
 per key in any sliding window of one period; every start counts, whatever its outcome.
 Periods: ``s``, ``m``, ``h``, ``d`` (also ``second``, ``min``, ``minute``, ``hour``,
 ``day``), optionally with a count (``"100/10s"``, ``"5/15min"``). N is at most
-``SLOTS_MAX``: a key has N slot rows. A job whose payload lacks the key's field shares the
-key ``""`` with the others that lack it.
+``SLOTS_MAX`` (a key's row holds its N running jobs, or its last N starts). A job whose
+payload lacks the key's field shares the key ``""`` with the others that lack it. Limits
+apply to jobs without a queue (the parallel queue); a serial queue's jobs are bound by their
+queue, one at a time, and not counted.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from skivi.errors import ConfigError, shown
 __all__ = ["SLOTS_MAX", "Limit", "merge_limits", "parse_limits", "parse_rate"]
 
 SLOTS_MAX = 10_000
-"""The largest concurrency or rate count (each key of a limit has that many slot rows)."""
+"""The largest concurrency or rate count (a key's row holds that many jobs or starts)."""
 
 NAME_MAX = 128
 
@@ -72,7 +74,7 @@ class Limit:
 
     @property
     def slots(self) -> int:
-        """Slot rows per key: the concurrency, or the rate's count."""
+        """What one key allows: the concurrency, or the rate's count."""
         if self.concurrency is not None:
             return self.concurrency
         assert self.rate is not None

@@ -69,15 +69,16 @@ __all__ = [
     "CLAIM_CUT", "CLAIM_ID", "CLAIM_LEASE", "CLAIM_MESSAGE", "CLAIM_TASK", "COMPLETED_ID",
     "COMPLETED_LEASE", "FAILED_ATTEMPTS", "FAILED_ID", "FAILED_LEASE", "FAILED_MAX_ATTEMPTS",
     "FAILED_OUTCOME", "FAILED_REASON", "FAILED_RUN_AT", "LIMITED_BLOCKED", "LIMITED_CUT",
-    "LIMITED_WAKE_AT", "STATEMENTS", "BigintArray", "ChangeRow", "ClaimRow", "CompletedRow",
-    "ControlRow", "CronFireRow", "CronKnownRow", "CronListRow", "DashboardHistoryListRow",
-    "DashboardHistoryRateRow", "DashboardJobCountsRow", "DashboardJobListRow",
-    "DashboardQueueRow", "EngineListRow", "FailedRow", "HistoryPruneRow", "HistoryRetryRow",
-    "InsertedRow", "JobCountRow", "JobHistoryRow", "JobLimitRow", "JobListRow", "JobRescueRow",
-    "JobResultRow", "JobStatsRow", "KeyedInsertRow", "LimitedClaimRow", "LockHolderRow",
-    "MigrationRow", "PauseRow", "Queries", "ResultPruneRow", "SchemaStateRow", "Statement",
-    "channel_name", "check_statements", "declare", "done_channel_name", "for_schema",
-    "load_text", "migration_files", "placeholders", "statement",
+    "LIMITED_WAKE_AT", "STATEMENTS", "BigintArray", "ChangeRow", "ClaimRow",
+    "CompletedRow", "ControlRow", "CronFireRow", "CronKnownRow", "CronListRow",
+    "DashboardHistoryListRow", "DashboardHistoryRateRow", "DashboardJobCountsRow",
+    "DashboardJobListRow", "DashboardQueueRow", "EngineListRow", "FailedRow", "HistoryPruneRow",
+    "HistoryRetryRow", "InsertedRow", "JobCountRow", "JobHistoryRow", "JobLimitRow",
+    "JobListRow", "JobRescueRow", "JobResultRow", "JobStatsRow", "KeyedInsertRow",
+    "LimitedClaimRow", "LockHolderRow", "MigrationRow", "PauseRow", "Queries", "ResultPruneRow",
+    "SchemaStateRow", "Statement", "channel_name", "check_statements",
+    "declare", "done_channel_name", "for_schema", "load_text", "migration_files",
+    "placeholders", "statement",
 ]
 
 SQL_PACKAGE = "skivi.sql"
@@ -677,7 +678,7 @@ LIMITED_BLOCKED: Final = 5
 LIMITED_WAKE_AT: Final = 6
 
 
-@statement(prepare=True)
+@statement(prepare=False)
 def job_claim_limited(*, engine: int, limit: int, lookahead: int, max_bytes: int,
                       tasks: list[str] | None = None, forbidden: list[str] | None = None,
                       paused_queues: list[str] | None = None,
@@ -963,13 +964,20 @@ def job_stats(*, engine: int, cap: int, max_groups: int) -> list[JobStatsRow]:
 
 
 @statement(prepare=True)
-def limit_slot_free_many(*, ids: BigintArray, leases: BigintArray) -> int:
-    """Free the concurrency slots of these finished claims; how many were freed."""
+def limit_key_drop_many(*, holds: str) -> int:
+    """Give back these holds (JSON text, as limit_key_held_many and limit_key_stale return
+    them); how many key rows changed."""
+
+
+@statement(prepare=True)
+def limit_key_held_many(*, ids: BigintArray, leases: BigintArray) -> str | None:
+    """The concurrency keys these claims hold (pairwise; before the statements that finish
+    them), as limit_key_drop_many takes them, or None."""
 
 
 @statement
-def limit_slot_sweep() -> int:
-    """Free the concurrency slots of engines that are gone; how many were freed."""
+def limit_key_stale() -> str | None:
+    """The holds of claims of engines that are gone (JSON text), or None."""
 
 
 @statement

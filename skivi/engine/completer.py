@@ -32,6 +32,7 @@ and ``keeping_results`` too, and both are only tested for emptiness once per flu
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -53,7 +54,8 @@ from skivi.db.queries import (
     job_fail_many,
     job_release_many,
     job_result_store_many,
-    limit_slot_free_many,
+    limit_key_drop_many,
+    limit_key_held_many,
     lock_timeout_local,
 )
 from skivi.db.retry import JITTER_AROUND, RetryBackoff
@@ -122,7 +124,7 @@ class Completer:
                  on_flushed: FlushHook | None = None,
                  keeping_results: frozenset[str] = frozenset(),
                  lock_timeout: float = 1.5,
-                 frees_slots: Callable[[], bool] = lambda: False) -> None:
+                 frees_keys: Callable[[], bool] = lambda: False) -> None:
         self.db = db
         self._lock_timeout_ms = str(max(1, round(lock_timeout * 1000)))
         self.q = queries
@@ -134,9 +136,9 @@ class Completer:
         self.on_flushed = on_flushed
         self.keeping_results = keeping_results
         """The tasks whose jobs keep their results (exhausted ones: their last error)."""
-        self.frees_slots = frees_slots
-        """Whether claims may hold limit slots (the engine claims under limits): each flush
-        then frees those of the claims it finishes, in its transaction."""
+        self.frees_keys = frees_keys
+        """Whether claims may hold limit keys (the engine claims under limits): each flush
+        then gives back those of the claims it finishes, in its transaction."""
         self.values: dict[Claim, tuple[str, str | None, str | None]] = {}
         """Claim -> (task, value JSON, error) of completed jobs whose values came first."""
         self.results_stored = 0
@@ -295,6 +297,19 @@ class Completer:
         done_ids: set[Claim] = set()
         outcomes: dict[Claim, str] = {}
         recorded: dict[Claim, Recorded] = {}
+        held: str | None = None
+        if self.frees_keys():
+            # Before the statements below, which finish (delete) the rows it reads: the
+            # concurrency keys every claim of the flush holds, whatever becomes of it (a
+            # stale claim's lease matches no row). Given back last, below.
+            held = await limit_key_held_many.run_async(
+                conn, self.q,
+                ids=_int_array(itertools.chain((r[RESULT_ID] for r in completed),
+                                               (r[RESULT_ID] for r in failed),
+                                               (c[0] for c in released))),
+                leases=_int_array(itertools.chain((r[RESULT_LEASE] for r in completed),
+                                                  (r[RESULT_LEASE] for r in failed),
+                                                  (c[1] for c in released))))
         if completed:
             rows = await job_complete_many.run_async(
                 conn, self.q, engine=engine, ids=_int_array(r[RESULT_ID] for r in completed),
@@ -322,14 +337,9 @@ class Completer:
             await job_release_many.execute_async(
                 conn, self.q, engine=engine, ids=_int_array(job_id for job_id, _ in released),
                 leases=_int_array(lease for _, lease in released))
-        if self.frees_slots():
-            # Every claim this flush finished frees its concurrency slots, whatever became
-            # of it; a stale claim's (id, lease) matches no slot. Unread, like the release.
-            claims = [*((r[RESULT_ID], r[RESULT_LEASE]) for r in completed),
-                      *((r[RESULT_ID], r[RESULT_LEASE]) for r in failed), *released]
-            await limit_slot_free_many.execute_async(
-                conn, self.q, ids=_int_array(c[0] for c in claims),
-                leases=_int_array(c[1] for c in claims))
+        if held is not None:
+            # Last: the key rows stay locked only to the commit (claims skip locked ones).
+            await limit_key_drop_many.execute_async(conn, self.q, holds=held)
         return done_ids, outcomes, recorded
 
     async def _store_results(self, conn: Any, completed: list[list[Any]],

@@ -158,11 +158,13 @@ class Fetcher:
         self.paused_queues: list[str] | None = None
         self.paused_tasks: list[str] | None = None
         self.limited = False  # a task this engine runs is under a limit
-        # Once limited, claims may hold limit slots: the completer frees them from then on.
+        # Once limited, claims may hold limit keys: the completer gives them back from then
+        # on (a finished job's keys are computed again from its row).
         self.ever_limited = False
         self._controls_due = 0.0  # monotonic time of the next read; 0: at the next claim
         self.limits_lookahead = limits_lookahead
         self.lookahead = 0  # the limited claim's lookahead; 0: one claim's room
+        self._deep_due = 0.0  # monotonic time from which a deeper look may start again
         self.wake_at: float | None = None  # the last limited claim's wake_at, for tests
 
     def room(self) -> int:
@@ -337,15 +339,20 @@ class Fetcher:
         status = rows.pop()
         cut = bool(status[LIMITED_CUT])
         self.wake_at = status[LIMITED_WAKE_AT]
-        if status[LIMITED_BLOCKED]:
-            if self.wake_at is not None:
-                self._wake_at(self.wake_at)
-            if len(rows) < limit and lookahead < self.limits_lookahead:
-                # Held back jobs filled the look: look deeper, now.
-                self.lookahead = min(lookahead * LOOKAHEAD_GROWTH, self.limits_lookahead)
-                cut = True
+        if status[LIMITED_BLOCKED] and self.wake_at is not None:
+            self._wake_at(self.wake_at)
+        now = time.monotonic()
+        if not status[LIMITED_BLOCKED] or len(rows) == limit:
+            self.lookahead = 0  # nothing held back, or a full claim: one claim's look
+        elif lookahead < self.limits_lookahead and (self.lookahead or now >= self._deep_due):
+            # Held-back jobs filled the look: look deeper, now (a deep look costs the
+            # database a read of every job it passes, hence at most one series of them
+            # per poll interval, or per wake-up by new jobs).
+            self.lookahead = min(lookahead * LOOKAHEAD_GROWTH, self.limits_lookahead)
+            cut = True
         else:
             self.lookahead = 0
+            self._deep_due = now + self.poll_interval
         return rows, cut
 
     async def _sleep(self, timeout: float, *, listen: bool = False) -> None:
@@ -395,6 +402,8 @@ class Fetcher:
             self._notified(note)
 
     def _notified(self, note: Any) -> None:
+        # New jobs (perhaps of keys behind a saturated key's backlog) may be looked for deep.
+        self._deep_due = 0.0
         if note.payload == CONTROL_NOTICE:
             self._controls_due = 0.0
             self.wake()

@@ -19,7 +19,7 @@ has itself been connected for a whole lease without a failed statement: after an
 that cut everybody off (a network fault, a failover), every live engine's heartbeat is
 stale, and the first one back must give the others a lease to heartbeat again before it
 judges them. The database itself does the same after a restart (restart_grace). The same
-round then frees the limit slots the rescued engines held (limit_slot_sweep.sql).
+round then gives back the limit keys the rescued engines' jobs held (limit_key_stale.sql).
 
 History pruning. ``HistoryPruner`` deletes job_history rows (completed and exhausted jobs)
 older than worker.history_retention, and kept results (job_result) older than
@@ -50,7 +50,8 @@ from skivi.db.queries import (
     job_queue_prune,
     job_rescue,
     job_result_prune,
-    limit_slot_sweep,
+    limit_key_drop_many,
+    limit_key_stale,
 )
 from skivi.db.retry import JITTER_AROUND, RetryBackoff, retrying
 from skivi.engine.connection import Reconnecting
@@ -220,9 +221,11 @@ class Liveness:
                     conn, self.q, engine=self.engine_id, restart_grace=self.restart_grace,
                     orphans=orphans)
                 if row.engines or orphans:
-                    # The rescued (or otherwise gone) engines' limit slots: their jobs
-                    # wait again, and run under their limits when the slots are free.
-                    await limit_slot_sweep.run_async(conn, self.q)
+                    # The rescued (or otherwise gone) engines' limit keys: their jobs wait
+                    # again, and run under their limits once the keys are given back.
+                    stale = await limit_key_stale.run_async(conn, self.q)
+                    if stale is not None:
+                        await limit_key_drop_many.run_async(conn, self.q, holds=stale)
         except BaseException:
             self.unsettle()
             raise

@@ -149,7 +149,7 @@ class Engine:
             keeping_results=registry.keeping_results(w.store_results),
             # Half what a heartbeat may be late before the lease runs out.
             lock_timeout=max(0.1, (w.lease_timeout - w.heartbeat_interval) / 2),
-            frees_slots=lambda: self.fetcher.ever_limited)
+            frees_keys=lambda: self.fetcher.ever_limited)
         # The limits this engine declares (configuration and tasks), recorded at start.
         self.limits = merge_limits(instance.limits, registry.limits())
         tasks = list(registry.identifiers()) if w.unknown_tasks == "skip" else None

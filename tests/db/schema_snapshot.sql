@@ -122,19 +122,17 @@ create table skivi.job_traceback (
     constraint job_traceback_pkey PRIMARY KEY (id)
 );
 
-create table skivi.limit_slot (
+create table skivi.limit_key (
     limit_name text not null,
     key text not null,
-    slot integer not null,
-    job_id bigint,
-    lease bigint,
-    locked_by bigint,
-    locked_at timestamp with time zone,
-    started_at timestamp with time zone,
-    constraint limit_slot_held_check CHECK (((job_id IS NULL) = (locked_by IS NULL))),
-    constraint limit_slot_limit_fkey FOREIGN KEY (limit_name) REFERENCES skivi.job_limit(name) ON DELETE CASCADE,
-    constraint limit_slot_pkey PRIMARY KEY (limit_name, key, slot)
-);
+    held_ids bigint[] not null default '{}'::bigint[],
+    held_leases bigint[] not null default '{}'::bigint[],
+    held_by bigint[] not null default '{}'::bigint[],
+    starts timestamp with time zone[] not null default '{}'::timestamp with time zone[],
+    constraint limit_key_held_check CHECK (((cardinality(held_ids) = cardinality(held_leases)) AND (cardinality(held_ids) = cardinality(held_by)))),
+    constraint limit_key_limit_fkey FOREIGN KEY (limit_name) REFERENCES skivi.job_limit(name) ON DELETE CASCADE,
+    constraint limit_key_pkey PRIMARY KEY (limit_name, key)
+) with (fillfactor=50);
 
 create table skivi.limits (
     only_row boolean not null default true,
@@ -175,8 +173,7 @@ CREATE UNIQUE INDEX job_queue_pkey ON skivi.job_queue USING btree (queue_name);
 CREATE INDEX job_result_finished_at_idx ON skivi.job_result USING btree (finished_at);
 CREATE UNIQUE INDEX job_result_pkey ON skivi.job_result USING btree (id);
 CREATE UNIQUE INDEX job_traceback_pkey ON skivi.job_traceback USING btree (id);
-CREATE INDEX limit_slot_job_idx ON skivi.limit_slot USING btree (job_id) WHERE (job_id IS NOT NULL);
-CREATE UNIQUE INDEX limit_slot_pkey ON skivi.limit_slot USING btree (limit_name, key, slot);
+CREATE UNIQUE INDEX limit_key_pkey ON skivi.limit_key USING btree (limit_name, key);
 CREATE UNIQUE INDEX limits_pkey ON skivi.limits USING btree (only_row);
 CREATE UNIQUE INDEX migration_pkey ON skivi.migration USING btree (id);
 CREATE UNIQUE INDEX pause_pkey ON skivi.pause USING btree (kind, name);

@@ -71,8 +71,8 @@ def test_concurrency_per_tenant_holds_across_three_engines_when_300_jobs_wait(
     assert {attempt for _, _, attempt, _, _ in starts} == {1}
     # Three engines shared the work.
     assert len({pid for _, pid, _, _, _ in starts}) >= 2
-    held = "select count(*) from skivi.limit_slot where job_id is not null"
-    wait_for(lambda: fetch(database, held)[0][0] == 0, timeout=10, what="every slot freed")
+    held = "select coalesce(sum(cardinality(held_ids)), 0) from skivi.limit_key"
+    wait_for(lambda: fetch(database, held)[0][0] == 0, timeout=10, what="every key given back")
 
 
 def test_rate_limit_holds_within_ten_percent_over_five_seconds(
@@ -131,7 +131,7 @@ def test_backlog_of_one_tenant_does_not_delay_another_tenants_first_job(
     assert len(big) == 2
 
 
-def test_killed_engines_slots_are_freed_by_the_rescue(
+def test_killed_engines_limit_keys_are_given_back_by_the_rescue(
         engines: EngineProcs, database: str, tmp_path: Path) -> None:
     config = write_config(tmp_path / "skivi.toml", [
         {"name": "one", "tasks": ["async_sleep"], "key": "tenant", "concurrency": 1}])
@@ -143,14 +143,15 @@ def test_killed_engines_slots_are_freed_by_the_rescue(
     dead = engine_id(database, victim.pid)
     wait_for(lambda: [r for r in engines.ledger.starts() if r[0] == first], timeout=30,
              what="the long job to start")
-    held = "select job_id, locked_by from skivi.limit_slot where job_id is not null"
+    held = ("select h.id, h.engine from skivi.limit_key "
+            "cross join unnest(held_ids, held_by) as h(id, engine)")
     assert fetch(database, held) == [(first, dead)]
     victim.send_signal(signal.SIGKILL)
     victim.wait(10)
-    # The short job waits behind the slot the dead engine holds until a rescue frees it.
+    # The short job waits behind the key the dead engine's job holds until a rescue.
     assert second not in engines.ledger.runs_per_job()
     engines.start("--config", config, processes=1, concurrency=4)
     wait_for(lambda: [r for r in engines.ledger.starts() if r[0] == second], timeout=30,
-             what="the second job to run once the rescue freed the slot")
-    wait_for(lambda: not fetch(database, held), timeout=10, what="no slot held")
+             what="the second job to run once the rescue gave the key back")
+    wait_for(lambda: not fetch(database, held), timeout=10, what="no key held")
     assert engines.ledger.runs_per_job()[first] == 1

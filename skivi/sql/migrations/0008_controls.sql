@@ -14,17 +14,18 @@
 --   job_limit   the declared limits: what worker configurations ([[limits]], and typed
 --               tasks' limits=) say, upserted by every engine at start
 --               (job_limit_upsert_many.sql).
---   limit_slot  the enforcement: N rows per (limit, key), N the limit's concurrency or its
---               rate's count, created by the first claim that meets the key. A claim takes
---               a free slot FOR NO KEY UPDATE SKIP LOCKED for every limit a job is under,
---               as a serial queue's job_queue row is taken (job_claim_limited.sql); the
---               state is in the locked row itself, so the lock's recheck sees what another
---               claim committed. Concurrency slot: held (job_id, lease, locked_by set) while
---               its job runs, freed in the transaction that finishes or releases the job
---               (limit_slot_free_many.sql), or by the rescue once its engine is gone
---               (limit_slot_sweep.sql). Rate slot: free once its started_at is older than
---               the period; N slots per key means at most N starts in any window of one
---               period (a sliding-window log of the last N starts).
+--   limit_key   the enforcement: one row per (limit, key), created by the first claim that
+--               meets the key, holding the key's state: the running jobs that hold it
+--               (concurrency) or its recent starts (rate). A claim locks the rows of the
+--               keys it would take jobs of FOR NO KEY UPDATE, in key order, as a serial
+--               queue's job_queue row is taken (job_claim_limited.sql); the state is in the
+--               locked row itself, so the lock sees what another claim committed, and two
+--               claims never admit past a limit. A job holds its concurrency keys from its
+--               claim to the transaction that finishes or releases it
+--               (limit_key_held_many.sql and limit_key_drop_many.sql), or until the rescue
+--               once its engine is gone (limit_key_stale.sql). Rate: a start is
+--               admitted while fewer than N starts of the key are within one period (a
+--               sliding-window log of the last N starts).
 --
 -- Functions: pause_queue, resume_queue, pause_task, resume_task.
 --
@@ -45,7 +46,7 @@ create table {schema}.job_limit (
     tasks      text[]      not null,
     -- The payload path of the key (payload #>> key_path); null: the task identifier.
     key_path   text[],
-    -- The concurrency, or the rate's count: the slot rows per key.
+    -- The concurrency, or the rate's count, per key.
     slots      integer     not null,
     -- The rate's period in seconds; null for a concurrency limit.
     period     double precision,
@@ -57,24 +58,27 @@ create table {schema}.job_limit (
     constraint job_limit_tasks_check check (cardinality(tasks) >= 1)
 );
 
-create table {schema}.limit_slot (
-    limit_name text        not null,
-    key        text        not null,
-    slot       integer     not null,
-    -- The running job holding a concurrency slot, its claim and engine; null while free.
-    job_id     bigint,
-    lease      bigint,
-    locked_by  bigint,
-    locked_at  timestamptz,
-    -- The last start that used the slot (what a rate slot is judged by).
-    started_at timestamptz,
-    constraint limit_slot_pkey primary key (limit_name, key, slot),
-    constraint limit_slot_limit_fkey foreign key (limit_name)
+create table {schema}.limit_key (
+    limit_name  text        not null,
+    key         text        not null,
+    -- Concurrency: the running jobs that hold the key, as (id, lease, engine) triples in
+    -- three arrays, pairwise; the limit allows job_limit.slots of them.
+    held_ids    bigint[]    not null default '{{}}',
+    held_leases bigint[]    not null default '{{}}',
+    held_by     bigint[]    not null default '{{}}',
+    -- Rate: the starts within the last period, oldest first; at most job_limit.slots.
+    starts      timestamptz[] not null default '{{}}',
+    constraint limit_key_pkey primary key (limit_name, key),
+    constraint limit_key_limit_fkey foreign key (limit_name)
         references {schema}.job_limit (name) on delete cascade,
-    constraint limit_slot_held_check check ((job_id is null) = (locked_by is null))
-);
--- Freeing finds a finished job's slots by its id: a handful of held rows per key.
-create index limit_slot_job_idx on {schema}.limit_slot (job_id) where job_id is not null;
+    constraint limit_key_held_check check (
+        cardinality(held_ids) = cardinality(held_leases)
+        and cardinality(held_ids) = cardinality(held_by))
+)
+-- Every claim and every finish of a limited job updates its keys' rows, so the table has
+-- only its primary key (no column that changes is indexed) and room on its pages: the
+-- updates are HOT, pruned in place.
+with (fillfactor = 50);
 
 -- pause_queue / resume_queue, pause_task / resume_task: persisted pauses. A paused queue or
 -- task is skipped by every claim (jobs of a serial queue whose next job is of a paused task

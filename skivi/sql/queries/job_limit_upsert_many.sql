@@ -2,9 +2,8 @@
 -- and typed tasks' limits=), so every engine enforces them (job_claim_limited.sql reads
 -- job_limit). Run by each engine at start, like cron_known.sql for cron entries; writes
 -- only what changed (no dead row on every start). A limit no configuration declares any
--- more stays until removed (skivi limits remove); a changed one takes effect at once: its
--- keys' slot rows past a smaller count are ignored by claims and deleted here, and missing
--- ones are created by the next claim.
+-- more stays until removed (skivi limits remove); a changed one takes effect at once (a
+-- key holding more than a lowered concurrency admits nothing until it is under it).
 -- Parameters: %(names)s text[]; %(tasks)s text[] (each limit's tasks as one JSON array
 -- text, pairwise with names); %(key_paths)s text[] (a JSON array text of the path, or null
 -- for the task identifier); %(slots)s int[]; %(periods)s float8[] (null: concurrency).
@@ -27,10 +26,6 @@ with given as (
         period = excluded.period, updated_at = now()
     where (l.tasks, l.key_path, l.slots, l.period)
           is distinct from (excluded.tasks, excluded.key_path, excluded.slots, excluded.period)
-    returning l.name, l.slots
-), trimmed as (
-    delete from {schema}.limit_slot s
-    using upserted u
-    where s.limit_name = u.name and s.slot > u.slots
+    returning l.name
 )
 select u.name from upserted u order by u.name;
