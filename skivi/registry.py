@@ -144,14 +144,14 @@ class TaskDef:
 @overload
 def task(
     handler: Handler, *, backoff: Backoff | None = None, timeout: float | None = None,
-    store_result: bool | None = None,
+    store_result: bool | None = None, limits: Iterable[Limit] = (),
 ) -> TaskDef: ...
 
 
 @overload
 def task(
     handler: None = None, *, backoff: Backoff | None = None, timeout: float | None = None,
-    store_result: bool | None = None,
+    store_result: bool | None = None, limits: Iterable[Limit] = (),
 ) -> Callable[[Handler], TaskDef]: ...
 
 
@@ -161,19 +161,22 @@ def task(
     backoff: Backoff | None = None,
     timeout: float | None = None,
     store_result: bool | None = None,
+    limits: Iterable[Limit] = (),
 ) -> TaskDef | Callable[[Handler], TaskDef]:
     """Attach per-task options to a handler.
 
     Use it as a wrapper, ``TASKS = {"x": task(fn, timeout=5)}``, or as a decorator,
     ``@task(backoff=Backoff(factor=0.1))`` (or bare ``@task``). Options are checked at once, so a
     bad value fails where it is written. ``store_result=True`` keeps the return value (see
-    ``skivi.get_result``); None follows ``worker.store_results``.
+    ``skivi.get_result``); None follows ``worker.store_results``. ``limits``: concurrency
+    and rate limits its jobs are under (``skivi.Limit``, see ``skivi.limit``).
     """
+    given = limits if isinstance(limits, tuple) else tuple(limits)
     if handler is not None:
-        return TaskDef(handler, backoff, timeout, store_result)
+        return TaskDef(handler, backoff, timeout, store_result, given)
 
     def wrap(fn: Handler) -> TaskDef:
-        return TaskDef(fn, backoff, timeout, store_result)
+        return TaskDef(fn, backoff, timeout, store_result, given)
 
     return wrap
 
