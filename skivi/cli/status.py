@@ -53,12 +53,15 @@ def cmd_queues(ctx: Context) -> int:
     elif not counts:
         output.emit("no jobs")
     else:
+        # The paused column only while something is paused: the table is as it always was.
+        extra = ("paused",) if pauses else ()
         output.emit(output.table(
             ("queue", "task", "waiting", "scheduled", "running", "claimed", "oldest_runnable",
-             "paused"),
+             *extra),
             [(output.text(c.queue_name), c.task_identifier, str(c.waiting), str(c.scheduled),
               str(c.running), str(c.claimed), output.age_text(c.oldest_runnable_age),
-              "yes" if paused(c.queue_name, c.task_identifier) else "no")
+              *(("yes" if paused(c.queue_name, c.task_identifier) else "no",) if pauses
+                else ()))
              for c in counts]))
     if pauses and not args.json:
         output.emit("paused: " + ", ".join(f"{p.kind} {p.name} (since "
