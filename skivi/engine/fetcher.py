@@ -96,6 +96,8 @@ LISTEN_RETRY_DELAY_MAX = 5.0
 
 CONTROL_NOTICE: Final = "control"
 """The NOTIFY payload of a pause or resume: read the controls again before the next claim."""
+LIMITS_NOTICE: Final = "limits"
+"""The NOTIFY payload of a full limit key given back (limit_key_drop_many.sql): claim again."""
 LOOKAHEAD_GROWTH = 4
 
 
@@ -402,12 +404,16 @@ class Fetcher:
             self._notified(note)
 
     def _notified(self, note: Any) -> None:
-        # New jobs (perhaps of keys behind a saturated key's backlog) may be looked for deep.
-        self._deep_due = 0.0
+        if note.payload == LIMITS_NOTICE:
+            self.wake()
+            return
         if note.payload == CONTROL_NOTICE:
             self._controls_due = 0.0
             self.wake()
-        elif note.payload:
+            return
+        # New jobs (perhaps of keys behind a saturated key's backlog) may be looked for deep.
+        self._deep_due = 0.0
+        if note.payload:
             try:
                 self._wake_at(float(note.payload))
             except ValueError:

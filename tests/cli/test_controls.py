@@ -4,31 +4,13 @@ against a real database: what each command changes, says and exits with, and the
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
-import orjson
 import pytest
 
 import skivi
-from skivi.cli.admin import main
+from tests.cli.test_cli import cli, cli_json, working_directory
 from tests.support.db import connect
 
-
-@pytest.fixture(autouse=True)
-def working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test runs in an empty directory, so no stray ./skivi.toml is read."""
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def cli(database: str, *args: str) -> int:
-    return main([*args, "--database-url", database])
-
-
-def cli_json(database: str, capsys: pytest.CaptureFixture[str], *args: str) -> Any:
-    assert cli(database, *args, "--json") == 0
-    return orjson.loads(capsys.readouterr().out)
+__all__ = ["working_directory"]  # the autouse fixture, shared with tests/cli/test_cli.py
 
 
 def pauses(database: str) -> list[tuple[str, str]]:

@@ -196,9 +196,9 @@ CREATE UNIQUE INDEX pause_pkey ON skivi.pause USING btree (kind, name);
 -- function skivi.insert_jobs(specs jsonb, OUT ids text, OUT inserted_at timestamp with time zone) returns record
 --     language plpgsql volatile security definer; body 971ce5b8b98253704b38e9a760377e91
 -- function skivi.pause_queue(queue_name text) returns boolean
---     language sql volatile; body 4ae7e6c9515ce1b99bed1a4155a7437b
+--     language sql volatile; body b3f18c6b744e10a801136af5e29498bb
 -- function skivi.pause_task(task_identifier text) returns boolean
---     language sql volatile; body f3a25335a06a7106f62c051c2f5346fd
+--     language sql volatile; body f921a50bab7cfcf3db752e96f14b52ff
 -- function skivi.permanently_fail_jobs(job_ids bigint[], error_message text) returns SETOF skivi.job_history
 --     language sql volatile; body bf61b9e8d3b3ca5dacd11fcb8200d4c1
 -- function skivi.remove_job(job_key text) returns SETOF skivi.job
@@ -206,8 +206,10 @@ CREATE UNIQUE INDEX pause_pkey ON skivi.pause USING btree (kind, name);
 -- function skivi.reschedule_jobs(job_ids bigint[], run_at timestamp with time zone, priority integer, attempts integer, max_attempts integer) returns SETOF skivi.job
 --     language sql volatile; body 6a4a110617d29bb78d5f7125a82b8d3a
 -- function skivi.resume_queue(queue_name text) returns boolean
---     language sql volatile; body 5d6c16ee9c17a570cef5d7db04dda16b
+--     language sql volatile; body c27e14ee1f870d7ee45f5b61c78ffe92
 -- function skivi.resume_task(task_identifier text) returns boolean
---     language sql volatile; body fc73a133eb0b6128888e7cd3a461bed0
+--     language sql volatile; body eeeecb3e0b87b51b2622526b7f42ca78
 -- function skivi.retry_jobs(job_ids bigint[]) returns SETOF skivi.job
 --     language sql volatile; body 5e25aa9b6added31254a927e738547d2
+-- function skivi.set_paused(p_kind text, p_name text, p_paused boolean) returns boolean
+--     language sql volatile; body 12dae9475ca6aa72bebc9586658469d7

@@ -5,10 +5,7 @@ lets the rest run; serial queues and tasks pause alike."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 import skivi
 from tests.support.engines import EngineProcs, enqueue, log_of
@@ -16,15 +13,6 @@ from tests.support.rows import fetch
 from tests.support.wait import wait_for
 
 POLL = 0.5
-
-
-@pytest.fixture
-def system(database: str) -> Iterator[skivi.System]:
-    s = skivi.create_system({"database": {"connection_string": database}})
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 def write_config(path: Path, *, listen: bool) -> str:

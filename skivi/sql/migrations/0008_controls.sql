@@ -27,7 +27,8 @@
 --               admitted while fewer than N starts of the key are within one period (a
 --               sliding-window log of the last N starts).
 --
--- Functions: pause_queue, resume_queue, pause_task, resume_task.
+-- Functions: pause_queue, resume_queue, pause_task, resume_task (and set_paused, which they
+-- call).
 --
 -- Safe to apply while engines run: new tables and functions only; engines of the previous
 -- version never read them (they do not honour pauses or limits).
@@ -86,52 +87,32 @@ with (fillfactor = 50);
 -- something (false: already paused, or not paused), and wakes the engines (NOTIFY
 -- 'control') so those that LISTEN honour it at once, the others at their next poll.
 -- '@parallel' is the queue of the jobs without a queue.
-create function {schema}.pause_queue(queue_name text)
+create function {schema}.set_paused(p_kind text, p_name text, p_paused boolean)
 returns boolean
 language sql
 as $$
     with added as (
-        insert into {schema}.pause (kind, name) values ('queue', queue_name)
+        insert into {schema}.pause (kind, name)
+        select p_kind, p_name where p_paused
         on conflict do nothing
         returning 1
+    ), removed as (
+        delete from {schema}.pause p
+        where not p_paused and p.kind = p_kind and p.name = p_name
+        returning 1
     )
-    select exists (select 1 from added)
+    select (exists (select 1 from added) or exists (select 1 from removed))
            and pg_notify({channel}, 'control') is not null;
 $$;
 
-create function {schema}.resume_queue(queue_name text)
-returns boolean
-language sql
-as $$
-    with removed as (
-        delete from {schema}.pause p where p.kind = 'queue' and p.name = queue_name
-        returning 1
-    )
-    select exists (select 1 from removed)
-           and pg_notify({channel}, 'control') is not null;
-$$;
+create function {schema}.pause_queue(queue_name text) returns boolean
+language sql as $$ select {schema}.set_paused('queue', queue_name, true) $$;
 
-create function {schema}.pause_task(task_identifier text)
-returns boolean
-language sql
-as $$
-    with added as (
-        insert into {schema}.pause (kind, name) values ('task', task_identifier)
-        on conflict do nothing
-        returning 1
-    )
-    select exists (select 1 from added)
-           and pg_notify({channel}, 'control') is not null;
-$$;
+create function {schema}.resume_queue(queue_name text) returns boolean
+language sql as $$ select {schema}.set_paused('queue', queue_name, false) $$;
 
-create function {schema}.resume_task(task_identifier text)
-returns boolean
-language sql
-as $$
-    with removed as (
-        delete from {schema}.pause p where p.kind = 'task' and p.name = task_identifier
-        returning 1
-    )
-    select exists (select 1 from removed)
-           and pg_notify({channel}, 'control') is not null;
-$$;
+create function {schema}.pause_task(task_identifier text) returns boolean
+language sql as $$ select {schema}.set_paused('task', task_identifier, true) $$;
+
+create function {schema}.resume_task(task_identifier text) returns boolean
+language sql as $$ select {schema}.set_paused('task', task_identifier, false) $$;

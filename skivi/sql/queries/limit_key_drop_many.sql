@@ -5,7 +5,7 @@
 -- matter: a hold added meanwhile is never touched. The rows are locked in key order first:
 -- two engines giving back never deadlock (claims skip locked rows and never wait for this).
 -- Parameters: %(holds)s: JSON text [[limit, key, [ids], [leases]], ...].
--- Returns the number of key rows changed; wakes the engines (an empty NOTIFY) when one of
+-- Returns the number of key rows changed; wakes the engines (NOTIFY 'limits') when one of
 -- them was full (a job held back by the limit may run now, on any engine).
 with given as (
     select s ->> 0 as name, s ->> 1 as key,
@@ -36,4 +36,4 @@ with given as (
 select n.dropped
 from (select count(*) as dropped, bool_or(d.was_full) as wake from dropped d) n
 -- One NOTIFY, and only when a full key was given back to.
-left join lateral (select pg_notify({channel}, '') where n.wake) notified on true;
+left join lateral (select pg_notify({channel}, 'limits') where n.wake) notified on true;
