@@ -7,10 +7,8 @@ from __future__ import annotations
 import pytest
 
 import skivi
-from tests.cli.test_cli import cli, cli_json, working_directory
+from tests.support.cli import cli, cli_json
 from tests.support.db import connect
-
-__all__ = ["working_directory"]  # the autouse fixture, shared with tests/cli/test_cli.py
 
 
 def pauses(database: str) -> list[tuple[str, str]]:
