@@ -155,3 +155,42 @@ def test_killed_engines_limit_keys_are_given_back_by_the_rescue(
              what="the second job to run once the rescue gave the key back")
     wait_for(lambda: not fetch(database, held), timeout=10, what="no key held")
     assert engines.ledger.runs_per_job()[first] == 1
+
+
+HELD = "select coalesce(sum(cardinality(held_ids)), 0) from skivi.limit_key"
+
+
+def test_failed_retried_and_exhausted_jobs_give_their_keys_back_when_they_end(
+        engines: EngineProcs, database: str, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "skivi.toml", [
+        {"name": "one", "tasks": ["fail"], "key": "tenant", "concurrency": 1}])
+    ids = enqueue(database, [{"task": "fail", "payload": {"tenant": "a"}, "max_attempts": 3}
+                             for _ in range(4)])
+    engines.start("--config", config, processes=1, concurrency=4)
+    # Each failure gives the key back, or the next attempt (of any of the four) never runs.
+    wait_for(lambda: len(engines.ledger.starts()) == 12, timeout=60,
+             what="three attempts of each of the four jobs")
+    wait_for(lambda: fetch(database, "select count(*) from skivi.job_history")[0][0] == 4,
+             timeout=30, what="the four jobs exhausted")
+    assert sorted(engines.ledger.runs_per_job().values()) == [3, 3, 3, 3]
+    assert set(engines.ledger.runs_per_job()) == set(ids)
+    wait_for(lambda: fetch(database, HELD)[0][0] == 0, timeout=10, what="no key held")
+
+
+def test_jobs_handed_back_at_a_stop_give_their_keys_back_when_released(
+        engines: EngineProcs, database: str, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "skivi.toml", [
+        {"name": "wide", "tasks": ["async_sleep"], "key": "tenant", "concurrency": 50}],
+        batch_size=8)
+    enqueue(database, [{"task": "async_sleep", "payload": {"tenant": "a", "s": 0.5}}
+                       for _ in range(40)])
+    engine = engines.start("--config", config, processes=1, concurrency=2)
+    # Two running, the rest of a batch in the engine's buffer: all of them hold the key.
+    wait_for(lambda: fetch(database, HELD)[0][0] > 2, timeout=30,
+             what="prefetched jobs holding the key")
+    assert engine.stop(timeout=30) == 0, log_of(engine)
+    # The running ones finished, the buffered ones were released: nothing holds the key,
+    # and the released jobs wait unclaimed, their attempt not spent.
+    assert fetch(database, HELD)[0][0] == 0
+    left = fetch(database, "select count(*), max(attempts) from skivi.job")[0]
+    assert left[0] > 0 and left[1] == 0
