@@ -977,7 +977,8 @@ def limit_key_held_many(*, ids: BigintArray, leases: BigintArray) -> str | None:
 
 @statement
 def limit_key_stale() -> str | None:
-    """The holds of claims of engines that are gone (JSON text), or None."""
+    """The holds of claims that are over, or of engines that are gone (JSON text), or
+    None."""
 
 
 @statement

@@ -19,7 +19,8 @@ has itself been connected for a whole lease without a failed statement: after an
 that cut everybody off (a network fault, a failover), every live engine's heartbeat is
 stale, and the first one back must give the others a lease to heartbeat again before it
 judges them. The database itself does the same after a restart (restart_grace). The same
-round then gives back the limit keys the rescued engines' jobs held (limit_key_stale.sql).
+round then gives back the limit keys the rescued engines' jobs held (limit_key_stale.sql,
+which on the orphan rounds also gives back any hold whose claim is over).
 
 History pruning. ``HistoryPruner`` deletes job_history rows (completed and exhausted jobs)
 older than worker.history_retention, and kept results (job_result) older than
@@ -221,8 +222,9 @@ class Liveness:
                     conn, self.q, engine=self.engine_id, restart_grace=self.restart_grace,
                     orphans=orphans)
                 if row.engines or orphans:
-                    # The rescued (or otherwise gone) engines' limit keys: their jobs wait
-                    # again, and run under their limits once the keys are given back.
+                    # The rescued engines' limit keys (their jobs wait again, and run under
+                    # their limits once the keys are given back), and any hold whose claim
+                    # is over (a safety net).
                     stale = await limit_key_stale.run_async(conn, self.q)
                     if stale is not None:
                         await limit_key_drop_many.run_async(conn, self.q, holds=stale)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.db import connect
 from tests.support.engines import EngineProcs, engine_id, enqueue, log_of
 from tests.support.rows import fetch
 from tests.support.wait import wait_for
@@ -194,3 +195,21 @@ def test_jobs_handed_back_at_a_stop_give_their_keys_back_when_released(
     assert fetch(database, HELD)[0][0] == 0
     left = fetch(database, "select count(*), max(attempts) from skivi.job")[0]
     assert left[0] > 0 and left[1] == 0
+
+
+def test_a_hold_whose_job_left_another_way_is_given_back_by_the_rescue_round(
+        engines: EngineProcs, database: str, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "skivi.toml", [
+        {"name": "one", "tasks": ["async_sleep"], "key": "tenant", "concurrency": 1}])
+    first, second = enqueue(database, [
+        {"task": "async_sleep", "payload": {"tenant": "a", "s": 60}},
+        {"task": "async_sleep", "payload": {"tenant": "a", "s": 0.01}}])
+    engines.start("--config", config, processes=1, concurrency=4)
+    wait_for(lambda: [r for r in engines.ledger.starts() if r[0] == first], timeout=30,
+             what="the long job to start")
+    # The running job's row goes by a path that is not the engine's completer (an operator's
+    # delete): its hold is over, and the safety net of the rescue rounds gives it back.
+    with connect(database) as c:
+        c.execute("delete from skivi.job where id = %s", [first])
+    wait_for(lambda: [r for r in engines.ledger.starts() if r[0] == second], timeout=30,
+             what="the second job to run once the stale hold was given back")
