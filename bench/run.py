@@ -69,6 +69,7 @@ if TYPE_CHECKING:
     from tests.support.engines import EngineProcess
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+LIMIT_CONCURRENCY_DEFAULT = 1000
 SCENARIOS = ("drain", "steady", "enqueue", "backlog", "cpu", "queues")
 SCHEMA_MARKER = "skivi bench scratch schema (bench/run.py); dropped after each run"
 BACKLOG_TASK = "backlog"
@@ -453,6 +454,8 @@ def engine_main(argv: Sequence[str]) -> int:
     p.add_argument("--listen-url", default=None)
     p.add_argument("--no-prepare", action="store_true")
     p.add_argument("--set", action="append", default=[], type=engine_setting)
+    p.add_argument("--limits", type=int, default=0)
+    p.add_argument("--limit-concurrency", type=int, default=LIMIT_CONCURRENCY_DEFAULT)
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="engine: %(relativeCreated)8.1f ms %(levelname)s %(name)s: "
@@ -465,6 +468,9 @@ def engine_main(argv: Sequence[str]) -> int:
         "worker": {"processes": args.processes, "concurrency": args.concurrency,
                    "batch_size": args.batch_size, "sync_threads": args.sync_threads},
         "metrics": {"port": args.metrics_port},
+        # --limits K: every job is under a concurrency limit keyed by its payload's tenant.
+        "limits": [{"name": "bench-tenant", "tasks": [kind], "key": "tenant",
+                    "concurrency": args.limit_concurrency}] if args.limits else [],
     }
     for setting in args.set:
         key, _, value = setting.partition("=")
@@ -505,6 +511,9 @@ class EngineRun:
             cmd.append("--once")
         for setting in opts.settings:
             cmd += ["--set", setting]
+        if opts.limits:
+            cmd += ["--limits", str(opts.limits),
+                    "--limit-concurrency", str(opts.limit_concurrency)]
         if opts.engine_url and opts.engine_url != opts.url:
             cmd += ["--listen-url", opts.url, "--no-prepare"]
         if latency_file:
@@ -597,6 +606,8 @@ class Options:
     engines: int = 1
     # --set KEY=VALUE: engine configuration keys beyond the options above.
     settings: tuple[str, ...] = ()
+    limits: int = 0
+    limit_concurrency: int = LIMIT_CONCURRENCY_DEFAULT
     pgbouncer: int = 0
     engine_url: str = ""  # where engines connect: url, or a PgBouncer in front of it
 
@@ -681,6 +692,13 @@ def build_parser() -> argparse.ArgumentParser:
                    type=engine_setting,
                    help="an engine configuration key, e.g. worker.completion_interval=0.05 "
                         "(VALUE as JSON, else a string); repeatable")
+    p.add_argument("--limits", type=int, default=0, metavar="K",
+                   help="drain: put every job under a concurrency limit ([[limits]]) keyed "
+                        "by a payload tenant, over K tenants (0: no limit, the plain claim)")
+    p.add_argument("--limit-concurrency", type=int, default=LIMIT_CONCURRENCY_DEFAULT,
+                   metavar="N", help="--limits: the limit's concurrency per tenant (the "
+                                     "default never binds an engine of the default size, "
+                                     "prefetch included: the cost of the enforcement)")
     p.add_argument("--engine-log-level", default="WARNING", type=str.upper,
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="log level of the engine subprocess (its log goes to stderr)")
@@ -738,7 +756,8 @@ def parse_options(argv: Sequence[str]) -> Options:
         floor=a.floor, timeout=a.timeout, engine_log_level=a.engine_log_level,
         metrics_port=a.metrics_port,
         vacuum=a.vacuum, engines=a.engines, pgbouncer=a.pgbouncer, engine_url=url,
-        settings=tuple(a.set))
+        settings=tuple(a.set),
+        limits=a.limits, limit_concurrency=a.limit_concurrency)
 
 
 def connect(opts: Options) -> psycopg.Connection[Any]:
@@ -1008,6 +1027,9 @@ def print_settings(opts: Options, env: dict[str, Any]) -> None:
         print(f"  CPU per job: worker from getrusage and /proc; PostgreSQL: "
               f"{env['server_cpu']['how']}")
     print(f"  task {opts.task}, payload padding {opts.payload_bytes} B, repeat {opts.repeat}")
+    if opts.limits:
+        print(f"  limits: every job under a concurrency limit of {opts.limit_concurrency} per "
+              f"tenant, {opts.limits} tenants (job_claim_limited.sql)")
     if opts.scenario in ("drain", "backlog", "cpu"):
         print(f"  jobs {opts.jobs:,}, enqueued with add_jobs in chunks of {opts.chunk:,}"
               + (f"; backlog {opts.backlog:,} jobs at run_at {BACKLOG_RUN_AT[:10]}"
@@ -1037,8 +1059,13 @@ def enqueue_bulk(system: System, opts: Options, n: int) -> Result:
     done = 0
     while done < n:
         k = min(opts.chunk, n - done)
-        skivi.add_jobs(system, [{"task": opts.task_kind, "payload": opts.payload()}
-                                for _ in range(k)])
+        if opts.limits:
+            specs = [{"task": opts.task_kind,
+                      "payload": opts.payload(tenant=f"t{(done + i) % opts.limits}")}
+                     for i in range(k)]
+        else:
+            specs = [{"task": opts.task_kind, "payload": opts.payload()} for _ in range(k)]
+        skivi.add_jobs(system, specs)
         done += k
     seconds = time.perf_counter() - t0
     return {"jobs": n, "seconds": seconds, "jobs_per_s": n / seconds}

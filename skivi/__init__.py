@@ -19,6 +19,10 @@ What a task's author uses, besides ``create_system`` and ``add_job``:
   ``TypedTask`` is their type, for annotations.
 - ``cancel_jobs`` / ``cancel_jobs_async``: cancel jobs, waiting ones at once, running ones
   where they run (``CancelResult``: each job's ``CancelOutcome``); see ``skivi.cancel``.
+- ``pause_queue`` / ``resume_queue`` / ``pause_task`` / ``resume_task`` / ``paused``:
+  operational pauses, honoured by every engine (``skivi.control``); ``Limit``: a
+  concurrency or rate limit by key, on a typed task (``limits=``) or as ``[[limits]]`` in
+  the configuration (``skivi.limit``).
 - ``Backoff``: a task's retry schedule (``task(fn, backoff=Backoff(factor=0.5,
   max_delay=600))``); the default is Graphile Worker's ``exp(min(attempts, 10))`` seconds.
 """
@@ -26,6 +30,15 @@ What a task's author uses, besides ``create_system`` and ``add_job``:
 from skivi.cancel import CancelOutcome, CancelResult, cancel_jobs, cancel_jobs_async
 from skivi.client import add_job, add_job_async, add_jobs, add_jobs_async
 from skivi.config import Config, load_config
+from skivi.control import (
+    PARALLEL_QUEUE,
+    Pause,
+    pause_queue,
+    pause_task,
+    paused,
+    resume_queue,
+    resume_task,
+)
 from skivi.engine.child import JobContext
 from skivi.errors import (
     ConfigError,
@@ -45,6 +58,7 @@ from skivi.errors import (
 )
 from skivi.events import EventKind
 from skivi.job import EnqueueOutcome, Job, JobKeyMode, JobSpec
+from skivi.limit import Limit
 from skivi.registry import task
 from skivi.results import (
     JobResult,
@@ -61,6 +75,7 @@ from skivi.tasks import Tasks, TypedTask
 __version__ = "0.1.0"
 
 __all__ = [
+    "PARALLEL_QUEUE",
     "Backoff",
     "CancelOutcome",
     "CancelResult",
@@ -78,7 +93,9 @@ __all__ = [
     "JobResult",
     "JobSpec",
     "JobSpecError",
+    "Limit",
     "MigrationError",
+    "Pause",
     "PayloadError",
     "RegistryError",
     "ResultState",
@@ -101,6 +118,11 @@ __all__ = [
     "get_result",
     "get_result_async",
     "load_config",
+    "pause_queue",
+    "pause_task",
+    "paused",
+    "resume_queue",
+    "resume_task",
     "task",
     "wait_for",
     "wait_for_sync",

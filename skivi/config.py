@@ -62,6 +62,12 @@ Example ``skivi.toml`` (every section shown; every key is optional)::
     task = "send_digest"
     schedule = "0 8 * * *"
     payload = { kind = "daily" }
+
+    [[limits]]                     # see skivi.limit
+    name = "per-tenant"
+    tasks = ["sync_account"]
+    key = "tenant_id"
+    concurrency = 2
 """
 
 import dataclasses
@@ -117,6 +123,7 @@ CONCURRENCY_DEFAULT = 16
 FILE_EXTENSIONS_DEFAULT: tuple[str, ...] = (".py",)
 FORBIDDEN_FLAGS_DEFAULT: tuple[str, ...] = ()
 HEARTBEAT_INTERVAL_DEFAULT = 0.5
+LIMITS_LOOKAHEAD_DEFAULT = 10_000
 HISTORY_DEFAULT = False
 HISTORY_RETENTION_DEFAULT = 7 * 86400.0
 JOB_TIMEOUT_DEFAULT: float | None = None
@@ -148,6 +155,7 @@ BUFFER_SIZE_DEFAULT = 1000
 
 # top level
 CRON_DEFAULT: tuple[Mapping[str, Any], ...] = ()
+LIMITS_DEFAULT: tuple[Mapping[str, Any], ...] = ()
 
 ENV_VARIABLES: Mapping[str, tuple[str, ...]] = types.MappingProxyType(
     {
@@ -445,6 +453,13 @@ class WorkerConfig:
     and its jobs run again elsewhere (its own late results are refused): raise it on hosts
     that stall. Default: 3.0."""
 
+    limits_lookahead: int = _setting(LIMITS_LOOKAHEAD_DEFAULT, _at_least(1))
+    """How many runnable jobs a claim reads at most, in claim order, while jobs are held back
+    by their limits ([[limits]]): a claim reads one batch while nothing is held back, and
+    deepens (x4 per claim, up to this) while jobs are, so another key's job behind a
+    saturated key's backlog is found within a claim round or two. Jobs behind a deeper
+    backlog of held-back jobs wait until it shrinks. Default: 10000."""
+
     max_result_buffer: int = _setting(MAX_RESULT_BUFFER_DEFAULT, _at_least(1))
     """Most finished-job results held waiting for the completer before the parent stops handing
     out jobs. Default: 10000."""
@@ -524,6 +539,9 @@ class Config:
 
     database: DatabaseConfig = dataclasses.field(default_factory=DatabaseConfig)
     events: EventsConfig = dataclasses.field(default_factory=EventsConfig)
+    limits: tuple[Mapping[str, Any], ...] = _setting(LIMITS_DEFAULT)
+    """The ``[[limits]]`` tables as written, read-only, in file order: concurrency and rate
+    limits by key; :mod:`skivi.limit` validates them. Default: ()."""
     metrics: MetricsConfig = dataclasses.field(default_factory=MetricsConfig)
     validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig)
     worker: WorkerConfig = dataclasses.field(default_factory=WorkerConfig)

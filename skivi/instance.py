@@ -21,6 +21,7 @@ from skivi.config import Config
 from skivi.cron import CronEntry, ensure_unique, load_crontab_file, parse_crontabs
 from skivi.db import queries
 from skivi.errors import ConfigError
+from skivi.limit import Limit, parse_limits
 from skivi.payload import PayloadGate
 from skivi.registry import TaskRegistry, TaskSource
 
@@ -43,6 +44,8 @@ class Instance:
     config: Config
     tasks: Mapping[str, Handler | TaskSource]
     cron_entries: tuple[CronEntry, ...]
+    limits: tuple[Limit, ...]
+    """The configuration's [[limits]], validated (the tasks' own come with the registry)."""
     schema: str
     queries: queries.Queries
     payload_gate: PayloadGate
@@ -57,6 +60,7 @@ class Instance:
             config=config,
             tasks=MappingProxyType(dict(tasks or {})),
             cron_entries=tuple(parse_crontabs([*config.cron, *(crontabs or [])])),
+            limits=tuple(parse_limits(config.limits)),
             schema=schema,
             queries=queries.for_schema(schema),
             payload_gate=PayloadGate(config.validation.max_payload_bytes,

@@ -78,7 +78,12 @@ skivi_queue_jobs                    queue, state              jobs by state: wai
                                                               an engine, not reported started)
 skivi_queue_oldest_job_age_seconds  queue                     now - run_at of the oldest
                                                               runnable job (0 when none)
-skivi_queue_stats_leader                                      1 if this engine computed the two
+skivi_queue_paused                  queue                     1 while the queue is paused
+                                                              (skivi queues pause; queue ""
+                                                              is the parallel queue,
+                                                              @parallel), 0 for the other
+                                                              queues with jobs
+skivi_queue_stats_leader                                      1 if this engine computed the
                                                               queue_* metrics on its last poll
 skivi_build_info                    version                   always 1
 ==================================  ========================  ================================
@@ -184,6 +189,7 @@ METRICS: Mapping[str, tuple[str, tuple[str, ...]]] = {
     "skivi_jobs_total": ("counter", ("task", "queue", "outcome")),
     "skivi_queue_jobs": ("gauge", ("queue", "state")),
     "skivi_queue_oldest_job_age_seconds": ("gauge", ("queue",)),
+    "skivi_queue_paused": ("gauge", ("queue",)),
     "skivi_queue_stats_leader": ("gauge", ()),
 }
 """Every metric this module exports: name -> (type, label names). The catalogue above
@@ -289,6 +295,7 @@ class _QueueStatsCollector:
 
     def __init__(self) -> None:
         self.rows: tuple[tuple[str, int, int, int, int, float | None], ...] = ()
+        self.paused: frozenset[str] = frozenset()  # queue labels
         self.leader = False
 
     def describe(self) -> Iterator[Metric]:
@@ -296,10 +303,12 @@ class _QueueStatsCollector:
                                 labels=["queue", "state"])
         yield GaugeMetricFamily("skivi_queue_oldest_job_age_seconds",
                                 _DOC["skivi_queue_oldest_job_age_seconds"], labels=["queue"])
+        yield GaugeMetricFamily("skivi_queue_paused", _DOC["skivi_queue_paused"],
+                                labels=["queue"])
         yield GaugeMetricFamily("skivi_queue_stats_leader", _DOC["skivi_queue_stats_leader"])
 
     def collect(self) -> Iterator[Metric]:
-        rows, leader = self.rows, self.leader
+        rows, paused, leader = self.rows, self.paused, self.leader
         jobs = GaugeMetricFamily("skivi_queue_jobs", _DOC["skivi_queue_jobs"],
                                  labels=["queue", "state"])
         age = GaugeMetricFamily("skivi_queue_oldest_job_age_seconds",
@@ -310,6 +319,11 @@ class _QueueStatsCollector:
             age.add_metric([queue], oldest or 0.0)
         yield jobs
         yield age
+        flags = GaugeMetricFamily("skivi_queue_paused", _DOC["skivi_queue_paused"],
+                                  labels=["queue"])
+        for queue in sorted({row[0] for row in rows} | paused):
+            flags.add_metric([queue], 1.0 if queue in paused else 0.0)
+        yield flags
         yield GaugeMetricFamily("skivi_queue_stats_leader", _DOC["skivi_queue_stats_leader"],
                                 value=1.0 if leader else 0.0)
 
@@ -334,6 +348,7 @@ _DOC = {
                         "database; exported by one engine at a time.",
     "skivi_queue_oldest_job_age_seconds": "Seconds since run_at of the oldest runnable job "
                                           "of the queue (0 when none); from the database.",
+    "skivi_queue_paused": "1 while the queue is paused (queue \"\": the parallel queue).",
     "skivi_queue_stats_leader": "1 if this engine computed skivi_queue_* on its last poll.",
 }
 
@@ -428,12 +443,15 @@ class EngineMetrics:
         if batch:  # not for a flush's cancelled claims: the flush was counted already
             self.completion_batch.observe(sum(counts.values()) + stale)
 
-    def queue_stats(self, rows: QueueStats | None) -> None:
+    def queue_stats(self, rows: QueueStats | None, paused: Iterable[str] = ()) -> None:
         """The latest job_stats.sql figures; None when this engine is not the leader (its
         queue_* series disappear). Queues past the cap are summed into :data:`OTHER`, with
-        the oldest of their ages."""
+        the oldest of their ages. ``paused``: the paused queues' names ("" for the parallel
+        queue)."""
         stats = self._queue_stats
         stats.rows = _merge_queue_rows(rows or (), self.label_values.queue)
+        stats.paused = frozenset(map(self.label_values.queue, paused)) if rows is not None \
+            else frozenset()
         stats.leader = rows is not None
 
     def gauges(self, in_flight: int, capacity: int, children: int) -> None:

@@ -73,6 +73,7 @@ from typing import Any, overload
 
 from skivi.errors import RegistryError, TaskFileError, nul_position, shown
 from skivi.job import TASK_IDENTIFIER_MAX
+from skivi.limit import Limit
 from skivi.retry import DEFAULT_BACKOFF, Backoff
 
 __all__ = [
@@ -116,6 +117,9 @@ class TaskDef:
     store_result: bool | None = None
     """Keep the handler's return value (JSON) for ``skivi.get_result`` and ``wait_for``,
     ``worker.result_retention`` seconds. Default: None (``worker.store_results``)."""
+    limits: tuple[Limit, ...] = ()
+    """Concurrency and rate limits of this task's jobs (``skivi.Limit``; a limit's tasks
+    are this task, and those of the limits of the same name elsewhere). Default: ()."""
 
     def __post_init__(self) -> None:
         if not callable(self.handler):
@@ -129,6 +133,9 @@ class TaskDef:
         if self.store_result is not None and not isinstance(self.store_result, bool):
             raise TypeError(f"store_result must be a bool or None, got "
                             f"{type(self.store_result).__name__}")
+        if not isinstance(self.limits, tuple) or not all(
+                isinstance(limit, Limit) for limit in self.limits):
+            raise TypeError(f"limits must be a tuple of skivi.Limit, got {shown(self.limits)}")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.handler(*args, **kwargs)
@@ -137,14 +144,14 @@ class TaskDef:
 @overload
 def task(
     handler: Handler, *, backoff: Backoff | None = None, timeout: float | None = None,
-    store_result: bool | None = None,
+    store_result: bool | None = None, limits: Iterable[Limit] = (),
 ) -> TaskDef: ...
 
 
 @overload
 def task(
     handler: None = None, *, backoff: Backoff | None = None, timeout: float | None = None,
-    store_result: bool | None = None,
+    store_result: bool | None = None, limits: Iterable[Limit] = (),
 ) -> Callable[[Handler], TaskDef]: ...
 
 
@@ -154,19 +161,22 @@ def task(
     backoff: Backoff | None = None,
     timeout: float | None = None,
     store_result: bool | None = None,
+    limits: Iterable[Limit] = (),
 ) -> TaskDef | Callable[[Handler], TaskDef]:
     """Attach per-task options to a handler.
 
     Use it as a wrapper, ``TASKS = {"x": task(fn, timeout=5)}``, or as a decorator,
     ``@task(backoff=Backoff(factor=0.1))`` (or bare ``@task``). Options are checked at once, so a
     bad value fails where it is written. ``store_result=True`` keeps the return value (see
-    ``skivi.get_result``); None follows ``worker.store_results``.
+    ``skivi.get_result``); None follows ``worker.store_results``. ``limits``: concurrency
+    and rate limits its jobs are under (``skivi.Limit``, see ``skivi.limit``).
     """
+    given = limits if isinstance(limits, tuple) else tuple(limits)
     if handler is not None:
-        return TaskDef(handler, backoff, timeout, store_result)
+        return TaskDef(handler, backoff, timeout, store_result, given)
 
     def wrap(fn: Handler) -> TaskDef:
-        return TaskDef(fn, backoff, timeout, store_result)
+        return TaskDef(fn, backoff, timeout, store_result, given)
 
     return wrap
 
@@ -196,6 +206,8 @@ class Task:
     """``"code"``, or the path of the task file the task came from."""
     store_result: bool | None = None
     """Whether its jobs keep their return value; None: as ``worker.store_results`` says."""
+    limits: tuple[Limit, ...] = ()
+    """Limits its jobs are under, besides the configuration's (``skivi.limit``)."""
 
     def keeps_result(self, default: bool) -> bool:
         """Whether its jobs keep their return value, ``default`` being
@@ -223,9 +235,11 @@ class Task:
         backoff: Backoff | None = None
         timeout: float | None = None
         store_result: bool | None = None
+        limits: tuple[Limit, ...] = ()
         if isinstance(handler, TaskDef):
             backoff, timeout = handler.backoff, handler.timeout
             store_result = handler.store_result
+            limits = handler.limits
             fn: object = handler.handler
         else:
             fn = handler
@@ -255,6 +269,7 @@ class Task:
             timeout=None if timeout is None else float(timeout),
             source=source,
             store_result=store_result,
+            limits=limits,
         )
 
 
@@ -348,6 +363,10 @@ class TaskRegistry:
         """The identifiers of the tasks whose jobs keep their return value, ``default``
         being ``worker.store_results``."""
         return frozenset(t.identifier for t in self._tasks.values() if t.keeps_result(default))
+
+    def limits(self) -> dict[str, tuple[Limit, ...]]:
+        """Task identifier -> the limits its definition declares (tasks with some only)."""
+        return {t.identifier: t.limits for t in self._tasks.values() if t.limits}
 
     def as_dict(self) -> dict[str, Task]:
         """A fresh ``dict`` of identifier -> task (sorted); changing it changes nothing here."""

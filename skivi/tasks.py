@@ -84,6 +84,7 @@ from skivi.client import HasClient, add_jobs, add_jobs_async
 from skivi.engine.child import JobContext
 from skivi.errors import RegistryError, SkiviError, shown
 from skivi.job import Job, JobKeyMode, JobSpec
+from skivi.limit import Limit
 from skivi.registry import TaskDef, TaskSource, _check_identifier, is_async_callable
 from skivi.retry import Backoff
 
@@ -579,7 +580,8 @@ class Tasks(Mapping[str, TypedTask[..., Any]]):
              backoff: Backoff | None = None, job_key: JobKey | None = None,
              job_key_mode: JobKeyMode | str | None = None,
              flags: Iterable[str] | None = None,
-             store_result: bool | None = None) -> _Declare: ...
+             store_result: bool | None = None,
+             limits: Iterable[Limit] | None = None) -> _Declare: ...
 
     def task(self, fn: Callable[..., Any] | None = None, /, *, identifier: str | None = None,
              queue_name: str | None = None, priority: int | None = None,
@@ -587,7 +589,8 @@ class Tasks(Mapping[str, TypedTask[..., Any]]):
              backoff: Backoff | None = None, job_key: JobKey | None = None,
              job_key_mode: JobKeyMode | str | None = None,
              flags: Iterable[str] | None = None,
-             store_result: bool | None = None) -> TypedTask[Any, Any] | _Declare:
+             store_result: bool | None = None,
+             limits: Iterable[Limit] | None = None) -> TypedTask[Any, Any] | _Declare:
         """Declare ``fn`` a task of this collection: bare (``@TASKS.task``) or with options
         (``@TASKS.task(queue_name="mail")``).
 
@@ -598,13 +601,15 @@ class Tasks(Mapping[str, TypedTask[..., Any]]):
         ``skivi.add_job`` or from SQL, carries its own); the task options ``timeout`` and
         ``backoff``, as for ``skivi.task``, for every job of the task; ``store_result``
         (keep the function's return value, see ``skivi.get_result``; None follows
-        ``worker.store_results``). A bad value raises here, naming it.
+        ``worker.store_results``); ``limits`` (``skivi.Limit``s its jobs are under, see
+        skivi.limit: ``limits=[skivi.Limit("per-tenant", key="tenant_id",
+        concurrency=2)]``). A bad value raises here, naming it.
         """
         kwargs: dict[str, Any] = {
             "identifier": identifier, "queue_name": queue_name, "priority": priority,
             "max_attempts": max_attempts, "timeout": timeout, "backoff": backoff,
             "job_key": job_key, "job_key_mode": job_key_mode, "flags": flags,
-            "store_result": store_result}
+            "store_result": store_result, "limits": limits}
         if fn is not None:
             return self._declare(fn, **kwargs)
         return _Declare(self, kwargs)
@@ -614,7 +619,8 @@ class Tasks(Mapping[str, TypedTask[..., Any]]):
                  timeout: float | None, backoff: Backoff | None, job_key: JobKey | None,
                  job_key_mode: JobKeyMode | str | None,
                  flags: Iterable[str] | None,
-                 store_result: bool | None = None) -> TypedTask[Any, Any]:
+                 store_result: bool | None = None,
+                 limits: Iterable[Limit] | None = None) -> TypedTask[Any, Any]:
         if isinstance(fn, TypedTask | TaskDef) or not callable(fn):
             raise TypeError(f"a typed task is declared on a function, got {shown(fn)}")
         if identifier is None:
@@ -629,7 +635,8 @@ class Tasks(Mapping[str, TypedTask[..., Any]]):
         _check_options(identifier, options)
         signature, takes_context = _Signature.of(identifier, fn)
         definition = TaskDef(_handler(fn, signature, takes_context), backoff=backoff,
-                             timeout=timeout, store_result=store_result)
+                             timeout=timeout, store_result=store_result,
+                             limits=() if limits is None else tuple(limits))
         kind = ContextTask if takes_context else FunctionTask
         made: TypedTask[Any, Any] = kind(fn, identifier, definition, options, signature, self)
         self._add(made)

@@ -20,6 +20,10 @@ and ``main`` (dispatch, and the exit code of each failure). The commands are tho
     skivi history show ID                         one finished job, as jobs show
     skivi history retry IDS | --task T --reason R exhausted jobs back into the queue
     skivi queues [--scan-limit N]                 depth and oldest runnable job per queue/task
+    skivi queues pause | resume NAME              pause a queue on every engine (@parallel:
+                                                  the jobs without a queue)
+    skivi tasks pause | resume ID                 pause a task on every engine
+    skivi limits [remove NAME]                    declared concurrency and rate limits
     skivi workers                                 live engines and their liveness locks
     skivi cron list [--crontab PATH]              cron entries, last execution, next tick
     skivi dashboard [--host --port --read-only]   serve the web dashboard (skivi[dashboard])
@@ -59,7 +63,7 @@ from typing import Any
 
 import psycopg
 
-from skivi.cli import dashboard, history, jobs, schema, status, worker
+from skivi.cli import controls, dashboard, history, jobs, schema, status, worker
 from skivi.cli.context import Context, Handler, Refused
 from skivi.cli.options import add_crontab_option, add_instance_options, load
 from skivi.cli.output import PROG, warn
@@ -78,6 +82,8 @@ LIST_LIMIT_DEFAULT = 100
 SCAN_LIMIT_DEFAULT = 1_000_000
 JOB_STATES = ("waiting", "scheduled", "running", "claimed", "failed")
 HISTORY_OUTCOMES = ("cancelled", "completed", "exhausted")
+PARALLEL_HELP = ("@parallel is the queue of the jobs without a queue name (the parallel "
+                 "queue).")
 HISTORY_REASONS = ("max_attempts", "no_handler", "permanently_failed", "superseded")
 """Why a job was exhausted (job_history.reason, migration 0001)."""
 UNDEFINED_OBJECT_SQLSTATES = frozenset({
@@ -336,6 +342,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scan-limit", metavar="N", type=_positive, default=SCAN_LIMIT_DEFAULT,
                    help=f"read at most N jobs (default: {SCAN_LIMIT_DEFAULT}); past it the "
                         "figures are lower bounds and say so")
+    queue_actions = p.add_subparsers(dest="action", metavar="ACTION", required=False)
+    for name, handler, verb in (("pause", controls.cmd_queue_pause, "pause"),
+                                ("resume", controls.cmd_queue_resume, "resume")):
+        sub = leaf(queue_actions, name, handler, f"{verb} a queue on every engine",
+                   f"{verb.capitalize()} a queue on every engine of the schema (within one "
+                   "poll interval; at once where engines LISTEN). A paused queue's jobs are "
+                   "not claimed; running ones finish. " + PARALLEL_HELP)
+        sub.add_argument("name", metavar="NAME", help="the queue name, or @parallel")
+
+    task_actions = branch("tasks", "pause and resume tasks")
+    for name, handler, verb in (("pause", controls.cmd_task_pause, "pause"),
+                                ("resume", controls.cmd_task_resume, "resume")):
+        sub = leaf(task_actions, name, handler, f"{verb} a task on every engine",
+                   f"{verb.capitalize()} every job of a task, in every queue, on every engine "
+                   "of the schema (within one poll interval). A serial queue whose next job "
+                   "is of a paused task waits behind it.")
+        sub.add_argument("name", metavar="ID", help="the task identifier")
+
+    p = leaf(commands, "limits", controls.cmd_limits, "the declared concurrency and rate limits",
+             "The limits engines recorded from their configurations ([[limits]], typed "
+             "tasks' limits=), the keys met so far and the slots in use (concurrency: jobs "
+             "running; rate: starts within the period).")
+    limit_actions = p.add_subparsers(dest="action", metavar="ACTION", required=False)
+    sub = leaf(limit_actions, "remove", controls.cmd_limit_remove, "forget a declared limit",
+               "Forget a limit and its slots: claims stop enforcing it. An engine whose "
+               "configuration still declares it records it again when it starts.")
+    sub.add_argument("name", metavar="NAME", help="the limit's name")
 
     leaf(commands, "workers", status.cmd_workers, "live engines",
          "The engines registered in the schema: identity, heartbeat age, capacity, load, and "

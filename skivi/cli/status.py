@@ -11,8 +11,16 @@ from typing import Any
 
 from skivi.cli import output
 from skivi.cli.context import Context
+from skivi.control import PARALLEL_QUEUE
 from skivi.cron import CronEntry, ensure_unique, load_crontab_file, next_tick, parse_crontabs
-from skivi.db.queries import CronListRow, EngineListRow, cron_list, engine_list, job_count_by_queue
+from skivi.db.queries import (
+    CronListRow,
+    EngineListRow,
+    cron_list,
+    engine_list,
+    job_count_by_queue,
+    pause_list,
+)
 from skivi.engine.exits import EXIT_OK
 
 __all__ = ["cmd_cron_list", "cmd_queues", "cmd_workers"]
@@ -22,7 +30,14 @@ def cmd_queues(ctx: Context) -> int:
     args = ctx.args
     with ctx.connect() as conn:
         counts = job_count_by_queue.run(conn, ctx.queries, scan_limit=args.scan_limit)
+        pauses = pause_list.run(conn, ctx.queries)
     truncated = any(c.truncated for c in counts)
+    paused_queues = {p.name for p in pauses if p.kind == "queue"}
+    paused_tasks = {p.name for p in pauses if p.kind == "task"}
+
+    def paused(queue_name: str | None, task: str) -> bool:
+        return (queue_name or PARALLEL_QUEUE) in paused_queues or task in paused_tasks
+
     if args.json:
         rows: list[dict[str, Any]] = []
         for c in counts:
@@ -31,16 +46,26 @@ def cmd_queues(ctx: Context) -> int:
             if c.oldest_runnable_age is not None and math.isinf(c.oldest_runnable_age):
                 # orjson would write null, which means "nothing runnable".
                 r["oldest_runnable_age"] = "infinity"
+            r["paused"] = paused(c.queue_name, c.task_identifier)
             rows.append(r)
-        output.emit_json({"queues": rows, "truncated": truncated})
+        output.emit_json({"queues": rows, "truncated": truncated,
+                          "paused": [p._asdict() for p in pauses]})
     elif not counts:
         output.emit("no jobs")
     else:
+        # The paused column only while something is paused: the table is as it always was.
+        extra = ("paused",) if pauses else ()
         output.emit(output.table(
-            ("queue", "task", "waiting", "scheduled", "running", "claimed", "oldest_runnable"),
+            ("queue", "task", "waiting", "scheduled", "running", "claimed", "oldest_runnable",
+             *extra),
             [(output.text(c.queue_name), c.task_identifier, str(c.waiting), str(c.scheduled),
-              str(c.running), str(c.claimed), output.age_text(c.oldest_runnable_age))
+              str(c.running), str(c.claimed), output.age_text(c.oldest_runnable_age),
+              *(("yes" if paused(c.queue_name, c.task_identifier) else "no",) if pauses
+                else ()))
              for c in counts]))
+    if pauses and not args.json:
+        output.emit("paused: " + ", ".join(f"{p.kind} {p.name} (since "
+                                           f"{output.when_text(p.paused_at)})" for p in pauses))
     if truncated:
         output.warn(f"the scan stopped after {args.scan_limit} jobs: the figures are lower "
                     "bounds (raise --scan-limit to read more)")

@@ -22,6 +22,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 
+from skivi.control import PARALLEL_QUEUE
 from skivi.dashboard import params
 from skivi.dashboard.site import Site
 from skivi.dashboard.store import (
@@ -152,8 +153,11 @@ async def history_bulk(site: Site, request: Request, form: FormData | None) -> R
 
 async def queues(site: Site, request: Request, form: FormData | None) -> Response:
     rows = await site.store.read(site.store.queues)
+    pauses = await site.store.read(site.store.pauses)
+    paused = {p.name for p in pauses if p.kind == "queue"}
     return site.render(request, "queues.html", refresh=True, queues=rows, cap=QUEUE_CAP,
-                       groups_max=QUEUE_GROUPS_MAX)
+                       groups_max=QUEUE_GROUPS_MAX, pauses=pauses, paused=paused,
+                       parallel=PARALLEL_QUEUE)
 
 
 async def engines(site: Site, request: Request, form: FormData | None) -> Response:

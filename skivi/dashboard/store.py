@@ -41,6 +41,7 @@ from skivi.db.queries import (
     HistoryRetryRow,
     JobHistoryRow,
     JobListRow,
+    PauseRow,
     Queries,
     dashboard_cron_list,
     dashboard_history_list,
@@ -61,6 +62,7 @@ from skivi.db.queries import (
     job_remove_many,
     job_reschedule_many,
     job_retry_many,
+    pause_list,
 )
 from skivi.instance import Instance
 
@@ -263,6 +265,9 @@ class Store:
     async def queues(self, conn: psycopg.AsyncConnection[Any]) -> list[DashboardQueueRow]:
         return await dashboard_queue_list.run_async(conn, self.q, cap=QUEUE_CAP,
                                                     max_groups=QUEUE_GROUPS_MAX)
+
+    async def pauses(self, conn: psycopg.AsyncConnection[Any]) -> list[PauseRow]:
+        return await pause_list.run_async(conn, self.q)
 
     async def engines(self, conn: psycopg.AsyncConnection[Any]) -> list[EngineListRow]:
         return await engine_list.run_async(conn, self.q)

@@ -68,15 +68,14 @@ from psycopg.types.json import Jsonb
 __all__ = [
     "CLAIM_CUT", "CLAIM_ID", "CLAIM_LEASE", "CLAIM_MESSAGE", "CLAIM_TASK", "COMPLETED_ID",
     "COMPLETED_LEASE", "FAILED_ATTEMPTS", "FAILED_ID", "FAILED_LEASE", "FAILED_MAX_ATTEMPTS",
-    "FAILED_OUTCOME", "FAILED_REASON", "FAILED_RUN_AT", "STATEMENTS", "BigintArray",
-    "CancelledRow", "ChangeRow", "ClaimRow", "CompletedRow", "CronFireRow", "CronKnownRow",
-    "CronListRow",
+    "FAILED_OUTCOME", "FAILED_REASON", "FAILED_RUN_AT", "LIMITED_BLOCKED", "LIMITED_CUT",
+    "LIMITED_WAKE_AT", "STATEMENTS", "BigintArray", "CancelledRow", "ChangeRow", "ClaimRow",
+    "CompletedRow", "ControlRow", "CronFireRow", "CronKnownRow", "CronListRow",
     "DashboardHistoryListRow", "DashboardHistoryRateRow", "DashboardJobCountsRow",
-    "DashboardJobListRow", "DashboardQueueRow",
-    "EngineListRow", "FailedRow", "HeartbeatRow", "HistoryPruneRow", "HistoryRetryRow",
-    "InsertedRow",
-    "JobCountRow", "JobHistoryRow", "JobListRow", "JobRescueRow", "JobResultRow",
-    "JobStatsRow", "KeyedInsertRow", "LockHolderRow", "MigrationRow", "Queries",
+    "DashboardJobListRow", "DashboardQueueRow", "EngineListRow", "FailedRow", "HeartbeatRow",
+    "HistoryPruneRow", "HistoryRetryRow", "InsertedRow", "JobCountRow", "JobHistoryRow",
+    "JobLimitRow", "JobListRow", "JobRescueRow", "JobResultRow", "JobStatsRow",
+    "KeyedInsertRow", "LimitedClaimRow", "LockHolderRow", "MigrationRow", "PauseRow", "Queries",
     "ResultPruneRow", "SchemaStateRow", "Statement", "TaskRow", "channel_name",
     "check_statements",
     "declare", "done_channel_name", "for_schema", "load_text", "migration_files",
@@ -430,6 +429,17 @@ BigintArray = list[int] | str
 adapting a list element by element (the statement casts it)."""
 
 
+class ControlRow(NamedTuple):
+    paused_queues: list[str] | None
+    paused_tasks: list[str] | None
+    limited_tasks: list[str] | None
+
+
+@statement
+def control_get() -> ControlRow:
+    """The paused queues and tasks and the tasks under a limit, for the claims."""
+
+
 class CronFireRow(NamedTuple):
     identifier: str
     ts: dt.datetime
@@ -699,8 +709,27 @@ CLAIM_CUT: Final = 4
 @statement(prepare=True)
 def job_claim(*, engine: int, limit: int, serial_limit: int, max_bytes: int,
               tasks: list[str] | None = None, forbidden: list[str] | None = None,
-              queues: list[str] | None = None) -> list[ClaimRow]:
+              queues: list[str] | None = None, paused_queues: list[str] | None = None,
+              paused_tasks: list[str] | None = None) -> list[ClaimRow]:
     """Claim up to ``limit`` runnable jobs for ``engine``, in claim order (None: no filter)."""
+
+
+LimitedClaimRow = tuple[int | None, int | None, str | None, str | None, bool, bool | None,
+                        float | None]
+"""job_claim_limited's row: a ClaimRow (read by the CLAIM_* indices) and two more columns;
+its last row is the status row (id None), read by the LIMITED_* indices."""
+LIMITED_CUT: Final = 4
+LIMITED_BLOCKED: Final = 5
+LIMITED_WAKE_AT: Final = 6
+
+
+@statement(prepare=False)
+def job_claim_limited(*, engine: int, limit: int, lookahead: int, max_bytes: int,
+                      tasks: list[str] | None = None, forbidden: list[str] | None = None,
+                      paused_queues: list[str] | None = None,
+                      paused_tasks: list[str] | None = None) -> list[LimitedClaimRow]:
+    """Claim up to ``limit`` jobs without a queue under the declared limits; then the
+    status row (cut, blocked, wake_at)."""
 
 
 CompletedRow = tuple[int, int]
@@ -713,6 +742,33 @@ COMPLETED_LEASE: Final = 1
 def job_complete_many(*, engine: int, ids: BigintArray, leases: BigintArray,
                       history: bool) -> list[CompletedRow]:
     """Finish successful claims (pairwise ``ids``, ``leases``); those actually completed."""
+
+
+class JobLimitRow(NamedTuple):
+    name: str
+    tasks: list[str]
+    key_path: list[str] | None
+    slots: int
+    period: float | None
+    keys: int
+    held: int
+    recent: int
+
+
+@statement
+def job_limit_list() -> list[JobLimitRow]:
+    """The declared limits, with their slots in use."""
+
+
+@statement
+def job_limit_remove(*, name: str) -> bool:
+    """Forget a declared limit and its slots; whether it existed."""
+
+
+@statement
+def job_limit_upsert_many(*, names: list[str], tasks: list[str], key_paths: list[str | None],
+                          slots: list[int], periods: list[float | None]) -> list[str]:
+    """Record declared limits (pairwise arrays); the names inserted or changed."""
 
 
 class JobCountRow(NamedTuple):
@@ -963,6 +1019,24 @@ def job_task_get(*, id: int) -> TaskRow | None:
     """One job with its arguments and times (the Django tasks backend); None: nowhere."""
 
 
+@statement(prepare=True)
+def limit_key_drop_many(*, holds: str) -> int:
+    """Give back these holds (JSON text, as limit_key_held_many and limit_key_stale return
+    them); how many key rows changed."""
+
+
+@statement(prepare=True)
+def limit_key_held_many(*, ids: BigintArray, leases: BigintArray) -> str | None:
+    """The concurrency keys these claims hold (pairwise; before the statements that finish
+    them), as limit_key_drop_many takes them, or None."""
+
+
+@statement
+def limit_key_stale() -> str | None:
+    """The holds of claims that are over, or of engines that are gone (JSON text), or
+    None."""
+
+
 @statement
 def limits_get() -> int | None:
     """The database's max_payload_bytes."""
@@ -971,6 +1045,22 @@ def limits_get() -> int | None:
 @statement
 def limits_set(*, max_payload_bytes: int) -> None:
     """Set the database's max_payload_bytes (writes only a change)."""
+
+
+@statement
+def pause_change(*, kind: str, name: str, pause: bool) -> bool:
+    """Pause (or resume) a queue or a task; whether it changed."""
+
+
+class PauseRow(NamedTuple):
+    kind: str
+    name: str
+    paused_at: dt.datetime
+
+
+@statement
+def pause_list() -> list[PauseRow]:
+    """The paused queues and tasks."""
 
 
 class MigrationRow(NamedTuple):

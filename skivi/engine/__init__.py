@@ -4,13 +4,16 @@
 Processes::
 
     parent (asyncio + uvloop)                             children (forked, uvloop)
-    ├── fetcher      claims batches (job_claim.sql)   ──JOBS──▶  child 0 ┐ run handlers:
-    │                LISTEN wake-ups + poll fallback  ◀─RESULTS─ child 1 │ async ones many
+    ├── fetcher      claims batches (job_claim.sql;   ──JOBS──▶  child 0 ┐ run handlers:
+    │                job_claim_limited.sql for tasks  ◀─RESULTS─ child 1 │ async ones many
+    │                under limits), honouring pauses;                    │
+    │                LISTEN wake-ups + poll fallback                     │
     ├── supervisor   hands jobs to children with free     ...    child N ┘ at a time
     │                slots; replaces dead children
     ├── completer    writes results in batches (job_complete_many / job_fail_many /
-    │                job_release_many)
+    │                job_release_many), giving back their limit keys in the same transaction
     └── liveness     engine row + advisory lock, heartbeat, rescuer of dead engines' jobs
+                     (and of their limit keys)
 
 Who writes what:
     * only the parent writes job state: it claims in the fetcher, finishes and releases in

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -57,6 +58,8 @@ from skivi.db.queries import (
     job_fail_many,
     job_release_many,
     job_result_store_many,
+    limit_key_drop_many,
+    limit_key_held_many,
     transaction_settings_local,
 )
 from skivi.db.retry import JITTER_AROUND, RetryBackoff
@@ -129,7 +132,8 @@ class Completer:
                  batch_size: int, interval: float, max_buffer: int, history: bool,
                  on_flushed: FlushHook | None = None,
                  keeping_results: frozenset[str] = frozenset(),
-                 lock_timeout: float = 1.5) -> None:
+                 lock_timeout: float = 1.5,
+                 frees_keys: Callable[[], bool] = lambda: False) -> None:
         self.db = db
         self._lock_timeout_ms = str(max(1, round(lock_timeout * 1000)))
         self.q = queries
@@ -141,6 +145,9 @@ class Completer:
         self.on_flushed = on_flushed
         self.keeping_results = keeping_results
         """The tasks whose jobs keep their results (exhausted ones: their last error)."""
+        self.frees_keys = frees_keys
+        """Whether claims may hold limit keys (the engine claims under limits): each flush
+        then gives back those of the claims it finishes, in its transaction."""
         self.values: dict[Claim, tuple[str, str | None, str | None]] = {}
         """Claim -> (task, value JSON, error) of completed jobs whose values came first."""
         self.results_stored = 0
@@ -312,6 +319,19 @@ class Completer:
         done_ids: set[Claim] = set()
         outcomes: dict[Claim, str] = {}
         recorded: dict[Claim, Recorded] = {}
+        held: str | None = None
+        if self.frees_keys():
+            # Before the statements below, which finish (delete) the rows it reads: the
+            # concurrency keys every claim of the flush holds, whatever becomes of it (a
+            # stale claim's lease matches no row). Given back last, below.
+            held = await limit_key_held_many.run_async(
+                conn, self.q,
+                ids=_int_array(itertools.chain((r[RESULT_ID] for r in completed),
+                                               (r[RESULT_ID] for r in failed),
+                                               (c[0] for c in released))),
+                leases=_int_array(itertools.chain((r[RESULT_LEASE] for r in completed),
+                                                  (r[RESULT_LEASE] for r in failed),
+                                                  (c[1] for c in released))))
         if completed:
             rows = await job_complete_many.run_async(
                 conn, self.q, engine=engine, ids=_int_array(r[RESULT_ID] for r in completed),
@@ -339,6 +359,9 @@ class Completer:
             await job_release_many.execute_async(
                 conn, self.q, engine=engine, ids=_int_array(job_id for job_id, _ in released),
                 leases=_int_array(lease for _, lease in released))
+        if held is not None:
+            # Last: the key rows stay locked only to the commit (claims skip locked ones).
+            await limit_key_drop_many.execute_async(conn, self.q, holds=held)
         return done_ids, outcomes, recorded
 
     async def _cancel(self, conn: Any, engine: int, cancelled: list[list[Any]],

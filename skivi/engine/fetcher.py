@@ -15,6 +15,15 @@ State machine (Graphile Worker's localQueue, with its crash window closed by the
                byte limit) means more may be waiting, so it claims again at once; a short
                one means the queue is drained: wait. Claimed jobs are buffered by
                lane: sync handlers' jobs and the others (see the supervisor).
+    (controls) once per poll interval, and at once on a 'control' NOTIFY, a claim first
+               reads the paused queues and tasks and the tasks under a limit
+               (control_get.sql) and passes the pauses to the claims. An engine that runs
+               a task under a limit claims the parallel queue with job_claim_limited.sql
+               (the limits enforced there) and the serial queues with job_claim.sql; its
+               lookahead (how many runnable jobs the limited claim reads) is one claim's
+               room while nothing is held back, and grows x4 per claim while jobs are (up
+               to worker.limits_lookahead), a deeper claim being made at once. A held-back
+               rate-limited key sets a timer for when its window frees a slot.
     paused     the completer has more than worker.max_result_buffer results it cannot
                write (database away): claiming stops until they land.
     stopped    no more claims. ``take_all()`` hands the unstarted jobs in hand back to the
@@ -45,16 +54,22 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
+from skivi.control import PARALLEL_QUEUE
 from skivi.db.queries import (
     CLAIM_CUT,
     CLAIM_ID,
     CLAIM_LEASE,
     CLAIM_MESSAGE,
     CLAIM_TASK,
+    LIMITED_BLOCKED,
+    LIMITED_CUT,
+    LIMITED_WAKE_AT,
     ClaimRow,
     Queries,
     channel_name,
+    control_get,
     job_claim,
+    job_claim_limited,
     transaction_settings_local,
 )
 from skivi.db.retry import RetryBackoff
@@ -86,6 +101,12 @@ CLAIM_RETRY_DELAY_MAX = 2.0
 LISTEN_RETRY_DELAY_INITIAL = 0.1
 LISTEN_RETRY_DELAY_MAX = 5.0
 
+CONTROL_NOTICE: Final = "control"
+"""The NOTIFY payload of a pause or resume: read the controls again before the next claim."""
+LIMITS_NOTICE: Final = "limits"
+"""The NOTIFY payload of a full limit key given back (limit_key_drop_many.sql): claim again."""
+LOOKAHEAD_GROWTH = 4
+
 
 class Fetcher:
     def __init__(self, db: Reconnecting, listen_db: Reconnecting | None, queries: Queries, *,
@@ -99,7 +120,9 @@ class Fetcher:
                  sync_only: bool = False,
                  startable: Callable[[], int] | None = None,
                  listen_here: bool = False,
-                 on_cancel_notice: Callable[[], None] | None = None) -> None:
+                 on_cancel_notice: Callable[[], None] | None = None,
+                 own_tasks: frozenset[str] = frozenset(),
+                 limits_lookahead: int = 10_000) -> None:
         self.db = db
         self.on_cancel_notice = on_cancel_notice
         self.listen_db = listen_db
@@ -144,6 +167,19 @@ class Fetcher:
         self.claimed = 0
         self.listening = False
         self._listen_backoff = RetryBackoff(LISTEN_RETRY_DELAY_INITIAL, LISTEN_RETRY_DELAY_MAX)
+        # Controls (control_get.sql), read again when due or after a 'control' NOTIFY.
+        self.own_tasks = own_tasks
+        self.paused_queues: list[str] | None = None
+        self.paused_tasks: list[str] | None = None
+        self.limited = False  # a task this engine runs is under a limit
+        # Once limited, claims may hold limit keys: the completer gives them back from then
+        # on (a finished job's keys are computed again from its row).
+        self.ever_limited = False
+        self._controls_due = 0.0  # monotonic time of the next read; 0: at the next claim
+        self.limits_lookahead = limits_lookahead
+        self.lookahead = 0  # the limited claim's lookahead; 0: one claim's room
+        self._deep_due = 0.0  # monotonic time from which a deeper look may start again
+        self.wake_at: float | None = None  # the last limited claim's wake_at, for tests
 
     def room(self) -> int:
         """How many jobs to claim now; 0 means wait. Claims are batched: below half a batch
@@ -256,6 +292,16 @@ class Fetcher:
         return (self.drained and not self.buffered()
                 and self.claimed_after_flush == self.flushes())
 
+    async def _read_controls(self, conn: Any) -> None:
+        row = await control_get.run_async(conn, self.q)
+        self.paused_queues = row.paused_queues
+        self.paused_tasks = row.paused_tasks
+        # Limits apply to jobs without a queue, which a queue filter never claims.
+        self.limited = self.queue_filter is None and bool(
+            self.own_tasks.intersection(row.limited_tasks or ()))
+        self.ever_limited = self.ever_limited or self.limited
+        self._controls_due = time.monotonic() + self.poll_interval
+
     async def _claim(self, limit: int) -> int:
         self.claimed_after_flush = self.flushes()
         # Not drained while this claim runs: it may find jobs (--once must not stop now).
@@ -265,16 +311,31 @@ class Fetcher:
         # execution, as much work as claiming 40 jobs).
         async with self.db.session() as conn, conn.transaction():
             await transaction_settings_local.run_async(conn, self.q, ms=self.lock_timeout_ms)
+            if time.monotonic() >= self._controls_due:
+                await self._read_controls(conn)
             serial = limit if self.startable is None else min(limit, self.startable())
             self.serial_limit_used = serial
-            rows = await job_claim.run_async(
+            # What the buffers hold counts against the byte limit too, so the parent
+            # never holds much more than worker.batch_max_bytes of unstarted payload.
+            max_bytes = max(1, self.batch_max_bytes - self.buffered_bytes)
+            paused_queues = self.paused_queues
+            if self.limited:
+                # The parallel queue is the limited claim's: job_claim takes serial queues
+                # (first, so a steady parallel backlog never crowds them out).
+                paused_queues = [*(paused_queues or ()), PARALLEL_QUEUE]
+            rows: list[Any] = await job_claim.run_async(
                 conn, self.q, engine=self.engine_id(), limit=limit, serial_limit=serial,
-                # What the buffers hold counts against the byte limit too, so the parent
-                # never holds much more than worker.batch_max_bytes of unstarted payload.
-                max_bytes=max(1, self.batch_max_bytes - self.buffered_bytes),
-                tasks=self.task_filter, forbidden=self.forbidden_flags,
-                queues=self.queue_filter)
-        self.cut = bool(rows) and rows[0][CLAIM_CUT]
+                max_bytes=max_bytes, tasks=self.task_filter, forbidden=self.forbidden_flags,
+                queues=self.queue_filter, paused_queues=paused_queues,
+                paused_tasks=self.paused_tasks)
+            cut = bool(rows) and rows[0][CLAIM_CUT]
+            if self.limited and len(rows) < limit:
+                more, limited_cut = await self._claim_limited(
+                    conn, limit - len(rows),
+                    max(1, max_bytes - sum(map(len, map(_message, rows)))))
+                rows.extend(more)
+                cut = cut or limited_cut
+        self.cut = cut
         self.claims += 1
         if self.claims == 1:
             logger.debug("first claim: %d jobs", len(rows), extra={"action": "claim"})
@@ -297,6 +358,34 @@ class Fetcher:
                      else async_buffer).append(job)
             self.on_claimed(len(rows))
         return len(rows)
+
+    async def _claim_limited(self, conn: Any, limit: int, max_bytes: int
+                             ) -> tuple[list[Any], bool]:
+        """The parallel queue's jobs under the limits: (rows, cut), cut meaning claim again
+        at once (more runnable, or a deeper look is due)."""
+        lookahead = max(limit, min(self.lookahead, self.limits_lookahead))
+        rows = await job_claim_limited.run_async(
+            conn, self.q, engine=self.engine_id(), limit=limit, lookahead=lookahead,
+            max_bytes=max_bytes, tasks=self.task_filter, forbidden=self.forbidden_flags,
+            paused_queues=self.paused_queues, paused_tasks=self.paused_tasks)
+        status = rows.pop()
+        cut = bool(status[LIMITED_CUT])
+        self.wake_at = status[LIMITED_WAKE_AT]
+        if status[LIMITED_BLOCKED] and self.wake_at is not None:
+            self._wake_at(self.wake_at)
+        now = time.monotonic()
+        if not status[LIMITED_BLOCKED] or len(rows) == limit:
+            self.lookahead = 0  # nothing held back, or a full claim: one claim's look
+        elif lookahead < self.limits_lookahead and (self.lookahead or now >= self._deep_due):
+            # Held-back jobs filled the look: look deeper, now (a deep look costs the
+            # database a read of every job it passes, hence at most one series of them
+            # per poll interval, or per wake-up by new jobs).
+            self.lookahead = min(lookahead * LOOKAHEAD_GROWTH, self.limits_lookahead)
+            cut = True
+        else:
+            self.lookahead = 0
+            self._deep_due = now + self.poll_interval
+        return rows, cut
 
     async def _sleep(self, timeout: float, *, listen: bool = False) -> None:
         """Wait for a wake-up, at most ``timeout``. With ``listen`` (the table looked
@@ -349,6 +438,15 @@ class Fetcher:
             self._notified(note)
 
     def _notified(self, note: Any) -> None:
+        if note.payload == LIMITS_NOTICE:
+            self.wake()
+            return
+        if note.payload == CONTROL_NOTICE:
+            self._controls_due = 0.0
+            self.wake()
+            return
+        # New jobs (perhaps of keys behind a saturated key's backlog) may be looked for deep.
+        self._deep_due = 0.0
         if note.payload:
             if note.payload.startswith(CANCEL_NOTICE):
                 if (self.on_cancel_notice is not None
@@ -371,7 +469,10 @@ class Fetcher:
         if delay > self.poll_interval:
             return
         loop = asyncio.get_running_loop()
-        if self._timer is None or self._timer.when() > loop.time() + delay:
+        now = loop.time()
+        # A timer that already fired (its when() past) is no reason to skip a later one.
+        if (self._timer is None or self._timer.when() <= now
+                or self._timer.when() > now + delay):
             if self._timer is not None:
                 self._timer.cancel()
             self._timer = loop.call_later(delay, self.wake)

@@ -24,7 +24,9 @@ dead engines' rows makes concurrent rescuers safe. An engine rescues others only
 has itself been connected for a whole lease without a failed statement: after an outage
 that cut everybody off (a network fault, a failover), every live engine's heartbeat is
 stale, and the first one back must give the others a lease to heartbeat again before it
-judges them. The database itself does the same after a restart (restart_grace).
+judges them. The database itself does the same after a restart (restart_grace). The same
+round then gives back the limit keys the rescued engines' jobs held (limit_key_stale.sql,
+which on the orphan rounds also gives back any hold whose claim is over).
 
 History pruning. ``HistoryPruner`` deletes job_history rows (completed and exhausted jobs)
 older than worker.history_retention, and kept results (job_result) older than
@@ -56,6 +58,8 @@ from skivi.db.queries import (
     job_queue_prune,
     job_rescue,
     job_result_prune,
+    limit_key_drop_many,
+    limit_key_stale,
 )
 from skivi.db.retry import JITTER_AROUND, RetryBackoff, retrying
 from skivi.engine.connection import Reconnecting
@@ -241,9 +245,17 @@ class Liveness:
                 self._seen(conn)
                 if time.monotonic() < self._settled_at:
                     return [], 0, 0
+                orphans = self._rounds % (ORPHAN_ROUNDS * self._fleet) == 1
                 row = await job_rescue.run_async(
                     conn, self.q, engine=self.engine_id, restart_grace=self.restart_grace,
-                    orphans=self._rounds % (ORPHAN_ROUNDS * self._fleet) == 1)
+                    orphans=orphans)
+                if row.engines or orphans:
+                    # The rescued engines' limit keys (their jobs wait again, and run under
+                    # their limits once the keys are given back), and any hold whose claim
+                    # is over (a safety net).
+                    stale = await limit_key_stale.run_async(conn, self.q)
+                    if stale is not None:
+                        await limit_key_drop_many.run_async(conn, self.q, holds=stale)
         except BaseException:
             self.unsettle()
             raise

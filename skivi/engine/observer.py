@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from skivi.db.queries import job_stats
+from skivi.control import PARALLEL_QUEUE
+from skivi.db.queries import job_stats, pause_list
 from skivi.engine import wire
 from skivi.engine.completer import (
     RECORDED_ATTEMPTS,
@@ -517,13 +518,16 @@ class QueueStatsPoller:
         async with self.db.session() as conn:
             rows = await job_stats.run_async(conn, self.q, engine=self.engine_id(),
                                              cap=self.cap, max_groups=self.max_groups)
+            pauses = await pause_list.run_async(conn, self.q) if rows else []
         self.polls += 1
         if not rows:
             self.metrics.queue_stats(None)
             return False
         self.metrics.queue_stats([
             (r.queue_name, int(r.waiting), int(r.scheduled), int(r.running), int(r.claimed),
-             r.oldest_runnable_age) for r in rows])
+             r.oldest_runnable_age) for r in rows],
+            paused=["" if p.name == PARALLEL_QUEUE else p.name for p in pauses
+                    if p.kind == "queue"])
         return True
 
     async def _run(self) -> None:

@@ -36,7 +36,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
+import psycopg
 
+from skivi.db.queries import job_limit_upsert_many
 from skivi.engine import process
 from skivi.engine.children import ChildHandle, ChildPool
 from skivi.engine.completer import Completer, Flushed
@@ -56,6 +58,7 @@ from skivi.engine.relay import EnqueueRelay
 from skivi.engine.service import cancel_and_wait
 from skivi.engine.wire import JOB_QUEUE_NAME, cancelled_row
 from skivi.errors import SchemaNotMigrated
+from skivi.limit import merge_limits
 
 if TYPE_CHECKING:
     from skivi.events import Emitter
@@ -156,7 +159,10 @@ class Engine:
             batch_size=w.completion_batch_size, interval=w.completion_interval,
             max_buffer=w.max_result_buffer, history=w.history, on_flushed=self._on_flushed,
             keeping_results=registry.keeping_results(w.store_results),
-            lock_timeout=lock_timeout)
+            lock_timeout=lock_timeout,
+            frees_keys=lambda: self.fetcher.ever_limited)
+        # The limits this engine declares (configuration and tasks), recorded at start.
+        self.limits = merge_limits(instance.limits, registry.limits())
         tasks = list(registry.identifiers()) if w.unknown_tasks == "skip" else None
         self.fetcher = Fetcher(
             self.claim_db, self.listen_db, q, engine_id=lambda: self.liveness.engine_id,
@@ -170,7 +176,8 @@ class Engine:
             forbidden_flags=list(w.forbidden_flags) or None,
             queues=list(w.queues) if w.queues is not None else None,
             listen_here=db.listen and not db.listen_url,
-            on_cancel_notice=self.liveness.poke)
+            on_cancel_notice=self.liveness.poke,
+            own_tasks=frozenset(registry.identifiers()), limits_lookahead=w.limits_lookahead)
         # The children's ctx.add_job, on this same connection (database.child_enqueue).
         self.relay = (EnqueueRelay(self.db, instance) if db.child_enqueue == "parent"
                       else None)
@@ -233,6 +240,7 @@ class Engine:
     async def _serve(self) -> None:
         """Start every part of a registered engine and run until a stop is requested."""
         loop = asyncio.get_running_loop()
+        await self._record_limits()
         await self.liveness.start()
         await self.pruner.start()
         await self.completer.start()
@@ -288,6 +296,31 @@ class Engine:
         await cancel_and_wait([registering])
         logger.info("stopped before the engine could register", extra={"action": "stop_engine"})
         return False
+
+    async def _record_limits(self) -> None:
+        """Upsert the declared limits (job_limit_upsert_many.sql), so every engine's claims
+        enforce them; a failure is logged (the limits recorded before stay in force)."""
+        if not self.limits:
+            return
+        try:
+            async with self.db.session() as conn:
+                changed = await job_limit_upsert_many.run_async(
+                    conn, self.instance.queries, names=[lim.name for lim in self.limits],
+                    tasks=[orjson.dumps(lim.tasks).decode() for lim in self.limits],
+                    key_paths=[None if lim.key_path is None
+                               else orjson.dumps(lim.key_path).decode()
+                               for lim in self.limits],
+                    slots=[lim.slots for lim in self.limits],
+                    periods=[lim.period for lim in self.limits])
+        except psycopg.Error as exc:
+            self.db.broken()
+            logger.error("cannot record the limits %s: %s",
+                         ", ".join(lim.name for lim in self.limits), exc,
+                         extra={"action": "record_limits_failed"})
+            return
+        if changed:
+            logger.info("limits recorded: %s", ", ".join(changed),
+                        extra={"action": "record_limits"})
 
     def request_stop(self, fast: bool = False) -> None:
         if self.stopping:

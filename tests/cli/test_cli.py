@@ -27,6 +27,7 @@ import skivi
 from skivi.cli import main
 from skivi.db.migrate import known_migrations
 from skivi.db.queries import CLAIM_ID, engine_register, for_schema, job_claim, migration_lock
+from tests.support.cli import cli, cli_json
 from tests.support.db import SCHEMA, MakeDatabase, connect, login_role
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,23 +38,6 @@ SECRET = "s3cret-payload-value"
 
 
 # --- helpers --------------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test runs in an empty directory, so no stray ./skivi.toml is read."""
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def cli(database: str, *args: str) -> int:
-    """``skivi ARGS --database-url DATABASE`` in-process (global option after the command)."""
-    return main([*args, "--database-url", database])
-
-
-def cli_json(database: str, capsys: pytest.CaptureFixture[str], *args: str) -> Any:
-    assert cli(database, *args, "--json") == 0
-    return orjson.loads(capsys.readouterr().out)
 
 
 def run_module(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

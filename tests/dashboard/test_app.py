@@ -280,3 +280,19 @@ def test_cancel_action_cancels_a_waiting_job_and_asks_a_running_ones_engine_when
         conn.execute("delete from skivi.job where id = %s", [running])
         conn.execute("delete from skivi.job_cancel where id = %s", [running])
         conn.execute("delete from skivi.engine where id = %s", [engine])
+
+
+def test_queue_page_shows_what_is_paused_when_queues_and_tasks_are(
+        system: skivi.System) -> None:
+    with _client(create_app(system)) as client:
+        assert "Nothing is paused" in client.get("/queues").text
+        skivi.pause_queue(system, skivi.PARALLEL_QUEUE)
+        skivi.pause_task(system, "resize")
+        try:
+            page = client.get("/queues").text
+        finally:
+            skivi.resume_queue(system, skivi.PARALLEL_QUEUE)
+            skivi.resume_task(system, "resize")
+    assert "<strong>paused</strong>" in page
+    assert "@parallel (no queue: parallel)" in page
+    assert "<td>task</td><td>resize</td>" in page

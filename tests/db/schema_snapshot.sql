@@ -95,6 +95,20 @@ create table skivi.job_history (
     constraint job_history_pkey PRIMARY KEY (id)
 ) with (autovacuum_vacuum_scale_factor=0.05);
 
+create table skivi.job_limit (
+    name text not null,
+    tasks text[] not null,
+    key_path text[],
+    slots integer not null,
+    period double precision,
+    updated_at timestamp with time zone not null default now(),
+    constraint job_limit_name_check CHECK (((length(name) >= 1) AND (length(name) <= 128))),
+    constraint job_limit_period_check CHECK (((period IS NULL) OR (period > (0)::double precision))),
+    constraint job_limit_pkey PRIMARY KEY (name),
+    constraint job_limit_slots_check CHECK (((slots >= 1) AND (slots <= 10000))),
+    constraint job_limit_tasks_check CHECK ((cardinality(tasks) >= 1))
+);
+
 create table skivi.job_queue (
     queue_name text not null,
     job_id bigint,
@@ -121,6 +135,18 @@ create table skivi.job_traceback (
     constraint job_traceback_pkey PRIMARY KEY (id)
 );
 
+create table skivi.limit_key (
+    limit_name text not null,
+    key text not null,
+    held_ids bigint[] not null default '{}'::bigint[],
+    held_leases bigint[] not null default '{}'::bigint[],
+    held_by bigint[] not null default '{}'::bigint[],
+    starts timestamp with time zone[] not null default '{}'::timestamp with time zone[],
+    constraint limit_key_held_check CHECK (((cardinality(held_ids) = cardinality(held_leases)) AND (cardinality(held_ids) = cardinality(held_by)))),
+    constraint limit_key_limit_fkey FOREIGN KEY (limit_name) REFERENCES skivi.job_limit(name) ON DELETE CASCADE,
+    constraint limit_key_pkey PRIMARY KEY (limit_name, key)
+) with (fillfactor=50);
+
 create table skivi.limits (
     only_row boolean not null default true,
     max_payload_bytes integer not null default 1048576,
@@ -136,6 +162,15 @@ create table skivi.migration (
     constraint migration_pkey PRIMARY KEY (id)
 );
 
+create table skivi.pause (
+    kind text not null,
+    name text not null,
+    paused_at timestamp with time zone not null default now(),
+    constraint pause_kind_check CHECK ((kind = ANY (ARRAY['queue'::text, 'task'::text]))),
+    constraint pause_name_check CHECK (((length(name) >= 1) AND (length(name) <= 128))),
+    constraint pause_pkey PRIMARY KEY (kind, name)
+);
+
 -- indexes
 CREATE UNIQUE INDEX cron_pkey ON skivi.cron USING btree (identifier);
 CREATE UNIQUE INDEX engine_pkey ON skivi.engine USING btree (id);
@@ -147,12 +182,15 @@ CREATE INDEX job_queue_claim_idx ON skivi.job USING btree (queue_name, priority,
 CREATE UNIQUE INDEX job_cancel_pkey ON skivi.job_cancel USING btree (id);
 CREATE INDEX job_history_finished_at_idx ON skivi.job_history USING btree (finished_at);
 CREATE UNIQUE INDEX job_history_pkey ON skivi.job_history USING btree (id);
+CREATE UNIQUE INDEX job_limit_pkey ON skivi.job_limit USING btree (name);
 CREATE UNIQUE INDEX job_queue_pkey ON skivi.job_queue USING btree (queue_name);
 CREATE INDEX job_result_finished_at_idx ON skivi.job_result USING btree (finished_at);
 CREATE UNIQUE INDEX job_result_pkey ON skivi.job_result USING btree (id);
 CREATE UNIQUE INDEX job_traceback_pkey ON skivi.job_traceback USING btree (id);
+CREATE UNIQUE INDEX limit_key_pkey ON skivi.limit_key USING btree (limit_name, key);
 CREATE UNIQUE INDEX limits_pkey ON skivi.limits USING btree (only_row);
 CREATE UNIQUE INDEX migration_pkey ON skivi.migration USING btree (id);
+CREATE UNIQUE INDEX pause_pkey ON skivi.pause USING btree (kind, name);
 
 -- triggers
 
@@ -173,11 +211,21 @@ CREATE UNIQUE INDEX migration_pkey ON skivi.migration USING btree (id);
 --     language plpgsql volatile; body 7fe3fd3f03984960a97cfc93baa3fb98
 -- function skivi.insert_jobs(specs jsonb, OUT ids text, OUT inserted_at timestamp with time zone) returns record
 --     language plpgsql volatile security definer; body 971ce5b8b98253704b38e9a760377e91
+-- function skivi.pause_queue(queue_name text) returns boolean
+--     language sql volatile; body b3f18c6b744e10a801136af5e29498bb
+-- function skivi.pause_task(task_identifier text) returns boolean
+--     language sql volatile; body f921a50bab7cfcf3db752e96f14b52ff
 -- function skivi.permanently_fail_jobs(job_ids bigint[], error_message text) returns SETOF skivi.job_history
 --     language sql volatile; body bf61b9e8d3b3ca5dacd11fcb8200d4c1
 -- function skivi.remove_job(job_key text) returns SETOF skivi.job
 --     language sql volatile; body 24f7907295ec4bd012f3817eb795d975
 -- function skivi.reschedule_jobs(job_ids bigint[], run_at timestamp with time zone, priority integer, attempts integer, max_attempts integer) returns SETOF skivi.job
 --     language sql volatile; body 6a4a110617d29bb78d5f7125a82b8d3a
+-- function skivi.resume_queue(queue_name text) returns boolean
+--     language sql volatile; body c27e14ee1f870d7ee45f5b61c78ffe92
+-- function skivi.resume_task(task_identifier text) returns boolean
+--     language sql volatile; body eeeecb3e0b87b51b2622526b7f42ca78
 -- function skivi.retry_jobs(job_ids bigint[]) returns SETOF skivi.job
 --     language sql volatile; body 5e25aa9b6added31254a927e738547d2
+-- function skivi.set_paused(p_kind text, p_name text, p_paused boolean) returns boolean
+--     language sql volatile; body 12dae9475ca6aa72bebc9586658469d7

@@ -289,7 +289,7 @@ def harness(database: str, tmp_path: Path) -> Iterator[Harness]:
 
 def _enqueue_backlog(url: str) -> None:
     """What the depth metrics must show: 5 waiting and 3 scheduled jobs without a queue,
-    2 waiting in "mail", the oldest of them runnable for an hour."""
+    2 waiting in "mail", the oldest of them runnable for an hour; "mail" and "idle" paused."""
     now = dt.datetime.now(dt.UTC)
     system = skivi.create_system({"database": {"connection_string": url}})
     try:
@@ -299,6 +299,8 @@ def _enqueue_backlog(url: str) -> None:
             {"task": "noop", "queue_name": "mail", "run_at": now - dt.timedelta(hours=1)},
             {"task": "noop", "queue_name": "mail"},
         ])
+        skivi.pause_queue(system, "mail")
+        skivi.pause_queue(system, "idle")  # paused, with no job
     finally:
         system.stop()
 
@@ -330,6 +332,10 @@ def test_exporter_counts_what_the_flushes_wrote_when_scraped(harness: Harness) -
     assert total("skivi_queue_jobs", queue="mail", state="waiting") == 2
     assert 3500 < total("skivi_queue_oldest_job_age_seconds", queue="mail") < 3700
     assert 0 <= total("skivi_queue_oldest_job_age_seconds", queue="") < 60
+    assert total("skivi_queue_paused", queue="mail") == 1
+    assert total("skivi_queue_paused", queue="idle") == 1
+    assert ("skivi_queue_paused", (("queue", ""),)) in samples
+    assert total("skivi_queue_paused", queue="") == 0
 
 
 # -- a real Prometheus ---------------------------------------------------------------------

@@ -22,7 +22,11 @@
 -- Parameters: %(engine)s engine id; %(limit)s; %(tasks)s text[] or null (only these task
 -- identifiers: worker.unknown_tasks = "skip"); %(forbidden)s text[] or null (skip jobs with
 -- any of these flags); %(queues)s text[] or null (only jobs of these queues);
--- %(serial_limit)s (at most this many serial-queue jobs, <= limit); %(max_bytes)s.
+-- %(serial_limit)s (at most this many serial-queue jobs, <= limit); %(max_bytes)s;
+-- %(paused_queues)s / %(paused_tasks)s text[] or null (the pause table as the engine last
+-- read it, control_get.sql: skip these queues, '@parallel' being the jobs without one, and
+-- these tasks; a serial queue whose next job is of a paused task waits, in order). Null
+-- when nothing is paused: the filters fold away and the plan is the unpaused one.
 -- Returns (id, lease, message, task_identifier, cut): message is the job as a JSON array, handed
 -- as-is to a child process: [id, lease, task, payload, queue_name, priority, run_at,
 -- attempts, max_attempts, key, flags, created_at]; the task lets the engine choose the
@@ -39,6 +43,9 @@ with recursive unqueued as (
       and j.run_at <= now()
       and (%(tasks)s::text[] is null or j.task_identifier = any(%(tasks)s::text[]))
       and (%(forbidden)s::text[] is null or not coalesce(j.flags && %(forbidden)s::text[], false))
+      and not coalesce('@parallel' = any(%(paused_queues)s::text[]), false)
+      and (%(paused_tasks)s::text[] is null
+           or j.task_identifier <> all(%(paused_tasks)s::text[]))
     order by j.priority, j.run_at, j.id
     limit %(limit)s
     for update of j skip locked
@@ -64,7 +71,7 @@ with recursive unqueued as (
     from queue_name n
     join {schema}.job_queue q on q.queue_name = n.queue_name
     cross join lateral (
-        select j.ctid as tid, j.id, j.priority, j.run_at,
+        select j.ctid as tid, j.id, j.priority, j.run_at, j.task_identifier as task,
                case when pg_column_compression(j.payload) is null then pg_column_size(j.payload)
                     else octet_length(j.payload::text) end as bytes
         from {schema}.job j
@@ -78,6 +85,8 @@ with recursive unqueued as (
         limit 1
     ) h
     where q.job_id is null
+      and (%(paused_queues)s::text[] is null or q.queue_name <> all(%(paused_queues)s::text[]))
+      and (%(paused_tasks)s::text[] is null or h.task <> all(%(paused_tasks)s::text[]))
     order by h.priority, h.run_at, h.id
     limit %(serial_limit)s
     -- NO KEY UPDATE: enqueues hold queue rows FOR KEY SHARE while they commit (hold_queues,
