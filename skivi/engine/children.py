@@ -249,6 +249,27 @@ class ChildPool:
                 free += max(0, self.sync_threads - c.sync_jobs)
         return max(0, free - self.fetcher.buffered())
 
+    def holdable(self, tasks: frozenset[str]) -> int | None:
+        """Jobs of these tasks worth claiming now: what the lanes they run in could take in
+        hand, beyond what the buffers hold. Each job under a limit counts against its key
+        from its claim, so none should wait long in the parent's buffer. None: no bound,
+        every task being a short sync one (recent runs under SYNC_SHORT_SECONDS): a
+        buffer of those drains in milliseconds, and a drain needs it full."""
+        sync = tasks & self.sync_tasks
+        estimate = self.run_estimate
+        if sync == tasks and all(0.0 <= estimate.get(t, -1.0) < SYNC_SHORT_SECONDS
+                                 for t in sync):
+            return None
+        free = 0
+        for c in self.children:
+            if c.exited or c.stopping:
+                continue
+            if sync != tasks:
+                free += len(c.free_slots)
+            if sync:
+                free += len(c.sync_free)
+        return max(0, free - self.fetcher.buffered())
+
     def _spawn(self, index: int) -> ChildHandle:
         job_r, job_w = os.pipe()
         res_r, res_w = os.pipe()

@@ -119,6 +119,7 @@ class Fetcher:
                  queues: list[str] | None, sync_tasks: frozenset[str] = frozenset(),
                  sync_only: bool = False,
                  startable: Callable[[], int] | None = None,
+                 holdable: Callable[[frozenset[str]], int | None] | None = None,
                  listen_here: bool = False,
                  on_cancel_notice: Callable[[], None] | None = None,
                  own_tasks: frozenset[str] = frozenset(),
@@ -155,6 +156,9 @@ class Fetcher:
         self.sync_tasks = sync_tasks
         self.sync_only = sync_only  # no task of the registry is async
         self.startable = startable
+        self.holdable = holdable
+        self.limited_tasks: frozenset[str] = frozenset()  # this engine's, under a limit
+        self.limited_capped = False  # the last limited claim was cut by the children's room
         self.async_buffer: deque[ClaimedJob] = deque()
         self.sync_buffer: deque[ClaimedJob] = deque()
         self.stopped = False
@@ -208,6 +212,10 @@ class Fetcher:
         fetcher on their own (NOTIFY, the completer's flush, the poll)."""
         if not self.drained:
             return True
+        if self.limited_capped and self.holdable is not None:
+            holdable = self.holdable(self.limited_tasks)
+            if holdable is None or holdable > 0:
+                return True
         return self.startable is not None and self.startable() > self.serial_limit_used
 
     async def start(self) -> None:
@@ -297,8 +305,9 @@ class Fetcher:
         self.paused_queues = row.paused_queues
         self.paused_tasks = row.paused_tasks
         # Limits apply to jobs without a queue, which a queue filter never claims.
-        self.limited = self.queue_filter is None and bool(
-            self.own_tasks.intersection(row.limited_tasks or ()))
+        limited = self.own_tasks.intersection(row.limited_tasks or ())
+        self.limited = self.queue_filter is None and bool(limited)
+        self.limited_tasks = frozenset(limited)
         self.ever_limited = self.ever_limited or self.limited
         self._controls_due = time.monotonic() + self.poll_interval
 
@@ -329,12 +338,24 @@ class Fetcher:
                 queues=self.queue_filter, paused_queues=paused_queues,
                 paused_tasks=self.paused_tasks)
             cut = bool(rows) and rows[0][CLAIM_CUT]
+            self.limited_capped = False
             if self.limited and len(rows) < limit:
-                more, limited_cut = await self._claim_limited(
-                    conn, limit - len(rows),
-                    max(1, max_bytes - sum(map(len, map(_message, rows)))))
-                rows.extend(more)
-                cut = cut or limited_cut
+                # Jobs under a limit are claimed only as far as the children can take them
+                # in hand: one waiting in the parent's buffer would count against its key
+                # (a rate's start, a concurrency slot) while an engine with free slots
+                # found nothing to start, and would start later than its window allowed.
+                room = limit - len(rows)
+                more: list[Any] = []
+                holdable = None if self.holdable is None else self.holdable(self.limited_tasks)
+                if holdable is not None:
+                    room = min(room, holdable - len(rows))
+                if room > 0:
+                    more, limited_cut = await self._claim_limited(
+                        conn, room, max(1, max_bytes - sum(map(len, map(_message, rows)))))
+                    rows.extend(more)
+                    cut = cut or limited_cut
+                # Short for want of slots, not of jobs: a freed slot is worth a claim.
+                self.limited_capped = room <= 0 or len(more) == room
         self.cut = cut
         self.claims += 1
         if self.claims == 1:

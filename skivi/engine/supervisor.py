@@ -172,7 +172,7 @@ class Engine:
             paused=lambda: self.completer.backpressure,
             on_claimed=self._on_claimed, flushes=lambda: self.completer.flushes, tasks=tasks,
             sync_tasks=self.pool.sync_tasks, sync_only=not self.pool.has_async,
-            startable=self.pool.startable,
+            startable=self.pool.startable, holdable=self.pool.holdable,
             forbidden_flags=list(w.forbidden_flags) or None,
             queues=list(w.queues) if w.queues is not None else None,
             listen_here=db.listen and not db.listen_url,
