@@ -10,7 +10,8 @@ Every call runs in three steps:
    validated against the task's schema and encoded once with orjson (``skivi.payload``); a
    bad spec raises before any SQL runs, so nothing is ever half-written;
 2. statements for the specs without a job key (``job_insert_many.sql``, up to CHUNK_SIZE
-   jobs each) and one for those with a key (``job_insert_keyed_many.sql``), on the caller's
+   jobs each; ``job_insert_one.sql`` for a lone one, the commonest call) and one for those
+   with a key (``job_insert_keyed_many.sql``), on the caller's
    connection when one is given, so the jobs commit or roll back with the caller's
    transaction; otherwise on a pooled autocommit connection (a single statement is its own
    transaction: one round trip; several are pipelined in one transaction). The caller's
@@ -32,7 +33,7 @@ import datetime as dt
 import threading
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
 import psycopg
@@ -48,11 +49,14 @@ from skivi.db.connections import (
     sync_connection,
 )
 from skivi.db.queries import (
+    InsertedOneRow,
     InsertedRow,
     KeyedInsertRow,
     Queries,
     job_insert_keyed_many,
     job_insert_many,
+    job_insert_one,
+    job_insert_one_ready,
 )
 from skivi.instance import Instance
 from skivi.job import MAX_ATTEMPTS_DEFAULT, PRIORITY_DEFAULT, EnqueueOutcome, Job, JobSpec
@@ -97,6 +101,10 @@ class Client:
         self._pool: ConnectionPool[Any] | None = None
         self._async_pools: dict[asyncio.AbstractEventLoop, AsyncConnectionPool[Any]] = {}
         self.interceptors: list[Interceptor] = []
+        # Whether the schema has insert_job (migration 0009) and this role may run it:
+        # asked once, so a client newer than its schema (or than its roles.sql grants)
+        # keeps enqueueing through insert_jobs. None: not asked yet.
+        self.insert_one: bool | None = None
         """What sees each enqueue before it is written, innermost last (skivi.testing's
         capture and immediate modes); empty outside tests, which costs one check a call."""
 
@@ -283,6 +291,19 @@ class _Batch:
             out["flags"] = list(spec.flags)
         return out
 
+    def lone_args(self) -> dict[str, Any]:
+        """job_insert_one.sql's parameters for the one spec (unkeyed)."""
+        spec = self.specs[0]
+        payload = self.payloads[0].decode()
+        if type(spec) is str:
+            return {"task": spec, "payload": payload, "queue_name": None, "run_at": None,
+                    "max_attempts": None, "priority": None, "flags": None}
+        assert isinstance(spec, JobSpec)
+        return {"task": spec.task, "payload": payload, "queue_name": spec.queue_name,
+                "run_at": spec.run_at, "max_attempts": spec.max_attempts,
+                "priority": spec.priority,
+                "flags": None if spec.flags is None else list(spec.flags)}
+
     @property
     def statements(self) -> int:
         return -(-len(self.unkeyed) // CHUNK_SIZE) + (1 if self.keyed else 0)
@@ -401,6 +422,47 @@ def _atomic(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> boo
     return conn.autocommit or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
 
 
+def _lone(client: Client, batch: _Batch) -> bool:
+    """One job without a key, and insert_job not known to be missing."""
+    return len(batch.specs) == 1 and not batch.keyed and client.insert_one is not False
+
+
+def _run_one(conn: psycopg.Connection[Any], client: Client, batch: _Batch) -> list[Job] | None:
+    """A lone unkeyed job through job_insert_one.sql; None when the schema cannot."""
+    q = client.instance.queries
+    if client.insert_one is None:
+        client.insert_one = bool(job_insert_one_ready.run(conn, q, schema=q.schema))
+        if not client.insert_one:
+            return None
+    jobs: list[Job | None] = [None]
+    _draft_inserted(batch, jobs)
+    _finish_one(jobs, job_insert_one.run(conn, q, **batch.lone_args()))
+    return cast(list[Job], jobs)
+
+
+async def _run_one_async(conn: psycopg.AsyncConnection[Any], client: Client,
+                         batch: _Batch) -> list[Job] | None:
+    q = client.instance.queries
+    if client.insert_one is None:
+        client.insert_one = bool(await job_insert_one_ready.run_async(conn, q,
+                                                                      schema=q.schema))
+        if not client.insert_one:
+            return None
+    jobs: list[Job | None] = [None]
+    _draft_inserted(batch, jobs)
+    _finish_one(jobs, await job_insert_one.run_async(conn, q, **batch.lone_args()))
+    return cast(list[Job], jobs)
+
+
+def _finish_one(jobs: list[Job | None], inserted: InsertedOneRow) -> None:
+    job = jobs[0]
+    assert job is not None
+    job.id, now = inserted
+    job.created_at = job.updated_at = now
+    if job.run_at is _PENDING:
+        job.run_at = now
+
+
 def _run(conn: psycopg.Connection[Any], q: Queries, batch: _Batch) -> list[Job]:
     jobs: list[Job | None] = [None] * len(batch.specs)
     sent: list[tuple[list[int], psycopg.Cursor[Any]]] = []
@@ -466,10 +528,15 @@ def add_jobs(target: HasClient, specs: Iterable[SpecLike], *,
         return held
     q = client.instance.queries
     if conn is not None:
-        return _run(sync_connection(conn), q, batch)
+        given = sync_connection(conn)
+        if _lone(client, batch) and (done := _run_one(given, client, batch)) is not None:
+            return done
+        return _run(given, q, batch)
     if client.relay is not None:
         return client.relay.run(batch)
     with client.pooled_connection() as pooled:
+        if _lone(client, batch) and (done := _run_one(pooled, client, batch)) is not None:
+            return done
         return _run(pooled, q, batch)
 
 
@@ -485,10 +552,17 @@ async def add_jobs_async(target: HasClient, specs: Iterable[SpecLike], *,
         return held
     q = client.instance.queries
     if conn is not None:
-        return await _run_async(await async_connection(conn), q, batch)
+        given = await async_connection(conn)
+        if _lone(client, batch) and (
+                done := await _run_one_async(given, client, batch)) is not None:
+            return done
+        return await _run_async(given, q, batch)
     if client.relay is not None:
         return await client.relay.run_async(batch)
     async with client.async_pooled_connection() as pooled:
+        if _lone(client, batch) and (
+                done := await _run_one_async(pooled, client, batch)) is not None:
+            return done
         return await _run_async(pooled, q, batch)
 
 

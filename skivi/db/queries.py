@@ -73,7 +73,8 @@ __all__ = [
     "CompletedRow", "ControlRow", "CronFireRow", "CronKnownRow", "CronListRow",
     "DashboardHistoryListRow", "DashboardHistoryRateRow", "DashboardJobCountsRow",
     "DashboardJobListRow", "DashboardQueueRow", "EngineListRow", "FailedRow", "HeartbeatRow",
-    "HistoryPruneRow", "HistoryRetryRow", "InsertedRow", "JobCountRow", "JobHistoryRow",
+    "HistoryPruneRow", "HistoryRetryRow", "InsertedOneRow", "InsertedRow", "JobCountRow",
+    "JobHistoryRow",
     "JobLimitRow", "JobListRow", "JobRescueRow", "JobResultRow", "JobStatsRow",
     "KeyedInsertRow", "LimitedClaimRow", "LockHolderRow", "MigrationRow", "PauseRow", "Queries",
     "ResultPruneRow", "SchemaStateRow", "Statement", "TaskRow", "channel_name",
@@ -879,6 +880,22 @@ InsertedRow = tuple[str, dt.datetime]
 @statement
 def job_insert_many(*, specs: Jsonb) -> InsertedRow:
     """Enqueue jobs without a job key."""
+
+
+InsertedOneRow = tuple[int, dt.datetime]
+"""job_insert_one's row: the new job's id, and inserted_at (the statement's now())."""
+
+
+@statement
+def job_insert_one(*, task: str, payload: str, queue_name: str | None,
+                   run_at: dt.datetime | None, max_attempts: int | None,
+                   priority: int | None, flags: list[str] | None) -> InsertedOneRow:
+    """Enqueue one job without a job key (insert_job, migration 0009)."""
+
+
+@statement
+def job_insert_one_ready(*, schema: str) -> bool:
+    """Whether insert_job exists in the schema and the current role may run it."""
 
 
 class JobListRow(NamedTuple):

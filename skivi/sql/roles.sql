@@ -53,7 +53,8 @@ revoke execute on all functions in schema :"schema" from :"producer";
 grant execute on function
     :"schema".add_job(text, jsonb, text, timestamptz, integer, text, integer, text[], text),
     :"schema".add_jobs(jsonb),
-    :"schema".insert_jobs(jsonb)
+    :"schema".insert_jobs(jsonb),
+    :"schema".insert_job(text, jsonb, text, timestamptz, integer, smallint, text[])
     to :"producer";
 
 commit;

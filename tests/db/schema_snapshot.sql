@@ -209,6 +209,8 @@ CREATE UNIQUE INDEX pause_pkey ON skivi.pause USING btree (kind, name);
 --     language sql volatile; body 4d4aa24367a024e5785968bcc8a09e57
 -- function skivi.hold_queues(names text[]) returns void
 --     language plpgsql volatile; body 7fe3fd3f03984960a97cfc93baa3fb98
+-- function skivi.insert_job(task text, payload jsonb, queue_name text, run_at timestamp with time zone, max_attempts integer, priority smallint, flags text[], OUT id bigint, OUT inserted_at timestamp with time zone) returns record
+--     language plpgsql volatile security definer; body d52cb0907be6c761871a7bde741fa8b7
 -- function skivi.insert_jobs(specs jsonb, OUT ids text, OUT inserted_at timestamp with time zone) returns record
 --     language plpgsql volatile security definer; body 971ce5b8b98253704b38e9a760377e91
 -- function skivi.pause_queue(queue_name text) returns boolean

@@ -59,6 +59,48 @@ def test_add_job_returns_the_stored_job_when_called_without_start(system: skivi.
     assert row == ({"to": "user@example.com", "subject": "Hello"}, "send-email")
 
 
+def test_a_lone_add_job_stores_what_a_batch_of_one_stores_when_every_option_is_given(
+        system: skivi.System, database: str) -> None:
+    """A lone add_job goes through insert_job (job_insert_one.sql, migration 0009), a batch
+    through insert_jobs: the rows they write must not differ."""
+    at = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    options = {"queue_name": "q1", "run_at": at, "max_attempts": 3, "priority": -2,
+               "flags": ["a", "b"]}
+    lone = skivi.add_job(system, "t", {"x": 1}, **options)
+    pair = skivi.add_jobs(system, [{"task": "t", "payload": {"x": 1}, **options},
+                                   {"task": "u"}])
+    assert system.client.insert_one is True
+    columns = ("task_identifier, queue_name, payload, priority, run_at, attempts, "
+               "max_attempts, key, flags, locked_by")
+    rows = {r[0]: r[1:] for r in fetch(database, f"select id, {columns} from skivi.job")}
+    assert rows[lone.id] == rows[pair[0].id] == (
+        "t", "q1", {"x": 1}, -2, at, 0, 3, None, ["a", "b"], None)
+    # What add_job returns is what was stored, as for a batch.
+    for job in (lone, pair[0]):
+        assert (job.queue_name, job.run_at, job.max_attempts, job.priority, job.flags) == (
+            "q1", at, 3, -2, ("a", "b"))
+    plain = skivi.add_job(system, "v")
+    stored = fetch(database, "select run_at, created_at, payload from skivi.job where id = %s",
+                   plain.id)[0]
+    assert (plain.run_at, plain.created_at, plain.payload) == stored
+    # The serial queue got its row, as insert_jobs gives it.
+    assert fetch(database, "select count(*) from skivi.job_queue where queue_name = 'q1'") \
+        == [(1,)]
+
+
+def test_a_lone_add_job_enqueues_through_insert_jobs_when_the_schema_lacks_insert_job(
+        system: skivi.System, database: str) -> None:
+    """A client newer than its schema (migration 0009 not applied yet, or a producer role
+    not granted insert_job yet) keeps enqueueing, through insert_jobs."""
+    with connect(database) as c:
+        c.execute("drop function skivi.insert_job")
+    job = skivi.add_job(system, "t", {"x": 1})
+    assert system.client.insert_one is False
+    again = asyncio.run(skivi.add_job_async(system, "t", {"x": 2}))
+    assert fetch(database, "select id, payload from skivi.job order by id") == [
+        (job.id, {"x": 1}), (again.id, {"x": 2})]
+
+
 def test_add_job_commits_with_the_callers_transaction_when_given_conn(
         system: skivi.System, database: str) -> None:
     with psycopg.connect(database) as conn, conn.transaction():

@@ -193,7 +193,8 @@ def test_only_the_enqueue_functions_run_as_their_owner_when_inspected(roles: Rol
             where p.pronamespace = %s::regnamespace
               and has_function_privilege('public', p.oid, 'execute')""", [SCHEMA]).fetchall()
     definers = {name: config for name, secdef, config in rows if secdef}
-    assert set(definers) == {"add_job", "add_jobs", "add_keyed_job", "insert_jobs"}
+    assert set(definers) == {"add_job", "add_jobs", "add_keyed_job", "insert_job",
+                             "insert_jobs"}
     for config in definers.values():
         assert config == ["search_path=pg_catalog, pg_temp"]
     # Nothing is executable by PUBLIC, or any role with USAGE could run them as the owner.
@@ -516,6 +517,12 @@ def test_the_enqueue_functions_refuse_what_no_job_may_hold(roles: Roles, kind: s
             "'payload', jsonb_build_object('x', repeat('a', 200000)))))",
             "select {schema}.insert_jobs('[{\"task\": \"t\", \"queue_name\": \"q\", "
             "\"flags\": [null]}]')",
+            "select {schema}.insert_job(null, null, null, null, null, null, null)",
+            "select {schema}.insert_job('t', null, null, 'infinity', null, null, null)",
+            "select {schema}.insert_job('t', jsonb_build_object('x', repeat('a', 200000)), "
+            "null, null, null, null, null)",
+            "select {schema}.insert_job('t', null, 'q', null, null, null, array[null]::text[])",
+            "select {schema}.insert_job('t', null, null, null, null, null, array['']::text[])",
         ]
         assert {s: _sqlstate(c, s) for s in bad} == dict.fromkeys(bad, "22023")
         # the message names the spec and the problem
