@@ -167,7 +167,7 @@ class ChildPool:
                                 else 0)
                                + (self.sync_depth if self.sync_tasks else 0))
         self._startable_async = self.has_async or not self.sync_tasks
-        self.run_estimate: dict[str, float] = {}  # sync task -> running average of run time
+        self.run_estimate: dict[str, float] = {}  # task -> running average of run time
         self.children: list[ChildHandle] = []
         self.stopping = False  # no more respawns; a dead child's running jobs retry at once
         self.last_tick = time.monotonic()  # the watchdog's last round (see Engine.health)
@@ -253,13 +253,12 @@ class ChildPool:
         """Jobs of these tasks worth claiming now: what the lanes they run in could take in
         hand, beyond what the buffers hold. Each job under a limit counts against its key
         from its claim, so none should wait long in the parent's buffer. None: no bound,
-        every task being a short sync one (recent runs under SYNC_SHORT_SECONDS): a
-        buffer of those drains in milliseconds, and a drain needs it full."""
-        sync = tasks & self.sync_tasks
+        every task being a short one (recent runs under SYNC_SHORT_SECONDS, sync or
+        async): a buffer of those drains in milliseconds, and a drain needs it full."""
         estimate = self.run_estimate
-        if sync == tasks and all(0.0 <= estimate.get(t, -1.0) < SYNC_SHORT_SECONDS
-                                 for t in sync):
+        if all(0.0 <= estimate.get(t, -1.0) < SYNC_SHORT_SECONDS for t in tasks):
             return None
+        sync = tasks & self.sync_tasks
         free = 0
         for c in self.children:
             if c.exited or c.stopping:
@@ -451,6 +450,12 @@ class ChildPool:
             return
         self._take_frames(child, data)
 
+    def _learn(self, result: Any) -> None:
+        """Fold one result's run time into its task's running average."""
+        task, run = result[RESULT_TASK], result[RESULT_RUN_SECONDS]
+        known = self.run_estimate.get(task)
+        self.run_estimate[task] = run if known is None else known + EWMA_WEIGHT * (run - known)
+
     def _take_frames(self, child: ChildHandle, data: bytes) -> None:
         in_flight = child.in_flight
         deadlines = child.deadlines
@@ -461,7 +466,7 @@ class ChildPool:
                 slot_expected = child.slot_expected
                 freed_sync = freed_long = 0
                 freed_expected = 0.0
-                last_sync = None
+                last_sync = last_async = None
                 for r in results:
                     # A slot is freed only by its own job's result, so the slot says which.
                     slot = r[RESULT_SLOT]
@@ -469,6 +474,7 @@ class ChildPool:
                         expected = slot_expected.pop(slot, None)
                         if expected is None:
                             free_slots.append(slot)
+                            last_async = r
                         else:
                             sync_free.append(slot)
                             freed_sync += 1
@@ -487,10 +493,9 @@ class ChildPool:
                                            if child.sync_jobs else 0.0)
                     # Learn how long the task runs (see dispatch), from one row a frame.
                     assert last_sync is not None
-                    task, run = last_sync[RESULT_TASK], last_sync[RESULT_RUN_SECONDS]
-                    known = self.run_estimate.get(task)
-                    self.run_estimate[task] = (run if known is None
-                                               else known + EWMA_WEIGHT * (run - known))
+                    self._learn(last_sync)
+                if last_async is not None:
+                    self._learn(last_async)  # for the limited claim's room (holdable)
                 if child.cancelling:
                     _mark_cancelled(child.cancelling, results)
                 self.completer.add(results)
