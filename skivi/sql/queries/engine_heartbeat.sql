@@ -7,7 +7,10 @@
 -- within one heartbeat_interval without LISTEN (a transaction-mode pooler, database.listen
 -- off) and at no extra round trip: the requests for the jobs this engine holds, and whether
 -- any request's job is no longer claimed (job_cancel_sweep.sql then settles it). The table
--- holds only pending requests, so with none both reads are a look at an empty index.
+-- holds only pending requests, so with none both reads are a look at an empty index; the
+-- `exists` one-time filter keeps the join from starting at all then: a hash join fetches its
+-- first job row before it sees the empty side, and during a drain that walk through
+-- job_locked_idx's dead entries (other engines' finished claims) cost 3 ms a heartbeat.
 -- Parameters: %(engine)s, %(in_flight)s, %(stopping)s, %(running)s (bigint[]: ids of the
 -- jobs whose handlers have started).
 -- Returns no row if the engine was declared dead (its jobs were rescued); else its id, the
@@ -24,6 +27,7 @@ with beat as (
     from {schema}.job_cancel c
     join {schema}.job j on j.id = c.id
     where j.locked_by = %(engine)s
+      and exists (select from {schema}.job_cancel)
 )
 select b.id,
        array(select a.id from asked a order by a.id) as cancel_ids,
