@@ -159,7 +159,8 @@ def test_a_fleet_runs_every_job_once_through_pgbouncer_in_transaction_mode(
             env=child_env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             for i in range(PRODUCERS)]
         # Kill two engines while jobs are still coming in and some are running.
-        wait_for(lambda: len(ledger.starts()) >= JOBS // 4, timeout=120,
+        # Long mode: 100 engines, 220 processes on 2 cores, the producers' share of them small.
+        wait_for(lambda: len(ledger.starts()) >= JOBS // 4, timeout=900 if LONG else 120,
                  what="a quarter of the jobs to start")
         victims = engines[:KILLED]
         victim_pids = {v.pid for v in victims}

@@ -81,12 +81,15 @@ pidfile = {self.directory / "pgbouncer.pid"}
         argv = [binary, str(self.directory / "pgbouncer.ini")]
         if os.geteuid() == 0:
             argv[1:1] = ["-u", "nobody"]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+        # PgBouncer writes every log line to stderr too: a pipe nobody reads fills (64 KiB,
+        # a few hundred logins) and PgBouncer blocks on it, every client with it.
+        stderr_path = self.directory / "stderr.log"
+        with stderr_path.open("wb") as stderr:
+            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr)
         deadline = time.monotonic() + 15
         while True:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                err = stderr_path.read_text(errors="replace")
                 raise AssertionError(f"pgbouncer exited with {self.proc.returncode}: {err}"
                                      f"{self.log()}")
             try:
