@@ -60,7 +60,7 @@ import psycopg
 from psycopg import sql
 
 import skivi
-from skivi.config import load_config
+from skivi.config import BATCH_SIZE_DEFAULT, load_config
 from skivi.engine.connection import Reconnecting
 from skivi.engine.supervisor import Engine
 from skivi.system import System, create_system
@@ -648,8 +648,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "jobs; each has --processes children, so without it N x the CPU "
                         "count in all")
     p.add_argument("--concurrency", type=int, default=16, help="jobs at once per child")
-    p.add_argument("--batch-size", type=int, default=500,
-                   help="engine claim batch, and the batch of the raw SQL floor")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE_DEFAULT,
+                   help="worker.batch_size: the engine's largest claim, and the batch of the "
+                        f"raw SQL floor (default: the engine's, {BATCH_SIZE_DEFAULT})")
     p.add_argument("--sync-threads", type=int, default=1,
                    help="worker.sync_threads: threads per child for sync handlers (1 = sync "
                         "handlers run one at a time per child)")

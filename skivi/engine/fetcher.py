@@ -7,8 +7,10 @@ State machine (Graphile Worker's localQueue, with its crash window closed by the
                interval (the fallback when notifications are lost or LISTEN is
                unavailable, e.g. behind PgBouncer in transaction mode).
     claiming   one job_claim statement for up to ``room`` jobs, where
-                   room = free slots in the children + one claim batch - jobs in hand,
-               capped at worker.batch_size (and at worker.batch_max_bytes of payload),
+                   room = free slots in the children + prefetch depth - jobs in hand,
+               the depth being about PREFETCH_HORIZON seconds of the engine's own recent
+               rate of work (see depth), capped at worker.batch_size (and at
+               worker.batch_max_bytes of payload),
                of which serial-queue jobs at most what the children can start right now
                (``startable``): a serial-queue job waiting in this engine's buffer would
                hold its queue from every other engine. A full batch (or one cut by the
@@ -45,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import operator
 import time
 from collections import deque
@@ -106,6 +109,13 @@ CONTROL_NOTICE: Final = "control"
 LIMITS_NOTICE: Final = "limits"
 """The NOTIFY payload of a full limit key given back (limit_key_drop_many.sql): claim again."""
 LOOKAHEAD_GROWTH = 4
+# Prefetch (Fetcher.depth): seconds of the engine's own recent rate of work it may hold
+# beyond its children's capacity, and the fewest jobs. Measured here with no-op jobs, one
+# engine drained 58-61k jobs/s with a fixed prefetch of 500 and 75-80k with 2,000.
+PREFETCH_HORIZON = 0.2
+PREFETCH_MIN = 16
+RATE_WINDOW = 0.02
+RATE_DECAY = 0.5
 
 
 class Fetcher:
@@ -184,20 +194,52 @@ class Fetcher:
         self.lookahead = 0  # the limited claim's lookahead; 0: one claim's room
         self._deep_due = 0.0  # monotonic time from which a deeper look may start again
         self.wake_at: float | None = None  # the last limited claim's wake_at, for tests
+        # Jobs a second leaving this engine's hands (see depth), as of the last claim.
+        self.rate = 0.0
+        self._rate_at = time.monotonic()
+        self._rate_done = 0
+
+    def depth(self) -> int:
+        """How many jobs beyond the children's capacity this engine holds (its prefetch):
+        PREFETCH_HORIZON seconds of its recent rate of work, within [PREFETCH_MIN,
+        worker.batch_size]. An engine of tiny jobs claims in large batches, over which the
+        claim's fixed cost and the parent's per-claim work are spread (from a standing
+        start it gets there within a few RATE_WINDOWs); an engine of long jobs holds few
+        beyond what it runs, so it does not strand jobs that an idle engine could run."""
+        return max(PREFETCH_MIN, min(self.batch_size, round(self.rate * PREFETCH_HORIZON)))
 
     def room(self) -> int:
-        """How many jobs to claim now; 0 means wait. Claims are batched: below half a batch
-        of room it waits for more, unless the buffer is empty and children have free slots,
-        so a busy engine makes few large claims and an idle one still reacts at once."""
+        """How many jobs to claim now; 0 means wait. Claims are batched: below half the
+        prefetch depth of room it waits for more, unless the buffer is empty and children
+        have free slots, so a busy engine makes few large claims and an idle one still
+        reacts at once."""
         if self.buffered_bytes >= self.batch_max_bytes:
             return 0  # the buffer holds a claim's worth of payload already
+        self._measure_rate()
         buffered = self.buffered()
-        room = min(self.batch_size,
-                   self.capacity() + self.batch_size - self.in_flight() - buffered)
-        if room >= self.batch_size // 2 or (not buffered and room > 0
-                                            and self.in_flight() < self.capacity()):
+        depth = self.depth()
+        room = min(self.batch_size, self.capacity() + depth - self.in_flight() - buffered)
+        if room >= depth // 2 or (not buffered and room > 0
+                                  and self.in_flight() < self.capacity()):
             return room
         return 0
+
+    def _measure_rate(self) -> None:
+        """Fold the jobs that left this engine's hands (run, or given back) in the last
+        RATE_WINDOW seconds or more into its rate: at once when faster, so a backlog's
+        first rounds grow the prefetch, and decaying over RATE_DECAY seconds when slower,
+        so a short pause does not empty it."""
+        now = time.monotonic()
+        elapsed = now - self._rate_at
+        if elapsed < RATE_WINDOW:
+            return
+        done = self.claimed - self.in_flight() - self.buffered()
+        current = max(0, done - self._rate_done) / elapsed
+        self._rate_at, self._rate_done = now, done
+        if current > self.rate:
+            self.rate = current
+        else:
+            self.rate += (1.0 - math.exp(-elapsed / RATE_DECAY)) * (current - self.rate)
 
     def buffered(self) -> int:
         return len(self.async_buffer) + len(self.sync_buffer)

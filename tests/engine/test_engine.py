@@ -281,6 +281,30 @@ def test_serial_queue_runs_one_job_at_a_time_in_order_when_prefetching(
         assert start2 >= end1, "two jobs of one serial queue overlapped"
 
 
+def test_engine_of_long_jobs_prefetches_few_so_another_engine_gets_the_rest(
+        engines: EngineProcs, database: str) -> None:
+    # 400 jobs of 50 ms on one child with 4 async slots: about 80 a second. The prefetch
+    # follows that rate (0.2 s of it, at least 16 jobs), so the engine holds its children's
+    # capacity (4 async + 64 sync slots) and a few more, not a claim batch (2,000, more
+    # than the 400 here), and an engine started later finds work.
+    ids = enqueue(database, [{"task": "async_sleep", "payload": {"s": 0.05}}
+                             for _ in range(400)])
+    first = engines.start(processes=1, concurrency=4)
+    wait_for(lambda: len(engines.ledger.starts()) >= 20, timeout=30,
+             what="the first engine to run jobs: " + log_of(first)[-2000:])
+    held = []
+    for _ in range(10):
+        held.append(fetch(database, "select count(*) from skivi.job "
+                                    "where locked_by is not null")[0][0])
+        time.sleep(0.1)
+    assert max(held) <= 4 + 64 + 32, f"jobs held by one engine of long jobs: {held}"
+    second = engines.start(processes=1, concurrency=4)
+    wait_for(lambda: len({r[1] for r in engines.ledger.starts()}) >= 2, timeout=30,
+             what="the second engine to run jobs: " + log_of(second)[-2000:])
+    wait_for(lambda: live_jobs(database) == 0, timeout=60, what="every job to finish")
+    assert set(engines.ledger.runs_per_job()) == set(ids)
+
+
 def test_handler_can_enqueue_follow_up_jobs_when_running(
         engines: EngineProcs, database: str) -> None:
     [parent] = enqueue(database, [{"task": "spawn"}])
