@@ -28,7 +28,7 @@ Example ``skivi.toml`` (every section shown; every key is optional)::
     task_directory = "tasks"
     processes = 0                  # the CPUs this process may use, container limits included
     concurrency = 16
-    batch_size = 2000
+    batch_size = 4000
     queues = ["default", "mail"]
     heartbeat_interval = 0.5
     lease_timeout = 3.0
@@ -114,7 +114,7 @@ LISTEN_URL_DEFAULT: str | None = None
 SCHEMA_NAME_DEFAULT = "skivi"
 
 # worker
-BATCH_SIZE_DEFAULT = 2000
+BATCH_SIZE_DEFAULT = 4000
 BATCH_MAX_BYTES_DEFAULT = 16 * 1024 * 1024
 CANCEL_GRACE_DEFAULT = 10.0
 COMPLETION_BATCH_SIZE_DEFAULT = 1000
@@ -405,7 +405,7 @@ class WorkerConfig:
     can run (its prefetch). The prefetch follows the engine's own rate: about 0.2 s of the
     work it has been finishing, so an engine of tiny jobs claims up to this many at once and
     one of long jobs holds few beyond what it runs. Below ``concurrency`` logs a warning,
-    since then one claim can never fill a single child. Default: 2000."""
+    since then one claim can never fill a single child. Default: 4000."""
 
     batch_max_bytes: int = _setting(BATCH_MAX_BYTES_DEFAULT, _at_least(1))
     """Most payload bytes (job messages) the engine holds claimed and not yet started: a

@@ -285,7 +285,7 @@ def test_engine_of_long_jobs_prefetches_few_so_another_engine_gets_the_rest(
         engines: EngineProcs, database: str) -> None:
     # 400 jobs of 50 ms on one child with 4 async slots: about 80 a second. The prefetch
     # follows that rate (0.2 s of it, at least 16 jobs), so the engine holds its children's
-    # capacity (4 async + 64 sync slots) and a few more, not a claim batch (2,000, more
+    # capacity (4 async + 64 sync slots) and a few more, not a claim batch (4,000, more
     # than the 400 here), and an engine started later finds work.
     ids = enqueue(database, [{"task": "async_sleep", "payload": {"s": 0.05}}
                              for _ in range(400)])
