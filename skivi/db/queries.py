@@ -711,8 +711,10 @@ CLAIM_CUT: Final = 4
 def job_claim(*, engine: int, limit: int, serial_limit: int, max_bytes: int,
               tasks: list[str] | None = None, forbidden: list[str] | None = None,
               queues: list[str] | None = None, paused_queues: list[str] | None = None,
-              paused_tasks: list[str] | None = None) -> list[ClaimRow]:
-    """Claim up to ``limit`` runnable jobs for ``engine``, in claim order (None: no filter)."""
+              paused_tasks: list[str] | None = None, lock_timeout: str = "1500"
+              ) -> list[ClaimRow]:
+    """Claim up to ``limit`` runnable jobs for ``engine``, in claim order (None: no filter);
+    one autocommit statement (claim_jobs, migration 0010), ``lock_timeout`` in ms."""
 
 
 LimitedClaimRow = tuple[int | None, int | None, str | None, str | None, bool, bool | None,

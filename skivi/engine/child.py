@@ -278,9 +278,9 @@ TIME_MAX = dt.datetime.max.replace(tzinfo=dt.UTC)
 
 
 def _parse_time(value: str) -> dt.datetime:
-    """A timestamptz as json_build_array spells it (job_claim.sql), clamped when Python
-    cannot hold it: ``-infinity`` and BC dates become TIME_MIN, ``infinity`` and years past
-    9999 TIME_MAX."""
+    """A timestamptz as json_build_array spells it (the claim, migration 0010), clamped when
+    Python cannot hold it: ``-infinity`` and BC dates become TIME_MIN, ``infinity`` and years
+    past 9999 TIME_MAX."""
     try:
         return dt.datetime.fromisoformat(value)
     except ValueError:

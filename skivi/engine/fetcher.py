@@ -359,47 +359,61 @@ class Fetcher:
         self.claimed_after_flush = self.flushes()
         # Not drained while this claim runs: it may find jobs (--once must not stop now).
         self.drained = False
-        # The transaction is there to carry its settings (transaction_settings_local: a
-        # lock timeout, and generic plans: PostgreSQL would plan the claim again on every
-        # execution, as much work as claiming 40 jobs).
-        async with self.db.session() as conn, conn.transaction():
-            await transaction_settings_local.run_async(conn, self.q, ms=self.lock_timeout_ms)
+        async with self.db.session() as conn:
             if time.monotonic() >= self._controls_due:
                 await self._read_controls(conn)
-            serial = limit if self.startable is None else min(limit, self.startable())
-            self.serial_limit_used = serial
-            # What the buffers hold counts against the byte limit too, so the parent
-            # never holds much more than worker.batch_max_bytes of unstarted payload.
-            max_bytes = max(1, self.batch_max_bytes - self.buffered_bytes)
-            paused_queues = self.paused_queues
-            if self.limited:
-                # The parallel queue is the limited claim's: job_claim takes serial queues
-                # (first, so a steady parallel backlog never crowds them out).
-                paused_queues = [*(paused_queues or ()), PARALLEL_QUEUE]
-            rows: list[Any] = await job_claim.run_async(
-                conn, self.q, engine=self.engine_id(), limit=limit, serial_limit=serial,
-                max_bytes=max_bytes, tasks=self.task_filter, forbidden=self.forbidden_flags,
-                queues=self.queue_filter, paused_queues=paused_queues,
-                paused_tasks=self.paused_tasks)
-            cut = bool(rows) and rows[0][CLAIM_CUT]
-            self.limited_capped = False
-            if self.limited and len(rows) < limit:
-                # Jobs under a limit are claimed only as far as the children can take them
-                # in hand: one waiting in the parent's buffer would count against its key
-                # (a rate's start, a concurrency slot) while an engine with free slots
-                # found nothing to start, and would start later than its window allowed.
-                room = limit - len(rows)
-                more: list[Any] = []
-                holdable = None if self.holdable is None else self.holdable(self.limited_tasks)
-                if holdable is not None:
-                    room = min(room, holdable - len(rows))
-                if room > 0:
-                    more, limited_cut = await self._claim_limited(
-                        conn, room, max(1, max_bytes - sum(map(len, map(_message, rows)))))
-                    rows.extend(more)
-                    cut = cut or limited_cut
-                # Short for want of slots, not of jobs: a freed slot is worth a claim.
-                self.limited_capped = room <= 0 or len(more) == room
+            # One autocommit statement: the claim function carries its own lock timeout
+            # and generic plans (migration 0010). Only a claim under limits adds a second
+            # statement, job_claim_limited, and takes a transaction to carry the settings.
+            async with (conn.transaction() if self.limited
+                        else contextlib.nullcontext()):
+                if self.limited:
+                    await transaction_settings_local.run_async(conn, self.q,
+                                                               ms=self.lock_timeout_ms)
+                rows, cut = await self._claim_rows(conn, limit)
+        # Only now, the claim committed: a child may finish a job before it is.
+        return self._took(rows, cut)
+
+    async def _claim_rows(self, conn: Any, limit: int) -> tuple[list[Any], bool]:
+        """The claim's statements: job_claim, and job_claim_limited under limits."""
+        serial = limit if self.startable is None else min(limit, self.startable())
+        self.serial_limit_used = serial
+        # What the buffers hold counts against the byte limit too, so the parent
+        # never holds much more than worker.batch_max_bytes of unstarted payload.
+        max_bytes = max(1, self.batch_max_bytes - self.buffered_bytes)
+        paused_queues = self.paused_queues
+        if self.limited:
+            # The parallel queue is the limited claim's: job_claim takes serial queues
+            # (first, so a steady parallel backlog never crowds them out).
+            paused_queues = [*(paused_queues or ()), PARALLEL_QUEUE]
+        rows: list[Any] = await job_claim.run_async(
+            conn, self.q, engine=self.engine_id(), limit=limit, serial_limit=serial,
+            max_bytes=max_bytes, tasks=self.task_filter, forbidden=self.forbidden_flags,
+            queues=self.queue_filter, paused_queues=paused_queues,
+            paused_tasks=self.paused_tasks, lock_timeout=self.lock_timeout_ms)
+        cut = bool(rows) and rows[0][CLAIM_CUT]
+        self.limited_capped = False
+        if self.limited and len(rows) < limit:
+            # Jobs under a limit are claimed only as far as the children can take them
+            # in hand: one waiting in the parent's buffer would count against its key
+            # (a rate's start, a concurrency slot) while an engine with free slots
+            # found nothing to start, and would start later than its window allowed.
+            room = limit - len(rows)
+            more: list[Any] = []
+            holdable = None if self.holdable is None else self.holdable(self.limited_tasks)
+            if holdable is not None:
+                room = min(room, holdable - len(rows))
+            if room > 0:
+                more, limited_cut = await self._claim_limited(
+                    conn, room, max(1, max_bytes - sum(map(len, map(_message, rows)))))
+                rows.extend(more)
+                cut = cut or limited_cut
+            # Short for want of slots, not of jobs: a freed slot is worth a claim.
+            self.limited_capped = room <= 0 or len(more) == room
+        return rows, cut
+
+    def _took(self, rows: list[Any], cut: bool) -> int:
+        """Buffer a committed claim's jobs by lane; how many."""
         self.cut = cut
         self.claims += 1
         if self.claims == 1:

@@ -3,7 +3,7 @@
 Each child has two pipes of its own: jobs go down one, results come back up the other. A
 pipe carries frames (``skivi.framing``: a 4-byte length, one kind byte, an orjson body).
 
-    parent -> child   JOBS     [slots, messages]: the job messages exactly as job_claim.sql
+    parent -> child   JOBS     [slots, messages]: the job messages exactly as the claim
                                built them (the parent never parses a payload: it joins the
                                texts), and for each its slot (below)
                       STOP     stop taking jobs; send back the ones not started; finish
@@ -53,8 +53,8 @@ the next instant, and it costs a byte store per job instead of a write and a wak
 Slots come in two lanes: [0, concurrency) for async handlers, the rest for sync handlers
 (see ``skivi.engine.supervisor`` for how many sync jobs a child is handed at once).
 
-A job message is a JSON array as job_claim.sql builds it, read by these indices; the child
-appends the job's slot (it is not on the wire):
+A job message is a JSON array as the claim (claim_jobs, migration 0010) builds it, read by
+these indices; the child appends the job's slot (it is not on the wire):
 
     JOB_ID            job id
     JOB_LEASE         lease of this claim
@@ -188,7 +188,8 @@ ENQUEUE = b"Q"  # child -> parent: a handler's enqueue (see skivi.engine.relay)
 ENQUEUED = b"A"  # parent -> child: its answer
 CANCEL = b"C"  # parent -> child: stop these jobs
 
-# Job message fields (the order of job_claim.sql's json_build_array), then the slot.
+# Job message fields (the order of claim_jobs's json_build_array, migration 0010), then the
+# slot.
 JOB_ID: Final = 0
 JOB_LEASE: Final = 1
 JOB_TASK: Final = 2

@@ -28,7 +28,7 @@ def test_every_declaration_has_its_files_placeholders_when_loaded() -> None:
     loaded = Queries("skivi")
     assert loaded.texts.keys() == STATEMENTS.keys()
     assert loaded.texts == queries.for_schema("skivi").texts
-    assert b'"skivi".job' in loaded.texts["job_claim"]
+    assert b'"skivi".claim_jobs(' in loaded.texts["job_claim"]
 
 
 def test_load_fails_when_a_file_has_a_placeholder_the_declaration_lacks() -> None:

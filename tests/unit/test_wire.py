@@ -9,7 +9,9 @@ import orjson
 
 from skivi.engine import wire
 
-QUERIES = Path(__file__).resolve().parents[2] / "skivi" / "sql" / "queries"
+SQL = Path(__file__).resolve().parents[2] / "skivi" / "sql"
+# The claim's SQL: the function job_claim.sql calls, in the migration that last defines it.
+CLAIM = SQL / "migrations" / "0010_claim_jobs.sql"
 
 
 def _indices(prefix: str) -> dict[str, int]:
@@ -18,7 +20,8 @@ def _indices(prefix: str) -> dict[str, int]:
 
 
 def test_job_indices_follow_the_claim_statements_array_when_read_against_it() -> None:
-    text = (QUERIES / "job_claim.sql").read_text()
+    assert "claim_jobs(" in (SQL / "queries" / "job_claim.sql").read_text()
+    text = CLAIM.read_text()
     body = re.search(r"json_build_array\((.*?)\)::text", text, re.S)
     assert body is not None
     columns = [c.strip().removeprefix("c.") for c in body.group(1).split(",")]
