@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
+import skivi
 from skivi.engine.process import children_of
 from tests.support.db import MakeDatabase, connect
 from tests.support.engines import (
@@ -30,7 +31,6 @@ from tests.support.engines import (
     EngineProcs,
     Ledger,
     child_env,
-    enqueue,
     log_of,
     wait_registered,
 )
@@ -276,8 +276,15 @@ def test_an_engine_stays_within_its_connection_budget_idle_and_busy(
         wait_registered(url, [engine.pid])
         time.sleep(3)  # a few heartbeats, rescue rounds and polls
         idle = _connections(url)
-        # Busy: handlers that enqueue a follow-up each (ctx.add_job).
-        parents = enqueue(url, [{"task": "spawn"} for _ in range(400)])
+        # Busy: handlers that enqueue a follow-up each (ctx.add_job). Enqueued on a
+        # connection named for tests: the public API's own pool ("skivi-client", the name
+        # the children's pools have too) would still be in pg_stat_activity for a moment
+        # after it closed, and counted.
+        system = skivi.create_system({"database": {"connection_string": url}})
+        with connect(url) as c:
+            parents = [j.id for j in skivi.add_jobs(system, [{"task": "spawn"}] * 400,
+                                                    conn=c)]
+        system.stop()
         seen: dict[str, int] = {}
 
         def busy_and_sampled() -> bool:
