@@ -312,7 +312,8 @@ class _Batch:
 # Unkeyed specs go in statements of at most this many jobs. With more than one statement
 # they are pipelined (psycopg pipeline mode) in one transaction, so the client encodes and
 # builds while the server inserts: measured here, 100,000 jobs went from ~75k to ~120k
-# jobs/s with statements of 10,000. Smaller statements overlap more: one add_jobs of 10,000
+# jobs/s with statements of 10,000 (without pipeline mode, libpq before 14, they go one
+# after the other in the same transaction). Smaller statements overlap more: one add_jobs of 10,000
 # (the first in its process) 102-106k jobs/s in one statement, 131-133k in statements of
 # 5,000, 136-143k of 1,250; of 100,000, 141-143k against 148-149k. Atomicity is unchanged:
 # every statement commits or rolls back together.
@@ -474,7 +475,8 @@ def _run(conn: psycopg.Connection[Any], q: Queries, batch: _Batch) -> list[Job]:
         if batch.statements > 1:
             if _atomic(conn):
                 stack.enter_context(conn.transaction())
-            stack.enter_context(conn.pipeline())
+            if psycopg.Pipeline.is_supported():  # libpq 14 or later
+                stack.enter_context(conn.pipeline())
         # Sent now, read after the pipeline: see CHUNK_SIZE.
         for part, wire in batch.unkeyed_chunks():
             sent.append((part, job_insert_many.execute(conn, q, specs=wire)))
@@ -498,7 +500,8 @@ async def _run_async(conn: psycopg.AsyncConnection[Any], q: Queries,
         if batch.statements > 1:
             if _atomic(conn):
                 await stack.enter_async_context(conn.transaction())
-            await stack.enter_async_context(conn.pipeline())
+            if psycopg.AsyncPipeline.is_supported():  # libpq 14 or later
+                await stack.enter_async_context(conn.pipeline())
         # Sent now, read after the pipeline: see CHUNK_SIZE.
         for part, wire in batch.unkeyed_chunks():
             sent.append((part, await job_insert_many.execute_async(conn, q, specs=wire)))

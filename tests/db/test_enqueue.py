@@ -458,6 +458,28 @@ def test_bulk_add_jobs_pipelines_chunks_in_order_when_larger_than_a_chunk(
     assert count_jobs(database) == n + 1
 
 
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_bulk_add_jobs_writes_every_chunk_in_order_when_libpq_has_no_pipeline_mode(
+        system: skivi.System, database: str, monkeypatch: pytest.MonkeyPatch,
+        asynchronous: bool) -> None:
+    from skivi.client import CHUNK_SIZE
+
+    # libpq before 14 has no pipeline mode: psycopg says so, and entering one raises.
+    def no_pipeline(check: bool = False) -> bool:
+        if check:
+            raise psycopg.NotSupportedError("pipeline mode needs libpq 14 (simulated)")
+        return False
+
+    monkeypatch.setattr(psycopg.capabilities, "has_pipeline", no_pipeline)
+    n = 2 * CHUNK_SIZE + 3
+    specs: list[Any] = [{"task": "bulk", "payload": {"i": i}} for i in range(n)]
+    jobs = (asyncio.run(skivi.add_jobs_async(system, specs)) if asynchronous
+            else skivi.add_jobs(system, specs))
+    assert [j.payload["i"] for j in jobs] == list(range(n))
+    assert [j.id for j in jobs] == sorted(j.id for j in jobs)
+    assert count_jobs(database) == n
+
+
 def test_bulk_add_jobs_writes_nothing_when_a_late_spec_is_bad(system: skivi.System,
                                                               database: str) -> None:
     from skivi.client import CHUNK_SIZE
