@@ -313,10 +313,10 @@ class _Batch:
 # they are pipelined (psycopg pipeline mode) in one transaction, so the client encodes and
 # builds while the server inserts: measured here, 100,000 jobs went from ~75k to ~120k
 # jobs/s with statements of 10,000 (without pipeline mode, libpq before 14, they go one
-# after the other in the same transaction). Smaller statements overlap more: one add_jobs of 10,000
-# (the first in its process) 102-106k jobs/s in one statement, 131-133k in statements of
-# 5,000, 136-143k of 1,250; of 100,000, 141-143k against 148-149k. Atomicity is unchanged:
-# every statement commits or rolls back together.
+# after the other in the same transaction). Smaller statements overlap more: one add_jobs
+# of 10,000 (the first in its process) 102-106k jobs/s in one statement, 131-133k in
+# statements of 5,000, 136-143k of 1,250; of 100,000, 141-143k against 148-149k.
+# Atomicity is unchanged: every statement commits or rolls back together.
 CHUNK_SIZE = 1_250
 _PLAIN_KEYS = frozenset({"task", "payload"})
 # Stands for "the statement's now()" in a drafted Job until the answer arrives.

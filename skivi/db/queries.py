@@ -711,10 +711,11 @@ CLAIM_CUT: Final = 4
 def job_claim(*, engine: int, limit: int, serial_limit: int, max_bytes: int,
               tasks: list[str] | None = None, forbidden: list[str] | None = None,
               queues: list[str] | None = None, paused_queues: list[str] | None = None,
-              paused_tasks: list[str] | None = None, lock_timeout: str = "1500"
+              paused_tasks: list[str] | None = None, lock_timeout: str = "0"
               ) -> list[ClaimRow]:
     """Claim up to ``limit`` runnable jobs for ``engine``, in claim order (None: no filter);
-    one autocommit statement (claim_jobs, migration 0010), ``lock_timeout`` in ms."""
+    one autocommit statement (claim_jobs, migration 0010). ``lock_timeout`` in ms, "0" (no
+    timeout, PostgreSQL's default) unless given: the engine gives its own."""
 
 
 LimitedClaimRow = tuple[int | None, int | None, str | None, str | None, bool, bool | None,

@@ -196,7 +196,7 @@ class Fetcher:
         self.lookahead = 0  # the limited claim's lookahead; 0: one claim's room
         self._deep_due = 0.0  # monotonic time from which a deeper look may start again
         self.wake_at: float | None = None  # the last limited claim's wake_at, for tests
-        # Jobs a second leaving this engine's hands (see depth), as of the last claim.
+        # Jobs a second leaving this engine's hands (see depth), measured by room().
         self.rate = 0.0
         self._rate_at = time.monotonic()
         self._rate_done = 0
