@@ -47,6 +47,7 @@ import platform
 import re
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -254,6 +255,7 @@ class BenchEngine(Engine):
 
     memory: dict[str, Any] | None = None
     server_pid = 0
+    gated = False  # --gate: the bench samples the server at GO; this engine need not
     cpu_go: dict[str, Any] | None = None
     cpu_end: dict[str, Any] | None = None
     backends_started: dict[str, float]
@@ -297,11 +299,11 @@ class BenchEngine(Engine):
         return {conn.info.backend_pid: db.name for db in self.databases()
                 if (conn := db.connection) is not None and not conn.closed}
 
-    def sample_cpu(self, *, parent_first: bool) -> dict[str, Any]:
+    def sample_cpu(self, *, parent_first: bool, server: bool = True) -> dict[str, Any]:
         """CPU seconds so far: the engine parent (getrusage, all its threads), its children
         (the live ones from /proc, the ended ones from getrusage), and with server_pid every
-        server process and each of this engine's backends. The parent is read first or
-        last so that the sampling itself stays outside the window."""
+        server process (unless not ``server``) and each of this engine's backends. The
+        parent is read first or last so that the sampling itself stays outside the window."""
         def parent() -> float:
             ru = resource.getrusage(resource.RUSAGE_SELF)
             return ru.ru_utime + ru.ru_stime
@@ -315,7 +317,8 @@ class BenchEngine(Engine):
                                 + sum(tree_cpu(pid) for pid in children))
         sample["children"] = len(children)
         if self.server_pid:
-            sample["server_s"] = tree_cpu(self.server_pid)
+            if server:
+                sample["server_s"] = tree_cpu(self.server_pid)
             backends = {pid: name for pid, name in self.backend_pids().items()
                         if (f := proc_stat(pid)) is not None
                         and int(f[STAT_PPID]) == self.server_pid}
@@ -328,7 +331,9 @@ class BenchEngine(Engine):
 
     def open_cpu_window(self) -> None:
         t0 = time.perf_counter()
-        self.cpu_go = self.sample_cpu(parent_first=False)
+        # Gated, every engine opens its window at once: the bench reads the whole server
+        # at GO, so that sixteen engines do not all read it at the start of the drain.
+        self.cpu_go = self.sample_cpu(parent_first=False, server=not self.gated)
         self.cpu_go["sample_s"] = time.perf_counter() - t0  # what it added to the drain
         emit("window", edge="go", cpu=self.cpu_go)
 
@@ -371,11 +376,21 @@ def _observe_done(engine: BenchEngine, expect: int, state: dict[str, Any]) -> No
     engine.completer.on_flushed = observed
 
 
-def _open_cpu_window_first(engine: BenchEngine) -> None:
-    """Open the CPU window when the fetcher starts, before its first claim."""
+def _open_cpu_window_first(engine: BenchEngine, gate: bool) -> None:
+    """Open the CPU window when the fetcher starts, before its first claim. With ``gate``
+    the engine first gets ready (children forked, registered, its claim connection open),
+    says "ready" and waits for GO (SIGUSR1 from the bench), so that a drain by several
+    engines is timed from when all of them are up, as the peer harness times its workers,
+    not from when the first of them, started one after another on a small machine, is."""
     start = engine.fetcher.start
 
     async def started() -> None:
+        if gate:
+            go = asyncio.Event()
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, go.set)
+            await engine.fetcher.db.get()
+            emit("ready")
+            await go.wait()
         engine.open_cpu_window()
         await start()
 
@@ -402,9 +417,10 @@ async def _engine_async(system: System, args: argparse.Namespace) -> int:
     engine = BenchEngine(system.instance, system.registry(), system.emitter, once=args.once,
                          on_child_start=on_child_start)
     engine.server_pid = args.server_pid
+    engine.gated = args.gate
     state: dict[str, Any] = {}
     _observe_done(engine, args.expect, state)
-    _open_cpu_window_first(engine)
+    _open_cpu_window_first(engine, args.gate)
     engine.watch_connections()
     started_at = time.time()
     watcher = asyncio.get_running_loop().create_task(_progress(engine))
@@ -453,6 +469,7 @@ def engine_main(argv: Sequence[str]) -> int:
     p.add_argument("--server-pid", type=int, default=0)
     p.add_argument("--listen-url", default=None)
     p.add_argument("--no-prepare", action="store_true")
+    p.add_argument("--gate", action="store_true")
     p.add_argument("--set", action="append", default=[], type=engine_setting)
     p.add_argument("--limits", type=int, default=0)
     p.add_argument("--limit-concurrency", type=int, default=LIMIT_CONCURRENCY_DEFAULT)
@@ -499,7 +516,8 @@ class EngineRun:
 
     @classmethod
     def start(cls, opts: Options, *, once: bool, expect: int,
-              latency_file: str | None = None, server_pid: int | None = None) -> EngineRun:
+              latency_file: str | None = None, server_pid: int | None = None,
+              gate: bool = False) -> EngineRun:
         cmd = [sys.executable, str(Path(__file__).resolve()), "_engine",
                "--database-url", opts.engine_url or opts.url, "--schema", opts.schema,
                "--task", opts.task,
@@ -509,6 +527,8 @@ class EngineRun:
                "--metrics-port", str(opts.metrics_port), "--server-pid", str(server_pid or 0)]
         if once:
             cmd.append("--once")
+        if gate:
+            cmd.append("--gate")
         for setting in opts.settings:
             cmd += ["--set", setting]
         if opts.limits:
@@ -1094,9 +1114,22 @@ def floor_claim_delete(system: System, conn: psycopg.Connection[Any], opts: Opti
 def engine_drain(opts: Options, n: int, label: str, conn: psycopg.Connection[Any],
                  server: ServerCpu, latency_file: str | None = None) -> Result:
     """Run --engines engines at once, each with --once, over n runnable jobs; a live line
-    every second (once every engine still running has reported since the last one)."""
+    every second (once every engine still running has reported since the last one).
+
+    The engines start gated: each gets ready and waits; once all are ready the bench
+    notes the time and the server's CPU and sends GO, and the drain is timed from there
+    (see _open_cpu_window_first)."""
     eps: list[EngineRun] = []
     statements: dict[str, float] = {}
+    go: dict[str, float] = {}  # the bench's GO: its time, and the server's CPU then
+
+    def release() -> None:
+        if server.pid:
+            go["server_s"] = tree_cpu(server.pid)
+        go["t"] = time.time()
+        for ep in eps:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(ep.proc.pid, signal.SIGUSR1)
 
     def statements_at(edge: str) -> None:
         if server.statements and edge not in statements:
@@ -1105,7 +1138,7 @@ def engine_drain(opts: Options, n: int, label: str, conn: psycopg.Connection[Any
     try:
         for _ in range(opts.engines):
             eps.append(EngineRun.start(opts, once=True, expect=n, latency_file=latency_file,
-                                       server_pid=server.pid))
+                                       server_pid=server.pid, gate=True))
         spawned = time.time()
         last_t, last_done, lines = spawned, 0, 0
         started: list[float] = []
@@ -1113,6 +1146,7 @@ def engine_drain(opts: Options, n: int, label: str, conn: psycopg.Connection[Any
         running = set(range(len(eps)))  # no report yet, stdout open
         fresh: set[int] = set()  # progress reported since the last live line
         edges = {"go": 0, "end": 0}
+        ready: set[int] = set()
         deadline = time.monotonic() + opts.timeout
         timed_out = False
         while running:
@@ -1130,9 +1164,13 @@ def engine_drain(opts: Options, n: int, label: str, conn: psycopg.Connection[Any
                 got = True
                 if kind in ("report", "end"):
                     running.discard(i)
+                elif kind == "ready":
+                    ready.add(i)
                 elif kind == "started" and not lines:
                     started.append(event["t"])
-                    last_t = min(started)  # the first line's rate counts from there
+                if not go and (ready | (set(range(len(eps))) - running)) == set(range(len(eps))):
+                    release()  # an engine that ended before it was ready has its error
+                    last_t = go["t"]  # the first line's rate counts from there
                 elif kind == "progress":
                     completed[i] = event["completed"]
                     fresh.add(i)
@@ -1167,7 +1205,7 @@ def engine_drain(opts: Options, n: int, label: str, conn: psycopg.Connection[Any
     if "go" in statements:
         statements_at("end")  # late if an engine never closed its window
     reports = [ep.report or {} for ep in eps]
-    return drain_result(reports, codes, n, spawned, timed_out, server, statements)
+    return drain_result(reports, codes, n, spawned, timed_out, server, statements, go)
 
 
 STATS_KEYS = ("claimed", "completed", "failed", "exhausted", "stale", "child_crashes",
@@ -1176,15 +1214,17 @@ STATS_KEYS = ("claimed", "completed", "failed", "exhausted", "stale", "child_cra
 
 def drain_result(reports: Sequence[dict[str, Any]], codes: Sequence[int], n: int,
                  spawned: float, timed_out: bool, server: ServerCpu,
-                 statements: dict[str, float]) -> Result:
-    """One drain's figures from its engines' reports: jobs/s from the first engine's start
-    to the last job done, the stats summed, the CPU per job (cpu_figures), and each
-    engine's own report under "engines"."""
+                 statements: dict[str, float], go: dict[str, float] | None = None) -> Result:
+    """One drain's figures from its engines' reports: jobs/s from GO (all engines ready;
+    without one, the first engine's start) to the last job done, the stats summed, the
+    CPU per job (cpu_figures), and each engine's own report under "engines"."""
     stats = ({k: sum((r.get("stats") or {}).get(k, 0) for r in reports) for k in STATS_KEYS}
              if any(r.get("stats") for r in reports) else None)
     starts = [r["started_at"] for r in reports if r.get("started_at")]
     ends = [e for r in reports if (e := r.get("done_at") or r.get("last_completion_at"))]
-    seconds = (max(ends) - min(starts) if starts and ends and stats
+    go = go or {}
+    begin = go.get("t") or (min(starts) if starts else None)
+    seconds = (max(ends) - begin if begin and ends and stats
                and stats["completed"] == n else None)
     errors = [f"engine {i + 1}: {r['error']}" if len(reports) > 1 else r["error"]
               for i, r in enumerate(reports) if r.get("error")]
@@ -1202,7 +1242,8 @@ def drain_result(reports: Sequence[dict[str, Any]], codes: Sequence[int], n: int
         "memory": reports[0].get("memory") if len(reports) == 1 else None,
         "processes": sum(r.get("processes") or 0 for r in reports) or None,
         "concurrency": reports[0].get("concurrency"), "engine_count": len(reports),
-        **cpu_figures(reports, n, server, statements),
+        "go_at": go.get("t"),
+        **cpu_figures(reports, n, server, statements, go.get("server_s")),
         "engines": engines,
     }
 
@@ -1233,7 +1274,7 @@ def engine_cpu(window: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def cpu_figures(reports: Sequence[dict[str, Any]], n: int, server: ServerCpu,
-                statements: dict[str, float]) -> Result:
+                statements: dict[str, float], server_at_go: float | None = None) -> Result:
     """CPU per job over the window, from each engine's first claim (its "go" sample) to
     its end ("end": the last job's completion written, or its decision to stop).
 
@@ -1241,7 +1282,8 @@ def cpu_figures(reports: Sequence[dict[str, Any]], n: int, server: ServerCpu,
     windows. PostgreSQL (server on this machine): every server process's CPU from the
     first engine's "go" to the last engine's "end" (one counter for the whole server, read
     by whichever engine sampled), and the sum of each engine's own backends' CPU in its
-    window. Not local: pg_stat_statements execution time between the bench's reads at the
+    window; from ``server_at_go`` (the bench's read at GO) instead when the engines were
+    gated. Not local: pg_stat_statements execution time between the bench's reads at the
     first "go" and the last "end", if it answers."""
     out: Result = {"cpu_window_s": None, "parent_cpu_us_per_job": None,
                    "children_cpu_us_per_job": None, "worker_cpu_us_per_job": None,
@@ -1264,9 +1306,10 @@ def cpu_figures(reports: Sequence[dict[str, Any]], n: int, server: ServerCpu,
     children = per_job(sum(w["children_s"] for w in ws))
     out.update(cpu_window_s=last["t"] - first["t"], parent_cpu_us_per_job=parent,
                children_cpu_us_per_job=children, worker_cpu_us_per_job=parent + children)
-    if server.pid and "server_s" in first and "server_s" in last:
+    server_first = server_at_go if server_at_go is not None else first.get("server_s")
+    if server.pid and server_first is not None and "server_s" in last:
         start_up = sum(w.get("backends_start_up_s", 0.0) for w in ws)
-        out["pg_cpu_us_per_job"] = per_job(last["server_s"] - first["server_s"] - start_up)
+        out["pg_cpu_us_per_job"] = per_job(last["server_s"] - server_first - start_up)
         out["pg_cpu_us_per_job_engine_backends"] = per_job(
             sum(w.get("backends_s", 0.0) for w in ws))
         by_name: dict[str, float] = {}

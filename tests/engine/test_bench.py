@@ -37,6 +37,10 @@ def test_drain_with_two_engines_verifies_and_reports_cpu_per_job_when_run(
         drain["parent_cpu_us_per_job"] + drain["children_cpu_us_per_job"])
     for engine in drain["engines"]:
         assert engine["cpu"]["window_s"] > 0
+        # Gated: both engines were up before GO, and their windows opened after it.
+        assert engine["started_at"] < drain["go_at"] <= engine["cpu"]["go"]["t"]
+    assert drain["seconds"] == max(e["last_completion_at"] for e in drain["engines"]) \
+        - drain["go_at"]
     if is_local(database):
         assert drain["pg_cpu_source"] == "proc"
         assert drain["pg_cpu_us_per_job"] > 0

@@ -285,6 +285,26 @@ def test_cpu_figures_sum_the_engines_and_span_the_server_when_two_ran(
     assert [e["stats"]["completed"] for e in drain["engines"]] == [600, 400]
 
 
+def test_gated_drain_is_timed_and_its_server_read_from_go(bench: ModuleType) -> None:
+    # Gated engines (the default) open their windows after GO without reading the server:
+    # the bench's own read at GO (100.4) is the server's start, and the clock runs from GO
+    # (10.1), not from the first engine's start (9.8).
+    local = bench.ServerCpu(pid=1, statements=False, how="local")
+    reports = [
+        report(sample(10.1, 1.0, 0.5),
+               sample(11.0, 1.5, 0.7, server=101.5, backends={"7": 1.4}),
+               started=9.8, completed=600, last=10.9),
+        report(sample(10.2, 2.0, 0.1),
+               sample(11.5, 2.3, 0.2, server=102.0, backends={"9": 0.5}),
+               started=9.9, completed=400, last=11.4),
+    ]
+    drain = bench.drain_result(reports, [0, 0], 1000, 9.0, False, local, {},
+                               {"t": 10.1, "server_s": 100.4})
+    assert drain["go_at"] == 10.1
+    assert drain["seconds"] == pytest.approx(11.4 - 10.1)
+    assert drain["pg_cpu_us_per_job"] == pytest.approx((102.0 - 100.4) / 1000 * 1e6)
+
+
 def test_cpu_figures_use_statements_when_the_server_is_not_local(bench: ModuleType) -> None:
     remote = bench.ServerCpu(pid=None, statements=True, how="remote")
     reports = [report(sample(10.0, 1.0, 0.5), sample(11.0, 1.5, 0.7), started=9.9,
