@@ -744,8 +744,10 @@ COMPLETED_LEASE: Final = 1
 
 @statement(prepare=True)
 def job_complete_many(*, engine: int, ids: BigintArray, leases: BigintArray,
-                      history: bool) -> list[CompletedRow]:
-    """Finish successful claims (pairwise ``ids``, ``leases``); those actually completed."""
+                      history: bool, lock_timeout: str = "0") -> list[CompletedRow]:
+    """Finish successful claims (pairwise ``ids``, ``leases``); those actually completed.
+    One statement (complete_claims, migration 0011), in autocommit a transaction of its own.
+    ``lock_timeout`` in ms, "0" (no timeout) unless given: the engine gives its own."""
 
 
 class JobLimitRow(NamedTuple):

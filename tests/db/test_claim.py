@@ -1,15 +1,17 @@
-"""The claim statement against the real PostgreSQL: one autocommit statement (claim_jobs,
-migration 0010) that carries its own lock timeout and generic plans and leaves nothing set
-on the session, which a transaction-mode pooler hands to someone else next."""
+"""The claim and the completion against the real PostgreSQL: each one autocommit statement
+(claim_jobs, migration 0010; complete_claims, 0011) that carries its own lock timeout and
+generic plans and leaves nothing set on the session, which a transaction-mode pooler hands
+to someone else next."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 import psycopg
 import pytest
 
-from skivi.db.queries import CLAIM_ID, for_schema, job_claim
+from skivi.db.queries import CLAIM_ID, CLAIM_LEASE, for_schema, job_claim, job_complete_many
 from tests.support.db import SCHEMA, connect
 from tests.support.engines import enqueue
 
@@ -41,3 +43,43 @@ def test_claim_gives_up_after_its_lock_timeout_and_leaves_the_session_as_it_was(
         assert after == before
         assert blocker.execute(f"select locked_by from {SCHEMA}.job where id = %s",
                                [job]).fetchone() == (1,)
+
+
+def test_completion_gives_up_after_its_lock_timeout_and_leaves_the_session_as_it_was(
+        database: str) -> None:
+    q = for_schema(SCHEMA)
+    jobs = enqueue(database, [{"task": "noop"}, {"task": "noop"}])
+    with connect(database) as engine, connect(database, autocommit=False) as blocker:
+        rows = job_claim.run(engine, q, engine=1, limit=10, serial_limit=10,
+                             max_bytes=1 << 20)
+        claims = {r[CLAIM_ID]: r[CLAIM_LEASE] for r in rows}
+        assert sorted(claims) == sorted(jobs)
+        before = engine.execute("select current_setting('lock_timeout'), "
+                                "current_setting('plan_cache_mode')").fetchone()
+        # An operator's transaction holding one of the rows: the flush must not wait on it
+        # for ever (the heartbeat shares the connection); the flush is retried later.
+        blocker.execute(f"select 1 from {SCHEMA}.job where id = %s for update", [jobs[0]])
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            job_complete_many.run(engine, q, engine=1, ids=_array(claims),
+                                  leases=_array(claims.values()), history=True,
+                                  lock_timeout="300")
+        waited = time.monotonic() - started
+        assert 0.25 <= waited < 5.0, f"the completion waited {waited:.2f}s on a 300 ms timeout"
+        # Nothing was done: one statement, all or nothing.
+        assert engine.execute(f"select count(*) from {SCHEMA}.job").fetchone() == (2,)
+        blocker.rollback()
+        done = job_complete_many.run(engine, q, engine=1, ids=_array(claims),
+                                     leases=_array(claims.values()), history=True,
+                                     lock_timeout="300")
+        assert sorted(d[0] for d in done) == sorted(jobs)
+        assert engine.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        after = engine.execute("select current_setting('lock_timeout'), "
+                               "current_setting('plan_cache_mode')").fetchone()
+        assert after == before
+        assert blocker.execute(f"select count(*) from {SCHEMA}.job_history "
+                               "where outcome = 'completed'").fetchone() == (2,)
+
+
+def _array(values: Iterable[int]) -> str:
+    return "{" + ",".join(map(str, values)) + "}"
