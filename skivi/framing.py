@@ -28,7 +28,7 @@ class FrameReader:
     def __init__(self) -> None:
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> Iterator[tuple[bytes, bytes]]:
+    def feed(self, data: bytes | memoryview) -> Iterator[tuple[bytes, bytes]]:
         """Yield (kind, body) for every complete frame received so far."""
         buf = self._buf
         buf += data

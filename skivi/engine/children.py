@@ -94,6 +94,9 @@ __all__ = ["ChildHandle", "ChildPool"]
 logger = logging.getLogger(__name__)
 
 READ_SIZE = 1 << 20
+"""The most one read of a result pipe takes; read into one buffer kept for the pool's life
+(ChildPool._read), since a fresh 1 MiB bytes object per read cost the parent an mmap, an
+mremap and a munmap, with their page faults, on every read."""
 SYNC_SHORT_SECONDS = 0.0005
 """A sync task whose recent runs average below this may be handed several jobs at a time."""
 SYNC_BATCH_BUDGET = 0.002
@@ -154,6 +157,8 @@ class ChildPool:
         self.cancel_grace = w.cancel_grace
         self.cut_short = cut_short  # set: stop waiting for running jobs (a second signal)
         self.on_child_start = on_child_start
+        self._read_buffer = bytearray(READ_SIZE)
+        self._read_view = memoryview(self._read_buffer)
         self.processes = w.processes or process.available_cpus()
         self.concurrency = w.concurrency
         self.sync_threads = w.sync_threads
@@ -436,9 +441,14 @@ class ChildPool:
             self._send(child, wire.encode_jobs(slots, messages))
         return handed
 
+    def _read(self, fd: int) -> memoryview:
+        """What the pipe holds (up to READ_SIZE), as a view of the pool's read buffer: valid
+        until the next read, so it is fed to a frame reader (which copies it) at once."""
+        return self._read_view[:os.readv(fd, (self._read_buffer,))]
+
     def _on_results(self, child: ChildHandle) -> None:
         try:
-            data = os.read(child.result_fd, READ_SIZE)
+            data = self._read(child.result_fd)
         except BlockingIOError:
             return
         except OSError as exc:
@@ -456,7 +466,7 @@ class ChildPool:
         known = self.run_estimate.get(task)
         self.run_estimate[task] = run if known is None else known + EWMA_WEIGHT * (run - known)
 
-    def _take_frames(self, child: ChildHandle, data: bytes) -> None:
+    def _take_frames(self, child: ChildHandle, data: bytes | memoryview) -> None:
         in_flight = child.in_flight
         deadlines = child.deadlines
         for kind, body in child.reader.feed(data):
@@ -567,7 +577,7 @@ class ChildPool:
         # its handlers left may still hold the pipe open).
         while True:
             try:
-                data = os.read(child.result_fd, READ_SIZE)
+                data = self._read(child.result_fd)
             except (BlockingIOError, OSError):
                 break
             if not data:
