@@ -6,7 +6,9 @@ and exhaustions), one ``job_release_many`` for jobs handed back unstarted, and, 
 some job's cancel was requested, one ``job_cancel_many`` for those. A flush happens
 when ``worker.completion_batch_size`` results wait, or ``worker.completion_interval``
 seconds after the first one arrived, whichever comes first (River's job completer,
-Graphile Worker's completeJobBatchDelay).
+Graphile Worker's completeJobBatchDelay). A flush of successes alone is one autocommit
+statement (``complete_claims``, migration 0011, carries the lock timeout); any other runs its
+statements in one transaction.
 
 States:
     idle       nothing pending; waits for results.
