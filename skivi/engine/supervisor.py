@@ -71,6 +71,10 @@ logger = logging.getLogger(__name__)
 
 PROCESSES_WARN_FACTOR = 4  # warn when worker.processes exceeds this many per usable CPU
 HEALTH_STALL_SECONDS = 10.0  # /healthz fails when the event loop made no round this long
+# --once: how often the engine looks whether all is done, when nothing runs or waits to be
+# written, and while something does.
+ONCE_LOOK = 0.02
+ONCE_BUSY_LOOK = 0.1
 
 
 @dataclass(slots=True)
@@ -345,7 +349,10 @@ class Engine:
         Results being written count as unwritten: a finished serial-queue job frees its
         queue only when its write commits, and a claim made after that decides."""
         while not self.stopping:
-            await asyncio.sleep(0.02)
+            # While jobs run or wait to be written the end is at least a flush away: looking
+            # every 20 ms then only woke the loop (16 engines on 2 cores: 800 times a second).
+            busy = self.pool.in_flight() > 0 or self.completer.unwritten > 0
+            await asyncio.sleep(ONCE_BUSY_LOOK if busy else ONCE_LOOK)
             if (self.pool.in_flight() == 0 and self.completer.unwritten == 0
                     and self.fetcher.idle()):
                 self.request_stop()
