@@ -125,6 +125,21 @@ def encode(task: str, payload: object, max_bytes: int) -> bytes:
     return data
 
 
+def encode_proven(value: object, max_bytes: int) -> bytes | None:
+    """One JSON encoding of ``value`` (a list holding many payloads) when it proves every
+    payload in it acceptable at once, else None, and the caller checks them one by one
+    (``encode``), which names the offending one. Proven: it encodes; it holds no escape at
+    all, so no U+0000; no ``null``, so no NaN or Infinity (which orjson writes as null); and
+    it is at most ``max_bytes`` long, so no payload in it is longer."""
+    try:
+        data = _dumps(value)
+    except orjson.JSONEncodeError:
+        return None
+    if len(data) > max_bytes or data.find(b"\\") != -1 or data.find(b"null") != -1:
+        return None
+    return data
+
+
 def compile_validator(task: str, spec: str | Mapping[str, Any]) -> Validator:
     """Compile the validator configured for ``task``; call this once, not per payload.
 
@@ -196,6 +211,10 @@ class PayloadGate:
         if validator is not None:
             validator(payload)
         return encode(task, payload, self._max_payload_bytes)
+
+    def encode_proven(self, value: object) -> bytes | None:
+        """``encode_proven`` under this gate's size limit (see there)."""
+        return encode_proven(value, self._max_payload_bytes)
 
     def has_validator(self, task: str) -> bool:
         """Whether a validator is configured for ``task``."""

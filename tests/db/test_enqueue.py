@@ -693,3 +693,36 @@ def test_an_enqueue_after_a_prune_took_the_row_inserts_it_again(
         pruner.close()
     assert queue_rows(database) == ["q"]
     assert claim(database) == done
+
+
+def test_bulk_add_jobs_of_plain_specs_stores_every_payload_as_given(
+        system: skivi.System, database: str) -> None:
+    # Plain {"task", "payload"} specs are encoded a statement at a time; a slice whose one
+    # encoding proves nothing (a null, an escape) is checked payload by payload. Either way
+    # each job is stored, and returned, with its own payload.
+    from skivi.client import CHUNK_SIZE
+
+    n = 3 * CHUNK_SIZE
+    payloads: list[Any] = [{"i": i} for i in range(n)]
+    payloads[CHUNK_SIZE + 5] = {"i": CHUNK_SIZE + 5, "none": None, "q": 'say "hi"\n',
+                                "u": "żółw", "when": dt.datetime(2026, 1, 2, tzinfo=dt.UTC)}
+    jobs = skivi.add_jobs(system, [{"task": "bulk", "payload": p} for p in payloads])
+    stored = dict(fetch(database, f"select id, payload from {SCHEMA}.job"))
+    assert len(stored) == n
+    expected = [dict(p, when="2026-01-02T00:00:00+00:00") if "when" in p else p
+                for p in payloads]
+    assert [j.payload for j in jobs] == expected
+    assert [stored[j.id] for j in jobs] == expected
+    assert {j.task_identifier for j in jobs} == {"bulk"}
+
+
+def test_bulk_add_jobs_mixing_plain_and_full_specs_keeps_the_order(
+        system: skivi.System, database: str) -> None:
+    from skivi.client import CHUNK_SIZE
+
+    specs: list[Any] = [{"task": "bulk", "payload": {"i": i}} for i in range(CHUNK_SIZE + 3)]
+    specs.append({"task": "later", "payload": {"i": -1}, "priority": 5})
+    jobs = skivi.add_jobs(system, specs)
+    assert [j.payload["i"] for j in jobs] == [*range(CHUNK_SIZE + 3), -1]
+    assert jobs[-1].task_identifier == "later" and jobs[-1].priority == 5
+    assert fetch(database, f"select count(*) from {SCHEMA}.job") == [(CHUNK_SIZE + 4,)]
