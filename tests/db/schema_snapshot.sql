@@ -216,13 +216,15 @@ CREATE UNIQUE INDEX pause_pkey ON skivi.pause USING btree (kind, name);
 -- function skivi.insert_job(task text, payload jsonb, queue_name text, run_at timestamp with time zone, max_attempts integer, priority smallint, flags text[], OUT id bigint, OUT inserted_at timestamp with time zone) returns record
 --     language plpgsql volatile security definer; body d52cb0907be6c761871a7bde741fa8b7
 -- function skivi.insert_jobs(specs jsonb, OUT ids text, OUT inserted_at timestamp with time zone) returns record
---     language plpgsql volatile security definer; body 971ce5b8b98253704b38e9a760377e91
+--     language plpgsql volatile security definer; body ae79276e8123becc815cbdf80ce6f221
 -- function skivi.pause_queue(queue_name text) returns boolean
 --     language sql volatile; body b3f18c6b744e10a801136af5e29498bb
 -- function skivi.pause_task(task_identifier text) returns boolean
 --     language sql volatile; body f921a50bab7cfcf3db752e96f14b52ff
 -- function skivi.permanently_fail_jobs(job_ids bigint[], error_message text) returns SETOF skivi.job_history
 --     language sql volatile; body bf61b9e8d3b3ca5dacd11fcb8200d4c1
+-- function skivi.refuse_specs(specs jsonb) returns text
+--     language plpgsql volatile; body 414f1a2f8ef4f3bc439f0ab693918977
 -- function skivi.remove_job(job_key text) returns SETOF skivi.job
 --     language sql volatile; body 24f7907295ec4bd012f3817eb795d975
 -- function skivi.reschedule_jobs(job_ids bigint[], run_at timestamp with time zone, priority integer, attempts integer, max_attempts integer) returns SETOF skivi.job

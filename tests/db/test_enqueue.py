@@ -726,3 +726,22 @@ def test_bulk_add_jobs_mixing_plain_and_full_specs_keeps_the_order(
     assert [j.payload["i"] for j in jobs] == [*range(CHUNK_SIZE + 3), -1]
     assert jobs[-1].task_identifier == "later" and jobs[-1].priority == 5
     assert fetch(database, f"select count(*) from {SCHEMA}.job") == [(CHUNK_SIZE + 4,)]
+
+
+@pytest.mark.parametrize(("specs", "match"), [
+    ('[{"task": "t"}, {"task": "t", "job_key": "k"}]', "specs with a job_key go through add_jobs"),
+    ('[{"task": "t"}, {"task": "t"}, {"task": "t", "flags": [""]}]', "spec 3 has an empty flag"),
+    ('[{"task": "t", "job_key": "k"}, {"payload": {}}]', "spec 2 has no task"),
+    ('[{"task": "t", "queue_name": "q"}, {"task": "t", "run_at": "infinity"}]',
+     "spec 2 has run_at infinity"),
+    ('{"task": "t"}', "specs must be a JSON array, got object"),
+])
+def test_insert_jobs_refuses_a_bad_spec_in_its_one_pass_and_writes_nothing(
+        database: str, specs: str, match: str) -> None:
+    # insert_jobs checks each row as it inserts it (migration 0012); the refusal is
+    # check_specs' (the first bad spec by position) or, failing that, the job key's.
+    with connect(database) as c:
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match=match):
+            c.execute(f"select * from {SCHEMA}.insert_jobs(%s::jsonb)", [specs])
+        assert c.execute(f"select count(*) from {SCHEMA}.job").fetchone() == (0,)
+        assert c.execute(f"select count(*) from {SCHEMA}.job_queue").fetchone() == (0,)
