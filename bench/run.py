@@ -255,7 +255,7 @@ class BenchEngine(Engine):
 
     memory: dict[str, Any] | None = None
     server_pid = 0
-    gated = False  # --gate: the bench samples the server at GO; this engine need not
+    gated = False  # --gate: wait for GO; the bench samples the server then, not this engine
     cpu_go: dict[str, Any] | None = None
     cpu_end: dict[str, Any] | None = None
     backends_started: dict[str, float]
@@ -376,16 +376,17 @@ def _observe_done(engine: BenchEngine, expect: int, state: dict[str, Any]) -> No
     engine.completer.on_flushed = observed
 
 
-def _open_cpu_window_first(engine: BenchEngine, gate: bool) -> None:
-    """Open the CPU window when the fetcher starts, before its first claim. With ``gate``
-    the engine first gets ready (children forked, registered, its claim connection open),
-    says "ready" and waits for GO (SIGUSR1 from the bench), so that a drain by several
-    engines is timed from when all of them are up, as the peer harness times its workers,
-    not from when the first of them, started one after another on a small machine, is."""
+def _open_cpu_window_first(engine: BenchEngine) -> None:
+    """Open the CPU window when the fetcher starts, before its first claim. Gated
+    (``engine.gated``), the engine first gets ready (children forked, registered, its claim
+    connection open), says "ready" and waits for GO (SIGUSR1 from the bench), so that a
+    drain by several engines is timed from when all of them are up, as the peer harness
+    times its workers, not from when the first of them, started one after another on a
+    small machine, is."""
     start = engine.fetcher.start
 
     async def started() -> None:
-        if gate:
+        if engine.gated:
             go = asyncio.Event()
             asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, go.set)
             await engine.fetcher.db.get()
@@ -420,7 +421,7 @@ async def _engine_async(system: System, args: argparse.Namespace) -> int:
     engine.gated = args.gate
     state: dict[str, Any] = {}
     _observe_done(engine, args.expect, state)
-    _open_cpu_window_first(engine, args.gate)
+    _open_cpu_window_first(engine)
     engine.watch_connections()
     started_at = time.time()
     watcher = asyncio.get_running_loop().create_task(_progress(engine))
@@ -1140,8 +1141,7 @@ def engine_drain(opts: Options, n: int, label: str, conn: psycopg.Connection[Any
             eps.append(EngineRun.start(opts, once=True, expect=n, latency_file=latency_file,
                                        server_pid=server.pid, gate=True))
         spawned = time.time()
-        last_t, last_done, lines = spawned, 0, 0
-        started: list[float] = []
+        last_t, last_done = spawned, 0
         completed = [0] * len(eps)
         running = set(range(len(eps)))  # no report yet, stdout open
         fresh: set[int] = set()  # progress reported since the last live line
@@ -1166,8 +1166,6 @@ def engine_drain(opts: Options, n: int, label: str, conn: psycopg.Connection[Any
                     running.discard(i)
                 elif kind == "ready":
                     ready.add(i)
-                elif kind == "started" and not lines:
-                    started.append(event["t"])
                 if not go and (ready | (set(range(len(eps))) - running)) == set(range(len(eps))):
                     release()  # an engine that ended before it was ready has its error
                     last_t = go["t"]  # the first line's rate counts from there
@@ -1190,7 +1188,6 @@ def engine_drain(opts: Options, n: int, label: str, conn: psycopg.Connection[Any
                 print(f"  {label} {t - spawned:6.1f} s  done {done:>10,} / {n:,}  "
                       f"{rate:>10,.0f} jobs/s{each}", flush=True)
                 last_t, last_done = t, done
-                lines += 1
                 fresh.clear()
             if not got and len(running) > 1:
                 time.sleep(0.005)

@@ -278,8 +278,7 @@ class _Batch:
         """Encode each payload apart (``payloads``), when only the wires hold them."""
         if self.wires is None or self.bodies is None:
             return
-        self.payloads = [check(cast(str, spec), body)
-                         for spec, body in zip(self.specs, self.bodies, strict=True)]
+        self.payloads = _encode_each(check, self.specs, self.bodies)
         self.wires = self.bodies = None
 
     def keyed_json(self) -> Jsonb:
@@ -381,28 +380,32 @@ def _check(client: Client, raw: Iterable[SpecLike]) -> _Batch:
                 bodies.append(body)
             else:
                 if bodies:
-                    payloads = [check_payload(cast(str, t), b)
-                                for t, b in zip(specs, bodies, strict=True)]
+                    payloads = _encode_each(check_payload, specs, bodies)
                 bodies = None
                 payloads.append(check_payload(task, body))
             specs.append(task)
             unkeyed.append(i)
             continue
         if bodies:
-            payloads = [check_payload(cast(str, t), b)
-                        for t, b in zip(specs, bodies, strict=True)]
+            payloads = _encode_each(check_payload, specs, bodies)
         bodies = None
         spec = JobSpec.coerce(item)
         spec.check()
         payloads.append(check_payload(spec.task, {} if spec.payload is None else spec.payload))
         specs.append(spec)
         (unkeyed if spec.job_key is None else keyed).append(i)
-    if not bodies:
-        return _Batch(specs, payloads, unkeyed, keyed)
-    batch = _Batch(specs, [], unkeyed, keyed, _plain_wires(gate, specs, bodies), bodies)
-    if len(specs) == 1:
-        batch.materialize(check_payload)  # a lone job goes as parameters (lone_args)
-    return batch
+    if bodies and len(specs) > 1:
+        return _Batch(specs, [], unkeyed, keyed, _plain_wires(gate, specs, bodies), bodies)
+    if bodies:  # a lone job goes as parameters (lone_args)
+        payloads = _encode_each(check_payload, specs, bodies)
+    return _Batch(specs, payloads, unkeyed, keyed)
+
+
+def _encode_each(check: Callable[[str, Any], bytes], tasks: Sequence[JobSpec | str],
+                 bodies: Sequence[Any]) -> list[bytes]:
+    """The payloads of plain specs (``tasks`` holds their task identifiers) checked and
+    encoded one by one: the error, if any, names the offending one."""
+    return [check(cast(str, t), b) for t, b in zip(tasks, bodies, strict=True)]
 
 
 def _plain_wires(gate: PayloadGate, specs: list[JobSpec | str], bodies: list[Any]
@@ -416,7 +419,7 @@ def _plain_wires(gate: PayloadGate, specs: list[JobSpec | str], bodies: list[Any
         wire = gate.encode_proven([{"task": t, "payload": b}
                                    for t, b in zip(tasks, part, strict=True)])
         if wire is None:
-            checked = [gate.check(cast(str, t), b) for t, b in zip(tasks, part, strict=True)]
+            checked = _encode_each(gate.check, tasks, part)
             wire = orjson.dumps([{"task": t, "payload": orjson.Fragment(c)}
                                  for t, c in zip(tasks, checked, strict=True)])
         wires.append(wire)
