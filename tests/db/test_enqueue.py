@@ -716,6 +716,31 @@ def test_bulk_add_jobs_of_plain_specs_stores_every_payload_as_given(
     assert {j.task_identifier for j in jobs} == {"bulk"}
 
 
+def test_bulk_add_jobs_sends_plain_dicts_as_given_in_either_key_order(
+        system: skivi.System, database: str) -> None:
+    # Dicts that each hold a payload are encoded themselves (key order is theirs); one that
+    # holds none, or None, is sent as {} and its neighbours are encoded from their parts.
+    from skivi.client import CHUNK_SIZE
+
+    n = 2 * CHUNK_SIZE
+    given: list[Any] = [{"payload": {"i": i}, "task": "bulk"} if i % 2 else
+                        {"task": "bulk", "payload": {"i": i}} for i in range(n)]
+    jobs = skivi.add_jobs(system, given)
+    assert [(j.task_identifier, j.payload) for j in jobs] == [("bulk", {"i": i})
+                                                              for i in range(n)]
+    assert given[3] == {"payload": {"i": 3}, "task": "bulk"}  # the caller's dicts untouched
+    mixed: list[Any] = [{"task": "bulk", "payload": {"i": i}} for i in range(n)]
+    mixed[CHUNK_SIZE + 1] = {"task": "bare"}
+    mixed[CHUNK_SIZE + 2] = {"task": "none", "payload": None}
+    jobs = skivi.add_jobs(system, mixed)
+    stored = dict(fetch(database, f"select id, payload from {SCHEMA}.job"))
+    expected = [{} if i in (CHUNK_SIZE + 1, CHUNK_SIZE + 2) else {"i": i} for i in range(n)]
+    assert [j.payload for j in jobs] == expected
+    assert [stored[j.id] for j in jobs] == expected
+    assert [j.task_identifier for j in jobs][CHUNK_SIZE:CHUNK_SIZE + 4] == [
+        "bulk", "bare", "none", "bulk"]
+
+
 def test_bulk_add_jobs_mixing_plain_and_full_specs_keeps_the_order(
         system: skivi.System, database: str) -> None:
     from skivi.client import CHUNK_SIZE
