@@ -83,3 +83,29 @@ def test_completion_gives_up_after_its_lock_timeout_and_leaves_the_session_as_it
 
 def _array(values: Iterable[int]) -> str:
     return "{" + ",".join(map(str, values)) + "}"
+
+
+def test_rescue_wakes_listening_engines_only_when_it_puts_jobs_back(database: str) -> None:
+    # The rescuer may have no room for what it rescued; the others must not wait for their
+    # next poll to find it.
+    from skivi.db.queries import channel_name
+    from tests.support.fake_engine import FakeEngine
+
+    q = for_schema(SCHEMA)
+    enqueue(database, [{"task": "noop"}, {"task": "noop"}])
+    dead, rescuer = FakeEngine(database, q), FakeEngine(database, q)
+    with connect(database) as listener:
+        try:
+            assert len(dead.claim()) == 2
+            listener.execute(f'listen "{channel_name(SCHEMA)}"')
+            assert rescuer.rescue() == ([], 0, 0)  # nobody is dead yet: no wake-up
+            assert list(listener.notifies(timeout=0.3)) == []
+            dead.conn.execute(f"update {SCHEMA}.engine set heartbeat_at = now() - "
+                              "interval '1 hour' where id = %s", [dead.id])
+            assert rescuer.rescue() == ([dead.id], 2, 0)
+            notes = list(listener.notifies(timeout=2.0, stop_after=1))
+            assert [n.payload for n in notes] == [""]
+            assert list(listener.notifies(timeout=0.3)) == []  # one for the round, not per job
+        finally:
+            dead.conn.close()
+            rescuer.conn.close()

@@ -7,7 +7,8 @@
 -- at claim), with an error saying what happened; those on their last attempt are exhausted.
 -- Serial queues it held are freed and its row is deleted. Dead engines are locked FOR UPDATE
 -- SKIP LOCKED so two rescuers never handle the same engine; the updates re-check locked_by,
--- so a job finished meanwhile is left alone (River #1302).
+-- so a job finished meanwhile is left alone (River #1302). When any job went back to waiting,
+-- one NOTIFY on the jobs channel wakes the listening engines.
 --
 -- A server that has just (re)started has seen no heartbeat from anyone for as long as it was
 -- down, live engines included: nobody is declared dead while its start is less than
@@ -79,8 +80,15 @@ with dead_rows as (
       and exists (select from dead)
 ), gone as (
     delete from {schema}.engine e using dead where e.id = dead.id
+), counted as (
+    select (select count(*) from retried) as retried
 )
 select array(select id from dead order by id) as engines,
-       (select count(*) from retried) as retried,
+       c.retried,
        (select count(*) from exhausted) as exhausted,
-       (select count(*) from {schema}.engine) as fleet;
+       (select count(*) from {schema}.engine) as fleet
+from counted c
+-- One NOTIFY when jobs went back to waiting, as an enqueue's: every listening engine wakes
+-- and claims what it has room for. The rescuer's own fetcher is woken too, but it may have
+-- no room, and the rest would otherwise find the jobs only at their next poll.
+left join lateral (select pg_notify({channel}, '') where c.retried > 0) notified on true;
