@@ -171,20 +171,26 @@ def test_a_fleet_runs_every_job_once_through_pgbouncer_in_transaction_mode(
         # finishing ~20 jobs a second (one in SLOW_EVERY slow) is running none about half
         # the time, and the kill would prove nothing.
         busy: list[tuple[Any, set[int]]] = []
+        # Each engine's process family, read once: a scan of /proc per engine per look took
+        # 4 s with 100 engines, by which time the slow jobs seen running had ended.
+        families = [(e, {e.pid, *children_of(e.pid)}) for e in engines]
+
+        looked_at = [0.0]
 
         def engines_running_slow() -> bool:
+            looked_at[0] = time.time()
             slow = {int(r[0]) for r in fetch(direct, "select id from skivi.job "
                                                      "where task_identifier = 'async_sleep' "
                                                      "and locked_by is not null")}
             rows = ledger.rows()
             ended = {(j, pid) for j, pid, _a, e, _t in rows if e == "end"}
-            running = {pid for j, pid, _a, e, _t in rows
-                       if e == "start" and j in slow and (j, pid) not in ended}
+            # Started in the last half second, so still running (1 s) at the kill, which
+            # follows this at once: a look takes ~0.5 s with 100 engines' ledger.
+            recent = time.time() - 0.5
+            running = {pid for j, pid, _a, e, t in rows
+                       if e == "start" and j in slow and (j, pid) not in ended and t >= recent}
             busy.clear()
-            for e in engines:
-                family = {e.pid, *children_of(e.pid)}
-                if family & running:
-                    busy.append((e, family))
+            busy.extend((e, family) for e, family in families if family & running)
             return len(busy) >= KILLED
 
         wait_for(engines_running_slow, timeout=60, what="engines running slow jobs")
@@ -193,6 +199,7 @@ def test_a_fleet_runs_every_job_once_through_pgbouncer_in_transaction_mode(
         for v in victims:
             v.send_signal(signal.SIGKILL)
         killed_at = time.time()
+        looked = killed_at - looked_at[0]
         for v in victims:
             v.wait(timeout=10)
         for p in producers:
@@ -230,7 +237,8 @@ def test_a_fleet_runs_every_job_once_through_pgbouncer_in_transaction_mode(
     cut = [j for j, r in job_runs.items()
            if j in slow and any(pid in victim_pids and (j, pid) not in ends
                                 and at <= killed_at for pid, at in r)]
-    assert cut, "no job was in flight on the killed engines"
+    assert cut, (f"no job was in flight on the killed engines (they were seen running one "
+                 f"{looked:.2f} s before the kill)")
     late: dict[int, float] = {}
     rerun_by: dict[int, int] = {}  # cut job -> the process that ran it again first
     for j in cut:
@@ -259,7 +267,8 @@ def test_a_fleet_runs_every_job_once_through_pgbouncer_in_transaction_mode(
     with capsys.disabled():
         print(f"\n  fleet: {ENGINES} engines up in {up:.1f}s, {JOBS} jobs drained "
               f"{drained:.1f}s after start; {len(cut)} jobs cut by the kill ran again "
-              f"{min(late.values()):.1f}-{max(late.values()):.1f}s after it; "
+              f"{min(late.values()):.1f}-{max(late.values()):.1f}s after it (victims picked "
+              f"{looked:.2f}s before); "
               f"{len(ticks)} cron ticks, none twice; at most {most} server connections "
               f"(peak sample {peak}; {sampler.samples} samples, pool {POOL})")
 
