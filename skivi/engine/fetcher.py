@@ -512,8 +512,7 @@ class Fetcher:
                 await conn.execute(sql.SQL("listen {}").format(sql.Identifier(channel)))
                 self._listening_on = conn
                 self.listening = True
-                # Something may have been enqueued while we were not listening.
-                self.wake()
+                self._missed_notes()
                 return
             waiter = asyncio.ensure_future(self._wake.wait())
             notes = asyncio.ensure_future(self._next_notes(conn, timeout))
@@ -528,6 +527,13 @@ class Fetcher:
     async def _next_notes(self, conn: Any, timeout: float) -> None:
         async for note in conn.notifies(timeout=timeout, stop_after=1):
             self._notified(note)
+
+    def _missed_notes(self) -> None:
+        """LISTEN is (again) in place: jobs may have been enqueued while it was not, their
+        NOTIFY lost. Claim as one would have: looking deep past a held-back backlog (a
+        shallow look would end at it, and the next deep one wait a poll interval)."""
+        self._deep_due = 0.0
+        self.wake()
 
     def _notified(self, note: Any) -> None:
         if note.payload == LIMITS_NOTICE:
@@ -579,8 +585,7 @@ class Fetcher:
                 await conn.execute(sql.SQL("listen {}").format(sql.Identifier(channel)))
                 self.listening = True
                 backoff.reset()
-                # Something may have been enqueued while we were not listening.
-                self.wake()
+                self._missed_notes()
                 async for note in conn.notifies():
                     self._notified(note)
             except asyncio.CancelledError:

@@ -169,6 +169,41 @@ def test_backlog_of_one_tenant_does_not_delay_another_tenants_first_job(
     assert len(big) == 2
 
 
+def test_a_job_enqueued_while_the_engine_was_not_listening_is_looked_for_past_a_backlog(
+        engines: EngineProcs, database: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Its NOTIFY is lost, so the LISTEN made again stands for it: the claim after it looks
+    past the held-back backlog at once (as a notification would have it do), instead of a
+    shallow look that ends at the backlog and waits a poll interval for the next deep one."""
+    config = write_config(tmp_path / "skivi.toml", [
+        {"name": "per-tenant", "tasks": ["async_sleep"], "key": "tenant", "concurrency": 2}],
+        batch_size=100, poll_interval=3.0)
+    enqueue(database, [{"task": "async_sleep", "payload": {"tenant": "big", "s": 30.0}}
+                       for _ in range(1000)])
+    engine = engines.start("--config", config, processes=1, concurrency=8)
+    wait_for(lambda: len(engines.ledger.starts()) == 2, timeout=30,
+             what="two jobs of the big tenant to start: " + log_of(engine)[-2000:])
+    claim = "select pid from pg_stat_activity where application_name = 'skivi-claim'"
+    # Idle: between claims, waiting on its LISTEN (the series of deep looks is over).
+    wait_for(lambda: fetch(database, claim + " and state = 'idle'"), timeout=10,
+             what="the engine's claim connection to be idle")
+    with connect(database) as conn:
+        # Waits until the backend is gone: the job below is committed with no one listening.
+        assert conn.execute("select bool_and(pg_terminate_backend(pid, 5000)) from ("
+                            + claim + ") c").fetchone() == (True,)
+    enqueued = time.time()
+    small = enqueue(database, [
+        {"task": "async_sleep", "payload": {"tenant": "small", "s": 0.01}}])[0]
+    started = wait_for(lambda: [at for job, _, _, event, at in engines.ledger.rows()
+                                if job == small and event == "start"], timeout=15,
+                       what="the small tenant's job to start")[0]
+    with capsys.disabled():
+        print(f"\n  enqueued while the engine was reconnecting: started after "
+              f"{started - enqueued:.3f} s")
+    # The reconnect's back-off (0.1 s) and a claim series, not the 3 s poll interval.
+    assert started - enqueued < 1.5
+
+
 def test_killed_engines_limit_keys_are_given_back_by_the_rescue(
         engines: EngineProcs, database: str, tmp_path: Path) -> None:
     config = write_config(tmp_path / "skivi.toml", [
