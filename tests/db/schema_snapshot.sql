@@ -206,9 +206,9 @@ CREATE UNIQUE INDEX pause_pkey ON skivi.pause USING btree (kind, name);
 -- function skivi.check_specs(specs jsonb) returns void
 --     language plpgsql stable; body a4c67871b5405bdad6114a872b0aeebc
 -- function skivi.claim_jobs(p_engine bigint, p_limit integer, p_serial_limit integer, p_max_bytes bigint, p_tasks text[], p_forbidden text[], p_queues text[], p_paused_queues text[], p_paused_tasks text[], p_lock_timeout text, OUT id bigint, OUT lease bigint, OUT message text, OUT task_identifier text, OUT cut boolean) returns SETOF record
---     language plpgsql volatile; body 5d94658354a5da3ad50e103a57cab43e
+--     language plpgsql volatile; body 5d713c36c615109e59f8843559193357
 -- function skivi.complete_claims(p_engine bigint, p_ids bigint[], p_leases bigint[], p_history boolean, p_lock_timeout text, OUT id bigint, OUT lease bigint) returns SETOF record
---     language plpgsql volatile; body 73c854f9d056a082e5453e97363a9613
+--     language plpgsql volatile; body 0cbd0235dd39fb28513934ca01f8cfd6
 -- function skivi.complete_jobs(job_ids bigint[]) returns SETOF skivi.job
 --     language sql volatile; body 4d4aa24367a024e5785968bcc8a09e57
 -- function skivi.hold_queues(names text[]) returns void
