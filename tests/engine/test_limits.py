@@ -142,28 +142,41 @@ def test_an_engine_claims_limited_jobs_only_when_it_can_start_them(
     assert [n for _, n in fetch(database, locked)] == [4, 4]
 
 
-def test_backlog_of_one_tenant_does_not_delay_another_tenants_first_job(
-        engines: EngineProcs, database: str, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+def start_behind_a_big_tenant(engines: EngineProcs, database: str, tmp_path: Path,
+                              seconds: float, **worker: Any) -> None:
+    """An engine running the big tenant's 2 of 1,000 jobs (concurrency 2 by tenant), the
+    other 998 held back in front of whatever is enqueued next."""
     config = write_config(tmp_path / "skivi.toml", [
         {"name": "per-tenant", "tasks": ["async_sleep"], "key": "tenant", "concurrency": 2}],
-        batch_size=100)
-    enqueue(database, [{"task": "async_sleep", "payload": {"tenant": "big", "s": 2.0}}
+        batch_size=100, **worker)
+    enqueue(database, [{"task": "async_sleep", "payload": {"tenant": "big", "s": seconds}}
                        for _ in range(1000)])
     engine = engines.start("--config", config, processes=1, concurrency=8)
     wait_for(lambda: len(engines.ledger.starts()) == 2, timeout=30,
              what="two jobs of the big tenant to start: " + log_of(engine)[-2000:])
+
+
+def small_tenant_job(engines: EngineProcs, database: str, timeout: float) -> tuple[int, float]:
+    """Enqueue the small tenant's job; (its id, seconds from enqueue to its start)."""
     enqueued = time.time()
     small = enqueue(database, [
         {"task": "async_sleep", "payload": {"tenant": "small", "s": 0.01}}])[0]
     started = wait_for(lambda: [at for job, _, _, event, at in engines.ledger.rows()
-                                if job == small and event == "start"], timeout=10,
+                                if job == small and event == "start"], timeout=timeout,
                        what="the small tenant's job to start")[0]
+    return small, started - enqueued
+
+
+def test_backlog_of_one_tenant_does_not_delay_another_tenants_first_job(
+        engines: EngineProcs, database: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    start_behind_a_big_tenant(engines, database, tmp_path, 2.0)
+    small, waited = small_tenant_job(engines, database, timeout=10)
     with capsys.disabled():
         print(f"\n  behind 998 held-back jobs: the other tenant's job started after "
-              f"{started - enqueued:.3f} s")
+              f"{waited:.3f} s")
     # One claim round, not the backlog's hours (poll_interval is 1 s).
-    assert started - enqueued < 1.0
+    assert waited < 1.0
     # And the big tenant still ran two at once, no more.
     big = [r for r in engines.ledger.starts() if r[0] != small]
     assert len(big) == 2
@@ -175,14 +188,7 @@ def test_a_job_enqueued_while_the_engine_was_not_listening_is_looked_for_past_a_
     """Its NOTIFY is lost, so the LISTEN made again stands for it: the claim after it looks
     past the held-back backlog at once (as a notification would have it do), instead of a
     shallow look that ends at the backlog and waits a poll interval for the next deep one."""
-    config = write_config(tmp_path / "skivi.toml", [
-        {"name": "per-tenant", "tasks": ["async_sleep"], "key": "tenant", "concurrency": 2}],
-        batch_size=100, poll_interval=3.0)
-    enqueue(database, [{"task": "async_sleep", "payload": {"tenant": "big", "s": 30.0}}
-                       for _ in range(1000)])
-    engine = engines.start("--config", config, processes=1, concurrency=8)
-    wait_for(lambda: len(engines.ledger.starts()) == 2, timeout=30,
-             what="two jobs of the big tenant to start: " + log_of(engine)[-2000:])
+    start_behind_a_big_tenant(engines, database, tmp_path, 30.0, poll_interval=3.0)
     claim = "select pid from pg_stat_activity where application_name = 'skivi-claim'"
     # Idle: between claims, waiting on its LISTEN (the series of deep looks is over).
     wait_for(lambda: fetch(database, claim + " and state = 'idle'"), timeout=10,
@@ -191,17 +197,12 @@ def test_a_job_enqueued_while_the_engine_was_not_listening_is_looked_for_past_a_
         # Waits until the backend is gone: the job below is committed with no one listening.
         assert conn.execute("select bool_and(pg_terminate_backend(pid, 5000)) from ("
                             + claim + ") c").fetchone() == (True,)
-    enqueued = time.time()
-    small = enqueue(database, [
-        {"task": "async_sleep", "payload": {"tenant": "small", "s": 0.01}}])[0]
-    started = wait_for(lambda: [at for job, _, _, event, at in engines.ledger.rows()
-                                if job == small and event == "start"], timeout=15,
-                       what="the small tenant's job to start")[0]
+    _, waited = small_tenant_job(engines, database, timeout=15)
     with capsys.disabled():
         print(f"\n  enqueued while the engine was reconnecting: started after "
-              f"{started - enqueued:.3f} s")
+              f"{waited:.3f} s")
     # The reconnect's back-off (0.1 s) and a claim series, not the 3 s poll interval.
-    assert started - enqueued < 1.5
+    assert waited < 1.5
 
 
 def test_killed_engines_limit_keys_are_given_back_by_the_rescue(
