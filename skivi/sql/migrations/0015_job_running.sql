@@ -22,10 +22,11 @@
 -- a waiting one (the key was given to a new job while it ran: Graphile Worker's semantics),
 -- and gives it up if it has to wait again.
 --
--- Upgrading: stop the engines of the previous version first. Their claims and completions go
--- through the functions below, but their failures and releases are statements of their own
--- that would find no row to update: those jobs would wait for the rescue once the engine
--- stops.
+-- Safe to apply while engines of the previous version run, with one delay: their claims and
+-- completions go through the functions below, but their failures and releases are
+-- statements of their own that find no row in job (the row is in job_running now), so such
+-- a job stays claimed until its engine stops; the rescue then makes it runnable again (its
+-- attempt spent). Nothing is lost; upgrade the fleet without waiting long between.
 
 create table {schema}.job_running (
     like {schema}.job including defaults including constraints including storage
