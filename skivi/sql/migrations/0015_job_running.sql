@@ -405,8 +405,13 @@ as $$
         attempts, max_attempts, last_error, key, flags, created_at)
     select m.id, m.task_identifier, m.queue_name, m.payload, m.priority, now(), 0,
         m.max_attempts, m.last_error,
-        case when exists (select 1 from {schema}.job j where j.key = m.key)
-                  or exists (select 1 from {schema}.job_running r where r.key = m.key)
+        -- key is not null: the partial key indexes' predicate, so each look is an
+        -- index probe, not a scan per row.
+        case when m.key is not null
+                  and (exists (select 1 from {schema}.job j
+                               where j.key = m.key and j.key is not null)
+                       or exists (select 1 from {schema}.job_running r
+                                  where r.key = m.key and r.key is not null))
              then null else m.key end,
         m.flags, m.created_at
     from moved m, queues

@@ -50,7 +50,11 @@ with u as materialized (
            b.priority, now() + make_interval(secs => b.delay), b.attempts, b.max_attempts,
            b.error,
            -- Its key went to a new job while it ran: it waits without one.
-           case when exists (select from {schema}.job w where w.key = b.key) then null
+           -- (w.key is not null: the partial job_key_idx's predicate, so
+           -- the look is an index probe, not a scan of job per row)
+           case when b.key is not null
+                     and exists (select from {schema}.job w
+                                 where w.key = b.key and w.key is not null) then null
                 else b.key end,
            b.flags, b.lease, b.created_at, now(), b.created_by
     from back b

@@ -19,7 +19,10 @@ with back as (
         created_by)
     select b.id, b.task_identifier, b.queue_name, b.payload, b.priority, b.run_at,
            greatest(b.attempts - 1, 0), b.max_attempts, b.last_error,
-           case when exists (select from {schema}.job w where w.key = b.key) then null
+           -- (w.key is not null: see job_fail_many.sql)
+           case when b.key is not null
+                     and exists (select from {schema}.job w
+                                 where w.key = b.key and w.key is not null) then null
                 else b.key end,
            b.flags, b.lease, b.created_at, b.updated_at, b.created_by
     from back b

@@ -59,7 +59,10 @@ with dead_rows as (
     select b.id, b.task_identifier, b.queue_name, b.payload, b.priority, b.run_at,
            b.attempts, b.max_attempts,
            'engine ' || b.locked_by || ' was lost while this job ran',
-           case when exists (select from {schema}.job w where w.key = b.key) then null
+           -- (w.key is not null: see job_fail_many.sql)
+           case when b.key is not null
+                     and exists (select from {schema}.job w
+                                 where w.key = b.key and w.key is not null) then null
                 else b.key end,
            b.flags, b.lease, b.created_at, now(), b.created_by
     from back b
