@@ -3,5 +3,4 @@
 --
 -- Parameters: %(backlog_task)s (the backlog jobs' task identifier).
 -- Returns nothing.
-with waiting as (delete from {schema}.job where task_identifier <> %(backlog_task)s)
-delete from {schema}.job_running where task_identifier <> %(backlog_task)s;
+delete from {schema}.job where task_identifier <> %(backlog_task)s;
