@@ -3,4 +3,4 @@
 --
 -- Parameters: none.
 -- Returns one row: count.
-select count(*) from {schema}.job;
+select count(*) from {schema}.job_live;

@@ -4,4 +4,4 @@
 --
 -- Parameters: %(backlog_task)s (the backlog jobs' task identifier).
 -- Returns one row: count.
-select count(*) from {schema}.job where task_identifier <> %(backlog_task)s;
+select count(*) from {schema}.job_live where task_identifier <> %(backlog_task)s;

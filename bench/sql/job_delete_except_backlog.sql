@@ -3,4 +3,5 @@
 --
 -- Parameters: %(backlog_task)s (the backlog jobs' task identifier).
 -- Returns nothing.
-delete from {schema}.job where task_identifier <> %(backlog_task)s;
+with waiting as (delete from {schema}.job where task_identifier <> %(backlog_task)s)
+delete from {schema}.job_running where task_identifier <> %(backlog_task)s;

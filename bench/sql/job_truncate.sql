@@ -2,4 +2,4 @@
 --
 -- Parameters: none.
 -- Returns nothing.
-truncate {schema}.job;
+truncate {schema}.job, {schema}.job_running;

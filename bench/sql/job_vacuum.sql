@@ -6,4 +6,4 @@
 --
 -- Parameters: none.
 -- Returns nothing.
-vacuum (analyze) {schema}.job;
+vacuum (analyze) {schema}.job, {schema}.job_running;

@@ -108,7 +108,7 @@ class JobFilter:
 
     @property
     def locked(self) -> bool | None:
-        """The filter job_locked_idx serves: the claimed states, or the others."""
+        """The filter job_live splits on (job_running): the claimed states, or the others."""
         if self.state is None:
             return None
         return self.state in ("running", "claimed")
@@ -253,7 +253,7 @@ class Store:
                           False)
         waiting, scheduled, failed = _estimates(
             await dashboard_job_estimate.run_async(conn, self.q))
-        # The claimed states are exact (job_locked_idx holds only what engines hold) unless
+        # The claimed states are exact (job_running holds only what engines hold) unless
         # their own cap was reached, which the estimates cannot help with.
         return Counts(max(waiting, row.waiting), max(scheduled, row.scheduled),
                       max(failed, row.failed), row.running, row.claimed, True)

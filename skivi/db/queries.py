@@ -678,7 +678,10 @@ class CancelledRow(NamedTuple):
     cancelled_by: str | None
 
 
-@statement
+# Not prepared: it finds its rows in job_running by id, and a generic plan made while
+# job_running was nearly empty scans the whole table ever after (see complete_claims,
+# migration 0015); planned each time it fits the table's size then.
+@statement(prepare=False)
 def job_cancel_many(*, engine: int, ids: list[int], leases: list[int],
                     errors: list[str | None], tracebacks: list[str | None]
                     ) -> list[CancelledRow]:
@@ -805,7 +808,8 @@ FAILED_RUN_AT: Final = 5
 FAILED_REASON: Final = 6
 
 
-@statement
+# Not prepared, as job_cancel_many (it finds its rows in job_running by id).
+@statement(prepare=False)
 def job_fail_many(*, engine: int, ids: list[int], leases: list[int], errors: list[str | None],
                   delays: list[float], finals: list[str | None], payloads: list[str | None],
                   attempts: list[int | None], tracebacks: list[str | None]
@@ -941,7 +945,8 @@ def job_queue_prune(*, batch: int) -> int:
     """Remove up to ``batch`` rows of serial queues without jobs; how many."""
 
 
-@statement
+# Not prepared, as job_cancel_many (it finds its rows in job_running by id).
+@statement(prepare=False)
 def job_release_many(*, engine: int, ids: BigintArray, leases: BigintArray) -> list[int]:
     """Give back unstarted claims (pairwise ``ids``, ``leases``); the ids released."""
 

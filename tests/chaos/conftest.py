@@ -67,13 +67,20 @@ create table chaos_ledger.engine (
     at  timestamptz not null default clock_timestamp()
 );
 
+-- A job's row leaves the live tables for good: deleted from job or job_running and, once
+-- the statement is done (an AFTER trigger fires then and sees all of it), in neither. A
+-- claim (job -> job_running) and a retry, release or rescue (job_running -> job) are moves.
 create function chaos_ledger.on_job_delete() returns trigger language plpgsql as $$
 begin
-    insert into chaos_ledger.final (job_id, attempts, locked_by)
-    values (old.id, old.attempts, old.locked_by);
+    if not exists (select from skivi.job_live l where l.id = old.id) then
+        insert into chaos_ledger.final (job_id, attempts, locked_by)
+        values (old.id, old.attempts, old.locked_by);
+    end if;
     return old;
 end $$;
 create trigger chaos_final after delete on skivi.job
+    for each row execute function chaos_ledger.on_job_delete();
+create trigger chaos_final after delete on skivi.job_running
     for each row execute function chaos_ledger.on_job_delete();
 
 create function chaos_ledger.on_history_insert() returns trigger language plpgsql as $$

@@ -244,7 +244,7 @@ class Injector:
         deadline = time.monotonic() + 5.0
         while not busy and time.monotonic() < deadline:
             busy = [r for r in self.query(
-                "select en.pid from skivi.job j join skivi.engine en on en.id = j.locked_by "
+                "select en.pid from skivi.job_live j join skivi.engine en on en.id = j.locked_by "
                 "join chaos_ledger.exec x on x.job_id = j.id and x.ppid = en.pid "
                 "and x.attempt = j.attempts") if r[0] in by_pid]
             if not busy:
@@ -431,7 +431,7 @@ def judge(url: str, faults: list[Fault]) -> Verdict:
         history = {r[0]: (r[1], r[2], r[3]) for r in c.execute(
             "select id, outcome, reason, task_identifier from skivi.job_history")}
         v.left_in_table, v.left_locked = c.execute(
-            "select count(*), count(locked_by) from skivi.job").fetchone()  # type: ignore[misc]
+            "select count(*), count(locked_by) from skivi.job_live").fetchone()  # type: ignore[misc]
         engine_ids: dict[int, set[int]] = collections.defaultdict(set)
         for eid, pid in c.execute("select id, pid from chaos_ledger.engine"):
             engine_ids[pid].add(eid)
@@ -607,13 +607,13 @@ def stuck_state(url: str) -> str:
             select c.job_id, j.task_identifier, j.queue_name, j.locked_by, j.lease,
                    j.attempts, j.max_attempts, j.run_at - now() as runnable_in,
                    left(j.last_error, 120)
-            from chaos_ledger.committed c left join skivi.job j on j.id = c.job_id
+            from chaos_ledger.committed c left join skivi.job_live j on j.id = c.job_id
             where not exists (select 1 from chaos_ledger.final f where f.job_id = c.job_id)
             order by c.job_id limit 20""",
         "jobs left in skivi.job": """
             select id, task_identifier, queue_name, locked_by, lease, attempts, max_attempts,
                    run_at - now(), left(last_error, 120)
-            from skivi.job order by id limit 20""",
+            from skivi.job_live order by id limit 20""",
         "serial queues held": "select * from skivi.job_queue where job_id is not null "
                               "or locked_by is not null limit 20",
         "engines": "select id, pid, heartbeat_at, stopping, in_flight from skivi.engine",
@@ -686,7 +686,7 @@ def test_every_job_reaches_one_final_state_and_repeats_are_explained_when_faults
         produced_at = time.monotonic()
 
         def drained() -> bool:
-            left = _query(url, "select count(*) from skivi.job")[0][0]
+            left = _query(url, "select count(*) from skivi.job_live")[0][0]
             missing = _query(url, "select count(*) from chaos_ledger.committed c where not "
                                   "exists (select 1 from chaos_ledger.final f "
                                   "where f.job_id = c.job_id)")[0][0]

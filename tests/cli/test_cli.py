@@ -63,7 +63,8 @@ def snapshot(url: str) -> list[Any]:
 
 def job_row(url: str, job_id: int) -> dict[str, Any] | None:
     with connect(url) as c:
-        row = c.execute("select to_jsonb(j) from skivi.job j where id = %s", [job_id]).fetchone()
+        row = c.execute("select to_jsonb(j) from skivi.job_live j where id = "
+                        "%s", [job_id]).fetchone()
     return None if row is None else dict(row[0])
 
 

@@ -47,7 +47,7 @@ def _csrf(client: TestClient, path: str = "/jobs") -> str:
 
 def _in_queue(url: str, job_id: int) -> bool:
     with psycopg.connect(url, autocommit=True) as conn:
-        return conn.execute("select 1 from skivi.job where id = %s", [job_id]).fetchone() \
+        return conn.execute("select 1 from skivi.job_live where id = %s", [job_id]).fetchone() \
             is not None
 
 
@@ -215,7 +215,7 @@ def test_selected_jobs_are_rescheduled_and_the_rest_untouched_when_ticked(
         assert "no job selected" in nothing.text
     with psycopg.connect(dash_url, autocommit=True) as conn:
         rows = dict(conn.execute(
-            "select id, run_at = '2099-05-01T10:00:00Z' from skivi.job where id = any(%s)",
+            "select id, run_at = '2099-05-01T10:00:00Z' from skivi.job_live where id = any(%s)",
             [seeded.waiting]).fetchall())
     assert rows == {ticked[0]: True, ticked[1]: True, seeded.waiting[2]: False}
 
@@ -277,7 +277,7 @@ def test_cancel_action_cancels_a_waiting_job_and_asks_a_running_ones_engine_when
                              "where id = %s", [running]).fetchone()
         assert asked == ("alice", "not needed")
         # Leave the module's database as the other tests expect it.
-        conn.execute("delete from skivi.job where id = %s", [running])
+        conn.execute("delete from skivi.job_running where id = %s", [running])
         conn.execute("delete from skivi.job_cancel where id = %s", [running])
         conn.execute("delete from skivi.engine where id = %s", [engine])
 

@@ -85,7 +85,7 @@ def _job_state(url: str, job_id: int) -> str | None:
             "select case when locked_by is not null then 'claimed'"
             " when attempts > 0 and last_error is not null then 'failed'"
             " when run_at > now() then 'scheduled' else 'waiting' end"
-            " from skivi.job where id = %s", [job_id]).fetchone()
+            " from skivi.job_live where id = %s", [job_id]).fetchone()
     return None if row is None else str(row[0])
 
 

@@ -58,7 +58,8 @@ create table skivi.job (
     constraint job_max_attempts_check CHECK ((max_attempts >= 1)),
     constraint job_pkey PRIMARY KEY (id),
     constraint job_queue_name_check CHECK (((length(queue_name) >= 1) AND (length(queue_name) <= 128))),
-    constraint job_task_identifier_check CHECK (((length(task_identifier) >= 1) AND (length(task_identifier) <= 128)))
+    constraint job_task_identifier_check CHECK (((length(task_identifier) >= 1) AND (length(task_identifier) <= 128))),
+    constraint job_waiting_check CHECK ((locked_by IS NULL))
 ) with (autovacuum_vacuum_scale_factor=0.01, autovacuum_vacuum_threshold=1000, autovacuum_analyze_scale_factor=0.02, autovacuum_vacuum_cost_limit=2000, fillfactor=80);
 
 create table skivi.job_cancel (
@@ -109,6 +110,45 @@ create table skivi.job_limit (
     constraint job_limit_tasks_check CHECK ((cardinality(tasks) >= 1))
 );
 
+create view skivi.job_live as
+ SELECT job.id,
+    job.task_identifier,
+    job.queue_name,
+    job.payload,
+    job.priority,
+    job.run_at,
+    job.attempts,
+    job.max_attempts,
+    job.last_error,
+    job.key,
+    job.flags,
+    job.locked_by,
+    job.locked_at,
+    job.lease,
+    job.created_at,
+    job.updated_at,
+    job.created_by
+   FROM skivi.job
+UNION ALL
+ SELECT job_running.id,
+    job_running.task_identifier,
+    job_running.queue_name,
+    job_running.payload,
+    job_running.priority,
+    job_running.run_at,
+    job_running.attempts,
+    job_running.max_attempts,
+    job_running.last_error,
+    job_running.key,
+    job_running.flags,
+    job_running.locked_by,
+    job_running.locked_at,
+    job_running.lease,
+    job_running.created_at,
+    job_running.updated_at,
+    job_running.created_by
+   FROM skivi.job_running;
+
 create table skivi.job_queue (
     queue_name text not null,
     job_id bigint,
@@ -128,6 +168,34 @@ create table skivi.job_result (
     constraint job_result_outcome_check CHECK ((outcome = ANY (ARRAY['completed'::text, 'exhausted'::text]))),
     constraint job_result_pkey PRIMARY KEY (id)
 );
+
+create table skivi.job_running (
+    id bigint not null default nextval('skivi.job_id_seq'::regclass),
+    task_identifier text not null,
+    queue_name text,
+    payload jsonb not null default '{}'::jsonb,
+    priority smallint not null default 0,
+    run_at timestamp with time zone not null default now(),
+    attempts integer not null default 0,
+    max_attempts integer not null default 25,
+    last_error text,
+    key text,
+    flags text[],
+    locked_by bigint,
+    locked_at timestamp with time zone,
+    lease bigint not null default 0,
+    created_at timestamp with time zone not null default now(),
+    updated_at timestamp with time zone not null default now(),
+    created_by oid,
+    constraint job_attempts_check CHECK ((attempts >= 0)),
+    constraint job_key_check CHECK (((length(key) >= 1) AND (length(key) <= 512))),
+    constraint job_locked_check CHECK (((locked_by IS NULL) = (locked_at IS NULL))),
+    constraint job_max_attempts_check CHECK ((max_attempts >= 1)),
+    constraint job_queue_name_check CHECK (((length(queue_name) >= 1) AND (length(queue_name) <= 128))),
+    constraint job_running_claimed_check CHECK ((locked_by IS NOT NULL)),
+    constraint job_running_pkey PRIMARY KEY (id),
+    constraint job_task_identifier_check CHECK (((length(task_identifier) >= 1) AND (length(task_identifier) <= 128)))
+) with (fillfactor=100, autovacuum_vacuum_scale_factor=0, autovacuum_vacuum_threshold=5000, autovacuum_vacuum_insert_threshold=-1, autovacuum_vacuum_cost_limit=2000);
 
 create table skivi.job_traceback (
     id bigint not null,
@@ -176,7 +244,6 @@ CREATE UNIQUE INDEX cron_pkey ON skivi.cron USING btree (identifier);
 CREATE UNIQUE INDEX engine_pkey ON skivi.engine USING btree (id);
 CREATE INDEX job_claim_idx ON skivi.job USING btree (priority, run_at, id) WHERE ((locked_by IS NULL) AND (queue_name IS NULL));
 CREATE UNIQUE INDEX job_key_idx ON skivi.job USING btree (key) WHERE (key IS NOT NULL);
-CREATE INDEX job_locked_idx ON skivi.job USING btree (locked_at) WHERE (locked_by IS NOT NULL);
 CREATE UNIQUE INDEX job_pkey ON skivi.job USING btree (id);
 CREATE INDEX job_queue_claim_idx ON skivi.job USING btree (queue_name, priority, run_at, id) WHERE ((locked_by IS NULL) AND (queue_name IS NOT NULL));
 CREATE UNIQUE INDEX job_cancel_pkey ON skivi.job_cancel USING btree (id);
@@ -186,6 +253,8 @@ CREATE UNIQUE INDEX job_limit_pkey ON skivi.job_limit USING btree (name);
 CREATE UNIQUE INDEX job_queue_pkey ON skivi.job_queue USING btree (queue_name);
 CREATE INDEX job_result_finished_at_idx ON skivi.job_result USING btree (finished_at);
 CREATE UNIQUE INDEX job_result_pkey ON skivi.job_result USING btree (id);
+CREATE INDEX job_running_key_idx ON skivi.job_running USING btree (key) WHERE (key IS NOT NULL);
+CREATE UNIQUE INDEX job_running_pkey ON skivi.job_running USING btree (id);
 CREATE UNIQUE INDEX job_traceback_pkey ON skivi.job_traceback USING btree (id);
 CREATE UNIQUE INDEX limit_key_pkey ON skivi.limit_key USING btree (limit_name, key);
 CREATE UNIQUE INDEX limits_pkey ON skivi.limits USING btree (only_row);
@@ -200,15 +269,15 @@ CREATE UNIQUE INDEX pause_pkey ON skivi.pause USING btree (kind, name);
 -- function skivi.add_jobs(specs jsonb) returns TABLE(ord bigint, outcome text, id bigint, task_identifier text, queue_name text, payload jsonb, priority smallint, run_at timestamp with time zone, attempts integer, max_attempts integer, last_error text, key text, flags text[], locked_by bigint, locked_at timestamp with time zone, lease bigint, created_at timestamp with time zone, updated_at timestamp with time zone)
 --     language plpgsql volatile security definer; body 2bbfd8b5bcfefda91dd620fef0349e87
 -- function skivi.add_keyed_job(p_task text, p_payload jsonb, p_queue_name text, p_run_at timestamp with time zone, p_max_attempts integer, p_priority smallint, p_flags text[], p_job_key text, p_job_key_mode text, OUT job skivi.job, OUT outcome text) returns record
---     language plpgsql volatile security definer; body 97968091cf4d0b9342ff2c93f60b5693
+--     language plpgsql volatile security definer; body fa3fd206289d99fc88edc65832d39886
 -- function skivi.cancel_jobs(job_ids bigint[], reason text, cancelled_by text) returns TABLE(id bigint, result text, locked_by bigint)
---     language sql volatile; body da0d4dfd8744172fd8c4232936d4957d
+--     language sql volatile; body 5ade5e2aeef6f0fe8883f47c0737727a
 -- function skivi.check_specs(specs jsonb) returns void
 --     language plpgsql stable; body a4c67871b5405bdad6114a872b0aeebc
 -- function skivi.claim_jobs(p_engine bigint, p_limit integer, p_serial_limit integer, p_max_bytes bigint, p_tasks text[], p_forbidden text[], p_queues text[], p_paused_queues text[], p_paused_tasks text[], p_lock_timeout text, OUT id bigint, OUT lease bigint, OUT message text, OUT task_identifier text, OUT cut boolean) returns SETOF record
---     language plpgsql volatile; body 5d713c36c615109e59f8843559193357
+--     language plpgsql volatile; body d00178b6e2b2a33879f07a1b2aa43aba
 -- function skivi.complete_claims(p_engine bigint, p_ids bigint[], p_leases bigint[], p_history boolean, p_lock_timeout text, OUT id bigint, OUT lease bigint) returns SETOF record
---     language plpgsql volatile; body 0cbd0235dd39fb28513934ca01f8cfd6
+--     language plpgsql volatile; body a300187c0b47aa42c759d977d01b760e
 -- function skivi.complete_jobs(job_ids bigint[]) returns SETOF skivi.job
 --     language sql volatile; body 4d4aa24367a024e5785968bcc8a09e57
 -- function skivi.hold_queues(names text[]) returns void
@@ -226,7 +295,7 @@ CREATE UNIQUE INDEX pause_pkey ON skivi.pause USING btree (kind, name);
 -- function skivi.refuse_specs(specs jsonb) returns text
 --     language plpgsql volatile; body 414f1a2f8ef4f3bc439f0ab693918977
 -- function skivi.remove_job(job_key text) returns SETOF skivi.job
---     language sql volatile; body 24f7907295ec4bd012f3817eb795d975
+--     language sql volatile; body 53d49aaf58cfee86f5e48356f625d551
 -- function skivi.reschedule_jobs(job_ids bigint[], run_at timestamp with time zone, priority integer, attempts integer, max_attempts integer) returns SETOF skivi.job
 --     language sql volatile; body 6a4a110617d29bb78d5f7125a82b8d3a
 -- function skivi.resume_queue(queue_name text) returns boolean
@@ -234,6 +303,6 @@ CREATE UNIQUE INDEX pause_pkey ON skivi.pause USING btree (kind, name);
 -- function skivi.resume_task(task_identifier text) returns boolean
 --     language sql volatile; body eeeecb3e0b87b51b2622526b7f42ca78
 -- function skivi.retry_jobs(job_ids bigint[]) returns SETOF skivi.job
---     language sql volatile; body 5e25aa9b6added31254a927e738547d2
+--     language sql volatile; body e3b4662a8010eb92d0e41c6919cf9cdb
 -- function skivi.set_paused(p_kind text, p_name text, p_paused boolean) returns boolean
 --     language sql volatile; body 12dae9475ca6aa72bebc9586658469d7

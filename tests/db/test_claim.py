@@ -41,7 +41,7 @@ def test_claim_gives_up_after_its_lock_timeout_and_leaves_the_session_as_it_was(
         after = claimer.execute("select current_setting('lock_timeout'), "
                                 "current_setting('plan_cache_mode')").fetchone()
         assert after == before
-        assert blocker.execute(f"select locked_by from {SCHEMA}.job where id = %s",
+        assert blocker.execute(f"select locked_by from {SCHEMA}.job_running where id = %s",
                                [job]).fetchone() == (1,)
 
 
@@ -58,7 +58,8 @@ def test_completion_gives_up_after_its_lock_timeout_and_leaves_the_session_as_it
                                 "current_setting('plan_cache_mode')").fetchone()
         # An operator's transaction holding one of the rows: the flush must not wait on it
         # for ever (the heartbeat shares the connection); the flush is retried later.
-        blocker.execute(f"select 1 from {SCHEMA}.job where id = %s for update", [jobs[0]])
+        blocker.execute(f"select 1 from {SCHEMA}.job_running where id = %s for update",
+                        [jobs[0]])
         started = time.monotonic()
         with pytest.raises(psycopg.errors.LockNotAvailable):
             job_complete_many.run(engine, q, engine=1, ids=_array(claims),
@@ -67,7 +68,7 @@ def test_completion_gives_up_after_its_lock_timeout_and_leaves_the_session_as_it
         waited = time.monotonic() - started
         assert 0.25 <= waited < 5.0, f"the completion waited {waited:.2f}s on a 300 ms timeout"
         # Nothing was done: one statement, all or nothing.
-        assert engine.execute(f"select count(*) from {SCHEMA}.job").fetchone() == (2,)
+        assert engine.execute(f"select count(*) from {SCHEMA}.job_running").fetchone() == (2,)
         blocker.rollback()
         done = job_complete_many.run(engine, q, engine=1, ids=_array(claims),
                                      leases=_array(claims.values()), history=True,

@@ -115,7 +115,7 @@ def run(system: skivi.System, entries: Sequence[CronEntry], clock: FakeClock, *,
 def cron_jobs(db: Database) -> list[dict[str, Any]]:
     """Every job, in id order, with its tick and backfill flag taken from the payload."""
     rows = fetch(db, "select id, task_identifier, payload, queue_name, priority, max_attempts,"
-                     " run_at, key from skivi.job order by id")
+                     " run_at, key from skivi.job_live order by id")
     return [{"id": r[0], "task": r[1], "payload": r[2], "queue_name": r[3], "priority": r[4],
              "max_attempts": r[5], "run_at": r[6], "key": r[7],
              "ts": dt.datetime.fromisoformat(r[2]["_cron"]["ts"]),
@@ -285,9 +285,13 @@ def test_tick_is_skipped_when_previous_run_is_still_queued_or_running(
         ts = event["data"]["ts"]
         with connect(database) as c:
             if ts == "2024-01-01T00:02:00Z":
-                c.execute("update skivi.job set locked_by = 1, locked_at = now()")
+                # Claimed, as a claim does it: moved to job_running.
+                c.execute("with m as (delete from skivi.job returning *) "
+                          "insert into skivi.job_running select id, task_identifier, queue_name, "
+                          "payload, priority, run_at, attempts, max_attempts, last_error, key, "
+                          "flags, 1, now(), lease, created_at, updated_at, created_by from m")
             elif ts == "2024-01-01T00:03:00Z":
-                c.execute("delete from skivi.job")
+                c.execute("delete from skivi.job_running")
 
     events = run(system, entries, FakeClock(T0, until=T0 + 5 * MINUTE), on_fired=worker)
     data = [e["data"] for e in events]

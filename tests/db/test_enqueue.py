@@ -34,7 +34,7 @@ UTC = dt.UTC
 
 
 def count_jobs(db: Database, where: str = "true") -> int:
-    return int(fetch(db, f"select count(*) from skivi.job where {where}")[0][0])
+    return int(fetch(db, f"select count(*) from skivi.job_live where {where}")[0][0])
 
 
 def claim(db: Database, limit: int = 100, engine: int = 1, **filters: Any) -> list[int]:
@@ -54,7 +54,7 @@ def test_add_job_returns_the_stored_job_when_called_without_start(system: skivi.
     assert job.attempts == 0 and job.max_attempts == 25 and job.priority == 0
     assert job.outcome is skivi.EnqueueOutcome.INSERTED
     with connect(database) as c:
-        row = c.execute("select payload, task_identifier from skivi.job where id = %s",
+        row = c.execute("select payload, task_identifier from skivi.job_live where id = %s",
                         (job.id,)).fetchone()
     assert row == ({"to": "user@example.com", "subject": "Hello"}, "send-email")
 
@@ -72,7 +72,7 @@ def test_a_lone_add_job_stores_what_a_batch_of_one_stores_when_every_option_is_g
     assert system.client.insert_one is True
     columns = ("task_identifier, queue_name, payload, priority, run_at, attempts, "
                "max_attempts, key, flags, locked_by")
-    rows = {r[0]: r[1:] for r in fetch(database, f"select id, {columns} from skivi.job")}
+    rows = {r[0]: r[1:] for r in fetch(database, f"select id, {columns} from skivi.job_live")}
     assert rows[lone.id] == rows[pair[0].id] == (
         "t", "q1", {"x": 1}, -2, at, 0, 3, None, ["a", "b"], None)
     # What add_job returns is what was stored, as for a batch.
@@ -80,7 +80,7 @@ def test_a_lone_add_job_stores_what_a_batch_of_one_stores_when_every_option_is_g
         assert (job.queue_name, job.run_at, job.max_attempts, job.priority, job.flags) == (
             "q1", at, 3, -2, ("a", "b"))
     plain = skivi.add_job(system, "v")
-    stored = fetch(database, "select run_at, created_at, payload from skivi.job where id = %s",
+    stored = fetch(database, "select run_at, created_at, payload from skivi.job_live where id = %s",
                    plain.id)[0]
     assert (plain.run_at, plain.created_at, plain.payload) == stored
     # The serial queue got its row, as insert_jobs gives it.
@@ -97,7 +97,7 @@ def test_a_lone_add_job_enqueues_through_insert_jobs_when_the_schema_lacks_inser
     job = skivi.add_job(system, "t", {"x": 1})
     assert system.client.insert_one is False
     again = asyncio.run(skivi.add_job_async(system, "t", {"x": 2}))
-    assert fetch(database, "select id, payload from skivi.job order by id") == [
+    assert fetch(database, "select id, payload from skivi.job_live order by id") == [
         (job.id, {"x": 1}), (again.id, {"x": 2})]
 
 
@@ -108,7 +108,7 @@ def test_add_job_commits_with_the_callers_transaction_when_given_conn(
         conn.execute("insert into users values ('ada')")
         job = skivi.add_job(system, "send-email", {"to": "ada@example.com"}, conn=conn)
         with connect(database) as other:  # not visible before commit
-            assert other.execute("select count(*) from skivi.job").fetchone() == (0,)
+            assert other.execute("select count(*) from skivi.job_live").fetchone() == (0,)
     assert count_jobs(database, f"id = {job.id}") == 1
 
 
@@ -201,7 +201,8 @@ def test_job_key_unsafe_dedupe_keeps_the_existing_job_when_the_key_exists(
     assert second.payload is None
     assert count_jobs(database) == 1
     with connect(database) as c:
-        stored = c.execute("select payload from skivi.job where id = %s", [first.id]).fetchone()
+        stored = c.execute("select payload from skivi.job_live where id = "
+                           "%s", [first.id]).fetchone()
     assert stored == ({"v": 1},)
 
 
@@ -212,7 +213,7 @@ def test_job_key_concatenates_array_payloads_when_both_are_arrays(
     # Stored appended; returned without the items the caller did not send.
     assert job.id == first.id and job.payload is None
     with connect(database) as c:
-        stored = c.execute("select payload from skivi.job where id = %s", [job.id]).fetchone()
+        stored = c.execute("select payload from skivi.job_live where id = %s", [job.id]).fetchone()
     assert stored == ([1, 2, 3],)
 
 
@@ -223,7 +224,7 @@ def test_job_key_replace_adds_a_new_job_when_the_keyed_job_is_running(
     fresh = skivi.add_job(system, "t", {"v": 2}, job_key="k")
     assert fresh.id != running.id and fresh.outcome is skivi.EnqueueOutcome.INSERTED
     with connect(database) as c:
-        old = c.execute("select key, attempts, max_attempts from skivi.job where id = %s",
+        old = c.execute("select key, attempts, max_attempts from skivi.job_live where id = %s",
                         (running.id,)).fetchone()
     assert old is not None and old[0] is None and old[1] == old[2]  # never retried
 
@@ -280,7 +281,7 @@ def test_claim_takes_one_job_per_serial_queue_when_prefetching(
     assert sorted(claim(conn, limit=500)) == sorted([q1[0].id, q2.id, free.id])
     # q1's head is in flight: nothing more from q1, even for another engine.
     assert claim(conn, limit=500, engine=2) == []
-    lease = conn.execute("select lease from skivi.job where id = %s", (q1[0].id,)).fetchone()
+    lease = conn.execute("select lease from skivi.job_live where id = %s", (q1[0].id,)).fetchone()
     assert lease is not None
     done = job_complete_many.run(conn, conn_system.queries, engine=1, ids=[q1[0].id],
                                  leases=[lease[0]], history=False)
@@ -336,7 +337,7 @@ def test_sql_admin_functions_change_pending_jobs_when_called(
     conn.execute("select skivi.add_job('t', job_key => 'rm')")
     removed = conn.execute("select id from skivi.remove_job('rm')").fetchall()
     assert len(removed) == 1
-    left = conn.execute("select id, priority from skivi.job order by id").fetchall()
+    left = conn.execute("select id, priority from skivi.job_live order by id").fetchall()
     assert left == [(ids[2], 3), (ids[3], 0)]
     hist = conn.execute("select id, outcome, reason, last_error, attempts, max_attempts "
                         "from skivi.job_history").fetchall()
@@ -437,7 +438,7 @@ def test_returned_jobs_equal_the_stored_rows_when_enqueued(system: skivi.System,
         rows = c.execute(
             "select id, task_identifier, payload, queue_name, priority, run_at, attempts, "
             "max_attempts, last_error, key, coalesce(flags, '{}'), locked_by, locked_at, lease, "
-            "created_at, updated_at from skivi.job order by id").fetchall()
+            "created_at, updated_at from skivi.job_live order by id").fetchall()
     stored = [(*r[:10], tuple(r[10]), *r[11:]) for r in rows]
     returned = [(j.id, j.task_identifier, j.payload, j.queue_name, j.priority, j.run_at,
                  j.attempts, j.max_attempts, j.last_error, j.key, j.flags, j.locked_by,
@@ -647,7 +648,7 @@ def test_empty_queue_rows_are_pruned_and_come_back_with_the_next_job(
     assert len(ids) == 50
     assert prune_queues(database) == 0  # every queue has a running job
     with connect(database) as c:
-        c.execute("delete from skivi.job")
+        c.execute("delete from skivi.job_running")
         c.execute("update skivi.job_queue set job_id = null, locked_by = null, "
                   "locked_at = null")
     assert prune_queues(database, batch=30) == 30
@@ -707,7 +708,7 @@ def test_bulk_add_jobs_of_plain_specs_stores_every_payload_as_given(
     payloads[CHUNK_SIZE + 5] = {"i": CHUNK_SIZE + 5, "none": None, "q": 'say "hi"\n',
                                 "u": "żółw", "when": dt.datetime(2026, 1, 2, tzinfo=dt.UTC)}
     jobs = skivi.add_jobs(system, [{"task": "bulk", "payload": p} for p in payloads])
-    stored = dict(fetch(database, f"select id, payload from {SCHEMA}.job"))
+    stored = dict(fetch(database, f"select id, payload from {SCHEMA}.job_live"))
     assert len(stored) == n
     expected = [dict(p, when="2026-01-02T00:00:00+00:00") if "when" in p else p
                 for p in payloads]
@@ -733,7 +734,7 @@ def test_bulk_add_jobs_sends_plain_dicts_as_given_in_either_key_order(
     mixed[CHUNK_SIZE + 1] = {"task": "bare"}
     mixed[CHUNK_SIZE + 2] = {"task": "none", "payload": None}
     jobs = skivi.add_jobs(system, mixed)
-    stored = dict(fetch(database, f"select id, payload from {SCHEMA}.job"))
+    stored = dict(fetch(database, f"select id, payload from {SCHEMA}.job_live"))
     expected = [{} if i in (CHUNK_SIZE + 1, CHUNK_SIZE + 2) else {"i": i} for i in range(n)]
     assert [j.payload for j in jobs] == expected
     assert [stored[j.id] for j in jobs] == expected
@@ -750,7 +751,7 @@ def test_bulk_add_jobs_mixing_plain_and_full_specs_keeps_the_order(
     jobs = skivi.add_jobs(system, specs)
     assert [j.payload["i"] for j in jobs] == [*range(CHUNK_SIZE + 3), -1]
     assert jobs[-1].task_identifier == "later" and jobs[-1].priority == 5
-    assert fetch(database, f"select count(*) from {SCHEMA}.job") == [(CHUNK_SIZE + 4,)]
+    assert fetch(database, f"select count(*) from {SCHEMA}.job_live") == [(CHUNK_SIZE + 4,)]
 
 
 @pytest.mark.parametrize(("specs", "match"), [
@@ -768,5 +769,5 @@ def test_insert_jobs_refuses_a_bad_spec_in_its_one_pass_and_writes_nothing(
     with connect(database) as c:
         with pytest.raises(psycopg.errors.InvalidParameterValue, match=match):
             c.execute(f"select * from {SCHEMA}.insert_jobs(%s::jsonb)", [specs])
-        assert c.execute(f"select count(*) from {SCHEMA}.job").fetchone() == (0,)
+        assert c.execute(f"select count(*) from {SCHEMA}.job_live").fetchone() == (0,)
         assert c.execute(f"select count(*) from {SCHEMA}.job_queue").fetchone() == (0,)

@@ -18,13 +18,13 @@ from tests.support.db import SCHEMA, connect, rolled_back
 def test_database_is_a_fresh_migrated_clone(database: str) -> None:
     with connect(database) as c:
         assert pending_migrations(c, SCHEMA) == []
-        assert c.execute("select count(*) from skivi.job").fetchone() == (0,)
+        assert c.execute("select count(*) from skivi.job_live").fetchone() == (0,)
         c.execute("select skivi.add_job('left-behind')")
 
 
 def test_databases_are_not_shared_between_tests(database: str) -> None:
     with connect(database) as c:
-        assert c.execute("select count(*) from skivi.job").fetchone() == (0,)
+        assert c.execute("select count(*) from skivi.job_live").fetchone() == (0,)
 
 
 def test_conn_is_inside_a_transaction(conn: psycopg.Connection[Any]) -> None:
@@ -38,7 +38,7 @@ def test_conn_is_inside_a_transaction(conn: psycopg.Connection[Any]) -> None:
 def test_conn_sees_a_migrated_database_without_rows_when_an_earlier_test_wrote(
         conn: psycopg.Connection[Any]) -> None:
     assert pending_migrations(conn, SCHEMA) == []
-    assert conn.execute("select count(*) from skivi.job").fetchone() == (0,)
+    assert conn.execute("select count(*) from skivi.job_live").fetchone() == (0,)
 
 
 def test_rolled_back_fails_when_the_body_commits(database: str) -> None:
@@ -46,13 +46,13 @@ def test_rolled_back_fails_when_the_body_commits(database: str) -> None:
         c.execute("select skivi.add_job('committed')")
         c.commit()
     with connect(database) as c:
-        assert c.execute("select count(*) from skivi.job").fetchone() == (1,)
+        assert c.execute("select count(*) from skivi.job_live").fetchone() == (1,)
 
 
 def test_system_works_on_the_test_database(system: skivi.System, database: str) -> None:
     system.start()
     job = skivi.add_job(system, "t", {"n": 1})
     with connect(database) as c:
-        row = c.execute("select task_identifier, payload from skivi.job where id = %s",
+        row = c.execute("select task_identifier, payload from skivi.job_live where id = %s",
                         [job.id]).fetchone()
     assert row == ("t", {"n": 1})

@@ -66,7 +66,9 @@ class JobLifeCycle(RuleBasedStateMachine):
         self.url = url
         self.q: Queries = for_schema(SCHEMA)
         self.db = connect(url)
-        self.db.execute("truncate skivi.job, skivi.job_queue, skivi.job_history, skivi.engine")
+        self.db.execute("truncate skivi.job, skivi.job_running, skivi.job_queue, "
+                        "skivi.job_history, "
+                        "skivi.engine")
         self.jobs: dict[int, JobModel] = {}
         self.slots: list[EngineSlot | None] = [None] * SLOTS
         self.unrescued: set[int] = set()  # engines killed whose row is still there
@@ -129,7 +131,7 @@ class JobLifeCycle(RuleBasedStateMachine):
         assert slot is not None
         # The model's answer, ordered by (priority, run_at, id) as the database stores them.
         waiting = {r[0]: (r[1], r[2], r[0]) for r in self.db.execute(
-            "select id, priority, run_at from skivi.job where locked_by is null")}
+            "select id, priority, run_at from skivi.job_live where locked_by is null")}
         busy = {m.queue for m in self.jobs.values() if m.state == "running" and m.queue}
         heads: dict[str, int] = {}
         candidates = []
@@ -281,7 +283,7 @@ class JobLifeCycle(RuleBasedStateMachine):
     @invariant()
     def database_matches_the_model(self) -> None:
         live = {r[0]: (r[1], r[2], r[3]) for r in self.db.execute(
-            "select id, attempts, locked_by, lease from skivi.job")}
+            "select id, attempts, locked_by, lease from skivi.job_live")}
         expected = {m.id: (m.attempts, m.engine, m.lease) for m in self.jobs.values()
                     if m.state in ("waiting", "running")}
         assert live == expected

@@ -82,4 +82,4 @@ def test_a_batch_with_values_stores_them_in_the_same_transaction_when_kept(
         assert "BEGIN" in text and "COMMIT" in text and "job_result" in text, text
     rows = fetch(database, "select id, outcome, value from skivi.job_result order by id")
     assert rows == [(j.id, "completed", {"n": 1}) for j in jobs]
-    assert fetch(database, "select count(*) from skivi.job") == [(0,)]
+    assert fetch(database, "select count(*) from skivi.job_live") == [(0,)]

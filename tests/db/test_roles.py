@@ -311,7 +311,7 @@ def test_engine_runs_jobs_as_the_worker_role_when_started_with_no_migrate(
     run = run_engine([*base, "--once", "--no-migrate"])
     assert run.returncode == 0, run.stderr
     with roles.connect("owner") as c:
-        assert c.execute(qualified("select count(*) from {schema}.job")).fetchone() == (0,)
+        assert c.execute(qualified("select count(*) from {schema}.job_live")).fetchone() == (0,)
         history = c.execute(qualified(
             "select task_identifier, outcome from {schema}.job_history")).fetchall()
         assert history == [("bad", "exhausted")]
@@ -344,7 +344,7 @@ def test_producer_enqueues_from_sql_when_granted_the_producer_role(roles: Roles)
                        "{\"task\": \"b\", \"job_key\": \"k2\"}]'::jsonb)") == \
             ["inserted", "inserted"]
     with roles.connect("owner") as c:
-        assert c.execute(qualified("select count(*) from {schema}.job")).fetchone() == (5,)
+        assert c.execute(qualified("select count(*) from {schema}.job_live")).fetchone() == (5,)
 
 
 def test_producer_enqueues_from_python_when_granted_the_producer_role(roles: Roles) -> None:
@@ -363,15 +363,15 @@ def test_producer_enqueues_from_python_when_granted_the_producer_role(roles: Rol
     finally:
         system.stop()
     with roles.connect("owner") as c:
-        assert c.execute(qualified("select count(*) from {schema}.job")).fetchone() == (5,)
+        assert c.execute(qualified("select count(*) from {schema}.job_live")).fetchone() == (5,)
 
 
 def test_producer_is_refused_everything_but_enqueueing_when_it_tries(roles: Roles) -> None:
     q = for_schema(SCHEMA)
     with roles.connect("producer") as c:
         assert refused(c, [qualified(s) for s in [
-            "select * from {schema}.job",
-            "select payload from {schema}.job",
+            "select * from {schema}.job_live",
+            "select payload from {schema}.job_live",
             "select * from {schema}.job_queue",
             "select * from {schema}.job_history",
             "select * from {schema}.engine",
@@ -403,7 +403,7 @@ def test_a_role_without_grants_cannot_use_the_schema_when_it_tries(roles: Roles)
         assert refused(c, [qualified(s) for s in [
             "select {schema}.add_job('a')",
             "select {schema}.add_jobs('[{\"task\": \"a\"}]'::jsonb)",
-            "select count(*) from {schema}.job",
+            "select count(*) from {schema}.job_live",
             "insert into {schema}.job (task_identifier) values ('a')",
         ]]) == []
 
@@ -424,7 +424,7 @@ def _jobs(roles: Roles) -> list[tuple[Any, ...]]:
     with roles.connect("owner") as c:
         return c.execute(qualified(
             "select id, task_identifier, queue_name, payload, run_at, key, attempts, "
-            "last_error, locked_by from {schema}.job order by id")).fetchall()
+            "last_error, locked_by from {schema}.job_live order by id")).fetchall()
 
 
 def _queues(roles: Roles) -> list[tuple[Any, ...]]:
@@ -450,7 +450,7 @@ def test_a_producer_cannot_write_the_tables_it_used_to_insert_into(roles: Roles)
             "values ('t', 999, now(), 'forged')",
             "insert into {schema}.job (task_identifier, payload) "
             "values ('t', jsonb_build_object('x', repeat('a', 2000000)))",
-            "select id, run_at from {schema}.job",
+            "select id, run_at from {schema}.job_live",
             "select nextval('{schema}.job_id_seq')",
             "select {schema}.add_keyed_job('t', '{}', null, now(), 25, 0::smallint, null, "
             "'invoice:42', 'replace')",
@@ -566,7 +566,7 @@ def test_a_producer_cannot_make_another_roles_running_job_unretryable(roles: Rol
                                        "%s)"), [key]).fetchone() == ("inserted",)
     with roles.connect("owner") as c:
         rows = {r[0]: r[1:] for r in c.execute(qualified(
-            "select id, key, attempts, max_attempts from {schema}.job where id = any(%s)"),
+            "select id, key, attempts, max_attempts from {schema}.job_live where id = any(%s)"),
             [[theirs[0], mine[0]]]).fetchall()}
     # Both lost their key to the new jobs. The producer's own job gave up its retries
     # (Graphile Worker's rule: superseded); the worker role's job kept them.

@@ -51,7 +51,7 @@ def notes(url: str) -> list[str]:
 
 def jobs(url: str) -> list[tuple[str, Any]]:
     return [(r[0], r[1]) for r in fetch(
-        url, "select task_identifier, payload from skivi.job order by id")]
+        url, "select task_identifier, payload from skivi.job_live order by id")]
 
 
 def test_session_writes_the_job_with_the_row_when_it_commits(

@@ -746,9 +746,16 @@ def test_keda_query_returns_the_demand_in_job_slots_when_run(
         returning id""").fetchall()
     live = engines[0][0]
     conn.execute("""
-        with j as (
-            update skivi.job set locked_by = %(e)s, locked_at = now()
+        with m as (
+            delete from skivi.job
             where id = (select min(id) from skivi.job where queue_name = 'busy')
+            returning *
+        ), j as (  -- claimed, as a claim does it: moved to job_running
+            insert into skivi.job_running
+            select id, task_identifier, queue_name, payload, priority, run_at, attempts,
+                   max_attempts, last_error, key, flags, %(e)s, now(), lease, created_at,
+                   updated_at, created_by
+            from m
             returning id)
         update skivi.job_queue set job_id = j.id, locked_by = %(e)s, locked_at = now()
         from j where queue_name = 'busy'""", {"e": live})

@@ -25,7 +25,7 @@ class Rollback(Exception):
 
 
 def jobs(url: str) -> list[tuple[str, object]]:
-    return [(r[0], r[1]) for r in fetch(url, "select task_identifier, payload from skivi.job "
+    return [(r[0], r[1]) for r in fetch(url, "select task_identifier, payload from skivi.job_live "
                                              "order by id")]
 
 
@@ -70,7 +70,7 @@ def test_a_rolled_back_savepoint_takes_only_its_own_jobs_when_nested(db: str) ->
 def test_a_job_commits_at_once_when_enqueued_outside_atomic(db: str) -> None:
     job = index_note.defer(note_id=5)
     assert jobs(db) == [("index_note", {"note_id": 5})]
-    assert job.id == fetch(db, "select id from skivi.job")[0][0]
+    assert job.id == fetch(db, "select id from skivi.job_live")[0][0]
 
 
 def test_conn_takes_djangos_connection_when_given(db: str) -> None:
@@ -124,7 +124,7 @@ def test_async_code_enqueues_through_sync_to_async_when_awaited(db: str) -> None
         return job.id, result.id
 
     job_id, result_id = asyncio.run(view())
-    assert [r[0] for r in fetch(db, "select id from skivi.job order by id")][:2] == [
+    assert [r[0] for r in fetch(db, "select id from skivi.job_live order by id")][:2] == [
         job_id, int(result_id)]
     assert len(jobs(db)) == 3
 

@@ -78,7 +78,7 @@ def test_a_task_is_stored_as_a_skivi_job_with_its_options_when_enqueued(db: str)
                add.using(priority=-100, run_after=later).enqueue(5, b=6),
                add.using(queue_name="reports").enqueue(7, 8)]
     rows = fetch(db, "select id, task_identifier, payload, priority, run_at, queue_name, "
-                     "max_attempts from skivi.job order by id")
+                     "max_attempts from skivi.job_live order by id")
     assert [str(r[0]) for r in rows] == [r.id for r in results]
     assert {r[1] for r in rows} == {"tests.support.django_probe.tasks.add"}
     assert [(r[2]["args"], r[2]["kwargs"]) for r in rows] == [
@@ -112,7 +112,7 @@ def test_bad_arguments_are_refused_when_enqueued(db: str) -> None:
         add.using(queue_name="nowhere").enqueue(1, 2)
     with pytest.raises(InvalidTask, match="priority"):
         add.using(priority=101)
-    assert fetch(db, "select count(*) from skivi.job") == [(0,)]
+    assert fetch(db, "select count(*) from skivi.job_live") == [(0,)]
     # A tuple is a JSON list, as Django's TaskResult says it.
     assert add.enqueue((1,), 2).args == [[1], 2]
 

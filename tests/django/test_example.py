@@ -22,7 +22,7 @@ def test_a_note_and_its_jobs_are_written_together_and_run_when_posted(db: str) -
     created = post(client, "/notes", "hello from the web")
     assert created.status_code == 200, created.content
     note_id, job_id, result_id = (created.json()[k] for k in ("id", "job_id", "result_id"))
-    assert fetch(db, "select task_identifier from skivi.job order by id") == [
+    assert fetch(db, "select task_identifier from skivi.job_live order by id") == [
         ("index_note",), ("notes.tasks.summarize",)]
     assert client.get(f"/jobs/{job_id}").json()["state"] == "waiting"
     assert client.get(f"/results/{result_id}").json()["status"] == "READY"
@@ -31,7 +31,7 @@ def test_a_note_and_its_jobs_are_written_together_and_run_when_posted(db: str) -
     refused = post(client, "/notes", "a forbidden note")
     assert refused.status_code == 400
     assert Note.objects.filter(text__contains="forbidden").count() == 0
-    assert fetch(db, "select count(*) from skivi.job") == [(2,)]
+    assert fetch(db, "select count(*) from skivi.job_live") == [(2,)]
 
     shouted = post(client, "/notes/async", "quiet please")
     assert shouted.status_code == 200, shouted.content
@@ -44,4 +44,4 @@ def test_a_note_and_its_jobs_are_written_together_and_run_when_posted(db: str) -
         "errors": []}
     assert Note.objects.get(id=note_id).words == 4
     assert Note.objects.get(id=shouted.json()["id"]).shouted == "QUIET PLEASE"
-    assert fetch(db, "select count(*) from skivi.job") == [(0,)]
+    assert fetch(db, "select count(*) from skivi.job_live") == [(0,)]

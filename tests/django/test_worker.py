@@ -39,7 +39,7 @@ def test_a_broken_connection_does_not_fail_the_next_job_when_jobs_follow(db: str
     assert fetch(db, "select task_identifier, outcome from skivi.job_history") == [
         ("break_connection", "exhausted")], log
     assert Event.objects.filter(name="record").count() == 1, log
-    assert fetch(db, "select count(*) from skivi.job") == [(0,)]
+    assert fetch(db, "select count(*) from skivi.job_live") == [(0,)]
 
 
 def test_children_have_connections_of_their_own_when_the_parent_had_one(db: str) -> None:
@@ -75,7 +75,7 @@ def test_tasks_of_modules_in_skivi_tasks_run_when_listed(db: str) -> None:
     assert list(Note.objects.values_list("text", flat=True)) == ["stays"]
     assert fetch(db, "select outcome from skivi.job_history where id = %s", job.id) in (
         [], [("completed",)])
-    assert fetch(db, "select count(*) from skivi.job") == [(0,)]
+    assert fetch(db, "select count(*) from skivi.job_live") == [(0,)]
 
 
 def test_the_worker_refuses_bad_flags_with_the_engines_exit_codes_when_started(

@@ -96,7 +96,7 @@ def test_waiting_job_goes_to_history_at_once_when_no_engine_holds_it(
     assert row["cancel_requested_at"] is not None
     assert skivi.get_result(system, a).state == skivi.ResultState.CANCELLED
     # Its serial queue is not held: the other job of the queue is still there to run.
-    assert [r[0] for r in fetch(database, "select id from skivi.job order by id")] == [b]
+    assert [r[0] for r in fetch(database, "select id from skivi.job_live order by id")] == [b]
     # Asked again: it has finished.
     assert [r.outcome for r in skivi.cancel_jobs(system, [a], cancelled_by="ops")] == [
         skivi.CancelOutcome.FINISHED]
@@ -327,7 +327,7 @@ def test_job_waiting_in_its_child_is_cancelled_unstarted_and_its_busy_sibling_no
     started(engines, busy)
     [waiting] = enqueue(database, [{"task": "async_sleep"}])
     with connect(database) as c:
-        wait_for(lambda: c.execute("select locked_by from skivi.job where id = %s",
+        wait_for(lambda: c.execute("select locked_by from skivi.job_live where id = %s",
                                    [waiting]).fetchone() not in (None, (None,)),
                  timeout=10, what=f"job {waiting} to be claimed")
     skivi.cancel_jobs(system, [waiting])
@@ -347,7 +347,7 @@ def test_claimed_job_never_starts_when_cancelled_in_its_engines_buffer(
                                          {"task": "async_sleep"}])
     started(engines, first)
     with connect(database) as c:
-        wait_for(lambda: c.execute("select locked_by from skivi.job where id = %s",
+        wait_for(lambda: c.execute("select locked_by from skivi.job_live where id = %s",
                                    [second]).fetchone() not in (None, (None,)),
                  timeout=10, what=f"job {second} to be claimed into the buffer")
     [result] = skivi.cancel_jobs(system, [second])

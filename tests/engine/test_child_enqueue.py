@@ -77,7 +77,7 @@ def test_follow_ups_of_sync_and_async_handlers_are_stored_as_asked_and_run(
         # Every option honoured, and the returned Job is the stored row.
         assert keyed["outcome"] == "inserted"
         [row] = fetch(database, "select id, task_identifier, payload, queue_name, priority, "
-                                "run_at, max_attempts, key, flags, created_at from skivi.job "
+                                "run_at, max_attempts, key, flags, created_at from skivi.job_live "
                                 "where key = %s", f"later-{tag}")
         assert row == (keyed["id"], "noop", {"n": 2}, f"q-{tag}", 3, later, 7,
                        f"later-{tag}", ["f"], dt.datetime.fromisoformat(keyed["created_at"]))
@@ -112,7 +112,7 @@ def test_a_refused_follow_up_fails_the_handlers_job_with_the_usual_error(
     assert error.startswith("the database refused the enqueue of 1 job of task 'noop': "
                             "add_jobs: spec 1 has a payload of "), error
     assert "limits.max_payload_bytes" in error and error.endswith("(SQLSTATE 22023)"), error
-    assert not fetch(database, "select id from skivi.job where task_identifier = 'noop'")
+    assert not fetch(database, "select id from skivi.job_live where task_identifier = 'noop'")
     assert not (tmp_path / "1.json").exists() and not (tmp_path / "2.json").exists()
 
 
@@ -154,7 +154,7 @@ def test_an_enqueue_the_parent_never_answers_fails_in_bounded_time_and_is_not_st
         "the enqueue of 1 job of task 'noop' could not start within 1 s "
         "(database.connect_timeout)"), async_error
     time.sleep(1)  # the stale requests, read after the continue, are answered and dropped
-    assert not fetch(database, "select id from skivi.job where task_identifier = 'noop'")
+    assert not fetch(database, "select id from skivi.job_live where task_identifier = 'noop'")
     assert time.monotonic() - stopped_at < 30
     assert engine.poll() is None, log_of(engine)
     assert engine.stop(timeout=30) == 0, log_of(engine)

@@ -137,13 +137,14 @@ def test_sigterm_drains_and_exits_0_leaving_nothing_locked_when_busy(
     started = time.monotonic()
     assert engine.wait(timeout=15) == 0, log_of(engine)
     assert time.monotonic() - started < 10
-    assert fetch(database, "select count(*) from skivi.job where locked_by = %s", eid)[0][0] == 0
+    assert fetch(database, "select count(*) from skivi.job_live where locked_by = "
+                           "%s", eid)[0][0] == 0
     # Everything that started finished; the rest went back untouched.
     rows = engines.ledger.rows()
     started_ids = {r[0] for r in rows if r[3] == "start"}
     ended_ids = {r[0] for r in rows if r[3] == "end"}
     assert started_ids == ended_ids
-    back = fetch(database, "select count(*) from skivi.job where attempts = 0")[0][0]
+    back = fetch(database, "select count(*) from skivi.job_live where attempts = 0")[0][0]
     assert back == 200 - len(started_ids)
 
 
@@ -164,7 +165,7 @@ def test_unknown_tasks_stay_queued_when_unknown_tasks_is_skip(
     known = enqueue(database, [{"task": "noop"}])
     engine = engines.start("--once", env={"SKIVI_UNKNOWN_TASKS": "skip"})
     assert engine.wait(timeout=60) == 0, log_of(engine)
-    assert fetch(database, "select attempts, locked_by from skivi.job") == [(0, None)]
+    assert fetch(database, "select attempts, locked_by from skivi.job_live") == [(0, None)]
     assert engines.ledger.runs_per_job()[known[0]] == 1 and job not in engines.ledger.runs_per_job()
 
 
@@ -206,7 +207,7 @@ def test_history_says_superseded_when_a_running_job_loses_its_key_and_then_fails
     # A new job takes the key: the running one keeps running, without key or retries.
     [new] = enqueue(database, [{"task": "noop", "job_key": "report"}])
     assert new != old
-    assert fetch(database, "select key, attempts, max_attempts from skivi.job where id = %s",
+    assert fetch(database, "select key, attempts, max_attempts from skivi.job_live where id = %s",
                  old) == [(None, 5, 5)]
     go.touch()
     wait_for(lambda: fetch(database, "select count(*) from skivi.job_history")[0][0] == 2,
@@ -238,12 +239,12 @@ def test_last_error_is_the_message_and_traceback_is_kept_apart_when_a_handler_ra
     assert traceback.startswith("Traceback (most recent call last):")
     assert "engine_tasks.py" in traceback and traceback.rstrip().endswith(
         "ValueError: boom on attempt 1")
-    wait_for(lambda: fetch(database, "select 1 from skivi.job where id = %s and attempts >= 1"
+    wait_for(lambda: fetch(database, "select 1 from skivi.job_live where id = %s and attempts >= 1"
                                      " and locked_by is null and last_error is not null",
                            retrying), what="the first failure of the retrying job")
     engine.send_signal(signal.SIGTERM)
     assert engine.wait(timeout=30) == 0, log_of(engine)
-    [(error, traceback)] = fetch(database, "select j.last_error, t.traceback from skivi.job j "
+    [(error, traceback)] = fetch(database, "select j.last_error, t.traceback from skivi.job_live j "
                                            "join skivi.job_traceback t using (id) "
                                            "where j.id = %s", retrying)
     assert re.fullmatch(r"boom on attempt \d", error)
@@ -254,10 +255,10 @@ def test_failed_job_waits_for_its_backoff_when_retried(
         engines: EngineProcs, database: str) -> None:
     [job] = enqueue(database, [{"task": "slow_fail", "max_attempts": 5}])
     engine = engines.start()
-    wait_for(lambda: fetch(database, "select 1 from skivi.job where id = %s and attempts = 1 "
+    wait_for(lambda: fetch(database, "select 1 from skivi.job_live where id = %s and attempts = 1 "
                                      "and locked_by is null", job), what="the first failure")
     row = fetch(database, "select extract(epoch from run_at - updated_at), last_error "
-                          "from skivi.job where id = %s", job)[0]
+                          "from skivi.job_live where id = %s", job)[0]
     # Default backoff: exp(1) seconds after the first attempt (Graphile Worker's schedule).
     assert abs(float(row[0]) - 2.718) < 0.1
     assert "boom on attempt 1" in row[1]
@@ -298,7 +299,7 @@ def test_engine_of_long_jobs_prefetches_few_so_another_engine_gets_the_rest(
              what="the first engine to run jobs: " + log_of(first)[-2000:])
     held = []
     for _ in range(10):
-        held.append(fetch(database, "select count(*) from skivi.job "
+        held.append(fetch(database, "select count(*) from skivi.job_live "
                                     "where locked_by is not null")[0][0])
         time.sleep(0.1)
     assert max(held) <= 4 + 64 + 32, f"jobs held by one engine of long jobs: {held}"

@@ -49,7 +49,7 @@ def test_raising_handler_never_stops_the_engine_when_registered_in_its_process(
     assert report["seen"][0] == "pool/start" and report["seen"][-1] == "pool/stop"
     assert report["errors"] == len(report["seen"])
     with connect(database) as c:
-        assert c.execute("select count(*) from skivi.job").fetchone() == (0,)
+        assert c.execute("select count(*) from skivi.job_live").fetchone() == (0,)
 
 
 def test_exhausted_event_says_superseded_when_a_running_job_lost_its_key_and_then_failed(
@@ -68,7 +68,7 @@ def test_exhausted_event_says_superseded_when_a_running_job_lost_its_key_and_the
             {"task": "fail_when_told", "payload": {"path": str(go)}, "max_attempts": 1}])]
         with connect(database) as c:
             wait_for(lambda: c.execute(
-                "select count(*) from skivi.job where id = any(%s) and locked_by is not null",
+                "select count(*) from skivi.job_live where id = any(%s) and locked_by is not null",
                 [[old, other]]).fetchone() == (2,), what="both jobs claimed")
         # A new job takes the key: the running one keeps running, without key or retries.
         skivi.add_jobs(system, [{"task": "noop", "job_key": "report"}])

@@ -61,7 +61,7 @@ def app_url(database: str, tmp_path: Path) -> Iterator[str]:
 
 
 def job_ids(database: str) -> set[int]:
-    rows = fetch(database, "select id from skivi.job union all select id from skivi.job_result"
+    rows = fetch(database, "select id from skivi.job_live union all select id from skivi.job_result"
                            " union all select id from skivi.job_history")
     return {int(r[0]) for r in rows}
 

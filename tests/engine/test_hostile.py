@@ -195,16 +195,16 @@ def hostile_run(admin: psycopg.Connection[Any], server_dsn: str, template_databa
         ordinary = enqueue(url, [{"task": "noop"} for _ in range(50)])
         engine = procs.start("--tasks", str(hostile_task_dir(tmp)), processes=2,
                              concurrency=1)
-        wait_for(lambda: fetch(url, "select count(*) from skivi.job")[0][0] == 0, timeout=60,
+        wait_for(lambda: fetch(url, "select count(*) from skivi.job_live")[0][0] == 0, timeout=60,
                  what="every hostile and ordinary job to end")
         alive = engine.poll() is None
         # The engine still takes new work after all that.
         ordinary += enqueue(url, [{"task": "noop"} for _ in range(20)])
-        wait_for(lambda: fetch(url, "select count(*) from skivi.job")[0][0] == 0, timeout=30,
+        wait_for(lambda: fetch(url, "select count(*) from skivi.job_live")[0][0] == 0, timeout=30,
                  what="the jobs enqueued afterwards")
         history = {r[0]: (r[1], r[2], r[3], r[4]) for r in fetch(
             url, "select id, outcome, reason, attempts, last_error from skivi.job_history")}
-        left = fetch(url, "select count(*) from skivi.job")[0][0]
+        left = fetch(url, "select count(*) from skivi.job_live")[0][0]
         engine.send_signal(signal.SIGTERM)
         code = engine.wait(timeout=30)
         yield HostileRun(dict(zip(hostile, ids, strict=True)), ordinary,
@@ -277,7 +277,7 @@ def test_jobs_queued_behind_a_poison_job_keep_their_attempts_when_it_kills_their
     # them one at a time, the poison job first.
     engine = engines.start("--tasks", str(hostile_task_dir(tmp_path)), processes=1,
                            concurrency=4)
-    wait_for(lambda: fetch(database, "select count(*) from skivi.job")[0][0] == 0, timeout=30,
+    wait_for(lambda: fetch(database, "select count(*) from skivi.job_live")[0][0] == 0, timeout=30,
              what="every job to end")
     assert engine.poll() is None, log_of(engine)
     history = fetch(database, "select id, reason, last_error from skivi.job_history order by id")
@@ -318,7 +318,7 @@ def test_hostile_payload_is_refused_and_nothing_written_when_enqueued(
         skivi.add_job(system, "t", payload)
     with pytest.raises(skivi.PayloadError, match=match):
         skivi.add_jobs(system, [{"task": "fine"}, {"task": "t", "payload": payload}])
-    assert fetch(database, "select count(*) from skivi.job")[0][0] == 0
+    assert fetch(database, "select count(*) from skivi.job_live")[0][0] == 0
 
 
 # -- scheduling far away --------------------------------------------------------------------------
@@ -332,7 +332,7 @@ def test_job_is_stored_and_not_run_when_run_at_is_in_year_9999(
     engine = engines.start("--once")
     assert engine.wait(timeout=60) == 0, log_of(engine)
     assert set(engines.ledger.runs_per_job()) == set(now)
-    assert fetch(database, "select id, run_at, attempts, locked_by from skivi.job") == [
+    assert fetch(database, "select id, run_at, attempts, locked_by from skivi.job_live") == [
         (late, at, 0, None)]
 
 
@@ -398,7 +398,7 @@ def test_payload_contents_never_appear_in_the_log_when_jobs_complete_fail_or_are
     ids = enqueue(database, specs)
     engine = engines.start("--tasks", str(hostile_task_dir(tmp_path)), processes=2,
                            concurrency=2)
-    wait_for(lambda: fetch(database, "select count(*) from skivi.job")[0][0] == 0, timeout=60,
+    wait_for(lambda: fetch(database, "select count(*) from skivi.job_live")[0][0] == 0, timeout=60,
              what="every job to end")
     engine.send_signal(signal.SIGTERM)
     assert engine.wait(timeout=30) == 0, log_of(engine)

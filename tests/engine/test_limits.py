@@ -97,7 +97,7 @@ def test_rate_limit_holds_within_ten_percent_over_five_seconds(
         raise AssertionError(f"{e}: starts at {starts}; "
                              + "\n=====\n".join(log_of(p)[-6000:] for p in procs)) from None
     claimed = sorted(at.timestamp() for at, in fetch(
-        database, "select locked_at from skivi.job where locked_by is not null"))
+        database, "select locked_at from skivi.job_live where locked_by is not null"))
     # The database's guarantee, exact: no half-open 1 s window holds more than 10 claims,
     # so none of 5 s more than 50.
     busiest = max(sum(1 for u in claimed if t <= u < t + 5.0) for t in claimed)
@@ -129,7 +129,7 @@ def test_an_engine_claims_limited_jobs_only_when_it_can_start_them(
     first = engines.start("--config", config, processes=1, concurrency=4)
     wait_for(lambda: len(engines.ledger.starts()) == 4, timeout=30,
              what="four jobs to start: " + log_of(first)[-2000:])
-    locked = "select locked_by, count(*) from skivi.job where locked_by is not null group by 1"
+    locked = "select locked_by, count(*) from skivi.job_live where locked_by is not null group by 1"
     # Two poll intervals: while its 4 slots are full the engine claims no more (not a
     # claim batch's worth, 500, into its buffer).
     deadline = time.monotonic() + 2.5
@@ -269,7 +269,7 @@ def test_jobs_handed_back_at_a_stop_give_their_keys_back_when_released(
     # The running ones finished, the buffered ones were released: nothing holds the key,
     # and the released jobs wait unclaimed, their attempt not spent.
     assert fetch(database, HELD)[0][0] == 0
-    left = fetch(database, "select count(*), max(attempts) from skivi.job")[0]
+    left = fetch(database, "select count(*), max(attempts) from skivi.job_live")[0]
     assert left[0] > 0 and left[1] == 0
 
 
@@ -286,6 +286,6 @@ def test_a_hold_whose_job_left_another_way_is_given_back_by_the_rescue_round(
     # The running job's row goes by a path that is not the engine's completer (an operator's
     # delete): its hold is over, and the safety net of the rescue rounds gives it back.
     with connect(database) as c:
-        c.execute("delete from skivi.job where id = %s", [first])
+        c.execute("delete from skivi.job_running where id = %s", [first])
     wait_for(lambda: [r for r in engines.ledger.starts() if r[0] == second], timeout=30,
              what="the second job to run once the stale hold was given back")

@@ -23,7 +23,7 @@ def write_config(path: Path, *, listen: bool) -> str:
 
 def unclaimed(database: str) -> int:
     """Jobs never claimed (a claim counts an attempt)."""
-    return int(fetch(database, "select count(*) from skivi.job where attempts = 0")[0][0])
+    return int(fetch(database, "select count(*) from skivi.job_live where attempts = 0")[0][0])
 
 
 def test_pause_is_honoured_by_three_engines_within_a_poll_interval_when_not_listening(
@@ -45,7 +45,8 @@ def test_pause_is_honoured_by_three_engines_within_a_poll_interval_when_not_list
     time.sleep(4 * POLL)
     assert unclaimed(database) == left
     # The jobs claimed before the pause ran to their end; nothing else started.
-    wait_for(lambda: not fetch(database, "select 1 from skivi.job where locked_by is not null"),
+    wait_for(lambda: not fetch(database, "select 1 from skivi.job_live where locked_by is "
+                                         "not null"),
              timeout=30, what="the claimed jobs to finish")
     rows = engines.ledger.rows()
     started = {r[0] for r in rows if r[3] == "start"}

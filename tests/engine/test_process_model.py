@@ -212,7 +212,7 @@ def test_a_hung_sync_job_holds_no_other_job_behind_it(
     # They ran on the other child, while the hung one held only its own slot.
     hung_pid = next(r[1] for r in engines.ledger.starts() if r[0] == hung[0])
     assert all(r[1] != hung_pid for r in engines.ledger.starts() if r[0] in others)
-    running = fetch(database, "select id from skivi.job where locked_by is not null")
+    running = fetch(database, "select id from skivi.job_live where locked_by is not null")
     assert running == [(hung[0],)]
     assert stop(engine) == 0
 

@@ -102,7 +102,8 @@ def test_late_write_changes_nothing_when_the_job_was_rescued_and_claimed_again(
         if a.conn.closed:  # the late write arrives on a new connection, as after a reconnect
             a.conn = connect(database)
         assert LATE_WRITES[write](a, [(job, lease_a)]) == []
-        assert admin.execute("select locked_by, lease, attempts from skivi.job").fetchall() == [
+        assert admin.execute("select locked_by, lease, attempts from "
+                             "skivi.job_live").fetchall() == [
             (b.id, 2, 2)]
         assert admin.execute("select count(*) from skivi.job_history").fetchone() == (0,)
         # The current claim still finishes normally.
@@ -119,7 +120,11 @@ def test_a_batch_holding_two_claims_of_one_job_reports_only_the_current_one(
         [(job,)] = admin.execute("select id from skivi.add_job('t')").fetchall()
         a = late_writer()
         assert a.claim() == [(job, 1)]
-        admin.execute("update skivi.job set locked_by = null, locked_at = null")  # a rescue
+        # A rescue: the claimed row moves back to job, waiting.
+        admin.execute("with m as (delete from skivi.job_running returning *) "
+                      "insert into skivi.job select id, task_identifier, queue_name, payload, "
+                      "priority, run_at, attempts, max_attempts, last_error, key, flags, null, "
+                      "null, lease, created_at, updated_at, created_by from m")
         assert a.claim() == [(job, 2)]
         pairs = [(job, 1), (job, 2)]
         if write == "complete":
@@ -143,14 +148,16 @@ def test_unstarted_jobs_go_back_with_their_attempt_unused_when_stopped_mid_batch
     ids = enqueue(database, [{"task": "sleep", "payload": {"s": 0.3}} for _ in range(30)])
     engine = engines.start("--shutdown-timeout", "10", processes=1, concurrency=1)
     # One claim takes the whole batch (room = free slots + one claim batch), one job runs.
-    wait_for(lambda: fetch(database, "select count(*) from skivi.job where locked_by is not null"
+    wait_for(lambda: fetch(database, "select count(*) from skivi.job_live where locked_by "
+                                     "is not null"
                                      )[0][0] == len(ids), what="the whole batch claimed")
     wait_for(lambda: engines.ledger.starts(), what="the first job to start")
     engine.send_signal(signal.SIGTERM)
     assert engine.wait(timeout=20) == 0, log_of(engine)
     started = {r[0] for r in engines.ledger.starts()}
     assert 1 <= len(started) <= 2, started
-    rows = fetch(database, "select id, attempts, locked_by, last_error from skivi.job order by id")
+    rows = fetch(database, "select id, attempts, locked_by, last_error from "
+                           "skivi.job_live order by id")
     assert {r[0] for r in rows} == set(ids) - started, "a started job was not finished"
     assert all(r[1:] == (0, None, None) for r in rows), rows
 
@@ -196,7 +203,7 @@ def test_the_parent_holds_about_batch_max_bytes_of_unstarted_payload_whatever_th
     most = 0
 
     def claimed() -> int:
-        return int(fetch(database, "select count(*) from skivi.job "
+        return int(fetch(database, "select count(*) from skivi.job_live "
                                    "where locked_by is not null")[0][0])
 
     def watch() -> bool:
@@ -233,7 +240,7 @@ def test_claiming_pauses_when_the_result_buffer_is_full(
                  what="the result buffer to fill")
 
         def claimed() -> int:
-            return int(fetch(database, "select count(*) from skivi.job "
+            return int(fetch(database, "select count(*) from skivi.job_live "
                                        "where locked_by is not null")[0][0])
 
         most = 0
@@ -330,7 +337,7 @@ def test_processing_slows_but_goes_on_when_a_long_transaction_holds_back_vacuum(
     baseline = drain_rate(engines, database, n)
     with connect(database, autocommit=False) as holder:
         holder.execute("set transaction isolation level repeatable read")
-        holder.execute("select count(*) from skivi.job")  # takes the snapshot, holds xmin
+        holder.execute("select count(*) from skivi.job_live")  # takes the snapshot, holds xmin
         held = [drain_rate(engines, database, n) for _ in range(2)]
         horizon = fetch(database, "select count(*) from pg_stat_activity where backend_xmin "
                                   "is not null and application_name = 'skivi-test' "
@@ -444,8 +451,10 @@ def test_a_job_rescued_while_it_runs_and_claimed_again_by_the_same_engine_frees_
     wait_for(lambda: [r for r in engines.ledger.starts() if r[0] == job], timeout=30,
              what=f"job {job} to start")
     # What a rescuer does to the jobs of an engine it found dead.
-    fetch(database, "update skivi.job set locked_by = null, locked_at = null where id = %s "
-                    "returning id", job)
+    fetch(database, "with m as (delete from skivi.job_running where id = %s returning *) "
+                    "insert into skivi.job select id, task_identifier, queue_name, payload, "
+                    "priority, run_at, attempts, max_attempts, last_error, key, flags, null, "
+                    "null, lease, created_at, updated_at, created_by from m returning id", job)
     wait_for(lambda: len([r for r in engines.ledger.starts() if r[0] == job]) == 2,
              timeout=30, what=f"job {job} to be claimed and started again")
     wait_for(lambda: live_jobs(database) == 0, timeout=30, what="the job to complete")

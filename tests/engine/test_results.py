@@ -107,7 +107,7 @@ def test_value_json_cannot_carry_completes_the_job_and_says_why_when_returned(
     assert result.state is skivi.ResultState.COMPLETED and result.value is None
     assert result.error is not None
     assert "return value was not kept" in result.error and "set" in result.error
-    assert fetch(database, "select count(*) from skivi.job")[0][0] == 0  # not retried
+    assert fetch(database, "select count(*) from skivi.job_live")[0][0] == 0  # not retried
 
 
 def test_nothing_is_kept_when_the_task_does_not_keep_results(

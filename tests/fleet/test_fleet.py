@@ -179,7 +179,7 @@ def test_a_fleet_runs_every_job_once_through_pgbouncer_in_transaction_mode(
 
         def engines_running_slow() -> bool:
             looked_at[0] = time.time()
-            slow = {int(r[0]) for r in fetch(direct, "select id from skivi.job "
+            slow = {int(r[0]) for r in fetch(direct, "select id from skivi.job_live "
                                                      "where task_identifier = 'async_sleep' "
                                                      "and locked_by is not null")}
             rows = ledger.rows()

@@ -28,7 +28,7 @@ def test_capture_records_and_writes_when_write_is_true(system: skivi.System) -> 
     assert not jobs.enqueued("send_email", to="b@b.c")
     assert not jobs.enqueued("other", to="a@b.c")
     assert jobs.enqueued("other")[0].spec.priority == 4
-    assert fetch(system.database_url, "select id from skivi.job order by id")[0] == (job.id,)
+    assert fetch(system.database_url, "select id from skivi.job_live order by id")[0] == (job.id,)
     assert live_jobs(system.database_url) == 3
 
 
@@ -72,7 +72,7 @@ def test_capture_blocks_nest_when_the_inner_one_does_not_write(system: skivi.Sys
             skivi.add_job(system, "b", {})
     assert (outer.tasks(), inner.tasks()) == (["a", "b"], ["b"])
     assert [r[0] for r in fetch(system.database_url,
-                                "select task_identifier from skivi.job")] == ["a"]
+                                "select task_identifier from skivi.job_live")] == ["a"]
     assert system.client.interceptors == []
 
 

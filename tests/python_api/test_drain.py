@@ -39,7 +39,7 @@ def test_drain_runs_every_runnable_job_when_called(database: str) -> None:
         assert [(r.task, r.payload, r.outcome, r.value, r.attempt) for r in runs] == [
             ("add", {"a": 10, "b": 20}, "completed", 30, 1),
             ("add", {"a": 1, "b": 2}, "completed", 3, 1)]
-        assert fetch(database, "select payload from skivi.job") == [({"a": 0, "b": 0},)]
+        assert fetch(database, "select payload from skivi.job_live") == [({"a": 0, "b": 0},)]
         assert fetch(database, "select count(*) from skivi.engine") == [(0,)]  # deregistered
     finally:
         system.stop()
@@ -62,7 +62,7 @@ def test_drain_schedules_the_retry_with_the_backoff_when_a_job_fails(database: s
         assert before + dt.timedelta(seconds=delay - 5) < run.retry_at
         assert run.retry_at < before + dt.timedelta(seconds=delay + 5)
         assert fetch(database, "select id, attempts, last_error, run_at, locked_by "
-                               "from skivi.job") == [(job.id, 1, "no 1", run.retry_at, None)]
+                               "from skivi.job_live") == [(job.id, 1, "no 1", run.retry_at, None)]
         assert drain(system) == []  # the retry waits out its backoff
     finally:
         system.stop()
@@ -99,7 +99,7 @@ def test_drain_keeps_only_the_failed_items_when_a_batch_job_partly_succeeds(
         assert (run.outcome, run.remaining) == ("failed", [1, 3])
         assert run.error is not None and run.error.startswith(
             "partial success: 2 of 4 items failed\nitem 0: bad 1\nitem 2: bad 3")
-        assert fetch(database, "select id, payload from skivi.job") == [(job.id, [1, 3])]
+        assert fetch(database, "select id, payload from skivi.job_live") == [(job.id, [1, 3])]
     finally:
         system.stop()
 
@@ -119,7 +119,7 @@ def test_drain_exhausts_a_job_without_handler_when_tasks_are_exhausted(
         skivi.add_job(skipping, "nobody", {})
         skivi.add_job(skipping, "known", {})
         assert [r.task for r in drain(skipping)] == ["known"]  # as the engine: left alone
-        assert fetch(database, "select task_identifier from skivi.job") == [("nobody",)]
+        assert fetch(database, "select task_identifier from skivi.job_live") == [("nobody",)]
     finally:
         skipping.stop()
 
@@ -159,7 +159,7 @@ def test_drain_stops_with_the_runs_when_max_jobs_ran_and_more_are_runnable(
             drain(system, max_jobs=5)
         assert [r.payload["n"] for r in info.value.runs] == [0, 1, 2, 3, 4]
         # The next job was claimed to see it, and given back untouched.
-        assert fetch(database, "select payload, attempts, locked_by from skivi.job") == [
+        assert fetch(database, "select payload, attempts, locked_by from skivi.job_live") == [
             ({"n": 5}, 0, None)]
     finally:
         system.stop()
@@ -321,7 +321,7 @@ def test_drain_leaves_what_the_engine_leaves_when_both_run_the_same_jobs(
             system.stop()
         states.append((
             fetch(url, "select task_identifier, payload, attempts, last_error "
-                       "from skivi.job order by task_identifier"),
+                       "from skivi.job_live order by task_identifier"),
             fetch(url, "select task_identifier, payload, outcome, reason, last_error, "
                        "attempts from skivi.job_history order by task_identifier")))
     engine, drained = states

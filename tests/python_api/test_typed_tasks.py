@@ -25,7 +25,7 @@ from tests.support.wait import wait_for
 
 def _rows(db: Any) -> list[tuple[Any, ...]]:
     return fetch(db, "select task_identifier, payload, queue_name, priority, max_attempts, "
-                     "key, flags from skivi.job order by id")
+                     "key, flags from skivi.job_live order by id")
 
 
 def test_defer_stores_the_arguments_and_options_when_called(system: skivi.System) -> None:
@@ -72,7 +72,7 @@ def test_configure_writes_in_the_callers_transaction_when_given_conn(
         job = send_email.configure(conn=c, run_at=later, priority=-1).defer(to="kept")
         assert live_jobs(system.database_url) == 0  # not committed yet: nothing seen
         c.commit()
-    rows = fetch(system.database_url, "select id, payload, run_at, priority from skivi.job")
+    rows = fetch(system.database_url, "select id, payload, run_at, priority from skivi.job_live")
     assert rows == [(job.id, {"to": "kept"}, later, -1)]
 
 

@@ -86,8 +86,10 @@ class Seeded:
 
 def _add(conn: psycopg.Connection[Any], task: str, payload: Any, **columns: Any) -> int:
     names = ["task_identifier", "payload", *columns]
+    # A claimed job lives in job_running (migration 0015).
+    table = "job_running" if columns.get("locked_by") is not None else "job"
     row = conn.execute(
-        f"insert into skivi.job ({', '.join(names)}) values "
+        f"insert into skivi.{table} ({', '.join(names)}) values "
         f"({', '.join(['%s'] * len(names))}) returning id",
         [task, Jsonb(payload), *columns.values()]).fetchone()
     assert row is not None

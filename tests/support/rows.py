@@ -35,4 +35,4 @@ def fetch(db: Database, query: str, *args: Any) -> list[tuple[Any, ...]]:
 
 
 def live_jobs(db: Database) -> int:
-    return int(fetch(db, "select count(*) from skivi.job")[0][0])
+    return int(fetch(db, "select count(*) from skivi.job_live")[0][0])

@@ -1,8 +1,16 @@
--- job_lock_some: mark %(count)s of the oldest waiting jobs claimed by engine %(engine)s, as
--- an engine's in-flight jobs look (no engine row: the dashboard shows them as claimed).
+-- job_lock_some: move %(count)s of the oldest waiting jobs to job_running, claimed by engine
+-- %(engine)s, as an engine's in-flight jobs look (no engine row: the dashboard shows them as
+-- claimed).
 --
 -- Parameters: %(count)s, %(engine)s.
 -- Returns nothing.
-update {schema}.job j set locked_by = %(engine)s, locked_at = now(), lease = 1
-where j.id in (select id from {schema}.job where locked_by is null and attempts = 0
-               order by id limit %(count)s);
+with moved as (
+    delete from {schema}.job j
+    where j.id in (select id from {schema}.job where attempts = 0 order by id limit %(count)s)
+    returning j.*
+)
+insert into {schema}.job_running
+select m.id, m.task_identifier, m.queue_name, m.payload, m.priority, m.run_at, m.attempts,
+       m.max_attempts, m.last_error, m.key, m.flags, %(engine)s, now(), 1, m.created_at,
+       m.updated_at, m.created_by
+from moved m;

@@ -3,4 +3,4 @@
 --
 -- Parameters: none.
 -- Returns nothing.
-vacuum (analyze) {schema}.job, {schema}.job_history;
+vacuum (analyze) {schema}.job, {schema}.job_running, {schema}.job_history;

@@ -52,8 +52,8 @@ class _JobColumns(models.Model):
 
 
 class Job(_JobColumns):
-    """A job still to finish (table ``job``): waiting, failed and waiting for a retry, or
-    running."""
+    """A job still to finish (view ``job_live``: the tables ``job`` and ``job_running``):
+    waiting, failed and waiting for a retry, or running."""
 
     run_at = models.DateTimeField()
     key = models.TextField(null=True)
@@ -62,7 +62,7 @@ class Job(_JobColumns):
 
     class Meta:
         managed = False
-        db_table = _table("job")
+        db_table = _table("job_live")
         ordering = ("-id",)
         verbose_name = "job"
         default_permissions = ("view",)

@@ -5,7 +5,7 @@
 -- may hold millions of rows, so nothing here reads more than %(cap)s rows of each kind.
 -- Pending jobs (locked_by null) are read up to %(cap)s rows (a LIMIT under the aggregate:
 -- the scan itself stops) and split into waiting, scheduled and failed as job_list.sql
--- defines them; claimed jobs come from job_locked_idx (locked_by not null: at most what
+-- defines them; claimed jobs come from job_running (locked_by not null: at most what
 -- engines hold), also up to %(cap)s, split into running (reported started by their engine's
 -- heartbeat, engine.running) and claimed. When a cap is reached, truncated is true and the
 -- pending figures are lower bounds over the rows read: the dashboard then shows the
@@ -23,7 +23,7 @@ with pending as (
 ), locked as (
     select exists (select 1 from {schema}.engine e
                    where e.id = j.locked_by and j.id = any(e.running)) as started
-    from {schema}.job j
+    from {schema}.job_running j
     where j.locked_by is not null
     limit %(cap)s
 ), p as (

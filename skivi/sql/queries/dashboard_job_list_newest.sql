@@ -6,7 +6,7 @@
 -- and stops after %(scan)s rows; the filters no index serves (task, queue, state, payload
 -- text) are applied to the rows scanned, and the page is the first %(limit)s that match. The
 -- filters an index serves are applied inside the scan: %(key)s (job_key_idx: at most one
--- row) and %(locked)s (true for the running and claimed states: job_locked_idx, a few rows
+-- row) and %(locked)s (true for the running and claimed states: job_running, a few rows
 -- per engine slot; false for the others). The statement is sent unprepared, so the planner
 -- sees the parameters and folds each "is null" test away. Unless the page fills, the last
 -- row scanned comes back too, flagged boundary (whether or not it matched): where the next
@@ -29,7 +29,7 @@ with scanned as (
            row_number() over (order by j.id desc) as n
     from (
         select j.*
-        from {schema}.job j
+        from {schema}.job_live j
         where (%(before)s::bigint is null or j.id < %(before)s::bigint)
           and (%(key)s::text is null or j.key = %(key)s::text)
           and (%(locked)s::boolean is null

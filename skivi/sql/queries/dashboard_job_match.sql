@@ -12,7 +12,7 @@
 -- Parameters: %(task)s, %(queue)s, %(key)s, %(search)s, %(state)s text or null; %(limit)s.
 -- Returns: id, by id.
 select j.id
-from {schema}.job j
+from {schema}.job_live j
 cross join lateral (
     select case
         when j.locked_by is not null then

@@ -8,7 +8,7 @@
 -- group per priority) and job_queue_claim_idx (one group per serial queue and priority), at
 -- most %(max_groups)s of each; per group, waiting (run_at <= now()) and scheduled jobs are
 -- counted up to %(cap)s index entries each and the oldest runnable job is the first entry of
--- its range. Claimed jobs come from job_locked_idx, up to %(cap)s. The serial queues' lock
+-- its range. Claimed jobs come from job_running, up to %(cap)s. The serial queues' lock
 -- holders are the job_queue rows with a job_id (one row per serial queue, small).
 -- Cost: O(G * (log N + cap)) index entries for G groups, N jobs.
 --
@@ -108,7 +108,7 @@ with recursive pool_group (priority, n) as (
     select j.queue_name,
            exists (select 1 from {schema}.engine e
                    where e.id = j.locked_by and j.id = any(e.running)) as started
-    from {schema}.job j
+    from {schema}.job_running j
     where j.locked_by is not null
     limit %(cap)s
 ), running as (

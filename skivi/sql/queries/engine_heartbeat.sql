@@ -9,8 +9,8 @@
 -- any request's job is no longer claimed (job_cancel_sweep.sql then settles it). The table
 -- holds only pending requests, so with none both reads are a look at an empty index; the
 -- `exists` one-time filter keeps the join from starting at all then: a hash join fetches its
--- first job row before it sees the empty side, and during a drain that walk through
--- job_locked_idx's dead entries (other engines' finished claims) cost 3 ms a heartbeat.
+-- first job row before it sees the empty side, and during a drain that walk through the
+-- claimed jobs' dead index entries (other engines' finished claims) cost 3 ms a heartbeat.
 -- Parameters: %(engine)s, %(in_flight)s, %(stopping)s, %(running)s (bigint[]: ids of the
 -- jobs whose handlers have started).
 -- Returns no row if the engine was declared dead (its jobs were rescued); else its id, the
@@ -25,7 +25,7 @@ with beat as (
 ), asked as (
     select c.id, j.lease
     from {schema}.job_cancel c
-    join {schema}.job j on j.id = c.id
+    join {schema}.job_running j on j.id = c.id
     where j.locked_by = %(engine)s
       and exists (select from {schema}.job_cancel)
 )
@@ -33,6 +33,6 @@ select b.id,
        array(select a.id from asked a order by a.id) as cancel_ids,
        array(select a.lease from asked a order by a.id) as cancel_leases,
        exists (select 1 from {schema}.job_cancel c
-               where not exists (select 1 from {schema}.job j
+               where not exists (select 1 from {schema}.job_running j
                                  where j.id = c.id and j.locked_by is not null)) as strays
 from beat b;

@@ -20,7 +20,7 @@ with u as materialized (
     from unnest(%(ids)s::bigint[], %(leases)s::bigint[], %(errors)s::text[],
                 %(tracebacks)s::text[]) as u(id, lease, error, traceback)
 ), cancelled as (
-    delete from {schema}.job j
+    delete from {schema}.job_running j
     using u
     where j.id = u.id and j.lease = u.lease
       and j.locked_by is not distinct from %(engine)s

@@ -17,7 +17,7 @@
 with stray as (
     select c.*
     from {schema}.job_cancel c
-    where not exists (select 1 from {schema}.job j
+    where not exists (select 1 from {schema}.job_running j
                       where j.id = c.id and j.locked_by is not null)
     for update of c skip locked
 ), moved as (

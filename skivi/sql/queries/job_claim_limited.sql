@@ -157,16 +157,22 @@ with cand as materialized (
     from admitted a
 ), chosen as (
     select c.tid from candidates c where c.before < %(max_bytes)s
-), claimed as (
-    update {schema}.job j
-    set locked_by = %(engine)s,
-        locked_at = now(),
-        attempts = j.attempts + 1,
-        lease = j.lease + 1
-    -- By tuple id (see job_claim.sql): the candidates are locked, so their tids hold.
+), moved as (
+    -- By tuple id (see claim_jobs, migration 0015): the candidates are locked, so their
+    -- tids hold. A claimed job moves from job to job_running.
+    delete from {schema}.job j
     where j.ctid = any(array(select chosen.tid from chosen))
-    returning j.id, j.lease, j.task_identifier, j.payload, j.queue_name, j.priority, j.run_at,
-              j.attempts, j.max_attempts, j.key, j.flags, j.created_at
+    returning j.*
+), claimed as (
+    insert into {schema}.job_running as r (id, task_identifier, queue_name, payload, priority,
+        run_at, attempts, max_attempts, last_error, key, flags, locked_by, locked_at, lease,
+        created_at, updated_at, created_by)
+    select m.id, m.task_identifier, m.queue_name, m.payload, m.priority, m.run_at,
+           m.attempts + 1, m.max_attempts, m.last_error, m.key, m.flags, %(engine)s, now(),
+           m.lease + 1, m.created_at, m.updated_at, m.created_by
+    from moved m
+    returning r.id, r.lease, r.task_identifier, r.payload, r.queue_name, r.priority, r.run_at,
+              r.attempts, r.max_attempts, r.key, r.flags, r.created_at
 ), held as materialized (
     -- Narrow (see job_claim.sql's claimed_queued).
     select claimed.id, claimed.lease from claimed

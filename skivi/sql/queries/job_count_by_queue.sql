@@ -7,8 +7,9 @@
 -- which never scans). Counting per task needs each job's task_identifier, which no index
 -- holds, so pending jobs are read from the heap: one sequential pass over the job table,
 -- O(pending jobs), stopped after %(scan_limit)s rows (a LIMIT under the aggregate, so the
--- scan itself stops; rows stream into a hash aggregate of one entry per queue and task). Running jobs come from job_locked_idx (its predicate is locked_by is
--- not null): a few per engine slot, also capped at %(scan_limit)s. When either cap is hit,
+-- scan itself stops; rows stream into a hash aggregate of one entry per queue and task).
+-- Running jobs come from job_running (migration 0015): a few per engine slot, also capped
+-- at %(scan_limit)s. When either cap is hit,
 -- truncated is true and the figures are lower bounds over the rows read (which rows is up to
 -- the scan order), not totals. With the CLI's default cap (1,000,000) that is about a second
 -- of sequential read at worst; nothing is locked (a plain MVCC read).
@@ -29,7 +30,7 @@ with pending as (
     select j.queue_name, j.task_identifier,
            exists (select 1 from {schema}.engine e
                    where e.id = j.locked_by and j.id = any(e.running)) as started
-    from {schema}.job j
+    from {schema}.job_running j
     where j.locked_by is not null
     limit %(scan_limit)s
 ), counted as (

@@ -34,22 +34,33 @@ with u as materialized (
                 %(delays)s::float8[], %(finals)s::text[], %(payloads)s::text[],
                 %(attempts)s::integer[], %(tracebacks)s::text[])
         as u(id, lease, error, delay, final, payload, claimed_attempts, traceback)
-), retried as (
-    update {schema}.job j
-    set locked_by = null,
-        locked_at = null,
-        last_error = u.error,
-        run_at = now() + make_interval(secs => u.delay),
-        payload = coalesce(u.payload::jsonb, j.payload),
-        updated_at = now()
-    from u
+), back as (
+    -- Attempts left: the row moves back from job_running to job, waiting out its backoff.
+    delete from {schema}.job_running j
+    using u
     where j.id = u.id and j.lease = u.lease
       and j.locked_by is not distinct from %(engine)s
       and u.final is null and j.attempts < j.max_attempts
-    returning j.id, j.lease, j.queue_name, j.attempts, j.max_attempts, j.run_at,
-              u.traceback
+    returning j.*, u.error, u.delay, u.payload as new_payload, u.traceback
+), retried as (
+    insert into {schema}.job as j (id, task_identifier, queue_name, payload, priority, run_at,
+        attempts, max_attempts, last_error, key, flags, lease, created_at, updated_at,
+        created_by)
+    select b.id, b.task_identifier, b.queue_name, coalesce(b.new_payload::jsonb, b.payload),
+           b.priority, now() + make_interval(secs => b.delay), b.attempts, b.max_attempts,
+           b.error,
+           -- Its key went to a new job while it ran: it waits without one.
+           -- (w.key is not null: the partial job_key_idx's predicate, so
+           -- the look is an index probe, not a scan of job per row)
+           case when b.key is not null
+                     and exists (select from {schema}.job w
+                                 where w.key = b.key and w.key is not null) then null
+                else b.key end,
+           b.flags, b.lease, b.created_at, now(), b.created_by
+    from back b
+    returning j.id, j.lease, j.queue_name, j.attempts, j.max_attempts, j.run_at
 ), exhausted as (
-    delete from {schema}.job j
+    delete from {schema}.job_running j
     using u
     where j.id = u.id and j.lease = u.lease
       and j.locked_by is not distinct from %(engine)s
@@ -61,13 +72,13 @@ with u as materialized (
               coalesce(u.payload::jsonb, j.payload) as final_payload
 ), traced as (
     insert into {schema}.job_traceback (id, traceback)
-    select r.id, r.traceback from retried r where r.traceback is not null
+    select b.id, b.traceback from back b where b.traceback is not null
     on conflict (id) do update set traceback = excluded.traceback
 ), untraced as (
     -- A failure without a traceback (a timeout, a lost process) leaves none of an earlier
     -- failure behind; an exhausted job's row goes with the job.
     delete from {schema}.job_traceback t
-    using (select r.id from retried r where r.traceback is null
+    using (select b.id from back b where b.traceback is null
            union all select e.id from exhausted e) as gone
     where t.id = gone.id
 ), recorded as (

@@ -32,7 +32,7 @@ select j.id, j.task_identifier, j.queue_name, s.state, j.priority, j.run_at, j.a
        case when j.last_error is not null then
            (select t.traceback from {schema}.job_traceback t where t.id = j.id)
        end as last_error_traceback
-from {schema}.job j
+from {schema}.job_live j
 cross join lateral (
     select case
         when j.locked_by is not null then

@@ -22,7 +22,7 @@ with empty as (
     select q.queue_name
     from {schema}.job_queue q
     where q.job_id is null
-      and not exists (select 1 from {schema}.job j where j.queue_name = q.queue_name)
+      and not exists (select 1 from {schema}.job_live j where j.queue_name = q.queue_name)
     limit %(batch)s
     for update of q skip locked
 ), deleted as (

@@ -5,14 +5,27 @@
 -- never through an index on running jobs (see job_complete_many.sql).
 -- Parameters: %(engine)s; %(ids)s bigint[]; %(leases)s bigint[].
 -- Returns the ids released.
-with released as (
-    update {schema}.job j
-    set locked_by = null,
-        locked_at = null,
-        attempts = greatest(j.attempts - 1, 0)
-    from unnest(%(ids)s::bigint[], %(leases)s::bigint[]) as u(id, lease)
+with back as (
+    delete from {schema}.job_running j
+    using unnest(%(ids)s::bigint[], %(leases)s::bigint[]) as u(id, lease)
     where j.id = u.id and j.lease = u.lease
       and j.locked_by is not distinct from %(engine)s
+    returning j.*
+), released as (
+    -- Back to waiting, runnable at once, the attempt not consumed; its key, unless a new job
+    -- took it while this one was claimed.
+    insert into {schema}.job as j (id, task_identifier, queue_name, payload, priority, run_at,
+        attempts, max_attempts, last_error, key, flags, lease, created_at, updated_at,
+        created_by)
+    select b.id, b.task_identifier, b.queue_name, b.payload, b.priority, b.run_at,
+           greatest(b.attempts - 1, 0), b.max_attempts, b.last_error,
+           -- (w.key is not null: see job_fail_many.sql)
+           case when b.key is not null
+                     and exists (select from {schema}.job w
+                                 where w.key = b.key and w.key is not null) then null
+                else b.key end,
+           b.flags, b.lease, b.created_at, b.updated_at, b.created_by
+    from back b
     returning j.id, j.queue_name
 ), freed as (
     update {schema}.job_queue q

@@ -26,5 +26,5 @@ select u.id,
        case when r.id is null then j.locked_by end as locked_by
 from unnest(%(ids)s::bigint[]) with ordinality as u(id, ord)
 left join removed r on r.id = u.id
-left join {schema}.job j on j.id = u.id
+left join {schema}.job_running j on j.id = u.id
 order by u.ord;

@@ -15,7 +15,7 @@
 -- %(restart_grace)s seconds old, which gives live engines time to reconnect and heartbeat.
 -- (The rescuer also waits a lease after it reconnects itself: skivi/engine/maintenance.py.)
 --
--- The orphan probe reads every claimed job (job_locked_idx), so it runs on some rounds only
+-- The orphan probe reads every claimed job (job_running), so it runs on some rounds only
 -- (%(orphans)s false skips it); the dead-row rule reads only the engine table. In a round
 -- that finds no dead engine, the statements on jobs and queues are not run at all (the
 -- `exists (select from dead)` one-time filters): without them the exhausted-jobs delete read
@@ -39,23 +39,36 @@ with dead_rows as (
     select id from dead_rows
     union
     select distinct j.locked_by
-    from {schema}.job j
+    from {schema}.job_running j
     where %(orphans)s
       and j.locked_by is not null
       and j.locked_by <> %(engine)s
       and not exists (select 1 from {schema}.engine e where e.id = j.locked_by)
-), retried as (
-    update {schema}.job j
-    set locked_by = null,
-        locked_at = null,
-        last_error = 'engine ' || j.locked_by || ' was lost while this job ran',
-        updated_at = now()
-    from dead
+), back as (
+    delete from {schema}.job_running j
+    using dead
     where j.locked_by = dead.id and j.attempts < j.max_attempts
       and exists (select from dead)
+    returning j.*
+), retried as (
+    -- Waiting again, runnable at once, the attempt consumed; its key, unless a new job took
+    -- it while this one was claimed.
+    insert into {schema}.job as j (id, task_identifier, queue_name, payload, priority, run_at,
+        attempts, max_attempts, last_error, key, flags, lease, created_at, updated_at,
+        created_by)
+    select b.id, b.task_identifier, b.queue_name, b.payload, b.priority, b.run_at,
+           b.attempts, b.max_attempts,
+           'engine ' || b.locked_by || ' was lost while this job ran',
+           -- (w.key is not null: see job_fail_many.sql)
+           case when b.key is not null
+                     and exists (select from {schema}.job w
+                                 where w.key = b.key and w.key is not null) then null
+                else b.key end,
+           b.flags, b.lease, b.created_at, now(), b.created_by
+    from back b
     returning j.id
 ), exhausted as (
-    delete from {schema}.job j
+    delete from {schema}.job_running j
     using dead
     where j.locked_by = dead.id and j.attempts >= j.max_attempts
       and exists (select from dead)

@@ -20,7 +20,7 @@ from (
                 else 'waiting' end as state,
            j.task_identifier, null::jsonb as value, j.last_error as error, j.attempts,
            j.max_attempts, null::timestamptz as finished_at
-    from {schema}.job j where j.id = %(id)s::bigint
+    from {schema}.job_live j where j.id = %(id)s::bigint
     union all
     select 2, r.outcome, r.task_identifier, r.value, r.error, null, null, r.finished_at
     from {schema}.job_result r where r.id = %(id)s::bigint

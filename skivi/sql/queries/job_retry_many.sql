@@ -22,5 +22,5 @@ select u.id,
        case when c.id is null then j.locked_by end as locked_by
 from unnest(%(ids)s::bigint[]) with ordinality as u(id, ord)
 left join changed c on c.id = u.id
-left join {schema}.job j on j.id = u.id
+left join {schema}.job_running j on j.id = u.id
 order by u.ord;

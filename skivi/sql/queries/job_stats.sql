@@ -10,7 +10,7 @@
 --   * per group, with priority fixed, run_at is a range of the index: waiting
 --     (run_at <= now()) and scheduled (run_at > now()) are counted up to %(cap)s index
 --     entries each, and the oldest runnable job is the first entry of the range;
---   * claimed (locked) jobs come from job_locked_idx: at most what live engines hold
+--   * claimed (locked) jobs come from job_running: at most what live engines hold
 --     (capacity plus prefetch) and what dead ones left for the rescuer; counted up to
 --     %(cap)s, as running when their engine's heartbeat reported them started
 --     (engine.running, a primary-key probe per job), as claimed otherwise.
@@ -130,7 +130,7 @@ with recursive leader as (
         select j.queue_name,
                exists (select 1 from {schema}.engine e
                        where e.id = j.locked_by and j.id = any(e.running)) as started
-        from {schema}.job j
+        from {schema}.job_running j
         where j.locked_by is not null
           and (select l.yes from leader l)
         limit %(cap)s

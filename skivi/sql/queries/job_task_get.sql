@@ -23,7 +23,7 @@ from (
            j.task_identifier, j.payload::text as payload, null::text as value,
            j.last_error as error, t.traceback, j.attempts, j.created_at,
            j.locked_at as started_at, null::timestamptz as finished_at
-    from {schema}.job j
+    from {schema}.job_live j
     left join {schema}.job_traceback t on t.id = j.id
     where j.id = %(id)s::bigint
     union all

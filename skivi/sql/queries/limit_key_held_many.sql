@@ -17,7 +17,7 @@ with given as (
                          else j.payload #>> l.key_path end, '') as key,
            array_agg(j.id) as ids, array_agg(j.lease) as leases
     from unnest(%(ids)s::bigint[], %(leases)s::bigint[]) as u(id, lease)
-    join {schema}.job j on j.id = u.id and j.lease = u.lease
+    join {schema}.job_live j on j.id = u.id and j.lease = u.lease
     join {schema}.job_limit l on j.task_identifier = any(l.tasks) and l.period is null
     where j.queue_name is null
     group by 1, 2

@@ -17,7 +17,7 @@ with stale as (
     cross join lateral unnest(r.held_ids, r.held_leases, r.held_by) as h(id, lease, engine)
     where cardinality(r.held_by) > 0
       and (not exists (select 1 from {schema}.engine e where e.id = h.engine)
-           or not exists (select 1 from {schema}.job j
+           or not exists (select 1 from {schema}.job_running j
                           where j.id = h.id and j.lease = h.lease
                             and j.locked_by is not null))
     group by r.limit_name, r.key

@@ -36,7 +36,7 @@ insert into chaos_ledger.exec (token, job_id, task, pid, ppid, attempt, at, hold
                                holder_attempts, holder_max_attempts)
 select %(token)s, %(job)s, %(task)s, %(pid)s, %(ppid)s, %(attempt)s, %(at)s, j.locked_by, j.lease,
        j.attempts, j.max_attempts
-from (select 1) one left join skivi.job j on j.id = %(job)s
+from (select 1) one left join skivi.job_running j on j.id = %(job)s
 on conflict (token) do nothing
 """
 
