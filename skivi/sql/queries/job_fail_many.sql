@@ -49,15 +49,12 @@ with u as materialized (
     select b.id, b.task_identifier, b.queue_name, coalesce(b.new_payload::jsonb, b.payload),
            b.priority, now() + make_interval(secs => b.delay), b.attempts, b.max_attempts,
            b.error,
-           -- Its key went to a new job while it ran: it waits without one.
-           -- (w.key is not null: the partial job_key_idx's predicate, so
-           -- the look is an index probe, not a scan of job per row)
-           case when b.key is not null
-                     and exists (select from {schema}.job w
-                                 where w.key = b.key and w.key is not null) then null
-                else b.key end,
+           case when w.id is not null then null else b.key end,
            b.flags, b.lease, b.created_at, now(), b.created_by
     from back b
+    -- Its key went to a new job while it ran: it waits without one. A join, not a subquery
+    -- per row (which planned a scan of job for each, and a JIT compile of the statement).
+    left join {schema}.job w on w.key = b.key
     returning j.id, j.lease, j.queue_name, j.attempts, j.max_attempts, j.run_at
 ), exhausted as (
     delete from {schema}.job_running j

@@ -19,13 +19,12 @@ with back as (
         created_by)
     select b.id, b.task_identifier, b.queue_name, b.payload, b.priority, b.run_at,
            greatest(b.attempts - 1, 0), b.max_attempts, b.last_error,
-           -- (w.key is not null: see job_fail_many.sql)
-           case when b.key is not null
-                     and exists (select from {schema}.job w
-                                 where w.key = b.key and w.key is not null) then null
-                else b.key end,
+           case when w.id is not null then null else b.key end,
            b.flags, b.lease, b.created_at, b.updated_at, b.created_by
     from back b
+    -- Its key went to a new job while it ran: it waits without one. A join, not a subquery
+    -- per row (which planned a scan of job for each, and a JIT compile of the statement).
+    left join {schema}.job w on w.key = b.key
     returning j.id, j.queue_name
 ), freed as (
     update {schema}.job_queue q

@@ -59,13 +59,12 @@ with dead_rows as (
     select b.id, b.task_identifier, b.queue_name, b.payload, b.priority, b.run_at,
            b.attempts, b.max_attempts,
            'engine ' || b.locked_by || ' was lost while this job ran',
-           -- (w.key is not null: see job_fail_many.sql)
-           case when b.key is not null
-                     and exists (select from {schema}.job w
-                                 where w.key = b.key and w.key is not null) then null
-                else b.key end,
+           case when w.id is not null then null else b.key end,
            b.flags, b.lease, b.created_at, now(), b.created_by
     from back b
+    -- Its key went to a new job while it ran: it waits without one. A join, not a subquery
+    -- per row (which planned a scan of job for each, and a JIT compile of the statement).
+    left join {schema}.job w on w.key = b.key
     returning j.id
 ), exhausted as (
     delete from {schema}.job_running j
