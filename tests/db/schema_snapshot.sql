@@ -303,6 +303,6 @@ CREATE UNIQUE INDEX pause_pkey ON skivi.pause USING btree (kind, name);
 -- function skivi.resume_task(task_identifier text) returns boolean
 --     language sql volatile; body eeeecb3e0b87b51b2622526b7f42ca78
 -- function skivi.retry_jobs(job_ids bigint[]) returns SETOF skivi.job
---     language sql volatile; body e3b4662a8010eb92d0e41c6919cf9cdb
+--     language sql volatile; body 8e33e9a8258769f4f85fa9a98d04b1f2
 -- function skivi.set_paused(p_kind text, p_name text, p_paused boolean) returns boolean
 --     language sql volatile; body 12dae9475ca6aa72bebc9586658469d7
